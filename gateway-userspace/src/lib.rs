@@ -1,0 +1,1 @@
+//! The `gateway` library: everything the binary does, so tests can drive it.

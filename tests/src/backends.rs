@@ -1,0 +1,1 @@
+//! Demo backends (owned by the backends work).

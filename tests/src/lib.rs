@@ -1,0 +1,3 @@
+//! Support for the gateway's integration tests: network namespaces, a gateway process,
+//! demo backends and real clients.
+pub mod backends;
