@@ -4,19 +4,26 @@
 //! layout byte for byte. Byte order is stated on every field where it matters.
 #![no_std]
 
-/// SOCKHASH of spliced sockets. Userspace stores each socket under the *peer's*
-/// socket cookie, so the verdict program's "look up my own cookie" yields the socket
-/// the bytes must leave through. Socket cookies are unique for the lifetime of the
-/// network namespace, so keys never collide across clients (no port-only keys).
-pub const SOCKS_MAP: &str = "SOCKS";
+/// SOCKHASH of redirect targets: each spliced socket is stored under its *peer's*
+/// socket cookie, so the verdict program's "look up my own cookie" yields the socket the
+/// bytes must leave through. Socket cookies are unique for the lifetime of the network
+/// namespace, so keys never collide across clients (no port-only keys). No program is
+/// attached to this map: being in it does not change how a socket receives.
+pub const PEERS_MAP: &str = "PEERS";
+/// SOCKHASH that the stream_verdict program is attached to, keyed by the socket's own
+/// cookie. Userspace inserts both sockets into [`PEERS_MAP`] first and only then into
+/// this map, so by the time the verdict runs on either socket its peer is already a
+/// valid redirect target: there is no window in which an skb finds no peer and is
+/// dropped. Two maps instead of one for exactly that reason.
+pub const SPLICED_MAP: &str = "SPLICED";
 /// Per-CPU hash: socket cookie -> [`FlowCounters`] for bytes *received* on that socket
-/// and redirected to its peer. Inserted before the sockets enter [`SOCKS_MAP`], read and
-/// deleted by userspace when the flow closes.
+/// and redirected to its peer. Inserted before the sockets enter [`SPLICED_MAP`], read
+/// and deleted by userspace when the flow closes.
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Per-CPU array of global splice counters, indexed by the `STAT_*` constants.
 pub const SPLICE_STATS_MAP: &str = "SPLICE_STATS";
 
-/// Capacity of [`SOCKS_MAP`] (two entries per spliced connection).
+/// Capacity of [`PEERS_MAP`] and [`SPLICED_MAP`] (two entries per spliced connection).
 pub const MAX_SOCKS: u32 = 131_072;
 /// Capacity of [`FLOWS_MAP`] (two entries per spliced connection).
 pub const MAX_FLOWS: u32 = 131_072;
@@ -30,7 +37,7 @@ pub const STAT_REDIRECT_FAILURES: u32 = 2;
 /// zero-length skbs (FIN markers) passed to the socket itself.
 pub const STAT_EMPTY_SKBS: u32 = 3;
 /// skbs seen on a socket with no FLOWS entry (should stay 0: userspace inserts the
-/// FLOWS entry before the socket enters SOCKS).
+/// FLOWS entry before the socket enters SPLICED).
 pub const STAT_UNTRACKED_SKBS: u32 = 4;
 /// Number of slots in [`SPLICE_STATS_MAP`].
 pub const STAT_COUNT: u32 = 8;

@@ -16,9 +16,13 @@ use gateway_common::{
     STAT_REDIRECTED_BYTES, STAT_REDIRECTED_SKBS, STAT_UNTRACKED_SKBS,
 };
 
-/// See gateway_common::SOCKS_MAP: socket stored under its peer's cookie.
-#[map(name = "SOCKS")]
-static SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKS, 0);
+/// See gateway_common::PEERS_MAP: each socket stored under its peer's cookie.
+#[map(name = "PEERS")]
+static PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKS, 0);
+
+/// See gateway_common::SPLICED_MAP: the map this program is attached to (own cookie).
+#[map(name = "SPLICED")]
+static SPLICED: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKS, 0);
 
 /// See gateway_common::FLOWS_MAP. Per-CPU, because bpfel has no atomic add that core
 /// exposes and a socket's skbs may be processed on any CPU.
@@ -59,7 +63,7 @@ pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
     }
     // flags = 0: transmit out of the peer socket (egress). BPF_F_INGRESS would queue the
     // bytes on the peer's receive side instead.
-    let verdict = SOCKS.redirect_skb(&ctx, cookie, 0) as u32;
+    let verdict = PEERS.redirect_skb(&ctx, cookie, 0) as u32;
     if verdict == sk_action::SK_PASS {
         bump(STAT_REDIRECTED_SKBS, 1);
         bump(STAT_REDIRECTED_BYTES, len);

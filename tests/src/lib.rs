@@ -1,3 +1,4 @@
 //! Support for the gateway's integration tests: network namespaces, a gateway process,
 //! demo backends and real clients.
 pub mod backends;
+pub mod netns;

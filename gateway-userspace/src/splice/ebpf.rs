@@ -1,0 +1,327 @@
+//! The kernel splice: both sockets of a flow are handed to the sk_skb verdict program
+//! (gateway-ebpf), which redirects every skb to the peer socket. Userspace never reads
+//! payload; it only watches each socket for FIN (passed on as a half-close once every
+//! byte before it was forwarded) and RST (passed on as a reset).
+use std::{
+    io,
+    os::fd::AsRawFd,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash},
+    programs::SkSkb,
+};
+use gateway_common::{
+    FLOWS_MAP, FlowCounters, PEERS_MAP, SPLICE_STATS_MAP, SPLICED_MAP, STAT_EMPTY_SKBS,
+    STAT_REDIRECT_FAILURES, STAT_REDIRECTED_BYTES, STAT_REDIRECTED_SKBS, STAT_UNTRACKED_SKBS,
+};
+use tokio::{io::Interest, net::TcpStream};
+
+use super::{FlowReport, Termination, sockopt};
+
+/// The kernel object built from gateway-ebpf by build.rs (empty when built without the
+/// eBPF toolchain).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    #[error("this binary was built without the kernel programs (run `cargo xtask setup`, then rebuild)")]
+    NotBuilt,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("eBPF program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Global counters of the verdict program, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct KernelStats {
+    pub redirected_skbs: u64,
+    pub redirected_bytes: u64,
+    pub redirect_failures: u64,
+    pub empty_skbs: u64,
+    pub untracked_skbs: u64,
+}
+
+struct Maps {
+    peers: SockHash<MapData, u64>,
+    spliced: SockHash<MapData, u64>,
+    flows: PerCpuHashMap<MapData, u64, FlowCounters>,
+}
+
+pub struct EbpfSplicer {
+    maps: Mutex<Maps>,
+    stats: PerCpuArray<MapData, u64>,
+    nr_cpus: usize,
+    active: AtomicU64,
+    // Keeps the programs loaded and attached for the life of the splicer.
+    _ebpf: Mutex<Ebpf>,
+}
+
+impl EbpfSplicer {
+    /// Loads the embedded object and attaches the verdict program to the SPLICED map.
+    /// Fails without privilege (CAP_BPF/CAP_NET_ADMIN), without BPF, or when the binary
+    /// was built without the kernel programs.
+    pub fn load() -> Result<Self, SpliceError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(SpliceError::NotBuilt);
+        }
+        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        start_kernel_log(&mut ebpf);
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(SpliceError::MissingMap(name))
+        };
+        let peers = SockHash::try_from(take(&mut ebpf, PEERS_MAP)?)?;
+        let spliced: SockHash<MapData, u64> = SockHash::try_from(take(&mut ebpf, SPLICED_MAP)?)?;
+        let flows = PerCpuHashMap::try_from(take(&mut ebpf, FLOWS_MAP)?)?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, SPLICE_STATS_MAP)?)?;
+        let prog: &mut SkSkb = ebpf
+            .program_mut("splice_verdict")
+            .ok_or(SpliceError::MissingMap("splice_verdict program"))?
+            .try_into()?;
+        prog.load()?;
+        prog.attach(spliced.fd())?;
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        Ok(EbpfSplicer {
+            maps: Mutex::new(Maps { peers, spliced, flows }),
+            stats,
+            nr_cpus,
+            active: AtomicU64::new(0),
+            _ebpf: Mutex::new(ebpf),
+        })
+    }
+
+    pub fn kernel_stats(&self) -> KernelStats {
+        let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        KernelStats {
+            redirected_skbs: sum(STAT_REDIRECTED_SKBS),
+            redirected_bytes: sum(STAT_REDIRECTED_BYTES),
+            redirect_failures: sum(STAT_REDIRECT_FAILURES),
+            empty_skbs: sum(STAT_EMPTY_SKBS),
+            untracked_skbs: sum(STAT_UNTRACKED_SKBS),
+        }
+    }
+
+    /// Entries now in the (PEERS, SPLICED, FLOWS) maps: all zero when no flow is open.
+    pub fn map_entries(&self) -> (usize, usize, usize) {
+        let m = self.maps.lock().expect("maps lock");
+        (m.peers.keys().count(), m.spliced.keys().count(), m.flows.keys().count())
+    }
+
+    /// Spliced flows open right now.
+    pub fn active_flows(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Hands both sockets to the kernel, waits until both directions are finished, then
+    /// closes them and reports what the kernel counted.
+    pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
+        let (cd, cu) = match (sockopt::cookie(&down), sockopt::cookie(&up)) {
+            (Ok(d), Ok(u)) => (d, u),
+            (Err(e), _) | (_, Err(e)) => return error_report(format!("SO_COOKIE: {e}")),
+        };
+        if let Err(e) = self.arm(cd, cu, &down, &up) {
+            self.disarm(cd, cu);
+            tracing::warn!("splice: handing the flow to the kernel failed: {e}");
+            return error_report(format!("sockhash insert: {e}"));
+        }
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let termination = watch(&down, &up).await;
+        let (d2u, u2d) = self.disarm(cd, cu);
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        drop((down, up));
+        FlowReport {
+            downstream_to_upstream: d2u.bytes,
+            upstream_to_downstream: u2d.bytes,
+            userspace_bytes: 0,
+            in_kernel: true,
+            termination,
+        }
+    }
+
+    /// The order is what makes the splice lossless:
+    /// 1. both sockets become redirect targets (PEERS) — nothing changes for them yet;
+    /// 2. their FLOWS counters exist;
+    /// 3. each enters SPLICED, which starts the verdict program on it: its peer is
+    ///    already in PEERS, so no skb can find no peer;
+    /// 4. bytes that arrived before step 3 sit in the receive queue, where no new
+    ///    segment may come to trigger the verdict (a client waiting for a reply): the
+    ///    SO_RCVLOWAT kick runs the verdict over them now, in order.
+    fn arm(&self, cd: u64, cu: u64, down: &TcpStream, up: &TcpStream) -> Result<(), SpliceError> {
+        let zero = || PerCpuValues::try_from(vec![FlowCounters::default(); self.nr_cpus]);
+        {
+            let mut m = self.maps.lock().expect("maps lock");
+            // Bytes arriving on `down` leave through `up`, and the other way round.
+            m.peers.insert(cd, up.as_raw_fd(), 0)?;
+            m.peers.insert(cu, down.as_raw_fd(), 0)?;
+            m.flows.insert(cd, zero()?, 0)?;
+            m.flows.insert(cu, zero()?, 0)?;
+            m.spliced.insert(cd, down.as_raw_fd(), 0)?;
+            m.spliced.insert(cu, up.as_raw_fd(), 0)?;
+        }
+        sockopt::kick_receive_queue(down)?;
+        sockopt::kick_receive_queue(up)?;
+        Ok(())
+    }
+
+    /// Reads and removes the flow's counters and map entries. The kernel also drops a
+    /// socket from both SOCKHASHes when it closes; removing here keeps the maps exact even
+    /// while a socket lingers.
+    fn disarm(&self, cd: u64, cu: u64) -> (FlowCounters, FlowCounters) {
+        let mut m = self.maps.lock().expect("maps lock");
+        let mut take = |k: u64| {
+            let v = m.flows.get(&k, 0).map(|v| {
+                v.iter().fold(FlowCounters::default(), |a, c| FlowCounters {
+                    bytes: a.bytes + c.bytes,
+                    skbs: a.skbs + c.skbs,
+                })
+            });
+            let _ = m.flows.remove(&k);
+            v.unwrap_or_default()
+        };
+        let (d, u) = (take(cd), take(cu));
+        for k in [cd, cu] {
+            let _ = m.spliced.remove(&k);
+            let _ = m.peers.remove(&k);
+        }
+        (d, u)
+    }
+}
+
+fn error_report(msg: String) -> FlowReport {
+    FlowReport { in_kernel: true, termination: Termination::Error(msg), ..Default::default() }
+}
+
+/// Which side a watched event came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Down,
+    Up,
+}
+
+/// Watches both sockets until each side has sent FIN (passed on as shutdown(SHUT_WR) of
+/// the peer) or either side reset (passed on as a reset of the peer). The verdict program
+/// never sees a FIN as data, so this is the only way a half-close crosses the splice.
+async fn watch(down: &TcpStream, up: &TcpStream) -> Termination {
+    let (mut down_fin, mut up_fin) = (false, false);
+    loop {
+        if down_fin && up_fin {
+            return Termination::Closed;
+        }
+        // After a side's FIN only an error (RST) on it still matters.
+        let interest = |fin: bool| if fin { Interest::ERROR } else { Interest::READABLE };
+        let (side, ready) = tokio::select! {
+            r = down.ready(interest(down_fin)) => (Side::Down, r),
+            r = up.ready(interest(up_fin)) => (Side::Up, r),
+        };
+        let (this, peer) = match side {
+            Side::Down => (down, up),
+            Side::Up => (up, down),
+        };
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => return Termination::Error(format!("poll: {e}")),
+        };
+        let reset = matches!(this.take_error(), Ok(Some(_))) || ready.is_error();
+        if reset {
+            abort(peer);
+            return match side {
+                Side::Down => Termination::DownstreamReset,
+                Side::Up => Termination::UpstreamReset,
+            };
+        }
+        if ready.is_read_closed() {
+            let fin = match side {
+                Side::Down => &mut down_fin,
+                Side::Up => &mut up_fin,
+            };
+            if !*fin {
+                *fin = true;
+                wait_forwarded(this, peer).await;
+                let _ = socket2::SockRef::from(peer).shutdown(std::net::Shutdown::Write);
+            }
+        } else {
+            // A wake-up with nothing for us (the verdict consumed the data): clear the
+            // cached readiness so the next ready() waits for a new event.
+            let _ = this.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+        }
+    }
+}
+
+/// Waits until every byte that arrived on `from` has been written into `to`, so a FIN
+/// passed on now can't overtake data still queued inside the splice (the psock backlog
+/// is invisible to `to`'s send queue until it is transmitted). Gives up after 30 s
+/// without progress (a peer that stopped reading).
+async fn wait_forwarded(from: &TcpStream, to: &TcpStream) {
+    let mut last = 0;
+    let mut stalled = Duration::ZERO;
+    let mut nap = Duration::from_micros(200);
+    loop {
+        let (Ok(f), Ok(t)) = (sockopt::tcp_bytes(from), sockopt::tcp_bytes(to)) else { return };
+        if t.written >= f.received {
+            return;
+        }
+        if t.written != last {
+            last = t.written;
+            stalled = Duration::ZERO;
+        } else if stalled > Duration::from_secs(30) {
+            tracing::warn!(
+                "splice: {} bytes still unforwarded after 30 s without progress; closing",
+                f.received - t.written
+            );
+            return;
+        }
+        tokio::time::sleep(nap).await;
+        stalled += nap;
+        nap = (nap * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Resets `sock`: SO_LINGER 0 makes the close that follows send RST.
+fn abort(sock: &TcpStream) {
+    let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
+/// Prints the kernel programs' aya-log records through this process's log, at their level.
+fn start_kernel_log(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("kernel log unavailable: {e}");
+            return;
+        }
+    };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!("kernel log unavailable: no async runtime");
+        return;
+    };
+    handle.spawn(async move {
+        // SAFETY: the logger owns its ring-buffer fd, and the AsyncFd owns the logger, so
+        // the fd stays open for exactly as long as it is registered.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, Interest::READABLE) };
+        let mut fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!("kernel log unavailable: {e}");
+                return;
+            }
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

@@ -1,0 +1,109 @@
+//! Moving the bytes of a routed L4 flow between the downstream (client) and upstream
+//! sockets, once userspace has decided where the flow goes.
+//!
+//! Two implementations behind one interface, with identical behaviour (FIN passed on as
+//! a half-close each way, RST passed on as a reset, byte counts reported at close):
+//! - [`ebpf::EbpfSplicer`]: both sockets enter a SOCKHASH and the kernel's sk_skb
+//!   verdict program redirects every skb to the peer socket; userspace only watches for
+//!   FIN/RST.
+//! - [`uring::UringSplicer`]: read/write copies on io_uring (tokio-uring) threads, for
+//!   hosts where eBPF can't load or when `--splice userspace` is asked for.
+pub mod ebpf;
+mod sockopt;
+pub mod uring;
+
+use std::{fmt, sync::Arc};
+
+use tokio::net::TcpStream;
+
+/// `--splice`: how L4 flows are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SpliceMode {
+    /// eBPF when it loads, else userspace (the reason is logged).
+    Auto,
+    /// eBPF sockhash splice; fail at start if it can't load.
+    Ebpf,
+    /// io_uring copies in userspace.
+    Userspace,
+}
+
+/// How a flow ended, as the access log and metrics report it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Termination {
+    /// Both sides closed their write side (FIN both ways).
+    #[default]
+    Closed,
+    /// The client reset; the upstream was reset in turn.
+    DownstreamReset,
+    /// The upstream reset; the client was reset in turn.
+    UpstreamReset,
+    /// A local failure (map insert, socket error) ended the flow.
+    Error(String),
+}
+
+impl fmt::Display for Termination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Termination::Closed => f.write_str("closed"),
+            Termination::DownstreamReset => f.write_str("downstream_reset"),
+            Termination::UpstreamReset => f.write_str("upstream_reset"),
+            Termination::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+/// What a finished flow moved. Byte counts exclude the prelude the caller wrote itself.
+#[derive(Debug, Clone, Default)]
+pub struct FlowReport {
+    /// Bytes received from the client and forwarded upstream by the splice.
+    pub downstream_to_upstream: u64,
+    /// Bytes received from the upstream and forwarded to the client by the splice.
+    pub upstream_to_downstream: u64,
+    /// Payload bytes that passed through userspace memory (0 for a kernel splice).
+    pub userspace_bytes: u64,
+    /// True when the kernel moved the payload.
+    pub in_kernel: bool,
+    pub termination: Termination,
+}
+
+/// The splice in use for this process.
+#[derive(Clone)]
+pub enum Splicer {
+    Ebpf(Arc<ebpf::EbpfSplicer>),
+    Userspace(uring::UringSplicer),
+}
+
+impl Splicer {
+    /// Picks the implementation for `mode`; for `Auto`, says in the log why eBPF was not
+    /// used when it wasn't.
+    pub fn new(mode: SpliceMode) -> Result<Self, ebpf::SpliceError> {
+        match mode {
+            SpliceMode::Userspace => Ok(Splicer::Userspace(uring::UringSplicer::start()?)),
+            SpliceMode::Ebpf => Ok(Splicer::Ebpf(Arc::new(ebpf::EbpfSplicer::load()?))),
+            SpliceMode::Auto => match ebpf::EbpfSplicer::load() {
+                Ok(s) => Ok(Splicer::Ebpf(Arc::new(s))),
+                Err(e) => {
+                    tracing::warn!(
+                        "eBPF splice unavailable ({e}); falling back to the userspace (io_uring) splice"
+                    );
+                    Ok(Splicer::Userspace(uring::UringSplicer::start()?))
+                }
+            },
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Splicer::Ebpf(_) => "ebpf",
+            Splicer::Userspace(_) => "userspace",
+        }
+    }
+
+    /// Moves bytes both ways until both sides are done, then closes both sockets.
+    pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
+        match self {
+            Splicer::Ebpf(s) => s.splice(down, up).await,
+            Splicer::Userspace(s) => s.splice(down, up).await,
+        }
+    }
+}

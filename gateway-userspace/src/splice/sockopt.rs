@@ -1,0 +1,100 @@
+//! The few socket options the splice needs that std, tokio and socket2 don't expose.
+//!
+//! This is one of the two places with `unsafe` (the other is fd handoff to the kernel
+//! maps): each call passes a correctly sized, initialised buffer to getsockopt/ioctl on a
+//! file descriptor the caller borrows for the duration of the call.
+use std::{io, mem, os::fd::AsRawFd};
+
+/// The socket cookie (SO_COOKIE): a 64-bit id unique for the socket's lifetime in its
+/// network namespace. It is the key the verdict program uses for the peer lookup.
+pub fn cookie(sock: &impl AsRawFd) -> io::Result<u64> {
+    let mut v: u64 = 0;
+    let mut len = mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `v` is a valid u64 and `len` says exactly its size; the kernel writes at most
+    // `len` bytes. The fd is borrowed from a live socket for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut v as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// Byte offsets in `struct tcp_info` (include/uapi/linux/tcp.h): 8 one-byte fields and
+/// 24 u32 fields come first, then the u64s.
+const TCPI_BYTES_ACKED: usize = 120;
+const TCPI_BYTES_RECEIVED: usize = 128;
+
+/// The cumulative TCP byte counts of one socket, from TCP_INFO and SIOCOUTQ.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpBytes {
+    /// Payload bytes that arrived on this socket (rcv_nxt - irs - 1; FIN not counted).
+    pub received: u64,
+    /// Payload bytes written into this socket so far: acknowledged + still in the send
+    /// queue (snd_una - iss - 1 + write_seq - snd_una). Valid until this side sends FIN.
+    pub written: u64,
+}
+
+pub fn tcp_bytes(sock: &impl AsRawFd) -> io::Result<TcpBytes> {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` is 256 writable bytes and `len` says so; the kernel copies at most
+    // min(len, sizeof(tcp_info)) bytes and reports how many in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < TCPI_BYTES_RECEIVED + 8 {
+        return Err(io::Error::other("kernel tcp_info too short for tcpi_bytes_received"));
+    }
+    let u64_at = |off: usize| u64::from_ne_bytes(buf[off..off + 8].try_into().expect("8 bytes"));
+    let mut outq: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int to the pointer we pass, which is a valid c_int.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpBytes {
+        received: u64_at(TCPI_BYTES_RECEIVED),
+        written: u64_at(TCPI_BYTES_ACKED) + outq.max(0) as u64,
+    })
+}
+
+/// Re-arms the socket's receive path: setting SO_RCVLOWAT makes TCP call
+/// `sk_data_ready` when data is already queued (tcp_set_rcvlowat -> tcp_data_ready).
+/// Once the socket is in the SOCKHASH, `sk_data_ready` is the psock's, so bytes that
+/// arrived *before* the socket was inserted go through the verdict program in order
+/// instead of being stranded in the receive queue until the next segment arrives.
+pub fn kick_receive_queue(sock: &impl AsRawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: passes a valid c_int and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&one as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+

@@ -1,0 +1,197 @@
+//! The userspace splice: copies on io_uring (tokio-uring), for when the eBPF splice
+//! can't load (no privilege, no BPF) or `--splice userspace` is asked for. Same contract
+//! as the kernel splice: FIN passed on as a half-close, RST as a reset, counts at close.
+//!
+//! tokio-uring runs its own single-threaded runtime, so flows are handed over a channel
+//! to a small pool of io_uring threads (one per core), round-robin.
+use std::{
+    io,
+    net::Shutdown,
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, oneshot},
+};
+
+use tokio_uring::buf::BoundedBuf;
+
+use super::{FlowReport, Termination, ebpf::SpliceError};
+
+const BUF_SIZE: usize = 64 * 1024;
+
+struct Job {
+    down: std::net::TcpStream,
+    up: std::net::TcpStream,
+    done: oneshot::Sender<FlowReport>,
+}
+
+#[derive(Clone)]
+pub struct UringSplicer {
+    workers: Arc<Vec<mpsc::UnboundedSender<Job>>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl UringSplicer {
+    /// Starts the io_uring threads.
+    pub fn start() -> Result<Self, SpliceError> {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel::<Job>();
+            let (ok_tx, ok_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+            std::thread::Builder::new()
+                .name(format!("uring-{i}"))
+                .spawn(move || worker(rx, ok_tx))?;
+            // Surface "io_uring not permitted" at start rather than per flow.
+            ok_rx
+                .recv()
+                .map_err(|_| io::Error::other("io_uring thread died at start"))??;
+            workers.push(tx);
+        }
+        Ok(UringSplicer { workers: Arc::new(workers), next: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
+        let (down, up) = match (down.into_std(), up.into_std()) {
+            (Ok(d), Ok(u)) => (d, u),
+            (Err(e), _) | (_, Err(e)) => return error_report(format!("socket handoff: {e}")),
+        };
+        let (done, rx) = oneshot::channel();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        if self.workers[i].send(Job { down, up, done }).is_err() {
+            return error_report("io_uring worker gone".into());
+        }
+        rx.await.unwrap_or_else(|_| error_report("io_uring worker dropped the flow".into()))
+    }
+}
+
+fn error_report(msg: String) -> FlowReport {
+    FlowReport { termination: Termination::Error(msg), ..Default::default() }
+}
+
+fn worker(mut rx: mpsc::UnboundedReceiver<Job>, ok: std::sync::mpsc::Sender<io::Result<()>>) {
+    let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ok.send(Err(e));
+            return;
+        }
+    };
+    let _ = ok.send(Ok(()));
+    rt.block_on(async move {
+        while let Some(job) = rx.recv().await {
+            tokio_uring::spawn(run(job));
+        }
+    });
+}
+
+/// How one direction ended.
+enum DirEnd {
+    /// EOF from the reader; the writer's write side was shut.
+    Fin(u64),
+    /// The reader's socket reset (or failed); the other socket must be reset.
+    ReaderReset(u64),
+    /// Writing failed (the peer reset); this flow is over.
+    WriterFailed(u64),
+}
+
+async fn run(job: Job) {
+    let Job { down, up, done } = job;
+    // Duplicates kept for the socket options io_uring has no op for (linger, shutdown).
+    let (down_ctl, up_ctl) = match (down.try_clone(), up.try_clone()) {
+        (Ok(d), Ok(u)) => (d, u),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = done.send(error_report(format!("dup: {e}")));
+            return;
+        }
+    };
+    let down = Rc::new(tokio_uring::net::TcpStream::from_std(down));
+    let up = Rc::new(tokio_uring::net::TcpStream::from_std(up));
+    let mut d2u = tokio_uring::spawn(copy(down.clone(), up.clone()));
+    let mut u2d = tokio_uring::spawn(copy(up.clone(), down.clone()));
+    let failed = |r: Result<DirEnd, _>| r.unwrap_or(DirEnd::WriterFailed(0));
+    // Whichever direction ends first decides whether the other must be cut short: a
+    // reset on one side is passed on as a reset of the other (SO_LINGER 0, then close),
+    // and the other direction's pending read is woken by SHUT_RD.
+    let (a, b, termination) = tokio::select! {
+        r = &mut d2u => {
+            let a = failed(r);
+            let t = match a {
+                DirEnd::Fin(_) => Termination::Closed,
+                DirEnd::ReaderReset(_) => reset(&up_ctl, Termination::DownstreamReset),
+                DirEnd::WriterFailed(_) => reset(&down_ctl, Termination::UpstreamReset),
+            };
+            (a, failed(u2d.await), t)
+        }
+        r = &mut u2d => {
+            let b = failed(r);
+            let t = match b {
+                DirEnd::Fin(_) => Termination::Closed,
+                DirEnd::ReaderReset(_) => reset(&down_ctl, Termination::UpstreamReset),
+                DirEnd::WriterFailed(_) => reset(&up_ctl, Termination::DownstreamReset),
+            };
+            (failed(d2u.await), b, t)
+        }
+    };
+    // A clean first direction can still be followed by a reset on the other one.
+    let termination = match (&termination, &a, &b) {
+        (Termination::Closed, _, DirEnd::ReaderReset(_)) => reset(&down_ctl, Termination::UpstreamReset),
+        (Termination::Closed, DirEnd::ReaderReset(_), _) => reset(&up_ctl, Termination::DownstreamReset),
+        _ => termination,
+    };
+    let (d2u, u2d) = (a.bytes(), b.bytes());
+    drop((down, up, down_ctl, up_ctl));
+    let _ = done.send(FlowReport {
+        downstream_to_upstream: d2u,
+        upstream_to_downstream: u2d,
+        userspace_bytes: d2u + u2d,
+        in_kernel: false,
+        termination,
+    });
+}
+
+/// Makes the coming close of `victim` send RST, and wakes whoever reads it.
+fn reset(victim: &std::net::TcpStream, t: Termination) -> Termination {
+    let _ = socket2::SockRef::from(victim).set_linger(Some(Duration::ZERO));
+    let _ = victim.shutdown(Shutdown::Read);
+    t
+}
+
+impl DirEnd {
+    fn bytes(&self) -> u64 {
+        match *self {
+            DirEnd::Fin(n) | DirEnd::ReaderReset(n) | DirEnd::WriterFailed(n) => n,
+        }
+    }
+}
+
+/// Copies `from` -> `to` until EOF, then shuts `to`'s write side (the half-close).
+async fn copy(from: Rc<tokio_uring::net::TcpStream>, to: Rc<tokio_uring::net::TcpStream>) -> DirEnd {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut total = 0u64;
+    loop {
+        let (res, b) = from.read(buf).await;
+        buf = b;
+        let n = match res {
+            Ok(0) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return DirEnd::Fin(total);
+            }
+            Ok(n) => n,
+            Err(_) => return DirEnd::ReaderReset(total),
+        };
+        let (res, b) = to.write_all(buf.slice(..n)).await.into();
+        buf = b.into_inner();
+        if res.is_err() {
+            return DirEnd::WriterFailed(total);
+        }
+        total += n as u64;
+    }
+}

@@ -1,0 +1,162 @@
+//! The splice on its own, on real sockets in a throwaway network namespace, in both
+//! modes: bytes queued before the splice was armed (client-first and server-first), a
+//! bulk echo checked byte for byte, half-close, and reset propagation.
+use std::time::Duration;
+
+use gateway::splice::{SpliceMode, Splicer, Termination};
+use gateway_tests::netns::{NetNs, privileged};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    time::timeout,
+};
+
+fn in_netns<F: std::future::Future<Output = ()> + 'static>(tag: &str, f: impl FnOnce() -> F + Send + 'static) {
+    let ns = NetNs::new(tag);
+    ns.run(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f())
+    });
+}
+
+/// Upstream that greets first ("HELLO\n"), then echoes; half-close aware.
+async fn greeting_echo() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"HELLO\n").await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn echo_through_splice(mode: SpliceMode, len: usize) {
+    let splicer = Splicer::new(mode).expect("splicer");
+    let up_addr = greeting_echo().await;
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+
+    // The client speaks before the proxy has even accepted: those bytes sit in the
+    // receive queue when the splice is armed. The upstream greets before it too.
+    let mut client = TcpStream::connect(front_addr).await.unwrap();
+    client.write_all(b"early\n").await.unwrap();
+    let (down, _) = front.accept().await.unwrap();
+    let up = TcpStream::connect(up_addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let flow = {
+        let s = splicer.clone();
+        tokio::spawn(async move { s.splice(down, up).await })
+    };
+
+    let mut head = [0u8; 12];
+    timeout(Duration::from_secs(5), client.read_exact(&mut head))
+        .await
+        .expect("bytes queued before arming were stranded")
+        .unwrap();
+    assert_eq!(&head, b"HELLO\nearly\n");
+
+    let data = pattern(len, 7);
+    let (mut r, mut w) = client.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap(); // half-close: the echo must still come back in full
+        w
+    });
+    let mut got = Vec::with_capacity(len);
+    timeout(Duration::from_secs(60), r.read_to_end(&mut got)).await.expect("echo timed out").unwrap();
+    let _w = writer.await.unwrap();
+    assert_eq!(got.len(), len, "echoed length");
+    assert!(got == data, "echoed bytes differ");
+
+    let report = timeout(Duration::from_secs(10), flow).await.expect("flow did not end").unwrap();
+    assert_eq!(report.termination, Termination::Closed);
+    assert_eq!(report.downstream_to_upstream, 6 + len as u64);
+    assert_eq!(report.upstream_to_downstream, 6 + 6 + len as u64);
+    match (&splicer, mode) {
+        (Splicer::Ebpf(k), _) => {
+            assert!(report.in_kernel);
+            assert_eq!(report.userspace_bytes, 0);
+            assert_eq!(k.map_entries(), (0, 0, 0), "map entries left after close");
+        }
+        (Splicer::Userspace(_), SpliceMode::Userspace) => assert!(!report.in_kernel),
+        _ => panic!("asked for {mode:?}, got {}", splicer.name()),
+    }
+}
+
+#[test]
+fn ebpf_splice_echo_halfclose_and_queued_bytes() {
+    if !privileged("ebpf_splice_echo_halfclose_and_queued_bytes") {
+        return;
+    }
+    in_netns("splice-ebpf", || echo_through_splice(SpliceMode::Ebpf, 8 << 20));
+}
+
+#[test]
+fn userspace_splice_echo_halfclose_and_queued_bytes() {
+    if !privileged("userspace_splice_echo_halfclose_and_queued_bytes") {
+        return;
+    }
+    in_netns("splice-uring", || echo_through_splice(SpliceMode::Userspace, 8 << 20));
+}
+
+/// The upstream resets mid-flow: the client must see a reset, not a clean EOF.
+async fn upstream_reset_reaches_client(mode: SpliceMode) {
+    let splicer = Splicer::new(mode).expect("splicer");
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut buf = [0u8; 4];
+        let mut s = s;
+        s.read_exact(&mut buf).await.unwrap();
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s); // RST
+    });
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(front.local_addr().unwrap()).await.unwrap();
+    let (down, _) = front.accept().await.unwrap();
+    let up = TcpStream::connect(up_addr).await.unwrap();
+    let s = splicer.clone();
+    let flow = tokio::spawn(async move { s.splice(down, up).await });
+    client.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = timeout(Duration::from_secs(10), client.read(&mut buf)).await.expect("no reset within 10 s");
+    let err = r.expect_err("client saw a clean read instead of a reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    let report = timeout(Duration::from_secs(10), flow).await.unwrap().unwrap();
+    assert_eq!(report.termination, Termination::UpstreamReset);
+}
+
+#[test]
+fn ebpf_splice_passes_upstream_reset() {
+    if !privileged("ebpf_splice_passes_upstream_reset") {
+        return;
+    }
+    in_netns("rst-ebpf", || upstream_reset_reaches_client(SpliceMode::Ebpf));
+}
+
+#[test]
+fn userspace_splice_passes_upstream_reset() {
+    if !privileged("userspace_splice_passes_upstream_reset") {
+        return;
+    }
+    in_netns("rst-uring", || upstream_reset_reaches_client(SpliceMode::Userspace));
+}

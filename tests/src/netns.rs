@@ -1,0 +1,97 @@
+//! Throwaway network namespaces for privileged tests (aya's `NetNsGuard`, by hand):
+//! every test gets its own namespace with `lo` up, so traffic never leaves it and tests
+//! can run in parallel. Dropping the guard deletes the namespace.
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// True when this process may create namespaces and load eBPF.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For privileged tests: returns false (after saying why) when the test must be skipped.
+/// When GATEWAY_TESTS_REQUIRE_ROOT=1 (set by `cargo xtask test` as root, and so in CI)
+/// a skip is a failure instead.
+pub fn privileged(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("GATEWAY_TESTS_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!("{test}: needs root (network namespaces, eBPF) but runs as uid != 0");
+    }
+    eprintln!("SKIPPED {test}: needs root for network namespaces and eBPF");
+    false
+}
+
+/// Runs `cmd` and panics with its output when it fails.
+pub fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("gwt-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        NetNs { name }
+    }
+
+    /// Moves the *calling thread* into this namespace (setns only affects one thread).
+    /// Sockets the thread creates afterwards live in the namespace.
+    pub fn enter(&self) {
+        let f = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        // SAFETY: setns on a valid namespace fd we own; CLONE_NEWNET only changes this
+        // thread's network namespace.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+
+    /// Runs `f` on a fresh thread inside the namespace and returns its result.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let f_ns = File::open(path).expect("open netns");
+            // SAFETY: as in `enter`.
+            let rc = unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// A command prefixed with `ip netns exec <name>`.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
