@@ -32,7 +32,9 @@ fn main() -> anyhow::Result<()> {
         if env::var("GATEWAY_REQUIRE_EBPF").as_deref() == Ok("1") {
             anyhow::bail!("eBPF toolchain missing: {why}; run `cargo xtask setup`");
         }
-        println!("cargo:warning=building without kernel programs ({why}); run `cargo xtask setup` for the eBPF splice");
+        println!(
+            "cargo:warning=building without kernel programs ({why}); run `cargo xtask setup` for the eBPF splice"
+        );
         std::fs::write(out.join("gateway"), b"")?;
         println!("cargo:rustc-cfg=gateway_no_ebpf");
         return Ok(());

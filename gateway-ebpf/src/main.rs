@@ -51,7 +51,10 @@ pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
     }
     // SAFETY: the helper only reads the socket behind this program's own skb context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
-    match FLOWS.get_ptr_mut(&cookie) {
+    // Counted before the redirect, so at any instant FLOWS covers every byte handed to
+    // the peer: userspace relies on that to know when a FIN may be passed on.
+    let counters = FLOWS.get_ptr_mut(&cookie);
+    match counters {
         Some(c) => {
             // SAFETY: per-CPU value, only this CPU writes it while the program runs.
             unsafe {
@@ -68,6 +71,13 @@ pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
         bump(STAT_REDIRECTED_SKBS, 1);
         bump(STAT_REDIRECTED_BYTES, len);
     } else {
+        if let Some(c) = counters {
+            // SAFETY: as above. The bytes were dropped, not handed over: uncount them.
+            unsafe {
+                (*c).bytes -= len;
+                (*c).skbs -= 1;
+            }
+        }
         bump(STAT_REDIRECT_FAILURES, 1);
         warn!(&ctx, "splice: redirect failed cookie={} len={}", cookie, len);
     }

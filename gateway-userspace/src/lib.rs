@@ -1,2 +1,15 @@
 //! The `gateway` library: everything the binary does, so tests can drive it.
+//!
+//! Control plane: [`config`] parses and validates the Istio resources into one
+//! immutable [`config::Snapshot`]. Data plane: [`listener`] accepts, [`proxy`] routes,
+//! [`splice`] moves L4 payload (in the kernel when it can). [`admin`] and [`telemetry`]
+//! show what it is doing.
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod listener;
+pub mod proxy;
+pub mod server;
 pub mod splice;
+pub mod telemetry;
+pub mod tls;

@@ -1,1 +1,23 @@
-fn main() {}
+//! `gateway`: parses the command line, sets up logging, and hands over to the library.
+use clap::Parser;
+use gateway::cli::{self, Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Validate(args) => {
+            cli::validate(&args);
+            Ok(())
+        }
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(cli::run(args)),
+    }
+}

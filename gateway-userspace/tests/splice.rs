@@ -11,10 +11,17 @@ use tokio::{
     time::timeout,
 };
 
-fn in_netns<F: std::future::Future<Output = ()> + 'static>(tag: &str, f: impl FnOnce() -> F + Send + 'static) {
+fn in_netns<F: std::future::Future<Output = ()> + 'static>(
+    tag: &str,
+    f: impl FnOnce() -> F + Send + 'static,
+) {
     let ns = NetNs::new(tag);
     ns.run(move || {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f())
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
     });
 }
 
@@ -81,12 +88,18 @@ async fn echo_through_splice(mode: SpliceMode, len: usize) {
         w
     });
     let mut got = Vec::with_capacity(len);
-    timeout(Duration::from_secs(60), r.read_to_end(&mut got)).await.expect("echo timed out").unwrap();
+    timeout(Duration::from_secs(60), r.read_to_end(&mut got))
+        .await
+        .expect("echo timed out")
+        .unwrap();
     let _w = writer.await.unwrap();
     assert_eq!(got.len(), len, "echoed length");
     assert!(got == data, "echoed bytes differ");
 
-    let report = timeout(Duration::from_secs(10), flow).await.expect("flow did not end").unwrap();
+    let report = timeout(Duration::from_secs(10), flow)
+        .await
+        .expect("flow did not end")
+        .unwrap();
     assert_eq!(report.termination, Termination::Closed);
     assert_eq!(report.downstream_to_upstream, 6 + len as u64);
     assert_eq!(report.upstream_to_downstream, 6 + 6 + len as u64);
@@ -106,7 +119,9 @@ fn ebpf_splice_echo_halfclose_and_queued_bytes() {
     if !privileged("ebpf_splice_echo_halfclose_and_queued_bytes") {
         return;
     }
-    in_netns("splice-ebpf", || echo_through_splice(SpliceMode::Ebpf, 8 << 20));
+    in_netns("splice-ebpf", || {
+        echo_through_splice(SpliceMode::Ebpf, 8 << 20)
+    });
 }
 
 #[test]
@@ -114,7 +129,9 @@ fn userspace_splice_echo_halfclose_and_queued_bytes() {
     if !privileged("userspace_splice_echo_halfclose_and_queued_bytes") {
         return;
     }
-    in_netns("splice-uring", || echo_through_splice(SpliceMode::Userspace, 8 << 20));
+    in_netns("splice-uring", || {
+        echo_through_splice(SpliceMode::Userspace, 8 << 20)
+    });
 }
 
 /// The upstream resets mid-flow: the client must see a reset, not a clean EOF.
@@ -127,21 +144,30 @@ async fn upstream_reset_reaches_client(mode: SpliceMode) {
         let mut buf = [0u8; 4];
         let mut s = s;
         s.read_exact(&mut buf).await.unwrap();
-        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(s); // RST
     });
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut client = TcpStream::connect(front.local_addr().unwrap()).await.unwrap();
+    let mut client = TcpStream::connect(front.local_addr().unwrap())
+        .await
+        .unwrap();
     let (down, _) = front.accept().await.unwrap();
     let up = TcpStream::connect(up_addr).await.unwrap();
     let s = splicer.clone();
     let flow = tokio::spawn(async move { s.splice(down, up).await });
     client.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 16];
-    let r = timeout(Duration::from_secs(10), client.read(&mut buf)).await.expect("no reset within 10 s");
+    let r = timeout(Duration::from_secs(10), client.read(&mut buf))
+        .await
+        .expect("no reset within 10 s");
     let err = r.expect_err("client saw a clean read instead of a reset");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
-    let report = timeout(Duration::from_secs(10), flow).await.unwrap().unwrap();
+    let report = timeout(Duration::from_secs(10), flow)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(report.termination, Termination::UpstreamReset);
 }
 
@@ -150,7 +176,9 @@ fn ebpf_splice_passes_upstream_reset() {
     if !privileged("ebpf_splice_passes_upstream_reset") {
         return;
     }
-    in_netns("rst-ebpf", || upstream_reset_reaches_client(SpliceMode::Ebpf));
+    in_netns("rst-ebpf", || {
+        upstream_reset_reaches_client(SpliceMode::Ebpf)
+    });
 }
 
 #[test]
@@ -158,5 +186,7 @@ fn userspace_splice_passes_upstream_reset() {
     if !privileged("userspace_splice_passes_upstream_reset") {
         return;
     }
-    in_netns("rst-uring", || upstream_reset_reaches_client(SpliceMode::Userspace));
+    in_netns("rst-uring", || {
+        upstream_reset_reaches_client(SpliceMode::Userspace)
+    });
 }

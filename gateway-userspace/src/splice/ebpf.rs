@@ -31,7 +31,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
-    #[error("this binary was built without the kernel programs (run `cargo xtask setup`, then rebuild)")]
+    #[error(
+        "this binary was built without the kernel programs (run `cargo xtask setup`, then rebuild)"
+    )]
     NotBuilt,
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
@@ -95,7 +97,11 @@ impl EbpfSplicer {
         prog.attach(spliced.fd())?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         Ok(EbpfSplicer {
-            maps: Mutex::new(Maps { peers, spliced, flows }),
+            maps: Mutex::new(Maps {
+                peers,
+                spliced,
+                flows,
+            }),
             stats,
             nr_cpus,
             active: AtomicU64::new(0),
@@ -117,7 +123,11 @@ impl EbpfSplicer {
     /// Entries now in the (PEERS, SPLICED, FLOWS) maps: all zero when no flow is open.
     pub fn map_entries(&self) -> (usize, usize, usize) {
         let m = self.maps.lock().expect("maps lock");
-        (m.peers.keys().count(), m.spliced.keys().count(), m.flows.keys().count())
+        (
+            m.peers.keys().count(),
+            m.spliced.keys().count(),
+            m.flows.keys().count(),
+        )
     }
 
     /// Spliced flows open right now.
@@ -128,18 +138,27 @@ impl EbpfSplicer {
     /// Hands both sockets to the kernel, waits until both directions are finished, then
     /// closes them and reports what the kernel counted.
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
-        let (cd, cu) = match (sockopt::cookie(&down), sockopt::cookie(&up)) {
-            (Ok(d), Ok(u)) => (d, u),
-            (Err(e), _) | (_, Err(e)) => return error_report(format!("SO_COOKIE: {e}")),
+        // Only ESTABLISHED sockets may enter a SOCKHASH. A client that already sent its
+        // FIN (`printf ... | nc -N`) is copied in userspace instead: its flow is short.
+        if !sockopt::is_established(&down) || !sockopt::is_established(&up) {
+            return super::copy::copy(down, up).await;
+        }
+        let flow = match Flow::new(&down, &up) {
+            Ok(f) => f,
+            Err(e) => return error_report(format!("reading socket state: {e}")),
         };
-        if let Err(e) = self.arm(cd, cu, &down, &up) {
-            self.disarm(cd, cu);
+        if let Err(e) = self.arm(&flow, &down, &up) {
+            // A socket changed state between the check and the insert. Bytes may already
+            // be queued inside the splice, so the flow can't safely continue: reset it.
+            self.disarm(&flow);
+            abort(&down);
+            abort(&up);
             tracing::warn!("splice: handing the flow to the kernel failed: {e}");
             return error_report(format!("sockhash insert: {e}"));
         }
         self.active.fetch_add(1, Ordering::Relaxed);
-        let termination = watch(&down, &up).await;
-        let (d2u, u2d) = self.disarm(cd, cu);
+        let termination = self.watch(&flow, &down, &up).await;
+        let (d2u, u2d) = self.disarm(&flow);
         self.active.fetch_sub(1, Ordering::Relaxed);
         drop((down, up));
         FlowReport {
@@ -159,8 +178,9 @@ impl EbpfSplicer {
     /// 4. bytes that arrived before step 3 sit in the receive queue, where no new
     ///    segment may come to trigger the verdict (a client waiting for a reply): the
     ///    SO_RCVLOWAT kick runs the verdict over them now, in order.
-    fn arm(&self, cd: u64, cu: u64, down: &TcpStream, up: &TcpStream) -> Result<(), SpliceError> {
+    fn arm(&self, flow: &Flow, down: &TcpStream, up: &TcpStream) -> Result<(), SpliceError> {
         let zero = || PerCpuValues::try_from(vec![FlowCounters::default(); self.nr_cpus]);
+        let (cd, cu) = (flow.down_cookie, flow.up_cookie);
         {
             let mut m = self.maps.lock().expect("maps lock");
             // Bytes arriving on `down` leave through `up`, and the other way round.
@@ -176,32 +196,164 @@ impl EbpfSplicer {
         Ok(())
     }
 
+    /// The kernel's count of bytes received on the socket with `cookie` and handed to
+    /// its peer, summed over CPUs.
+    fn counters(&self, cookie: u64) -> FlowCounters {
+        let m = self.maps.lock().expect("maps lock");
+        m.flows.get(&cookie, 0).map(|v| sum(&v)).unwrap_or_default()
+    }
+
     /// Reads and removes the flow's counters and map entries. The kernel also drops a
     /// socket from both SOCKHASHes when it closes; removing here keeps the maps exact even
     /// while a socket lingers.
-    fn disarm(&self, cd: u64, cu: u64) -> (FlowCounters, FlowCounters) {
+    fn disarm(&self, flow: &Flow) -> (FlowCounters, FlowCounters) {
         let mut m = self.maps.lock().expect("maps lock");
         let mut take = |k: u64| {
-            let v = m.flows.get(&k, 0).map(|v| {
-                v.iter().fold(FlowCounters::default(), |a, c| FlowCounters {
-                    bytes: a.bytes + c.bytes,
-                    skbs: a.skbs + c.skbs,
-                })
-            });
+            let v = m.flows.get(&k, 0).map(|v| sum(&v));
             let _ = m.flows.remove(&k);
             v.unwrap_or_default()
         };
-        let (d, u) = (take(cd), take(cu));
-        for k in [cd, cu] {
+        let (d, u) = (take(flow.down_cookie), take(flow.up_cookie));
+        for k in [flow.down_cookie, flow.up_cookie] {
             let _ = m.spliced.remove(&k);
             let _ = m.peers.remove(&k);
         }
         (d, u)
     }
+
+    /// Watches both sockets until each side has sent FIN (passed on as shutdown(SHUT_WR)
+    /// of the peer) or either side reset (passed on as a reset of the peer). The verdict
+    /// program never sees a FIN as data, so this is the only way a half-close crosses.
+    async fn watch(&self, flow: &Flow, down: &TcpStream, up: &TcpStream) -> Termination {
+        let (mut down_fin, mut up_fin) = (false, false);
+        loop {
+            if down_fin && up_fin {
+                return Termination::Closed;
+            }
+            // After a side's FIN only an error (RST) on it still matters.
+            let interest = |fin: bool| {
+                if fin {
+                    Interest::ERROR
+                } else {
+                    Interest::READABLE
+                }
+            };
+            let (side, ready) = tokio::select! {
+                r = down.ready(interest(down_fin)) => (Side::Down, r),
+                r = up.ready(interest(up_fin)) => (Side::Up, r),
+            };
+            let (this, peer) = match side {
+                Side::Down => (down, up),
+                Side::Up => (up, down),
+            };
+            let ready = match ready {
+                Ok(r) => r,
+                Err(e) => return Termination::Error(format!("poll: {e}")),
+            };
+            if matches!(this.take_error(), Ok(Some(_))) || ready.is_error() {
+                abort(peer);
+                return match side {
+                    Side::Down => Termination::DownstreamReset,
+                    Side::Up => Termination::UpstreamReset,
+                };
+            }
+            if ready.is_read_closed() {
+                let fin = match side {
+                    Side::Down => &mut down_fin,
+                    Side::Up => &mut up_fin,
+                };
+                if !*fin {
+                    *fin = true;
+                    self.wait_forwarded(flow, side, this, peer).await;
+                    let _ = socket2::SockRef::from(peer).shutdown(std::net::Shutdown::Write);
+                }
+            } else {
+                // A wake-up with nothing for us (the verdict consumed the data): clear
+                // the cached readiness so the next ready() waits for a new event.
+                let _ = this.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+        }
+    }
+
+    /// After `from`'s FIN: waits until every byte that arrived on `from` went through the
+    /// verdict (its receive queue is empty) and everything the verdict handed over was
+    /// written into `to` (the psock backlog is invisible to `to`'s send queue until it is
+    /// transmitted), so the FIN passed on can't overtake data. Gives up after 30 s without
+    /// progress (a peer that stopped reading).
+    async fn wait_forwarded(&self, flow: &Flow, side: Side, from: &TcpStream, to: &TcpStream) {
+        let (from_cookie, base) = match side {
+            Side::Down => (flow.down_cookie, flow.up_base),
+            Side::Up => (flow.up_cookie, flow.down_base),
+        };
+        let mut last = 0;
+        let mut stalled = Duration::ZERO;
+        let mut nap = Duration::from_micros(100);
+        loop {
+            // Queue first, then counters: the verdict counts an skb before it is consumed.
+            let Ok(queued) = sockopt::inq(from) else {
+                return;
+            };
+            let handed = self.counters(from_cookie).bytes;
+            let Ok(written) = sockopt::bytes_written(to) else {
+                return;
+            };
+            if queued == 0 && written >= base + handed {
+                return;
+            }
+            if written != last {
+                last = written;
+                stalled = Duration::ZERO;
+            } else if stalled > Duration::from_secs(30) {
+                tracing::warn!(
+                    queued,
+                    unwritten = (base + handed).saturating_sub(written),
+                    "splice: bytes still unforwarded after 30 s without progress; passing the FIN on"
+                );
+                return;
+            }
+            tokio::time::sleep(nap).await;
+            stalled += nap;
+            nap = (nap * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The identity and starting point of one spliced flow.
+struct Flow {
+    down_cookie: u64,
+    up_cookie: u64,
+    /// Bytes already written into each socket by userspace before the splice (the
+    /// ClientHello the proxy forwarded upstream).
+    down_base: u64,
+    up_base: u64,
+}
+
+impl Flow {
+    fn new(down: &TcpStream, up: &TcpStream) -> io::Result<Flow> {
+        Ok(Flow {
+            down_cookie: sockopt::cookie(down)?,
+            up_cookie: sockopt::cookie(up)?,
+            down_base: sockopt::bytes_written(down)?,
+            up_base: sockopt::bytes_written(up)?,
+        })
+    }
+}
+
+fn sum(v: &PerCpuValues<FlowCounters>) -> FlowCounters {
+    v.iter().fold(FlowCounters::default(), |a, c| FlowCounters {
+        bytes: a.bytes + c.bytes,
+        skbs: a.skbs + c.skbs,
+    })
 }
 
 fn error_report(msg: String) -> FlowReport {
-    FlowReport { in_kernel: true, termination: Termination::Error(msg), ..Default::default() }
+    FlowReport {
+        in_kernel: true,
+        termination: Termination::Error(msg),
+        ..Default::default()
+    }
 }
 
 /// Which side a watched event came from.
@@ -209,84 +361,6 @@ fn error_report(msg: String) -> FlowReport {
 enum Side {
     Down,
     Up,
-}
-
-/// Watches both sockets until each side has sent FIN (passed on as shutdown(SHUT_WR) of
-/// the peer) or either side reset (passed on as a reset of the peer). The verdict program
-/// never sees a FIN as data, so this is the only way a half-close crosses the splice.
-async fn watch(down: &TcpStream, up: &TcpStream) -> Termination {
-    let (mut down_fin, mut up_fin) = (false, false);
-    loop {
-        if down_fin && up_fin {
-            return Termination::Closed;
-        }
-        // After a side's FIN only an error (RST) on it still matters.
-        let interest = |fin: bool| if fin { Interest::ERROR } else { Interest::READABLE };
-        let (side, ready) = tokio::select! {
-            r = down.ready(interest(down_fin)) => (Side::Down, r),
-            r = up.ready(interest(up_fin)) => (Side::Up, r),
-        };
-        let (this, peer) = match side {
-            Side::Down => (down, up),
-            Side::Up => (up, down),
-        };
-        let ready = match ready {
-            Ok(r) => r,
-            Err(e) => return Termination::Error(format!("poll: {e}")),
-        };
-        let reset = matches!(this.take_error(), Ok(Some(_))) || ready.is_error();
-        if reset {
-            abort(peer);
-            return match side {
-                Side::Down => Termination::DownstreamReset,
-                Side::Up => Termination::UpstreamReset,
-            };
-        }
-        if ready.is_read_closed() {
-            let fin = match side {
-                Side::Down => &mut down_fin,
-                Side::Up => &mut up_fin,
-            };
-            if !*fin {
-                *fin = true;
-                wait_forwarded(this, peer).await;
-                let _ = socket2::SockRef::from(peer).shutdown(std::net::Shutdown::Write);
-            }
-        } else {
-            // A wake-up with nothing for us (the verdict consumed the data): clear the
-            // cached readiness so the next ready() waits for a new event.
-            let _ = this.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
-        }
-    }
-}
-
-/// Waits until every byte that arrived on `from` has been written into `to`, so a FIN
-/// passed on now can't overtake data still queued inside the splice (the psock backlog
-/// is invisible to `to`'s send queue until it is transmitted). Gives up after 30 s
-/// without progress (a peer that stopped reading).
-async fn wait_forwarded(from: &TcpStream, to: &TcpStream) {
-    let mut last = 0;
-    let mut stalled = Duration::ZERO;
-    let mut nap = Duration::from_micros(200);
-    loop {
-        let (Ok(f), Ok(t)) = (sockopt::tcp_bytes(from), sockopt::tcp_bytes(to)) else { return };
-        if t.written >= f.received {
-            return;
-        }
-        if t.written != last {
-            last = t.written;
-            stalled = Duration::ZERO;
-        } else if stalled > Duration::from_secs(30) {
-            tracing::warn!(
-                "splice: {} bytes still unforwarded after 30 s without progress; closing",
-                f.received - t.written
-            );
-            return;
-        }
-        tokio::time::sleep(nap).await;
-        stalled += nap;
-        nap = (nap * 2).min(Duration::from_millis(20));
-    }
 }
 
 /// Resets `sock`: SO_LINGER 0 makes the close that follows send RST.
@@ -310,7 +384,8 @@ fn start_kernel_log(ebpf: &mut Ebpf) {
     handle.spawn(async move {
         // SAFETY: the logger owns its ring-buffer fd, and the AsyncFd owns the logger, so
         // the fd stays open for exactly as long as it is registered.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, Interest::READABLE) };
+        let fd =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, Interest::READABLE) };
         let mut fd = match fd {
             Ok(fd) => fd,
             Err(e) => {
@@ -319,7 +394,9 @@ fn start_kernel_log(ebpf: &mut Ebpf) {
             }
         };
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }

@@ -8,6 +8,7 @@
 //!   FIN/RST.
 //! - [`uring::UringSplicer`]: read/write copies on io_uring (tokio-uring) threads, for
 //!   hosts where eBPF can't load or when `--splice userspace` is asked for.
+mod copy;
 pub mod ebpf;
 mod sockopt;
 pub mod uring;
@@ -104,6 +105,47 @@ impl Splicer {
         match self {
             Splicer::Ebpf(s) => s.splice(down, up).await,
             Splicer::Userspace(s) => s.splice(down, up).await,
+        }
+    }
+}
+
+// === shared by the two userspace copies (io_uring, and the tokio fallback) ===
+
+/// How one direction of a userspace copy ended.
+pub(crate) enum DirEnd {
+    /// EOF from the reader; the writer's write side was shut (the half-close).
+    Fin(u64),
+    /// The reader's socket reset (or failed); the other socket must be reset.
+    ReaderReset(u64),
+    /// Writing failed (the peer reset); this flow is over.
+    WriterFailed(u64),
+}
+
+impl DirEnd {
+    pub(crate) fn bytes(&self) -> u64 {
+        match *self {
+            DirEnd::Fin(n) | DirEnd::ReaderReset(n) | DirEnd::WriterFailed(n) => n,
+        }
+    }
+}
+
+/// Which socket a userspace copy must reset after a direction ended badly.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Victim {
+    Down,
+    Up,
+}
+
+/// What a finished direction means for the flow: `down_to_up` says which direction it
+/// was. A reset on one side is passed on as a reset of the other.
+pub(crate) fn ending(down_to_up: bool, end: &DirEnd) -> Option<(Victim, Termination)> {
+    match (down_to_up, end) {
+        (_, DirEnd::Fin(_)) => None,
+        (true, DirEnd::ReaderReset(_)) | (false, DirEnd::WriterFailed(_)) => {
+            Some((Victim::Up, Termination::DownstreamReset))
+        }
+        (true, DirEnd::WriterFailed(_)) | (false, DirEnd::ReaderReset(_)) => {
+            Some((Victim::Down, Termination::UpstreamReset))
         }
     }
 }

@@ -27,22 +27,13 @@ pub fn cookie(sock: &impl AsRawFd) -> io::Result<u64> {
     Ok(v)
 }
 
-/// Byte offsets in `struct tcp_info` (include/uapi/linux/tcp.h): 8 one-byte fields and
-/// 24 u32 fields come first, then the u64s.
+/// Byte offset of tcpi_bytes_acked in `struct tcp_info` (include/uapi/linux/tcp.h):
+/// 8 one-byte fields and 24 u32 fields come first, then pacing rates, then it.
 const TCPI_BYTES_ACKED: usize = 120;
-const TCPI_BYTES_RECEIVED: usize = 128;
 
-/// The cumulative TCP byte counts of one socket, from TCP_INFO and SIOCOUTQ.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TcpBytes {
-    /// Payload bytes that arrived on this socket (rcv_nxt - irs - 1; FIN not counted).
-    pub received: u64,
-    /// Payload bytes written into this socket so far: acknowledged + still in the send
-    /// queue (snd_una - iss - 1 + write_seq - snd_una). Valid until this side sends FIN.
-    pub written: u64,
-}
-
-pub fn tcp_bytes(sock: &impl AsRawFd) -> io::Result<TcpBytes> {
+/// Payload bytes written into this socket so far: acknowledged + still in the send queue
+/// (tcpi_bytes_acked + SIOCOUTQ = write_seq - iss - 1). Valid until this side sends FIN.
+pub fn bytes_written(sock: &impl AsRawFd) -> io::Result<u64> {
     let mut buf = [0u8; 256];
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: `buf` is 256 writable bytes and `len` says so; the kernel copies at most
@@ -59,8 +50,10 @@ pub fn tcp_bytes(sock: &impl AsRawFd) -> io::Result<TcpBytes> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if (len as usize) < TCPI_BYTES_RECEIVED + 8 {
-        return Err(io::Error::other("kernel tcp_info too short for tcpi_bytes_received"));
+    if (len as usize) < TCPI_BYTES_ACKED + 8 {
+        return Err(io::Error::other(
+            "kernel tcp_info too short for tcpi_bytes_acked",
+        ));
     }
     let u64_at = |off: usize| u64::from_ne_bytes(buf[off..off + 8].try_into().expect("8 bytes"));
     let mut outq: libc::c_int = 0;
@@ -69,10 +62,7 @@ pub fn tcp_bytes(sock: &impl AsRawFd) -> io::Result<TcpBytes> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(TcpBytes {
-        received: u64_at(TCPI_BYTES_RECEIVED),
-        written: u64_at(TCPI_BYTES_ACKED) + outq.max(0) as u64,
-    })
+    Ok(u64_at(TCPI_BYTES_ACKED) + outq.max(0) as u64)
 }
 
 /// Re-arms the socket's receive path: setting SO_RCVLOWAT makes TCP call
@@ -98,3 +88,34 @@ pub fn kick_receive_queue(sock: &impl AsRawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Unread payload bytes in the socket's receive queue (SIOCINQ). TCP leaves a received
+/// FIN out of this count, so 0 means every data byte that arrived was consumed — by the
+/// verdict program, for a spliced socket.
+pub fn inq(sock: &impl AsRawFd) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCINQ (FIONREAD) writes one c_int to a valid c_int.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u64)
+}
+
+/// True when the socket is in TCP_ESTABLISHED, the only state (besides LISTEN) in which
+/// the kernel lets a socket into a SOCKHASH.
+pub fn is_established(sock: &impl AsRawFd) -> bool {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: as in `tcp_bytes`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    const TCP_ESTABLISHED: u8 = 1;
+    rc == 0 && len > 0 && buf[0] == TCP_ESTABLISHED
+}

@@ -22,7 +22,7 @@ use tokio::{
 
 use tokio_uring::buf::BoundedBuf;
 
-use super::{FlowReport, Termination, ebpf::SpliceError};
+use super::{DirEnd, FlowReport, Termination, Victim, ebpf::SpliceError, ending};
 
 const BUF_SIZE: usize = 64 * 1024;
 
@@ -41,7 +41,9 @@ pub struct UringSplicer {
 impl UringSplicer {
     /// Starts the io_uring threads.
     pub fn start() -> Result<Self, SpliceError> {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
             let (tx, rx) = mpsc::unbounded_channel::<Job>();
@@ -55,7 +57,10 @@ impl UringSplicer {
                 .map_err(|_| io::Error::other("io_uring thread died at start"))??;
             workers.push(tx);
         }
-        Ok(UringSplicer { workers: Arc::new(workers), next: Arc::new(AtomicUsize::new(0)) })
+        Ok(UringSplicer {
+            workers: Arc::new(workers),
+            next: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
@@ -68,12 +73,16 @@ impl UringSplicer {
         if self.workers[i].send(Job { down, up, done }).is_err() {
             return error_report("io_uring worker gone".into());
         }
-        rx.await.unwrap_or_else(|_| error_report("io_uring worker dropped the flow".into()))
+        rx.await
+            .unwrap_or_else(|_| error_report("io_uring worker dropped the flow".into()))
     }
 }
 
 fn error_report(msg: String) -> FlowReport {
-    FlowReport { termination: Termination::Error(msg), ..Default::default() }
+    FlowReport {
+        termination: Termination::Error(msg),
+        ..Default::default()
+    }
 }
 
 fn worker(mut rx: mpsc::UnboundedReceiver<Job>, ok: std::sync::mpsc::Sender<io::Result<()>>) {
@@ -92,16 +101,6 @@ fn worker(mut rx: mpsc::UnboundedReceiver<Job>, ok: std::sync::mpsc::Sender<io::
     });
 }
 
-/// How one direction ended.
-enum DirEnd {
-    /// EOF from the reader; the writer's write side was shut.
-    Fin(u64),
-    /// The reader's socket reset (or failed); the other socket must be reset.
-    ReaderReset(u64),
-    /// Writing failed (the peer reset); this flow is over.
-    WriterFailed(u64),
-}
-
 async fn run(job: Job) {
     let Job { down, up, done } = job;
     // Duplicates kept for the socket options io_uring has no op for (linger, shutdown).
@@ -117,34 +116,26 @@ async fn run(job: Job) {
     let mut d2u = tokio_uring::spawn(copy(down.clone(), up.clone()));
     let mut u2d = tokio_uring::spawn(copy(up.clone(), down.clone()));
     let failed = |r: Result<DirEnd, _>| r.unwrap_or(DirEnd::WriterFailed(0));
-    // Whichever direction ends first decides whether the other must be cut short: a
-    // reset on one side is passed on as a reset of the other (SO_LINGER 0, then close),
-    // and the other direction's pending read is woken by SHUT_RD.
-    let (a, b, termination) = tokio::select! {
+    // Whichever direction ends first decides whether the other must be cut short; then
+    // the other one may still end in a reset of its own.
+    let (a, b) = tokio::select! {
         r = &mut d2u => {
             let a = failed(r);
-            let t = match a {
-                DirEnd::Fin(_) => Termination::Closed,
-                DirEnd::ReaderReset(_) => reset(&up_ctl, Termination::DownstreamReset),
-                DirEnd::WriterFailed(_) => reset(&down_ctl, Termination::UpstreamReset),
-            };
-            (a, failed(u2d.await), t)
+            if let Some((v, _)) = ending(true, &a) { reset(v, &down_ctl, &up_ctl) }
+            (a, failed(u2d.await))
         }
         r = &mut u2d => {
             let b = failed(r);
-            let t = match b {
-                DirEnd::Fin(_) => Termination::Closed,
-                DirEnd::ReaderReset(_) => reset(&down_ctl, Termination::UpstreamReset),
-                DirEnd::WriterFailed(_) => reset(&up_ctl, Termination::DownstreamReset),
-            };
-            (failed(d2u.await), b, t)
+            if let Some((v, _)) = ending(false, &b) { reset(v, &down_ctl, &up_ctl) }
+            (failed(d2u.await), b)
         }
     };
-    // A clean first direction can still be followed by a reset on the other one.
-    let termination = match (&termination, &a, &b) {
-        (Termination::Closed, _, DirEnd::ReaderReset(_)) => reset(&down_ctl, Termination::UpstreamReset),
-        (Termination::Closed, DirEnd::ReaderReset(_), _) => reset(&up_ctl, Termination::DownstreamReset),
-        _ => termination,
+    let termination = match ending(true, &a).or_else(|| ending(false, &b)) {
+        Some((v, t)) => {
+            reset(v, &down_ctl, &up_ctl);
+            t
+        }
+        None => Termination::Closed,
     };
     let (d2u, u2d) = (a.bytes(), b.bytes());
     drop((down, up, down_ctl, up_ctl));
@@ -157,23 +148,19 @@ async fn run(job: Job) {
     });
 }
 
-/// Makes the coming close of `victim` send RST, and wakes whoever reads it.
-fn reset(victim: &std::net::TcpStream, t: Termination) -> Termination {
-    let _ = socket2::SockRef::from(victim).set_linger(Some(Duration::ZERO));
-    let _ = victim.shutdown(Shutdown::Read);
-    t
-}
-
-impl DirEnd {
-    fn bytes(&self) -> u64 {
-        match *self {
-            DirEnd::Fin(n) | DirEnd::ReaderReset(n) | DirEnd::WriterFailed(n) => n,
-        }
-    }
+/// Makes the coming close of the victim send RST (SO_LINGER 0), and wakes whoever
+/// reads it (SHUT_RD) so the other direction ends too.
+fn reset(victim: Victim, down: &std::net::TcpStream, up: &std::net::TcpStream) {
+    let s = if victim == Victim::Down { down } else { up };
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+    let _ = s.shutdown(Shutdown::Read);
 }
 
 /// Copies `from` -> `to` until EOF, then shuts `to`'s write side (the half-close).
-async fn copy(from: Rc<tokio_uring::net::TcpStream>, to: Rc<tokio_uring::net::TcpStream>) -> DirEnd {
+async fn copy(
+    from: Rc<tokio_uring::net::TcpStream>,
+    to: Rc<tokio_uring::net::TcpStream>,
+) -> DirEnd {
     let mut buf = vec![0u8; BUF_SIZE];
     let mut total = 0u64;
     loop {

@@ -1,0 +1,72 @@
+//! The admin API (127.0.0.1:15000 by default, like Envoy's admin port): readiness,
+//! Prometheus stats, the loaded config, and the splice's kernel-side state.
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::{server::Gateway, splice::Splicer};
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("admin bind {addr}: {e}")))
+}
+
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(handle(&gw, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(conn), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let json = |v: serde_json::Value| reply(StatusCode::OK, "application/json", format!("{v:#}\n"));
+    match req.uri().path() {
+        "/ready" => reply(StatusCode::OK, "text/plain", "LIVE\n".into()),
+        "/stats/prometheus" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            gw.stats
+                .render_prometheus(&gw.splicer, &gw.opts.bind.to_string()),
+        ),
+        "/config_dump" => json(serde_json::json!({ "resources": gw.snapshot.resources })),
+        "/debug/splice" => {
+            let mut v = serde_json::json!({ "mode": gw.splicer.name() });
+            if let Splicer::Ebpf(k) = &gw.splicer {
+                let (peers, spliced, flows) = k.map_entries();
+                v["active_flows"] = k.active_flows().into();
+                v["kernel"] = serde_json::to_value(k.kernel_stats()).unwrap_or_default();
+                v["maps"] =
+                    serde_json::json!({ "PEERS": peers, "SPLICED": spliced, "FLOWS": flows });
+            }
+            json(v)
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "admin endpoints: /ready /stats/prometheus /config_dump /debug/splice\n".into(),
+        ),
+    }
+}

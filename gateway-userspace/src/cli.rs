@@ -1,0 +1,159 @@
+//! The command line: `gateway run` and `gateway validate`.
+use std::{
+    collections::BTreeMap, net::IpAddr, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    admin,
+    config::{self, GatewayIdentity},
+    listener,
+    server::{Gateway, Options},
+    splice::{SpliceMode, Splicer},
+};
+
+/// Exit status for invalid configuration (EX_USAGE, as linkerd does).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Istio-compatible ingress gateway with an eBPF-spliced L4 data path"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the Gateways, VirtualServices and ServiceEntries in the given config.
+    Run(RunArgs),
+    /// Check config and print every error as file:line:col: message.
+    Validate(ConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// YAML files or directories of them (multi-document, as for `kubectl apply -f`).
+    #[arg(long, short = 'c', required = true, num_args = 1..)]
+    pub config: Vec<PathBuf>,
+    /// The gateway's own namespace (where credentialName Secrets live).
+    #[arg(long, default_value = "istio-system")]
+    pub namespace: String,
+    /// The gateway's labels, matched by Gateway `selector`s (repeatable k=v). Default:
+    /// istio=ingressgateway and app=istio-ingressgateway, like Istio's default gateway.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// How TCP and TLS-passthrough payload is moved: eBPF in the kernel, or io_uring.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub splice: SpliceMode,
+    /// Admin API address (/ready, /stats/prometheus, /config_dump).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Address the Gateway ports are bound on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// How long a TLS port waits for a complete ClientHello.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub client_hello_timeout: Duration,
+    /// Upstream connect timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+impl ConfigArgs {
+    pub fn identity(&self) -> GatewayIdentity {
+        let mut id = GatewayIdentity {
+            namespace: self.namespace.clone(),
+            ..GatewayIdentity::default()
+        };
+        if !self.labels.is_empty() {
+            id.labels = self.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+        }
+        id
+    }
+
+    /// Loads and validates; on failure prints every error and exits 64, binding nothing.
+    pub fn load_or_exit(&self) -> config::Snapshot {
+        match config::load(&self.config, &self.identity()) {
+            Ok(s) => s,
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!(
+                    "{} configuration error(s); nothing was started",
+                    errors.0.len()
+                );
+                std::process::exit(EXIT_BAD_CONFIG);
+            }
+        }
+    }
+}
+
+pub fn validate(args: &ConfigArgs) {
+    let snap = args.load_or_exit();
+    println!(
+        "config OK: {} listener(s) on port(s) {}, {} cluster(s)",
+        snap.listeners.len(),
+        snap.listeners
+            .iter()
+            .map(|l| l.port.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        snap.clusters.len()
+    );
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let snapshot = args.config.load_or_exit();
+    let splicer = Splicer::new(args.splice).context(
+        "the eBPF splice could not start (needs root or CAP_BPF+CAP_NET_ADMIN, and a binary built after `cargo xtask setup`); try --splice userspace",
+    )?;
+    let opts = Options {
+        bind: args.bind,
+        client_hello_timeout: args.client_hello_timeout,
+        connect_timeout: args.connect_timeout,
+    };
+    let gw = Arc::new(Gateway::new(snapshot, splicer, opts));
+    let (served, unserved) = gw.served_ports();
+    for port in &unserved {
+        tracing::warn!(
+            port,
+            "HTTP/HTTPS servers on this port are not served yet by this build (L4 only)"
+        );
+    }
+    let listeners = listener::bind_all(&gw).context("binding the Gateway ports")?;
+    let admin = admin::bind(args.admin_addr)
+        .await
+        .context("binding the admin API")?;
+    tokio::spawn(admin::serve(gw.clone(), admin));
+    for (l, sock) in listeners {
+        tokio::spawn(listener::accept_loop(gw.clone(), l, sock));
+    }
+    tracing::info!(
+        splice = gw.splicer.name(),
+        admin = %args.admin_addr,
+        ports = ?served,
+        "gateway ready"
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    Ok(())
+}

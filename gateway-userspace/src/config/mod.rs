@@ -1,0 +1,164 @@
+//! Gateway configuration: loads Istio/Kubernetes YAML, validates it the way
+//! Istio would, and builds an immutable [`Snapshot`] for the data plane.
+//!
+//! Every problem is reported as `file:line:col: message`, and all of them are
+//! collected (one serde error per document at most, plus every validation
+//! error) rather than stopping at the first.
+//!
+//! Module map: [`istio`] serde types, `source` document splitting and node
+//! positions, `parse` document -> typed resource, `validate` Istio rules and
+//! snapshot assembly, `resolve` destinations -> clusters, `hosts` host-name
+//! matching, [`snapshot`] the output types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+mod hosts;
+pub mod istio;
+mod parse;
+mod resolve;
+pub mod snapshot;
+mod source;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use snapshot::{
+    Cluster, HttpRouteEntry, HttpVirtualHost, Listener, ListenerProtocol, Resources, Secret,
+    ServerKind, ServerRef, Snapshot, TcpRoute, TlsMode, TlsRoute, WeightedCluster,
+};
+
+/// Who we are, as Istio's Gateway `selector` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayIdentity {
+    /// Namespace of the gateway workload; `credentialName` secrets live here.
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for GatewayIdentity {
+    /// The stock `istio-ingressgateway` in the root namespace.
+    fn default() -> Self {
+        GatewayIdentity {
+            namespace: "istio-system".into(),
+            labels: [("istio", "ingressgateway"), ("app", "istio-ingressgateway")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// A 1-based position in a file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Loc {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.col)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{loc}: {message}")]
+pub struct ConfigError {
+    pub loc: Loc,
+    pub message: String,
+}
+
+/// All errors of one load, sorted by file then position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads files, and directories (their `*.yaml` / `*.yml` files, sorted by
+/// name, not recursive), in the order given.
+pub fn load(paths: &[PathBuf], id: &GatewayIdentity) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut parsed = parse::Parsed::default();
+    for file in expand_paths(paths, &mut errors) {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => parsed.add_file(&file, &text, &mut errors),
+            Err(e) => errors.push(io_error(&file, format!("cannot read file: {e}"))),
+        }
+    }
+    finish(parsed, id, errors)
+}
+
+/// Loads YAML text as if it were a file called `name` (for tests and tools).
+pub fn load_str(name: &str, yaml: &str, id: &GatewayIdentity) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut parsed = parse::Parsed::default();
+    parsed.add_file(Path::new(name), yaml, &mut errors);
+    finish(parsed, id, errors)
+}
+
+fn finish(
+    parsed: parse::Parsed,
+    id: &GatewayIdentity,
+    mut errors: Vec<ConfigError>,
+) -> Result<Snapshot, ConfigErrors> {
+    let snapshot = validate::build(parsed, id, &mut errors);
+    if errors.is_empty() {
+        return Ok(snapshot);
+    }
+    // Stable: keeps discovery order for errors at the same place.
+    errors.sort_by(|a, b| a.loc.cmp(&b.loc));
+    errors.dedup();
+    Err(ConfigErrors(errors))
+}
+
+fn io_error(file: &Path, message: String) -> ConfigError {
+    ConfigError {
+        loc: Loc {
+            file: file.to_path_buf(),
+            line: 1,
+            col: 1,
+        },
+        message,
+    }
+}
+
+fn expand_paths(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let entries = match std::fs::read_dir(path) {
+            Ok(entries) => entries,
+            Err(e) => {
+                errors.push(io_error(path, format!("cannot read directory: {e}")));
+                continue;
+            }
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            })
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    files
+}

@@ -1,0 +1,270 @@
+//! Destination -> cluster resolution against ServiceEntries, falling back to
+//! the system resolver (so `localhost` / `127.0.0.1` work without an SE).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+use super::ConfigError;
+use super::hosts;
+use super::istio::{Destination, Resolution, ServiceEntry, ServicePort};
+use super::parse::Entry;
+use super::snapshot::Cluster;
+use super::source::Source;
+
+/// Istio's cluster naming: `outbound|<port>|<subset>|<fqdn>`.
+pub(crate) fn cluster_name(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+pub(crate) struct Resolver<'a> {
+    /// Ordered by namespace/name so that the choice among several
+    /// ServiceEntries naming the same host is deterministic.
+    service_entries: Vec<&'a Entry<ServiceEntry>>,
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Clusters whose endpoints could not be built (error already reported).
+    failed: HashSet<String>,
+    dns: HashMap<(String, u16), Result<Vec<SocketAddr>, String>>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(service_entries: &'a [Entry<ServiceEntry>]) -> Self {
+        let mut service_entries: Vec<_> = service_entries.iter().collect();
+        service_entries.sort_by_key(|e| {
+            (
+                e.res.metadata.namespace().to_string(),
+                e.res.metadata.name.clone(),
+            )
+        });
+        Resolver {
+            service_entries,
+            clusters: BTreeMap::new(),
+            failed: HashSet::new(),
+            dns: HashMap::new(),
+        }
+    }
+
+    /// Resolves the destination at `path` (the `destination` node) of a
+    /// resource in namespace `ns`; returns the cluster name, or `None` after
+    /// reporting why not.
+    pub fn destination(
+        &mut self,
+        dest: &Destination,
+        ns: &str,
+        src: &Source,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<String> {
+        let written = dest.host.trim();
+        let host = written.to_ascii_lowercase();
+        let fqdn = hosts::expand(&host, ns);
+        let subset = dest.subset.as_deref().unwrap_or("");
+        let host_path = format!("{path}.host");
+        let port_path = format!("{path}.port.number");
+        let to_u16 = |n: u32, errors: &mut Vec<ConfigError>| {
+            let p = u16::try_from(n).ok().filter(|p| *p != 0);
+            if p.is_none() {
+                errors.push(src.error(&port_path, format!("port {n} is out of range 1-65535")));
+            }
+            p
+        };
+
+        if let Some((se, se_host)) = self.find_service_entry(&host, &fqdn) {
+            let ports = &se.res.spec.ports;
+            let number = match (dest.port, ports.as_slice()) {
+                (Some(p), _) => p.number,
+                // Istio allows omitting the port when the service has one.
+                (None, [only]) => only.number,
+                (None, _) => {
+                    errors.push(src.error(
+                        &host_path,
+                        format!(
+                            "destination host \"{written}\" has no port and service entry {} declares {} ports; set port.number",
+                            se.res.key(),
+                            ports.len()
+                        ),
+                    ));
+                    return None;
+                }
+            };
+            let Some(sp) = ports.iter().find(|p| p.number == number) else {
+                errors.push(src.error(
+                    &port_path,
+                    format!(
+                        "service entry {} has no port {number} for host \"{written}\"",
+                        se.res.key()
+                    ),
+                ));
+                return None;
+            };
+            let port = to_u16(number, errors)?;
+            let name = cluster_name(port, subset, &se_host);
+            if self.clusters.contains_key(&name) {
+                return Some(name);
+            }
+            if self.failed.contains(&name) {
+                return None;
+            }
+            match self.service_entry_endpoints(se, &se_host, sp, errors) {
+                Some(endpoints) => {
+                    self.clusters.insert(
+                        name.clone(),
+                        Cluster {
+                            name: name.clone(),
+                            host: se_host,
+                            port,
+                            endpoints,
+                        },
+                    );
+                    Some(name)
+                }
+                None => {
+                    self.failed.insert(name);
+                    None
+                }
+            }
+        } else {
+            let Some(number) = dest.port.map(|p| p.number) else {
+                errors.push(src.error(
+                    &host_path,
+                    format!("destination host \"{written}\" has no port and no ServiceEntry names it; set port.number"),
+                ));
+                return None;
+            };
+            let port = to_u16(number, errors)?;
+            let name = cluster_name(port, subset, &host);
+            if self.clusters.contains_key(&name) {
+                return Some(name);
+            }
+            match self.lookup(written, port) {
+                Ok(endpoints) => {
+                    self.clusters.insert(
+                        name.clone(),
+                        Cluster {
+                            name: name.clone(),
+                            host,
+                            port,
+                            endpoints,
+                        },
+                    );
+                    Some(name)
+                }
+                Err(e) => {
+                    errors.push(src.error(
+                        &host_path,
+                        format!(
+                            "destination host \"{written}\" port {port} cannot be resolved: no ServiceEntry names it and the system resolver said: {e}"
+                        ),
+                    ));
+                    None
+                }
+            }
+        }
+    }
+
+    /// A ServiceEntry host names the destination if it equals the host as
+    /// written or its expanded FQDN, or if it is a short name expanding (in
+    /// the SE's namespace) to the same FQDN. Returns the SE's FQDN.
+    fn find_service_entry(
+        &self,
+        host: &str,
+        fqdn: &str,
+    ) -> Option<(&'a Entry<ServiceEntry>, String)> {
+        self.service_entries.iter().find_map(|se| {
+            se.res.spec.hosts.iter().find_map(|h| {
+                let h = h.to_ascii_lowercase();
+                let expanded = hosts::expand(&h, se.res.metadata.namespace());
+                (h == host || h == fqdn || expanded == fqdn).then_some((*se, expanded))
+            })
+        })
+    }
+
+    fn service_entry_endpoints(
+        &mut self,
+        se: &Entry<ServiceEntry>,
+        se_host: &str,
+        sp: &ServicePort,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Vec<SocketAddr>> {
+        let spec = &se.res.spec;
+        let default_port = sp.target_port.unwrap_or(sp.number);
+        let mut out = Vec::new();
+        let mut ok = true;
+        if spec.endpoints.is_empty() {
+            match spec.resolution {
+                // STATIC without endpoints is legal in Istio: an empty cluster.
+                Resolution::Static => {}
+                // DNS: the SE host itself is the name to resolve. NONE would
+                // be original-destination passthrough, which an ingress
+                // gateway cannot do; resolving the host is the useful reading.
+                Resolution::Dns | Resolution::DnsRoundRobin | Resolution::None => {
+                    let port = u16::try_from(default_port).unwrap_or(0);
+                    match self.lookup(se_host, port) {
+                        Ok(addrs) => out = addrs,
+                        Err(e) => {
+                            let i = spec
+                                .hosts
+                                .iter()
+                                .position(|h| h.eq_ignore_ascii_case(se_host))
+                                .unwrap_or(0);
+                            errors.push(se.src.error(
+                                &format!("spec.hosts[{i}]"),
+                                format!("service entry host \"{se_host}\" cannot be resolved by the system resolver: {e}"),
+                            ));
+                            ok = false;
+                        }
+                    }
+                }
+            }
+        }
+        for (k, ep) in spec.endpoints.iter().enumerate() {
+            // Missing / non-IP STATIC addresses are reported by validation.
+            let Some(address) = ep.address.as_deref() else {
+                continue;
+            };
+            let number = sp
+                .name
+                .as_ref()
+                .and_then(|n| ep.ports.get(n))
+                .copied()
+                .unwrap_or(default_port);
+            let Ok(port) = u16::try_from(number) else {
+                continue;
+            };
+            if let Ok(ip) = address.parse::<IpAddr>() {
+                out.push(SocketAddr::new(ip, port));
+            } else if spec.resolution != Resolution::Static && !address.starts_with("unix://") {
+                match self.lookup(address, port) {
+                    Ok(addrs) => out.extend(addrs),
+                    Err(e) => {
+                        errors.push(se.src.error(
+                            &format!("spec.endpoints[{k}].address"),
+                            format!("endpoint address \"{address}\" cannot be resolved by the system resolver: {e}"),
+                        ));
+                        ok = false;
+                    }
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// System resolver, memoized per load so a name is looked up once.
+    fn lookup(&mut self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        self.dns
+            .entry((host.to_ascii_lowercase(), port))
+            .or_insert_with(|| match (host, port).to_socket_addrs() {
+                Ok(addrs) => {
+                    let mut addrs: Vec<_> = addrs.collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    if addrs.is_empty() {
+                        Err("no addresses".to_string())
+                    } else {
+                        Ok(addrs)
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,203 @@
+//! The immutable result of loading: what the gateway must serve.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use super::istio;
+pub use super::istio::TlsMode;
+
+/// Everything the data plane needs, built once and never mutated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// One per port, sorted by port.
+    pub listeners: Vec<Listener>,
+    /// Keyed by the Istio-style cluster name.
+    pub clusters: BTreeMap<String, Cluster>,
+    /// `"namespace/name"` -> decoded data. Deliberately not in `resources`.
+    pub secrets: BTreeMap<String, Secret>,
+    /// The raw typed resources, for later milestones and config_dump.
+    pub resources: Resources,
+}
+
+impl Snapshot {
+    pub fn listener(&self, port: u16) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+}
+
+/// All loaded resources as written (after defaulting), in load order.
+/// Serializable for a config dump; secrets appear by name only.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    pub gateways: Vec<istio::Gateway>,
+    pub virtual_services: Vec<istio::VirtualService>,
+    pub service_entries: Vec<istio::ServiceEntry>,
+    pub telemetry: Vec<istio::Telemetry>,
+    pub authorization_policies: Vec<istio::AuthorizationPolicy>,
+    /// `"namespace/name"` of each Secret.
+    pub secret_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ListenerProtocol {
+    /// Only plain TCP servers.
+    Tcp,
+    /// SNI-selected: TLS passthrough, possibly with HTTPS-terminating
+    /// servers and/or a TCP fallback for connections no SNI route matches.
+    Tls,
+    /// Plain HTTP servers.
+    Http,
+    /// Only HTTPS-terminating servers.
+    Https,
+}
+
+/// How a single Gateway server is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ServerKind {
+    /// HTTP, HTTP2, GRPC, GRPC-WEB.
+    Http,
+    /// HTTPS with SIMPLE / MUTUAL / OPTIONAL_MUTUAL / ISTIO_MUTUAL.
+    HttpsTerminate,
+    /// TLS, or HTTPS with PASSTHROUGH / AUTO_PASSTHROUGH.
+    TlsPassthrough,
+    /// TCP and TCP-based protocols (MONGO, MYSQL, REDIS).
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerRef {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    /// Index in the Gateway's `servers`.
+    pub index: usize,
+    pub name: Option<String>,
+    /// Upper-cased as Istio compares it.
+    pub protocol: String,
+    /// As written (`ns/host`, `./host`, `*/host` or `host`).
+    pub hosts: Vec<String>,
+    pub tls_mode: TlsMode,
+    pub kind: ServerKind,
+    pub bind: Option<String>,
+    pub tls: Option<istio::ServerTlsSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub port: u16,
+    pub protocol: ListenerProtocol,
+    pub servers: Vec<ServerRef>,
+    /// Plain TCP proxying (and, on a TLS listener, the fallback for
+    /// connections no SNI route matches). Chosen from the VS `tcp[]` entries
+    /// bound to a TCP server on this port whose `match` is empty or has a
+    /// `port` that is unset or equal to this port: VSs are taken in
+    /// namespace/name order, entries in `tcp[]` order, and the first wins.
+    pub tcp: Option<TcpRoute>,
+    /// SNI routes, in VS namespace/name order then `tls[]` order.
+    pub tls: Vec<TlsRoute>,
+    /// Virtual services bound to the HTTP / HTTPS-terminating servers.
+    pub http: Vec<HttpVirtualHost>,
+}
+
+impl Listener {
+    /// Picks the TLS route for an SNI name the way Envoy's filter chain match
+    /// does: exact name first, then the wildcard with the longest suffix,
+    /// then `*`. Case-insensitive; ties go to the first route.
+    pub fn route_sni(&self, sni: &str) -> Option<&TlsRoute> {
+        let sni = sni.to_ascii_lowercase();
+        let mut best: Option<((u8, usize), &TlsRoute)> = None;
+        for route in &self.tls {
+            for host in &route.sni_hosts {
+                let score = if *host == sni {
+                    Some((2, host.len()))
+                } else if host == "*" {
+                    Some((0, 0))
+                } else if let Some(suffix) = host.strip_prefix('*') {
+                    sni.ends_with(suffix).then_some((1, suffix.len()))
+                } else {
+                    None
+                };
+                if let Some(score) = score
+                    && best.is_none_or(|(b, _)| score > b)
+                {
+                    best = Some((score, route));
+                }
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TcpRoute {
+    /// `namespace/name` of the VirtualService.
+    pub name: String,
+    pub destinations: Vec<WeightedCluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TlsRoute {
+    /// `namespace/name` of the VirtualService.
+    pub name: String,
+    /// Lowercase; may be `*.x.y` or `*`.
+    pub sni_hosts: Vec<String>,
+    pub destinations: Vec<WeightedCluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+/// A VirtualService bound to HTTP(S) servers of a listener. Routes are
+/// carried as parsed for the HTTP milestone, with destinations resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpVirtualHost {
+    /// `namespace/name` of the VirtualService.
+    pub name: String,
+    /// Indices into `Listener::servers` this VS is bound to.
+    pub servers: Vec<usize>,
+    /// The VS hosts, lowercase.
+    pub hosts: Vec<String>,
+    pub routes: Vec<HttpRouteEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRouteEntry {
+    pub route: istio::HttpRoute,
+    /// Resolved `route[]` destinations (empty for redirect/directResponse).
+    pub destinations: Vec<WeightedCluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cluster {
+    /// Istio style: `outbound|2701||tcp-echo-service.default.svc.cluster.local`.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Decoded Secret data (`tls.crt`, `tls.key`, `ca.crt`, ...).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// `namespace/name`.
+    pub name: String,
+    pub type_: Option<String>,
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+/// Never prints key material.
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("type_", &self.type_)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}

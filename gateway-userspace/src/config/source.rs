@@ -1,0 +1,289 @@
+//! Source handling: splitting a file into YAML documents, mapping node paths
+//! to file positions, and translating serde_yaml errors into file positions.
+//!
+//! Each document is parsed on its own (so that one broken document does not
+//! hide errors in the others). To keep positions file-relative, a document is
+//! cut out at line boundaries and its `---` marker is blanked with spaces, so
+//! columns are unchanged and lines only need `line_offset` added.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+use super::{ConfigError, Loc};
+
+/// One YAML document of a file.
+pub(crate) struct DocText {
+    /// Document text; lines before it are not included.
+    pub text: String,
+    /// Number of file lines before the first line of `text`.
+    pub line_offset: usize,
+}
+
+/// `---` (or `...`) at column 0 followed by whitespace or end of line.
+fn marker_len(line: &str, marker: &str) -> Option<usize> {
+    let rest = line.strip_prefix(marker)?;
+    (rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n'])).then_some(marker.len())
+}
+
+/// Splits a multi-document stream at `---` lines. YAML forbids document
+/// markers at column 0 inside any scalar, so a line-based split is exact.
+pub(crate) fn split_documents(src: &str) -> Vec<DocText> {
+    let src = src.strip_prefix('\u{feff}').unwrap_or(src);
+    let mut docs = Vec::new();
+    let mut cur = String::new();
+    let mut cur_offset = 0;
+    for (lineno, line) in src.split_inclusive('\n').enumerate() {
+        if marker_len(line, "---").is_some() {
+            docs.push(DocText {
+                text: std::mem::take(&mut cur),
+                line_offset: cur_offset,
+            });
+            cur_offset = lineno;
+            cur.push_str("   ");
+            cur.push_str(&line[3..]);
+        } else if marker_len(line, "...").is_some() {
+            cur.push_str("   ");
+            cur.push_str(&line[3..]);
+        } else {
+            cur.push_str(line);
+        }
+    }
+    docs.push(DocText {
+        text: cur,
+        line_offset: cur_offset,
+    });
+    docs.retain(|d| !is_blank(&d.text));
+    docs
+}
+
+/// Only whitespace, comments and directives.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#') || l.starts_with('%')
+    })
+}
+
+/// Positions (file-relative, 1-based line and column) of every node of one
+/// document, keyed by path: `spec.servers[0].port.number`. The document root
+/// has the empty path.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Positions {
+    map: HashMap<String, (usize, usize)>,
+}
+
+impl Positions {
+    /// Builds the index. A document that does not parse yields whatever was
+    /// seen before the error (serde_yaml reports the syntax error itself).
+    pub fn build(doc: &DocText) -> Positions {
+        let mut recv = Recorder {
+            line_offset: doc.line_offset,
+            lines: doc.text.lines().collect(),
+            frames: Vec::new(),
+            map: HashMap::new(),
+        };
+        let _ = Parser::new_from_str(&doc.text).load(&mut recv, false);
+        Positions { map: recv.map }
+    }
+
+    /// Position of `path`, or of its nearest existing ancestor (so that a
+    /// missing optional field is reported at the object that lacks it).
+    pub fn find(&self, path: &str) -> (usize, usize) {
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.map.get(p) {
+                return *pos;
+            }
+            if p.is_empty() {
+                return (1, 1);
+            }
+            p = parent(p);
+        }
+    }
+}
+
+fn parent(path: &str) -> &str {
+    if path.ends_with(']')
+        && let Some(i) = path.rfind('[')
+    {
+        return &path[..i];
+    }
+    match path.rfind('.') {
+        Some(i) => &path[..i],
+        None => "",
+    }
+}
+
+enum Frame {
+    /// `key` is `None` while waiting for a key; `positioned` records whether
+    /// the mapping's own position has been fixed to its first key yet.
+    Map {
+        path: String,
+        key: Option<String>,
+        positioned: bool,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
+}
+
+struct Recorder<'a> {
+    line_offset: usize,
+    lines: Vec<&'a str>,
+    frames: Vec<Frame>,
+    map: HashMap<String, (usize, usize)>,
+}
+
+impl Recorder<'_> {
+    /// yaml-rust2 marks an "indentless" block sequence (`key:\n- item`, with
+    /// the dash under the key) at its first item; point at the dash instead.
+    fn sequence_start(&self, mark: Marker) -> (usize, usize) {
+        let col = mark.col();
+        if let Some(line) = self.lines.get(mark.line().wrapping_sub(1)) {
+            let before: Vec<char> = line.chars().take(col).collect();
+            let trimmed = before.iter().rposition(|c| *c != ' ');
+            if let Some(i) = trimmed.filter(|&i| before[i] == '-') {
+                return (mark.line() + self.line_offset, i + 1);
+            }
+        }
+        (mark.line() + self.line_offset, col + 1)
+    }
+
+    fn child_path(&self) -> String {
+        match self.frames.last() {
+            None => String::new(),
+            Some(Frame::Map { path, key, .. }) => {
+                let k = key.as_deref().unwrap_or("?");
+                if path.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{path}.{k}")
+                }
+            }
+            Some(Frame::Seq { path, index }) => format!("{path}[{index}]"),
+        }
+    }
+
+    /// A value node finished: the parent moves to its next key/item.
+    fn advance(&mut self) {
+        match self.frames.last_mut() {
+            Some(Frame::Map { key, .. }) => {
+                *key = if key.is_some() {
+                    None
+                } else {
+                    Some("?".into())
+                };
+            }
+            Some(Frame::Seq { index, .. }) => *index += 1,
+            None => {}
+        }
+    }
+
+    fn record(&mut self, path: String, pos: (usize, usize)) {
+        self.map.entry(path).or_insert(pos);
+    }
+}
+
+impl MarkedEventReceiver for Recorder<'_> {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        // yaml-rust2 lines are 1-based, columns 0-based.
+        let pos = (mark.line() + self.line_offset, mark.col() + 1);
+        match ev {
+            Event::Scalar(value, ..) => {
+                if let Some(Frame::Map {
+                    path,
+                    key: key @ None,
+                    positioned,
+                }) = self.frames.last_mut()
+                {
+                    // A key. Block mapping start marks are imprecise; the
+                    // first key is where a reader sees the mapping begin.
+                    if !*positioned {
+                        *positioned = true;
+                        let p = path.clone();
+                        self.map.insert(p, pos);
+                    }
+                    *key = Some(value);
+                    return;
+                }
+                let p = self.child_path();
+                self.record(p, pos);
+                self.advance();
+            }
+            Event::Alias(_) => {
+                let p = self.child_path();
+                self.record(p, pos);
+                self.advance();
+            }
+            Event::SequenceStart(..) => {
+                let p = self.child_path();
+                let pos = self.sequence_start(mark);
+                self.record(p.clone(), pos);
+                self.frames.push(Frame::Seq { path: p, index: 0 });
+            }
+            Event::MappingStart(..) => {
+                let p = self.child_path();
+                self.record(p.clone(), (pos.0, pos.1.saturating_sub(1).max(1)));
+                self.frames.push(Frame::Map {
+                    path: p,
+                    key: None,
+                    positioned: false,
+                });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                self.frames.pop();
+                self.advance();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One parsed document: where it came from and where its nodes are.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub file: PathBuf,
+    pub positions: Positions,
+}
+
+impl Source {
+    pub fn loc(&self, path: &str) -> Loc {
+        let (line, col) = self.positions.find(path);
+        Loc {
+            file: self.file.clone(),
+            line,
+            col,
+        }
+    }
+
+    pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            loc: self.loc(path),
+            message: message.into(),
+        }
+    }
+}
+
+/// Converts a serde_yaml error on a document into a file-positioned error.
+/// serde_yaml appends " at line L column C" to its message; that part is
+/// replaced by our own (file-relative) location.
+pub(crate) fn serde_error(file: &Path, doc: &DocText, err: &serde_yaml::Error) -> ConfigError {
+    let text = err.to_string();
+    let message = match text.rfind(" at line ") {
+        Some(i) if err.location().is_some() => text[..i].to_string(),
+        _ => text,
+    };
+    let (line, col) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+    ConfigError {
+        loc: Loc {
+            file: file.to_path_buf(),
+            line: line + doc.line_offset,
+            col,
+        },
+        message,
+    }
+}

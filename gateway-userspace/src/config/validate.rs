@@ -1,0 +1,845 @@
+//! Istio's validation rules and the assembly of the [`Snapshot`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use base64::Engine as _;
+
+use super::hosts;
+use super::istio::{self, Gateway, Resolution, StringMatch, TlsMode, VirtualService};
+use super::parse::{Entry, Parsed};
+use super::resolve::Resolver;
+use super::snapshot::{
+    HttpRouteEntry, HttpVirtualHost, Listener, ListenerProtocol, Resources, Secret, ServerKind,
+    ServerRef, Snapshot, TcpRoute, TlsRoute, WeightedCluster,
+};
+use super::source::Source;
+use super::{ConfigError, GatewayIdentity};
+
+pub(crate) fn build(p: Parsed, id: &GatewayIdentity, errors: &mut Vec<ConfigError>) -> Snapshot {
+    check_duplicates(&p, errors);
+    let secrets = build_secrets(&p, errors);
+    for gw in &p.gateways {
+        validate_gateway(gw, errors);
+    }
+    for vs in &p.virtual_services {
+        validate_virtual_service(vs, errors);
+    }
+    for se in &p.service_entries {
+        validate_service_entry(se, errors);
+    }
+
+    // Istio: a Gateway applies to the workloads its selector matches; an
+    // empty selector matches every gateway workload.
+    let selected: Vec<&Entry<Gateway>> = p
+        .gateways
+        .iter()
+        .filter(|g| {
+            g.res
+                .spec
+                .selector
+                .iter()
+                .all(|(k, v)| id.labels.get(k) == Some(v))
+        })
+        .collect();
+    for gw in &selected {
+        check_credentials(gw, id, &secrets, &p.broken, errors);
+    }
+    let servers_by_port = merge_servers(&selected, errors);
+
+    let known_gateways: HashSet<String> = p
+        .gateways
+        .iter()
+        .map(|g| g.res.key())
+        .chain(
+            p.broken
+                .iter()
+                .filter_map(|b| b.strip_prefix("Gateway ").map(str::to_string)),
+        )
+        .collect();
+    let selected_keys: HashSet<String> = selected.iter().map(|g| g.res.key()).collect();
+
+    // VS processing order is namespace/name: it decides which VS wins where
+    // several could serve the same TCP port.
+    let mut vss: Vec<VsBinding> = Vec::new();
+    for vs in &p.virtual_services {
+        let gateways = vs_gateways(vs, &known_gateways, errors);
+        let gateways: Vec<String> = gateways
+            .into_iter()
+            .filter(|g| selected_keys.contains(g))
+            .collect();
+        if !gateways.is_empty() {
+            vss.push(VsBinding { vs, gateways });
+        }
+    }
+    vss.sort_by_key(|b| {
+        (
+            b.vs.res.metadata.namespace().to_string(),
+            b.vs.res.metadata.name.clone(),
+        )
+    });
+
+    let mut routes = RouteBuilder {
+        resolver: Resolver::new(&p.service_entries),
+        cache: HashMap::new(),
+    };
+    let listeners = servers_by_port
+        .into_iter()
+        .map(|(port, servers)| routes.listener(port, servers, &vss, errors))
+        .collect();
+
+    Snapshot {
+        listeners,
+        clusters: routes.resolver.clusters,
+        secrets,
+        resources: Resources {
+            gateways: p.gateways.iter().map(|e| e.res.clone()).collect(),
+            virtual_services: p.virtual_services.iter().map(|e| e.res.clone()).collect(),
+            service_entries: p.service_entries.iter().map(|e| e.res.clone()).collect(),
+            telemetry: p.telemetry.iter().map(|e| e.res.clone()).collect(),
+            authorization_policies: p
+                .authorization_policies
+                .iter()
+                .map(|e| e.res.clone())
+                .collect(),
+            secret_names: p
+                .secrets
+                .iter()
+                .map(|e| format!("{}/{}", e.res.metadata.namespace(), e.res.metadata.name))
+                .collect(),
+        },
+    }
+}
+
+// ------------------------------------------------------------- resources
+
+fn check_duplicates(p: &Parsed, errors: &mut Vec<ConfigError>) {
+    fn check<'a>(
+        kind: &str,
+        items: impl Iterator<Item = (String, &'a Source)>,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        let mut seen: HashMap<String, &Source> = HashMap::new();
+        for (key, src) in items {
+            if let Some(first) = seen.get(&key) {
+                errors.push(src.error(
+                    "metadata.name",
+                    format!(
+                        "duplicate {kind} \"{key}\" (first defined at {})",
+                        first.loc("metadata.name")
+                    ),
+                ));
+            } else {
+                seen.insert(key, src);
+            }
+        }
+    }
+    check(
+        "Gateway",
+        p.gateways.iter().map(|e| (e.res.key(), &e.src)),
+        errors,
+    );
+    check(
+        "VirtualService",
+        p.virtual_services.iter().map(|e| (e.res.key(), &e.src)),
+        errors,
+    );
+    check(
+        "ServiceEntry",
+        p.service_entries.iter().map(|e| (e.res.key(), &e.src)),
+        errors,
+    );
+    check(
+        "Secret",
+        p.secrets.iter().map(|e| {
+            (
+                format!("{}/{}", e.res.metadata.namespace(), e.res.metadata.name),
+                &e.src,
+            )
+        }),
+        errors,
+    );
+}
+
+fn build_secrets(p: &Parsed, errors: &mut Vec<ConfigError>) -> BTreeMap<String, Secret> {
+    let mut out = BTreeMap::new();
+    for e in &p.secrets {
+        let name = format!("{}/{}", e.res.metadata.namespace(), e.res.metadata.name);
+        let mut data = BTreeMap::new();
+        for (k, v) in &e.res.data {
+            // Kubernetes `data` is base64; tolerate line-wrapped values.
+            let compact: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+            match base64::engine::general_purpose::STANDARD.decode(compact) {
+                Ok(bytes) => {
+                    data.insert(k.clone(), bytes);
+                }
+                Err(err) => errors.push(e.src.error(
+                    &format!("data.{k}"),
+                    format!("invalid base64 in data key \"{k}\": {err}"),
+                )),
+            }
+        }
+        // Kubernetes merges `stringData` over `data`.
+        for (k, v) in &e.res.string_data {
+            data.insert(k.clone(), v.clone().into_bytes());
+        }
+        out.insert(
+            name.clone(),
+            Secret {
+                name,
+                type_: e.res.type_.clone(),
+                data,
+            },
+        );
+    }
+    out
+}
+
+fn classify(protocol: &str, mode: TlsMode) -> Option<ServerKind> {
+    Some(match protocol {
+        "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => ServerKind::Http,
+        "HTTPS" => match mode {
+            TlsMode::Passthrough | TlsMode::AutoPassthrough => ServerKind::TlsPassthrough,
+            _ => ServerKind::HttpsTerminate,
+        },
+        "TLS" => ServerKind::TlsPassthrough,
+        "TCP" | "MONGO" | "MYSQL" | "REDIS" => ServerKind::Tcp,
+        _ => return None,
+    })
+}
+
+fn terminates(mode: TlsMode) -> bool {
+    matches!(
+        mode,
+        TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual
+    )
+}
+
+fn validate_gateway(gw: &Entry<Gateway>, errors: &mut Vec<ConfigError>) {
+    let src = &gw.src;
+    for (i, server) in gw.res.spec.servers.iter().enumerate() {
+        let at = format!("spec.servers[{i}]");
+        let number = server.port.number;
+        if !(1..=65535).contains(&number) {
+            errors.push(src.error(
+                &format!("{at}.port.number"),
+                format!("port number {number} is out of range 1-65535"),
+            ));
+        }
+        let protocol = server.port.protocol.to_ascii_uppercase();
+        let mode = server.tls.as_ref().and_then(|t| t.mode).unwrap_or_default();
+        if classify(&protocol, mode).is_none() {
+            errors.push(src.error(
+                &format!("{at}.port.protocol"),
+                format!("unsupported protocol \"{}\" (expected HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP, MONGO, MYSQL or REDIS)", server.port.protocol),
+            ));
+        }
+        // Istio: "server config must contain at least one host".
+        if server.hosts.is_empty() {
+            errors.push(src.error(&at, "server must have at least one host"));
+        }
+        for (j, host) in server.hosts.iter().enumerate() {
+            let (ns, h) = hosts::split_server_host(host, "");
+            if ns.is_empty() || h.contains('/') || !hosts::valid_host(h) {
+                errors.push(src.error(
+                    &format!("{at}.hosts[{j}]"),
+                    format!("invalid server host \"{host}\": expected [namespace/]host with host \"*\", \"*.domain\" or a name"),
+                ));
+            }
+        }
+        let is_tls_protocol = protocol == "HTTPS" || protocol == "TLS";
+        match &server.tls {
+            None if is_tls_protocol => {
+                errors
+                    .push(src.error(&at, "server must have TLS settings for HTTPS/TLS protocols"));
+            }
+            Some(tls) if is_tls_protocol && terminates(mode) => {
+                let has_files = tls.server_certificate.is_some() && tls.private_key.is_some();
+                if tls.credential_name.is_none() && tls.credential_names.is_empty() && !has_files {
+                    errors.push(src.error(
+                        &format!("{at}.tls"),
+                        format!(
+                            "{} TLS requires credentialName, or serverCertificate and privateKey",
+                            mode_name(mode)
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Istio's spelling of a TLS mode, for messages.
+fn mode_name(mode: TlsMode) -> &'static str {
+    match mode {
+        TlsMode::Passthrough => "PASSTHROUGH",
+        TlsMode::Simple => "SIMPLE",
+        TlsMode::Mutual => "MUTUAL",
+        TlsMode::AutoPassthrough => "AUTO_PASSTHROUGH",
+        TlsMode::IstioMutual => "ISTIO_MUTUAL",
+        TlsMode::OptionalMutual => "OPTIONAL_MUTUAL",
+    }
+}
+
+/// Istio looks `credentialName` up in the gateway workload's namespace.
+fn check_credentials(
+    gw: &Entry<Gateway>,
+    id: &GatewayIdentity,
+    secrets: &BTreeMap<String, Secret>,
+    broken: &HashSet<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (i, server) in gw.res.spec.servers.iter().enumerate() {
+        let protocol = server.port.protocol.to_ascii_uppercase();
+        let Some(tls) = &server.tls else { continue };
+        let mode = tls.mode.unwrap_or_default();
+        if !(protocol == "HTTPS" || protocol == "TLS") || !terminates(mode) {
+            continue;
+        }
+        let Some(cred) = &tls.credential_name else {
+            continue;
+        };
+        let name = cred.strip_prefix("kubernetes://").unwrap_or(cred);
+        let key = format!("{}/{name}", id.namespace);
+        if !secrets.contains_key(&key) && !broken.contains(&format!("Secret {key}")) {
+            errors.push(gw.src.error(
+                &format!("spec.servers[{i}].tls.credentialName"),
+                format!(
+                    "credential \"{cred}\" not found: no Secret \"{name}\" in namespace \"{}\"",
+                    id.namespace
+                ),
+            ));
+        }
+    }
+}
+
+/// Merges the servers of all selected Gateways per port, as Istio builds one
+/// listener per port. HTTP cannot share a port with anything that is not
+/// HTTP; TCP, TLS passthrough and HTTPS termination can (SNI picks among
+/// TLS/HTTPS, TCP is the no-SNI-match fallback).
+fn merge_servers(
+    selected: &[&Entry<Gateway>],
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<u16, Vec<ServerRef>> {
+    let mut ports: BTreeMap<u16, Vec<ServerRef>> = BTreeMap::new();
+    for gw in selected {
+        let key = gw.res.key();
+        for (i, s) in gw.res.spec.servers.iter().enumerate() {
+            let protocol = s.port.protocol.to_ascii_uppercase();
+            let tls_mode = s.tls.as_ref().and_then(|t| t.mode).unwrap_or_default();
+            // Invalid port / protocol: already reported by validate_gateway.
+            let Some(kind) = classify(&protocol, tls_mode) else {
+                continue;
+            };
+            let Some(port) = u16::try_from(s.port.number).ok().filter(|p| *p != 0) else {
+                continue;
+            };
+            let servers = ports.entry(port).or_default();
+            let is_http = kind == ServerKind::Http;
+            if let Some(other) = servers
+                .iter()
+                .find(|o| (o.kind == ServerKind::Http) != is_http)
+            {
+                errors.push(gw.src.error(
+                    &format!("spec.servers[{i}].port.number"),
+                    format!(
+                        "port {port} is bound twice with conflicting protocols: {} (gateway {}) and {protocol} (gateway {key})",
+                        other.protocol, other.gateway
+                    ),
+                ));
+                continue;
+            }
+            servers.push(ServerRef {
+                gateway: key.clone(),
+                index: i,
+                name: s.name.clone(),
+                protocol,
+                hosts: s.hosts.clone(),
+                tls_mode,
+                kind,
+                bind: s.bind.clone(),
+                tls: s.tls.clone(),
+            });
+        }
+    }
+    ports
+}
+
+fn validate_service_entry(se: &Entry<istio::ServiceEntry>, errors: &mut Vec<ConfigError>) {
+    let spec = &se.res.spec;
+    if spec.hosts.is_empty() {
+        errors.push(
+            se.src
+                .error("spec.hosts", "service entry must have at least one host"),
+        );
+    }
+    for (i, port) in spec.ports.iter().enumerate() {
+        if !(1..=65535).contains(&port.number) {
+            errors.push(se.src.error(
+                &format!("spec.ports[{i}].number"),
+                format!("port number {} is out of range 1-65535", port.number),
+            ));
+        }
+    }
+    for (k, ep) in spec.endpoints.iter().enumerate() {
+        let at = format!("spec.endpoints[{k}]");
+        match ep.address.as_deref() {
+            None | Some("") => errors.push(se.src.error(&at, "endpoint address is required")),
+            Some(a) if a.starts_with("unix://") => {
+                errors.push(se.src.error(
+                    &format!("{at}.address"),
+                    "unix domain socket endpoints are not supported",
+                ));
+            }
+            // Istio: STATIC resolution takes IP addresses only.
+            Some(a)
+                if spec.resolution == Resolution::Static
+                    && a.parse::<std::net::IpAddr>().is_err() =>
+            {
+                errors.push(se.src.error(
+                    &format!("{at}.address"),
+                    format!(
+                        "endpoint address \"{a}\" must be an IP address when resolution is STATIC"
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        for (name, port) in &ep.ports {
+            if !(1..=65535).contains(port) {
+                errors.push(se.src.error(
+                    &format!("{at}.ports.{name}"),
+                    format!("port number {port} is out of range 1-65535"),
+                ));
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------- virtual services
+
+fn validate_virtual_service(vs: &Entry<VirtualService>, errors: &mut Vec<ConfigError>) {
+    let spec = &vs.res.spec;
+    let src = &vs.src;
+    // Delegate VSs (no gateways) may omit hosts; gateway-bound ones may not.
+    if spec.hosts.is_empty() && spec.gateways.is_some() {
+        errors.push(src.error("spec", "virtual service must have at least one host"));
+    }
+    for (i, host) in spec.hosts.iter().enumerate() {
+        if !hosts::valid_host(host) {
+            errors.push(src.error(
+                &format!("spec.hosts[{i}]"),
+                format!("invalid host \"{host}\""),
+            ));
+        }
+    }
+
+    for (i, route) in spec.http.iter().enumerate() {
+        let at = format!("spec.http[{i}]");
+        for (j, m) in route.matches.iter().enumerate() {
+            let mat = format!("{at}.match[{j}]");
+            for (field, sm) in [
+                ("uri", &m.uri),
+                ("scheme", &m.scheme),
+                ("method", &m.method),
+                ("authority", &m.authority),
+            ] {
+                if let Some(sm) = sm {
+                    check_string_match(sm, true, src, &format!("{mat}.{field}"), errors);
+                }
+            }
+            for (field, map) in [
+                ("headers", &m.headers),
+                ("withoutHeaders", &m.without_headers),
+                ("queryParams", &m.query_params),
+            ] {
+                for (name, sm) in map {
+                    check_string_match(sm, false, src, &format!("{mat}.{field}.{name}"), errors);
+                }
+            }
+        }
+        let has_route = !route.route.is_empty();
+        if has_route && (route.redirect.is_some() || route.direct_response.is_some()) {
+            errors.push(src.error(
+                &at,
+                "HTTP route cannot have both route and redirect/directResponse",
+            ));
+        }
+        if !has_route
+            && route.redirect.is_none()
+            && route.direct_response.is_none()
+            && route.delegate.is_none()
+        {
+            errors.push(src.error(
+                &at,
+                "HTTP route must have one of route, redirect, directResponse or delegate",
+            ));
+        }
+        if let Some(dr) = &route.direct_response
+            && !(200..=599).contains(&dr.status)
+        {
+            errors.push(src.error(
+                &format!("{at}.directResponse.status"),
+                format!("directResponse status {} must be 200-599", dr.status),
+            ));
+        }
+        let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
+        check_weights(&weights, src, &format!("{at}.route"), errors);
+    }
+
+    for (i, route) in spec.tcp.iter().enumerate() {
+        let at = format!("spec.tcp[{i}]");
+        if route.route.is_empty() {
+            errors.push(src.error(&at, "TCP route must have at least one destination"));
+        }
+        let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
+        check_weights(&weights, src, &format!("{at}.route"), errors);
+    }
+
+    for (i, route) in spec.tls.iter().enumerate() {
+        let at = format!("spec.tls[{i}]");
+        // Istio: TLS routes are selected by SNI, so each needs sniHosts.
+        if route.matches.is_empty() {
+            errors.push(src.error(&at, "TLS route must have at least one match condition"));
+        }
+        for (j, m) in route.matches.iter().enumerate() {
+            if m.sni_hosts.is_empty() {
+                errors.push(src.error(
+                    &format!("{at}.match[{j}]"),
+                    "TLS match must have at least one SNI host (sniHosts)",
+                ));
+            }
+            for (k, sni) in m.sni_hosts.iter().enumerate() {
+                let path = format!("{at}.match[{j}].sniHosts[{k}]");
+                if !hosts::valid_host(sni) {
+                    errors.push(src.error(&path, format!("invalid SNI host \"{sni}\"")));
+                } else if !spec.hosts.iter().any(|h| hosts::covers(h, sni)) {
+                    errors.push(src.error(&path, format!("the SNI host \"{sni}\" is not a subset of any of the virtual service hosts")));
+                }
+            }
+        }
+        if route.route.is_empty() {
+            errors.push(src.error(&at, "TLS route must have at least one destination"));
+        }
+        let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
+        check_weights(&weights, src, &format!("{at}.route"), errors);
+    }
+}
+
+fn check_string_match(
+    sm: &StringMatch,
+    required: bool,
+    src: &Source,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    let set = [&sm.exact, &sm.prefix, &sm.regex]
+        .iter()
+        .filter(|o| o.is_some())
+        .count();
+    if set > 1 || (required && set == 0) {
+        errors.push(src.error(
+            path,
+            "string match must set exactly one of exact, prefix or regex",
+        ));
+    }
+}
+
+/// Final weights of a destination list: one destination takes everything;
+/// unset weights on several destinations split 100 evenly; otherwise Istio
+/// requires the weights to add up to 100.
+pub(crate) fn weights(ws: &[Option<u32>]) -> Result<Vec<u32>, u64> {
+    let n = ws.len();
+    if n <= 1 {
+        return Ok(vec![100; n]);
+    }
+    if ws.iter().all(Option::is_none) {
+        let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+        let (base, extra) = (100 / n32, 100 % n32);
+        return Ok((0..n32).map(|i| base + u32::from(i < extra)).collect());
+    }
+    let sum: u64 = ws.iter().map(|w| u64::from(w.unwrap_or(0))).sum();
+    if sum == 100 {
+        Ok(ws.iter().map(|w| w.unwrap_or(0)).collect())
+    } else {
+        Err(sum)
+    }
+}
+
+fn check_weights(ws: &[Option<u32>], src: &Source, path: &str, errors: &mut Vec<ConfigError>) {
+    if let Err(sum) = weights(ws) {
+        errors.push(src.error(
+            path,
+            format!("route weights sum to {sum}, they must add up to 100"),
+        ));
+    }
+}
+
+/// Keys of the Gateways a VS is attached to. `mesh` means sidecars, which we
+/// are not; a VS without `gateways` is attached to `mesh` only.
+fn vs_gateways(
+    vs: &Entry<VirtualService>,
+    known: &HashSet<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<String> {
+    let ns = vs.res.metadata.namespace();
+    let mut out = Vec::new();
+    for (j, g) in vs.res.spec.gateways.iter().flatten().enumerate() {
+        if g == "mesh" {
+            continue;
+        }
+        let key = gateway_key(g, ns);
+        if known.contains(&key) {
+            out.push(key);
+        } else {
+            errors.push(vs.src.error(
+                &format!("spec.gateways[{j}]"),
+                format!("virtual service references gateway \"{key}\" which does not exist"),
+            ));
+        }
+    }
+    out
+}
+
+/// `name` is relative to the referring resource's namespace; `ns/name` is not.
+fn gateway_key(reference: &str, ns: &str) -> String {
+    if reference.contains('/') {
+        reference.to_string()
+    } else {
+        format!("{ns}/{reference}")
+    }
+}
+
+struct VsBinding<'a> {
+    vs: &'a Entry<VirtualService>,
+    /// Selected gateways it names.
+    gateways: Vec<String>,
+}
+
+impl VsBinding<'_> {
+    fn ns(&self) -> &str {
+        self.vs.res.metadata.namespace()
+    }
+
+    /// Istio binds a VS to a server when the VS names the server's Gateway,
+    /// the server host's namespace part admits the VS's namespace, and some
+    /// VS host intersects the server host.
+    fn binds(&self, server: &ServerRef) -> bool {
+        if !self.gateways.contains(&server.gateway) {
+            return false;
+        }
+        let gw_ns = server.gateway.split('/').next().unwrap_or_default();
+        server.hosts.iter().any(|h| {
+            let (ns, host) = hosts::split_server_host(h, gw_ns);
+            (ns == "*" || ns == self.ns())
+                && self
+                    .vs
+                    .res
+                    .spec
+                    .hosts
+                    .iter()
+                    .any(|v| hosts::intersects(v, host))
+        })
+    }
+
+    /// A match's own `gateways` (if any) further restrict where it applies.
+    fn match_allows(&self, match_gateways: &[String], server: &ServerRef) -> bool {
+        match_gateways.is_empty()
+            || match_gateways
+                .iter()
+                .any(|g| gateway_key(g, self.ns()) == server.gateway)
+    }
+}
+
+fn port_ok(match_port: Option<u32>, port: u16) -> bool {
+    match_port.is_none_or(|p| p == u32::from(port))
+}
+
+struct RouteBuilder<'a> {
+    resolver: Resolver<'a>,
+    /// Resolved destination lists by `vs-key#path`, so a route bound to
+    /// several listeners is resolved (and its errors reported) once.
+    cache: HashMap<String, Vec<WeightedCluster>>,
+}
+
+impl RouteBuilder<'_> {
+    fn listener(
+        &mut self,
+        port: u16,
+        servers: Vec<ServerRef>,
+        vss: &[VsBinding],
+        errors: &mut Vec<ConfigError>,
+    ) -> Listener {
+        let all = |k: ServerKind| servers.iter().all(|s| s.kind == k);
+        let protocol = if all(ServerKind::Http) {
+            ListenerProtocol::Http
+        } else if all(ServerKind::Tcp) {
+            ListenerProtocol::Tcp
+        } else if all(ServerKind::HttpsTerminate) {
+            ListenerProtocol::Https
+        } else {
+            ListenerProtocol::Tls
+        };
+
+        let mut tcp = None;
+        let mut tls = Vec::new();
+        let mut http = Vec::new();
+        for b in vss {
+            let bound: Vec<usize> = (0..servers.len())
+                .filter(|&i| b.binds(&servers[i]))
+                .collect();
+            let of_kind = |kinds: &[ServerKind]| -> Vec<&ServerRef> {
+                bound
+                    .iter()
+                    .map(|&i| &servers[i])
+                    .filter(|s| kinds.contains(&s.kind))
+                    .collect()
+            };
+            let spec = &b.vs.res.spec;
+
+            // TCP: the first (VS namespace/name order, then tcp[] order)
+            // matching route wins; Envoy has a single TCP proxy per chain.
+            let tcp_servers = of_kind(&[ServerKind::Tcp]);
+            if tcp.is_none() && !tcp_servers.is_empty() {
+                let found = spec.tcp.iter().enumerate().find(|(_, r)| {
+                    r.matches.is_empty()
+                        || r.matches.iter().any(|m| {
+                            port_ok(m.port, port)
+                                && tcp_servers.iter().any(|s| b.match_allows(&m.gateways, s))
+                        })
+                });
+                if let Some((i, r)) = found {
+                    let dests: Vec<_> =
+                        r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+                    let destinations =
+                        self.resolve(b, &format!("spec.tcp[{i}].route"), &dests, errors);
+                    tcp = Some(TcpRoute {
+                        name: b.vs.res.key(),
+                        destinations,
+                    });
+                }
+            }
+
+            let tls_servers = of_kind(&[ServerKind::TlsPassthrough]);
+            if !tls_servers.is_empty() {
+                for (i, r) in spec.tls.iter().enumerate() {
+                    let mut sni_hosts: Vec<String> = Vec::new();
+                    for m in &r.matches {
+                        let allowed: Vec<&&ServerRef> = tls_servers
+                            .iter()
+                            .filter(|s| b.match_allows(&m.gateways, s))
+                            .collect();
+                        if !port_ok(m.port, port) || allowed.is_empty() {
+                            continue;
+                        }
+                        for sni in &m.sni_hosts {
+                            let sni = sni.to_ascii_lowercase();
+                            // Only names the bound servers actually accept.
+                            let accepted = allowed.iter().any(|s| {
+                                let gw_ns = s.gateway.split('/').next().unwrap_or_default();
+                                s.hosts.iter().any(|h| {
+                                    hosts::intersects(hosts::split_server_host(h, gw_ns).1, &sni)
+                                })
+                            });
+                            if accepted && !sni_hosts.contains(&sni) {
+                                sni_hosts.push(sni);
+                            }
+                        }
+                    }
+                    if sni_hosts.is_empty() {
+                        continue;
+                    }
+                    let dests: Vec<_> =
+                        r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+                    let destinations =
+                        self.resolve(b, &format!("spec.tls[{i}].route"), &dests, errors);
+                    tls.push(TlsRoute {
+                        name: b.vs.res.key(),
+                        sni_hosts,
+                        destinations,
+                    });
+                }
+            }
+
+            let http_idx: Vec<usize> = bound
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    matches!(
+                        servers[i].kind,
+                        ServerKind::Http | ServerKind::HttpsTerminate
+                    )
+                })
+                .collect();
+            if !http_idx.is_empty() {
+                let mut routes = Vec::new();
+                for (i, r) in spec.http.iter().enumerate() {
+                    let applies = r.matches.is_empty()
+                        || r.matches.iter().any(|m| {
+                            port_ok(m.port, port)
+                                && http_idx
+                                    .iter()
+                                    .any(|&s| b.match_allows(&m.gateways, &servers[s]))
+                        });
+                    if !applies {
+                        continue;
+                    }
+                    let dests: Vec<_> =
+                        r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+                    let destinations =
+                        self.resolve(b, &format!("spec.http[{i}].route"), &dests, errors);
+                    routes.push(HttpRouteEntry {
+                        route: r.clone(),
+                        destinations,
+                    });
+                }
+                if !routes.is_empty() {
+                    http.push(HttpVirtualHost {
+                        name: b.vs.res.key(),
+                        servers: http_idx,
+                        hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                        routes,
+                    });
+                }
+            }
+        }
+        Listener {
+            port,
+            protocol,
+            servers,
+            tcp,
+            tls,
+            http,
+        }
+    }
+
+    /// Resolves a route's destination list (at `path`, e.g. `spec.tcp[0].route`)
+    /// into weighted clusters; unresolvable destinations are reported and dropped.
+    fn resolve(
+        &mut self,
+        b: &VsBinding,
+        path: &str,
+        dests: &[(&istio::Destination, Option<u32>)],
+        errors: &mut Vec<ConfigError>,
+    ) -> Vec<WeightedCluster> {
+        let key = format!("{}#{path}", b.vs.res.key());
+        if let Some(hit) = self.cache.get(&key) {
+            return hit.clone();
+        }
+        let ws: Vec<_> = dests.iter().map(|(_, w)| *w).collect();
+        // Bad sums were reported by validation; fall back to raw weights.
+        let weights = weights(&ws).unwrap_or_else(|_| ws.iter().map(|w| w.unwrap_or(0)).collect());
+        let mut out = Vec::new();
+        for (j, ((dest, _), weight)) in dests.iter().zip(weights).enumerate() {
+            let at = format!("{path}[{j}].destination");
+            if let Some(cluster) = self
+                .resolver
+                .destination(dest, b.ns(), &b.vs.src, &at, errors)
+            {
+                out.push(WeightedCluster { cluster, weight });
+            }
+        }
+        self.cache.insert(key, out.clone());
+        out
+    }
+}

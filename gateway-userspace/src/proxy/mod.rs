@@ -1,0 +1,2 @@
+//! Per-connection proxying once a listener accepted a connection.
+pub mod tcp;

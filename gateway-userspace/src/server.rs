@@ -1,0 +1,101 @@
+//! The running gateway: one snapshot of config, the splice, the counters, and the
+//! listeners that serve them.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::{
+    config::{ListenerProtocol, Snapshot},
+    splice::Splicer,
+    telemetry::metrics::Stats,
+};
+
+/// Runtime knobs from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Address every Gateway port is bound on (Istio's ingress listens on 0.0.0.0).
+    pub bind: IpAddr,
+    /// How long a TLS listener waits for a complete ClientHello (Envoy: 15 s; we: 10 s).
+    pub client_hello_timeout: Duration,
+    /// Upstream connect timeout (Istio's default connectTimeout: 10 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            client_hello_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Gateway {
+    pub snapshot: Arc<Snapshot>,
+    pub splicer: Splicer,
+    pub stats: Stats,
+    pub opts: Options,
+    /// Round-robin position per cluster.
+    rr: BTreeMap<String, AtomicUsize>,
+}
+
+impl Gateway {
+    pub fn new(snapshot: Snapshot, splicer: Splicer, opts: Options) -> Gateway {
+        let stats = Stats::new(snapshot.listeners.iter().map(|l| l.port));
+        let rr = snapshot
+            .clusters
+            .keys()
+            .map(|k| (k.clone(), AtomicUsize::new(0)))
+            .collect();
+        Gateway {
+            snapshot: Arc::new(snapshot),
+            splicer,
+            stats,
+            opts,
+            rr,
+        }
+    }
+
+    /// The next endpoint of `cluster`, round-robin.
+    pub fn next_endpoint(&self, cluster: &str) -> Option<SocketAddr> {
+        let c = self.snapshot.clusters.get(cluster)?;
+        if c.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.rr.get(cluster)?.fetch_add(1, Ordering::Relaxed);
+        Some(c.endpoints[i % c.endpoints.len()])
+    }
+
+    /// Istio's listener name for a port: `0.0.0.0_31400`.
+    pub fn listener_name(&self, port: u16) -> String {
+        format!("{}_{port}", self.opts.bind)
+    }
+
+    /// Listeners this build serves, and those it can't yet (HTTP/HTTPS termination).
+    pub fn served_ports(&self) -> (Vec<u16>, Vec<u16>) {
+        self.snapshot
+            .listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.port,
+                    matches!(l.protocol, ListenerProtocol::Tcp | ListenerProtocol::Tls),
+                )
+            })
+            .fold((vec![], vec![]), |(mut ok, mut no), (p, served)| {
+                if served {
+                    ok.push(p)
+                } else {
+                    no.push(p)
+                }
+                (ok, no)
+            })
+    }
+}

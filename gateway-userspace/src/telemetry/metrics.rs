@@ -1,0 +1,211 @@
+//! Counters kept by the data path (relaxed atomics: each is independent) and their
+//! Prometheus text rendering.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use crate::splice::Splicer;
+
+/// How the ClientHello inspection of one connection ended (Envoy tls_inspector's stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloOutcome {
+    SniFound,
+    NoSni,
+    NotTls,
+    TooLarge,
+    Timeout,
+    /// The client closed or failed before a full ClientHello.
+    ClientGone,
+}
+
+impl HelloOutcome {
+    pub const ALL: [HelloOutcome; 6] = [
+        HelloOutcome::SniFound,
+        HelloOutcome::NoSni,
+        HelloOutcome::NotTls,
+        HelloOutcome::TooLarge,
+        HelloOutcome::Timeout,
+        HelloOutcome::ClientGone,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HelloOutcome::SniFound => "sni_found",
+            HelloOutcome::NoSni => "sni_not_found",
+            HelloOutcome::NotTls => "not_tls",
+            HelloOutcome::TooLarge => "client_hello_too_large",
+            HelloOutcome::Timeout => "read_timeout",
+            HelloOutcome::ClientGone => "connection_closed",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub accepted: AtomicU64,
+    pub active: AtomicU64,
+    pub no_route: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub listeners: BTreeMap<u16, ListenerStats>,
+    hello: [AtomicU64; 6],
+    pub upstream_connect_failures: AtomicU64,
+    pub flows_closed: AtomicU64,
+    pub flows_reset: AtomicU64,
+    /// Payload bytes forwarded client -> upstream by the splice (prelude included).
+    pub bytes_downstream_to_upstream: AtomicU64,
+    pub bytes_upstream_to_downstream: AtomicU64,
+    /// Payload bytes that passed through userspace memory while splicing (0 with eBPF).
+    pub userspace_splice_bytes: AtomicU64,
+    /// Bytes userspace read to route a flow (ClientHellos) and wrote upstream itself.
+    pub prelude_bytes: AtomicU64,
+}
+
+impl Stats {
+    pub fn new(ports: impl IntoIterator<Item = u16>) -> Stats {
+        Stats {
+            listeners: ports
+                .into_iter()
+                .map(|p| (p, ListenerStats::default()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn listener(&self, port: u16) -> Option<&ListenerStats> {
+        self.listeners.get(&port)
+    }
+
+    pub fn hello(&self, outcome: HelloOutcome) {
+        let i = HelloOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .expect("listed");
+        self.hello[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn render_prometheus(&self, splicer: &Splicer, bind: &str) -> String {
+        let mut out = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut family = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        let per_listener = |f: fn(&ListenerStats) -> &AtomicU64| -> Vec<(String, u64)> {
+            self.listeners
+                .iter()
+                .map(|(p, s)| (format!("{{listener=\"{bind}_{p}\"}}"), get(f(s))))
+                .collect()
+        };
+        family(
+            "gateway_downstream_cx_total",
+            "counter",
+            "Connections accepted per listener.",
+            &per_listener(|s| &s.accepted),
+        );
+        family(
+            "gateway_downstream_cx_active",
+            "gauge",
+            "Connections open per listener.",
+            &per_listener(|s| &s.active),
+        );
+        family(
+            "gateway_no_route_total",
+            "counter",
+            "Connections closed because no route matched.",
+            &per_listener(|s| &s.no_route),
+        );
+        let hello: Vec<_> = HelloOutcome::ALL
+            .iter()
+            .zip(&self.hello)
+            .map(|(o, a)| (format!("{{outcome=\"{}\"}}", o.as_str()), get(a)))
+            .collect();
+        family(
+            "gateway_tls_inspector_total",
+            "counter",
+            "ClientHello inspections by outcome.",
+            &hello,
+        );
+        let plain = |a: &AtomicU64| vec![(String::new(), get(a))];
+        family(
+            "gateway_upstream_cx_connect_fail_total",
+            "counter",
+            "Upstream connects that failed or timed out.",
+            &plain(&self.upstream_connect_failures),
+        );
+        family(
+            "gateway_flows_closed_total",
+            "counter",
+            "L4 flows finished.",
+            &plain(&self.flows_closed),
+        );
+        family(
+            "gateway_flows_reset_total",
+            "counter",
+            "L4 flows ended by a reset.",
+            &plain(&self.flows_reset),
+        );
+        family(
+            "gateway_splice_bytes_total",
+            "counter",
+            "Payload bytes moved by the L4 splice, by direction.",
+            &[
+                (
+                    "{direction=\"downstream_to_upstream\"}".into(),
+                    get(&self.bytes_downstream_to_upstream),
+                ),
+                (
+                    "{direction=\"upstream_to_downstream\"}".into(),
+                    get(&self.bytes_upstream_to_downstream),
+                ),
+            ],
+        );
+        family(
+            "gateway_splice_userspace_bytes_total",
+            "counter",
+            "Payload bytes that passed through userspace memory while splicing (0 with eBPF).",
+            &plain(&self.userspace_splice_bytes),
+        );
+        family(
+            "gateway_prelude_bytes_total",
+            "counter",
+            "Bytes read in userspace to route a flow (ClientHellos) and forwarded by it.",
+            &plain(&self.prelude_bytes),
+        );
+        if let Splicer::Ebpf(k) = splicer {
+            let ks = k.kernel_stats();
+            family(
+                "gateway_splice_redirected_skbs_total",
+                "counter",
+                "skbs redirected by the kernel splice.",
+                &[(String::new(), ks.redirected_skbs)],
+            );
+            family(
+                "gateway_splice_redirected_bytes_total",
+                "counter",
+                "Bytes redirected by the kernel splice.",
+                &[(String::new(), ks.redirected_bytes)],
+            );
+            family(
+                "gateway_splice_redirect_failures_total",
+                "counter",
+                "Redirects the kernel refused.",
+                &[(String::new(), ks.redirect_failures)],
+            );
+            family(
+                "gateway_splice_active_flows",
+                "gauge",
+                "Flows spliced in the kernel right now.",
+                &[(String::new(), k.active_flows())],
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,2 @@
+//! What the gateway counts and logs.
+pub mod metrics;
