@@ -129,14 +129,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         client_hello_timeout: args.client_hello_timeout,
         connect_timeout: args.connect_timeout,
     };
-    let gw = Arc::new(Gateway::new(snapshot, splicer, opts));
-    let (served, unserved) = gw.served_ports();
-    for port in &unserved {
-        tracing::warn!(
-            port,
-            "HTTP/HTTPS servers on this port are not served yet by this build (L4 only)"
-        );
-    }
+    let http = crate::http::HttpState::build(&snapshot).map_err(anyhow::Error::msg)?;
+    let gw = Arc::new(Gateway::new(snapshot, http, splicer, opts));
+    let ports: Vec<u16> = gw.snapshot.listeners.iter().map(|l| l.port).collect();
     let listeners = listener::bind_all(&gw).context("binding the Gateway ports")?;
     let admin = admin::bind(args.admin_addr)
         .await
@@ -148,7 +143,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(
         splice = gw.splicer.name(),
         admin = %args.admin_addr,
-        ports = ?served,
+        ports = ?ports,
         "gateway ready"
     );
     tokio::signal::ctrl_c()

@@ -10,11 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    config::{ListenerProtocol, Snapshot},
-    splice::Splicer,
-    telemetry::metrics::Stats,
-};
+use crate::{config::Snapshot, splice::Splicer, telemetry::metrics::Stats};
 
 /// Runtime knobs from the command line.
 #[derive(Debug, Clone)]
@@ -39,6 +35,8 @@ impl Default for Options {
 
 pub struct Gateway {
     pub snapshot: Arc<Snapshot>,
+    /// Route tables, certificates and pools of the HTTP listeners.
+    pub http: crate::http::HttpState,
     pub splicer: Splicer,
     pub stats: Stats,
     pub opts: Options,
@@ -47,7 +45,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(snapshot: Snapshot, splicer: Splicer, opts: Options) -> Gateway {
+    pub fn new(
+        snapshot: Snapshot,
+        http: crate::http::HttpState,
+        splicer: Splicer,
+        opts: Options,
+    ) -> Gateway {
         let stats = Stats::new(snapshot.listeners.iter().map(|l| l.port));
         let rr = snapshot
             .clusters
@@ -56,6 +59,7 @@ impl Gateway {
             .collect();
         Gateway {
             snapshot: Arc::new(snapshot),
+            http,
             splicer,
             stats,
             opts,
@@ -76,26 +80,5 @@ impl Gateway {
     /// Istio's listener name for a port: `0.0.0.0_31400`.
     pub fn listener_name(&self, port: u16) -> String {
         format!("{}_{port}", self.opts.bind)
-    }
-
-    /// Listeners this build serves, and those it can't yet (HTTP/HTTPS termination).
-    pub fn served_ports(&self) -> (Vec<u16>, Vec<u16>) {
-        self.snapshot
-            .listeners
-            .iter()
-            .map(|l| {
-                (
-                    l.port,
-                    matches!(l.protocol, ListenerProtocol::Tcp | ListenerProtocol::Tls),
-                )
-            })
-            .fold((vec![], vec![]), |(mut ok, mut no), (p, served)| {
-                if served {
-                    ok.push(p)
-                } else {
-                    no.push(p)
-                }
-                (ok, no)
-            })
     }
 }

@@ -5,7 +5,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::{Listener, ListenerProtocol},
-    proxy,
+    http, proxy,
     server::Gateway,
 };
 
@@ -14,9 +14,6 @@ use crate::{
 pub fn bind_all(gw: &Gateway) -> std::io::Result<Vec<(Arc<Listener>, TcpListener)>> {
     let mut out = vec![];
     for l in &gw.snapshot.listeners {
-        if !matches!(l.protocol, ListenerProtocol::Tcp | ListenerProtocol::Tls) {
-            continue;
-        }
         let addr = SocketAddr::new(gw.opts.bind, l.port);
         let sock = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -54,7 +51,17 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: Arc<Listener>, sock: TcpLis
                 s.accepted.fetch_add(1, Ordering::Relaxed);
                 s.active.fetch_add(1, Ordering::Relaxed);
             }
-            proxy::tcp::serve(gw.clone(), listener, conn, peer).await;
+            match listener.protocol {
+                ListenerProtocol::Tcp | ListenerProtocol::Tls => {
+                    proxy::tcp::serve(gw.clone(), listener, conn, peer).await
+                }
+                ListenerProtocol::Http => {
+                    http::serve(gw.clone(), listener, conn, peer, vec![], false).await
+                }
+                ListenerProtocol::Https => {
+                    http::serve(gw.clone(), listener, conn, peer, vec![], true).await
+                }
+            }
             if let Some(s) = gw.stats.listener(port) {
                 s.active.fetch_sub(1, Ordering::Relaxed);
             }

@@ -122,6 +122,13 @@ pub async fn serve(
         // takes it; anything else (other SNI, no SNI, not TLS, timeout) falls to the TCP
         // route of the port if there is one.
         let tls = hello.sni.as_deref().and_then(|s| listener.route_sni(s));
+        let is_tls = matches!(hello.outcome, HelloOutcome::SniFound | HelloOutcome::NoSni);
+        if tls.is_none() && is_tls && crate::http::terminates(&listener, hello.sni.as_deref()) {
+            // An HTTPS server on this port terminates this SNI: hand over, ClientHello
+            // included.
+            return crate::http::serve(gw.clone(), listener.clone(), down, peer, hello.bytes, true)
+                .await;
+        }
         let route = match tls {
             Some(r) => Some((r.name.as_str(), r.destinations.as_slice())),
             None if hello.outcome == HelloOutcome::ClientGone => None,
