@@ -34,7 +34,7 @@ pub const STAT_REDIRECTED_SKBS: u32 = 0;
 pub const STAT_REDIRECTED_BYTES: u32 = 1;
 /// redirects the kernel refused (peer gone): the skb is dropped and the flow torn down.
 pub const STAT_REDIRECT_FAILURES: u32 = 2;
-/// zero-length skbs (FIN markers) passed to the socket itself.
+/// zero-length skbs (FIN markers), dropped: there is nothing to forward.
 pub const STAT_EMPTY_SKBS: u32 = 3;
 /// skbs seen on a socket with no FLOWS entry (should stay 0: userspace inserts the
 /// FLOWS entry before the socket enters SPLICED).

@@ -45,9 +45,13 @@ pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
     let len = ctx.len() as u64;
     if len == 0 {
         // tcp_read_skb hands zero-length FIN skbs to the verdict program too. Nothing to
-        // forward; userspace sees the FIN through RDHUP and shuts the peer's write side.
+        // forward (TCP already recorded the FIN; userspace sees it through RDHUP and shuts
+        // the peer's write side), so drop the marker. Not SK_PASS: when this socket still
+        // has redirected bytes waiting to go out, a passed skb is queued behind them in the
+        // same psock backlog, where a zero-length "ingress" counts as a hard error (EPIPE)
+        // that disables transmission and loses the queued bytes.
         bump(STAT_EMPTY_SKBS, 1);
-        return sk_action::SK_PASS;
+        return sk_action::SK_DROP;
     }
     // SAFETY: the helper only reads the socket behind this program's own skb context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
@@ -79,7 +83,10 @@ pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
             }
         }
         bump(STAT_REDIRECT_FAILURES, 1);
-        warn!(&ctx, "splice: redirect failed cookie={} len={}", cookie, len);
+        warn!(
+            &ctx,
+            "splice: redirect failed cookie={} len={}", cookie, len
+        );
     }
     verdict
 }

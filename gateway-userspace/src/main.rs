@@ -1,4 +1,6 @@
 //! `gateway`: parses the command line, sets up logging, and hands over to the library.
+use std::io::IsTerminal;
+
 use clap::Parser;
 use gateway::cli::{self, Cli, Command};
 
@@ -9,6 +11,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
         Command::Validate(args) => {

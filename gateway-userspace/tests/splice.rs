@@ -190,3 +190,126 @@ fn userspace_splice_passes_upstream_reset() {
         upstream_reset_reaches_client(SpliceMode::Userspace)
     });
 }
+
+/// Many flows at once through one splicer: every echo byte-exact, none reset.
+async fn concurrent_echoes(mode: SpliceMode, flows: usize) {
+    let splicer = Splicer::new(mode).expect("splicer");
+    let echo = gateway_tests::backends::tcp_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let up_addr = echo.addr;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                // 64 KiB reads and writes: the upstream sends large skbs.
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let s = splicer.clone();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = front.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let up = TcpStream::connect(up_addr).await.unwrap();
+                let r = s.splice(down, up).await;
+                assert_eq!(r.termination, Termination::Closed, "{r:?}");
+            });
+        }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..flows {
+        tasks.spawn(async move {
+            let len = 1 + (i * 7919 * 7919) % (256 * 1024);
+            let data = pattern(len, i as u64);
+            let c = TcpStream::connect(front_addr).await.unwrap();
+            let (mut r, mut w) = c.into_split();
+            let sent = data.clone();
+            let wr = tokio::spawn(async move {
+                w.write_all(&sent).await.unwrap();
+                w.shutdown().await.unwrap();
+                w
+            });
+            let mut got = Vec::new();
+            timeout(Duration::from_secs(30), r.read_to_end(&mut got))
+                .await
+                .expect("timeout")
+                .expect("read");
+            assert_eq!(got.len(), len, "flow {i}: echoed length");
+            assert!(got == data, "flow {i}: bytes differ");
+            drop(wr.await.unwrap());
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+#[test]
+fn ebpf_splice_many_concurrent_flows() {
+    if !privileged("ebpf_splice_many_concurrent_flows") {
+        return;
+    }
+    let ns = NetNs::new("many-ebpf");
+    ns.run(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(concurrent_echoes(SpliceMode::Ebpf, 500))
+    });
+}
+
+/// A client that sent its FIN before the flow was routed can't enter a SOCKHASH (only
+/// ESTABLISHED sockets may): the flow is copied in userspace instead, losslessly.
+#[test]
+fn ebpf_splicer_copies_a_flow_whose_client_already_finished() {
+    if !privileged("ebpf_splicer_copies_a_flow_whose_client_already_finished") {
+        return;
+    }
+    in_netns("fin-first", || async {
+        let splicer = Splicer::new(SpliceMode::Ebpf).expect("splicer");
+        let up_addr = greeting_echo().await;
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.write_all(b"bye\n").await.unwrap();
+        client.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // the FIN is in
+        let (down, _) = front.accept().await.unwrap();
+        let up = TcpStream::connect(up_addr).await.unwrap();
+        let flow = tokio::spawn(async move { splicer.splice(down, up).await });
+        let mut got = Vec::new();
+        timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"HELLO\nbye\n");
+        let report = flow.await.unwrap();
+        assert!(
+            !report.in_kernel,
+            "a CLOSE_WAIT socket can't be spliced in the kernel"
+        );
+        assert_eq!(report.termination, Termination::Closed);
+        assert_eq!(
+            (report.downstream_to_upstream, report.upstream_to_downstream),
+            (4, 10)
+        );
+    });
+}

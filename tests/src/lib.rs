@@ -1,4 +1,6 @@
 //! Support for the gateway's integration tests: network namespaces, a gateway process,
 //! demo backends and real clients.
 pub mod backends;
+pub mod data;
+pub mod gateway;
 pub mod netns;

@@ -51,7 +51,11 @@ pub struct NetNs {
 impl NetNs {
     pub fn new(tag: &str) -> NetNs {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("gwt-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "gwt-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         sh(&["ip", "netns", "add", &name]);
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
@@ -82,6 +86,64 @@ impl NetNs {
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
+    /// A tokio runtime whose threads all live in this namespace: sockets opened by tasks
+    /// spawned on it (see [`NetNs::block_on`]) are the namespace's.
+    pub fn runtime(&self) -> tokio::runtime::Runtime {
+        let path = format!("/run/netns/{}", self.name);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .on_thread_start(move || {
+                let f = File::open(&path).expect("open netns");
+                // SAFETY: as in `enter`; runs once on each new runtime thread.
+                let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            })
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Runs `fut` as a task on `rt` (so on a namespace thread, never on the caller's) and
+    /// waits for it; a panic in the task is re-raised here.
+    pub fn block_on<F>(rt: &tokio::runtime::Runtime, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        rt.block_on(async move {
+            tokio::spawn(fut)
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        })
+    }
+
+    /// Joins this namespace to `other` with a veth pair: `addr_here` (CIDR) on this side,
+    /// every address of `addrs_there` (CIDRs) on the other.
+    pub fn link(&self, other: &NetNs, addr_here: &str, addrs_there: &[&str]) {
+        let (a, b) = ("veth-gw", "veth-cl");
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            a,
+            "netns",
+            &self.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "netns",
+            &other.name,
+        ]);
+        sh(&["ip", "-n", &self.name, "addr", "add", addr_here, "dev", a]);
+        sh(&["ip", "-n", &self.name, "link", "set", a, "up"]);
+        for addr in addrs_there {
+            sh(&["ip", "-n", &other.name, "addr", "add", addr, "dev", b]);
+        }
+        sh(&["ip", "-n", &other.name, "link", "set", b, "up"]);
+    }
+
     /// A command prefixed with `ip netns exec <name>`.
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -92,6 +154,8 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }

@@ -1,1 +1,625 @@
-fn main() {}
+//! `cargo xtask setup | build-ebpf | run | test | bench` — the project's own build and
+//! test driver. Every step prints `==> <step>` and how long it took.
+use std::{
+    env,
+    ffi::OsStr,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicI32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the tests and the demo use (clients, load generators, netns tools).
+const DEB_PACKAGES: &[&str] = &[
+    "curl",
+    "openssl",
+    "iperf3",
+    "wrk",
+    "iproute2",
+    "nghttp2-client",
+    "procps",
+    "netcat-openbsd",
+    "bpftool",
+];
+/// Installed when the configured apt sources have them, skipped with a note otherwise.
+const OPTIONAL_DEB_PACKAGES: &[&str] = &["bpftool"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test the gateway",
+    bin_name = "cargo xtask"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks: Debian packages for the tests and the demo, and
+    /// the eBPF toolchain (rust-src for build-std, bpf-linker). Idempotent; needs root.
+    Setup,
+    /// Build the kernel programs (gateway-ebpf, through gateway-userspace's build.rs).
+    BuildEbpf {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build (release), start the demo backends and run the gateway on config/.
+    Run {
+        /// Extra arguments for `gateway run`, e.g. `-- --splice userspace`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build the eBPF object and run `cargo test` on the whole workspace.
+    Test {
+        /// Extra arguments for `cargo test`, e.g. `-- -p gateway-tests -- --nocapture`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (not yet).
+    Bench,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf { release } => build_ebpf(release),
+        Cmd::Run { args } => run(&args),
+        Cmd::Test { args } => test(&args),
+        Cmd::Bench => {
+            eprintln!("cargo xtask bench: not yet (benchmarks come with a later issue)");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// helpers
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_relative() { root().join(p) } else { p })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Removes the variables the outer `cargo run` set for xtask itself. Build scripts
+/// (ring's, for one) watch e.g. CARGO_MANIFEST_DIR, so leaking it into a nested cargo
+/// would make every `cargo xtask` build and every plain `cargo build` rebuild each other.
+fn strip_cargo_run_env(c: &mut Command) -> &mut Command {
+    for (k, _) in env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                k,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// A nested cargo (the one that runs xtask), in the workspace root.
+fn cargo() -> Command {
+    let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    strip_cargo_run_env(&mut c);
+    c
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs one step: prints `==> name`, then its duration (or that it failed).
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    println!("==> {name}");
+    let t = Instant::now();
+    let r = f();
+    let secs = t.elapsed().as_secs_f64();
+    match &r {
+        Ok(_) => println!("==> {name}: done in {secs:.1}s"),
+        Err(_) => println!("==> {name}: FAILED after {secs:.1}s"),
+    }
+    r
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            s += &format!("{}={} ", k.to_string_lossy(), v.to_string_lossy());
+        }
+    }
+    s += &cmd.get_program().to_string_lossy();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s += &a.to_string_lossy();
+    }
+    s
+}
+
+/// Runs a command to completion with inherited stdio; error unless it exits 0.
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = show(cmd);
+    println!("    $ {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, or None if it could not run or failed.
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// setup
+
+fn setup() -> Result<()> {
+    let mut missing = Vec::new();
+    step("setup: Debian packages", || debian_packages(&mut missing))?;
+    step("setup: eBPF toolchain", || ebpf_toolchain(&mut missing))?;
+    if !missing.is_empty() {
+        bail!(
+            "not root, so nothing was installed; missing: {}. Run `sudo -E cargo xtask setup` \
+             (or as root) to install them",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Packages among `pkgs` that dpkg does not report as installed.
+fn missing_debs(pkgs: &[&str]) -> Vec<String> {
+    // dpkg-query exits 1 when some package is unknown but still lists the known ones.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\\n"])
+        .args(pkgs)
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    pkgs.iter()
+        .filter(|p| {
+            !out.lines().any(|l| {
+                l.split_once(' ')
+                    .is_some_and(|(name, status)| name == **p && status.ends_with(" installed"))
+            })
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+fn apt_has_candidate(pkg: &str) -> bool {
+    output(Command::new("apt-cache").args(["policy", pkg])).is_some_and(|s| {
+        s.lines().any(|l| {
+            l.trim()
+                .strip_prefix("Candidate:")
+                .is_some_and(|c| c.trim() != "(none)")
+        })
+    })
+}
+
+fn debian_packages(missing_out: &mut Vec<String>) -> Result<()> {
+    if Command::new("dpkg-query")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("    dpkg-query not found: not a Debian system, skipping Debian packages");
+        println!("    the tests and the demo use: {}", DEB_PACKAGES.join(" "));
+        return Ok(());
+    }
+    let mut missing = missing_debs(DEB_PACKAGES);
+    if missing.is_empty() {
+        println!("    already installed: {}", DEB_PACKAGES.join(" "));
+        return Ok(());
+    }
+    println!("    missing: {}", missing.join(" "));
+    if !is_root() {
+        println!(
+            "    install with: sudo apt-get update && sudo apt-get install -y --no-install-recommends {}",
+            missing.join(" ")
+        );
+        missing_out.extend(missing);
+        return Ok(());
+    }
+    run_cmd(
+        Command::new("apt-get")
+            .args(["-qq", "update"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get update failed (is the Debian mirror reachable?)")?;
+    missing.retain(|p| {
+        let keep = !OPTIONAL_DEB_PACKAGES.contains(&p.as_str()) || apt_has_candidate(p);
+        if !keep {
+            println!("    note: {p} is not available from the configured apt sources; skipping it");
+        }
+        keep
+    });
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("could not install Debian packages {}", missing.join(" ")))?;
+    let still = missing_debs(&missing.iter().map(String::as_str).collect::<Vec<_>>());
+    if !still.is_empty() {
+        bail!(
+            "apt-get succeeded but these are still not installed: {}",
+            still.join(" ")
+        );
+    }
+    println!("    installed: {}", missing.join(" "));
+    Ok(())
+}
+
+fn ebpf_toolchain_name() -> String {
+    env::var("GATEWAY_EBPF_TOOLCHAIN").unwrap_or_else(|_| "stable".into())
+}
+
+/// What the eBPF build lacks (empty when ready): the same checks as
+/// gateway-userspace's build.rs, plus the bpf-linker version.
+fn ebpf_toolchain_gaps() -> Vec<String> {
+    let mut gaps = Vec::new();
+    let tc = format!("+{}", ebpf_toolchain_name());
+    let sysroot = output(Command::new("rustc").args([tc.as_str(), "--print", "sysroot"]))
+        .or_else(|| output(Command::new("rustc").args(["--print", "sysroot"])));
+    match sysroot {
+        Some(s) => {
+            let core = Path::new(s.trim()).join("lib/rustlib/src/rust/library/core/src/lib.rs");
+            if !core.exists() {
+                gaps.push(format!("rust-src ({} not found)", core.display()));
+            }
+        }
+        None => gaps.push("rustc (could not run `rustc --print sysroot`)".into()),
+    }
+    let want = format!("bpf-linker {BPF_LINKER_VERSION}");
+    match output(Command::new("bpf-linker").arg("--version")) {
+        Some(v) if v.trim() == want => {}
+        Some(v) => gaps.push(format!("{want} (found {})", v.trim())),
+        None => gaps.push(format!("{want} (`bpf-linker --version` did not run)")),
+    }
+    gaps
+}
+
+fn ebpf_toolchain(missing_out: &mut Vec<String>) -> Result<()> {
+    let gaps = ebpf_toolchain_gaps();
+    if gaps.is_empty() {
+        println!(
+            "    already there: rust-src for rustc +{} and bpf-linker {BPF_LINKER_VERSION}",
+            ebpf_toolchain_name()
+        );
+        return Ok(());
+    }
+    let script = root().join("xtask/scripts/ebpf-toolchain.sh");
+    println!("    missing: {}", gaps.join("; "));
+    if !is_root() {
+        println!("    install with: sudo bash {}", script.display());
+        missing_out.extend(gaps);
+        return Ok(());
+    }
+    run_cmd(strip_cargo_run_env(Command::new("bash").arg(&script)))
+        .context("installing the eBPF toolchain failed (see the script's output above)")?;
+    let gaps = ebpf_toolchain_gaps();
+    if !gaps.is_empty() {
+        bail!(
+            "the eBPF toolchain script ran but still missing: {}",
+            gaps.join("; ")
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// build-ebpf
+
+fn build_ebpf(release: bool) -> Result<()> {
+    step("build-ebpf", || {
+        let mut c = cargo();
+        c.args(["build", "-p", "gateway-userspace"]);
+        if release {
+            c.arg("--release");
+        }
+        run_cmd(c.env("GATEWAY_REQUIRE_EBPF", "1")).context(
+            "building gateway-userspace (and its eBPF object) failed; did `cargo xtask setup` run?",
+        )?;
+        let obj = ebpf_object(if release { "release" } else { "debug" })?;
+        let len = fs::metadata(&obj).map(|m| m.len()).unwrap_or(0);
+        println!("    kernel object: {} ({len} bytes)", obj.display());
+        Ok(())
+    })
+}
+
+/// The newest `target/<profile>/build/gateway-userspace-*/out/gateway`.
+fn ebpf_object(profile: &str) -> Result<PathBuf> {
+    let build = target_dir().join(profile).join("build");
+    let mut best: Option<(SystemTime, PathBuf)> = None;
+    for entry in fs::read_dir(&build).with_context(|| format!("reading {}", build.display()))? {
+        let dir = entry?.path();
+        let is_ours = dir
+            .file_name()
+            .and_then(OsStr::to_str)
+            .is_some_and(|n| n.starts_with("gateway-userspace-"));
+        let obj = dir.join("out/gateway");
+        if let (true, Ok(meta)) = (is_ours, fs::metadata(&obj))
+            && meta.len() > 0
+        {
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            if best.as_ref().is_none_or(|(t, _)| mtime > *t) {
+                best = Some((mtime, obj));
+            }
+        }
+    }
+    best.map(|(_, p)| p).with_context(|| {
+        format!(
+            "no non-empty gateway-userspace-*/out/gateway under {}",
+            build.display()
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// run
+
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// Catch SIGINT/SIGTERM so the backends are stopped. A handler (unlike SIG_IGN) is
+/// reset to the default in exec'd children, so the gateway still gets Ctrl-C.
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+struct ChildGuard {
+    name: &'static str,
+    child: Child,
+}
+
+impl ChildGuard {
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Waits for exit up to `timeout`.
+    fn wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return Some(st),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                _ => return None,
+            }
+        }
+    }
+
+    fn stop(&mut self) -> Option<ExitStatus> {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return Some(st);
+        }
+        self.signal(libc::SIGTERM);
+        if let Some(st) = self.wait_for(Duration::from_secs(5)) {
+            return Some(st);
+        }
+        eprintln!("    {} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            println!("==> stopping {}", self.name);
+        }
+        self.stop();
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup()?;
+    step("build (release): gateway + demo-backends", || {
+        run_cmd(
+            cargo()
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "gateway-userspace",
+                    "-p",
+                    "gateway-tests",
+                ])
+                .args(["--bin", "gateway", "--bin", "demo-backends"])
+                .env("GATEWAY_REQUIRE_EBPF", "1"),
+        )
+        .context("release build failed")
+    })?;
+    let bin = target_dir().join("release");
+    let config = root().join("config");
+
+    // From here on, Ctrl-C must stop the children we start, not kill xtask outright.
+    catch_signals();
+    let mut backends = step("start demo backends", || {
+        let mut cmd = Command::new(bin.join("demo-backends"));
+        cmd.arg("--config-dir").arg(&config).current_dir(root());
+        println!("    $ {}", show(&cmd));
+        let child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("could not start demo-backends")?;
+        let mut guard = ChildGuard {
+            name: "demo backends",
+            child,
+        };
+        // Forward its stdout; ready once it prints `demo-backends: ready` (all bound).
+        let stdout = guard.child.stdout.take().expect("stdout is piped");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("{line}");
+                if line == "demo-backends: ready" {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = guard.child.try_wait() {
+                bail!("demo-backends exited early ({st}); is one of its ports already in use?");
+            }
+            if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Ok(guard);
+            }
+            if Instant::now() > deadline {
+                bail!("demo-backends did not report ready within 15s");
+            }
+        }
+    })?;
+
+    println!("==> gateway (Ctrl-C to stop; the backends stop with it)");
+    let mut cmd = Command::new(bin.join("gateway"));
+    cmd.arg("run").arg("--config").arg(&config).args(args);
+    cmd.current_dir(root());
+    println!("    $ {}", show(&cmd));
+    let t = Instant::now();
+    let child = cmd.spawn().context("could not start the gateway")?;
+    let mut gateway = ChildGuard {
+        name: "gateway",
+        child,
+    };
+    let status = loop {
+        if let Some(st) = gateway
+            .child
+            .try_wait()
+            .context("waiting for the gateway")?
+        {
+            break st;
+        }
+        if SIGNAL.load(Ordering::SeqCst) != 0 {
+            // Ctrl-C in a terminal reaches the gateway too; a signal sent to xtask alone
+            // does not, so forward SIGTERM if it is still running a moment later.
+            if gateway.wait_for(Duration::from_secs(1)).is_none() {
+                gateway.stop();
+            }
+            println!(
+                "==> gateway stopped after {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+            return Ok(()); // the guards stop the gateway (if needed), then the backends
+        }
+        if let Ok(Some(st)) = backends.child.try_wait() {
+            eprintln!("demo-backends exited unexpectedly ({st}); stopping the gateway");
+            gateway.stop();
+            bail!("demo-backends exited unexpectedly ({st})");
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "==> gateway exited ({status}) after {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    drop(backends);
+    if !status.success() && SIGNAL.load(Ordering::SeqCst) == 0 {
+        bail!("the gateway exited with {status}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// test
+
+fn test(args: &[String]) -> Result<()> {
+    setup()?;
+    step("build gateway-userspace with the eBPF object", || {
+        run_cmd(
+            cargo()
+                .args(["build", "-p", "gateway-userspace"])
+                .env("GATEWAY_REQUIRE_EBPF", "1"),
+        )
+        .context("building gateway-userspace (and its eBPF object) failed")
+    })?;
+    let status = step("cargo test", || {
+        let mut c = cargo();
+        c.arg("test");
+        // gateway-ebpf is bpfel-only (no_std, no_main): never build it for the host.
+        // An explicit package selection from the caller replaces the workspace one.
+        let selects = args
+            .iter()
+            .take_while(|a| *a != "--")
+            .any(|a| a == "-p" || a.starts_with("--package") || a.starts_with("-p"));
+        if !selects {
+            c.args(["--workspace", "--exclude", "gateway-ebpf"]);
+        }
+        c.args(args).env("GATEWAY_REQUIRE_EBPF", "1");
+        if is_root() {
+            c.env("GATEWAY_TESTS_REQUIRE_ROOT", "1");
+        } else {
+            println!("    not root: privileged tests will be skipped");
+        }
+        let shown = show(&c);
+        println!("    $ {shown}");
+        c.status()
+            .with_context(|| format!("could not start `{shown}`"))
+    })?;
+    if !status.success() {
+        eprintln!("cargo test failed ({status})");
+    }
+    std::process::exit(status.code().unwrap_or(1));
+}

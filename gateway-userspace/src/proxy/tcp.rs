@@ -196,7 +196,8 @@ pub async fn serve(
     }
     let upstream_local = up.local_addr().ok();
     let downstream_local = down.local_addr().ok();
-    let report = gw.splicer.splice(down, up).await;
+    let span = tracing::debug_span!("flow", %peer);
+    let report = tracing::Instrument::instrument(gw.splicer.splice(down, up), span).await;
 
     let received = prelude.len() as u64 + report.downstream_to_upstream;
     let sent = report.upstream_to_downstream;

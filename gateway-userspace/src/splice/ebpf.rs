@@ -196,13 +196,6 @@ impl EbpfSplicer {
         Ok(())
     }
 
-    /// The kernel's count of bytes received on the socket with `cookie` and handed to
-    /// its peer, summed over CPUs.
-    fn counters(&self, cookie: u64) -> FlowCounters {
-        let m = self.maps.lock().expect("maps lock");
-        m.flows.get(&cookie, 0).map(|v| sum(&v)).unwrap_or_default()
-    }
-
     /// Reads and removes the flow's counters and map entries. The kernel also drops a
     /// socket from both SOCKHASHes when it closes; removing here keeps the maps exact even
     /// while a socket lingers.
@@ -250,7 +243,16 @@ impl EbpfSplicer {
                 Ok(r) => r,
                 Err(e) => return Termination::Error(format!("poll: {e}")),
             };
-            if matches!(this.take_error(), Ok(Some(_))) || ready.is_error() {
+            let err = this.take_error();
+            if matches!(err, Ok(Some(_))) || ready.is_error() {
+                tracing::debug!(
+                    side = side as u8,
+                    ?err,
+                    ?ready,
+                    down_fin,
+                    up_fin,
+                    "splice: reset"
+                );
                 abort(peer);
                 return match side {
                     Side::Down => Termination::DownstreamReset,
@@ -264,7 +266,11 @@ impl EbpfSplicer {
                 };
                 if !*fin {
                     *fin = true;
-                    self.wait_forwarded(flow, side, this, peer).await;
+                    let (this0, peer0) = match side {
+                        Side::Down => (flow.down0, flow.up0),
+                        Side::Up => (flow.up0, flow.down0),
+                    };
+                    self.wait_forwarded(this, this0, peer, peer0).await;
                     let _ = socket2::SockRef::from(peer).shutdown(std::net::Shutdown::Write);
                 }
             } else {
@@ -277,29 +283,33 @@ impl EbpfSplicer {
         }
     }
 
-    /// After `from`'s FIN: waits until every byte that arrived on `from` went through the
-    /// verdict (its receive queue is empty) and everything the verdict handed over was
-    /// written into `to` (the psock backlog is invisible to `to`'s send queue until it is
-    /// transmitted), so the FIN passed on can't overtake data. Gives up after 30 s without
-    /// progress (a peer that stopped reading).
-    async fn wait_forwarded(&self, flow: &Flow, side: Side, from: &TcpStream, to: &TcpStream) {
-        let (from_cookie, base) = match side {
-            Side::Down => (flow.down_cookie, flow.up_base),
-            Side::Up => (flow.up_cookie, flow.down_base),
-        };
+    /// After `from`'s FIN: waits until every byte that arrived on `from` was written into
+    /// `to` (the psock backlog is invisible to `to`'s send queue until it is transmitted),
+    /// so the FIN passed on can't overtake data. Gives up after 30 s without progress (a
+    /// peer that stopped reading).
+    ///
+    /// Counted from TCP's own sequence space, relative to where each socket stood when
+    /// the splice was armed: what must go through the splice is everything `from`
+    /// received since, plus what was queued but unread then, less the FIN's one sequence
+    /// number; what went through is everything written into `to` since. (FIONREAD can't
+    /// tell once a socket is in a sockmap: it reports the psock's queue, not TCP's. And
+    /// tcpi_bytes_acked counts the SYN of an active open, hence the baselines.)
+    async fn wait_forwarded(&self, from: &TcpStream, from0: Start, to: &TcpStream, to0: Start) {
         let mut last = 0;
         let mut stalled = Duration::ZERO;
         let mut nap = Duration::from_micros(100);
         loop {
-            // Queue first, then counters: the verdict counts an skb before it is consumed.
-            let Ok(queued) = sockopt::inq(from) else {
+            let (Ok(received), Ok(written)) =
+                (sockopt::bytes_received(from), sockopt::bytes_written(to))
+            else {
                 return;
             };
-            let handed = self.counters(from_cookie).bytes;
-            let Ok(written) = sockopt::bytes_written(to) else {
-                return;
-            };
-            if queued == 0 && written >= base + handed {
+            // Sequence space received on `from` that was not consumed by userspace before
+            // the splice: the spliced bytes plus the FIN.
+            let owed = received.saturating_sub(from0.consumed);
+            let sent = written.saturating_sub(to0.written);
+            if sent + 1 >= owed {
+                tracing::debug!(owed, sent, "splice: forwarded");
                 return;
             }
             if written != last {
@@ -307,8 +317,7 @@ impl EbpfSplicer {
                 stalled = Duration::ZERO;
             } else if stalled > Duration::from_secs(30) {
                 tracing::warn!(
-                    queued,
-                    unwritten = (base + handed).saturating_sub(written),
+                    unwritten = owed - 1 - sent,
                     "splice: bytes still unforwarded after 30 s without progress; passing the FIN on"
                 );
                 return;
@@ -320,23 +329,42 @@ impl EbpfSplicer {
     }
 }
 
-/// The identity and starting point of one spliced flow.
+/// The two sockets of a flow as the kernel names them, and where each stood when the
+/// splice was armed.
 struct Flow {
     down_cookie: u64,
     up_cookie: u64,
-    /// Bytes already written into each socket by userspace before the splice (the
-    /// ClientHello the proxy forwarded upstream).
-    down_base: u64,
-    up_base: u64,
+    down0: Start,
+    up0: Start,
+}
+
+/// A socket's TCP counters just before it entered the splice.
+#[derive(Clone, Copy)]
+struct Start {
+    /// Sequence space received and already read by userspace (the ClientHello).
+    consumed: u64,
+    /// What tcpi_bytes_acked + SIOCOUTQ said (includes an active open's SYN and what
+    /// userspace wrote: the ClientHello, upstream).
+    written: u64,
+}
+
+impl Start {
+    fn of(sock: &TcpStream) -> io::Result<Start> {
+        Ok(Start {
+            consumed: sockopt::bytes_received(sock)? - sockopt::inq(sock)?,
+            written: sockopt::bytes_written(sock)?,
+        })
+    }
 }
 
 impl Flow {
+    /// Must run before the sockets enter a sockmap (FIONREAD is TCP's only until then).
     fn new(down: &TcpStream, up: &TcpStream) -> io::Result<Flow> {
         Ok(Flow {
             down_cookie: sockopt::cookie(down)?,
             up_cookie: sockopt::cookie(up)?,
-            down_base: sockopt::bytes_written(down)?,
-            up_base: sockopt::bytes_written(up)?,
+            down0: Start::of(down)?,
+            up0: Start::of(up)?,
         })
     }
 }

@@ -27,13 +27,23 @@ pub fn cookie(sock: &impl AsRawFd) -> io::Result<u64> {
     Ok(v)
 }
 
-/// Byte offset of tcpi_bytes_acked in `struct tcp_info` (include/uapi/linux/tcp.h):
-/// 8 one-byte fields and 24 u32 fields come first, then pacing rates, then it.
+/// Byte offsets in `struct tcp_info` (include/uapi/linux/tcp.h): 8 one-byte fields and
+/// 24 u32 fields come first, then the pacing rates, then these.
 const TCPI_BYTES_ACKED: usize = 120;
+const TCPI_BYTES_RECEIVED: usize = 128;
 
-/// Payload bytes written into this socket so far: acknowledged + still in the send queue
-/// (tcpi_bytes_acked + SIOCOUTQ = write_seq - iss - 1). Valid until this side sends FIN.
-pub fn bytes_written(sock: &impl AsRawFd) -> io::Result<u64> {
+/// Sequence space received on this socket: payload bytes plus 1 once a FIN arrived
+/// (tcpi_bytes_received follows rcv_nxt, and a FIN takes one sequence number).
+pub fn bytes_received(sock: &impl AsRawFd) -> io::Result<u64> {
+    let info = tcp_info(sock)?;
+    Ok(u64::from_ne_bytes(
+        info[TCPI_BYTES_RECEIVED..TCPI_BYTES_RECEIVED + 8]
+            .try_into()
+            .expect("8 bytes"),
+    ))
+}
+
+fn tcp_info(sock: &impl AsRawFd) -> io::Result<[u8; 256]> {
     let mut buf = [0u8; 256];
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: `buf` is 256 writable bytes and `len` says so; the kernel copies at most
@@ -50,19 +60,30 @@ pub fn bytes_written(sock: &impl AsRawFd) -> io::Result<u64> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if (len as usize) < TCPI_BYTES_ACKED + 8 {
+    if (len as usize) < TCPI_BYTES_RECEIVED + 8 {
         return Err(io::Error::other(
-            "kernel tcp_info too short for tcpi_bytes_acked",
+            "kernel tcp_info too short for tcpi_bytes_received",
         ));
     }
-    let u64_at = |off: usize| u64::from_ne_bytes(buf[off..off + 8].try_into().expect("8 bytes"));
+    Ok(buf)
+}
+
+/// Payload bytes written into this socket so far: acknowledged + still in the send queue
+/// (tcpi_bytes_acked + SIOCOUTQ = write_seq - iss - 1). Valid until this side sends FIN.
+pub fn bytes_written(sock: &impl AsRawFd) -> io::Result<u64> {
+    let info = tcp_info(sock)?;
+    let acked = u64::from_ne_bytes(
+        info[TCPI_BYTES_ACKED..TCPI_BYTES_ACKED + 8]
+            .try_into()
+            .expect("8 bytes"),
+    );
     let mut outq: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one c_int to the pointer we pass, which is a valid c_int.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(u64_at(TCPI_BYTES_ACKED) + outq.max(0) as u64)
+    Ok(acked + outq.max(0) as u64)
 }
 
 /// Re-arms the socket's receive path: setting SO_RCVLOWAT makes TCP call
@@ -88,9 +109,9 @@ pub fn kick_receive_queue(sock: &impl AsRawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Unread payload bytes in the socket's receive queue (SIOCINQ). TCP leaves a received
-/// FIN out of this count, so 0 means every data byte that arrived was consumed — by the
-/// verdict program, for a spliced socket.
+/// Unread payload bytes in TCP's receive queue (SIOCINQ; a received FIN is not counted).
+/// Only meaningful before the socket enters a sockmap: from then on tcp_bpf answers
+/// FIONREAD with the psock's queue instead.
 pub fn inq(sock: &impl AsRawFd) -> io::Result<u64> {
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCINQ (FIONREAD) writes one c_int to a valid c_int.
@@ -104,18 +125,6 @@ pub fn inq(sock: &impl AsRawFd) -> io::Result<u64> {
 /// True when the socket is in TCP_ESTABLISHED, the only state (besides LISTEN) in which
 /// the kernel lets a socket into a SOCKHASH.
 pub fn is_established(sock: &impl AsRawFd) -> bool {
-    let mut buf = [0u8; 256];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: as in `tcp_bytes`.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
     const TCP_ESTABLISHED: u8 = 1;
-    rc == 0 && len > 0 && buf[0] == TCP_ESTABLISHED
+    tcp_info(sock).is_ok_and(|info| info[0] == TCP_ESTABLISHED)
 }

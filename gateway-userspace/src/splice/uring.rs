@@ -64,7 +64,15 @@ impl UringSplicer {
     }
 
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
-        let (down, up) = match (down.into_std(), up.into_std()) {
+        // io_uring honours O_NONBLOCK: a read on a non-blocking socket completes with
+        // EAGAIN instead of waiting, so the sockets tokio made non-blocking go back to
+        // blocking mode for the ring.
+        let handoff = |s: TcpStream| -> io::Result<std::net::TcpStream> {
+            let s = s.into_std()?;
+            s.set_nonblocking(false)?;
+            Ok(s)
+        };
+        let (down, up) = match (handoff(down), handoff(up)) {
             (Ok(d), Ok(u)) => (d, u),
             (Err(e), _) | (_, Err(e)) => return error_report(format!("socket handoff: {e}")),
         };
@@ -174,7 +182,7 @@ async fn copy(
             Ok(n) => n,
             Err(_) => return DirEnd::ReaderReset(total),
         };
-        let (res, b) = to.write_all(buf.slice(..n)).await.into();
+        let (res, b) = to.write_all(buf.slice(..n)).await;
         buf = b.into_inner();
         if res.is_err() {
             return DirEnd::WriterFailed(total);

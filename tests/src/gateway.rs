@@ -1,0 +1,175 @@
+//! Runs the real `gateway` binary inside a test's network namespace and talks to its
+//! admin API, the way an operator would.
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::netns::NetNs;
+
+/// `target/<profile>/gateway`, next to this test binary's `deps/` folder. `cargo test`
+/// builds it (gateway-userspace has integration tests), and so does `cargo xtask test`.
+pub fn gateway_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("gateway");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p gateway-userspace` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A gateway process in a namespace; killed (and its log kept for panics) on drop.
+pub struct GatewayProc {
+    child: Option<Child>,
+    ns: String,
+    log: PathBuf,
+    pub admin: String,
+}
+
+impl GatewayProc {
+    /// Starts `gateway run --config <config...> <args...>` in `ns` and waits until its
+    /// admin API answers /ready. Panics with the gateway's log if it exits or hangs.
+    pub fn start(ns: &NetNs, config: &[&Path], args: &[&str]) -> GatewayProc {
+        let log = std::env::temp_dir().join(format!("{}-gateway.log", ns.name));
+        let out = std::fs::File::create(&log).expect("create log");
+        let admin = "127.0.0.1:15000".to_string();
+        let mut cmd = ns.cmd(gateway_bin().to_str().expect("utf-8 path"));
+        cmd.arg("run").arg("--admin-addr").arg(&admin);
+        for c in config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out);
+        let child = cmd.spawn().expect("spawn gateway");
+        let mut gw = GatewayProc {
+            child: Some(child),
+            ns: ns.name.clone(),
+            log,
+            admin,
+        };
+        gw.wait_ready(Duration::from_secs(20));
+        gw
+    }
+
+    fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("gateway exited early ({status}):\n{}", self.log());
+            }
+            if self.try_admin("/ready").is_some_and(|b| b.contains("LIVE")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway not ready within {within:?}:\n{}", self.log());
+    }
+
+    fn try_admin(&self, path: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "5"])
+            .arg(format!("http://{}{path}", self.admin))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// GET an admin path; panics if it fails.
+    pub fn admin_get(&self, path: &str) -> String {
+        self.try_admin(path)
+            .unwrap_or_else(|| panic!("admin GET {path} failed:\n{}", self.log()))
+    }
+
+    /// GET an admin path that returns JSON.
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
+        let body = self.admin_get(path);
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("admin {path}: not JSON ({e}): {body}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Open file descriptors of the gateway process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until `cond(admin /debug/splice JSON)` holds, or panics after `within`.
+    pub fn wait_splice(
+        &self,
+        within: Duration,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.admin_json("/debug/splice");
+            if cond(&v) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not reached within {within:?}; /debug/splice = {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `gateway validate --config <paths>`; returns (exit code, stdout+stderr).
+pub fn validate(paths: &[&Path]) -> (i32, String) {
+    let mut cmd = Command::new(gateway_bin());
+    cmd.arg("validate");
+    for p in paths {
+        cmd.arg("--config").arg(p);
+    }
+    let out = cmd.output().expect("run gateway validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
