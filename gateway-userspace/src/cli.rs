@@ -107,6 +107,11 @@ impl ConfigArgs {
 
 pub fn validate(args: &ConfigArgs) {
     let snap = args.load_or_exit();
+    // Certificates, keys and CAs are loaded the way `run` loads them.
+    if let Err(e) = crate::http::HttpState::build(&snap) {
+        eprintln!("{e}");
+        std::process::exit(EXIT_BAD_CONFIG);
+    }
     println!(
         "config OK: {} listener(s) on port(s) {}, {} cluster(s)",
         snap.listeners.len(),
@@ -129,7 +134,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         client_hello_timeout: args.client_hello_timeout,
         connect_timeout: args.connect_timeout,
     };
-    let http = crate::http::HttpState::build(&snapshot).map_err(anyhow::Error::msg)?;
+    let http = crate::http::HttpState::build(&snapshot).unwrap_or_else(|e| {
+        eprintln!("{e}\nconfiguration error; nothing was started");
+        std::process::exit(EXIT_BAD_CONFIG);
+    });
     let gw = Arc::new(Gateway::new(snapshot, http, splicer, opts));
     let ports: Vec<u16> = gw.snapshot.listeners.iter().map(|l| l.port).collect();
     let listeners = listener::bind_all(&gw).context("binding the Gateway ports")?;

@@ -142,11 +142,6 @@ fn tcp_echo_64mib_both_modes() {
             ),
             LEN
         );
-        assert_eq!(
-            metric(&prom, "gateway_prelude_bytes_total"),
-            0,
-            "a TCP-only port reads nothing"
-        );
         let userspace = metric(&prom, "gateway_splice_userspace_bytes_total");
         if mode == "ebpf" {
             assert_eq!(userspace, 0, "userspace touched payload in ebpf mode");
@@ -675,4 +670,169 @@ fn config_errors_are_reported_with_file_line_col() {
         String::from_utf8_lossy(&ss.stdout).trim().is_empty(),
         "something was bound"
     );
+}
+
+const SNI_TO_ECHO: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: tls-echo}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31402, name: tls, protocol: TLS}
+    hosts: ["simple-sni-1.istioinaction.io"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: tls-echo}
+spec:
+  hosts: ["simple-sni-1.istioinaction.io"]
+  gateways: [tls-echo]
+  tls:
+  - match: [{port: 31402, sniHosts: ["simple-sni-1.istioinaction.io"]}]
+    route: [{destination: {host: 127.0.0.1, port: {number: 2701}}}]
+"#;
+
+fn client_hello(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../gateway-userspace/src/tls/testdata")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The ClientHello is data the upstream must receive, in order, with what follows it:
+/// a hello split over many TCP segments, client bytes sent right behind the hello before
+/// any server reply, and a hello over 16 KB (three records). The upstream is an echo, so
+/// the client must get back exactly what it sent.
+#[test]
+fn client_hello_bytes_reach_the_upstream_in_order() {
+    if !privileged("client_hello_bytes_reach_the_upstream_in_order") {
+        return;
+    }
+    for mode in MODES {
+        let ns = NetNs::new("hello");
+        let rt = ns.runtime();
+        let _echo = NetNs::block_on(&rt, tcp_echo("127.0.0.1:2701".parse().unwrap())).unwrap();
+        let dir = TempDir::new(&format!("hello-{mode}"));
+        let gw = GatewayProc::start(
+            &ns,
+            &[&dir.write("tls-echo.yaml", SNI_TO_ECHO)],
+            &["--splice", mode],
+        );
+        let cases = [
+            ("openssl_tls12_sni.bin", 7usize),
+            ("curl_tls13_sni_alpn.bin", 100),
+            ("rustls_x25519mlkem768.bin", 300),
+            ("curl_tls13_padded_40k_3records.bin", 5000),
+            ("curl_tls13_tiny_records.bin", 1),
+        ];
+        for (name, segment) in cases {
+            let hello = client_hello(name);
+            let got = NetNs::block_on(&rt, async move {
+                let mut s = TcpStream::connect("127.0.0.1:31402").await.unwrap();
+                s.set_nodelay(true).unwrap();
+                // The hello in small segments, a pause between each so they arrive apart.
+                for chunk in hello.chunks(segment).take(20) {
+                    s.write_all(chunk).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let rest = hello
+                    .chunks(segment)
+                    .skip(20)
+                    .flatten()
+                    .copied()
+                    .collect::<Vec<u8>>();
+                // The rest of the hello and 64 KiB of "early data" in one go, at once.
+                let mut tail = rest;
+                tail.extend(gateway_tests::data::bytes(9, 64 * 1024));
+                s.write_all(&tail).await.unwrap();
+                s.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+                    .await
+                    .expect("echo")
+                    .unwrap();
+                got
+            });
+            let mut want = client_hello(name);
+            want.extend(gateway_tests::data::bytes(9, 64 * 1024));
+            if got.len() != want.len() {
+                let first = got.iter().zip(&want).position(|(a, b)| a != b);
+                let hl = client_hello(name).len();
+                std::fs::write("/tmp/got.bin", &got).unwrap();
+                std::fs::write("/tmp/want.bin", &want).unwrap();
+                panic!(
+                    "{mode} {name}: echoed {} bytes, sent {} (hello {hl}); first difference at {first:?}",
+                    got.len(),
+                    want.len()
+                );
+            }
+            assert!(
+                got == want,
+                "{mode} {name}: echoed bytes differ from what was sent"
+            );
+        }
+        let prom = gw.admin_get("/stats/prometheus");
+        assert_eq!(
+            metric(&prom, "gateway_tls_inspector_total{outcome=\"sni_found\"}"),
+            5,
+            "{prom}"
+        );
+    }
+}
+
+/// A half-close from the upstream side: the client reads the upstream's whole answer
+/// and EOF, and can still send; the upstream receives all of it.
+#[test]
+fn upstream_half_close_reaches_the_client() {
+    if !privileged("upstream_half_close_reaches_the_client") {
+        return;
+    }
+    for mode in MODES {
+        let ns = NetNs::new("uphalf");
+        let rt = ns.runtime();
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        NetNs::block_on(&rt, async move {
+            let l = TcpListener::bind("127.0.0.1:7001").await.unwrap();
+            tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                s.write_all(b"bye, but keep talking\n").await.unwrap();
+                s.shutdown().await.unwrap(); // FIN first, from the upstream
+                let mut n = 0u64;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k as u64,
+                    }
+                }
+                tx.send(n).unwrap();
+            });
+        });
+        let dir = TempDir::new(&format!("uphalf-{mode}"));
+        let _gw = GatewayProc::start(&ns, &[&dir.write("l4.yaml", RESETTER)], &["--splice", mode]);
+        let got = NetNs::block_on(&rt, async {
+            let mut s = TcpStream::connect("127.0.0.1:9001").await.unwrap();
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+                .await
+                .expect("EOF")
+                .unwrap();
+            s.write_all(&gateway_tests::data::bytes(3, 1 << 20))
+                .await
+                .unwrap();
+            s.shutdown().await.unwrap();
+            got
+        });
+        assert_eq!(got, b"bye, but keep talking\n", "{mode}");
+        let n = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("upstream report");
+        assert_eq!(
+            n,
+            1 << 20,
+            "{mode}: bytes the upstream received after its own FIN"
+        );
+    }
 }

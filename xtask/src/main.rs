@@ -615,11 +615,43 @@ fn test(args: &[String]) -> Result<()> {
         }
         let shown = show(&c);
         println!("    $ {shown}");
-        c.status()
-            .with_context(|| format!("could not start `{shown}`"))
+        run_counting(&mut c).with_context(|| format!("could not start `{shown}`"))
     })?;
+    let (status, passed, failed) = status;
+    // One closing line for the whole run: cargo's own last line is the doc-test
+    // harness's, which usually ran nothing.
+    println!("summary: {passed} passed, {failed} failed");
     if !status.success() {
         eprintln!("cargo test failed ({status})");
     }
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Runs a `cargo test`, echoing its stdout, and adds up its `test result:` lines.
+fn run_counting(c: &mut Command) -> std::io::Result<(ExitStatus, u64, u64)> {
+    let mut child = c.stdout(Stdio::piped()).spawn()?;
+    let out = child.stdout.take().expect("piped stdout");
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(what)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    Ok((child.wait()?, passed, failed))
 }

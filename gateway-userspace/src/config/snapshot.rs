@@ -12,6 +12,8 @@ pub use super::istio::TlsMode;
 /// Everything the data plane needs, built once and never mutated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
+    /// The gateway workload's namespace (`--namespace`): where credentialName Secrets live.
+    pub namespace: String,
     /// One per port, sorted by port.
     pub listeners: Vec<Listener>,
     /// Keyed by the Istio-style cluster name.

@@ -88,6 +88,7 @@ pub(crate) fn build(p: Parsed, id: &GatewayIdentity, errors: &mut Vec<ConfigErro
         .collect();
 
     Snapshot {
+        namespace: id.namespace.clone(),
         listeners,
         clusters: routes.resolver.clusters,
         secrets,
@@ -262,6 +263,12 @@ fn validate_gateway(gw: &Entry<Gateway>, errors: &mut Vec<ConfigError>) {
                             mode_name(mode)
                         ),
                     ));
+                }
+                // rustls offers TLS 1.2/1.3 and the ECDHE AEAD suites only: say so here
+                // rather than silently narrowing what the user asked for. The same check
+                // the data path uses, so validation and serving can't drift.
+                if let Err((field, message)) = crate::http::tls::check_settings(tls) {
+                    errors.push(src.error(&format!("{at}.tls.{field}"), message));
                 }
             }
             _ => {}
@@ -483,6 +490,15 @@ fn validate_virtual_service(vs: &Entry<VirtualService>, errors: &mut Vec<ConfigE
                 format!("directResponse status {} must be 200-599", dr.status),
             ));
         }
+        if let Some(rr) = route
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.uri_regex_rewrite.as_ref())
+            && let Err(e) =
+                crate::http::routing::compile_regex(&rr.pattern, "uriRegexRewrite.match")
+        {
+            errors.push(src.error(&format!("{at}.rewrite.uriRegexRewrite.match"), e));
+        }
         let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
         check_weights(&weights, src, &format!("{at}.route"), errors);
     }
@@ -542,6 +558,11 @@ fn check_string_match(
             path,
             "string match must set exactly one of exact, prefix or regex",
         ));
+    }
+    if let Some(re) = &sm.regex
+        && let Err(e) = crate::http::routing::compile_regex(re, "regex")
+    {
+        errors.push(src.error(&format!("{path}.regex"), e));
     }
 }
 

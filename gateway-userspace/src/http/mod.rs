@@ -1,42 +1,575 @@
 //! HTTP/1.1 and HTTP/2 virtual hosting (hyper) with TLS termination (rustls): Gateway
 //! servers with protocol HTTP/HTTP2/GRPC, and HTTPS servers with SIMPLE/MUTUAL/
 //! OPTIONAL_MUTUAL TLS.
-use std::{net::SocketAddr, sync::Arc};
+//!
+//! Rooms: [`routing`] pure host/route matching over tables built once per snapshot,
+//! [`tls`] rustls configs per HTTPS server (certificate, client-cert policy, versions,
+//! suites), [`proxy`] the hyper service (local replies, header policy), [`upstream`]
+//! the pooled client with retries/timeouts and upgrade tunnels, [`body`] bodies that
+//! count bytes and write the access-log record; this file is the glue:
+//! per-connection TLS handshake (SNI picks the server), HTTP/1.1 vs h2 choice, and the
+//! connection limits that keep bad clients from hurting good ones.
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
 
-use tokio::net::TcpStream;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 
 use crate::{
-    config::{Listener, Snapshot},
+    config::{Listener, ListenerProtocol, ServerKind, Snapshot},
     server::Gateway,
 };
 
+pub mod body;
+pub mod proxy;
+pub mod routing;
+pub mod tls;
+pub mod upstream;
+
+/// Envoy's default `max_request_headers_kb` (60 KiB); beyond it: 431.
+pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
+/// Envoy's default `max_headers_count`.
+pub const MAX_REQUEST_HEADERS_COUNT: usize = 100;
+/// A client must send its request head (HTTP/1.1) or connection preface (h2c) within
+/// this long: slowloris clients are closed instead of holding a connection forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent streams per HTTP/2 connection (Envoy's default is 2^31-1; Istio's
+/// gateways are usually tuned down, and a bound keeps one client from taking all).
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
 /// Everything the HTTP data path needs that is built once per snapshot (route tables,
-/// certificate resolvers, upstream pools).
+/// certificate configs, upstream pools).
 #[derive(Default)]
-pub struct HttpState {}
+pub struct HttpState {
+    listeners: HashMap<u16, Arc<ListenerHttp>>,
+    /// Built on the first connection, when the connect timeout is known.
+    client: OnceLock<upstream::UpstreamClient>,
+}
+
+/// One HTTP or HTTPS port.
+struct ListenerHttp {
+    /// The merged table of an HTTP port.
+    merged: Arc<routing::RouteTable>,
+    /// Per HTTPS-terminating server (index in `Listener::servers`): its own table and
+    /// rustls config, as Istio gives each HTTPS server its own route config and chain.
+    servers: HashMap<usize, HttpsServer>,
+}
+
+struct HttpsServer {
+    table: Arc<routing::RouteTable>,
+    tls: Arc<ServerConfig>,
+    hosts: Vec<String>,
+}
 
 impl HttpState {
-    pub fn build(_snapshot: &Snapshot) -> Result<HttpState, String> {
-        Ok(HttpState {})
+    pub fn build(snapshot: &Snapshot) -> Result<HttpState, String> {
+        let mut listeners = HashMap::new();
+        for l in &snapshot.listeners {
+            if matches!(l.protocol, ListenerProtocol::Tcp) {
+                continue;
+            }
+            let merged = if l.protocol == ListenerProtocol::Http {
+                routing::build_table(l, None)?
+            } else {
+                routing::RouteTable::default()
+            };
+            let mut servers = HashMap::new();
+            for (i, s) in l.servers.iter().enumerate() {
+                if s.kind != ServerKind::HttpsTerminate {
+                    continue;
+                }
+                servers.insert(
+                    i,
+                    HttpsServer {
+                        table: Arc::new(routing::build_table(l, Some(i))?),
+                        tls: tls::server_config(s, &snapshot.secrets, &snapshot.namespace)?,
+                        hosts: routing::server_hosts(s),
+                    },
+                );
+            }
+            if l.protocol == ListenerProtocol::Http || !servers.is_empty() {
+                listeners.insert(
+                    l.port,
+                    Arc::new(ListenerHttp {
+                        merged: Arc::new(merged),
+                        servers,
+                    }),
+                );
+            }
+        }
+        Ok(HttpState {
+            listeners,
+            client: OnceLock::new(),
+        })
     }
 }
 
 /// True when a TLS connection on this listener with this SNI (None: no SNI) is to be
 /// terminated here by an HTTPS server, rather than passed through or sent to TCP.
-pub fn terminates(_listener: &Listener, _sni: Option<&str>) -> bool {
-    false
+/// Without SNI it is terminated only when no TCP route would take it (Envoy's filter
+/// chain without `server_names` vs. the TCP fallback chain).
+pub fn terminates(listener: &Listener, sni: Option<&str>) -> bool {
+    match sni {
+        Some(_) => routing::tls_server_for(listener, sni).is_some(),
+        None => listener.tcp.is_none() && routing::tls_server_for(listener, None).is_some(),
+    }
 }
 
 /// Serves one connection on an HTTP port (`tls == false`), or a TLS connection to be
 /// terminated (`tls == true`). `prelude` holds bytes already read from the client (the
 /// ClientHello on a port shared with TLS passthrough); they come before the socket's.
 pub async fn serve(
-    _gw: Arc<Gateway>,
+    gw: Arc<Gateway>,
     listener: Arc<Listener>,
-    _stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
-    _prelude: Vec<u8>,
+    prelude: Vec<u8>,
     tls: bool,
 ) {
-    tracing::warn!(%peer, port = listener.port, tls, "HTTP is not served by this build yet; closing");
+    let port = listener.port;
+    let Some(lh) = gw.http.listeners.get(&port).cloned() else {
+        tracing::warn!(target: "gateway::http", %peer, port, "no HTTP state for this port; closing");
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let client = gw
+        .http
+        .client
+        .get_or_init(|| upstream::upstream_client(gw.opts.connect_timeout))
+        .clone();
+    let io = Prelude::new(prelude, stream);
+
+    if !tls {
+        let (io, h2) = match detect_h2(io).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::info!(target: "gateway::http", %peer, port, "connection closed before a request: {e}");
+                return;
+            }
+        };
+        let conn = Arc::new(proxy::ConnCtx::new(
+            peer,
+            port,
+            None,
+            None,
+            lh.merged.clone(),
+            client,
+        ));
+        return serve_http(gw, conn, io, h2).await;
+    }
+
+    // TLS: read the ClientHello (prelude first), pick the server by SNI, and finish the
+    // handshake with that server's config.
+    let handshake = async {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let sni = start.client_hello().server_name().map(str::to_string);
+        let Some(index) = routing::tls_server_for(&listener, sni.as_deref()) else {
+            return Err(io::Error::other(format!(
+                "no HTTPS server for SNI {:?}",
+                sni.as_deref().unwrap_or("")
+            )));
+        };
+        let Some(server) = lh.servers.get(&index) else {
+            return Err(io::Error::other("HTTPS server without a TLS config"));
+        };
+        let stream = start.into_stream(server.tls.clone()).await?;
+        Ok((stream, sni, index))
+    };
+    let (stream, sni, index) =
+        match tokio::time::timeout(gw.opts.client_hello_timeout, handshake).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::info!(target: "gateway::http", %peer, port, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(target: "gateway::http", %peer, port, "TLS handshake timed out");
+                return;
+            }
+        };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    if let Some(cert) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    {
+        tracing::debug!(target: "gateway::http", %peer, subject = tls::subject(cert).unwrap_or_default(), "client certificate accepted");
+    }
+    let Some(server) = lh.servers.get(&index) else {
+        return;
+    };
+    let mut conn = proxy::ConnCtx::new(
+        peer,
+        port,
+        sni,
+        Some((index, server.hosts.clone())),
+        server.table.clone(),
+        client,
+    );
+    conn.client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| tls::xfcc(c));
+    let conn = Arc::new(conn);
+    serve_http(gw, conn, stream, h2).await
+}
+
+/// Runs hyper on one connection until it ends, and logs why when a client misbehaved.
+async fn serve_http<IO>(gw: Arc<Gateway>, conn: Arc<proxy::ConnCtx>, io: IO, h2: bool)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let port = conn.port;
+    let svc = {
+        let conn = conn.clone();
+        service_fn(move |req| proxy::handle(gw.clone(), conn.clone(), req))
+    };
+    let io = TokioIo::new(Counted {
+        inner: io,
+        count: conn.bytes_in.clone(),
+    });
+    let result = if h2 {
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            // Rapid-reset (CVE-2023-44487) limits in h2 itself: streams reset by the
+            // client before hyper accepted them, or by us for protocol errors.
+            .max_pending_accept_reset_streams(Some(50))
+            .max_local_error_reset_streams(Some(256))
+            .serve_connection(io, svc);
+        tokio::pin!(served);
+        tokio::select! {
+            r = served.as_mut() => r,
+            _ = conn.abusive.notified() => {
+                // Accepted streams reset right away (rapid reset) cost us upstream work
+                // each; Envoy closes such connections, so do we: GOAWAY, then drop.
+                tracing::info!(
+                    target: "gateway::http",
+                    %peer,
+                    port,
+                    streams = conn.streams.load(std::sync::atomic::Ordering::Relaxed),
+                    resets = conn.resets.load(std::sync::atomic::Ordering::Relaxed),
+                    "closing HTTP/2 connection: too many streams reset by the client"
+                );
+                served.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(1), served).await;
+                return;
+            }
+        }
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_headers(MAX_REQUEST_HEADERS_COUNT)
+            .max_header_size(MAX_REQUEST_HEADERS_BYTES)
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = result {
+        if e.is_timeout() && conn.idle() {
+            // hyper's header timer also runs between keep-alive requests.
+            tracing::debug!(target: "gateway::http", %peer, port, "closing idle keep-alive connection");
+            return;
+        }
+        log_connection_error(&e, peer, port, h2, conn.sni.as_deref());
+    }
+}
+
+/// Counts the bytes read from the client (for telling idle from slow connections).
+struct Counted<IO> {
+    inner: IO,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// hyper answers malformed HTTP/1.1 itself (400, 431) and closes; we only see the
+/// error, so the access log line is written here.
+fn log_connection_error(
+    e: &hyper::Error,
+    peer: SocketAddr,
+    port: u16,
+    h2: bool,
+    sni: Option<&str>,
+) {
+    let (status, details) = if e.is_parse_too_large() {
+        (431, "request_headers_too_large")
+    } else if e.is_parse() {
+        (400, "http1_codec_error")
+    } else if e.is_timeout() {
+        (408, "request_header_timeout")
+    } else if h2 {
+        // h2 protocol errors and its own rapid-reset limits (GOAWAY) end up here.
+        tracing::info!(target: "gateway::http", %peer, port, "HTTP/2 connection closed: {}", error_chain(e));
+        return;
+    } else {
+        tracing::debug!(target: "gateway::http", %peer, port, "connection ended: {e}");
+        return;
+    };
+    let log = RequestLog {
+        start: SystemTime::now(),
+        method: "-".into(),
+        path: "-".into(),
+        protocol: if h2 { "HTTP/2" } else { "HTTP/1.1" },
+        status,
+        response_flags: vec!["DPE"],
+        details,
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration: Duration::ZERO,
+        upstream_service_time: None,
+        upstream_host: None,
+        upstream_cluster: None,
+        route_name: None,
+        authority: String::new(),
+        request_id: String::new(),
+        downstream_remote: peer,
+        downstream_local_port: port,
+        sni: sni.map(str::to_string),
+        user_agent: None,
+        x_forwarded_for: None,
+    };
+    tracing::info!(target: "gateway::http", %peer, port, "closing connection: {e}");
+    log.emit();
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/2 with prior knowledge (h2c) or HTTP/1.1 on a plain port: reads until the
+/// bytes are the full h2 preface or diverge from it, under [`HEADER_READ_TIMEOUT`].
+/// The bytes read are kept in the prelude for hyper.
+async fn detect_h2(mut io: Prelude<TcpStream>) -> io::Result<(Prelude<TcpStream>, bool)> {
+    let mut buf = std::mem::take(&mut io.prelude);
+    let read = async {
+        loop {
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] != H2_PREFACE[..n] {
+                return Ok(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(true);
+            }
+            let mut chunk = [0u8; 24];
+            let got = io.inner.read(&mut chunk).await?;
+            if got == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed without a request",
+                ));
+            }
+            buf.extend_from_slice(&chunk[..got]);
+        }
+    };
+    let h2 = tokio::time::timeout(HEADER_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request bytes in time"))??;
+    io.prelude = buf;
+    io.pos = 0;
+    Ok((io, h2))
+}
+
+/// A stream whose first reads return bytes already taken from it.
+pub struct Prelude<S> {
+    prelude: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prelude<S> {
+    pub fn new(prelude: Vec<u8>, inner: S) -> Self {
+        Prelude {
+            prelude,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prelude<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prelude.len() {
+            let n = (self.prelude.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prelude[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prelude.len() {
+                self.prelude = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prelude<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+// === access log record ===
+
+/// One request as the access log will print it (the format is a later issue): what
+/// Envoy's `%START_TIME%`, `%REQ(:METHOD)%`, `%RESPONSE_FLAGS%`... would show.
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    pub start: SystemTime,
+    pub method: String,
+    /// Path and query as received (before any rewrite).
+    pub path: String,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
+    pub status: u16,
+    /// Envoy's short flags: NR, UH, UF, UT, URX, UC, DI, FI, DC, DPE, UPE...
+    pub response_flags: Vec<&'static str>,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%`-like reason for local replies.
+    pub details: &'static str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration: Duration,
+    /// Upstream time to response headers (`x-envoy-upstream-service-time`).
+    pub upstream_service_time: Option<Duration>,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<String>,
+    pub route_name: Option<String>,
+    pub authority: String,
+    pub request_id: String,
+    pub downstream_remote: SocketAddr,
+    pub downstream_local_port: u16,
+    pub sni: Option<String>,
+    pub user_agent: Option<String>,
+    pub x_forwarded_for: Option<String>,
+}
+
+impl RequestLog {
+    /// `NR`, `UF,URX` or `-` as Envoy prints `%RESPONSE_FLAGS%`.
+    pub fn flags(&self) -> String {
+        if self.response_flags.is_empty() {
+            "-".into()
+        } else {
+            self.response_flags.join(",")
+        }
+    }
+
+    pub fn emit(&self) {
+        let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+        tracing::info!(
+            target: "gateway::http",
+            method = %self.method,
+            path = %self.path,
+            protocol = self.protocol,
+            status = self.status,
+            response_flags = %self.flags(),
+            details = if self.details.is_empty() { "via_upstream" } else { self.details },
+            bytes_received = self.bytes_received,
+            bytes_sent = self.bytes_sent,
+            duration_ms = self.duration.as_millis() as u64,
+            upstream_service_time_ms = self.upstream_service_time.map(|d| d.as_millis() as u64),
+            upstream_host = %dash(self.upstream_host.map(|h| h.to_string())),
+            upstream_cluster = %dash(self.upstream_cluster.clone()),
+            route_name = %dash(self.route_name.clone()),
+            authority = %self.authority,
+            request_id = %self.request_id,
+            downstream_remote = %self.downstream_remote,
+            downstream_local_port = self.downstream_local_port,
+            sni = %dash(self.sni.clone()),
+            user_agent = %dash(self.user_agent.clone()),
+            x_forwarded_for = %dash(self.x_forwarded_for.clone()),
+            "request"
+        );
+    }
 }

@@ -1,17 +1,19 @@
 //! L4 flows: plain TCP routed by port, TLS passthrough routed by the ClientHello's SNI.
-//! Userspace reads at most the ClientHello, picks the upstream, connects, writes what it
-//! read, and hands both sockets to the splice; it never touches the rest of the payload.
-use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Instant};
+//! Userspace only *peeks* at the ClientHello, picks the upstream, connects, and hands
+//! both sockets to the splice: every byte, the ClientHello included, is moved by the
+//! splice, so the upstream receives the stream exactly as the client sent it.
+//!
+//! Peeking rather than reading matters for the kernel splice: once a socket enters a
+//! sockmap the verdict program is handed whole skbs from the receive queue, including
+//! the part of an skb userspace already read — reading the hello would duplicate bytes.
+use std::{io, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Instant};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::{io::Interest, net::TcpStream};
 
 use crate::{
     config::{Listener, WeightedCluster},
     server::Gateway,
-    splice::Termination,
+    splice::{Termination, sockopt},
     telemetry::metrics::HelloOutcome,
     tls::sni::{MAX_CLIENT_HELLO, Sniff, sniff},
 };
@@ -20,63 +22,64 @@ use crate::{
 struct Hello {
     outcome: HelloOutcome,
     sni: Option<String>,
-    /// Everything read from the client so far; forwarded upstream before splicing.
-    bytes: Vec<u8>,
 }
 
-/// Reads until a full ClientHello, a verdict that it isn't one, the size cap, or the
+/// Peeks until a full ClientHello, a verdict that it isn't one, the size cap, or the
 /// timeout (Envoy's tls_inspector: same outcomes, same 64 KiB cap).
-async fn inspect(down: &mut TcpStream, gw: &Gateway) -> Hello {
-    let mut buf = Vec::with_capacity(2048);
+async fn inspect(down: &TcpStream, gw: &Gateway) -> Hello {
+    let done = |outcome, sni| Hello { outcome, sni };
+    let mut buf = vec![0u8; MAX_CLIENT_HELLO + 1];
+    let mut seen = 0;
     let deadline = tokio::time::Instant::now() + gw.opts.client_hello_timeout;
     loop {
-        let outcome = match sniff(&buf) {
-            Sniff::ClientHello { sni, .. } => {
-                let outcome = if sni.is_some() {
-                    HelloOutcome::SniFound
-                } else {
-                    HelloOutcome::NoSni
-                };
-                return Hello {
-                    outcome,
-                    sni,
-                    bytes: buf,
-                };
-            }
-            Sniff::NotTls => Some(HelloOutcome::NotTls),
-            Sniff::TooLarge => Some(HelloOutcome::TooLarge),
-            Sniff::Incomplete if buf.len() >= MAX_CLIENT_HELLO => Some(HelloOutcome::TooLarge),
-            Sniff::Incomplete => None,
-        };
-        if let Some(outcome) = outcome {
-            return Hello {
-                outcome,
-                sni: None,
-                bytes: buf,
-            };
-        }
-        let room = MAX_CLIENT_HELLO + 1 - buf.len();
-        let read =
-            tokio::time::timeout_at(deadline, (&mut *down).take(room as u64).read_buf(&mut buf))
-                .await;
-        match read {
-            Err(_) => {
-                return Hello {
-                    outcome: HelloOutcome::Timeout,
-                    sni: None,
-                    bytes: buf,
-                };
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return Hello {
-                    outcome: HelloOutcome::ClientGone,
-                    sni: None,
-                    bytes: buf,
-                };
-            }
+        match tokio::time::timeout_at(deadline, down.ready(Interest::READABLE)).await {
+            Err(_) => return done(HelloOutcome::Timeout, None),
+            Ok(Err(_)) => return done(HelloOutcome::ClientGone, None),
             Ok(Ok(_)) => {}
         }
+        // Clear the cached readiness *before* peeking: bytes that arrive after the peek
+        // raise a new edge, so the next ready() can't miss them.
+        let _ = down.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+        let n = match sockopt::peek(down, &mut buf) {
+            Ok(0) => return done(HelloOutcome::ClientGone, None),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return done(HelloOutcome::ClientGone, None),
+        };
+        if n == seen {
+            continue;
+        }
+        seen = n;
+        match sniff(&buf[..n]) {
+            Sniff::ClientHello { sni: Some(sni), .. } => {
+                return done(HelloOutcome::SniFound, Some(sni));
+            }
+            Sniff::ClientHello { sni: None, .. } => return done(HelloOutcome::NoSni, None),
+            Sniff::NotTls => return done(HelloOutcome::NotTls, None),
+            Sniff::TooLarge => return done(HelloOutcome::TooLarge, None),
+            Sniff::Incomplete if n > MAX_CLIENT_HELLO => return done(HelloOutcome::TooLarge, None),
+            Sniff::Incomplete => {}
+        }
     }
+}
+
+/// Closes a connection we won't route with a FIN, not a RST: bytes the inspection only
+/// peeked at are still queued, and closing a socket with unread data resets it.
+async fn close_cleanly(down: TcpStream) {
+    use std::io::Read as _;
+    // A plain non-blocking read through the socket itself: tokio's try_read would answer
+    // WouldBlock from its cached readiness without asking the kernel.
+    let sock = socket2::SockRef::from(&down);
+    let mut scratch = vec![0u8; 16 * 1024];
+    for _ in 0..(MAX_CLIENT_HELLO / scratch.len() + 2) {
+        match (&*sock).read(&mut scratch) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    drop(down);
 }
 
 /// Picks one destination by weight (Istio's weighted route).
@@ -107,7 +110,12 @@ pub async fn serve(
     let lstats = gw.stats.listener(port);
     // A port with only TCP routes never waits for client bytes: server-first protocols
     // (SMTP, MySQL) must work, so the flow is spliced at once.
-    let (hello, route) = if listener.tls.is_empty() {
+    // An HTTPS server that terminates TLS on this port needs the ClientHello too.
+    let terminating = listener
+        .servers
+        .iter()
+        .any(|s| s.kind == crate::config::ServerKind::HttpsTerminate);
+    let (hello, route) = if listener.tls.is_empty() && !terminating {
         (
             None,
             listener
@@ -116,8 +124,19 @@ pub async fn serve(
                 .map(|r| (r.name.as_str(), r.destinations.as_slice())),
         )
     } else {
-        let hello = inspect(&mut down, &gw).await;
+        let hello = inspect(&down, &gw).await;
         gw.stats.hello(hello.outcome);
+        // The inspection cleared tokio's cached readiness while the peeked bytes are still
+        // queued: whoever reads the socket next through tokio (rustls, a userspace copy)
+        // would wait for an edge that already happened. Registering the socket again
+        // makes epoll report what is queued.
+        down = match down.into_std().and_then(TcpStream::from_std) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(%peer, "closing connection: re-registering the socket failed: {e}");
+                return;
+            }
+        };
         // As in Envoy's filter-chain match: a ClientHello whose SNI matches a TLS route
         // takes it; anything else (other SNI, no SNI, not TLS, timeout) falls to the TCP
         // route of the port if there is one.
@@ -126,7 +145,7 @@ pub async fn serve(
         if tls.is_none() && is_tls && crate::http::terminates(&listener, hello.sni.as_deref()) {
             // An HTTPS server on this port terminates this SNI: hand over, ClientHello
             // included.
-            return crate::http::serve(gw.clone(), listener.clone(), down, peer, hello.bytes, true)
+            return crate::http::serve(gw.clone(), listener.clone(), down, peer, vec![], true)
                 .await;
         }
         let route = match tls {
@@ -158,48 +177,39 @@ pub async fn serve(
             None => "no TCP route".to_string(),
         };
         tracing::info!(%peer, port, "closing connection: {why}");
-        return;
+        return close_cleanly(down).await;
     };
     let Some(dest) = pick(destinations) else {
         tracing::info!(%peer, port, route = route_name, "closing connection: route has no destinations");
-        return;
+        return close_cleanly(down).await;
     };
     let Some(endpoint) = gw.next_endpoint(&dest.cluster) else {
         gw.stats
             .upstream_connect_failures
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, port, cluster = %dest.cluster, "closing connection: cluster has no endpoints");
-        return;
+        return close_cleanly(down).await;
     };
     let up = match tokio::time::timeout(gw.opts.connect_timeout, TcpStream::connect(endpoint)).await
     {
         Ok(Ok(up)) => up,
         Ok(Err(e)) => {
-            return connect_failed(&gw, peer, port, &dest.cluster, endpoint, &e.to_string());
+            connect_failed(&gw, peer, port, &dest.cluster, endpoint, &e.to_string());
+            return close_cleanly(down).await;
         }
         Err(_) => {
-            return connect_failed(&gw, peer, port, &dest.cluster, endpoint, "connect timeout");
+            connect_failed(&gw, peer, port, &dest.cluster, endpoint, "connect timeout");
+            return close_cleanly(down).await;
         }
     };
     let _ = down.set_nodelay(true);
     let _ = up.set_nodelay(true);
-    let mut up = up;
-    let prelude = hello.map(|h| h.bytes).unwrap_or_default();
-    if !prelude.is_empty() {
-        if let Err(e) = up.write_all(&prelude).await {
-            tracing::info!(%peer, %endpoint, "closing connection: writing the ClientHello upstream failed: {e}");
-            return;
-        }
-        gw.stats
-            .prelude_bytes
-            .fetch_add(prelude.len() as u64, Ordering::Relaxed);
-    }
     let upstream_local = up.local_addr().ok();
     let downstream_local = down.local_addr().ok();
     let span = tracing::debug_span!("flow", %peer);
     let report = tracing::Instrument::instrument(gw.splicer.splice(down, up), span).await;
 
-    let received = prelude.len() as u64 + report.downstream_to_upstream;
+    let received = report.downstream_to_upstream;
     let sent = report.upstream_to_downstream;
     let s = &gw.stats;
     s.bytes_downstream_to_upstream

@@ -147,10 +147,17 @@ impl EbpfSplicer {
             Ok(f) => f,
             Err(e) => return error_report(format!("reading socket state: {e}")),
         };
-        if let Err(e) = self.arm(&flow, &down, &up) {
-            // A socket changed state between the check and the insert. Bytes may already
-            // be queued inside the splice, so the flow can't safely continue: reset it.
+        if let Err((e, verdict_started)) = self.arm(&flow, &down, &up) {
             self.disarm(&flow);
+            if !verdict_started {
+                // A socket left ESTABLISHED between the check and the insert (its peer's
+                // FIN arrived: a server that greets and closes). No byte went through the
+                // kernel yet, so the userspace copy takes the whole flow.
+                tracing::debug!("splice: falling back to a userspace copy: {e}");
+                return super::copy::copy(down, up).await;
+            }
+            // One socket's verdict already ran: bytes may sit in the other's psock, which
+            // leaving the maps discards. The flow can't continue intact: reset it.
             abort(&down);
             abort(&up);
             tracing::warn!("splice: handing the flow to the kernel failed: {e}");
@@ -178,21 +185,41 @@ impl EbpfSplicer {
     /// 4. bytes that arrived before step 3 sit in the receive queue, where no new
     ///    segment may come to trigger the verdict (a client waiting for a reply): the
     ///    SO_RCVLOWAT kick runs the verdict over them now, in order.
-    fn arm(&self, flow: &Flow, down: &TcpStream, up: &TcpStream) -> Result<(), SpliceError> {
+    ///
+    /// On failure, says whether a verdict program had started on either socket.
+    fn arm(
+        &self,
+        flow: &Flow,
+        down: &TcpStream,
+        up: &TcpStream,
+    ) -> Result<(), (SpliceError, bool)> {
+        let before = |e: SpliceError| (e, false);
         let zero = || PerCpuValues::try_from(vec![FlowCounters::default(); self.nr_cpus]);
         let (cd, cu) = (flow.down_cookie, flow.up_cookie);
         {
             let mut m = self.maps.lock().expect("maps lock");
             // Bytes arriving on `down` leave through `up`, and the other way round.
-            m.peers.insert(cd, up.as_raw_fd(), 0)?;
-            m.peers.insert(cu, down.as_raw_fd(), 0)?;
-            m.flows.insert(cd, zero()?, 0)?;
-            m.flows.insert(cu, zero()?, 0)?;
-            m.spliced.insert(cd, down.as_raw_fd(), 0)?;
-            m.spliced.insert(cu, up.as_raw_fd(), 0)?;
+            m.peers
+                .insert(cd, up.as_raw_fd(), 0)
+                .map_err(|e| before(e.into()))?;
+            m.peers
+                .insert(cu, down.as_raw_fd(), 0)
+                .map_err(|e| before(e.into()))?;
+            m.flows
+                .insert(cd, zero().map_err(|e| before(e.into()))?, 0)
+                .map_err(|e| before(e.into()))?;
+            m.flows
+                .insert(cu, zero().map_err(|e| before(e.into()))?, 0)
+                .map_err(|e| before(e.into()))?;
+            m.spliced
+                .insert(cd, down.as_raw_fd(), 0)
+                .map_err(|e| before(e.into()))?;
+            m.spliced
+                .insert(cu, up.as_raw_fd(), 0)
+                .map_err(|e| (e.into(), true))?;
         }
-        sockopt::kick_receive_queue(down)?;
-        sockopt::kick_receive_queue(up)?;
+        sockopt::kick_receive_queue(down).map_err(|e| (e.into(), true))?;
+        sockopt::kick_receive_queue(up).map_err(|e| (e.into(), true))?;
         Ok(())
     }
 

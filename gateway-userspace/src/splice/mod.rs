@@ -10,7 +10,7 @@
 //!   hosts where eBPF can't load or when `--splice userspace` is asked for.
 mod copy;
 pub mod ebpf;
-mod sockopt;
+pub(crate) mod sockopt;
 pub mod uring;
 
 use std::{fmt, sync::Arc};

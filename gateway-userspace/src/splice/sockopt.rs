@@ -128,3 +128,21 @@ pub fn is_established(sock: &impl AsRawFd) -> bool {
     const TCP_ESTABLISHED: u8 = 1;
     tcp_info(sock).is_ok_and(|info| info[0] == TCP_ESTABLISHED)
 }
+
+/// Copies up to `buf.len()` queued bytes without consuming them (MSG_PEEK), without
+/// waiting (MSG_DONTWAIT). Ok(0) means the peer closed and nothing is queued.
+pub fn peek(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}

@@ -56,13 +56,11 @@ pub struct Stats {
     pub upstream_connect_failures: AtomicU64,
     pub flows_closed: AtomicU64,
     pub flows_reset: AtomicU64,
-    /// Payload bytes forwarded client -> upstream by the splice (prelude included).
+    /// Payload bytes forwarded client -> upstream by the splice (ClientHello included).
     pub bytes_downstream_to_upstream: AtomicU64,
     pub bytes_upstream_to_downstream: AtomicU64,
     /// Payload bytes that passed through userspace memory while splicing (0 with eBPF).
     pub userspace_splice_bytes: AtomicU64,
-    /// Bytes userspace read to route a flow (ClientHellos) and wrote upstream itself.
-    pub prelude_bytes: AtomicU64,
 }
 
 impl Stats {
@@ -172,12 +170,6 @@ impl Stats {
             "counter",
             "Payload bytes that passed through userspace memory while splicing (0 with eBPF).",
             &plain(&self.userspace_splice_bytes),
-        );
-        family(
-            "gateway_prelude_bytes_total",
-            "counter",
-            "Bytes read in userspace to route a flow (ClientHellos) and forwarded by it.",
-            &plain(&self.prelude_bytes),
         );
         if let Splicer::Ebpf(k) = splicer {
             let ks = k.kernel_stats();

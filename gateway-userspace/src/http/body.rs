@@ -1,0 +1,207 @@
+//! Response and request bodies that carry the gateway's bookkeeping: byte counts, the
+//! access-log line written when a response ends (or is abandoned), and the route
+//! timeout that still runs while a response streams.
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
+
+use super::{RequestLog, proxy::ConnCtx};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body of every request sent upstream and every response sent downstream.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed_unsync()
+}
+
+/// The downstream request body, counting bytes for the log.
+pub struct CountingBody {
+    pub inner: Incoming,
+    pub count: Arc<AtomicU64>,
+}
+
+impl HttpBody for CountingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled
+            && let Some(d) = f.data_ref()
+        {
+            self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body: counts bytes and writes the request's log line when it ends,
+/// fails, or is dropped early (the client went away: `DC`).
+pub struct LoggedBody {
+    pub inner: Body,
+    pub log: Option<RequestLog>,
+    pub started: Instant,
+    pub received: Arc<AtomicU64>,
+    pub sent: u64,
+    pub conn: Arc<ConnCtx>,
+}
+
+impl LoggedBody {
+    fn emit(&mut self, extra_flag: Option<&'static str>) {
+        if let Some(mut log) = self.log.take() {
+            if let Some(f) = extra_flag {
+                log.response_flags.push(f);
+            }
+            log.bytes_sent = self.sent;
+            log.bytes_received = self.received.load(Ordering::Relaxed);
+            log.duration = self.started.elapsed();
+            log.emit();
+            self.conn.mark_idle();
+        }
+    }
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.sent += d.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.emit(None);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let flag = if e.is::<ResponseTimeout>() {
+                    "UT"
+                } else {
+                    "UPE"
+                };
+                self.emit(Some(flag))
+            }
+            Poll::Ready(None) => self.emit(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body cut off with an error (the stream is reset / the connection closed,
+/// so the client can't mistake it for a complete one) when the route timeout passes.
+pub struct DeadlineBody {
+    pub inner: Body,
+    pub sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("route timeout reached while streaming the upstream response")]
+pub struct ResponseTimeout;
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ResponseTimeout)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let flag = (!self.inner.is_end_stream()).then_some("DC");
+        self.emit(flag);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A body that never yields: an upstream that stalls mid-response.
+    struct Stalled;
+
+    impl HttpBody for Stalled {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn route_timeout_cuts_a_stalled_response_body() {
+        let at = tokio::time::Instant::now() + Duration::from_millis(50);
+        let body = DeadlineBody {
+            inner: Stalled.boxed_unsync(),
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+        };
+        let started = Instant::now();
+        let err = body.collect().await.expect_err("cut off");
+        assert!(err.is::<ResponseTimeout>(), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(45));
+        // A body that ends in time is untouched.
+        let body = DeadlineBody {
+            inner: full("done"),
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(5))),
+        };
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "done");
+    }
+}

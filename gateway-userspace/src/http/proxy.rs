@@ -1,0 +1,563 @@
+//! The hyper service: one request in, routed by the listener's tables, answered locally
+//! (404, 421, redirect, direct response, fault) or forwarded to a pooled upstream
+//! connection with Istio's retries and timeouts. Every response carries its
+//! [`RequestLog`], emitted when the response body ends (or the client goes away).
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use http_body_util::BodyExt;
+use hyper::{
+    HeaderMap, Request, Response, StatusCode, Version,
+    body::{Bytes, Incoming},
+    header::{self, HeaderName, HeaderValue},
+};
+
+use super::{
+    RequestLog,
+    body::{Body, CountingBody, LoggedBody, empty, full},
+    routing::{self, Action, RequestView, RouteTable},
+    upstream::{self, UpstreamClient},
+};
+use crate::server::Gateway;
+
+/// What the service knows about the connection a request came on.
+pub struct ConnCtx {
+    pub peer: SocketAddr,
+    pub port: u16,
+    pub tls: bool,
+    pub sni: Option<String>,
+    /// On TLS ports, the server chosen by SNI (index in `Listener::servers`).
+    pub server: Option<usize>,
+    /// Host patterns of that server, for the 421 check.
+    pub server_hosts: Vec<String>,
+    pub table: Arc<RouteTable>,
+    pub client: UpstreamClient,
+    /// Requests seen on this connection, and those the client abandoned early.
+    pub streams: AtomicU64,
+    pub resets: AtomicU64,
+    /// Notified when the client resets too many streams (see [`ConnCtx::premature_reset`]).
+    pub abusive: tokio::sync::Notify,
+    /// Bytes read from the client so far, and their count when the last response
+    /// ended: equal means the connection sat idle between requests.
+    pub bytes_in: Arc<AtomicU64>,
+    idle_mark: AtomicU64,
+    /// `x-forwarded-client-cert` for a verified client certificate (mTLS).
+    pub client_cert: Option<HeaderValue>,
+}
+
+/// Envoy's premature-reset guard (CVE-2023-44487): once a connection has carried this
+/// many streams and more than half were reset by the client before their response,
+/// it is closed.
+pub const PREMATURE_RESET_MIN_STREAMS: u64 = 500;
+
+impl ConnCtx {
+    pub fn new(
+        peer: SocketAddr,
+        port: u16,
+        sni: Option<String>,
+        server: Option<(usize, Vec<String>)>,
+        table: Arc<RouteTable>,
+        client: UpstreamClient,
+    ) -> ConnCtx {
+        let (server, server_hosts) = match server {
+            Some((i, hosts)) => (Some(i), hosts),
+            None => (None, Vec::new()),
+        };
+        ConnCtx {
+            peer,
+            port,
+            tls: server.is_some(),
+            sni,
+            server,
+            server_hosts,
+            table,
+            client,
+            streams: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            abusive: tokio::sync::Notify::new(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            idle_mark: AtomicU64::new(0),
+            client_cert: None,
+        }
+    }
+
+    pub(super) fn mark_idle(&self) {
+        self.idle_mark
+            .store(self.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// True if nothing arrived since the last response ended (or ever): a header
+    /// timeout then is just an idle keep-alive connection being closed.
+    pub fn idle(&self) -> bool {
+        self.bytes_in.load(Ordering::Relaxed) == self.idle_mark.load(Ordering::Relaxed)
+    }
+
+    fn premature_reset(&self) {
+        let resets = self.resets.fetch_add(1, Ordering::Relaxed) + 1;
+        let streams = self.streams.load(Ordering::Relaxed);
+        if streams >= PREMATURE_RESET_MIN_STREAMS && resets * 2 > streams {
+            self.abusive.notify_one();
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// A random UUID v4, Envoy's `x-request-id` format.
+fn request_id() -> String {
+    let a = fastrand::u64(..);
+    let b = fastrand::u64(..);
+    let a = (a & !0xF000) | 0x4000; // version 4
+    let b = (b & !(0xC << 60)) | (0x8 << 60); // variant 10
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xFFFF,
+        a & 0xFFFF,
+        b >> 48,
+        b & 0xFFFF_FFFF_FFFF
+    )
+}
+
+// === the service ===
+
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    conn.streams.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut guard = CancelGuard {
+        log: None,
+        started,
+        conn: conn.clone(),
+    };
+    let resp = route_request(gw, conn, req, started, &mut guard).await;
+    guard.log = None;
+    resp
+}
+
+/// Logs a request whose handling was abandoned because the client reset the stream or
+/// closed the connection before the response (Envoy: status 0, `DC`), and counts it
+/// against the connection's premature-reset budget.
+struct CancelGuard {
+    log: Option<RequestLog>,
+    started: Instant,
+    conn: Arc<ConnCtx>,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(mut log) = self.log.take() {
+            log.status = 0;
+            log.response_flags.push("DC");
+            log.details = "downstream_remote_disconnect";
+            log.duration = self.started.elapsed();
+            log.emit();
+            self.conn.premature_reset();
+        }
+    }
+}
+
+async fn route_request(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnCtx>,
+    req: Request<Incoming>,
+    started: Instant,
+    guard: &mut CancelGuard,
+) -> Result<Response<Body>, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    let received = Arc::new(AtomicU64::new(0));
+    let body = CountingBody {
+        inner: body,
+        count: received.clone(),
+    };
+
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let req_id = match parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => request_id(),
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut log = RequestLog {
+        start: std::time::SystemTime::now(),
+        method: parts.method.to_string(),
+        path: path_and_query,
+        protocol: version_name(parts.version),
+        status: 0,
+        response_flags: Vec::new(),
+        details: "",
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration: Duration::ZERO,
+        upstream_service_time: None,
+        upstream_host: None,
+        upstream_cluster: None,
+        route_name: None,
+        authority: authority.clone().unwrap_or_default(),
+        request_id: req_id.clone(),
+        downstream_remote: conn.peer,
+        downstream_local_port: conn.port,
+        sni: conn.sni.clone(),
+        user_agent: header_str(&parts.headers, header::USER_AGENT),
+        x_forwarded_for: header_str(&parts.headers, "x-forwarded-for"),
+    };
+    let done = |log: RequestLog, resp: Response<Body>| -> Result<Response<Body>, Infallible> {
+        Ok(finish(log, resp, started, received.clone(), conn.clone()))
+    };
+
+    let Some(authority) = authority else {
+        log.details = "missing_host_header";
+        return done(
+            log,
+            local_reply(StatusCode::BAD_REQUEST, "missing host header"),
+        );
+    };
+    let host = routing::normalize_host(&authority);
+    // HTTP/2 connection coalescing: a client may reuse a connection made for one name
+    // for another the certificate also covers. Only the SNI's server may answer, or
+    // its client-certificate policy could be bypassed: 421 tells the client to open a
+    // new connection (RFC 9110 §15.5.20).
+    if conn.tls
+        && !conn
+            .server_hosts
+            .iter()
+            .any(|h| routing::host_score(h, &host).is_some())
+    {
+        log.details = "misdirected_request";
+        return done(
+            log,
+            local_reply(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n"),
+        );
+    }
+    let Some(vhost) = routing::find_vhost(&conn.table, &host) else {
+        log.response_flags.push("NR");
+        log.details = "route_not_found";
+        return done(log, empty_reply(StatusCode::NOT_FOUND));
+    };
+    let scheme = if conn.tls { "https" } else { "http" };
+    if vhost.https_redirect && !conn.tls {
+        // Envoy's `require_tls: ALL`: same host and path, https, default port.
+        let loc = format!("https://{host}{}", log.path);
+        log.details = "tls_redirect";
+        return done(log, redirect_reply(StatusCode::MOVED_PERMANENTLY, &loc));
+    }
+    let query = parts.uri.query().map(str::to_string);
+    let view = RequestView {
+        method: parts.method.as_str(),
+        scheme,
+        path: parts.uri.path(),
+        query: query.as_deref(),
+        host: &host,
+        port: conn.port,
+        headers: &parts.headers,
+    };
+    let Some((route, matched)) = routing::find_route(vhost, &view) else {
+        log.response_flags.push("NR");
+        log.details = "route_not_found";
+        return done(log, empty_reply(StatusCode::NOT_FOUND));
+    };
+    let route = route.clone();
+    log.route_name = Some(route.name.clone());
+    guard.log = Some(log.clone());
+
+    // Fault injection happens before the route's action, as Envoy's fault filter.
+    if let Some((delay, pct)) = route.fault.delay
+        && roll(pct)
+    {
+        log.response_flags.push("DI");
+        tokio::time::sleep(delay).await;
+    }
+    if let Some((status, pct)) = route.fault.abort
+        && roll(pct)
+    {
+        log.response_flags.push("FI");
+        log.details = "fault_filter_abort";
+        let mut resp = local_reply(status, "fault filter abort");
+        route.response_headers.apply(resp.headers_mut());
+        return done(log, resp);
+    }
+
+    match &route.action {
+        Action::Direct { status, body } => {
+            log.details = "direct_response";
+            let mut resp = Response::new(full(body.clone()));
+            *resp.status_mut() = *status;
+            if !body.is_empty() {
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            route.response_headers.apply(resp.headers_mut());
+            done(log, resp)
+        }
+        Action::Redirect(r) => {
+            let loc = routing::redirect_location(
+                r,
+                scheme,
+                &authority,
+                parts.uri.path(),
+                query.as_deref(),
+                conn.port,
+            );
+            log.details = "redirect";
+            let mut resp = redirect_reply(r.code.unwrap_or(StatusCode::MOVED_PERMANENTLY), &loc);
+            route.response_headers.apply(resp.headers_mut());
+            done(log, resp)
+        }
+        Action::Forward(dests) => {
+            let matched_prefix = matched
+                .and_then(|i| route.matches.get(i))
+                .and_then(|m| match &m.uri {
+                    Some(routing::StrMatch::Prefix(p)) => Some(p.clone()),
+                    _ => None,
+                });
+            let path = match &route.rewrite {
+                Some(rw) => routing::rewrite_path(parts.uri.path(), rw, matched_prefix.as_deref()),
+                None => parts.uri.path().to_string(),
+            };
+            let total = routing::total_weight(dests);
+            let dest = if total == 0 {
+                dests.first()
+            } else {
+                routing::pick_weighted(dests, fastrand::u64(0..total))
+            };
+            let Some(dest) = dest else {
+                log.response_flags.push("NR");
+                log.details = "route_has_no_destination";
+                return done(log, empty_reply(StatusCode::NOT_FOUND));
+            };
+            log.upstream_cluster = Some(dest.cluster.clone());
+
+            // The request as the upstream sees it.
+            // WebSocket and other HTTP/1.1 upgrades (Istio enables websocket upgrades on
+            // every route): the Upgrade header survives, and the client's half of the
+            // connection is kept for the tunnel.
+            let upgrade = upstream::upgrade_protocol(parts.version, &parts.headers);
+            let on_upgrade = upgrade
+                .as_ref()
+                .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(u) = &upgrade {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, u.clone());
+            }
+            let internal: Vec<HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("x-envoy-"))
+                .cloned()
+                .collect();
+            for k in internal {
+                parts.headers.remove(k);
+            }
+            // Istio gateways: forwardClientCertDetails SANITIZE_SET.
+            parts.headers.remove("x-forwarded-client-cert");
+            if let Some(xfcc) = &conn.client_cert {
+                parts
+                    .headers
+                    .insert("x-forwarded-client-cert", xfcc.clone());
+            }
+            let host_value = match route.rewrite.as_ref().and_then(|r| r.authority.clone()) {
+                Some(a) => a,
+                None => HeaderValue::from_str(&authority)
+                    .unwrap_or_else(|_| HeaderValue::from_static("")),
+            };
+            parts.headers.insert(header::HOST, host_value);
+            let peer_ip = conn.peer.ip().to_string();
+            let xff = match header_str(&parts.headers, "x-forwarded-for") {
+                Some(prev) => format!("{prev}, {peer_ip}"),
+                None => peer_ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                parts.headers.insert("x-forwarded-for", v);
+            }
+            parts
+                .headers
+                .insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+            if let Ok(v) = HeaderValue::from_str(&req_id) {
+                parts.headers.insert("x-request-id", v);
+            }
+            route.request_headers.apply(&mut parts.headers);
+            dest.request_headers.apply(&mut parts.headers);
+            let path_and_query = match &query {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+
+            let up = upstream::forward(
+                &gw,
+                &conn,
+                &route,
+                &dest.cluster,
+                parts.method.clone(),
+                parts.headers,
+                path_and_query,
+                body,
+                on_upgrade,
+                &mut log,
+            )
+            .await;
+            let mut resp = up;
+            route.response_headers.apply(resp.headers_mut());
+            dest.response_headers.apply(resp.headers_mut());
+            done(log, resp)
+        }
+    }
+}
+
+fn roll(pct: f64) -> bool {
+    pct >= 100.0 || fastrand::f64() * 100.0 < pct
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+fn header_str(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+pub(super) fn local_reply(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// Envoy's NR 404 has an empty body.
+fn empty_reply(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = status;
+    resp
+}
+
+fn redirect_reply(status: StatusCode, location: &str) -> Response<Body> {
+    let mut resp = empty_reply(status);
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// Stamps the response (status into the log, `server` header) and wraps its body so
+/// the log line is written when the body is done.
+fn finish(
+    mut log: RequestLog,
+    mut resp: Response<Body>,
+    started: Instant,
+    received: Arc<AtomicU64>,
+    conn: Arc<ConnCtx>,
+) -> Response<Body> {
+    log.status = resp.status().as_u16();
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("gateway"));
+    let (parts, body) = resp.into_parts();
+    let body = LoggedBody {
+        inner: body,
+        log: Some(log),
+        started,
+        received,
+        sent: 0,
+        conn,
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let a = request_id();
+        assert_eq!(a.len(), 36);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "{a}");
+        assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{a}");
+        assert_ne!(a, request_id());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,548 @@
+use super::*;
+use crate::config::{GatewayIdentity, Snapshot, load_str};
+
+fn snapshot(yaml: &str) -> Snapshot {
+    load_str("test.yaml", yaml, &GatewayIdentity::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#;
+
+/// A VS for `hosts` on gateway `gw` with the given `http:` block, destinations on
+/// 127.0.0.1 (resolved without a ServiceEntry).
+fn vs(name: &str, hosts: &str, http: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: {hosts}\n  gateways: [gw]\n  http:\n{http}"
+    )
+}
+
+fn route_to(port: u16) -> String {
+    format!("    route:\n    - destination: {{host: 127.0.0.1, port: {{number: {port}}}}}\n")
+}
+
+fn table(yaml: &str) -> RouteTable {
+    let s = snapshot(yaml);
+    build_table(&s.listeners[0], None).unwrap()
+}
+
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    query: Option<&'static str>,
+    host: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+fn req(path: &'static str) -> Req {
+    Req {
+        method: "GET",
+        path,
+        query: None,
+        host: "a.example.com",
+        headers: vec![],
+    }
+}
+
+/// The cluster port of the route a request takes, or None (404).
+fn route_port(t: &RouteTable, r: &Req) -> Option<u16> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &r.headers {
+        headers.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_static(v),
+        );
+    }
+    let host = normalize_host(r.host);
+    let view = RequestView {
+        method: r.method,
+        scheme: "http",
+        path: r.path,
+        query: r.query,
+        host: &host,
+        port: 80,
+        headers: &headers,
+    };
+    let vh = find_vhost(t, &host)?;
+    let (route, _) = find_route(vh, &view)?;
+    match &route.action {
+        Action::Forward(d) => d[0].cluster.split('|').nth(1)?.parse().ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn hosts_are_normalized() {
+    for (raw, want) in [
+        ("Example.COM", "example.com"),
+        ("example.com:8080", "example.com"),
+        ("example.com.", "example.com"),
+        ("[::1]:443", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("10.0.0.1:80", "10.0.0.1"),
+    ] {
+        assert_eq!(normalize_host(raw), want, "{raw}");
+    }
+    assert_eq!(authority_port("a.b:8080"), Some(8080));
+    assert_eq!(authority_port("[::1]:8443"), Some(8443));
+    assert_eq!(authority_port("[::1]"), None);
+    assert_eq!(authority_port("a.b"), None);
+}
+
+#[test]
+fn exact_beats_longest_wildcard_beats_star() {
+    let mut y = GATEWAY.to_string();
+    y += &vs(
+        "exact",
+        "[a.example.com]",
+        &format!("  -\n{}", route_to(1001)),
+    );
+    y += &vs(
+        "wild",
+        "['*.example.com']",
+        &format!("  -\n{}", route_to(1002)),
+    );
+    y += &vs(
+        "wilder",
+        "['*.b.example.com']",
+        &format!("  -\n{}", route_to(1003)),
+    );
+    y += &vs("star", "['*']", &format!("  -\n{}", route_to(1004)));
+    let t = table(&y);
+    for (host, port) in [
+        ("a.example.com", 1001),
+        ("A.Example.Com:80", 1001),
+        ("z.example.com", 1002),
+        ("x.y.example.com", 1002),
+        ("c.b.example.com", 1003),
+        ("example.com", 1004),
+        ("other.org", 1004),
+    ] {
+        let mut r = req("/");
+        r.host = host;
+        assert_eq!(route_port(&t, &r), Some(port), "{host}");
+    }
+}
+
+#[test]
+fn unknown_host_has_no_vhost() {
+    let mut y = GATEWAY.to_string();
+    y += &vs(
+        "one",
+        "[a.example.com]",
+        &format!("  -\n{}", route_to(1001)),
+    );
+    let t = table(&y);
+    let mut r = req("/");
+    r.host = "b.example.com";
+    assert_eq!(route_port(&t, &r), None);
+}
+
+#[test]
+fn vhost_domain_is_the_narrower_of_server_and_vs_host() {
+    let y = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["a.example.com"]
+"#
+    .to_string()
+        + &vs(
+            "wild",
+            "['*.example.com']",
+            &format!("  -\n{}", route_to(1002)),
+        );
+    let t = table(&y);
+    let domains: Vec<&str> = t.vhosts.iter().map(|v| v.domain.as_str()).collect();
+    assert_eq!(domains, ["a.example.com"]);
+}
+
+/// Every match field, table-driven: (match YAML, request, matches?).
+#[test]
+fn match_conditions() {
+    let cases: Vec<(&str, Req, bool)> = vec![
+        ("uri: {exact: /a}", req("/a"), true),
+        ("uri: {exact: /a}", req("/a/b"), false),
+        ("uri: {prefix: /a}", req("/abc"), true),
+        ("uri: {prefix: /a}", req("/b"), false),
+        ("uri: {regex: '/v[0-9]+/.*'}", req("/v12/x"), true),
+        // Anchored like RE2 full match.
+        ("uri: {regex: '/v[0-9]+'}", req("/v1/x"), false),
+        (
+            "uri: {exact: /Api}\n      ignoreUriCase: true",
+            req("/aPI"),
+            true,
+        ),
+        (
+            "uri: {prefix: /API}\n      ignoreUriCase: true",
+            req("/api/x"),
+            true,
+        ),
+        ("uri: {prefix: /API}", req("/api/x"), false),
+        (
+            "method: {exact: POST}",
+            Req {
+                method: "POST",
+                ..req("/")
+            },
+            true,
+        ),
+        ("method: {exact: POST}", req("/"), false),
+        ("authority: {exact: a.example.com}", req("/"), true),
+        ("authority: {prefix: b.}", req("/"), false),
+        ("authority: {regex: '.*\\.example\\.com'}", req("/"), true),
+        ("port: 80", req("/"), true),
+        (
+            "headers: {x-v: {exact: '1'}}",
+            Req {
+                headers: vec![("x-v", "1")],
+                ..req("/")
+            },
+            true,
+        ),
+        (
+            "headers: {x-v: {exact: '1'}}",
+            Req {
+                headers: vec![("x-v", "2")],
+                ..req("/")
+            },
+            false,
+        ),
+        ("headers: {x-v: {exact: '1'}}", req("/"), false),
+        (
+            "headers: {X-V: {prefix: ab}}",
+            Req {
+                headers: vec![("x-v", "abc")],
+                ..req("/")
+            },
+            true,
+        ),
+        (
+            "headers: {x-v: {regex: 'a+b'}}",
+            Req {
+                headers: vec![("x-v", "aab")],
+                ..req("/")
+            },
+            true,
+        ),
+        (
+            "headers: {x-v: {regex: 'a+b'}}",
+            Req {
+                headers: vec![("x-v", "aabc")],
+                ..req("/")
+            },
+            false,
+        ),
+        // `{}` is a presence match.
+        (
+            "headers: {x-v: {}}",
+            Req {
+                headers: vec![("x-v", "")],
+                ..req("/")
+            },
+            true,
+        ),
+        ("headers: {x-v: {}}", req("/"), false),
+        ("withoutHeaders: {x-v: {}}", req("/"), true),
+        (
+            "withoutHeaders: {x-v: {}}",
+            Req {
+                headers: vec![("x-v", "1")],
+                ..req("/")
+            },
+            false,
+        ),
+        (
+            "withoutHeaders: {x-v: {exact: '1'}}",
+            Req {
+                headers: vec![("x-v", "2")],
+                ..req("/")
+            },
+            true,
+        ),
+        (
+            "queryParams: {v: {exact: '2'}}",
+            Req {
+                query: Some("a=1&v=2"),
+                ..req("/")
+            },
+            true,
+        ),
+        (
+            "queryParams: {v: {exact: '2'}}",
+            Req {
+                query: Some("v=3"),
+                ..req("/")
+            },
+            false,
+        ),
+        (
+            "queryParams: {v: {regex: '[0-9]'}}",
+            Req {
+                query: Some("v=7"),
+                ..req("/")
+            },
+            true,
+        ),
+        (
+            "queryParams: {v: {}}",
+            Req {
+                query: Some("v"),
+                ..req("/")
+            },
+            true,
+        ),
+        ("queryParams: {v: {}}", req("/"), false),
+        // Fields AND.
+        (
+            "uri: {prefix: /a}\n      method: {exact: GET}",
+            Req {
+                method: "PUT",
+                ..req("/a")
+            },
+            false,
+        ),
+    ];
+    for (i, (m, r, want)) in cases.into_iter().enumerate() {
+        let mut y = GATEWAY.to_string();
+        let http = format!("  - match:\n    - {m}\n{}", route_to(2000));
+        y += &vs("m", "['*.example.com']", &http);
+        let t = table(&y);
+        assert_eq!(route_port(&t, &r).is_some(), want, "case {i}: {m}");
+    }
+}
+
+#[test]
+fn match_blocks_or_and_first_route_wins() {
+    let mut y = GATEWAY.to_string();
+    let http = format!(
+        "  - match:\n    - uri: {{prefix: /a}}\n    - headers: {{x-b: {{exact: '1'}}}}\n{}  - match:\n    - uri: {{prefix: /}}\n{}  -\n{}",
+        route_to(3001),
+        route_to(3002),
+        route_to(3003)
+    );
+    y += &vs("m", "['*.example.com']", &http);
+    let t = table(&y);
+    assert_eq!(route_port(&t, &req("/a")), Some(3001));
+    let r = Req {
+        headers: vec![("x-b", "1")],
+        ..req("/z")
+    };
+    assert_eq!(route_port(&t, &r), Some(3001));
+    assert_eq!(route_port(&t, &req("/z")), Some(3002));
+}
+
+#[test]
+fn matches_for_another_gateway_or_port_are_dropped() {
+    let mut y = GATEWAY.to_string();
+    let http = format!(
+        "  - match:\n    - port: 8080\n{}  - match:\n    - gateways: [other]\n{}  -\n{}",
+        route_to(4001),
+        route_to(4002),
+        route_to(4003)
+    );
+    y += &vs("m", "['*.example.com']", &http);
+    y += "---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: other}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: ['*']\n";
+    let t = table(&y);
+    assert_eq!(route_port(&t, &req("/")), Some(4003));
+}
+
+#[test]
+fn bad_regex_is_an_error() {
+    let mut y = GATEWAY.to_string();
+    y += &vs(
+        "m",
+        "['*']",
+        &format!(
+            "  - match:\n    - uri: {{regex: '(unclosed'}}\n{}",
+            route_to(1)
+        ),
+    );
+    // Caught by validation, with its position, before any table is built.
+    let e = load_str("test.yaml", &y, &GatewayIdentity::default())
+        .expect_err("a bad regex must not load")
+        .to_string();
+    assert!(
+        e.contains("test.yaml:19:20: regex: invalid regex") && e.contains("(unclosed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn weighted_pick_follows_the_weights() {
+    let d = |w| Destination {
+        cluster: format!("c{w}"),
+        weight: w,
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+    };
+    let dests = vec![d(10), d(0), d(90)];
+    assert_eq!(total_weight(&dests), 100);
+    let mut counts = [0usize; 3];
+    for r in 0..100 {
+        let picked = pick_weighted(&dests, r).unwrap();
+        counts[dests
+            .iter()
+            .position(|x| x.cluster == picked.cluster)
+            .unwrap()] += 1;
+    }
+    assert_eq!(counts, [10, 0, 90]);
+}
+
+#[test]
+fn rewrites() {
+    let rw = |uri: &str| Rewrite {
+        uri: Some(uri.into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        rewrite_path("/api/v1/x", &rw("/v2"), Some("/api/v1")),
+        "/v2/x"
+    );
+    assert_eq!(rewrite_path("/api/x", &rw("/"), Some("/api/")), "/x");
+    assert_eq!(rewrite_path("/api/x", &rw("/"), Some("/api")), "/x");
+    assert_eq!(rewrite_path("/exact", &rw("/other"), None), "/other");
+    let compiled = compile_rewrite(
+        Some(&istio::HttpRewrite {
+            uri_regex_rewrite: Some(istio::RegexRewrite {
+                pattern: "^/svc/([^/]+)/(.*)$".into(),
+                rewrite: "/\\2/by/\\1".into(),
+            }),
+            ..Default::default()
+        }),
+        "t",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(rewrite_path("/svc/a/b/c", &compiled, None), "/b/c/by/a");
+}
+
+#[test]
+fn redirect_locations() {
+    let r = Redirect {
+        uri: Some("/new".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        redirect_location(&r, "http", "a.io:8080", "/old", Some("q=1"), 80),
+        "http://a.io:8080/new?q=1"
+    );
+    let r = Redirect {
+        scheme: Some("https".into()),
+        authority: Some("b.io".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        redirect_location(&r, "http", "a.io:8080", "/p", None, 80),
+        "https://b.io/p"
+    );
+    let r = Redirect {
+        port: Some(8443),
+        scheme: Some("https".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        redirect_location(&r, "http", "a.io", "/p", None, 80),
+        "https://a.io:8443/p"
+    );
+    let r = Redirect {
+        port_from_request: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        redirect_location(&r, "http", "a.io", "/p", None, 8080),
+        "http://a.io:8080/p"
+    );
+}
+
+#[test]
+fn retry_policies() {
+    let d = RetryPolicy::istio_default();
+    assert_eq!(d.retries, 2);
+    assert!(d.retries_connect_failure());
+    assert!(d.retries_status(503, None));
+    assert!(!d.retries_status(500, None));
+    assert!(d.retries_status(200, Some(14)), "unavailable");
+    assert!(!d.retries_reset());
+
+    let p = RetryPolicy::from_istio(Some(&istio::HttpRetry {
+        attempts: Some(3),
+        per_try_timeout: None,
+        retry_on: Some("gateway-error,409".into()),
+        ..Default::default()
+    }));
+    assert_eq!(p.retries, 3);
+    assert!(p.retries_status(502, None) && p.retries_status(409, None));
+    assert!(!p.retries_status(500, None) && !p.retries_status(503 - 100, None));
+    assert!(p.retries_reset() && p.retries_connect_failure());
+
+    let off = RetryPolicy::from_istio(Some(&istio::HttpRetry {
+        attempts: Some(0),
+        ..Default::default()
+    }));
+    assert_eq!(off.retries, 0);
+    let (_, unknown) = parse_retry_on("5xx,bogus");
+    assert_eq!(unknown, ["bogus"]);
+
+    // Back-off: exponential from the base, capped at 10x, scaled by jitter.
+    assert_eq!(d.backoff(1, 1.0), Duration::from_millis(25));
+    assert_eq!(d.backoff(3, 1.0), Duration::from_millis(100));
+    assert_eq!(d.backoff(9, 1.0), Duration::from_millis(250));
+    assert_eq!(d.backoff(2, 0.5), Duration::from_millis(25));
+    let b = RetryPolicy {
+        backoff: Some(Duration::from_millis(100)),
+        ..d.clone()
+    };
+    assert_eq!(b.backoff(2, 1.0), Duration::from_millis(200));
+}
+
+#[test]
+fn tls_server_by_sni() {
+    let y = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: a, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: c}
+    hosts: ["a.example.com"]
+  - port: {number: 443, name: wild, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: c}
+    hosts: ["*.example.com"]
+  - port: {number: 443, name: pass, protocol: TLS}
+    tls: {mode: PASSTHROUGH}
+    hosts: ["p.example.com"]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: c, namespace: istio-system}
+type: kubernetes.io/tls
+stringData: {tls.crt: x, tls.key: y}
+"#;
+    let s = snapshot(y);
+    let l = &s.listeners[0];
+    assert_eq!(tls_server_for(l, Some("a.example.com")), Some(0));
+    assert_eq!(tls_server_for(l, Some("B.example.com")), Some(1));
+    assert_eq!(tls_server_for(l, Some("other.org")), None);
+    assert_eq!(
+        tls_server_for(l, None),
+        Some(0),
+        "no SNI: first HTTPS server"
+    );
+    assert!(crate::http::terminates(l, Some("x.example.com")));
+    assert!(!crate::http::terminates(l, Some("other.org")));
+    assert!(crate::http::terminates(l, None));
+}

@@ -1,0 +1,551 @@
+//! rustls server configs for HTTPS-terminating Gateway servers: one config per server,
+//! built once from its `credentialName` Secret (or file paths), with the server's client
+//! certificate policy (SIMPLE / MUTUAL / OPTIONAL_MUTUAL + `subjectAltNames`), protocol
+//! versions and cipher suites. The SNI picks the server (routing::tls_server_for), and
+//! the connection is then handshaken with that server's config, so each server keeps
+//! its own certificate *and* its own client-auth policy on a shared port.
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, Error as TlsError, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
+    client::danger::HandshakeSignatureValid,
+    crypto::{CryptoProvider, ring},
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    server::{
+        WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
+};
+
+use crate::config::{Secret, ServerRef, TlsMode, istio::ServerTlsSettings};
+
+/// Key material of one server, as found in the config.
+struct Material {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// Trust anchors for client certificates (MUTUAL / OPTIONAL_MUTUAL).
+    ca: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// Builds the rustls config of one HTTPS-terminating server. `secrets` are the
+/// snapshot's (`namespace/name` keys); `namespace` is the gateway's own, where Istio
+/// looks `credentialName` up.
+pub fn server_config(
+    server: &ServerRef,
+    secrets: &BTreeMap<String, Secret>,
+    namespace: &str,
+) -> Result<Arc<ServerConfig>, String> {
+    let what = format!(
+        "gateway {} server {}",
+        server.gateway,
+        server
+            .name
+            .clone()
+            .unwrap_or_else(|| server.index.to_string())
+    );
+    let tls = server
+        .tls
+        .as_ref()
+        .ok_or_else(|| format!("{what}: HTTPS server without tls settings"))?;
+    let mode = tls.mode.unwrap_or_default();
+    let m = material(tls, secrets, namespace, mode, &what)?;
+    let provider = Arc::new(provider_for(tls).map_err(|e| format!("{what}: {e}"))?);
+    let versions = protocol_versions(tls).map_err(|e| format!("{what}: {e}"))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("{what}: {e}"))?;
+    let builder = match mode {
+        TlsMode::Mutual | TlsMode::OptionalMutual => {
+            let ca = m.ca.ok_or_else(|| {
+                format!(
+                    "{what}: {mode:?} TLS needs a CA: `ca.crt` or `cacert` in the credential Secret, or a `<credentialName>-cacert` Secret"
+                )
+            })?;
+            let mut roots = RootCertStore::empty();
+            for c in ca {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{what}: bad CA certificate: {e}"))?;
+            }
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if mode == TlsMode::OptionalMutual {
+                v = v.allow_unauthenticated();
+            }
+            let inner = v
+                .build()
+                .map_err(|e| format!("{what}: client verifier: {e}"))?;
+            let verifier: Arc<dyn ClientCertVerifier> = if tls.subject_alt_names.is_empty() {
+                inner
+            } else {
+                Arc::new(SanVerifier {
+                    inner,
+                    allowed: tls.subject_alt_names.clone(),
+                })
+            };
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(m.chain, m.key)
+        .map_err(|e| format!("{what}: certificate/key: {e}"))?;
+    // Istio's HTTPS servers offer h2 and http/1.1.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn material(
+    tls: &ServerTlsSettings,
+    secrets: &BTreeMap<String, Secret>,
+    namespace: &str,
+    mode: TlsMode,
+    what: &str,
+) -> Result<Material, String> {
+    let mutual = matches!(mode, TlsMode::Mutual | TlsMode::OptionalMutual);
+    if let Some(cred) = tls.credential_name.as_deref() {
+        let name = cred.strip_prefix("kubernetes://").unwrap_or(cred);
+        let secret = find_secret(secrets, namespace, name)
+            .ok_or_else(|| format!("{what}: credential {cred:?}: no Secret {name:?}"))?;
+        let get = |keys: &[&str]| keys.iter().find_map(|k| secret.data.get(*k));
+        let cert = get(&["tls.crt", "cert"])
+            .ok_or_else(|| format!("{what}: Secret {} has no tls.crt (or cert)", secret.name))?;
+        let key = get(&["tls.key", "key"])
+            .ok_or_else(|| format!("{what}: Secret {} has no tls.key (or key)", secret.name))?;
+        let ca = if mutual {
+            // Istio: `ca.crt`/`cacert` in the same Secret, else `<name>-cacert`.
+            let own = get(&["ca.crt", "cacert"]);
+            let other = || {
+                find_secret(secrets, namespace, &format!("{name}-cacert"))
+                    .and_then(|s| s.data.get("ca.crt").or_else(|| s.data.get("cacert")))
+            };
+            match own.or_else(other) {
+                Some(pem) => Some(certs(pem, &format!("{what}: CA of {}", secret.name))?),
+                None => None,
+            }
+        } else {
+            None
+        };
+        return Ok(Material {
+            chain: certs(cert, &format!("{what}: {} tls.crt", secret.name))?,
+            key: key_of(key, &format!("{what}: {} tls.key", secret.name))?,
+            ca,
+        });
+    }
+    // Istio's legacy file-mounted certificates.
+    let read =
+        |path: &str| std::fs::read(path).map_err(|e| format!("{what}: cannot read {path}: {e}"));
+    let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
+        return Err(format!(
+            "{what}: needs credentialName, or serverCertificate and privateKey"
+        ));
+    };
+    let ca = match (&tls.ca_certificates, mutual) {
+        (Some(p), true) => Some(certs(&read(p)?, &format!("{what}: {p}"))?),
+        _ => None,
+    };
+    Ok(Material {
+        chain: certs(&read(cert)?, &format!("{what}: {cert}"))?,
+        key: key_of(&read(key)?, &format!("{what}: {key}"))?,
+        ca,
+    })
+}
+
+/// The Secret `name` in the gateway's namespace. Falls back to a unique Secret of
+/// that name in any namespace (config validation already checked the namespace).
+fn find_secret<'a>(
+    secrets: &'a BTreeMap<String, Secret>,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a Secret> {
+    if let Some(s) = secrets.get(&format!("{namespace}/{name}")) {
+        return Some(s);
+    }
+    let mut same_name = secrets
+        .values()
+        .filter(|s| s.name.rsplit('/').next() == Some(name));
+    match (same_name.next(), same_name.next()) {
+        (Some(s), None) => Some(s),
+        _ => None,
+    }
+}
+
+fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let out = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}: not PEM certificates: {e}"))?;
+    if out.is_empty() {
+        return Err(format!("{what}: no PEM certificate found"));
+    }
+    Ok(out)
+}
+
+fn key_of(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| format!("{what}: no usable PEM private key: {e}"))
+}
+
+// === versions and cipher suites ===
+
+fn version_rank(field: &str, v: &str) -> Result<Option<u8>, String> {
+    Ok(match v {
+        "TLS_AUTO" => None,
+        "TLSV1_0" => Some(0),
+        "TLSV1_1" => Some(1),
+        "TLSV1_2" => Some(2),
+        "TLSV1_3" => Some(3),
+        other => {
+            return Err(format!(
+                "{field}: unknown TLS protocol version {other:?} (expected TLS_AUTO, TLSV1_0, TLSV1_1, TLSV1_2 or TLSV1_3)"
+            ));
+        }
+    })
+}
+
+/// `minProtocolVersion` (default TLSV1_2, as Istio's gateways) and
+/// `maxProtocolVersion` (default TLSV1_3). rustls speaks only TLS 1.2 and 1.3, so
+/// asking for 1.0 or 1.1 is refused rather than silently narrowed.
+pub fn protocol_versions(
+    tls: &ServerTlsSettings,
+) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
+    let min = match tls.min_protocol_version.as_deref() {
+        Some(v) => version_rank("minProtocolVersion", v)?.unwrap_or(2),
+        None => 2,
+    };
+    let max = match tls.max_protocol_version.as_deref() {
+        Some(v) => version_rank("maxProtocolVersion", v)?.unwrap_or(3),
+        None => 3,
+    };
+    for (field, v) in [("minProtocolVersion", min), ("maxProtocolVersion", max)] {
+        if v < 2 {
+            return Err(format!(
+                "{field} TLSV1_{v} is not supported: this gateway's TLS (rustls) offers only TLSV1_2 and TLSV1_3"
+            ));
+        }
+    }
+    if min > max {
+        return Err(format!(
+            "minProtocolVersion TLSV1_{min} is above maxProtocolVersion TLSV1_{max}"
+        ));
+    }
+    let mut out = Vec::new();
+    if max >= 3 {
+        out.push(&rustls::version::TLS13);
+    }
+    if min <= 2 {
+        out.push(&rustls::version::TLS12);
+    }
+    Ok(out)
+}
+
+/// TLS 1.2 suites rustls (ring) can offer, by their OpenSSL/Envoy and IANA names.
+fn tls12_suite(name: &str) -> Option<SupportedCipherSuite> {
+    use ring::cipher_suite as cs;
+    Some(match name {
+        "ECDHE-ECDSA-AES128-GCM-SHA256" | "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => {
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        }
+        "ECDHE-ECDSA-AES256-GCM-SHA384" | "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => {
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        }
+        "ECDHE-ECDSA-CHACHA20-POLY1305" | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        "ECDHE-RSA-AES128-GCM-SHA256" | "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => {
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        }
+        "ECDHE-RSA-AES256-GCM-SHA384" | "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => {
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+        }
+        "ECDHE-RSA-CHACHA20-POLY1305" | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        _ => return None,
+    })
+}
+
+/// TLS 1.3 suite names: Envoy (BoringSSL) does not let `cipherSuites` restrict TLS 1.3,
+/// so they are accepted and all TLS 1.3 suites stay on.
+fn is_tls13_suite(name: &str) -> bool {
+    matches!(
+        name,
+        "TLS_AES_128_GCM_SHA256" | "TLS_AES_256_GCM_SHA384" | "TLS_CHACHA20_POLY1305_SHA256"
+    )
+}
+
+/// The crypto provider for a server: ring, with `cipherSuites` (Envoy's syntax,
+/// including `[A|B]` equal-preference groups) restricting the TLS 1.2 suites.
+pub fn provider_for(tls: &ServerTlsSettings) -> Result<CryptoProvider, String> {
+    let mut provider = ring::default_provider();
+    if tls.cipher_suites.is_empty() {
+        return Ok(provider);
+    }
+    let mut tls12 = Vec::new();
+    let mut unsupported = Vec::new();
+    for written in &tls.cipher_suites {
+        for name in written
+            .trim_matches(|c| c == '[' || c == ']')
+            .split('|')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            match tls12_suite(name) {
+                Some(s) => {
+                    if !tls12.contains(&s) {
+                        tls12.push(s)
+                    }
+                }
+                None if is_tls13_suite(name) => {}
+                None => unsupported.push(name.to_string()),
+            }
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(format!(
+            "cipherSuites {unsupported:?} cannot be offered by this gateway's TLS (rustls); supported TLS 1.2 suites: ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES256-GCM-SHA384, ECDHE-ECDSA-CHACHA20-POLY1305, ECDHE-RSA-AES128-GCM-SHA256, ECDHE-RSA-AES256-GCM-SHA384, ECDHE-RSA-CHACHA20-POLY1305 (TLS 1.3 suites are always on)"
+        ));
+    }
+    let mut suites: Vec<SupportedCipherSuite> = provider
+        .cipher_suites
+        .iter()
+        .copied()
+        .filter(|s| s.version() == &rustls::version::TLS13)
+        .collect();
+    suites.extend(tls12);
+    provider.cipher_suites = suites;
+    Ok(provider)
+}
+
+/// Checks the TLS settings of a terminating server that the config loader can reject
+/// up front: returns the offending field (`minProtocolVersion`, `maxProtocolVersion`,
+/// `cipherSuites`) and the message.
+pub fn check_settings(tls: &ServerTlsSettings) -> Result<(), (&'static str, String)> {
+    protocol_versions(tls).map_err(|e| {
+        let field = if e.starts_with("maxProtocolVersion") {
+            "maxProtocolVersion"
+        } else {
+            "minProtocolVersion"
+        };
+        (field, e)
+    })?;
+    provider_for(tls).map_err(|e| ("cipherSuites", e))?;
+    Ok(())
+}
+
+// === client certificates ===
+
+/// Enforces `subjectAltNames` (Envoy's `match_subject_alt_names`, exact) after the
+/// chain has been verified by webpki.
+struct SanVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: Vec<String>,
+}
+
+impl fmt::Debug for SanVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SanVerifier")
+            .field("allowed", &self.allowed)
+            .finish()
+    }
+}
+
+/// DNS, URI, email and IP subject alternative names of a DER certificate.
+pub fn subject_alt_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::{extensions::GeneralName, prelude::FromDer};
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(s) | GeneralName::URI(s) | GeneralName::RFC822Name(s) => {
+                Some(s.to_string())
+            }
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Envoy's `x-forwarded-client-cert` for a verified client certificate, as Istio's
+/// gateways set it (SANITIZE_SET): `Hash=<sha256 hex>;Subject="...";URI=...;DNS=...`.
+pub fn xfcc(der: &[u8]) -> Option<hyper::header::HeaderValue> {
+    let hash = ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()?
+        .common
+        .hash_provider
+        .hash(der);
+    let mut v = format!(
+        "Hash={}",
+        hash.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    if let Some(s) = subject(der) {
+        v.push_str(&format!(";Subject=\"{}\"", s.replace('"', "\\\"")));
+    }
+    for san in subject_alt_names(der) {
+        let kind = if san.contains("://") { "URI" } else { "DNS" };
+        v.push_str(&format!(";{kind}={san}"));
+    }
+    hyper::header::HeaderValue::from_str(&v).ok()
+}
+
+/// The subject DN of a DER certificate (`CN=..., O=...`), for logs.
+pub fn subject(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.subject().to_string())
+}
+
+impl ClientCertVerifier for SanVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let sans = subject_alt_names(end_entity);
+        if sans.iter().any(|s| self.allowed.contains(s)) {
+            Ok(ok)
+        } else {
+            tracing::info!(target: "gateway::http", ?sans, allowed = ?self.allowed, "client certificate refused: no allowed subjectAltName");
+            Err(TlsError::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(min: Option<&str>, max: Option<&str>, suites: &[&str]) -> ServerTlsSettings {
+        ServerTlsSettings {
+            min_protocol_version: min.map(str::to_string),
+            max_protocol_version: max.map(str::to_string),
+            cipher_suites: suites.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn versions_default_to_tls12_and_13() {
+        let v = protocol_versions(&settings(None, None, &[])).unwrap();
+        assert_eq!(v.len(), 2);
+        let v = protocol_versions(&settings(Some("TLSV1_3"), None, &[])).unwrap();
+        assert_eq!(v, vec![&rustls::version::TLS13]);
+        let v = protocol_versions(&settings(None, Some("TLSV1_2"), &[])).unwrap();
+        assert_eq!(v, vec![&rustls::version::TLS12]);
+        let v = protocol_versions(&settings(Some("TLS_AUTO"), Some("TLS_AUTO"), &[])).unwrap();
+        assert_eq!(v.len(), 2);
+    }
+
+    #[test]
+    fn versions_rustls_cannot_offer_are_refused() {
+        let e = protocol_versions(&settings(Some("TLSV1_0"), None, &[])).unwrap_err();
+        assert!(e.contains("TLSV1_0 is not supported"), "{e}");
+        let e = protocol_versions(&settings(None, Some("TLSV1_1"), &[])).unwrap_err();
+        assert!(e.contains("maxProtocolVersion TLSV1_1"), "{e}");
+        let e = protocol_versions(&settings(Some("TLSV1_3"), Some("TLSV1_2"), &[])).unwrap_err();
+        assert!(e.contains("above"), "{e}");
+        let e = protocol_versions(&settings(Some("SSLV3"), None, &[])).unwrap_err();
+        assert!(e.starts_with("minProtocolVersion: unknown"), "{e}");
+        let (field, _) = check_settings(&settings(None, Some("TLSV1_0"), &[])).unwrap_err();
+        assert_eq!(field, "maxProtocolVersion");
+        let (field, _) = check_settings(&settings(None, None, &["DES-CBC3-SHA"])).unwrap_err();
+        assert_eq!(field, "cipherSuites");
+        assert!(
+            check_settings(&settings(
+                Some("TLSV1_2"),
+                None,
+                &["ECDHE-RSA-AES128-GCM-SHA256"]
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn cipher_suites_restrict_tls12_and_refuse_unknown() {
+        let p = provider_for(&settings(
+            None,
+            None,
+            &[
+                "[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]",
+                "TLS_AES_128_GCM_SHA256",
+            ],
+        ))
+        .unwrap();
+        let tls12: Vec<_> = p
+            .cipher_suites
+            .iter()
+            .filter(|s| s.version() == &rustls::version::TLS12)
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(
+            tls12,
+            [
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+            ]
+        );
+        assert_eq!(
+            p.cipher_suites
+                .iter()
+                .filter(|s| s.version() == &rustls::version::TLS13)
+                .count(),
+            3
+        );
+        let e = provider_for(&settings(
+            None,
+            None,
+            &["AES128-SHA", "ECDHE-RSA-AES128-GCM-SHA256"],
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("[\"AES128-SHA\"]") && e.contains("supported"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! Forwarding upstream: the pooled HTTP/1.1 client, Istio's retry policy and route /
+//! per-try timeouts around it, what each failure becomes (UF, UC, UT, URX), and the
+//! tunnel of an upgraded (WebSocket) connection.
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::{
+    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    body::{Body as HttpBody, Bytes, Incoming},
+    header::{self, HeaderValue},
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use super::{
+    RequestLog,
+    body::{Body, BoxError, CountingBody, DeadlineBody, empty, full},
+    proxy::{ConnCtx, local_reply, strip_hop_by_hop},
+    routing::{self, Route},
+};
+use crate::server::Gateway;
+
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+/// Request bodies up to this size are buffered so that a retry can resend them
+/// (Envoy buffers for retries too); larger or unsized bodies stream, without retries.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// The pooled upstream client (HTTP/1.1 keep-alive, as Istio speaks to a plain HTTP
+/// service port).
+pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// How one try ended.
+enum TryOutcome {
+    Response(Response<Incoming>, Duration),
+    ConnectFailure(String),
+    Reset(String),
+    Timeout,
+}
+
+/// Sends the request to an endpoint of `cluster`, retrying per the route's policy,
+/// within the route's timeout. Returns the response to send downstream.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    gw: &Gateway,
+    conn: &ConnCtx,
+    route: &Route,
+    cluster: &str,
+    method: Method,
+    headers: HeaderMap,
+    path_and_query: String,
+    body: CountingBody,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    log: &mut RequestLog,
+) -> Response<Body> {
+    let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
+    // Buffer small bodies so they can be replayed on retry.
+    let (replay, mut streaming): (Option<Bytes>, Option<CountingBody>) = if body.is_end_stream() {
+        (Some(Bytes::new()), None)
+    } else if body
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= RETRY_BUFFER_LIMIT)
+    {
+        match body.collect().await {
+            Ok(b) => (Some(b.to_bytes()), None),
+            Err(_) => {
+                log.response_flags.push("DC");
+                log.details = "downstream_body_error";
+                return local_reply(StatusCode::BAD_REQUEST, "request body error");
+            }
+        }
+    } else {
+        (None, Some(body))
+    };
+    let policy = &route.retry;
+    let max_tries = if replay.is_some() {
+        1 + policy.retries
+    } else {
+        1
+    };
+
+    let mut last = None;
+    for attempt in 0..max_tries {
+        if attempt > 0 {
+            let pause = policy.backoff(attempt, fastrand::f64());
+            if deadline.is_some_and(|d| tokio::time::Instant::now() + pause >= d) {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        let Some(endpoint) = gw.next_endpoint(cluster) else {
+            log.response_flags.push("UH");
+            log.details = "no_healthy_upstream";
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        };
+        log.upstream_host = Some(endpoint);
+        let uri: Uri = match format!("http://{endpoint}{path_and_query}").parse() {
+            Ok(u) => u,
+            Err(_) => {
+                log.details = "invalid_upstream_uri";
+                return local_reply(StatusCode::BAD_REQUEST, "invalid request path");
+            }
+        };
+        let body = match (&replay, streaming.take()) {
+            (Some(b), _) if b.is_empty() => empty(),
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s.map_err(BoxError::from).boxed_unsync(),
+            (None, None) => empty(),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers.clone();
+        *req.version_mut() = Version::HTTP_11;
+
+        let per_try = match (policy.per_try_timeout, deadline) {
+            (Some(p), Some(d)) => Some((tokio::time::Instant::now() + p).min(d)),
+            (Some(p), None) => Some(tokio::time::Instant::now() + p),
+            (None, d) => d,
+        };
+        let sent_at = Instant::now();
+        let call = conn.client.request(req);
+        let result = match per_try {
+            Some(at) => tokio::time::timeout_at(at, call).await.ok(),
+            None => Some(call.await),
+        };
+        let outcome = match result {
+            None => TryOutcome::Timeout,
+            Some(Ok(resp)) => TryOutcome::Response(resp, sent_at.elapsed()),
+            Some(Err(e)) if e.is_connect() => TryOutcome::ConnectFailure(error_chain(&e)),
+            Some(Err(e)) => TryOutcome::Reset(error_chain(&e)),
+        };
+        let more = attempt + 1 < max_tries;
+        let overall_expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        let retry = more
+            && !overall_expired
+            && match &outcome {
+                TryOutcome::Response(r, _) => {
+                    let grpc = r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    policy.retries_status(r.status().as_u16(), grpc)
+                }
+                TryOutcome::ConnectFailure(_) => policy.retries_connect_failure(),
+                TryOutcome::Reset(_) | TryOutcome::Timeout => policy.retries_reset(),
+            };
+        if retry {
+            tracing::debug!(target: "gateway::http", %endpoint, attempt, "retrying upstream request");
+            last = Some(outcome);
+            continue;
+        }
+        // Retries were available but ran out on a retriable outcome.
+        let exhausted = attempt > 0 && !more && retriable(policy, &outcome);
+        if exhausted {
+            log.response_flags.push("URX");
+        }
+        return respond_upstream(outcome, overall_expired, deadline, on_upgrade, log);
+    }
+    // The deadline cut the back-off short.
+    log.response_flags.push("URX");
+    match last {
+        Some(outcome) => respond_upstream(outcome, true, deadline, None, log),
+        None => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+    }
+}
+
+fn retriable(policy: &routing::RetryPolicy, outcome: &TryOutcome) -> bool {
+    match outcome {
+        TryOutcome::Response(r, _) => policy.retries_status(r.status().as_u16(), None),
+        TryOutcome::ConnectFailure(_) => policy.retries_connect_failure(),
+        TryOutcome::Reset(_) | TryOutcome::Timeout => policy.retries_reset(),
+    }
+}
+
+fn respond_upstream(
+    outcome: TryOutcome,
+    overall_expired: bool,
+    deadline: Option<tokio::time::Instant>,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    log: &mut RequestLog,
+) -> Response<Body> {
+    match outcome {
+        TryOutcome::Response(mut resp, took) => {
+            log.upstream_service_time = Some(took);
+            let tunnel = match on_upgrade {
+                Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    Some((down, hyper::upgrade::on(&mut resp)))
+                }
+                _ => None,
+            };
+            let (mut parts, body) = resp.into_parts();
+            let upgrade = parts.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some((down, up)) = tunnel {
+                if let Some(u) = upgrade {
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    parts.headers.insert(header::UPGRADE, u);
+                }
+                tokio::spawn(run_tunnel(down, up, log.request_id.clone()));
+            }
+            parts.version = Version::default();
+            if let Ok(v) = HeaderValue::from_str(&took.as_millis().to_string()) {
+                parts.headers.insert("x-envoy-upstream-service-time", v);
+            }
+            let body = body.map_err(BoxError::from).boxed_unsync();
+            let body = match deadline {
+                // Envoy's route timeout lasts until the response is complete.
+                Some(at) => DeadlineBody {
+                    inner: body,
+                    sleep: Box::pin(tokio::time::sleep_until(at)),
+                }
+                .boxed_unsync(),
+                None => body,
+            };
+            Response::from_parts(parts, body)
+        }
+        TryOutcome::ConnectFailure(e) => {
+            tracing::debug!(target: "gateway::http", error = %e, "upstream connect failed");
+            log.response_flags.insert(0, "UF");
+            log.details = "upstream_reset_before_response_started{connection_failure}";
+            local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            )
+        }
+        TryOutcome::Reset(e) => {
+            tracing::debug!(target: "gateway::http", error = %e, "upstream reset");
+            log.response_flags.insert(0, "UC");
+            log.details = "upstream_reset_before_response_started{connection_termination}";
+            local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            )
+        }
+        TryOutcome::Timeout => {
+            log.response_flags.insert(0, "UT");
+            log.details = if overall_expired {
+                "upstream_response_timeout"
+            } else {
+                "upstream_per_try_timeout"
+            };
+            local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+        }
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` +
+/// `Upgrade: <proto>`). HTTP/2 has no such mechanism here (extended CONNECT is not
+/// supported).
+pub(super) fn upgrade_protocol(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded
+/// connections until either side closes.
+async fn run_tunnel(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    request_id: String,
+) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::info!(target: "gateway::http", request_id, "upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        Ok((sent, received)) => tracing::info!(
+            target: "gateway::http",
+            request_id,
+            bytes_to_upstream = sent,
+            bytes_to_downstream = received,
+            "upgraded connection closed"
+        ),
+        Err(e) => {
+            tracing::info!(target: "gateway::http", request_id, "upgraded connection ended: {e}")
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
