@@ -194,30 +194,11 @@ fn userspace_splice_passes_upstream_reset() {
 /// Many flows at once through one splicer: every echo byte-exact, none reset.
 async fn concurrent_echoes(mode: SpliceMode, flows: usize) {
     let splicer = Splicer::new(mode).expect("splicer");
+    // The demo echo: 64 KiB reads and writes, so the upstream sends large skbs.
     let echo = gateway_tests::backends::tcp_echo("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let up_addr = echo.addr;
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                // 64 KiB reads and writes: the upstream sends large skbs.
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown().await;
-            });
-        }
-    });
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let front_addr = front.local_addr().unwrap();
     let s = splicer.clone();
@@ -271,7 +252,7 @@ fn ebpf_splice_many_concurrent_flows() {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(concurrent_echoes(SpliceMode::Ebpf, 500))
+            .block_on(concurrent_echoes(SpliceMode::Ebpf, 200))
     });
 }
 
@@ -286,21 +267,34 @@ fn ebpf_splicer_copies_a_flow_whose_client_already_finished() {
         let splicer = Splicer::new(SpliceMode::Ebpf).expect("splicer");
         let up_addr = greeting_echo().await;
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(front.local_addr().unwrap())
+        let client = TcpStream::connect(front.local_addr().unwrap())
             .await
             .unwrap();
-        client.write_all(b"bye\n").await.unwrap();
-        client.shutdown().await.unwrap();
+        let big = pattern(48_000, 5);
+        let (mut r, mut w) = client.into_split();
+        let sender = {
+            let big = big.clone();
+            tokio::spawn(async move {
+                w.write_all(b"bye\n").await.unwrap();
+                w.write_all(&big).await.unwrap();
+                w.shutdown().await.unwrap();
+                w
+            })
+        };
         tokio::time::sleep(Duration::from_millis(50)).await; // the FIN is in
         let (down, _) = front.accept().await.unwrap();
         let up = TcpStream::connect(up_addr).await.unwrap();
         let flow = tokio::spawn(async move { splicer.splice(down, up).await });
         let mut got = Vec::new();
-        timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+        timeout(Duration::from_secs(5), r.read_to_end(&mut got))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(got, b"HELLO\nbye\n");
+        drop(sender.await.unwrap());
+        let mut want = b"HELLO\nbye\n".to_vec();
+        want.extend(&big);
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "echo differs");
         let report = flow.await.unwrap();
         assert!(
             !report.in_kernel,
@@ -309,7 +303,7 @@ fn ebpf_splicer_copies_a_flow_whose_client_already_finished() {
         assert_eq!(report.termination, Termination::Closed);
         assert_eq!(
             (report.downstream_to_upstream, report.upstream_to_downstream),
-            (4, 10)
+            (4 + 48_000, 10 + 48_000)
         );
     });
 }

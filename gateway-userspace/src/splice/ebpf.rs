@@ -141,6 +141,11 @@ impl EbpfSplicer {
         // Only ESTABLISHED sockets may enter a SOCKHASH. A client that already sent its
         // FIN (`printf ... | nc -N`) is copied in userspace instead: its flow is short.
         if !sockopt::is_established(&down) || !sockopt::is_established(&up) {
+            tracing::debug!(
+                down = sockopt::is_established(&down),
+                up = sockopt::is_established(&up),
+                "splice: a socket is no longer ESTABLISHED; copying the flow in userspace"
+            );
             return super::copy::copy(down, up).await;
         }
         let flow = match Flow::new(&down, &up) {
