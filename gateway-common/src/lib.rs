@@ -56,3 +56,121 @@ pub struct FlowCounters {
 // valid), so it may be copied to and from kernel map memory as plain bytes.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowCounters {}
+
+// === XDP guard ===
+// The XDP ingress guard (gateway-ebpf `xdp.rs`, userspace `xdp/`): AuthorizationPolicy
+// rules that depend only on the source address and the destination port, compiled by
+// userspace into a verdict per (destination port, source prefix).
+
+/// The `#[xdp]` program's name in the object.
+pub const XDP_GUARD_PROG: &str = "xdp_guard";
+/// LPM trie for IPv4 sources: [`XdpKeyV4`] (behind a `u32` prefix length) ->
+/// [`XdpVerdict`]. The port comes first in the key so one trie holds every port's
+/// prefixes: prefix length = 32 (port + pad) + the CIDR's length.
+pub const XDP_V4_MAP: &str = "XDP_V4";
+/// LPM trie for IPv6 sources: [`XdpKeyV6`] -> [`XdpVerdict`], as [`XDP_V4_MAP`].
+pub const XDP_V6_MAP: &str = "XDP_V6";
+/// Hash: destination port (`u32`, host order) -> [`XdpPort`]. Ports not in it are
+/// passed uncounted: the host's other services are not the gateway's to police.
+pub const XDP_PORTS_MAP: &str = "XDP_PORTS";
+/// Per-CPU array of [`XdpCounters`] indexed by [`XdpVerdict::rule`]: one slot per
+/// (rule, port) pair, so counters can be read per rule, per port, or both.
+pub const XDP_RULE_STATS_MAP: &str = "XDP_RULE_STATS";
+/// Per-CPU array of [`XdpCounters`] indexed by port slot ([`XdpPort::slot`]).
+pub const XDP_PORT_STATS_MAP: &str = "XDP_PORT_STATS";
+
+/// Capacity of each LPM trie (entries = ports x distinct prefixes).
+pub const XDP_MAX_PREFIXES: u32 = 65_536;
+/// Capacity of [`XDP_PORTS_MAP`] and [`XDP_PORT_STATS_MAP`].
+pub const XDP_MAX_PORTS: u32 = 1_024;
+/// Capacity of [`XDP_RULE_STATS_MAP`]: (rule, port) slots are below this.
+pub const XDP_MAX_RULES: u32 = 4_096;
+/// Bits in front of the address in an LPM key: the port (16) and padding (16).
+pub const XDP_KEY_PORT_BITS: u32 = 32;
+
+/// [`XdpVerdict::action`]: let the packet through (allowed, or left to userspace).
+pub const XDP_ACT_PASS: u32 = 0;
+/// [`XdpVerdict::action`]: drop the packet before the TCP stack sees it.
+pub const XDP_ACT_DROP: u32 = 1;
+
+/// LPM key data for IPv4. Compared bit by bit from the first byte, so every field is
+/// in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpKeyV4 {
+    /// Destination port, network byte order.
+    pub port: [u8; 2],
+    /// Always zero.
+    pub _pad: [u8; 2],
+    /// Source address, network byte order.
+    pub addr: [u8; 4],
+}
+
+/// LPM key data for IPv6, as [`XdpKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpKeyV6 {
+    /// Destination port, network byte order.
+    pub port: [u8; 2],
+    /// Always zero.
+    pub _pad: [u8; 2],
+    /// Source address, network byte order.
+    pub addr: [u8; 16],
+}
+
+/// What to do with a packet, and which rule decided (for the counters).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpVerdict {
+    /// Index into [`XDP_RULE_STATS_MAP`] (a (rule, port) slot); userspace keeps the names.
+    pub rule: u32,
+    /// [`XDP_ACT_PASS`] or [`XDP_ACT_DROP`].
+    pub action: u32,
+}
+
+/// A port the guard looks at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpPort {
+    /// Index into [`XDP_PORT_STATS_MAP`].
+    pub slot: u32,
+    /// Verdict for sources no LPM entry of this port covers.
+    pub default_rule: u32,
+    pub default_action: u32,
+    pub _pad: u32,
+}
+
+/// Packets and bytes (whole frames) passed and dropped; per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    pub pass_packets: u64,
+    pub pass_bytes: u64,
+    pub drop_packets: u64,
+    pub drop_bytes: u64,
+}
+
+// SAFETY (all five): repr(C), made only of integers and byte arrays with explicit
+// padding fields, so every bit pattern is valid and the layout has no hidden bytes.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpKeyV4 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpKeyV6 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpVerdict {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpPort {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpCounters {}
+
+// === telemetry ===
+
+/// Array (u32 slot -> u32 value) of runtime switches the admin API sets for the kernel
+/// programs' aya-log records; all zero (off) when loaded.
+pub const LOG_CONFIG_MAP: &str = "LOG_CONFIG";
+/// Slot of [`LOG_CONFIG_MAP`]: non-zero makes the splice verdict log every redirect at
+/// info level ("splice: redirected cookie=.. len=.."). One ring-buffer record per skb:
+/// a debugging aid (`POST /debug/kernel_log?redirects=on`), never on by default.
+pub const LOG_CONFIG_REDIRECTS: u32 = 0;
+/// Number of slots in [`LOG_CONFIG_MAP`].
+pub const LOG_CONFIG_COUNT: u32 = 4;

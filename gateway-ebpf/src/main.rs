@@ -1,7 +1,10 @@
 //! Kernel side of the gateway: the sk_skb stream_verdict program that splices two
-//! TCP sockets, so payload of TCP and TLS-passthrough flows never enters userspace.
+//! TCP sockets, so payload of TCP and TLS-passthrough flows never enters userspace,
+//! and the XDP ingress guard ([`xdp`]).
 #![no_std]
 #![no_main]
+
+mod xdp;
 
 use aya_ebpf::{
     bindings::sk_action,
@@ -10,7 +13,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, PerCpuHashMap, SockHash},
     programs::SkBuffContext,
 };
-use aya_log_ebpf::warn;
+use aya_log_ebpf::{info, warn};
 use gateway_common::{
     FlowCounters, MAX_FLOWS, MAX_SOCKS, STAT_COUNT, STAT_EMPTY_SKBS, STAT_REDIRECT_FAILURES,
     STAT_REDIRECTED_BYTES, STAT_REDIRECTED_SKBS, STAT_UNTRACKED_SKBS,
@@ -31,6 +34,16 @@ static FLOWS: PerCpuHashMap<u64, FlowCounters> = PerCpuHashMap::with_max_entries
 
 #[map(name = "SPLICE_STATS")]
 static SPLICE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// See gateway_common::LOG_CONFIG_MAP: switches for aya-log records, set by userspace.
+#[map(name = "LOG_CONFIG")]
+static LOG_CONFIG: aya_ebpf::maps::Array<u32> =
+    aya_ebpf::maps::Array::with_max_entries(gateway_common::LOG_CONFIG_COUNT, 0);
+
+#[inline(always)]
+fn log_enabled(slot: u32) -> bool {
+    LOG_CONFIG.get(slot).is_some_and(|v| *v != 0)
+}
 
 #[inline(always)]
 fn bump(idx: u32, by: u64) {
@@ -66,7 +79,14 @@ pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
                 (*c).skbs += 1;
             }
         }
-        None => bump(STAT_UNTRACKED_SKBS, 1),
+        None => {
+            bump(STAT_UNTRACKED_SKBS, 1);
+            // Userspace creates FLOWS entries before a socket enters SPLICED: this is a bug.
+            warn!(
+                &ctx,
+                "splice: skb on a socket with no FLOWS entry cookie={}", cookie
+            );
+        }
     }
     // flags = 0: transmit out of the peer socket (egress). BPF_F_INGRESS would queue the
     // bytes on the peer's receive side instead.
@@ -74,6 +94,9 @@ pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
     if verdict == sk_action::SK_PASS {
         bump(STAT_REDIRECTED_SKBS, 1);
         bump(STAT_REDIRECTED_BYTES, len);
+        if log_enabled(gateway_common::LOG_CONFIG_REDIRECTS) {
+            info!(&ctx, "splice: redirected cookie={} len={}", cookie, len);
+        }
     } else {
         if let Some(c) = counters {
             // SAFETY: as above. The bytes were dropped, not handed over: uncount them.

@@ -34,6 +34,24 @@ pub enum Command {
     Run(RunArgs),
     /// Check config and print every error as file:line:col: message.
     Validate(ConfigArgs),
+    /// Show the running gateway's listeners, routes, clusters, endpoints or secrets,
+    /// as `istioctl proxy-config` does (asks the admin API).
+    ProxyConfig(ProxyConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyConfigArgs {
+    #[arg(value_enum)]
+    pub kind: crate::proxyconfig::Kind,
+    /// Only the listener / route configuration / cluster / secret of this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `json` for the Envoy-shaped objects instead of the table.
+    #[arg(long, short = 'o', default_value = "short", value_parser = ["short", "json"])]
+    pub output: String,
+    /// The running gateway's admin API.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +87,16 @@ pub struct RunArgs {
     /// Upstream connect timeout.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// MeshConfig YAML (accessLogFile, accessLogEncoding, accessLogFormat, ...).
+    #[arg(long)]
+    pub mesh_config: Option<PathBuf>,
+    /// Access-log lines queued per file before new ones are dropped (and counted).
+    #[arg(long, default_value_t = crate::telemetry::access_log::DEFAULT_BUFFER_LINES)]
+    pub access_log_buffer: usize,
+    /// Attach the XDP ingress guard (AuthorizationPolicy address rules) to these
+    /// interfaces; native mode, else generic. Without it: enforced at accept.
+    #[arg(long = "xdp-iface", num_args = 1.., value_name = "IFACE")]
+    pub xdp_iface: Vec<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -124,8 +152,86 @@ pub fn validate(args: &ConfigArgs) {
     );
 }
 
+/// Loads `--mesh-config` (default: an empty MeshConfig) and works out which access
+/// logs are on; exits 64 on a bad file, like bad config.
+pub fn telemetry_or_exit(
+    args: &RunArgs,
+    snapshot: &config::Snapshot,
+) -> crate::telemetry::Telemetry {
+    use crate::telemetry::access_log::{self, AccessLogs};
+    let mesh = match &args.mesh_config {
+        Some(p) => config::mesh::load(p).unwrap_or_else(|errors| {
+            eprintln!("{errors}\nconfiguration error(s); nothing was started");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }),
+        None => config::mesh::MeshConfig::default(),
+    };
+    let id = args.config.identity();
+    let targets =
+        access_log::resolve(&mesh, &snapshot.resources.telemetry, &id).unwrap_or_else(|e| {
+            eprintln!("{e}\nconfiguration error; nothing was started");
+            std::process::exit(EXIT_BAD_CONFIG);
+        });
+    if targets.is_empty() {
+        tracing::info!(
+            "access logs off (no MeshConfig accessLogFile, no Telemetry turning them on)"
+        );
+    }
+    for t in &targets {
+        tracing::info!(
+            provider = %t.provider,
+            file = %t.path.display(),
+            filter = t.filter.is_some(),
+            "access log on ({})",
+            t.source
+        );
+    }
+    crate::telemetry::Telemetry::new(AccessLogs::start(targets, args.access_log_buffer), &id)
+}
+
+/// `gateway proxy-config`: prints the table (or JSON), or the error and exits 1.
+pub fn proxy_config(args: &ProxyConfigArgs) {
+    if args.kind == crate::proxyconfig::Kind::Xdp {
+        let view = crate::proxyconfig::fetch(args.admin_addr, "/xdp").and_then(|body| {
+            serde_json::from_str::<serde_json::Value>(&body)
+                .map_err(|e| format!("/xdp is not JSON: {e}"))
+        });
+        match view {
+            Ok(v) => print!(
+                "{}",
+                crate::proxyconfig::render_xdp(&v, args.output == "json")
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let dump = crate::proxyconfig::fetch(args.admin_addr, "/config_dump").and_then(|body| {
+        serde_json::from_str::<serde_json::Value>(&body)
+            .map_err(|e| format!("/config_dump is not JSON: {e}"))
+    });
+    match dump {
+        Ok(dump) => print!(
+            "{}",
+            crate::proxyconfig::render(
+                args.kind,
+                &dump,
+                args.name.as_deref(),
+                args.output == "json"
+            )
+        ),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let snapshot = args.config.load_or_exit();
+    let telemetry = Arc::new(telemetry_or_exit(&args, &snapshot));
     let splicer = Splicer::new(args.splice).context(
         "the eBPF splice could not start (needs root or CAP_BPF+CAP_NET_ADMIN, and a binary built after `cargo xtask setup`); try --splice userspace",
     )?;
@@ -138,7 +244,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("{e}\nconfiguration error; nothing was started");
         std::process::exit(EXIT_BAD_CONFIG);
     });
-    let gw = Arc::new(Gateway::new(snapshot, http, splicer, opts));
+    let mut gw = Gateway::new(snapshot, http, splicer, opts);
+    telemetry.install();
+    gw.telemetry = telemetry;
+    let gw = Arc::new(gw);
+    gw.authz.start(&args.xdp_iface);
     let ports: Vec<u16> = gw.snapshot.listeners.iter().map(|l| l.port).collect();
     let listeners = listener::bind_all(&gw).context("binding the Gateway ports")?;
     let admin = admin::bind(args.admin_addr)

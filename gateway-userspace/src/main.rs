@@ -18,6 +18,10 @@ fn main() -> anyhow::Result<()> {
             cli::validate(&args);
             Ok(())
         }
+        Command::ProxyConfig(args) => {
+            cli::proxy_config(&args);
+            Ok(())
+        }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

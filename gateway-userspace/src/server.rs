@@ -39,7 +39,11 @@ pub struct Gateway {
     pub http: crate::http::HttpState,
     pub splicer: Splicer,
     pub stats: Stats,
+    /// Access logs and Istio metrics (logs off until `cli::run` sets them up).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     pub opts: Options,
+    /// AuthorizationPolicy enforcement; `cli::run` attaches the XDP guard to it.
+    pub authz: Arc<crate::authz::Enforcer>,
     /// Round-robin position per cluster.
     rr: BTreeMap<String, AtomicUsize>,
 }
@@ -52,6 +56,7 @@ impl Gateway {
         opts: Options,
     ) -> Gateway {
         let stats = Stats::new(snapshot.listeners.iter().map(|l| l.port));
+        let authz = Arc::new(crate::authz::Enforcer::new(&snapshot));
         let rr = snapshot
             .clusters
             .keys()
@@ -62,7 +67,11 @@ impl Gateway {
             http,
             splicer,
             stats,
+            telemetry: Arc::new(crate::telemetry::Telemetry::off(
+                &crate::config::GatewayIdentity::default(),
+            )),
             opts,
+            authz,
             rr,
         }
     }

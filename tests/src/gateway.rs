@@ -9,9 +9,13 @@ use std::{
 
 use crate::netns::NetNs;
 
-/// `target/<profile>/gateway`, next to this test binary's `deps/` folder. `cargo test`
+/// `$GATEWAY_BIN`, else `target/<profile>/gateway`, next to this test binary's `deps/` folder. `cargo test`
 /// builds it (gateway-userspace has integration tests), and so does `cargo xtask test`.
 pub fn gateway_bin() -> PathBuf {
+    // Callers outside `cargo test` (the xtask bench) say where the binary is.
+    if let Some(bin) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe
         .parent()

@@ -4,3 +4,4 @@ pub mod backends;
 pub mod data;
 pub mod gateway;
 pub mod netns;
+pub mod xdpbench;

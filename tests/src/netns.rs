@@ -144,6 +144,31 @@ impl NetNs {
         sh(&["ip", "-n", &other.name, "link", "set", b, "up"]);
     }
 
+    /// Adds an IPv6 address (CIDR) to `dev` in this namespace, usable at once (`nodad`:
+    /// no duplicate-address detection delay).
+    pub fn add_addr6(&self, dev: &str, cidr: &str) {
+        sh(&[
+            "ip", "-n", &self.name, "addr", "add", cidr, "dev", dev, "nodad",
+        ]);
+    }
+
+    /// The MAC address of `dev` in this namespace.
+    pub fn mac(&self, dev: &str) -> [u8; 6] {
+        let out = sh(&["ip", "-n", &self.name, "-br", "link", "show", "dev", dev]);
+        let text = out
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
+        let bytes: Vec<u8> = text
+            .split(':')
+            .filter_map(|b| u8::from_str_radix(b, 16).ok())
+            .collect();
+        bytes
+            .try_into()
+            .unwrap_or_else(|_| panic!("no MAC for {dev} in {}: {out}", self.name))
+    }
+
     /// A command prefixed with `ip netns exec <name>`.
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

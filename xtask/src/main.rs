@@ -18,6 +18,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// Debian packages the tests and the demo use (clients, load generators, netns tools).
 const DEB_PACKAGES: &[&str] = &[
     "curl",
@@ -68,8 +70,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (not yet).
-    Bench,
+    /// Setup, build (release), then iperf3/wrk/h2load through the gateway and through
+    /// HAProxy, nginx and Envoy in one run (bench/peers.sh); writes bench/results.{json,md,svg}.
+    Bench {
+        /// One pass of 1 s tests (~3 min; CI's smoke test). Writes to target/bench-quick/.
+        #[arg(long)]
+        quick: bool,
+        /// Where results.{json,md,svg} go (default: bench/, or target/bench-quick/ with --quick).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Extra arguments for bench/peers.sh, e.g. `-- --peers "nginx gateway_ebpf" --tests http`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -79,10 +92,11 @@ fn main() {
         Cmd::BuildEbpf { release } => build_ebpf(release),
         Cmd::Run { args } => run(&args),
         Cmd::Test { args } => test(&args),
-        Cmd::Bench => {
-            eprintln!("cargo xtask bench: not yet (benchmarks come with a later issue)");
-            std::process::exit(2);
-        }
+        Cmd::Bench {
+            quick,
+            out_dir,
+            args,
+        } => bench::bench(quick, out_dir, &args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -607,6 +621,8 @@ fn test(args: &[String]) -> Result<()> {
         if !selects {
             c.args(["--workspace", "--exclude", "gateway-ebpf"]);
         }
+        // Every suite runs even when one fails, so the summary counts the whole run.
+        c.arg("--no-fail-fast");
         c.args(args).env("GATEWAY_REQUIRE_EBPF", "1");
         if is_root() {
             c.env("GATEWAY_TESTS_REQUIRE_ROOT", "1");

@@ -1,5 +1,10 @@
 //! The admin API (127.0.0.1:15000 by default, like Envoy's admin port): readiness,
-//! Prometheus stats, the loaded config, and the splice's kernel-side state.
+//! Prometheus stats (Istio's metrics and the gateway's own), the Envoy-shaped config
+//! dump `gateway proxy-config` reads, and the splice's kernel-side state.
+//!
+//! `POST /debug/kernel_log?redirects=on|off` switches the kernel program's per-redirect
+//! aya-log record ("splice: redirected cookie=.. len=..", info level) on or off: a
+//! debugging aid that costs one ring-buffer record per skb, off by default.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http_body_util::Full;
@@ -45,13 +50,19 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
     let json = |v: serde_json::Value| reply(StatusCode::OK, "application/json", format!("{v:#}\n"));
     match req.uri().path() {
         "/ready" => reply(StatusCode::OK, "text/plain", "LIVE\n".into()),
-        "/stats/prometheus" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            gw.stats
-                .render_prometheus(&gw.splicer, &gw.opts.bind.to_string()),
-        ),
-        "/config_dump" => json(serde_json::json!({ "resources": gw.snapshot.resources })),
+        "/stats/prometheus" => {
+            let mut out = gw
+                .stats
+                .render_prometheus(&gw.splicer, &gw.opts.bind.to_string());
+            gw.telemetry.render_prometheus(&mut out);
+            reply(StatusCode::OK, "text/plain; version=0.0.4", out)
+        }
+        "/config_dump" => json(crate::proxyconfig::config_dump(
+            &gw.snapshot,
+            gw.opts.bind,
+        )),
+        "/debug/kernel_log" => kernel_log(gw, &req),
+        "/xdp" => json(gw.authz.rules_view()),
         "/debug/splice" => {
             let mut v = serde_json::json!({ "mode": gw.splicer.name() });
             if let Splicer::Ebpf(k) = &gw.splicer {
@@ -66,7 +77,57 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "admin endpoints: /ready /stats/prometheus /config_dump /debug/splice\n".into(),
+            "admin endpoints: /ready /stats/prometheus /config_dump /debug/splice /debug/kernel_log\n".into(),
+        ),
+    }
+}
+
+fn kernel_log(gw: &Gateway, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let Splicer::Ebpf(k) = &gw.splicer else {
+        return reply(
+            StatusCode::CONFLICT,
+            "text/plain",
+            "the kernel splice is not in use (--splice userspace, or eBPF unavailable)\n".into(),
+        );
+    };
+    if req.method() == hyper::Method::POST {
+        let want = req
+            .uri()
+            .query()
+            .and_then(|q| crate::http::routing::query_value(Some(q), "redirects"));
+        let on = match want {
+            Some("on" | "1" | "true") => true,
+            Some("off" | "0" | "false") => false,
+            _ => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "usage: POST /debug/kernel_log?redirects=on|off\n".into(),
+                );
+            }
+        };
+        if let Err(e) = k.set_trace_redirects(on) {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            );
+        }
+        tracing::info!(
+            "kernel log: per-redirect records {}",
+            if on { "on" } else { "off" }
+        );
+    }
+    match k.trace_redirects() {
+        Ok(on) => reply(
+            StatusCode::OK,
+            "application/json",
+            format!("{}\n", serde_json::json!({ "redirects": on })),
+        ),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
         ),
     }
 }

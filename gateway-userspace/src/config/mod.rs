@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 mod hosts;
 pub mod istio;
+pub mod mesh;
 mod parse;
 mod resolve;
 pub mod snapshot;

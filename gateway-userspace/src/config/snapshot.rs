@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Cluster>,
     /// `"namespace/name"` -> decoded data. Deliberately not in `resources`.
     pub secrets: BTreeMap<String, Secret>,
+    /// The AuthorizationPolicies that apply to this gateway, ready to evaluate.
+    pub authorization: crate::authz::Policies,
     /// The raw typed resources, for later milestones and config_dump.
     pub resources: Resources,
 }

@@ -27,6 +27,14 @@ pub(crate) fn build(p: Parsed, id: &GatewayIdentity, errors: &mut Vec<ConfigErro
     for se in &p.service_entries {
         validate_service_entry(se, errors);
     }
+    for ap in &p.authorization_policies {
+        for (path, msg) in crate::authz::problems(&ap.res.spec) {
+            errors.push(ap.src.error(&path, msg));
+        }
+    }
+    for t in &p.telemetry {
+        super::mesh::validate_telemetry(t, errors);
+    }
 
     // Istio: a Gateway applies to the workloads its selector matches; an
     // empty selector matches every gateway workload.
@@ -92,6 +100,13 @@ pub(crate) fn build(p: Parsed, id: &GatewayIdentity, errors: &mut Vec<ConfigErro
         listeners,
         clusters: routes.resolver.clusters,
         secrets,
+        authorization: crate::authz::Policies::build(
+            &p.authorization_policies
+                .iter()
+                .map(|e| e.res.clone())
+                .collect::<Vec<_>>(),
+            id,
+        ),
         resources: Resources {
             gateways: p.gateways.iter().map(|e| e.res.clone()).collect(),
             virtual_services: p.virtual_services.iter().map(|e| e.res.clone()).collect(),

@@ -144,6 +144,7 @@ pub async fn serve(
         return;
     };
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
     let client = gw
         .http
         .client
@@ -159,14 +160,9 @@ pub async fn serve(
                 return;
             }
         };
-        let conn = Arc::new(proxy::ConnCtx::new(
-            peer,
-            port,
-            None,
-            None,
-            lh.merged.clone(),
-            client,
-        ));
+        let mut conn = proxy::ConnCtx::new(peer, port, None, None, lh.merged.clone(), client);
+        conn.local = local;
+        let conn = Arc::new(conn);
         return serve_http(gw, conn, io, h2).await;
     }
 
@@ -220,6 +216,7 @@ pub async fn serve(
         server.table.clone(),
         client,
     );
+    conn.local = local;
     conn.client_cert = stream
         .get_ref()
         .1
@@ -290,7 +287,7 @@ where
             tracing::debug!(target: "gateway::http", %peer, port, "closing idle keep-alive connection");
             return;
         }
-        log_connection_error(&e, peer, port, h2, conn.sni.as_deref());
+        log_connection_error(&e, peer, port, h2, conn.sni.as_deref(), conn.local);
     }
 }
 
@@ -349,6 +346,7 @@ fn log_connection_error(
     port: u16,
     h2: bool,
     sni: Option<&str>,
+    local: Option<SocketAddr>,
 ) {
     let (status, details) = if e.is_parse_too_large() {
         (431, "request_headers_too_large")
@@ -383,6 +381,8 @@ fn log_connection_error(
         request_id: String::new(),
         downstream_remote: peer,
         downstream_local_port: port,
+        downstream_local: local,
+        upstream_local: None,
         sni: sni.map(str::to_string),
         user_agent: None,
         x_forwarded_for: None,
@@ -530,6 +530,10 @@ pub struct RequestLog {
     pub request_id: String,
     pub downstream_remote: SocketAddr,
     pub downstream_local_port: u16,
+    /// The address the client connected to (`%DOWNSTREAM_LOCAL_ADDRESS%`).
+    pub downstream_local: Option<SocketAddr>,
+    /// The gateway's end of the upstream connection (`%UPSTREAM_LOCAL_ADDRESS%`).
+    pub upstream_local: Option<SocketAddr>,
     pub sni: Option<String>,
     pub user_agent: Option<String>,
     pub x_forwarded_for: Option<String>,
@@ -546,6 +550,7 @@ impl RequestLog {
     }
 
     pub fn emit(&self) {
+        crate::telemetry::record_http(self);
         let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
         tracing::info!(
             target: "gateway::http",

@@ -50,6 +50,8 @@ pub struct ConnCtx {
     idle_mark: AtomicU64,
     /// `x-forwarded-client-cert` for a verified client certificate (mTLS).
     pub client_cert: Option<HeaderValue>,
+    /// The address the client connected to, for the access log.
+    pub local: Option<SocketAddr>,
 }
 
 /// Envoy's premature-reset guard (CVE-2023-44487): once a connection has carried this
@@ -85,6 +87,7 @@ impl ConnCtx {
             bytes_in: Arc::new(AtomicU64::new(0)),
             idle_mark: AtomicU64::new(0),
             client_cert: None,
+            local: None,
         }
     }
 
@@ -250,6 +253,8 @@ async fn route_request(
         request_id: req_id.clone(),
         downstream_remote: conn.peer,
         downstream_local_port: conn.port,
+        downstream_local: conn.local,
+        upstream_local: None,
         sni: conn.sni.clone(),
         user_agent: header_str(&parts.headers, header::USER_AGENT),
         x_forwarded_for: header_str(&parts.headers, "x-forwarded-for"),
@@ -266,6 +271,25 @@ async fn route_request(
         );
     };
     let host = routing::normalize_host(&authority);
+    // AuthorizationPolicy (Envoy's RBAC filter runs before the router).
+    let authz = crate::authz::HttpAttrs {
+        host: &authority,
+        path: parts.uri.path(),
+        method: parts.method.as_str(),
+        headers: &parts.headers,
+        sni: conn.sni.as_deref(),
+    };
+    if let crate::authz::Decision::Deny(why) = gw.authz.check_http(conn.peer, conn.port, authz) {
+        log.response_flags.push("RBAC");
+        log.details = match why {
+            crate::authz::DenyReason::NoAllowMatch => "rbac_access_denied_matched_policy[none]",
+            crate::authz::DenyReason::Rule(_) => "rbac_access_denied_matched_policy",
+        };
+        return done(
+            log,
+            local_reply(StatusCode::FORBIDDEN, "RBAC: access denied"),
+        );
+    }
     // HTTP/2 connection coalescing: a client may reuse a connection made for one name
     // for another the certificate also covers. Only the SNI's server may answer, or
     // its client-certificate policy could be bypassed: 421 tells the client to open a
@@ -422,6 +446,7 @@ async fn route_request(
                 Some(prev) => format!("{prev}, {peer_ip}"),
                 None => peer_ip,
             };
+            log.x_forwarded_for = Some(xff.clone());
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 parts.headers.insert("x-forwarded-for", v);
             }

@@ -195,6 +195,10 @@ fn respond_upstream(
     match outcome {
         TryOutcome::Response(mut resp, took) => {
             log.upstream_service_time = Some(took);
+            log.upstream_local = resp
+                .extensions()
+                .get::<hyper_util::client::legacy::connect::HttpInfo>()
+                .map(|i| i.local_addr());
             let tunnel = match on_upgrade {
                 Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     Some((down, hyper::upgrade::on(&mut resp)))

@@ -43,6 +43,11 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: Arc<Listener>, sock: TcpLis
                 continue;
             }
         };
+        // AuthorizationPolicy address rules: closed before any byte is read.
+        if !gw.authz.allow_accept(peer, port) {
+            drop(conn);
+            continue;
+        }
         let gw = gw.clone();
         let listener = listener.clone();
         tokio::spawn(async move {

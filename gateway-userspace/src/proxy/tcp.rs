@@ -32,11 +32,11 @@ async fn inspect(down: &TcpStream, gw: &Gateway) -> Hello {
     let mut seen = 0;
     let deadline = tokio::time::Instant::now() + gw.opts.client_hello_timeout;
     loop {
-        match tokio::time::timeout_at(deadline, down.ready(Interest::READABLE)).await {
+        let closed = match tokio::time::timeout_at(deadline, down.ready(Interest::READABLE)).await {
             Err(_) => return done(HelloOutcome::Timeout, None),
             Ok(Err(_)) => return done(HelloOutcome::ClientGone, None),
-            Ok(Ok(_)) => {}
-        }
+            Ok(Ok(r)) => r.is_read_closed(),
+        };
         // Clear the cached readiness *before* peeking: bytes that arrive after the peek
         // raise a new edge, so the next ready() can't miss them.
         let _ = down.try_io(Interest::READABLE, || {
@@ -49,6 +49,9 @@ async fn inspect(down: &TcpStream, gw: &Gateway) -> Hello {
             Err(_) => return done(HelloOutcome::ClientGone, None),
         };
         if n == seen {
+            if closed {
+                return done(HelloOutcome::ClientGone, None);
+            }
             continue;
         }
         seen = n;
@@ -60,6 +63,8 @@ async fn inspect(down: &TcpStream, gw: &Gateway) -> Hello {
             Sniff::NotTls => return done(HelloOutcome::NotTls, None),
             Sniff::TooLarge => return done(HelloOutcome::TooLarge, None),
             Sniff::Incomplete if n > MAX_CLIENT_HELLO => return done(HelloOutcome::TooLarge, None),
+            // A client that half-closed mid-hello will send no more.
+            Sniff::Incomplete if closed => return done(HelloOutcome::ClientGone, None),
             Sniff::Incomplete => {}
         }
     }
@@ -106,6 +111,7 @@ pub async fn serve(
     peer: SocketAddr,
 ) {
     let started = Instant::now();
+    let start_time = std::time::SystemTime::now();
     let port = listener.port;
     let lstats = gw.stats.listener(port);
     // A port with only TCP routes never waits for client bytes: server-first protocols
@@ -159,6 +165,10 @@ pub async fn serve(
         (Some(hello), route)
     };
     let sni = hello.as_ref().and_then(|h| h.sni.clone());
+    // AuthorizationPolicy for a TCP/TLS flow: Istio's TCP rules, `connection.sni`.
+    if !gw.authz.allow_flow(peer, port, sni.as_deref()) {
+        return close_cleanly(down).await;
+    }
     let Some((route_name, destinations)) = route else {
         if let Some(s) = lstats {
             s.no_route.fetch_add(1, Ordering::Relaxed);
@@ -177,6 +187,8 @@ pub async fn serve(
             None => "no TCP route".to_string(),
         };
         tracing::info!(%peer, port, "closing connection: {why}");
+        let sni = hello.as_ref().and_then(|h| h.sni.as_deref());
+        refused(&gw, (start_time, started), peer, &down, sni, "NR", None);
         return close_cleanly(down).await;
     };
     let Some(dest) = pick(destinations) else {
@@ -188,6 +200,16 @@ pub async fn serve(
             .upstream_connect_failures
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, port, cluster = %dest.cluster, "closing connection: cluster has no endpoints");
+        let up = (&dest.cluster, None, None);
+        refused(
+            &gw,
+            (start_time, started),
+            peer,
+            &down,
+            sni.as_deref(),
+            "UH",
+            Some(up),
+        );
         return close_cleanly(down).await;
     };
     let up = match tokio::time::timeout(gw.opts.connect_timeout, TcpStream::connect(endpoint)).await
@@ -195,10 +217,34 @@ pub async fn serve(
         Ok(Ok(up)) => up,
         Ok(Err(e)) => {
             connect_failed(&gw, peer, port, &dest.cluster, endpoint, &e.to_string());
+            let up = (&dest.cluster, Some(endpoint), Some(e.to_string()));
+            refused(
+                &gw,
+                (start_time, started),
+                peer,
+                &down,
+                sni.as_deref(),
+                "UF",
+                Some(up),
+            );
             return close_cleanly(down).await;
         }
         Err(_) => {
             connect_failed(&gw, peer, port, &dest.cluster, endpoint, "connect timeout");
+            let up = (
+                &dest.cluster,
+                Some(endpoint),
+                Some("connect timeout".into()),
+            );
+            refused(
+                &gw,
+                (start_time, started),
+                peer,
+                &down,
+                sni.as_deref(),
+                "UF",
+                Some(up),
+            );
             return close_cleanly(down).await;
         }
     };
@@ -206,6 +252,7 @@ pub async fn serve(
     let _ = up.set_nodelay(true);
     let upstream_local = up.local_addr().ok();
     let downstream_local = down.local_addr().ok();
+    gw.telemetry.tcp_opened(&dest.cluster);
     let span = tracing::debug_span!("flow", %peer);
     let report = tracing::Instrument::instrument(gw.splicer.splice(down, up), span).await;
 
@@ -241,6 +288,58 @@ pub async fn serve(
         termination = %report.termination,
         "flow closed"
     );
+    gw.telemetry.tcp_closed(&crate::telemetry::TcpFlow {
+        start: start_time,
+        duration: started.elapsed(),
+        peer,
+        downstream_local,
+        upstream: Some(endpoint),
+        upstream_local,
+        cluster: Some(&dest.cluster),
+        sni: sni.as_deref(),
+        received,
+        sent,
+        flags: "",
+        failure: match &report.termination {
+            Termination::Error(e) => Some(e.as_str()),
+            _ => None,
+        },
+        termination: Some(&report.termination),
+    });
+}
+
+/// The access-log line of a connection closed without being spliced (Envoy's NR for no
+/// matching filter chain, UH/UF for the upstream): `upstream` is (cluster, endpoint,
+/// failure reason).
+#[allow(clippy::too_many_arguments)]
+fn refused(
+    gw: &Gateway,
+    (start, started): (std::time::SystemTime, Instant),
+    peer: SocketAddr,
+    down: &TcpStream,
+    sni: Option<&str>,
+    flags: &str,
+    upstream: Option<(&String, Option<SocketAddr>, Option<String>)>,
+) {
+    let (cluster, endpoint, failure) = match upstream {
+        Some((c, e, f)) => (Some(c.as_str()), e, f),
+        None => (None, None, None),
+    };
+    gw.telemetry.tcp_closed(&crate::telemetry::TcpFlow {
+        start,
+        duration: started.elapsed(),
+        peer,
+        downstream_local: down.local_addr().ok(),
+        upstream: endpoint,
+        upstream_local: None,
+        cluster,
+        sni,
+        received: 0,
+        sent: 0,
+        flags,
+        failure: failure.as_deref(),
+        termination: None,
+    });
 }
 
 fn connect_failed(

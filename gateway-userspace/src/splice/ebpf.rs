@@ -27,7 +27,8 @@ use super::{FlowReport, Termination, sockopt};
 
 /// The kernel object built from gateway-ebpf by build.rs (empty when built without the
 /// eBPF toolchain).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
@@ -118,6 +119,28 @@ impl EbpfSplicer {
             empty_skbs: sum(STAT_EMPTY_SKBS),
             untracked_skbs: sum(STAT_UNTRACKED_SKBS),
         }
+    }
+
+    /// Turns the verdict program's per-redirect aya-log record on or off (telemetry:
+    /// gateway_common::LOG_CONFIG_MAP).
+    pub fn set_trace_redirects(&self, on: bool) -> Result<(), SpliceError> {
+        let mut ebpf = self._ebpf.lock().expect("ebpf lock");
+        let map = ebpf
+            .map_mut(gateway_common::LOG_CONFIG_MAP)
+            .ok_or(SpliceError::MissingMap(gateway_common::LOG_CONFIG_MAP))?;
+        let mut arr: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)?;
+        arr.set(gateway_common::LOG_CONFIG_REDIRECTS, u32::from(on), 0)?;
+        Ok(())
+    }
+
+    /// Whether the per-redirect aya-log record is on.
+    pub fn trace_redirects(&self) -> Result<bool, SpliceError> {
+        let ebpf = self._ebpf.lock().expect("ebpf lock");
+        let map = ebpf
+            .map(gateway_common::LOG_CONFIG_MAP)
+            .ok_or(SpliceError::MissingMap(gateway_common::LOG_CONFIG_MAP))?;
+        let arr: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)?;
+        Ok(arr.get(&gateway_common::LOG_CONFIG_REDIRECTS, 0)? != 0)
     }
 
     /// Entries now in the (PEERS, SPLICED, FLOWS) maps: all zero when no flow is open.

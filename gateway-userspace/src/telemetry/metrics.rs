@@ -198,6 +198,9 @@ impl Stats {
                 &[(String::new(), k.active_flows())],
             );
         }
+        if let Some(a) = crate::authz::installed() {
+            a.prometheus(&mut out);
+        }
         out
     }
 }

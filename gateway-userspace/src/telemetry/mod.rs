@@ -1,2 +1,199 @@
-//! What the gateway counts and logs.
+//! What the gateway counts and logs: Envoy-format access logs ([`access_log`], formats
+//! in [`format`], Telemetry filters in [`filter`]), Istio's standard metrics
+//! ([`istio_metrics`]) and the gateway's own counters ([`metrics`]).
+pub mod access_log;
+pub mod filter;
+pub mod format;
+pub mod istio_metrics;
 pub mod metrics;
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwapOption;
+
+use crate::{config::GatewayIdentity, http::RequestLog, splice::Termination};
+
+use access_log::{AccessLogs, LogRecord};
+use istio_metrics::{HttpObservation, IstioMetrics};
+
+/// Access logs and Istio metrics of one gateway.
+pub struct Telemetry {
+    pub access: AccessLogs,
+    pub istio: IstioMetrics,
+}
+
+/// The telemetry HTTP requests report to. The response bodies that write a request's
+/// log line when they end don't carry the Gateway, so the running one is installed here
+/// (one gateway per process).
+static CURRENT: ArcSwapOption<Telemetry> = ArcSwapOption::const_empty();
+
+impl Telemetry {
+    pub fn new(access: AccessLogs, id: &GatewayIdentity) -> Telemetry {
+        Telemetry {
+            access,
+            istio: IstioMetrics::new(id),
+        }
+    }
+
+    /// Access logs off, metrics on (Istio's default profile).
+    pub fn off(id: &GatewayIdentity) -> Telemetry {
+        Telemetry::new(AccessLogs::off(), id)
+    }
+
+    /// Makes this the telemetry that [`RequestLog::emit`] reports to.
+    pub fn install(self: &Arc<Self>) {
+        CURRENT.store(Some(self.clone()));
+    }
+
+    /// One finished HTTP request: metrics always, a log line when logs are on.
+    pub fn http(&self, log: &RequestLog) {
+        let flags = log.response_flags.join(",");
+        self.istio.http(&HttpObservation {
+            cluster: log.upstream_cluster.as_deref(),
+            protocol: "http",
+            response_code: log.status,
+            response_flags: &flags,
+            duration_us: log.duration.as_micros() as u64,
+            request_bytes: log.bytes_received,
+            response_bytes: log.bytes_sent,
+        });
+        if !self.access.enabled() {
+            return;
+        }
+        fn some(s: &str) -> Option<&str> {
+            (!s.is_empty() && s != "-").then_some(s)
+        }
+        let details = if log.details.is_empty() {
+            "via_upstream"
+        } else {
+            log.details
+        };
+        let record = LogRecord {
+            start: log.start,
+            method: some(&log.method),
+            path: some(&log.path),
+            protocol: Some(log.protocol),
+            response_code: log.status,
+            response_flags: &flags,
+            response_code_details: Some(details),
+            bytes_received: log.bytes_received,
+            bytes_sent: log.bytes_sent,
+            duration_ms: log.duration.as_millis() as u64,
+            upstream_service_time_ms: log.upstream_service_time.map(|d| d.as_millis() as u64),
+            x_forwarded_for: log.x_forwarded_for.as_deref(),
+            user_agent: log.user_agent.as_deref(),
+            request_id: some(&log.request_id),
+            authority: some(&log.authority),
+            upstream_host: log.upstream_host,
+            upstream_cluster: log.upstream_cluster.as_deref(),
+            upstream_local: log.upstream_local,
+            downstream_local: log.downstream_local,
+            sni: log.sni.as_deref(),
+            route_name: log.route_name.as_deref(),
+            ..LogRecord::empty(log.downstream_remote)
+        };
+        self.access.log(&record);
+    }
+
+    /// An L4 flow that reached an upstream is open (Istio counts it at connect).
+    pub fn tcp_opened(&self, cluster: &str) {
+        self.istio.tcp_opened(cluster);
+    }
+
+    /// An L4 flow ended (or was refused: `flags` NR/UH/UF, no cluster). Byte counts are
+    /// the splice's: for the kernel splice, its per-flow counters.
+    pub fn tcp_closed(&self, flow: &TcpFlow<'_>) {
+        if let Some(c) = flow.cluster
+            && flow.flags.is_empty()
+        {
+            self.istio.tcp_closed(c, flow.received, flow.sent);
+        }
+        if !self.access.enabled() {
+            return;
+        }
+        let termination = match flow.termination {
+            Some(Termination::DownstreamReset) => Some("downstream_reset"),
+            Some(Termination::UpstreamReset) => Some("upstream_reset"),
+            _ => None,
+        };
+        let record = LogRecord {
+            start: flow.start,
+            response_flags: flow.flags,
+            connection_termination_details: termination,
+            upstream_transport_failure_reason: flow.failure,
+            bytes_received: flow.received,
+            bytes_sent: flow.sent,
+            duration_ms: flow.duration.as_millis() as u64,
+            upstream_host: flow.upstream,
+            upstream_cluster: flow.cluster,
+            upstream_local: flow.upstream_local,
+            downstream_local: flow.downstream_local,
+            sni: flow.sni,
+            ..LogRecord::empty(flow.peer)
+        };
+        self.access.log(&record);
+    }
+}
+
+impl Telemetry {
+    /// Istio's metrics, then the access-log writers' counters.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        self.istio.render(out);
+        let sinks = self.access.sinks();
+        type Pick = fn(&access_log::Sink) -> u64;
+        let rows: [(&str, &str, Pick); 2] = [
+            (
+                "gateway_access_log_written_total",
+                "Access-log lines written, per file.",
+                |s| s.written.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "gateway_access_log_dropped_total",
+                "Access-log lines dropped because the file could not keep up (or failed), per file.",
+                |s| s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, pick) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for s in &sinks {
+                let path = s
+                    .path
+                    .display()
+                    .to_string()
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"");
+                let _ = writeln!(out, "{name}{{file=\"{path}\"}} {}", pick(s));
+            }
+        }
+    }
+}
+
+/// An L4 flow as its access-log line reports it.
+pub struct TcpFlow<'a> {
+    pub start: SystemTime,
+    pub duration: Duration,
+    pub peer: SocketAddr,
+    pub downstream_local: Option<SocketAddr>,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_local: Option<SocketAddr>,
+    pub cluster: Option<&'a str>,
+    pub sni: Option<&'a str>,
+    pub received: u64,
+    pub sent: u64,
+    /// Envoy response flags: empty, or NR (no route), UH (no endpoint), UF (connect failed).
+    pub flags: &'a str,
+    pub failure: Option<&'a str>,
+    pub termination: Option<&'a Termination>,
+}
+
+/// Reports a finished HTTP request to the installed telemetry (see [`Telemetry::install`]).
+pub fn record_http(log: &RequestLog) {
+    if let Some(t) = CURRENT.load().as_ref() {
+        t.http(log);
+    }
+}

@@ -1,0 +1,247 @@
+//! The runtime side: which policies apply, what each port serves, the XDP guard if
+//! one is attached, and counters of what userspace refused.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use crate::{
+    config::{ListenerProtocol, ServerKind, Snapshot},
+    xdp::{Compiled, XdpGuard},
+};
+
+use super::Policies;
+use super::{Cidr, Decision, HttpAttrs, L7, PortKind, PortKinds, Request};
+
+/// Stages at which userspace refuses traffic.
+const STAGES: [&str; 3] = ["accept", "flow", "request"];
+
+pub struct Enforcer {
+    pub policies: Policies,
+    /// Served ports.
+    pub kinds: PortKinds,
+    /// The compiled (port, prefix) verdicts: what XDP applies, and the meaning of the
+    /// address rules everywhere.
+    pub compiled: Compiled,
+    /// Attached by [`Enforcer::start`] when `--xdp-iface` was given and it loaded.
+    pub xdp: OnceLock<XdpGuard>,
+    /// (stage, port) -> connections/requests refused in userspace.
+    denied: BTreeMap<(&'static str, u16), AtomicU64>,
+    logged: AtomicU64,
+}
+
+static INSTALLED: OnceLock<Arc<Enforcer>> = OnceLock::new();
+
+/// The running gateway's enforcer, for code that has no `Gateway` at hand (metrics).
+pub fn installed() -> Option<&'static Arc<Enforcer>> {
+    INSTALLED.get()
+}
+
+/// Detailed logs for the first refusals only: a flood must not flood the log too.
+const LOG_FIRST: u64 = 20;
+
+impl Enforcer {
+    pub fn new(snapshot: &Snapshot) -> Enforcer {
+        let kinds: PortKinds = snapshot
+            .listeners
+            .iter()
+            .map(|l| {
+                let kind = match l.protocol {
+                    ListenerProtocol::Http | ListenerProtocol::Https => PortKind::Http,
+                    ListenerProtocol::Tcp => PortKind::Tcp,
+                    ListenerProtocol::Tls
+                        if l.servers
+                            .iter()
+                            .any(|s| s.kind == ServerKind::HttpsTerminate) =>
+                    {
+                        PortKind::Mixed
+                    }
+                    ListenerProtocol::Tls => PortKind::Tcp,
+                };
+                (l.port, kind)
+            })
+            .collect();
+        let policies = snapshot.authorization.clone();
+        let compiled = crate::xdp::compile(&policies, &kinds);
+        let denied = STAGES
+            .iter()
+            .flat_map(|s| kinds.keys().map(move |p| ((*s, *p), AtomicU64::new(0))))
+            .collect();
+        Enforcer {
+            policies,
+            kinds,
+            compiled,
+            xdp: OnceLock::new(),
+            denied,
+            logged: AtomicU64::new(0),
+        }
+    }
+
+    /// Attaches the XDP guard to `ifaces` (none: userspace only), logs where the rules
+    /// are enforced, and installs this enforcer for the metrics. A guard that can't
+    /// attach (no privilege, no kernel object, maps too small) leaves enforcement to
+    /// userspace, which applies the same rules at accept: the policy means the same.
+    pub fn start(self: &Arc<Self>, ifaces: &[String]) {
+        if !ifaces.is_empty() {
+            match XdpGuard::attach(ifaces, self.compiled.clone()) {
+                Ok(g) => {
+                    let _ = self.xdp.set(g);
+                }
+                Err(e) => tracing::warn!(
+                    target: "gateway::authz",
+                    "XDP guard not attached to {}: {e}; enforcing address rules in userspace at accept instead",
+                    ifaces.join(", ")
+                ),
+            }
+        }
+        tracing::info!(target: "gateway::authz", "{}", self.describe());
+        self.install();
+    }
+
+    /// Makes this the enforcer [`installed`] returns (first call wins).
+    pub fn install(self: &Arc<Self>) {
+        let _ = INSTALLED.set(self.clone());
+    }
+
+    fn kind(&self, port: u16) -> PortKind {
+        self.kinds.get(&port).copied().unwrap_or(PortKind::Unserved)
+    }
+
+    fn refuse(&self, stage: &'static str, peer: SocketAddr, port: u16, d: &Decision) {
+        if let Some(c) = self.denied.get(&(stage, port)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let reason = match d {
+            Decision::Deny(r) => format!("{r:?}"),
+            _ => String::new(),
+        };
+        if self.logged.fetch_add(1, Ordering::Relaxed) < LOG_FIRST {
+            tracing::info!(target: "gateway::authz", %peer, port, stage, reason, "RBAC: access denied");
+        } else {
+            tracing::debug!(target: "gateway::authz", %peer, port, stage, reason, "RBAC: access denied");
+        }
+    }
+
+    /// At accept: false means close the connection now. Always checked, with or
+    /// without XDP (XDP only sees its own interfaces; loopback and other NICs reach
+    /// the listener unfiltered).
+    pub fn allow_accept(&self, peer: SocketAddr, port: u16) -> bool {
+        if self.policies.is_empty() {
+            return true;
+        }
+        let kind = self.kind(port);
+        let l7 = if kind == PortKind::Tcp {
+            L7::TcpUnknownSni
+        } else {
+            L7::Unknown
+        };
+        let req = Request {
+            source: Cidr::host(peer.ip()),
+            port,
+            l7,
+        };
+        let d = self.policies.decide(kind, &req);
+        if matches!(d, Decision::Deny(_)) {
+            self.refuse("accept", peer, port, &d);
+            return false;
+        }
+        true
+    }
+
+    /// A TCP / TLS-passthrough flow once its SNI is known (None: none or no
+    /// ClientHello): false means close it.
+    pub fn allow_flow(&self, peer: SocketAddr, port: u16, sni: Option<&str>) -> bool {
+        if self.policies.is_empty() {
+            return true;
+        }
+        let req = Request {
+            source: Cidr::host(peer.ip()),
+            port,
+            l7: L7::Tcp { sni },
+        };
+        let d = self.policies.decide(PortKind::Tcp, &req);
+        if matches!(d, Decision::Deny(_)) {
+            self.refuse("flow", peer, port, &d);
+            return false;
+        }
+        true
+    }
+
+    /// One HTTP request: the full decision (never Undecided: everything is known).
+    pub fn check_http(&self, peer: SocketAddr, port: u16, attrs: HttpAttrs) -> Decision {
+        if self.policies.is_empty() {
+            return Decision::Allow { rule: None };
+        }
+        let req = Request {
+            source: Cidr::host(peer.ip()),
+            port,
+            l7: L7::Http(attrs),
+        };
+        let d = self.policies.decide(PortKind::Http, &req);
+        if matches!(d, Decision::Deny(_))
+            && let Some(c) = self.denied.get(&("request", port))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        d
+    }
+
+    /// Where the address rules are enforced, for the startup log.
+    pub fn describe(&self) -> String {
+        let n = self.policies.policies.len();
+        match self.xdp.get() {
+            Some(x) => format!(
+                "{n} AuthorizationPolicy(s); address rules dropped by XDP on {} and re-checked at accept; L7 rules in userspace",
+                x.describe()
+            ),
+            None => format!(
+                "{n} AuthorizationPolicy(s); no XDP guard: address rules enforced in userspace at accept (same meaning), L7 rules per request"
+            ),
+        }
+    }
+
+    /// `gateway_authz_denied_total` and, with XDP, the kernel counters.
+    pub fn prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP gateway_authz_denied_total Connections (accept, flow) and requests refused by AuthorizationPolicy in userspace.\n# TYPE gateway_authz_denied_total counter"
+        );
+        for ((stage, port), c) in &self.denied {
+            let _ = writeln!(
+                out,
+                "gateway_authz_denied_total{{stage=\"{stage}\",port=\"{port}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        if let Some(x) = self.xdp.get() {
+            x.prometheus(out);
+        }
+    }
+
+    /// The compiled rules, where they are enforced, and the counters: the data behind
+    /// the admin `/xdp` endpoint and `gateway proxy-config`.
+    pub fn rules_view(&self) -> serde_json::Value {
+        let mut v = match self.xdp.get() {
+            Some(x) => x.rules_view(),
+            None => {
+                let mut v = self.compiled.view();
+                v["mode"] = "userspace".into();
+                v
+            }
+        };
+        v["policies"] = serde_json::to_value(&self.policies).unwrap_or_default();
+        v["userspace_denied"] = self
+            .denied
+            .iter()
+            .map(|((s, p), c)| {
+                serde_json::json!({"stage": s, "port": p, "count": c.load(Ordering::Relaxed)})
+            })
+            .collect();
+        v
+    }
+}

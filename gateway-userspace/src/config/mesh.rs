@@ -1,0 +1,258 @@
+//! MeshConfig (`gateway run --mesh-config FILE`): the mesh-wide defaults Istio keeps in
+//! the `istio` ConfigMap (`meshConfig` in IstioOperator / Helm values). Only the access
+//! log fields are used; the rest of a full MeshConfig is accepted and ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, ConfigErrors, Loc};
+
+/// Istio's root namespace when MeshConfig does not say otherwise.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    /// Empty: access logs off unless a Telemetry turns them on (Istio's default profile).
+    #[serde(default)]
+    pub access_log_file: String,
+    #[serde(default)]
+    pub access_log_encoding: AccessLogEncoding,
+    /// Empty: Istio's default format for the encoding. For JSON, a JSON object whose
+    /// values are format strings.
+    #[serde(default)]
+    pub access_log_format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_namespace: Option<String>,
+    #[serde(default)]
+    pub default_providers: DefaultProviders,
+    #[serde(default)]
+    pub extension_providers: Vec<ExtensionProvider>,
+    /// Every other MeshConfig field, accepted as written.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccessLogEncoding {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultProviders {
+    /// Providers a Telemetry `accessLogging` entry without `providers` means.
+    #[serde(default)]
+    pub access_logging: Vec<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// `extensionProviders[]`: only `envoyFileAccessLog` providers are served; others are
+/// accepted (a Telemetry naming one is reported in the log and ignored).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionProvider {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_file_access_log: Option<FileAccessLogProvider>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileAccessLogProvider {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `text` (a format string) or `labels` (JSON: key -> format string).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogFormat {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+impl MeshConfig {
+    pub fn root_namespace(&self) -> &str {
+        self.root_namespace
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(DEFAULT_ROOT_NAMESPACE)
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ExtensionProvider> {
+        self.extension_providers.iter().find(|p| p.name == name)
+    }
+
+    /// What a Telemetry provider name refers to: an `envoyFileAccessLog` extension
+    /// provider of that name, else Istio's built-in `envoy` provider.
+    pub fn provider_kind(&self, name: &str) -> ProviderKind<'_> {
+        match self.provider(name) {
+            Some(p) => match &p.envoy_file_access_log {
+                Some(f) => ProviderKind::File(f),
+                None => ProviderKind::Unsupported,
+            },
+            None if name == "envoy" => ProviderKind::Envoy,
+            None => ProviderKind::Unsupported,
+        }
+    }
+}
+
+pub enum ProviderKind<'a> {
+    Envoy,
+    File(&'a FileAccessLogProvider),
+    Unsupported,
+}
+
+/// Reads and checks a MeshConfig file; errors as `file:line:col: message`.
+pub fn load(path: &Path) -> Result<MeshConfig, ConfigErrors> {
+    let at = |line: usize, col: usize, message: String| ConfigError {
+        loc: Loc {
+            file: path.to_path_buf(),
+            line,
+            col,
+        },
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![at(1, 1, format!("cannot read file: {e}"))]))?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
+    let at = |line: usize, col: usize, message: String| ConfigError {
+        loc: Loc {
+            file: path.to_path_buf(),
+            line,
+            col,
+        },
+        message,
+    };
+    let mesh: MeshConfig = if text.trim().is_empty() {
+        MeshConfig::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| {
+            let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            ConfigErrors(vec![at(line, col, msg)])
+        })?
+    };
+    let mut errors = Vec::new();
+    // Whole MeshConfigs are accepted, so unknown fields can't be refused; a misspelt
+    // access-log field would silently leave logs off, so those are.
+    for key in mesh.other.keys() {
+        if key.to_ascii_lowercase().starts_with("accesslog") {
+            errors.push(at(
+                1,
+                1,
+                format!(
+                    "unknown MeshConfig field \"{key}\" (expected accessLogFile, accessLogEncoding or accessLogFormat)"
+                ),
+            ));
+        }
+    }
+    if let Err(e) = crate::telemetry::format::Format::for_mesh(
+        mesh.access_log_encoding,
+        &mesh.access_log_format,
+    ) {
+        errors.push(at(1, 1, format!("accessLogFormat: {e}")));
+    }
+    for p in &mesh.extension_providers {
+        if let Some(f) = &p.envoy_file_access_log
+            && let Err(e) = crate::telemetry::format::Format::for_provider(f.log_format.as_ref())
+        {
+            errors.push(at(
+                1,
+                1,
+                format!("extensionProviders \"{}\": logFormat: {e}", p.name),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(mesh)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Checks a Telemetry's access-log filters (called by validation, with positions).
+pub(crate) fn validate_telemetry(
+    t: &super::parse::Entry<super::istio::Telemetry>,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (i, al) in t.res.spec.access_logging.iter().enumerate() {
+        if let Some(f) = &al.filter
+            && let Err(e) = crate::telemetry::filter::Filter::parse(&f.expression)
+        {
+            errors.push(t.src.error(
+                &format!("spec.accessLogging[{i}].filter.expression"),
+                format!("unsupported filter expression: {e}"),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        parse(Path::new("mesh.yaml"), text)
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn access_log_fields_are_checked_and_the_rest_accepted() {
+        let m = parse(
+            Path::new("mesh.yaml"),
+            "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\nenableTracing: true\ndefaultConfig: {concurrency: 2}\n",
+        )
+        .unwrap();
+        assert_eq!(m.access_log_encoding, AccessLogEncoding::Json);
+        assert_eq!(m.root_namespace(), "istio-system");
+        assert!(
+            errors("accessLogFIle: /dev/stdout\n")
+                .contains("unknown MeshConfig field \"accessLogFIle\"")
+        );
+        assert!(errors("accessLogEncoding: XML\n").starts_with("mesh.yaml:1:"));
+        assert!(errors("accessLogFormat: \"%NOPE%\"\n").contains("unsupported operator %NOPE%"));
+        assert!(
+            errors("accessLogEncoding: JSON\naccessLogFormat: \"not json\"\n")
+                .contains("JSON object")
+        );
+    }
+
+    #[test]
+    fn telemetry_filters_are_validated_with_positions() {
+        let yaml = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  accessLogging:\n  - filter:\n      expression: source.workload == 'x'\n";
+        let e = crate::config::load_str("t.yaml", yaml, &crate::config::GatewayIdentity::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.yaml:7:19: unsupported filter expression"),
+            "{e}"
+        );
+        let typo = yaml.replace(
+            "filter:\n      expression: source.workload == 'x'",
+            "disable: true",
+        );
+        let e =
+            crate::config::load_str("t.yaml", &typo, &crate::config::GatewayIdentity::default())
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("unknown field `disable`"), "{e}");
+    }
+}

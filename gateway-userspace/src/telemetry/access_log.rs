@@ -1,0 +1,492 @@
+//! Access logs: which ones are on (MeshConfig and Telemetry resources, resolved once per
+//! config), the record each request or L4 flow yields, and the writers.
+//!
+//! The data path formats a line and hands it to a bounded channel with `try_send`; a
+//! writer thread per file does the I/O. A sink that can't keep up (a full disk, a pipe
+//! nobody reads) loses lines, counted in `gateway_access_log_dropped_total`, and never
+//! slows traffic down.
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    time::SystemTime,
+};
+
+use crate::config::{
+    GatewayIdentity,
+    istio::Telemetry as TelemetryResource,
+    mesh::{MeshConfig, ProviderKind},
+};
+
+use super::{filter::Filter, format::Format};
+
+/// Lines a sink may have queued before new ones are dropped (`--access-log-buffer`).
+pub const DEFAULT_BUFFER_LINES: usize = 4096;
+
+/// One request or L4 flow, in Envoy's command-operator vocabulary. Empty `Option`s print
+/// as `-` (TEXT) or `null` (JSON).
+#[derive(Debug, Clone)]
+pub struct LogRecord<'a> {
+    pub start: SystemTime,
+    pub method: Option<&'a str>,
+    /// Path and query as received, before any rewrite (`X-ENVOY-ORIGINAL-PATH?:PATH`).
+    pub path: Option<&'a str>,
+    pub scheme: Option<&'a str>,
+    pub protocol: Option<&'a str>,
+    /// 0 for L4 flows, as Envoy logs them.
+    pub response_code: u16,
+    /// `UF,URX` style; empty for none (printed `-`).
+    pub response_flags: &'a str,
+    pub response_code_details: Option<&'a str>,
+    pub connection_termination_details: Option<&'a str>,
+    pub upstream_transport_failure_reason: Option<&'a str>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration_ms: u64,
+    pub upstream_service_time_ms: Option<u64>,
+    pub x_forwarded_for: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub authority: Option<&'a str>,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<&'a str>,
+    pub upstream_local: Option<SocketAddr>,
+    pub downstream_local: Option<SocketAddr>,
+    pub downstream_remote: SocketAddr,
+    pub sni: Option<&'a str>,
+    pub route_name: Option<&'a str>,
+}
+
+impl<'a> LogRecord<'a> {
+    /// Everything unset: a base for struct-update syntax.
+    pub fn empty(downstream_remote: SocketAddr) -> LogRecord<'a> {
+        LogRecord {
+            start: SystemTime::now(),
+            method: None,
+            path: None,
+            scheme: None,
+            protocol: None,
+            response_code: 0,
+            response_flags: "",
+            response_code_details: None,
+            connection_termination_details: None,
+            upstream_transport_failure_reason: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration_ms: 0,
+            upstream_service_time_ms: None,
+            x_forwarded_for: None,
+            user_agent: None,
+            request_id: None,
+            authority: None,
+            upstream_host: None,
+            upstream_cluster: None,
+            upstream_local: None,
+            downstream_local: None,
+            downstream_remote,
+            sni: None,
+            route_name: None,
+        }
+    }
+}
+
+// === which logs are on ===
+
+/// One active access log: where it goes, its format and its filter.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The Telemetry provider name (`envoy`, or a MeshConfig extension provider), or
+    /// `mesh` for MeshConfig's own `accessLogFile`.
+    pub provider: String,
+    pub path: PathBuf,
+    pub format: Format,
+    pub filter: Option<Filter>,
+    /// Which resource turned it on, for the startup log line and config_dump.
+    pub source: String,
+}
+
+/// Istio's precedence: for each provider, the narrowest Telemetry that mentions it wins —
+/// workload (selector matching the gateway's labels, in the gateway's namespace) over
+/// namespace (the gateway's namespace, no selector) over mesh-wide (root namespace, no
+/// selector). With no Telemetry access-log setting at all, MeshConfig `accessLogFile`
+/// decides. Within a level, the first resource in load order is used (Istio: oldest).
+pub fn resolve(
+    mesh: &MeshConfig,
+    telemetry: &[TelemetryResource],
+    id: &GatewayIdentity,
+) -> Result<Vec<Target>, String> {
+    let root = mesh.root_namespace();
+    let selects = |t: &TelemetryResource| {
+        t.spec.selector.as_ref().is_some_and(|s| {
+            s.match_labels
+                .iter()
+                .all(|(k, v)| id.labels.get(k) == Some(v))
+        })
+    };
+    let no_selector = |t: &TelemetryResource| {
+        t.spec.selector.is_none() && t.spec.target_ref.is_none() && t.spec.target_refs.is_empty()
+    };
+    let with_logging = |t: &&TelemetryResource| !t.spec.access_logging.is_empty();
+    let mesh_wide = telemetry
+        .iter()
+        .filter(with_logging)
+        .find(|t| t.metadata.namespace() == root && no_selector(t));
+    let namespace = (id.namespace != root)
+        .then(|| {
+            telemetry
+                .iter()
+                .filter(with_logging)
+                .find(|t| t.metadata.namespace() == id.namespace && no_selector(t))
+        })
+        .flatten();
+    let workload = telemetry
+        .iter()
+        .filter(with_logging)
+        .find(|t| t.metadata.namespace() == id.namespace && selects(t));
+
+    // provider -> (enabled, filter, source), overwritten level by level.
+    let mut chosen: BTreeMap<String, (bool, Option<Filter>, String)> = BTreeMap::new();
+    let default_providers = if mesh.default_providers.access_logging.is_empty() {
+        vec!["envoy".to_string()]
+    } else {
+        mesh.default_providers.access_logging.clone()
+    };
+    for t in [mesh_wide, namespace, workload].into_iter().flatten() {
+        for al in &t.spec.access_logging {
+            let names: Vec<String> = if al.providers.is_empty() {
+                default_providers.clone()
+            } else {
+                al.providers.iter().map(|p| p.name.clone()).collect()
+            };
+            let filter = match &al.filter {
+                Some(f) => Some(
+                    Filter::parse(&f.expression)
+                        .map_err(|e| format!("Telemetry {}: filter: {e}", t.key()))?,
+                ),
+                None => None,
+            };
+            for n in names {
+                chosen.insert(
+                    n,
+                    (
+                        !al.disabled.unwrap_or(false),
+                        filter.clone(),
+                        format!("Telemetry {}", t.key()),
+                    ),
+                );
+            }
+        }
+    }
+
+    let mut targets = Vec::new();
+    if chosen.is_empty() {
+        if !mesh.access_log_file.is_empty() {
+            targets.push(Target {
+                provider: "mesh".into(),
+                path: mesh.access_log_file.clone().into(),
+                format: Format::for_mesh(mesh.access_log_encoding, &mesh.access_log_format)?,
+                filter: None,
+                source: "MeshConfig accessLogFile".into(),
+            });
+        }
+        return Ok(targets);
+    }
+    for (name, (enabled, filter, source)) in chosen {
+        if !enabled {
+            continue;
+        }
+        let (path, format) = match mesh.provider_kind(&name) {
+            ProviderKind::Envoy => (
+                // Istio's built-in `envoy` provider: MeshConfig's file, else stdout.
+                if mesh.access_log_file.is_empty() {
+                    "/dev/stdout".into()
+                } else {
+                    mesh.access_log_file.clone()
+                },
+                Format::for_mesh(mesh.access_log_encoding, &mesh.access_log_format)?,
+            ),
+            ProviderKind::File(f) => (f.path.clone(), Format::for_provider(f.log_format.as_ref())?),
+            ProviderKind::Unsupported => {
+                tracing::warn!(
+                    provider = %name,
+                    "{source}: access-log provider is not an envoyFileAccessLog provider of the mesh config; ignored"
+                );
+                continue;
+            }
+        };
+        targets.push(Target {
+            provider: name,
+            path: path.into(),
+            format,
+            filter,
+            source,
+        });
+    }
+    Ok(targets)
+}
+
+// === writers ===
+
+/// A file the access log is written to, by its own thread.
+pub struct Sink {
+    pub path: PathBuf,
+    tx: SyncSender<String>,
+    pub written: Arc<AtomicU64>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Sink {
+    /// Starts the writer thread. The file is opened there, so that a FIFO without a
+    /// reader (whose open blocks) can't hold up the start.
+    pub fn start(path: PathBuf, capacity: usize) -> Sink {
+        let (tx, rx) = sync_channel::<String>(capacity.max(1));
+        let written = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (w, d, p) = (written.clone(), dropped.clone(), path.clone());
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(p, rx, w, d));
+        if let Err(e) = spawned {
+            tracing::error!(path = %path.display(), "access log writer thread: {e}");
+        }
+        Sink {
+            path,
+            tx,
+            written,
+            dropped,
+        }
+    }
+
+    /// Queues a line; never blocks.
+    pub fn send(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn write_loop(
+    path: PathBuf,
+    rx: Receiver<String>,
+    written: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+) {
+    enum Out {
+        Stdout,
+        Stderr,
+        File(std::io::BufWriter<std::fs::File>),
+    }
+    // /dev/stdout is the process's fd 1 itself: reopening it would start at offset 0 of
+    // a redirected file and overwrite what is there.
+    let mut out = match path.to_str() {
+        Some("/dev/stdout") => Out::Stdout,
+        Some("/dev/stderr") => Out::Stderr,
+        _ => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(f) => Out::File(std::io::BufWriter::with_capacity(64 * 1024, f)),
+            Err(e) => {
+                tracing::error!(path = %path.display(), "access log: cannot open: {e}; lines are dropped");
+                for _ in rx {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        },
+    };
+    let mut failed = false;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 256 {
+                break;
+            }
+        }
+        let n = batch.len() as u64;
+        let result = match &mut out {
+            // One write per line: a line never interleaves with the gateway's own log.
+            Out::Stdout => {
+                let mut o = std::io::stdout().lock();
+                batch
+                    .iter()
+                    .try_for_each(|l| o.write_all(l.as_bytes()))
+                    .and_then(|_| o.flush())
+            }
+            Out::Stderr => {
+                let mut o = std::io::stderr().lock();
+                batch.iter().try_for_each(|l| o.write_all(l.as_bytes()))
+            }
+            Out::File(f) => batch
+                .iter()
+                .try_for_each(|l| f.write_all(l.as_bytes()))
+                .and_then(|_| f.flush()),
+        };
+        match result {
+            Ok(()) => {
+                written.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                dropped.fetch_add(n, Ordering::Relaxed);
+                if !failed {
+                    tracing::warn!(path = %path.display(), "access log write failed: {e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+}
+
+/// The access logs of a running gateway.
+pub struct AccessLogs {
+    pub targets: Vec<(Target, Arc<Sink>)>,
+}
+
+impl AccessLogs {
+    pub fn off() -> AccessLogs {
+        AccessLogs { targets: vec![] }
+    }
+
+    /// One sink per distinct path, shared by the targets writing there.
+    pub fn start(targets: Vec<Target>, capacity: usize) -> AccessLogs {
+        let mut sinks: BTreeMap<PathBuf, Arc<Sink>> = BTreeMap::new();
+        let targets = targets
+            .into_iter()
+            .map(|t| {
+                let sink = sinks
+                    .entry(t.path.clone())
+                    .or_insert_with(|| Arc::new(Sink::start(t.path.clone(), capacity)))
+                    .clone();
+                (t, sink)
+            })
+            .collect();
+        AccessLogs { targets }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.targets.is_empty()
+    }
+
+    pub fn log(&self, r: &LogRecord<'_>) {
+        for (t, sink) in &self.targets {
+            if t.filter.as_ref().is_none_or(|f| f.matches(r)) {
+                sink.send(t.format.render(r));
+            }
+        }
+    }
+
+    /// Distinct sinks (for the metrics).
+    pub fn sinks(&self) -> Vec<Arc<Sink>> {
+        let mut seen: Vec<Arc<Sink>> = Vec::new();
+        for (_, s) in &self.targets {
+            if !seen.iter().any(|x| Arc::ptr_eq(x, s)) {
+                seen.push(s.clone());
+            }
+        }
+        seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::istio::{
+        AccessLogging, ObjectMeta, ProviderRef, Resource, TelemetrySpec, WorkloadSelector,
+    };
+
+    fn tel(ns: &str, selector: Option<(&str, &str)>, disabled: bool) -> TelemetryResource {
+        Resource {
+            api_version: "telemetry.istio.io/v1".into(),
+            kind: "Telemetry".into(),
+            metadata: ObjectMeta {
+                name: format!("t-{ns}-{}", selector.is_some()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            spec: TelemetrySpec {
+                selector: selector.map(|(k, v)| WorkloadSelector {
+                    match_labels: [(k.to_string(), v.to_string())].into(),
+                }),
+                access_logging: vec![AccessLogging {
+                    providers: vec![ProviderRef {
+                        name: "envoy".into(),
+                    }],
+                    disabled: Some(disabled),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    fn on(mesh: &MeshConfig, t: &[TelemetryResource], id: &GatewayIdentity) -> bool {
+        !resolve(mesh, t, id).unwrap().is_empty()
+    }
+
+    #[test]
+    fn istio_precedence() {
+        let id = GatewayIdentity::default();
+        let other_ns = GatewayIdentity {
+            namespace: "ingress".into(),
+            ..GatewayIdentity::default()
+        };
+        let mesh = MeshConfig::default();
+        // Off by default.
+        assert!(!on(&mesh, &[], &id));
+        // The walkthrough: a selector on our labels turns it on; on other labels, not.
+        assert!(on(
+            &mesh,
+            &[tel(
+                "istio-system",
+                Some(("app", "istio-ingressgateway")),
+                false
+            )],
+            &id
+        ));
+        assert!(!on(
+            &mesh,
+            &[tel("istio-system", Some(("app", "other")), false)],
+            &id
+        ));
+        // Mesh-wide on, workload off: off. Mesh-wide off, namespace on: on.
+        assert!(!on(
+            &mesh,
+            &[
+                tel("istio-system", None, false),
+                tel("istio-system", Some(("istio", "ingressgateway")), true)
+            ],
+            &id
+        ));
+        assert!(on(
+            &mesh,
+            &[tel("istio-system", None, true), tel("ingress", None, false)],
+            &other_ns
+        ));
+        assert!(!on(
+            &mesh,
+            &[tel("istio-system", None, false), tel("ingress", None, true)],
+            &other_ns
+        ));
+        // A Telemetry in another namespace doesn't apply.
+        assert!(!on(&mesh, &[tel("default", None, false)], &other_ns));
+        // MeshConfig's file is the fallback; a Telemetry that disables wins over it.
+        let mesh_on = MeshConfig {
+            access_log_file: "/dev/stdout".into(),
+            ..Default::default()
+        };
+        assert!(on(&mesh_on, &[], &id));
+        assert!(!on(&mesh_on, &[tel("istio-system", None, true)], &id));
+    }
+}

