@@ -108,6 +108,10 @@ pub fn bench(quick: bool, out_dir: Option<PathBuf>, args: &[String]) -> Result<(
         )
         .context("bench/report.py failed")
     })?;
+    step(
+        "bench: XDP guard drop rate vs the same rule at accept",
+        || xdp_row(quick, &out_dir),
+    )?;
     let problems = harness_problems(&out_dir.join("results.json"))?;
     println!(
         "==> bench: {} in {:.0}s; results in {}",
@@ -222,4 +226,58 @@ fn envoy_bin() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Issue 6's row: SYNs/s dropped by the XDP guard vs connections/s refused at accept for
+/// the same DENY rule (tests/src/bin/xdp-bench.rs, inside namespaces it creates).
+/// Writes `xdp.json` and appends the row to `results.md`.
+fn xdp_row(quick: bool, out_dir: &Path) -> Result<()> {
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gateway-tests",
+        "--bin",
+        "xdp-bench",
+    ]))
+    .context("building xdp-bench")?;
+    let (secs, max) = if quick {
+        ("1", "20000")
+    } else {
+        ("3", "300000")
+    };
+    let out = Command::new(target_dir().join("release/xdp-bench"))
+        .arg(target_dir().join("release/gateway"))
+        .args([secs, max])
+        .output()
+        .context("running xdp-bench")?;
+    if !out.status.success() {
+        bail!("xdp-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let json = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    fs::write(out_dir.join("xdp.json"), format!("{json}\n"))?;
+    let v: serde_json::Value = serde_json::from_str(&json).context("xdp-bench output")?;
+    let row = format!(
+        "\n### XDP guard: packets dropped per second (same DENY rule)\n\n\
+         | where the rule is enforced | rate | |\n|---|---:|---|\n\
+         | XDP ({} mode), SYNs dropped before the TCP stack | {:.0} pkt/s | {} of {} SYNs sent |\n\
+         | userspace, connections refused at accept | {:.0} conn/s | {} refused |\n\
+         | ratio | {:.1}× | |\n",
+        v["xdp_mode"].as_str().unwrap_or("?"),
+        v["xdp_pps"].as_f64().unwrap_or(0.0),
+        v["xdp_dropped"],
+        v["xdp_sent"],
+        v["userspace_pps"].as_f64().unwrap_or(0.0),
+        v["userspace_refused"],
+        v["ratio"].as_f64().unwrap_or(0.0),
+    );
+    let md = out_dir.join("results.md");
+    let mut text = fs::read_to_string(&md).unwrap_or_default();
+    text.push_str(&row);
+    fs::write(&md, text)?;
+    println!("{}", row.trim());
+    if v["xdp_dropped"].as_u64().unwrap_or(0) == 0 {
+        bail!("the XDP guard dropped nothing");
+    }
+    Ok(())
 }
