@@ -212,30 +212,17 @@ pub async fn serve(
         );
         return close_cleanly(down).await;
     };
-    let up = match tokio::time::timeout(gw.opts.connect_timeout, TcpStream::connect(endpoint)).await
-    {
+    let connected =
+        tokio::time::timeout(gw.opts.connect_timeout, TcpStream::connect(endpoint)).await;
+    let up = match connected {
         Ok(Ok(up)) => up,
-        Ok(Err(e)) => {
-            connect_failed(&gw, peer, port, &dest.cluster, endpoint, &e.to_string());
-            let up = (&dest.cluster, Some(endpoint), Some(e.to_string()));
-            refused(
-                &gw,
-                (start_time, started),
-                peer,
-                &down,
-                sni.as_deref(),
-                "UF",
-                Some(up),
-            );
-            return close_cleanly(down).await;
-        }
-        Err(_) => {
-            connect_failed(&gw, peer, port, &dest.cluster, endpoint, "connect timeout");
-            let up = (
-                &dest.cluster,
-                Some(endpoint),
-                Some("connect timeout".into()),
-            );
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "connect timeout".to_string(),
+            };
+            connect_failed(&gw, peer, port, &dest.cluster, endpoint, &why);
+            let up = (&dest.cluster, Some(endpoint), Some(why));
             refused(
                 &gw,
                 (start_time, started),
