@@ -203,7 +203,14 @@ fn slowloris_clients_are_closed() {
             "{what}: closed after {took:?} (want ~10 s)"
         );
     }
-    let log = gw.log();
+    // The 408 line is written as the gateway closes the trickling client, which can be
+    // just after the client saw the close: give the log a moment to catch up.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut log = gw.log();
+    while !log.contains("status=408") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        log = gw.log();
+    }
     assert!(log.contains("no request bytes in time"), "{log}");
     let timeouts = log.lines().filter(|l| l.contains("status=408")).count();
     assert_eq!(
