@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     admin,
     config::{self, GatewayIdentity},
+    kernel::splice::{SpliceMode, Splicer},
     listener,
     server::{Gateway, Options},
-    splice::{SpliceMode, Splicer},
 };
 
 /// Exit status for invalid configuration (EX_USAGE, as linkerd does).

@@ -2,7 +2,7 @@
 //!
 //! Control plane: [`config`] parses and validates the Istio resources into one
 //! immutable [`config::Snapshot`]. Data plane: [`listener`] accepts, [`proxy`] routes,
-//! [`splice`] moves L4 payload (in the kernel when it can); [`authz`] decides
+//! [`kernel::splice`] moves L4 payload (in the kernel when it can); [`authz`] decides
 //! what may enter, and [`xdp`] drops denied sources before the TCP stack. [`admin`] and [`telemetry`]
 //! show what it is doing.
 pub mod admin;
@@ -10,11 +10,11 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod kernel;
 pub mod listener;
 pub mod proxy;
 pub mod proxyconfig;
 pub mod server;
-pub mod splice;
 pub mod telemetry;
 pub mod tls;
 pub mod xdp;

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{config::Snapshot, splice::Splicer, telemetry::metrics::Stats};
+use crate::{config::Snapshot, kernel::splice::Splicer, telemetry::metrics::Stats};
 
 /// Runtime knobs from the command line.
 #[derive(Debug, Clone)]

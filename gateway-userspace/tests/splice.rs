@@ -3,7 +3,7 @@
 //! bulk echo checked byte for byte, half-close, and reset propagation.
 use std::time::Duration;
 
-use gateway::splice::{SpliceMode, Splicer, Termination};
+use gateway::kernel::splice::{SpliceMode, Splicer, Termination};
 use gateway_tests::netns::{NetNs, privileged};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -105,11 +105,11 @@ async fn echo_through_splice(mode: SpliceMode, len: usize) {
     assert_eq!(report.upstream_to_downstream, 6 + 6 + len as u64);
     match (&splicer, mode) {
         (Splicer::Ebpf(k), _) => {
-            assert!(report.in_kernel);
+            assert!(report.in_kernel());
             assert_eq!(report.userspace_bytes, 0);
             assert_eq!(k.map_entries(), (0, 0, 0), "map entries left after close");
         }
-        (Splicer::Userspace(_), SpliceMode::Userspace) => assert!(!report.in_kernel),
+        (Splicer::Userspace(_), SpliceMode::Userspace) => assert!(!report.in_kernel()),
         _ => panic!("asked for {mode:?}, got {}", splicer.name()),
     }
 }
@@ -297,7 +297,7 @@ fn ebpf_splicer_copies_a_flow_whose_client_already_finished() {
         assert!(got == want, "echo differs");
         let report = flow.await.unwrap();
         assert!(
-            !report.in_kernel,
+            !report.in_kernel(),
             "a CLOSE_WAIT socket can't be spliced in the kernel"
         );
         assert_eq!(report.termination, Termination::Closed);

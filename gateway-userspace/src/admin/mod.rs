@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode, body::Bytes, header, service::service
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::{server::Gateway, splice::Splicer};
+use crate::{kernel::splice::Splicer, server::Gateway};
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)

@@ -12,8 +12,8 @@ use tokio::{io::Interest, net::TcpStream};
 
 use crate::{
     config::{Listener, WeightedCluster},
+    kernel::splice::{Termination, sockopt},
     server::Gateway,
-    splice::{Termination, sockopt},
     telemetry::metrics::HelloOutcome,
     tls::sni::{MAX_CLIENT_HELLO, Sniff, sniff},
 };
@@ -270,7 +270,8 @@ pub async fn serve(
         sni = sni.as_deref().unwrap_or("-"),
         bytes_received = received,
         bytes_sent = sent,
-        in_kernel = report.in_kernel,
+        in_kernel = report.in_kernel(),
+        path = report.path.as_str(),
         duration_ms = started.elapsed().as_millis() as u64,
         termination = %report.termination,
         "flow closed"

@@ -6,7 +6,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use crate::splice::Splicer;
+use crate::kernel::splice::Splicer;
 
 /// How the ClientHello inspection of one connection ended (Envoy tls_inspector's stats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

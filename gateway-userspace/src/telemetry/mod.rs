@@ -15,7 +15,7 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 
-use crate::{config::GatewayIdentity, http::RequestLog, splice::Termination};
+use crate::{config::GatewayIdentity, http::RequestLog, kernel::splice::Termination};
 
 use access_log::{AccessLogs, LogRecord};
 use istio_metrics::{HttpObservation, IstioMetrics};

@@ -75,7 +75,7 @@ impl XdpGuard {
     /// Loads the program, fills the maps from `compiled`, then attaches it to every
     /// interface (maps first: the program never runs over half-filled maps).
     pub fn attach(ifaces: &[String], compiled: Compiled) -> Result<XdpGuard, XdpError> {
-        let object = crate::splice::ebpf::EBPF_OBJECT;
+        let object = crate::kernel::splice::ebpf::EBPF_OBJECT;
         if object.is_empty() {
             return Err(XdpError::NotBuilt);
         }

@@ -53,6 +53,32 @@ impl fmt::Display for Termination {
     }
 }
 
+/// Which mechanism carried a flow's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// The eBPF sockhash splice (payload never left the kernel).
+    Kernel,
+    /// splice(2) through a pipe: zero-copy, driven from userspace.
+    Splice,
+    /// read/write copies on io_uring.
+    Uring,
+    /// A plain copy through a userspace buffer (tokio), for flows no other path takes.
+    #[default]
+    Copy,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Kernel => "kernel",
+            Path::Splice => "splice",
+            Path::Uring => "uring",
+            Path::Copy => "copy",
+        }
+    }
+}
+
 /// What a finished flow moved. Byte counts exclude the prelude the caller wrote itself.
 #[derive(Debug, Clone, Default)]
 pub struct FlowReport {
@@ -60,11 +86,19 @@ pub struct FlowReport {
     pub downstream_to_upstream: u64,
     /// Bytes received from the upstream and forwarded to the client by the splice.
     pub upstream_to_downstream: u64,
-    /// Payload bytes that passed through userspace memory (0 for a kernel splice).
+    /// Payload bytes that passed through userspace (copied, or moved through a pipe by
+    /// splice(2)); 0 when the kernel splice carried the whole flow.
     pub userspace_bytes: u64,
-    /// True when the kernel moved the payload.
-    pub in_kernel: bool,
+    /// The path that carried the flow when it ended.
+    pub path: Path,
     pub termination: Termination,
+}
+
+impl FlowReport {
+    /// True when the kernel splice carried the flow at its end.
+    pub fn in_kernel(&self) -> bool {
+        self.path == Path::Kernel
+    }
 }
 
 /// The splice in use for this process.

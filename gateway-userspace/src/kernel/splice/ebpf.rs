@@ -200,7 +200,7 @@ impl EbpfSplicer {
             downstream_to_upstream: d2u.bytes,
             upstream_to_downstream: u2d.bytes,
             userspace_bytes: 0,
-            in_kernel: true,
+            path: super::Path::Kernel,
             termination,
         }
     }
@@ -433,7 +433,7 @@ fn sum(v: &PerCpuValues<FlowCounters>) -> FlowCounters {
 
 fn error_report(msg: String) -> FlowReport {
     FlowReport {
-        in_kernel: true,
+        path: super::Path::Kernel,
         termination: Termination::Error(msg),
         ..Default::default()
     }

@@ -151,7 +151,7 @@ async fn run(job: Job) {
         downstream_to_upstream: d2u,
         upstream_to_downstream: u2d,
         userspace_bytes: d2u + u2d,
-        in_kernel: false,
+        path: super::Path::Uring,
         termination,
     });
 }

@@ -59,7 +59,7 @@ pub async fn copy(mut down: TcpStream, mut up: TcpStream) -> FlowReport {
         downstream_to_upstream: a.bytes(),
         upstream_to_downstream: b.bytes(),
         userspace_bytes: a.bytes() + b.bytes(),
-        in_kernel: false,
+        path: super::Path::Copy,
         termination,
     }
 }
