@@ -16,46 +16,128 @@ pub const PEERS_MAP: &str = "PEERS";
 /// valid redirect target: there is no window in which an skb finds no peer and is
 /// dropped. Two maps instead of one for exactly that reason.
 pub const SPLICED_MAP: &str = "SPLICED";
-/// Per-CPU hash: socket cookie -> [`FlowCounters`] for bytes *received* on that socket
-/// and redirected to its peer. Inserted before the sockets enter [`SPLICED_MAP`], read
-/// and deleted by userspace when the flow closes.
+/// Hash: socket cookie -> [`FlowCounters`] for bytes *received* on that socket. Written
+/// only by the verdict program (which runs serialised per socket: under the socket's
+/// lock), read by userspace; inserted before the socket enters [`SPLICED_MAP`] and
+/// deleted after it left. `BPF_F_NO_PREALLOC`: a deleted element is freed after an RCU
+/// grace period, so a verdict still holding a pointer never writes into a reused one.
 pub const FLOWS_MAP: &str = "FLOWS";
+/// Hash: socket cookie -> [`FlowCtl`], written only by userspace, read by the verdict:
+/// how many bytes of this socket's stream the kernel may redirect before it must pause.
+/// Split from [`FLOWS_MAP`] so that no side ever overwrites the other's fields;
+/// `BPF_F_NO_PREALLOC` so an update replaces the element atomically for an RCU reader.
+pub const CTRL_MAP: &str = "CTRL";
+/// Ring buffer of [`SpliceEvent`]s: the verdict tells userspace when a flow needs it
+/// (more credit, paused, redirect failed). Userspace is woken by nothing else while a
+/// flow runs in the kernel.
+pub const EVENTS_MAP: &str = "SPLICE_EVENTS";
 /// Per-CPU array of global splice counters, indexed by the `STAT_*` constants.
 pub const SPLICE_STATS_MAP: &str = "SPLICE_STATS";
 
 /// Capacity of [`PEERS_MAP`] and [`SPLICED_MAP`] (two entries per spliced connection).
 pub const MAX_SOCKS: u32 = 131_072;
-/// Capacity of [`FLOWS_MAP`] (two entries per spliced connection).
+/// Capacity of [`FLOWS_MAP`] and [`CTRL_MAP`] (two entries per spliced connection).
 pub const MAX_FLOWS: u32 = 131_072;
+/// Size of [`EVENTS_MAP`] in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 20;
 
 /// skbs redirected to a peer socket.
 pub const STAT_REDIRECTED_SKBS: u32 = 0;
 /// payload bytes redirected to a peer socket.
 pub const STAT_REDIRECTED_BYTES: u32 = 1;
-/// redirects the kernel refused (peer gone): the skb is dropped and the flow torn down.
+/// redirects the kernel refused (peer not in PEERS): the skb is kept for userspace
+/// (SK_PASS) and the flow is reset both ways, never continued with a hole.
 pub const STAT_REDIRECT_FAILURES: u32 = 2;
 /// zero-length skbs (FIN markers), dropped: there is nothing to forward.
 pub const STAT_EMPTY_SKBS: u32 = 3;
 /// skbs seen on a socket with no FLOWS entry (should stay 0: userspace inserts the
-/// FLOWS entry before the socket enters SPLICED).
+/// FLOWS entry before the socket enters SPLICED). Kept for userspace (SK_PASS).
 pub const STAT_UNTRACKED_SKBS: u32 = 4;
+/// skbs kept on the receiving socket (SK_PASS) because its flow is paused.
+pub const STAT_PASSED_SKBS: u32 = 5;
+/// payload bytes kept on the receiving socket because its flow is paused.
+pub const STAT_PASSED_BYTES: u32 = 6;
+/// events that did not fit in [`EVENTS_MAP`] (userspace then sweeps every flow).
+pub const STAT_EVENTS_LOST: u32 = 7;
 /// Number of slots in [`SPLICE_STATS_MAP`].
 pub const STAT_COUNT: u32 = 8;
 
-/// Per-socket, per-CPU byte counters (the value type of [`FLOWS_MAP`]).
+/// Per-socket byte counters (the value type of [`FLOWS_MAP`]), from the verdict's view:
+/// every payload byte received on the socket since it entered the splice is either
+/// `redirected` or `passed`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
-    /// Payload bytes received on this socket and redirected to its peer.
-    pub bytes: u64,
-    /// skbs received on this socket and redirected to its peer.
+    /// Payload bytes redirected to the peer socket (the kernel path).
+    pub redirected: u64,
+    /// skbs redirected to the peer socket.
     pub skbs: u64,
+    /// Payload bytes kept on this socket (SK_PASS: its psock's receive queue, read by
+    /// userspace with recv) because the flow was paused or a redirect failed.
+    pub passed: u64,
+    /// Redirects the kernel refused.
+    pub failures: u64,
+    /// [`FlowCtl::epoch`] + 1 of the last [`EV_CREDIT`] sent (0: none yet).
+    pub credit_epoch: u64,
+    /// [`FlowCtl::epoch`] + 1 of the last [`EV_PAUSED`] sent (0: none yet).
+    pub pause_epoch: u64,
 }
 
-// SAFETY: FlowCounters is repr(C), made only of u64s (no padding, every bit pattern
-// valid), so it may be copied to and from kernel map memory as plain bytes.
+/// Userspace's orders for one socket's stream (the value type of [`CTRL_MAP`]). The
+/// verdict redirects an skb only while `mode == CTL_MODE_KERNEL`, `passed == consumed`
+/// (userspace has written every byte kept earlier, so a redirect can't overtake them)
+/// and `redirected < limit` (the peer's backlog is within its budget); otherwise it
+/// keeps the skb on the socket, which closes the TCP window toward the sender.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCtl {
+    /// Redirect while [`FlowCounters::redirected`] is below this.
+    pub limit: u64,
+    /// Send [`EV_CREDIT`] once [`FlowCounters::redirected`] reaches this.
+    pub notify_at: u64,
+    /// Bytes of [`FlowCounters::passed`] that userspace has written to the peer.
+    pub consumed: u64,
+    /// Bumped by userspace at every update; events name the epoch they answer.
+    pub epoch: u64,
+    /// [`CTL_MODE_KERNEL`] or [`CTL_MODE_USER`].
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// [`FlowCtl::mode`]: the verdict redirects (within `limit`).
+pub const CTL_MODE_KERNEL: u32 = 1;
+/// [`FlowCtl::mode`]: every skb stays on the socket for userspace.
+pub const CTL_MODE_USER: u32 = 0;
+
+/// One record of [`EVENTS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceEvent {
+    /// The receiving socket's cookie (the key of [`FLOWS_MAP`] / [`CTRL_MAP`]).
+    pub cookie: u64,
+    /// `EV_*`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// Redirected bytes reached [`FlowCtl::notify_at`]: userspace looks at the peer's queue
+/// and moves `limit` on.
+pub const EV_CREDIT: u32 = 1;
+/// The verdict kept an skb on the socket (paused): userspace takes the stream over
+/// until it can hand it back.
+pub const EV_PAUSED: u32 = 2;
+/// A redirect failed: the flow must be reset both ways.
+pub const EV_REDIRECT_FAILED: u32 = 3;
+
+// SAFETY: these are repr(C), made only of u64s and u32s with explicit padding fields
+// (no implicit padding, every bit pattern valid), so they may be copied to and from
+// kernel map memory as plain bytes.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowCounters {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowCtl {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SpliceEvent {}
 
 // === XDP guard ===
 // The XDP ingress guard (gateway-ebpf `xdp.rs`, userspace `xdp/`): AuthorizationPolicy
@@ -163,14 +245,21 @@ unsafe impl aya::Pod for XdpPort {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for XdpCounters {}
 
-// === telemetry ===
+// === runtime switches ===
 
-/// Array (u32 slot -> u32 value) of runtime switches the admin API sets for the kernel
-/// programs' aya-log records; all zero (off) when loaded.
-pub const LOG_CONFIG_MAP: &str = "LOG_CONFIG";
-/// Slot of [`LOG_CONFIG_MAP`]: non-zero makes the splice verdict log every redirect at
+/// Array (u32 slot -> u32 value) of runtime switches for the kernel programs, set by
+/// the admin API; all zero (off) when loaded.
+pub const SPLICE_CONFIG_MAP: &str = "SPLICE_CONFIG";
+/// Slot of [`SPLICE_CONFIG_MAP`]: non-zero makes the splice verdict log every redirect at
 /// info level ("splice: redirected cookie=.. len=.."). One ring-buffer record per skb:
 /// a debugging aid (`POST /debug/kernel_log?redirects=on`), never on by default.
-pub const LOG_CONFIG_REDIRECTS: u32 = 0;
-/// Number of slots in [`LOG_CONFIG_MAP`].
-pub const LOG_CONFIG_COUNT: u32 = 4;
+pub const CONFIG_LOG_REDIRECTS: u32 = 0;
+/// Slot of [`SPLICE_CONFIG_MAP`]: non-zero makes every redirect look up a key that is
+/// not in PEERS, so the kernel refuses it for real (fault injection for the tests:
+/// `POST /debug/splice/fault?redirect=fail`).
+pub const CONFIG_FAULT_REDIRECT: u32 = 1;
+/// XORed into the cookie under [`CONFIG_FAULT_REDIRECT`]: cookies are counters far
+/// below 2^63, so the result is never a PEERS key.
+pub const FAULT_KEY_XOR: u64 = 1 << 63;
+/// Number of slots in [`SPLICE_CONFIG_MAP`].
+pub const CONFIG_COUNT: u32 = 4;

@@ -122,6 +122,21 @@ impl GatewayProc {
             .unwrap_or(0)
     }
 
+    /// The gateway's fd count once it has stopped changing (the same three reads in a
+    /// row, 100 ms apart, within 5 s): a baseline taken right after start-up or an admin
+    /// request can include a connection that is just closing.
+    pub fn settled_fd_count(&self) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (mut last, mut same) = (self.fd_count(), 0);
+        while same < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = self.fd_count();
+            same = if now == last { same + 1 } else { 0 };
+            last = now;
+        }
+        last
+    }
+
     /// Everything the gateway logged so far.
     pub fn log(&self) -> String {
         let mut s = String::new();

@@ -4,4 +4,5 @@ pub mod backends;
 pub mod data;
 pub mod gateway;
 pub mod netns;
+pub mod stream;
 pub mod xdpbench;

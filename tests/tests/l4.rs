@@ -144,12 +144,18 @@ fn tcp_echo_64mib_both_modes() {
         );
         let userspace = metric(&prom, "gateway_splice_userspace_bytes_total");
         if mode == "ebpf" {
-            assert_eq!(userspace, 0, "userspace touched payload in ebpf mode");
+            // The kernel moved the payload; userspace only what it took over while a
+            // direction was paused (its reader a budget behind). Every byte once.
             let v = gw.admin_json("/debug/splice");
             let redirected = v["kernel"]["redirected_bytes"]
                 .as_u64()
                 .expect("redirected_bytes");
-            assert_eq!(redirected, 2 * LEN, "kernel redirected bytes: {v:#}");
+            assert_eq!(
+                redirected + userspace,
+                2 * LEN,
+                "kernel redirected bytes: {v:#}"
+            );
+            assert!(redirected >= LEN, "the kernel moved under half: {v:#}");
             assert_eq!(v["kernel"]["redirect_failures"], 0);
             assert_eq!(
                 v["maps"],
@@ -557,7 +563,7 @@ fn five_hundred_concurrent_flows_from_four_addresses() {
             &[&cfg("tcp-echo.yaml"), &cfg("service-entries.yaml")],
             &["--splice", mode],
         );
-        let fds_before = gw.fd_count();
+        let fds_before = gw.settled_fd_count();
         let cl_rt = cl_ns.runtime();
         let t = Instant::now();
         let total: u64 = NetNs::block_on(&cl_rt, async move {

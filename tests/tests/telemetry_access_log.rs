@@ -563,11 +563,16 @@ fn telemetry_spliced_tcp_flow_logs_kernel_byte_counts() {
     );
     assert_eq!(rec["downstream_local_address"], "127.0.0.1:31400");
     assert_eq!(rec["requested_server_name"], "-");
-    // Spliced in the kernel: userspace never held a payload byte, so the counts above
-    // are the kernel's per-flow counters.
+    // Spliced in the kernel: the counts above are the kernel's per-flow counters, plus
+    // what userspace moved while a direction was paused (its reader a budget behind):
+    // every byte exactly once.
     let prom = gw.admin_get("/stats/prometheus");
-    assert_eq!(metric(&prom, "gateway_splice_userspace_bytes_total"), 0);
-    assert!(metric(&prom, "gateway_splice_redirected_bytes_total") >= (SENT + REPLY) as u64);
+    assert_eq!(
+        metric(&prom, "gateway_splice_userspace_bytes_total")
+            + metric(&prom, "gateway_splice_redirected_bytes_total"),
+        (SENT + REPLY) as u64
+    );
+    assert!(metric(&prom, "gateway_splice_redirected_bytes_total") >= SENT as u64 / 2);
 
     // TLS passthrough: the SNI is the REQUESTED_SERVER_NAME.
     let ca = demo_ca();

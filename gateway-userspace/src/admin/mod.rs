@@ -63,17 +63,8 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
         )),
         "/debug/kernel_log" => kernel_log(gw, &req),
         "/xdp" => json(gw.authz.rules_view()),
-        "/debug/splice" => {
-            let mut v = serde_json::json!({ "mode": gw.splicer.name() });
-            if let Splicer::Ebpf(k) = &gw.splicer {
-                let (peers, spliced, flows) = k.map_entries();
-                v["active_flows"] = k.active_flows().into();
-                v["kernel"] = serde_json::to_value(k.kernel_stats()).unwrap_or_default();
-                v["maps"] =
-                    serde_json::json!({ "PEERS": peers, "SPLICED": spliced, "FLOWS": flows });
-            }
-            json(v)
-        }
+        "/debug/splice/fault" if req.method() == hyper::Method::POST => splice_fault(gw, &req),
+        "/debug/splice" => json(splice_view(&gw.splicer)),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -82,8 +73,88 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
     }
 }
 
+/// `/debug/splice`: the mode, per-path counters, the kernel program's counters and map
+/// sizes.
+pub fn splice_view(splicer: &Splicer) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let p = splicer.paths();
+    let path = |c: &crate::kernel::splice::PathCounters| {
+        serde_json::json!({
+            "active": c.active.load(Relaxed),
+            "flows": c.flows.load(Relaxed),
+            "bytes": c.bytes.load(Relaxed),
+        })
+    };
+    let mut v = serde_json::json!({
+        "mode": splicer.name(),
+        "active_flows": p.kernel.active() + p.splice.active() + p.uring.active() + p.copy.active(),
+        "paths": {
+            "kernel": path(&p.kernel),
+            "splice": path(&p.splice),
+            "uring": path(&p.uring),
+            "copy": path(&p.copy),
+        },
+        "offloads": p.offloads.load(Relaxed),
+        "pauses": p.pauses.load(Relaxed),
+        "paused_now": p.paused_now.load(Relaxed),
+        "fallbacks": p.fallbacks().iter().map(|(r, n)| (r.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+    });
+    if let Some(k) = splicer.kernel() {
+        let (peers, spliced, flows) = k.map_entries();
+        v["budget"] = k.budget().into();
+        v["kernel"] = serde_json::to_value(k.kernel_stats()).unwrap_or_default();
+        v["maps"] = serde_json::json!({ "PEERS": peers, "SPLICED": spliced, "FLOWS": flows });
+    }
+    v
+}
+
+/// `POST /debug/splice/fault?redirect=fail|off`: makes the kernel refuse every redirect
+/// (for the tests of the failure path).
+fn splice_fault(gw: &Gateway, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let Some(k) = gw.splicer.kernel() else {
+        return reply(
+            StatusCode::CONFLICT,
+            "text/plain",
+            "the kernel splice is not in use\n".into(),
+        );
+    };
+    let want = req
+        .uri()
+        .query()
+        .and_then(|q| crate::http::routing::query_value(Some(q), "redirect"));
+    let on = match want {
+        Some("fail") => true,
+        Some("off") => false,
+        _ => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "usage: POST /debug/splice/fault?redirect=fail|off\n".into(),
+            );
+        }
+    };
+    match k.set_fail_redirects(on) {
+        Ok(()) => {
+            tracing::warn!(
+                "splice fault injection: redirects {}",
+                if on { "fail" } else { "normal" }
+            );
+            reply(
+                StatusCode::OK,
+                "text/plain",
+                format!("redirect={}\n", if on { "fail" } else { "off" }),
+            )
+        }
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
+}
+
 fn kernel_log(gw: &Gateway, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    let Splicer::Ebpf(k) = &gw.splicer else {
+    let Some(k) = gw.splicer.kernel() else {
         return reply(
             StatusCode::CONFLICT,
             "text/plain",

@@ -171,7 +171,57 @@ impl Stats {
             "Payload bytes that passed through userspace memory while splicing (0 with eBPF).",
             &plain(&self.userspace_splice_bytes),
         );
-        if let Splicer::Ebpf(k) = splicer {
+        let paths = splicer.paths();
+        let per_path = |f: fn(&crate::kernel::splice::PathCounters) -> u64| {
+            use crate::kernel::splice::Path;
+            [Path::Kernel, Path::Splice, Path::Uring, Path::Copy]
+                .map(|p| (format!("{{path=\"{}\"}}", p.as_str()), f(paths.path(p))))
+        };
+        family(
+            "gateway_splice_flows_total",
+            "counter",
+            "L4 flows ended, by the path that carried them at the end.",
+            &per_path(|c| c.flows.load(Ordering::Relaxed)),
+        );
+        family(
+            "gateway_splice_path_bytes_total",
+            "counter",
+            "Payload bytes (both directions) of the flows that ended on each path.",
+            &per_path(|c| c.bytes.load(Ordering::Relaxed)),
+        );
+        family(
+            "gateway_splice_active_flows",
+            "gauge",
+            "L4 flows open right now, by the path carrying them.",
+            &per_path(|c| c.active.load(Ordering::Relaxed)),
+        );
+        family(
+            "gateway_splice_offloads_total",
+            "counter",
+            "Live flows handed from the userspace splice to the kernel splice.",
+            &plain(&paths.offloads),
+        );
+        family(
+            "gateway_splice_pauses_total",
+            "counter",
+            "Times a kernel-spliced direction paused because its reader fell a budget behind.",
+            &plain(&paths.pauses),
+        );
+        family(
+            "gateway_splice_paused_flows",
+            "gauge",
+            "Kernel-spliced directions paused right now (their bytes moved by userspace).",
+            &plain(&paths.paused_now),
+        );
+        family(
+            "gateway_splice_fallback_total",
+            "counter",
+            "Flows (or directions) the kernel splice could not take, by reason.",
+            &paths
+                .fallbacks()
+                .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n)),
+        );
+        if let Some(k) = splicer.kernel() {
             let ks = k.kernel_stats();
             family(
                 "gateway_splice_redirected_skbs_total",
@@ -188,14 +238,20 @@ impl Stats {
             family(
                 "gateway_splice_redirect_failures_total",
                 "counter",
-                "Redirects the kernel refused.",
+                "Redirects the kernel refused (each resets its flow both ways).",
                 &[(String::new(), ks.redirect_failures)],
             );
             family(
-                "gateway_splice_active_flows",
-                "gauge",
-                "Flows spliced in the kernel right now.",
-                &[(String::new(), k.active_flows())],
+                "gateway_splice_passed_bytes_total",
+                "counter",
+                "Bytes the verdict kept on the receiving socket for userspace (paused flows).",
+                &[(String::new(), ks.passed_bytes)],
+            );
+            family(
+                "gateway_splice_events_lost_total",
+                "counter",
+                "Kernel events that did not fit in the ring buffer.",
+                &[(String::new(), ks.events_lost)],
             );
         }
         if let Some(a) = crate::authz::installed() {

@@ -61,5 +61,6 @@ pub async fn copy(mut down: TcpStream, mut up: TcpStream) -> FlowReport {
         userspace_bytes: a.bytes() + b.bytes(),
         path: super::Path::Copy,
         termination,
+        ..Default::default()
     }
 }

@@ -1,34 +1,57 @@
 //! The kernel splice: both sockets of a flow are handed to the sk_skb verdict program
 //! (gateway-ebpf), which redirects every skb to the peer socket. Userspace never reads
-//! payload; it only watches each socket for FIN (passed on as a half-close once every
-//! byte before it was forwarded) and RST (passed on as a reset).
+//! payload while a flow runs in the kernel; the [`driver`](super::driver) only answers
+//! the verdict's events (credit, pause, failure) and watches for FIN and RST.
+//!
+//! Bounded memory, no tick stalls (see DESIGN.md, "The L4 fast path"): a redirected skb
+//! waits in the peer's psock backlog, charged to no socket, and the backlog re-arms
+//! itself a whole jiffy later when the peer's send buffer is full (net/core/skmsg.c:
+//! sk_psock_backlog, `schedule_delayed_work(.., 1)` on -EAGAIN). So each direction has
+//! a budget: the verdict redirects only while the bytes it handed over minus the bytes
+//! the peer socket has taken stay within it (`FlowCtl::limit`, moved on by the driver at
+//! every `EV_CREDIT`), and the peer's send buffer is forced above the budget
+//! (SO_SNDBUFFORCE) so the backlog's sends never meet a full buffer. Past the budget the
+//! verdict keeps skbs on the receiving socket (SK_PASS), where they stay charged to its
+//! receive buffer: TCP's window closes toward the sender, and the driver moves those
+//! bytes itself until the peer has room again.
 use std::{
     io,
     os::fd::AsRawFd,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, SockHash},
     programs::SkSkb,
 };
 use gateway_common::{
-    FLOWS_MAP, FlowCounters, PEERS_MAP, SPLICE_STATS_MAP, SPLICED_MAP, STAT_EMPTY_SKBS,
-    STAT_REDIRECT_FAILURES, STAT_REDIRECTED_BYTES, STAT_REDIRECTED_SKBS, STAT_UNTRACKED_SKBS,
+    CONFIG_FAULT_REDIRECT, CONFIG_LOG_REDIRECTS, CTL_MODE_KERNEL, CTRL_MAP, EVENTS_MAP, FLOWS_MAP,
+    FlowCounters, FlowCtl, PEERS_MAP, SPLICE_CONFIG_MAP, SPLICE_STATS_MAP, SPLICED_MAP,
+    STAT_EMPTY_SKBS, STAT_EVENTS_LOST, STAT_PASSED_BYTES, STAT_PASSED_SKBS, STAT_REDIRECT_FAILURES,
+    STAT_REDIRECTED_BYTES, STAT_REDIRECTED_SKBS, STAT_UNTRACKED_SKBS,
 };
-use tokio::{io::Interest, net::TcpStream};
+use tokio::{
+    io::Interest,
+    net::TcpStream,
+    sync::{mpsc, oneshot},
+};
 
-use super::{FlowReport, Termination, sockopt};
+use super::{
+    FlowReport, PathStats, Termination,
+    driver::{self, NewFlow},
+    sockopt,
+};
 
 /// The kernel object built from gateway-ebpf by build.rs (empty when built without the
 /// eBPF toolchain).
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
+
+/// Default per-direction budget: payload the kernel may have handed to a peer socket
+/// that the peer has not yet sent and had acknowledged (psock backlog + send queue).
+pub const DEFAULT_BUDGET: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
@@ -46,6 +69,8 @@ pub enum SpliceError {
     Program(#[from] aya::programs::ProgramError),
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("the kernel splice needs a tokio runtime")]
+    NoRuntime,
 }
 
 /// Global counters of the verdict program, summed over CPUs.
@@ -56,31 +81,135 @@ pub struct KernelStats {
     pub redirect_failures: u64,
     pub empty_skbs: u64,
     pub untracked_skbs: u64,
+    pub passed_skbs: u64,
+    pub passed_bytes: u64,
+    pub events_lost: u64,
 }
 
-struct Maps {
+pub(crate) struct Maps {
     peers: SockHash<MapData, u64>,
     spliced: SockHash<MapData, u64>,
-    flows: PerCpuHashMap<MapData, u64, FlowCounters>,
+    flows: HashMap<MapData, u64, FlowCounters>,
+    ctrl: HashMap<MapData, u64, FlowCtl>,
+}
+
+/// What the driver and the flows' tasks share.
+pub(crate) struct Kernel {
+    maps: Mutex<Maps>,
+    stats: PerCpuArray<MapData, u64>,
+    config: Mutex<Array<MapData, u32>>,
+    /// Per-direction budget (see the module comment).
+    pub(crate) budget: u64,
+    pub(crate) paths: Arc<PathStats>,
+}
+
+/// A poisoned lock only means another flow's task panicked while holding it; the maps
+/// themselves are kernel objects and stay consistent, so carry on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Kernel {
+    pub(crate) fn counters(&self, cookie: u64) -> FlowCounters {
+        lock(&self.maps).flows.get(&cookie, 0).unwrap_or_default()
+    }
+
+    pub(crate) fn set_ctl(&self, cookie: u64, ctl: &FlowCtl) -> Result<(), SpliceError> {
+        lock(&self.maps).ctrl.insert(cookie, *ctl, 0)?;
+        Ok(())
+    }
+
+    /// SO_RCVBUFFORCE of a spliced socket (see `EbpfSplicer::arm`).
+    pub(crate) fn rcvbuf(&self) -> usize {
+        (self.budget / 16) as usize
+    }
+
+    /// The copy buffer of a paused direction: all its receiving socket may hold (the
+    /// kernel doubles SO_RCVBUF, and counts skb overhead in it), so one peek takes it all.
+    pub(crate) fn paused_copy_buf(&self) -> usize {
+        2 * self.rcvbuf()
+    }
+
+    pub(crate) fn stat(&self, i: u32) -> u64 {
+        self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Removes a flow's sockets and state from every map and returns the two sockets'
+    /// final counters. Removing from SPLICED first stops the verdict on the socket.
+    pub(crate) fn disarm(&self, cookies: [u64; 2]) -> [FlowCounters; 2] {
+        let mut m = lock(&self.maps);
+        for k in cookies {
+            let _ = m.spliced.remove(&k);
+        }
+        for k in cookies {
+            let _ = m.peers.remove(&k);
+            let _ = m.ctrl.remove(&k);
+        }
+        cookies.map(|k| {
+            let v = m.flows.get(&k, 0).unwrap_or_default();
+            let _ = m.flows.remove(&k);
+            v
+        })
+    }
+}
+
+/// The first orders for a direction that starts in the kernel.
+pub(crate) fn initial_ctl(budget: u64) -> FlowCtl {
+    FlowCtl {
+        limit: budget,
+        notify_at: budget / 2,
+        consumed: 0,
+        epoch: 1,
+        mode: CTL_MODE_KERNEL,
+        _pad: 0,
+    }
 }
 
 pub struct EbpfSplicer {
-    maps: Mutex<Maps>,
-    stats: PerCpuArray<MapData, u64>,
-    nr_cpus: usize,
-    active: AtomicU64,
+    kernel: Arc<Kernel>,
+    driver: mpsc::UnboundedSender<NewFlow>,
     // Keeps the programs loaded and attached for the life of the splicer.
     _ebpf: Mutex<Ebpf>,
 }
 
+/// Why a flow could not be handed to the kernel (`gateway_splice_fallback_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// A socket had left ESTABLISHED (its peer's FIN arrived): only ESTABLISHED sockets
+    /// may enter a sockhash.
+    NotEstablished,
+    /// A map was full (or the kernel refused the insert for another reason).
+    MapInsert,
+    /// Reading the sockets' state failed.
+    SocketState,
+}
+
+impl Fallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::NotEstablished => "not_established",
+            Fallback::MapInsert => "map_insert",
+            Fallback::SocketState => "socket_state",
+        }
+    }
+}
+
+/// Bytes a flow moved before the kernel took it over (a live handover from userspace).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prior {
+    pub downstream_to_upstream: u64,
+    pub upstream_to_downstream: u64,
+}
+
 impl EbpfSplicer {
-    /// Loads the embedded object and attaches the verdict program to the SPLICED map.
-    /// Fails without privilege (CAP_BPF/CAP_NET_ADMIN), without BPF, or when the binary
-    /// was built without the kernel programs.
-    pub fn load() -> Result<Self, SpliceError> {
+    /// Loads the embedded object, attaches the verdict program to the SPLICED map and
+    /// starts the driver task. Fails without privilege (CAP_BPF/CAP_NET_ADMIN), without
+    /// BPF, outside a tokio runtime, or when the binary was built without the programs.
+    pub fn load(budget: u64, paths: Arc<PathStats>) -> Result<Self, SpliceError> {
         if EBPF_OBJECT.is_empty() {
             return Err(SpliceError::NotBuilt);
         }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| SpliceError::NoRuntime)?;
         let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
         start_kernel_log(&mut ebpf);
         let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -88,64 +217,86 @@ impl EbpfSplicer {
         };
         let peers = SockHash::try_from(take(&mut ebpf, PEERS_MAP)?)?;
         let spliced: SockHash<MapData, u64> = SockHash::try_from(take(&mut ebpf, SPLICED_MAP)?)?;
-        let flows = PerCpuHashMap::try_from(take(&mut ebpf, FLOWS_MAP)?)?;
+        let flows = HashMap::try_from(take(&mut ebpf, FLOWS_MAP)?)?;
+        let ctrl = HashMap::try_from(take(&mut ebpf, CTRL_MAP)?)?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, SPLICE_STATS_MAP)?)?;
+        let config = Array::try_from(take(&mut ebpf, SPLICE_CONFIG_MAP)?)?;
+        let events = RingBuf::try_from(take(&mut ebpf, EVENTS_MAP)?)?;
         let prog: &mut SkSkb = ebpf
             .program_mut("splice_verdict")
             .ok_or(SpliceError::MissingMap("splice_verdict program"))?
             .try_into()?;
         prog.load()?;
         prog.attach(spliced.fd())?;
-        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        Ok(EbpfSplicer {
+        let kernel = Arc::new(Kernel {
             maps: Mutex::new(Maps {
                 peers,
                 spliced,
                 flows,
+                ctrl,
             }),
             stats,
-            nr_cpus,
-            active: AtomicU64::new(0),
+            config: Mutex::new(config),
+            budget,
+            paths,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _guard = handle.enter();
+        let driver = driver::Driver::new(kernel.clone(), events)?;
+        handle.spawn(driver.run(rx));
+        Ok(EbpfSplicer {
+            kernel,
+            driver: tx,
             _ebpf: Mutex::new(ebpf),
         })
     }
 
     pub fn kernel_stats(&self) -> KernelStats {
-        let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        let sum = |i| self.kernel.stat(i);
         KernelStats {
             redirected_skbs: sum(STAT_REDIRECTED_SKBS),
             redirected_bytes: sum(STAT_REDIRECTED_BYTES),
             redirect_failures: sum(STAT_REDIRECT_FAILURES),
             empty_skbs: sum(STAT_EMPTY_SKBS),
             untracked_skbs: sum(STAT_UNTRACKED_SKBS),
+            passed_skbs: sum(STAT_PASSED_SKBS),
+            passed_bytes: sum(STAT_PASSED_BYTES),
+            events_lost: sum(STAT_EVENTS_LOST),
         }
     }
 
-    /// Turns the verdict program's per-redirect aya-log record on or off (telemetry:
-    /// gateway_common::LOG_CONFIG_MAP).
-    pub fn set_trace_redirects(&self, on: bool) -> Result<(), SpliceError> {
-        let mut ebpf = self._ebpf.lock().expect("ebpf lock");
-        let map = ebpf
-            .map_mut(gateway_common::LOG_CONFIG_MAP)
-            .ok_or(SpliceError::MissingMap(gateway_common::LOG_CONFIG_MAP))?;
-        let mut arr: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)?;
-        arr.set(gateway_common::LOG_CONFIG_REDIRECTS, u32::from(on), 0)?;
+    pub fn budget(&self) -> u64 {
+        self.kernel.budget
+    }
+
+    fn set_switch(&self, slot: u32, on: bool) -> Result<(), SpliceError> {
+        lock(&self.kernel.config).set(slot, u32::from(on), 0)?;
         Ok(())
+    }
+
+    fn switch(&self, slot: u32) -> Result<bool, SpliceError> {
+        Ok(lock(&self.kernel.config).get(&slot, 0)? != 0)
+    }
+
+    /// Turns the verdict program's per-redirect aya-log record on or off.
+    pub fn set_trace_redirects(&self, on: bool) -> Result<(), SpliceError> {
+        self.set_switch(CONFIG_LOG_REDIRECTS, on)
     }
 
     /// Whether the per-redirect aya-log record is on.
     pub fn trace_redirects(&self) -> Result<bool, SpliceError> {
-        let ebpf = self._ebpf.lock().expect("ebpf lock");
-        let map = ebpf
-            .map(gateway_common::LOG_CONFIG_MAP)
-            .ok_or(SpliceError::MissingMap(gateway_common::LOG_CONFIG_MAP))?;
-        let arr: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)?;
-        Ok(arr.get(&gateway_common::LOG_CONFIG_REDIRECTS, 0)? != 0)
+        self.switch(CONFIG_LOG_REDIRECTS)
+    }
+
+    /// Fault injection for the tests: while on, every redirect is refused by the kernel
+    /// (the verdict asks for a key that is not in PEERS).
+    pub fn set_fail_redirects(&self, on: bool) -> Result<(), SpliceError> {
+        self.set_switch(CONFIG_FAULT_REDIRECT, on)
     }
 
     /// Entries now in the (PEERS, SPLICED, FLOWS) maps: all zero when no flow is open.
     pub fn map_entries(&self) -> (usize, usize, usize) {
-        let m = self.maps.lock().expect("maps lock");
+        let m = lock(&self.kernel.maps);
         (
             m.peers.keys().count(),
             m.spliced.keys().count(),
@@ -153,282 +304,172 @@ impl EbpfSplicer {
         )
     }
 
-    /// Spliced flows open right now.
+    /// Spliced flows open right now (in the kernel, or paused and moved by userspace).
     pub fn active_flows(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+        self.kernel.paths.kernel.active()
     }
 
     /// Hands both sockets to the kernel, waits until both directions are finished, then
-    /// closes them and reports what the kernel counted.
+    /// closes them and reports what moved.
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
+        self.splice_from(down, up, Prior::default()).await
+    }
+
+    /// As [`splice`](Self::splice), for a flow whose first bytes userspace already moved:
+    /// every byte read from either socket must have been written to the other, and no
+    /// partly read skb may remain in either receive queue (the last read on each socket
+    /// drained it), because once a socket enters the sockhash tcp_read_skb hands the
+    /// verdict whole skbs, including any part userspace already read.
+    pub async fn splice_from(&self, down: TcpStream, up: TcpStream, prior: Prior) -> FlowReport {
+        let paths = &self.kernel.paths;
+        let fallback = |reason: Fallback| {
+            paths.fallback(reason);
+            tracing::debug!(
+                reason = reason.as_str(),
+                "splice: copying the flow in userspace"
+            );
+        };
         // Only ESTABLISHED sockets may enter a SOCKHASH. A client that already sent its
         // FIN (`printf ... | nc -N`) is copied in userspace instead: its flow is short.
         if !sockopt::is_established(&down) || !sockopt::is_established(&up) {
-            tracing::debug!(
-                down = sockopt::is_established(&down),
-                up = sockopt::is_established(&up),
-                "splice: a socket is no longer ESTABLISHED; copying the flow in userspace"
-            );
-            return super::copy::copy(down, up).await;
+            fallback(Fallback::NotEstablished);
+            return with_prior(super::copy::copy(down, up).await, prior);
         }
-        let flow = match Flow::new(&down, &up) {
-            Ok(f) => f,
-            Err(e) => return error_report(format!("reading socket state: {e}")),
+        let Ok(start) = driver::Start::pair(&down, &up) else {
+            fallback(Fallback::SocketState);
+            return with_prior(super::copy::copy(down, up).await, prior);
         };
-        if let Err((e, verdict_started)) = self.arm(&flow, &down, &up) {
-            self.disarm(&flow);
-            if !verdict_started {
-                // A socket left ESTABLISHED between the check and the insert (its peer's
-                // FIN arrived: a server that greets and closes). No byte went through the
-                // kernel yet, so the userspace copy takes the whole flow.
-                tracing::debug!("splice: falling back to a userspace copy: {e}");
-                return super::copy::copy(down, up).await;
+        // Out of tokio's reactor: from here on only the driver's epoll set watches them.
+        let (down, up) = match (down.into_std(), up.into_std()) {
+            (Ok(d), Ok(u)) => (d, u),
+            _ => {
+                return error_report("taking the sockets from the reactor".into());
             }
-            // One socket's verdict already ran: bytes may sit in the other's psock, which
-            // leaving the maps discards. The flow can't continue intact: reset it.
-            abort(&down);
-            abort(&up);
-            tracing::warn!("splice: handing the flow to the kernel failed: {e}");
-            return error_report(format!("sockhash insert: {e}"));
+        };
+        let cookies = [start[0].cookie, start[1].cookie];
+        let spliced = match self.arm(cookies, &down, &up) {
+            Ok(s) => s,
+            Err((e, reason)) => {
+                self.kernel.disarm(cookies);
+                tracing::debug!("splice: not handed to the kernel: {e}");
+                fallback(reason);
+                return match (TcpStream::from_std(down), TcpStream::from_std(up)) {
+                    (Ok(d), Ok(u)) => with_prior(super::copy::copy(d, u).await, prior),
+                    _ => error_report("re-registering the sockets".into()),
+                };
+            }
+        };
+        if prior.downstream_to_upstream + prior.upstream_to_downstream > 0 {
+            paths
+                .offloads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        self.active.fetch_add(1, Ordering::Relaxed);
-        let termination = self.watch(&flow, &down, &up).await;
-        let (d2u, u2d) = self.disarm(&flow);
-        self.active.fetch_sub(1, Ordering::Relaxed);
-        drop((down, up));
-        FlowReport {
-            downstream_to_upstream: d2u.bytes,
-            upstream_to_downstream: u2d.bytes,
-            userspace_bytes: 0,
-            path: super::Path::Kernel,
-            termination,
+        let (done, report) = oneshot::channel();
+        let flow = NewFlow {
+            socks: [down, up],
+            start,
+            spliced,
+            prior: [prior.downstream_to_upstream, prior.upstream_to_downstream],
+            done,
+        };
+        if let Err(mpsc::error::SendError(flow)) = self.driver.send(flow) {
+            self.kernel.disarm(cookies);
+            for s in &flow.socks {
+                abort(s);
+            }
+            return error_report("the splice driver is gone".into());
         }
+        report
+            .await
+            .unwrap_or_else(|_| error_report("the splice driver dropped the flow".into()))
     }
 
     /// The order is what makes the splice lossless:
     /// 1. both sockets become redirect targets (PEERS) — nothing changes for them yet;
-    /// 2. their FLOWS counters exist;
+    /// 2. their FLOWS counters and CTRL orders exist, and their send buffers are forced
+    ///    above the budget (so the backlog's sends never find them full);
     /// 3. each enters SPLICED, which starts the verdict program on it: its peer is
     ///    already in PEERS, so no skb can find no peer;
     /// 4. bytes that arrived before step 3 sit in the receive queue, where no new
     ///    segment may come to trigger the verdict (a client waiting for a reply): the
     ///    SO_RCVLOWAT kick runs the verdict over them now, in order.
     ///
-    /// On failure, says whether a verdict program had started on either socket.
+    /// Returns which sockets run the verdict. If the upstream can't enter SPLICED after
+    /// the downstream did (it left ESTABLISHED in between: a server that greets and
+    /// closes), the upstream's direction is moved by the driver in userspace — no
+    /// verdict ever ran on it, so that is lossless. Any failure before the downstream's
+    /// SPLICED insert leaves no verdict running: the caller undoes and copies instead.
     fn arm(
         &self,
-        flow: &Flow,
-        down: &TcpStream,
-        up: &TcpStream,
-    ) -> Result<(), (SpliceError, bool)> {
-        let before = |e: SpliceError| (e, false);
-        let zero = || PerCpuValues::try_from(vec![FlowCounters::default(); self.nr_cpus]);
-        let (cd, cu) = (flow.down_cookie, flow.up_cookie);
-        {
-            let mut m = self.maps.lock().expect("maps lock");
-            // Bytes arriving on `down` leave through `up`, and the other way round.
-            m.peers
-                .insert(cd, up.as_raw_fd(), 0)
-                .map_err(|e| before(e.into()))?;
-            m.peers
-                .insert(cu, down.as_raw_fd(), 0)
-                .map_err(|e| before(e.into()))?;
-            m.flows
-                .insert(cd, zero().map_err(|e| before(e.into()))?, 0)
-                .map_err(|e| before(e.into()))?;
-            m.flows
-                .insert(cu, zero().map_err(|e| before(e.into()))?, 0)
-                .map_err(|e| before(e.into()))?;
-            m.spliced
-                .insert(cd, down.as_raw_fd(), 0)
-                .map_err(|e| before(e.into()))?;
-            m.spliced
-                .insert(cu, up.as_raw_fd(), 0)
-                .map_err(|e| (e.into(), true))?;
-        }
-        sockopt::kick_receive_queue(down).map_err(|e| (e.into(), true))?;
-        sockopt::kick_receive_queue(up).map_err(|e| (e.into(), true))?;
-        Ok(())
-    }
-
-    /// Reads and removes the flow's counters and map entries. The kernel also drops a
-    /// socket from both SOCKHASHes when it closes; removing here keeps the maps exact even
-    /// while a socket lingers.
-    fn disarm(&self, flow: &Flow) -> (FlowCounters, FlowCounters) {
-        let mut m = self.maps.lock().expect("maps lock");
-        let mut take = |k: u64| {
-            let v = m.flows.get(&k, 0).map(|v| sum(&v));
-            let _ = m.flows.remove(&k);
-            v.unwrap_or_default()
-        };
-        let (d, u) = (take(flow.down_cookie), take(flow.up_cookie));
-        for k in [flow.down_cookie, flow.up_cookie] {
-            let _ = m.spliced.remove(&k);
-            let _ = m.peers.remove(&k);
-        }
-        (d, u)
-    }
-
-    /// Watches both sockets until each side has sent FIN (passed on as shutdown(SHUT_WR)
-    /// of the peer) or either side reset (passed on as a reset of the peer). The verdict
-    /// program never sees a FIN as data, so this is the only way a half-close crosses.
-    async fn watch(&self, flow: &Flow, down: &TcpStream, up: &TcpStream) -> Termination {
-        let (mut down_fin, mut up_fin) = (false, false);
-        loop {
-            if down_fin && up_fin {
-                return Termination::Closed;
-            }
-            // After a side's FIN only an error (RST) on it still matters.
-            let interest = |fin: bool| {
-                if fin {
-                    Interest::ERROR
-                } else {
-                    Interest::READABLE
-                }
-            };
-            let (side, ready) = tokio::select! {
-                r = down.ready(interest(down_fin)) => (Side::Down, r),
-                r = up.ready(interest(up_fin)) => (Side::Up, r),
-            };
-            let (this, peer) = match side {
-                Side::Down => (down, up),
-                Side::Up => (up, down),
-            };
-            let ready = match ready {
-                Ok(r) => r,
-                Err(e) => return Termination::Error(format!("poll: {e}")),
-            };
-            let err = this.take_error();
-            if matches!(err, Ok(Some(_))) || ready.is_error() {
-                tracing::debug!(
-                    side = side as u8,
-                    ?err,
-                    ?ready,
-                    down_fin,
-                    up_fin,
-                    "splice: reset"
-                );
-                abort(peer);
-                return match side {
-                    Side::Down => Termination::DownstreamReset,
-                    Side::Up => Termination::UpstreamReset,
-                };
-            }
-            if ready.is_read_closed() {
-                let fin = match side {
-                    Side::Down => &mut down_fin,
-                    Side::Up => &mut up_fin,
-                };
-                if !*fin {
-                    *fin = true;
-                    let (this0, peer0) = match side {
-                        Side::Down => (flow.down0, flow.up0),
-                        Side::Up => (flow.up0, flow.down0),
-                    };
-                    self.wait_forwarded(this, this0, peer, peer0).await;
-                    let _ = socket2::SockRef::from(peer).shutdown(std::net::Shutdown::Write);
-                }
+        cookies: [u64; 2],
+        down: &std::net::TcpStream,
+        up: &std::net::TcpStream,
+    ) -> Result<[bool; 2], (SpliceError, Fallback)> {
+        let map_err = |e: aya::maps::MapError| {
+            let reason = if sockopt::is_established(down) && sockopt::is_established(up) {
+                Fallback::MapInsert
             } else {
-                // A wake-up with nothing for us (the verdict consumed the data): clear
-                // the cached readiness so the next ready() waits for a new event.
-                let _ = this.try_io(Interest::READABLE, || {
-                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                });
-            }
-        }
-    }
-
-    /// After `from`'s FIN: waits until every byte that arrived on `from` was written into
-    /// `to` (the psock backlog is invisible to `to`'s send queue until it is transmitted),
-    /// so the FIN passed on can't overtake data. Gives up after 30 s without progress (a
-    /// peer that stopped reading).
-    ///
-    /// Counted from TCP's own sequence space, relative to where each socket stood when
-    /// the splice was armed: what must go through the splice is everything `from`
-    /// received since, plus what was queued but unread then, less the FIN's one sequence
-    /// number; what went through is everything written into `to` since. (FIONREAD can't
-    /// tell once a socket is in a sockmap: it reports the psock's queue, not TCP's. And
-    /// tcpi_bytes_acked counts the SYN of an active open, hence the baselines.)
-    async fn wait_forwarded(&self, from: &TcpStream, from0: Start, to: &TcpStream, to0: Start) {
-        let mut last = 0;
-        let mut stalled = Duration::ZERO;
-        let mut nap = Duration::from_micros(100);
-        loop {
-            let (Ok(received), Ok(written)) =
-                (sockopt::bytes_received(from), sockopt::bytes_written(to))
-            else {
-                return;
+                Fallback::NotEstablished
             };
-            // Sequence space received on `from` that was not consumed by userspace before
-            // the splice: the spliced bytes plus the FIN.
-            let owed = received.saturating_sub(from0.consumed);
-            let sent = written.saturating_sub(to0.written);
-            if sent + 1 >= owed {
-                tracing::debug!(owed, sent, "splice: forwarded");
-                return;
-            }
-            if written != last {
-                last = written;
-                stalled = Duration::ZERO;
-            } else if stalled > Duration::from_secs(30) {
-                tracing::warn!(
-                    unwritten = owed - 1 - sent,
-                    "splice: bytes still unforwarded after 30 s without progress; passing the FIN on"
-                );
-                return;
-            }
-            tokio::time::sleep(nap).await;
-            stalled += nap;
-            nap = (nap * 2).min(Duration::from_millis(20));
+            (SpliceError::from(e), reason)
+        };
+        // Send buffers: twice the budget (the kernel doubles this again), payload plus
+        // skb overhead, so the backlog never finds them full. Receive buffers: a
+        // sixteenth of the budget (doubled likewise, 2 MiB by default): it is what a
+        // paused direction keeps on its receiving socket before TCP's window closes —
+        // what userspace then copies — and autotuning would let it grow to tcp_rmem's
+        // maximum. While the flow runs in the kernel the verdict empties the queue at
+        // once, so this only has to cover the path's bandwidth-delay product.
+        let budget = self.kernel.budget as usize;
+        for s in [down, up] {
+            sockopt::set_sndbuf_force(s, 2 * budget)
+                .and_then(|()| sockopt::set_rcvbuf_force(s, self.kernel.rcvbuf()))
+                .map_err(|e| (e.into(), Fallback::SocketState))?;
         }
+        let ctl = initial_ctl(self.kernel.budget);
+        let [cd, cu] = cookies;
+        let mut m = lock(&self.kernel.maps);
+        // Bytes arriving on `down` leave through `up`, and the other way round.
+        m.peers.insert(cd, up.as_raw_fd(), 0).map_err(map_err)?;
+        m.peers.insert(cu, down.as_raw_fd(), 0).map_err(map_err)?;
+        for k in cookies {
+            m.flows
+                .insert(k, FlowCounters::default(), 0)
+                .map_err(map_err)?;
+            m.ctrl.insert(k, ctl, 0).map_err(map_err)?;
+        }
+        m.spliced.insert(cd, down.as_raw_fd(), 0).map_err(map_err)?;
+        let up_spliced = match m.spliced.insert(cu, up.as_raw_fd(), 0) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(
+                    "splice: upstream can't enter SPLICED ({e}); its direction is copied in userspace"
+                );
+                self.kernel.paths.fallback(if sockopt::is_established(up) {
+                    Fallback::MapInsert
+                } else {
+                    Fallback::NotEstablished
+                });
+                false
+            }
+        };
+        drop(m);
+        // A failed kick only delays those bytes until the next segment; say so.
+        if let Err(e) = sockopt::kick_receive_queue(down) {
+            tracing::warn!("splice: SO_RCVLOWAT kick failed: {e}");
+        }
+        if up_spliced && let Err(e) = sockopt::kick_receive_queue(up) {
+            tracing::warn!("splice: SO_RCVLOWAT kick failed: {e}");
+        }
+        Ok([true, up_spliced])
     }
 }
 
-/// The two sockets of a flow as the kernel names them, and where each stood when the
-/// splice was armed.
-struct Flow {
-    down_cookie: u64,
-    up_cookie: u64,
-    down0: Start,
-    up0: Start,
-}
-
-/// A socket's TCP counters just before it entered the splice.
-#[derive(Clone, Copy)]
-struct Start {
-    /// Sequence space received and already read by userspace (the ClientHello).
-    consumed: u64,
-    /// What tcpi_bytes_acked + SIOCOUTQ said (includes an active open's SYN and what
-    /// userspace wrote: the ClientHello, upstream).
-    written: u64,
-}
-
-impl Start {
-    fn of(sock: &TcpStream) -> io::Result<Start> {
-        Ok(Start {
-            consumed: sockopt::bytes_received(sock)? - sockopt::inq(sock)?,
-            written: sockopt::bytes_written(sock)?,
-        })
-    }
-}
-
-impl Flow {
-    /// Must run before the sockets enter a sockmap (FIONREAD is TCP's only until then).
-    fn new(down: &TcpStream, up: &TcpStream) -> io::Result<Flow> {
-        Ok(Flow {
-            down_cookie: sockopt::cookie(down)?,
-            up_cookie: sockopt::cookie(up)?,
-            down0: Start::of(down)?,
-            up0: Start::of(up)?,
-        })
-    }
-}
-
-fn sum(v: &PerCpuValues<FlowCounters>) -> FlowCounters {
-    v.iter().fold(FlowCounters::default(), |a, c| FlowCounters {
-        bytes: a.bytes + c.bytes,
-        skbs: a.skbs + c.skbs,
-    })
+fn with_prior(mut r: FlowReport, prior: Prior) -> FlowReport {
+    r.downstream_to_upstream += prior.downstream_to_upstream;
+    r.upstream_to_downstream += prior.upstream_to_downstream;
+    r.userspace_bytes += prior.downstream_to_upstream + prior.upstream_to_downstream;
+    r
 }
 
 fn error_report(msg: String) -> FlowReport {
@@ -439,15 +480,8 @@ fn error_report(msg: String) -> FlowReport {
     }
 }
 
-/// Which side a watched event came from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Down,
-    Up,
-}
-
-/// Resets `sock`: SO_LINGER 0 makes the close that follows send RST.
-fn abort(sock: &TcpStream) {
+/// Resets `sock` when it is closed: SO_LINGER 0 makes the close send RST.
+pub(crate) fn abort(sock: &impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 

@@ -9,11 +9,19 @@
 //! - [`uring::UringSplicer`]: read/write copies on io_uring (tokio-uring) threads, for
 //!   hosts where eBPF can't load or when `--splice userspace` is asked for.
 mod copy;
+mod driver;
 pub mod ebpf;
+mod epoll;
 pub(crate) mod sockopt;
 pub mod uring;
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use tokio::net::TcpStream;
 
@@ -91,6 +99,12 @@ pub struct FlowReport {
     pub userspace_bytes: u64,
     /// The path that carried the flow when it ended.
     pub path: Path,
+    /// The flow started in userspace and was handed to the kernel while live.
+    pub offloaded: bool,
+    /// Times a direction of a kernel-spliced flow was paused (its peer over budget).
+    pub pauses: u32,
+    /// Redirects the kernel refused (each one resets the flow both ways).
+    pub redirect_failures: u64,
     pub termination: Termination,
 }
 
@@ -101,45 +115,162 @@ impl FlowReport {
     }
 }
 
+/// Flows and bytes of one path.
+#[derive(Debug, Default)]
+pub struct PathCounters {
+    /// Flows that ended on this path.
+    pub flows: AtomicU64,
+    /// Payload bytes (both directions) of the flows that ended on this path.
+    pub bytes: AtomicU64,
+    /// Flows on this path right now.
+    pub active: AtomicU64,
+}
+
+impl PathCounters {
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a flow as active on this path until the guard is dropped.
+    pub(crate) fn enter(&self) -> ActiveGuard<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(&self.active)
+    }
+}
+
+/// Decrements an active-flows gauge when dropped (also on a panic).
+pub(crate) struct ActiveGuard<'a>(&'a AtomicU64);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters per path, for /debug/splice, proxy-config and Prometheus.
+#[derive(Debug, Default)]
+pub struct PathStats {
+    pub kernel: PathCounters,
+    pub splice: PathCounters,
+    pub uring: PathCounters,
+    pub copy: PathCounters,
+    /// Live flows handed from userspace to the kernel.
+    pub offloads: AtomicU64,
+    /// Pauses of kernel-spliced directions (peer over budget), and how many now.
+    pub pauses: AtomicU64,
+    pub paused_now: AtomicU64,
+    /// Flows (or directions) the kernel could not take, by [`ebpf::Fallback`] reason.
+    pub fallbacks: [AtomicU64; 3],
+}
+
+impl PathStats {
+    pub fn path(&self, p: Path) -> &PathCounters {
+        match p {
+            Path::Kernel => &self.kernel,
+            Path::Splice => &self.splice,
+            Path::Uring => &self.uring,
+            Path::Copy => &self.copy,
+        }
+    }
+
+    pub(crate) fn fallback(&self, reason: ebpf::Fallback) {
+        self.fallbacks[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (reason, count) for every fallback reason, zeros included.
+    pub fn fallbacks(&self) -> [(&'static str, u64); 3] {
+        use ebpf::Fallback::*;
+        [NotEstablished, MapInsert, SocketState].map(|r| {
+            (
+                r.as_str(),
+                self.fallbacks[r as usize].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    fn ended(&self, r: &FlowReport) {
+        let p = self.path(r.path);
+        p.flows.fetch_add(1, Ordering::Relaxed);
+        p.bytes.fetch_add(
+            r.downstream_to_upstream + r.upstream_to_downstream,
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// The splice in use for this process.
 #[derive(Clone)]
-pub enum Splicer {
-    Ebpf(Arc<ebpf::EbpfSplicer>),
-    Userspace(uring::UringSplicer),
+pub struct Splicer(Arc<Inner>);
+
+struct Inner {
+    mode: SpliceMode,
+    kernel: Option<ebpf::EbpfSplicer>,
+    uring: Option<uring::UringSplicer>,
+    paths: Arc<PathStats>,
 }
 
 impl Splicer {
     /// Picks the implementation for `mode`; for `Auto`, says in the log why eBPF was not
     /// used when it wasn't.
     pub fn new(mode: SpliceMode) -> Result<Self, ebpf::SpliceError> {
-        match mode {
-            SpliceMode::Userspace => Ok(Splicer::Userspace(uring::UringSplicer::start()?)),
-            SpliceMode::Ebpf => Ok(Splicer::Ebpf(Arc::new(ebpf::EbpfSplicer::load()?))),
-            SpliceMode::Auto => match ebpf::EbpfSplicer::load() {
-                Ok(s) => Ok(Splicer::Ebpf(Arc::new(s))),
+        let paths = Arc::new(PathStats::default());
+        let load = || ebpf::EbpfSplicer::load(ebpf::DEFAULT_BUDGET, paths.clone());
+        let (mode, kernel, uring) = match mode {
+            SpliceMode::Userspace => (mode, None, Some(uring::UringSplicer::start()?)),
+            SpliceMode::Ebpf => (mode, Some(load()?), None),
+            SpliceMode::Auto => match load() {
+                Ok(s) => (SpliceMode::Ebpf, Some(s), None),
                 Err(e) => {
                     tracing::warn!(
                         "eBPF splice unavailable ({e}); falling back to the userspace (io_uring) splice"
                     );
-                    Ok(Splicer::Userspace(uring::UringSplicer::start()?))
+                    (
+                        SpliceMode::Userspace,
+                        None,
+                        Some(uring::UringSplicer::start()?),
+                    )
                 }
             },
-        }
+        };
+        Ok(Splicer(Arc::new(Inner {
+            mode,
+            kernel,
+            uring,
+            paths,
+        })))
     }
 
     pub fn name(&self) -> &'static str {
-        match self {
-            Splicer::Ebpf(_) => "ebpf",
-            Splicer::Userspace(_) => "userspace",
+        match self.0.mode {
+            SpliceMode::Ebpf | SpliceMode::Auto => "ebpf",
+            SpliceMode::Userspace => "userspace",
         }
+    }
+
+    /// The kernel splice, when this process uses it.
+    pub fn kernel(&self) -> Option<&ebpf::EbpfSplicer> {
+        self.0.kernel.as_ref()
+    }
+
+    pub fn paths(&self) -> &PathStats {
+        &self.0.paths
     }
 
     /// Moves bytes both ways until both sides are done, then closes both sockets.
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
-        match self {
-            Splicer::Ebpf(s) => s.splice(down, up).await,
-            Splicer::Userspace(s) => s.splice(down, up).await,
-        }
+        let r = match (&self.0.kernel, &self.0.uring) {
+            (Some(k), _) => k.splice(down, up).await,
+            (None, Some(u)) => {
+                let _active = self.0.paths.uring.enter();
+                u.splice(down, up).await
+            }
+            (None, None) => {
+                let _active = self.0.paths.copy.enter();
+                copy::copy(down, up).await
+            }
+        };
+        self.0.paths.ended(&r);
+        r
     }
 }
 

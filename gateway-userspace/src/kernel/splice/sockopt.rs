@@ -146,3 +146,95 @@ pub fn peek(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(n as usize)
 }
+
+/// Unsent + unacknowledged bytes in the socket's send queue (SIOCOUTQ). tcp_bpf leaves
+/// this ioctl to TCP, so it stays TCP's own figure for a socket in a sockmap.
+pub fn outq(sock: &impl AsRawFd) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int to a valid c_int.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u64)
+}
+
+/// Sets the send buffer to `bytes` (the kernel doubles it, as for SO_SNDBUF) even above
+/// `net.core.wmem_max` (SO_SNDBUFFORCE, CAP_NET_ADMIN), and so turns autotuning off.
+pub fn set_sndbuf_force(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let v: libc::c_int = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+    // SAFETY: passes a valid c_int and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the receive buffer to `bytes` (doubled by the kernel) even above
+/// `net.core.rmem_max` (SO_RCVBUFFORCE), and so turns autotuning off.
+pub fn set_rcvbuf_force(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let v: libc::c_int = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+    // SAFETY: passes a valid c_int and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// recv(2) with MSG_PEEK, without waiting: the bytes stay queued.
+pub fn peek_nowait(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    peek(sock, buf)
+}
+
+/// recv(2) without waiting. For a socket in a sockmap with a verdict program this reads
+/// the psock's queue (tcp_bpf_recvmsg_parser): the bytes the verdict kept (SK_PASS).
+pub fn recv_nowait(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// send(2) without waiting and without SIGPIPE.
+pub fn send_nowait(sock: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}

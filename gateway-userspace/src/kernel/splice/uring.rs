@@ -153,6 +153,7 @@ async fn run(job: Job) {
         userspace_bytes: d2u + u2d,
         path: super::Path::Uring,
         termination,
+        ..Default::default()
     });
 }
 
