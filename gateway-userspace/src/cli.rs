@@ -191,16 +191,19 @@ pub fn telemetry_or_exit(
 
 /// `gateway proxy-config`: prints the table (or JSON), or the error and exits 1.
 pub fn proxy_config(args: &ProxyConfigArgs) {
-    if args.kind == crate::proxyconfig::Kind::Xdp {
-        let view = crate::proxyconfig::fetch(args.admin_addr, "/xdp").and_then(|body| {
+    use crate::proxyconfig::{Kind, render_splice, render_xdp};
+    let view: Option<(&str, fn(&serde_json::Value, bool) -> String)> = match args.kind {
+        Kind::Xdp => Some(("/xdp", render_xdp)),
+        Kind::Splice => Some(("/debug/splice", render_splice)),
+        _ => None,
+    };
+    if let Some((path, render)) = view {
+        let view = crate::proxyconfig::fetch(args.admin_addr, path).and_then(|body| {
             serde_json::from_str::<serde_json::Value>(&body)
-                .map_err(|e| format!("/xdp is not JSON: {e}"))
+                .map_err(|e| format!("{path} is not JSON: {e}"))
         });
         match view {
-            Ok(v) => print!(
-                "{}",
-                crate::proxyconfig::render_xdp(&v, args.output == "json")
-            ),
+            Ok(v) => print!("{}", render(&v, args.output == "json")),
             Err(e) => {
                 eprintln!("{e}");
                 std::process::exit(1);

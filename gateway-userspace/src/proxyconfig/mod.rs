@@ -34,6 +34,10 @@ pub enum Kind {
     /// The AuthorizationPolicy rules compiled for the XDP guard, and their counters
     /// (admin `/xdp`).
     Xdp,
+    /// How L4 flows are moved: per path (kernel, splice, uring, copy) the flows and
+    /// bytes, offloads, pauses, fallbacks and the kernel program's counters (admin
+    /// `/debug/splice`).
+    Splice,
     /// Everything, as /config_dump returns it.
     All,
 }
@@ -400,6 +404,63 @@ fn section<'a>(dump: &'a Value, kind: &str, key: &str) -> &'a [Value] {
 
 /// `gateway proxy-config xdp`: the compiled (port, source prefix) verdicts, then the
 /// kernel's counters per rule and port.
+/// `proxy-config splice`: the admin `/debug/splice` view as tables.
+pub fn render_splice(v: &Value, json: bool) -> String {
+    if json {
+        return format!("{v:#}\n");
+    }
+    let s = |x: &Value| match x {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut out = format!("MODE: {}", s(&v["mode"]));
+    if let Some(b) = v["budget"].as_u64() {
+        out += &format!("   BUDGET: {} KiB per direction", b / 1024);
+    }
+    if v["offload"].is_object() {
+        out += &format!(
+            "   OFFLOAD: after {} bytes at >= {} bytes per read",
+            s(&v["offload"]["min_bytes"]),
+            s(&v["offload"]["min_chunk"])
+        );
+    }
+    out += "\n\n";
+    let rows = ["kernel", "splice", "uring", "copy"]
+        .iter()
+        .map(|p| {
+            let c = &v["paths"][p];
+            vec![
+                p.to_string(),
+                s(&c["active"]),
+                s(&c["flows"]),
+                s(&c["bytes"]),
+            ]
+        })
+        .collect();
+    out += &table(&["PATH", "ACTIVE", "FLOWS", "BYTES"], rows);
+    out += "\n";
+    let mut rows = vec![
+        vec!["offloads".to_string(), s(&v["offloads"])],
+        vec!["pauses".to_string(), s(&v["pauses"])],
+        vec!["paused now".to_string(), s(&v["paused_now"])],
+    ];
+    if let Some(f) = v["fallbacks"].as_object() {
+        rows.extend(f.iter().map(|(k, n)| vec![format!("fallback {k}"), s(n)]));
+    }
+    if let Some(k) = v["kernel"].as_object() {
+        rows.extend(k.iter().map(|(k, n)| vec![format!("kernel {k}"), s(n)]));
+    }
+    if let Some(m) = v["maps"].as_object() {
+        rows.extend(
+            m.iter()
+                .map(|(k, n)| vec![format!("map {k} entries"), s(n)]),
+        );
+    }
+    out += &table(&["COUNTER", "VALUE"], rows);
+    out
+}
+
 pub fn render_xdp(v: &Value, json: bool) -> String {
     if json {
         return format!("{v:#}\n");
@@ -557,6 +618,7 @@ pub fn render(kind: Kind, dump: &Value, name: Option<&str>, json: bool) -> Strin
         Kind::All => format!("{dump:#}\n"),
         // Not part of the dump: `gateway proxy-config xdp` reads /xdp (render_xdp).
         Kind::Xdp => "the XDP view is served by /xdp: use render_xdp\n".into(),
+        Kind::Splice => "the splice view is served by /debug/splice: use render_splice\n".into(),
         Kind::Listener => {
             let ls: Vec<&Value> = section(dump, "ListenersConfigDump", "dynamic_listeners")
                 .iter()
