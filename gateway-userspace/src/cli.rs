@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     admin,
     config::{self, GatewayIdentity},
-    kernel::splice::{SpliceMode, Splicer},
+    kernel::splice::{SpliceMode, SpliceOptions, Splicer, pipe::PipeConfig},
     listener,
     server::{Gateway, Options},
 };
@@ -72,9 +72,18 @@ pub struct ConfigArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// How TCP and TLS-passthrough payload is moved: eBPF in the kernel, or io_uring.
+    /// How TCP and TLS-passthrough payload is moved: eBPF in the kernel, splice(2)
+    /// through pipes (zero-copy, in userspace; `userspace` is an alias), or io_uring
+    /// copies. `auto`: eBPF when it loads, else splice.
     #[arg(long, value_enum, default_value = "auto")]
     pub splice: SpliceMode,
+    /// Capacity of each pipe of `--splice splice` (bytes; k/m suffixes for KiB/MiB),
+    /// capped by /proc/sys/fs/pipe-max-size. One pipe per direction per busy flow.
+    #[arg(long, default_value = "256k", value_parser = parse_size)]
+    pub splice_pipe_size: usize,
+    /// Empty pipes `--splice splice` keeps for reuse (2 fds each).
+    #[arg(long, default_value_t = crate::kernel::splice::pipe::DEFAULT_POOL_MAX)]
+    pub splice_pipe_pool: usize,
     /// Admin API address (/ready, /stats/prometheus, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -97,6 +106,21 @@ pub struct RunArgs {
     /// interfaces; native mode, else generic. Without it: enforced at accept.
     #[arg(long = "xdp-iface", num_args = 1.., value_name = "IFACE")]
     pub xdp_iface: Vec<String>,
+}
+
+/// "65536", "64k", "1m" (KiB and MiB).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.strip_suffix(['k', 'm']) {
+        Some(n) if t.ends_with('k') => (n, 1024),
+        Some(n) => (n, 1024 * 1024),
+        None => (t.as_str(), 1),
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("expected a size in bytes like 65536, 256k or 1m, got {s:?}"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -232,8 +256,14 @@ pub fn proxy_config(args: &ProxyConfigArgs) {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let snapshot = args.config.load_or_exit();
     let telemetry = Arc::new(telemetry_or_exit(&args, &snapshot));
-    let splicer = Splicer::new(args.splice).context(
-        "the eBPF splice could not start (needs root or CAP_BPF+CAP_NET_ADMIN, and a binary built after `cargo xtask setup`); try --splice userspace",
+    let splice_opts = SpliceOptions {
+        pipe: PipeConfig {
+            pipe_size: args.splice_pipe_size,
+            pool_max: args.splice_pipe_pool,
+        },
+    };
+    let splicer = Splicer::with_options(args.splice, splice_opts).context(
+        "the splice could not start (eBPF needs root or CAP_BPF+CAP_NET_ADMIN, and a binary built after `cargo xtask setup`); try --splice splice",
     )?;
     let opts = Options {
         bind: args.bind,

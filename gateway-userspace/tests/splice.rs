@@ -1,9 +1,9 @@
-//! The splice on its own, on real sockets in a throwaway network namespace, in both
-//! modes: bytes queued before the splice was armed (client-first and server-first), a
+//! The splice on its own, on real sockets in a throwaway network namespace, in every
+//! mode (ebpf, splice through pipes, io_uring): bytes queued before the splice was armed (client-first and server-first), a
 //! bulk echo checked byte for byte, half-close, and reset propagation.
 use std::time::Duration;
 
-use gateway::kernel::splice::{SpliceMode, Splicer, Termination};
+use gateway::kernel::splice::{Path, SpliceMode, Splicer, Termination};
 use gateway_tests::netns::{NetNs, privileged};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -109,7 +109,14 @@ async fn echo_through_splice(mode: SpliceMode, len: usize) {
             assert_eq!(report.userspace_bytes, 0);
             assert_eq!(k.map_entries(), (0, 0, 0), "map entries left after close");
         }
-        (Splicer::Userspace(_), SpliceMode::Userspace) => assert!(!report.in_kernel()),
+        (Splicer::Pipe(_), SpliceMode::Splice) => {
+            assert_eq!(report.path, Path::Splice);
+            assert_eq!(report.userspace_bytes, 6 + 6 + 6 + 2 * len as u64);
+        }
+        (Splicer::Uring(_), SpliceMode::Uring) => {
+            assert_eq!(report.path, Path::Uring);
+            assert_eq!(report.userspace_bytes, 6 + 6 + 6 + 2 * len as u64);
+        }
         _ => panic!("asked for {mode:?}, got {}", splicer.name()),
     }
 }
@@ -125,12 +132,22 @@ fn ebpf_splice_echo_halfclose_and_queued_bytes() {
 }
 
 #[test]
-fn userspace_splice_echo_halfclose_and_queued_bytes() {
-    if !privileged("userspace_splice_echo_halfclose_and_queued_bytes") {
+fn pipe_splice_echo_halfclose_and_queued_bytes() {
+    if !privileged("pipe_splice_echo_halfclose_and_queued_bytes") {
+        return;
+    }
+    in_netns("splice-pipe", || {
+        echo_through_splice(SpliceMode::Splice, 8 << 20)
+    });
+}
+
+#[test]
+fn uring_splice_echo_halfclose_and_queued_bytes() {
+    if !privileged("uring_splice_echo_halfclose_and_queued_bytes") {
         return;
     }
     in_netns("splice-uring", || {
-        echo_through_splice(SpliceMode::Userspace, 8 << 20)
+        echo_through_splice(SpliceMode::Uring, 8 << 20)
     });
 }
 
@@ -182,12 +199,22 @@ fn ebpf_splice_passes_upstream_reset() {
 }
 
 #[test]
-fn userspace_splice_passes_upstream_reset() {
-    if !privileged("userspace_splice_passes_upstream_reset") {
+fn pipe_splice_passes_upstream_reset() {
+    if !privileged("pipe_splice_passes_upstream_reset") {
+        return;
+    }
+    in_netns("rst-pipe", || {
+        upstream_reset_reaches_client(SpliceMode::Splice)
+    });
+}
+
+#[test]
+fn uring_splice_passes_upstream_reset() {
+    if !privileged("uring_splice_passes_upstream_reset") {
         return;
     }
     in_netns("rst-uring", || {
-        upstream_reset_reaches_client(SpliceMode::Userspace)
+        upstream_reset_reaches_client(SpliceMode::Uring)
     });
 }
 
@@ -254,6 +281,34 @@ fn ebpf_splice_many_concurrent_flows() {
             .unwrap()
             .block_on(concurrent_echoes(SpliceMode::Ebpf, 200))
     });
+}
+
+fn many_concurrent(tag: &str, mode: SpliceMode) {
+    let ns = NetNs::new(tag);
+    ns.run(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(concurrent_echoes(mode, 200))
+    });
+}
+
+#[test]
+fn pipe_splice_many_concurrent_flows() {
+    if !privileged("pipe_splice_many_concurrent_flows") {
+        return;
+    }
+    many_concurrent("many-pipe", SpliceMode::Splice);
+}
+
+#[test]
+fn uring_splice_many_concurrent_flows() {
+    if !privileged("uring_splice_many_concurrent_flows") {
+        return;
+    }
+    many_concurrent("many-uring", SpliceMode::Uring);
 }
 
 /// A client that sent its FIN before the flow was routed can't enter a SOCKHASH (only

@@ -72,6 +72,9 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
                 v["maps"] =
                     serde_json::json!({ "PEERS": peers, "SPLICED": spliced, "FLOWS": flows });
             }
+            if let Splicer::Pipe(p) = &gw.splicer {
+                v["pipes"] = serde_json::to_value(p.stats()).unwrap_or_default();
+            }
             json(v)
         }
         _ => reply(
@@ -87,7 +90,8 @@ fn kernel_log(gw: &Gateway, req: &Request<hyper::body::Incoming>) -> Response<Fu
         return reply(
             StatusCode::CONFLICT,
             "text/plain",
-            "the kernel splice is not in use (--splice userspace, or eBPF unavailable)\n".into(),
+            "the kernel splice is not in use (--splice splice or uring, or eBPF unavailable)\n"
+                .into(),
         );
     };
     if req.method() == hyper::Method::POST {

@@ -168,7 +168,7 @@ impl Stats {
         family(
             "gateway_splice_userspace_bytes_total",
             "counter",
-            "Payload bytes that passed through userspace memory while splicing (0 with eBPF).",
+            "Payload bytes moved by a userspace splice (splice(2) through pipes or io_uring copies; 0 with eBPF).",
             &plain(&self.userspace_splice_bytes),
         );
         if let Splicer::Ebpf(k) = splicer {
@@ -196,6 +196,18 @@ impl Stats {
                 "gauge",
                 "Flows spliced in the kernel right now.",
                 &[(String::new(), k.active_flows())],
+            );
+        }
+        if let Splicer::Pipe(p) = splicer {
+            let ps = p.stats();
+            family(
+                "gateway_splice_pipes",
+                "gauge",
+                "Pipes of the splice(2) path: held by flows, or pooled empty.",
+                &[
+                    ("{state=\"in_use\"}".into(), ps.in_use as u64),
+                    ("{state=\"pooled\"}".into(), ps.pooled as u64),
+                ],
             );
         }
         if let Some(a) = crate::authz::installed() {

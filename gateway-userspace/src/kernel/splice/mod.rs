@@ -1,15 +1,21 @@
 //! Moving the bytes of a routed L4 flow between the downstream (client) and upstream
 //! sockets, once userspace has decided where the flow goes.
 //!
-//! Two implementations behind one interface, with identical behaviour (FIN passed on as
-//! a half-close each way, RST passed on as a reset, byte counts reported at close):
+//! Three implementations behind one interface, with identical behaviour (FIN passed on
+//! as a half-close each way, RST passed on as a reset, byte counts reported at close):
 //! - [`ebpf::EbpfSplicer`]: both sockets enter a SOCKHASH and the kernel's sk_skb
 //!   verdict program redirects every skb to the peer socket; userspace only watches for
 //!   FIN/RST.
-//! - [`uring::UringSplicer`]: read/write copies on io_uring (tokio-uring) threads, for
-//!   hosts where eBPF can't load or when `--splice userspace` is asked for.
+//! - [`pipe::PipeSplicer`]: nonblocking splice(2) through a pooled pipe per direction,
+//!   on the gateway's own tokio threads: zero-copy, driven from userspace
+//!   (`--splice splice`, and what `auto` falls back to when eBPF can't load). It can also
+//!   run a flow until it proves bulk and hand it over losslessly
+//!   ([`pipe::PipeSplicer::splice_until_bulk`]).
+//! - [`uring::UringSplicer`]: read/write copies on io_uring (tokio-uring) threads
+//!   (`--splice uring`).
 mod copy;
 pub mod ebpf;
+pub mod pipe;
 pub(crate) mod sockopt;
 pub mod uring;
 
@@ -20,12 +26,21 @@ use tokio::net::TcpStream;
 /// `--splice`: how L4 flows are moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SpliceMode {
-    /// eBPF when it loads, else userspace (the reason is logged).
+    /// eBPF when it loads, else splice(2) through pipes (the reason is logged).
     Auto,
     /// eBPF sockhash splice; fail at start if it can't load.
     Ebpf,
-    /// io_uring copies in userspace.
-    Userspace,
+    /// splice(2) through pooled pipes, zero-copy, on the gateway's threads.
+    #[value(alias = "userspace")]
+    Splice,
+    /// io_uring copies in userspace, on io_uring threads.
+    Uring,
+}
+
+/// Options of the userspace splices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpliceOptions {
+    pub pipe: pipe::PipeConfig,
 }
 
 /// How a flow ended, as the access log and metrics report it.
@@ -105,32 +120,45 @@ impl FlowReport {
 #[derive(Clone)]
 pub enum Splicer {
     Ebpf(Arc<ebpf::EbpfSplicer>),
-    Userspace(uring::UringSplicer),
+    Pipe(pipe::PipeSplicer),
+    Uring(uring::UringSplicer),
 }
 
 impl Splicer {
+    /// Picks the implementation for `mode`, with default options.
+    pub fn new(mode: SpliceMode) -> Result<Self, ebpf::SpliceError> {
+        Self::with_options(mode, SpliceOptions::default())
+    }
+
     /// Picks the implementation for `mode`; for `Auto`, says in the log why eBPF was not
     /// used when it wasn't.
-    pub fn new(mode: SpliceMode) -> Result<Self, ebpf::SpliceError> {
+    pub fn with_options(mode: SpliceMode, opts: SpliceOptions) -> Result<Self, ebpf::SpliceError> {
+        let pipes = || -> Result<Self, ebpf::SpliceError> {
+            let p = pipe::PipeSplicer::new(opts.pipe).map_err(std::io::Error::other)?;
+            Ok(Splicer::Pipe(p))
+        };
         match mode {
-            SpliceMode::Userspace => Ok(Splicer::Userspace(uring::UringSplicer::start()?)),
+            SpliceMode::Splice => pipes(),
+            SpliceMode::Uring => Ok(Splicer::Uring(uring::UringSplicer::start()?)),
             SpliceMode::Ebpf => Ok(Splicer::Ebpf(Arc::new(ebpf::EbpfSplicer::load()?))),
             SpliceMode::Auto => match ebpf::EbpfSplicer::load() {
                 Ok(s) => Ok(Splicer::Ebpf(Arc::new(s))),
                 Err(e) => {
                     tracing::warn!(
-                        "eBPF splice unavailable ({e}); falling back to the userspace (io_uring) splice"
+                        "eBPF splice unavailable ({e}); falling back to the userspace splice(2) through pipes"
                     );
-                    Ok(Splicer::Userspace(uring::UringSplicer::start()?))
+                    pipes()
                 }
             },
         }
     }
 
+    /// The mode's name, as `--splice` spells it.
     pub fn name(&self) -> &'static str {
         match self {
             Splicer::Ebpf(_) => "ebpf",
-            Splicer::Userspace(_) => "userspace",
+            Splicer::Pipe(_) => "splice",
+            Splicer::Uring(_) => "uring",
         }
     }
 
@@ -138,12 +166,13 @@ impl Splicer {
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
         match self {
             Splicer::Ebpf(s) => s.splice(down, up).await,
-            Splicer::Userspace(s) => s.splice(down, up).await,
+            Splicer::Pipe(s) => s.splice(down, up).await,
+            Splicer::Uring(s) => s.splice(down, up).await,
         }
     }
 }
 
-// === shared by the two userspace copies (io_uring, and the tokio fallback) ===
+// === shared by the userspace splices (pipes, io_uring, and the tokio fallback) ===
 
 /// How one direction of a userspace copy ended.
 pub(crate) enum DirEnd {

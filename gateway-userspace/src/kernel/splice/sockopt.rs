@@ -146,3 +146,26 @@ pub fn peek(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(n as usize)
 }
+
+/// SO_LINGER {on, 0}: the coming close() sends RST instead of FIN (tcp_close ->
+/// tcp_disconnect) and drops whatever is unsent.
+pub fn linger_zero(sock: &impl AsRawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: passes a valid `linger` and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,5 +1,4 @@
-//! The userspace splice: copies on io_uring (tokio-uring), for when the eBPF splice
-//! can't load (no privilege, no BPF) or `--splice userspace` is asked for. Same contract
+//! The io_uring copy (`--splice uring`): read/write copies on io_uring (tokio-uring). Same contract
 //! as the kernel splice: FIN passed on as a half-close, RST as a reset, counts at close.
 //!
 //! tokio-uring runs its own single-threaded runtime, so flows are handed over a channel
