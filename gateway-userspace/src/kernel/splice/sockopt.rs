@@ -169,3 +169,26 @@ pub fn linger_zero(sock: &impl AsRawFd) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Resets the connection now, without closing the fd: connect(AF_UNSPEC) runs
+/// tcp_disconnect, which sends RST (tcp_need_reset states: ESTABLISHED, CLOSE_WAIT,
+/// FIN_WAIT*), purges both queues, sets sk_err and wakes every waiter, so reads and
+/// writes in flight on the socket (io_uring ops included) complete with an error. An
+/// io_uring op holds its own reference to the file, so close() alone would not end it.
+pub fn disconnect(sock: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: sockaddr_storage is plain data for which all-zeroes is a valid value.
+    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    addr.ss_family = libc::AF_UNSPEC as libc::sa_family_t;
+    // SAFETY: `addr` is a valid sockaddr_storage and the length we pass is its size.
+    let rc = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_storage).cast(),
+            mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
