@@ -300,3 +300,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["gateway", "run", "--config", "x.yaml"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Run(r) => r,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn splice_modes_and_the_userspace_alias() {
+        assert_eq!(run_args(&[]).splice, SpliceMode::Auto);
+        for (arg, mode) in [
+            ("ebpf", SpliceMode::Ebpf),
+            ("splice", SpliceMode::Splice),
+            ("userspace", SpliceMode::Splice),
+            ("uring", SpliceMode::Uring),
+        ] {
+            assert_eq!(run_args(&["--splice", arg]).splice, mode, "{arg}");
+        }
+    }
+
+    #[test]
+    fn pipe_sizes() {
+        assert_eq!(run_args(&[]).splice_pipe_size, 256 * 1024);
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        for bad in ["", "0", "k", "1g", "-1", "99999999999999999999m"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+}
