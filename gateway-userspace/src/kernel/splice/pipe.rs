@@ -91,9 +91,13 @@ pub struct PipeStats {
 /// When a flow on the pipe path counts as bulk, worth handing to the kernel splice.
 ///
 /// A direction is bulk once it has moved at least `min_bytes` and its reads averaged at
-/// least `min_chunk` bytes per read wake-up: a bulk sender fills the socket faster than
-/// we drain it, so every wake-up finds a large chunk; a request/response flow finds one
-/// small message per wake-up, however long it lives.
+/// least `min_chunk` bytes per read wake-up (a wake-up lasts until a read finds the
+/// socket empty): a bulk sender refills the socket while we drain it, so a wake-up finds
+/// a large chunk; a request/response flow finds one small message per wake-up, however
+/// long it lives. Measured through the pipe splice on loopback (bytes per wake-up):
+/// iperf3 at full speed 1.8-4.7 MiB, iperf3 -b 100M 128 KiB, iperf3 -b 10M -l 1K 2.3 KiB,
+/// lock-step 1 KiB / 4 KiB requests and responses 1 and 4 KiB. The 16 KiB default sits
+/// an order of magnitude from both; 1 MiB is under a millisecond of a fast stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffloadPolicy {
     pub min_bytes: u64,
