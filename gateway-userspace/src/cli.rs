@@ -9,7 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     admin,
     config::{self, GatewayIdentity},
-    kernel::splice::{SpliceMode, Splicer},
+    kernel::splice::{
+        SpliceMode, SpliceOptions, Splicer,
+        pipe::{OffloadPolicy, PipeConfig},
+    },
     listener,
     server::{Gateway, Options},
 };
@@ -72,9 +75,31 @@ pub struct ConfigArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// How TCP and TLS-passthrough payload is moved: eBPF in the kernel, or io_uring.
+    /// How TCP and TLS-passthrough payload is moved: eBPF in the kernel, splice(2)
+    /// through pipes (zero-copy, in userspace; `userspace` is an alias), or io_uring
+    /// copies. `auto`: every flow starts on splice(2) and is handed to the kernel once
+    /// it proves bulk (see --offload-bytes), when eBPF loads.
     #[arg(long, value_enum, default_value = "auto")]
     pub splice: SpliceMode,
+    /// Kernel splice: bytes of one direction a peer socket may hold (psock backlog +
+    /// send queue) before the flow pauses and the sender's TCP window closes.
+    #[arg(long, default_value = "16m", value_parser = parse_size)]
+    pub splice_budget: usize,
+    /// `--splice auto`: a flow is handed to the kernel once one direction moved this
+    /// many bytes...
+    #[arg(long, default_value = "1m", value_parser = parse_size)]
+    pub offload_bytes: usize,
+    /// ...at an average of at least this many bytes per read wake-up (bulk transfers
+    /// find large chunks; request/response flows one message per wake-up).
+    #[arg(long, default_value = "16k", value_parser = parse_size)]
+    pub offload_min_chunk: usize,
+    /// Capacity of each pipe of `--splice splice` (bytes; k/m suffixes for KiB/MiB),
+    /// capped by /proc/sys/fs/pipe-max-size. One pipe per direction per busy flow.
+    #[arg(long, default_value = "256k", value_parser = parse_size)]
+    pub splice_pipe_size: usize,
+    /// Empty pipes `--splice splice` keeps for reuse (2 fds each).
+    #[arg(long, default_value_t = crate::kernel::splice::pipe::DEFAULT_POOL_MAX)]
+    pub splice_pipe_pool: usize,
     /// Admin API address (/ready, /stats/prometheus, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -97,6 +122,21 @@ pub struct RunArgs {
     /// interfaces; native mode, else generic. Without it: enforced at accept.
     #[arg(long = "xdp-iface", num_args = 1.., value_name = "IFACE")]
     pub xdp_iface: Vec<String>,
+}
+
+/// "65536", "64k", "1m" (KiB and MiB).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.strip_suffix(['k', 'm']) {
+        Some(n) if t.ends_with('k') => (n, 1024),
+        Some(n) => (n, 1024 * 1024),
+        None => (t.as_str(), 1),
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("expected a size in bytes like 65536, 256k or 1m, got {s:?}"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -192,7 +232,8 @@ pub fn telemetry_or_exit(
 /// `gateway proxy-config`: prints the table (or JSON), or the error and exits 1.
 pub fn proxy_config(args: &ProxyConfigArgs) {
     use crate::proxyconfig::{Kind, render_splice, render_xdp};
-    let view: Option<(&str, fn(&serde_json::Value, bool) -> String)> = match args.kind {
+    type Render = fn(&serde_json::Value, bool) -> String;
+    let view: Option<(&str, Render)> = match args.kind {
         Kind::Xdp => Some(("/xdp", render_xdp)),
         Kind::Splice => Some(("/debug/splice", render_splice)),
         _ => None,
@@ -235,8 +276,20 @@ pub fn proxy_config(args: &ProxyConfigArgs) {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let snapshot = args.config.load_or_exit();
     let telemetry = Arc::new(telemetry_or_exit(&args, &snapshot));
-    let splicer = Splicer::new(args.splice).context(
-        "the eBPF splice could not start (needs root or CAP_BPF+CAP_NET_ADMIN, and a binary built after `cargo xtask setup`); try --splice userspace",
+    let splice_opts = SpliceOptions {
+        pipe: PipeConfig {
+            pipe_size: args.splice_pipe_size,
+            pool_max: args.splice_pipe_pool,
+        },
+        budget: args.splice_budget as u64,
+        offload: OffloadPolicy {
+            min_bytes: args.offload_bytes as u64,
+            min_chunk: args.offload_min_chunk as u64,
+            retry_bytes: (args.offload_bytes as u64 / 4).max(1),
+        },
+    };
+    let splicer = Splicer::with_options(args.splice, splice_opts).context(
+        "the splice could not start (eBPF needs root or CAP_BPF+CAP_NET_ADMIN, and a binary built after `cargo xtask setup`); try --splice splice",
     )?;
     let opts = Options {
         bind: args.bind,
@@ -272,4 +325,42 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["gateway", "run", "--config", "x.yaml"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Run(r) => r,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn splice_modes_and_the_userspace_alias() {
+        assert_eq!(run_args(&[]).splice, SpliceMode::Auto);
+        for (arg, mode) in [
+            ("ebpf", SpliceMode::Ebpf),
+            ("splice", SpliceMode::Splice),
+            ("userspace", SpliceMode::Splice),
+            ("uring", SpliceMode::Uring),
+        ] {
+            assert_eq!(run_args(&["--splice", arg]).splice, mode, "{arg}");
+        }
+    }
+
+    #[test]
+    fn pipe_sizes() {
+        assert_eq!(run_args(&[]).splice_pipe_size, 256 * 1024);
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        for bad in ["", "0", "k", "1g", "-1", "99999999999999999999m"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -144,3 +144,20 @@ pub fn tcp_bytes_received(sock: &impl std::os::fd::AsRawFd) -> u64 {
     // struct tcp_info: tcpi_bytes_received is the u64 at byte offset 128.
     u64::from_ne_bytes(buf[128..136].try_into().unwrap())
 }
+
+/// Runs the calling test once more in a process of its own, so that /proc/self/fd holds
+/// only its own fds (the harness runs tests as threads of one process). True in that
+/// child; in the parent, waits for it and fails if it failed.
+pub fn alone(test: &str) -> bool {
+    const VAR: &str = "GATEWAY_SPLICE_TEST_ALONE";
+    if std::env::var(VAR).as_deref() == Ok(test) {
+        return true;
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(VAR, test)
+        .status()
+        .expect("spawn the test binary");
+    assert!(status.success(), "{test} failed in its own process");
+    false
+}

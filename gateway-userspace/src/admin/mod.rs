@@ -99,6 +99,12 @@ pub fn splice_view(splicer: &Splicer) -> serde_json::Value {
         "paused_now": p.paused_now.load(Relaxed),
         "fallbacks": p.fallbacks().iter().map(|(r, n)| (r.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
     });
+    if let Some(o) = splicer.offload() {
+        v["offload"] = serde_json::json!({ "min_bytes": o.min_bytes, "min_chunk": o.min_chunk });
+    }
+    if let Some(p) = splicer.pipe() {
+        v["pipes"] = serde_json::to_value(p.stats()).unwrap_or_default();
+    }
     if let Some(k) = splicer.kernel() {
         let (peers, spliced, flows) = k.map_entries();
         v["budget"] = k.budget().into();
@@ -158,7 +164,8 @@ fn kernel_log(gw: &Gateway, req: &Request<hyper::body::Incoming>) -> Response<Fu
         return reply(
             StatusCode::CONFLICT,
             "text/plain",
-            "the kernel splice is not in use (--splice userspace, or eBPF unavailable)\n".into(),
+            "the kernel splice is not in use (--splice splice or uring, or eBPF unavailable)\n"
+                .into(),
         );
     };
     if req.method() == hyper::Method::POST {

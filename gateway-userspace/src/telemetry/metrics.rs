@@ -168,7 +168,7 @@ impl Stats {
         family(
             "gateway_splice_userspace_bytes_total",
             "counter",
-            "Payload bytes that passed through userspace memory while splicing (0 with eBPF).",
+            "Payload bytes moved by a userspace splice (splice(2) through pipes or io_uring copies; 0 with eBPF).",
             &plain(&self.userspace_splice_bytes),
         );
         let paths = splicer.paths();
@@ -252,6 +252,18 @@ impl Stats {
                 "counter",
                 "Kernel events that did not fit in the ring buffer.",
                 &[(String::new(), ks.events_lost)],
+            );
+        }
+        if let Some(p) = splicer.pipe() {
+            let ps = p.stats();
+            family(
+                "gateway_splice_pipes",
+                "gauge",
+                "Pipes of the splice(2) path: held by flows, or pooled empty.",
+                &[
+                    ("{state=\"in_use\"}".into(), ps.in_use as u64),
+                    ("{state=\"pooled\"}".into(), ps.pooled as u64),
+                ],
             );
         }
         if let Some(a) = crate::authz::installed() {

@@ -575,6 +575,7 @@ impl Driver {
             path: Path::Kernel,
             pauses: flow.pauses,
             redirect_failures: counters[DOWN].failures + counters[UP].failures,
+            kernel_bytes: [counters[DOWN].redirected, counters[UP].redirected],
             offloaded: flow.prior[DOWN] + flow.prior[UP] > 0,
             termination,
         };

@@ -1,17 +1,23 @@
 //! Moving the bytes of a routed L4 flow between the downstream (client) and upstream
 //! sockets, once userspace has decided where the flow goes.
 //!
-//! Two implementations behind one interface, with identical behaviour (FIN passed on as
-//! a half-close each way, RST passed on as a reset, byte counts reported at close):
+//! Three implementations behind one interface, with identical behaviour (FIN passed on
+//! as a half-close each way, RST passed on as a reset, byte counts reported at close):
 //! - [`ebpf::EbpfSplicer`]: both sockets enter a SOCKHASH and the kernel's sk_skb
 //!   verdict program redirects every skb to the peer socket; userspace only watches for
 //!   FIN/RST.
-//! - [`uring::UringSplicer`]: read/write copies on io_uring (tokio-uring) threads, for
-//!   hosts where eBPF can't load or when `--splice userspace` is asked for.
+//! - [`pipe::PipeSplicer`]: nonblocking splice(2) through a pooled pipe per direction,
+//!   on the gateway's own tokio threads: zero-copy, driven from userspace
+//!   (`--splice splice`, and what `auto` falls back to when eBPF can't load). It can also
+//!   run a flow until it proves bulk and hand it over losslessly
+//!   ([`pipe::PipeSplicer::splice_until_bulk`]).
+//! - [`uring::UringSplicer`]: read/write copies on io_uring (tokio-uring) threads
+//!   (`--splice uring`).
 mod copy;
 mod driver;
 pub mod ebpf;
 mod epoll;
+pub mod pipe;
 pub(crate) mod sockopt;
 pub mod uring;
 
@@ -28,12 +34,36 @@ use tokio::net::TcpStream;
 /// `--splice`: how L4 flows are moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SpliceMode {
-    /// eBPF when it loads, else userspace (the reason is logged).
+    /// Every flow starts on splice(2) through pipes; a flow that proves bulk is handed
+    /// to the eBPF splice (when it loads; else the reason is logged).
     Auto,
     /// eBPF sockhash splice; fail at start if it can't load.
     Ebpf,
-    /// io_uring copies in userspace.
-    Userspace,
+    /// splice(2) through pooled pipes, zero-copy, on the gateway's threads.
+    #[value(alias = "userspace")]
+    Splice,
+    /// io_uring copies in userspace, on io_uring threads.
+    Uring,
+}
+
+/// Options of the splices (`gateway run --splice-*`, `--offload-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceOptions {
+    pub pipe: pipe::PipeConfig,
+    /// Per-direction budget of the kernel splice (bytes a peer socket may hold).
+    pub budget: u64,
+    /// When `auto` hands a flow to the kernel.
+    pub offload: pipe::OffloadPolicy,
+}
+
+impl Default for SpliceOptions {
+    fn default() -> Self {
+        SpliceOptions {
+            pipe: pipe::PipeConfig::default(),
+            budget: ebpf::DEFAULT_BUDGET,
+            offload: pipe::OffloadPolicy::default(),
+        }
+    }
 }
 
 /// How a flow ended, as the access log and metrics report it.
@@ -105,6 +135,9 @@ pub struct FlowReport {
     pub pauses: u32,
     /// Redirects the kernel refused (each one resets the flow both ways).
     pub redirect_failures: u64,
+    /// Bytes the kernel redirected, downstream→upstream and upstream→downstream (the
+    /// rest of each direction went through userspace).
+    pub kernel_bytes: [u64; 2],
     pub termination: Termination,
 }
 
@@ -205,45 +238,57 @@ pub struct Splicer(Arc<Inner>);
 struct Inner {
     mode: SpliceMode,
     kernel: Option<ebpf::EbpfSplicer>,
+    pipe: Option<pipe::PipeSplicer>,
     uring: Option<uring::UringSplicer>,
+    offload: pipe::OffloadPolicy,
     paths: Arc<PathStats>,
 }
 
 impl Splicer {
-    /// Picks the implementation for `mode`; for `Auto`, says in the log why eBPF was not
-    /// used when it wasn't.
+    /// Picks the implementation for `mode`, with default options.
     pub fn new(mode: SpliceMode) -> Result<Self, ebpf::SpliceError> {
+        Self::with_options(mode, SpliceOptions::default())
+    }
+
+    /// Starts what `mode` needs. `Auto` runs every flow on the pipe path first and hands
+    /// the bulk ones to the kernel; when eBPF can't load it says why in the log and keeps
+    /// every flow on the pipes.
+    pub fn with_options(mode: SpliceMode, opts: SpliceOptions) -> Result<Self, ebpf::SpliceError> {
         let paths = Arc::new(PathStats::default());
-        let load = || ebpf::EbpfSplicer::load(ebpf::DEFAULT_BUDGET, paths.clone());
-        let (mode, kernel, uring) = match mode {
-            SpliceMode::Userspace => (mode, None, Some(uring::UringSplicer::start()?)),
-            SpliceMode::Ebpf => (mode, Some(load()?), None),
-            SpliceMode::Auto => match load() {
-                Ok(s) => (SpliceMode::Ebpf, Some(s), None),
-                Err(e) => {
-                    tracing::warn!(
-                        "eBPF splice unavailable ({e}); falling back to the userspace (io_uring) splice"
-                    );
-                    (
-                        SpliceMode::Userspace,
-                        None,
-                        Some(uring::UringSplicer::start()?),
-                    )
-                }
-            },
+        let load = || ebpf::EbpfSplicer::load(opts.budget, paths.clone());
+        let pipes = || pipe::PipeSplicer::new(opts.pipe).map_err(std::io::Error::other);
+        let (kernel, pipe, uring) = match mode {
+            SpliceMode::Splice => (None, Some(pipes()?), None),
+            SpliceMode::Uring => (None, None, Some(uring::UringSplicer::start()?)),
+            SpliceMode::Ebpf => (Some(load()?), None, None),
+            SpliceMode::Auto => {
+                let kernel = load()
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "eBPF splice unavailable ({e}); every flow stays on the userspace splice(2) through pipes"
+                        )
+                    })
+                    .ok();
+                (kernel, Some(pipes()?), None)
+            }
         };
         Ok(Splicer(Arc::new(Inner {
             mode,
             kernel,
+            pipe,
             uring,
+            offload: opts.offload,
             paths,
         })))
     }
 
+    /// The mode's name, as `--splice` spells it.
     pub fn name(&self) -> &'static str {
         match self.0.mode {
-            SpliceMode::Ebpf | SpliceMode::Auto => "ebpf",
-            SpliceMode::Userspace => "userspace",
+            SpliceMode::Auto => "auto",
+            SpliceMode::Ebpf => "ebpf",
+            SpliceMode::Splice => "splice",
+            SpliceMode::Uring => "uring",
         }
     }
 
@@ -252,29 +297,65 @@ impl Splicer {
         self.0.kernel.as_ref()
     }
 
+    /// The splice(2) path, when this process uses it.
+    pub fn pipe(&self) -> Option<&pipe::PipeSplicer> {
+        self.0.pipe.as_ref()
+    }
+
+    /// `auto`'s rule for handing a flow to the kernel (None in the other modes).
+    pub fn offload(&self) -> Option<&pipe::OffloadPolicy> {
+        (self.0.mode == SpliceMode::Auto && self.0.kernel.is_some()).then_some(&self.0.offload)
+    }
+
     pub fn paths(&self) -> &PathStats {
         &self.0.paths
     }
 
     /// Moves bytes both ways until both sides are done, then closes both sockets.
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
-        let r = match (&self.0.kernel, &self.0.uring) {
-            (Some(k), _) => k.splice(down, up).await,
-            (None, Some(u)) => {
-                let _active = self.0.paths.uring.enter();
+        let inner = &*self.0;
+        let r = match (inner.mode, &inner.kernel, &inner.pipe, &inner.uring) {
+            (SpliceMode::Ebpf, Some(k), _, _) => k.splice(down, up).await,
+            (SpliceMode::Auto, Some(k), Some(p), _) => {
+                let outcome = {
+                    let _active = inner.paths.splice.enter();
+                    p.splice_until_bulk(down, up, &inner.offload).await
+                };
+                match outcome {
+                    pipe::PipeOutcome::Done(r) => r,
+                    pipe::PipeOutcome::Handover {
+                        down,
+                        up,
+                        down_to_upstream,
+                        upstream_to_downstream,
+                    } => {
+                        let prior = ebpf::Prior {
+                            downstream_to_upstream: down_to_upstream,
+                            upstream_to_downstream,
+                        };
+                        k.splice_from(down, up, prior).await
+                    }
+                }
+            }
+            (_, _, Some(p), _) => {
+                let _active = inner.paths.splice.enter();
+                p.splice(down, up).await
+            }
+            (_, _, _, Some(u)) => {
+                let _active = inner.paths.uring.enter();
                 u.splice(down, up).await
             }
-            (None, None) => {
-                let _active = self.0.paths.copy.enter();
+            _ => {
+                let _active = inner.paths.copy.enter();
                 copy::copy(down, up).await
             }
         };
-        self.0.paths.ended(&r);
+        inner.paths.ended(&r);
         r
     }
 }
 
-// === shared by the two userspace copies (io_uring, and the tokio fallback) ===
+// === shared by the userspace splices (pipes, io_uring, and the tokio fallback) ===
 
 /// How one direction of a userspace copy ended.
 pub(crate) enum DirEnd {

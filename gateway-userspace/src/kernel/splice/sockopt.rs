@@ -147,6 +147,52 @@ pub fn peek(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// SO_LINGER {on, 0}: the coming close() sends RST instead of FIN (tcp_close ->
+/// tcp_disconnect) and drops whatever is unsent.
+pub fn linger_zero(sock: &impl AsRawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: passes a valid `linger` and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Resets the connection now, without closing the fd: connect(AF_UNSPEC) runs
+/// tcp_disconnect, which sends RST (tcp_need_reset states: ESTABLISHED, CLOSE_WAIT,
+/// FIN_WAIT*), purges both queues, sets sk_err and wakes every waiter, so reads and
+/// writes in flight on the socket (io_uring ops included) complete with an error. An
+/// io_uring op holds its own reference to the file, so close() alone would not end it.
+pub fn disconnect(sock: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: sockaddr_storage is plain data for which all-zeroes is a valid value.
+    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    addr.ss_family = libc::AF_UNSPEC as libc::sa_family_t;
+    // SAFETY: `addr` is a valid sockaddr_storage and the length we pass is its size.
+    let rc = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_storage).cast(),
+            mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Unsent + unacknowledged bytes in the socket's send queue (SIOCOUTQ). tcp_bpf leaves
 /// this ioctl to TCP, so it stays TCP's own figure for a socket in a sockmap.
 pub fn outq(sock: &impl AsRawFd) -> io::Result<u64> {

@@ -1,30 +1,31 @@
-//! The userspace splice: copies on io_uring (tokio-uring), for when the eBPF splice
-//! can't load (no privilege, no BPF) or `--splice userspace` is asked for. Same contract
-//! as the kernel splice: FIN passed on as a half-close, RST as a reset, counts at close.
+//! The io_uring copy (`--splice uring`): read/write copies on io_uring (tokio-uring).
+//! Same contract as the kernel splice: FIN passed on as a half-close, RST as a reset,
+//! counts at close. No duplicate fds: socket options and shutdown go to the ring's own
+//! fd.
 //!
 //! tokio-uring runs its own single-threaded runtime, so flows are handed over a channel
 //! to a small pool of io_uring threads (one per core), round-robin.
 use std::{
+    collections::VecDeque,
+    future::Future,
     io,
     net::Shutdown,
+    os::fd::{AsRawFd, RawFd},
+    pin::Pin,
     rc::Rc,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
 use tokio::{
+    io::{Interest, unix::AsyncFd},
     net::TcpStream,
     sync::{mpsc, oneshot},
 };
 
-use tokio_uring::buf::BoundedBuf;
-
-use super::{DirEnd, FlowReport, Termination, Victim, ebpf::SpliceError, ending};
-
-const BUF_SIZE: usize = 64 * 1024;
+use super::{DirEnd, FlowReport, Termination, Victim, ebpf::SpliceError, ending, sockopt};
 
 struct Job {
     down: std::net::TcpStream,
@@ -109,44 +110,92 @@ fn worker(mut rx: mpsc::UnboundedReceiver<Job>, ok: std::sync::mpsc::Sender<io::
     });
 }
 
+/// One socket of a flow on the ring. `ready` (epoll readiness, through the tokio
+/// reactor that tokio-uring runs on) lets an idle direction wait for data without
+/// lending the kernel a buffer; it is declared first so it is deregistered before the
+/// socket closes.
+struct Side {
+    ready: AsyncFd<Fd>,
+    io: tokio_uring::net::TcpStream,
+}
+
+/// The socket's fd as seen by `AsyncFd`, which does not own it.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl Side {
+    fn new(s: std::net::TcpStream) -> io::Result<Side> {
+        let fd = s.as_raw_fd();
+        let io = tokio_uring::net::TcpStream::from_std(s);
+        // SAFETY: `fd` is the open socket that `io` owns; `ready` is declared before `io`
+        // in `Side`, so it is dropped (deregistered) while the fd is still open, and `Fd`
+        // always returns this same fd.
+        let ready = unsafe { AsyncFd::register_with_interest(Fd(fd), Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Side { ready, io })
+    }
+
+    /// Waits until the socket has data or EOF to read, holding no buffer. The 1-byte
+    /// MSG_PEEK is what tells a stale readiness from data: on EAGAIN tokio clears the
+    /// readiness and the wait is real. An error is returned as is: the peek consumed
+    /// sk_err (sock_error), so a read after it would see a clean EOF instead.
+    async fn readable(&self) -> io::Result<()> {
+        loop {
+            let mut guard = self.ready.readable().await?;
+            let mut b = [0u8; 1];
+            if let Ok(r) = guard.try_io(|fd| sockopt::peek(fd, &mut b)) {
+                return r.map(drop);
+            }
+        }
+    }
+}
+
 async fn run(job: Job) {
     let Job { down, up, done } = job;
-    // Duplicates kept for the socket options io_uring has no op for (linger, shutdown).
-    let (down_ctl, up_ctl) = match (down.try_clone(), up.try_clone()) {
-        (Ok(d), Ok(u)) => (d, u),
+    let (down, up) = match (Side::new(down), Side::new(up)) {
+        (Ok(d), Ok(u)) => (Rc::new(d), Rc::new(u)),
         (Err(e), _) | (_, Err(e)) => {
-            let _ = done.send(error_report(format!("dup: {e}")));
+            let _ = done.send(error_report(format!("epoll registration: {e}")));
             return;
         }
     };
-    let down = Rc::new(tokio_uring::net::TcpStream::from_std(down));
-    let up = Rc::new(tokio_uring::net::TcpStream::from_std(up));
     let mut d2u = tokio_uring::spawn(copy(down.clone(), up.clone()));
     let mut u2d = tokio_uring::spawn(copy(up.clone(), down.clone()));
     let failed = |r: Result<DirEnd, _>| r.unwrap_or(DirEnd::WriterFailed(0));
-    // Whichever direction ends first decides whether the other must be cut short; then
-    // the other one may still end in a reset of its own.
-    let (a, b) = tokio::select! {
+    // Whichever direction ends first decides whether the other must be cut short, and
+    // names the termination: the reset of the victim makes the other direction fail
+    // too, and that second failure is our own doing.
+    let (a, b, d2u_first) = tokio::select! {
         r = &mut d2u => {
             let a = failed(r);
-            if let Some((v, _)) = ending(true, &a) { reset(v, &down_ctl, &up_ctl) }
-            (a, failed(u2d.await))
+            if let Some((v, _)) = ending(true, &a) { reset(v, &down, &up) }
+            (a, failed(u2d.await), true)
         }
         r = &mut u2d => {
             let b = failed(r);
-            if let Some((v, _)) = ending(false, &b) { reset(v, &down_ctl, &up_ctl) }
-            (failed(d2u.await), b)
+            if let Some((v, _)) = ending(false, &b) { reset(v, &down, &up) }
+            (failed(d2u.await), b, false)
         }
     };
-    let termination = match ending(true, &a).or_else(|| ending(false, &b)) {
+    let first = if d2u_first {
+        ending(true, &a).or_else(|| ending(false, &b))
+    } else {
+        ending(false, &b).or_else(|| ending(true, &a))
+    };
+    let termination = match first {
         Some((v, t)) => {
-            reset(v, &down_ctl, &up_ctl);
+            reset(v, &down, &up);
             t
         }
         None => Termination::Closed,
     };
     let (d2u, u2d) = (a.bytes(), b.bytes());
-    drop((down, up, down_ctl, up_ctl));
+    drop((down, up));
     let _ = done.send(FlowReport {
         downstream_to_upstream: d2u,
         upstream_to_downstream: u2d,
@@ -157,37 +206,107 @@ async fn run(job: Job) {
     });
 }
 
-/// Makes the coming close of the victim send RST (SO_LINGER 0), and wakes whoever
-/// reads it (SHUT_RD) so the other direction ends too.
-fn reset(victim: Victim, down: &std::net::TcpStream, up: &std::net::TcpStream) {
+/// Resets the victim now: RST on the wire, and every op in flight on it (a read or a
+/// write of the other direction) completes with an error, so the flow's tasks end and
+/// release the fd. SO_LINGER 0 too, for the close that follows.
+fn reset(victim: Victim, down: &Side, up: &Side) {
     let s = if victim == Victim::Down { down } else { up };
-    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
-    let _ = s.shutdown(Shutdown::Read);
+    let _ = sockopt::linger_zero(&s.io);
+    let _ = sockopt::disconnect(&s.io);
+}
+
+/// First read buffer of a direction that wakes up; doubled after every read that fills
+/// it, up to `MAX_BUF`.
+const START_BUF: usize = 16 * 1024;
+const MAX_BUF: usize = 64 * 1024;
+/// Buffers read but not yet written, besides the one being written: one read is in
+/// flight while up to this many wait, so a direction holds at most 2 + QUEUED buffers.
+const QUEUED: usize = 1;
+
+type Op<T> = Pin<Box<dyn Future<Output = T>>>;
+
+async fn opt<T>(op: &mut Option<Op<T>>) -> T {
+    match op {
+        Some(f) => f.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Copies `from` -> `to` until EOF, then shuts `to`'s write side (the half-close).
-async fn copy(
-    from: Rc<tokio_uring::net::TcpStream>,
-    to: Rc<tokio_uring::net::TcpStream>,
-) -> DirEnd {
-    let mut buf = vec![0u8; BUF_SIZE];
+///
+/// A read is in flight while the previous buffer is written (order kept by one write at
+/// a time, from a FIFO). A direction starts idle: it waits for readability holding no
+/// buffer, reads back to back while reads fill their buffer, and after a short read (the
+/// receive queue was drained) goes idle again, freeing the buffers it does not need.
+async fn copy(from: Rc<Side>, to: Rc<Side>) -> DirEnd {
+    let mut size = START_BUF;
     let mut total = 0u64;
+    let mut free: Vec<Vec<u8>> = Vec::new();
+    let mut queued: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut reading: Option<Op<(io::Result<usize>, Vec<u8>)>> = None;
+    let mut writing: Option<Op<(io::Result<()>, Vec<u8>)>> = None;
+    let mut waiting: Option<Op<io::Result<()>>> = None;
+    let mut active = false;
+    let mut eof = false;
     loop {
-        let (res, b) = from.read(buf).await;
-        buf = b;
-        let n = match res {
-            Ok(0) => {
-                let _ = to.shutdown(Shutdown::Write);
-                return DirEnd::Fin(total);
+        if !eof && reading.is_none() && waiting.is_none() && queued.len() <= QUEUED {
+            let f = from.clone();
+            if active {
+                let mut buf = free
+                    .pop()
+                    .filter(|b| b.capacity() >= size)
+                    .unwrap_or_else(|| Vec::with_capacity(size));
+                buf.clear();
+                reading = Some(Box::pin(async move { f.io.read(buf).await }));
+            } else {
+                free.clear();
+                waiting = Some(Box::pin(async move { f.readable().await }));
             }
-            Ok(n) => n,
-            Err(_) => return DirEnd::ReaderReset(total),
-        };
-        let (res, b) = to.write_all(buf.slice(..n)).await;
-        buf = b.into_inner();
-        if res.is_err() {
-            return DirEnd::WriterFailed(total);
         }
-        total += n as u64;
+        if writing.is_none()
+            && let Some(buf) = queued.pop_front()
+        {
+            let t = to.clone();
+            writing = Some(Box::pin(async move { t.io.write_all(buf).await }));
+        }
+        if eof && writing.is_none() {
+            let _ = to.io.shutdown(Shutdown::Write);
+            return DirEnd::Fin(total);
+        }
+        tokio::select! {
+            r = opt(&mut waiting) => {
+                waiting = None;
+                if r.is_err() {
+                    return DirEnd::ReaderReset(total);
+                }
+                active = true;
+            }
+            (res, buf) = opt(&mut reading) => {
+                reading = None;
+                match res {
+                    Ok(0) => eof = true,
+                    Ok(n) => {
+                        if n == buf.capacity() {
+                            size = (size * 2).min(MAX_BUF);
+                        } else {
+                            active = false;
+                        }
+                        queued.push_back(buf);
+                    }
+                    Err(_) => return DirEnd::ReaderReset(total),
+                }
+            }
+            (res, mut buf) = opt(&mut writing) => {
+                writing = None;
+                if res.is_err() {
+                    return DirEnd::WriterFailed(total);
+                }
+                total += buf.len() as u64;
+                if active {
+                    buf.clear();
+                    free.push(buf);
+                }
+            }
+        }
     }
 }
