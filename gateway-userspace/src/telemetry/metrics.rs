@@ -214,6 +214,12 @@ impl Stats {
             &plain(&paths.paused_now),
         );
         family(
+            "gateway_splice_undelivered_bytes_total",
+            "counter",
+            "Bytes the kernel splice handed to a peer that failed before taking them (each such flow was reset both ways).",
+            &plain(&paths.undelivered),
+        );
+        family(
             "gateway_splice_fallback_total",
             "counter",
             "Flows (or directions) the kernel splice could not take, by reason.",

@@ -74,13 +74,34 @@ pub(crate) struct Start {
 
 impl Start {
     /// Must run before the sockets enter a sockmap: FIONREAD is TCP's only until then.
+    ///
+    /// Each figure comes from two reads (TCP_INFO and an ioctl) that a segment or an ACK
+    /// can fall between. Nobody reads or writes the sockets meanwhile, so the ioctl's
+    /// value moves only when one does: it is read before and after, and the pair is kept
+    /// only once it did not move. (An ACK between `acked` and SIOCOUTQ would make the
+    /// baseline too low, and the FIN later wait for fewer bytes than it must.)
     pub(crate) fn pair(down: &impl AsRawFd, up: &impl AsRawFd) -> io::Result<[Start; 2]> {
+        fn stable(
+            read: impl Fn() -> io::Result<u64>,
+            around: impl Fn() -> io::Result<u64>,
+        ) -> io::Result<(u64, u64)> {
+            for _ in 0..1000 {
+                let before = around()?;
+                let v = read()?;
+                if around()? == before {
+                    return Ok((v, before));
+                }
+            }
+            Err(io::Error::other("TCP counters kept moving"))
+        }
         let of = |s: &dyn AsRawFd| -> io::Result<Start> {
             let fd = SockFd(s.as_raw_fd());
+            let (received, inq) = stable(|| sockopt::bytes_received(&fd), || sockopt::inq(&fd))?;
+            let (acked, outq) = stable(|| sockopt::bytes_acked(&fd), || sockopt::outq(&fd))?;
             Ok(Start {
                 cookie: sockopt::cookie(&fd)?,
-                consumed: sockopt::bytes_received(&fd)? - sockopt::inq(&fd)?,
-                written: sockopt::bytes_written(&fd)?,
+                consumed: received.saturating_sub(inq),
+                written: acked + outq,
             })
         };
         Ok([of(down)?, of(up)?])
@@ -564,6 +585,18 @@ impl Driver {
         paths.kernel.active.fetch_sub(1, Ordering::Relaxed);
         let paused = flow.dirs.iter().filter(|d| d.paused()).count() as u64;
         paths.paused_now.fetch_sub(paused, Ordering::Relaxed);
+        // Bytes the verdict handed to a peer that never took them: the kernel drops a
+        // psock's backlog when the peer socket fails (its sends hit a hard error and TX is
+        // disabled). Such a flow always ends in a reset (the peer's error reached us);
+        // this says how much it lost.
+        let undelivered = [DOWN, UP].map(|d| {
+            let taken = written(&flow, 1 - d).map_or(0, |w| w.saturating_sub(flow.dirs[d].copied));
+            counters[d].redirected.saturating_sub(taken)
+        });
+        let lost: u64 = undelivered.iter().sum();
+        if lost > 0 && termination != Termination::Closed {
+            paths.undelivered.fetch_add(lost, Ordering::Relaxed);
+        }
         let moved = |d: usize| flow.prior[d] + counters[d].redirected + flow.dirs[d].copied;
         let report = FlowReport {
             downstream_to_upstream: moved(DOWN),
@@ -577,6 +610,11 @@ impl Driver {
             redirect_failures: counters[DOWN].failures + counters[UP].failures,
             kernel_bytes: [counters[DOWN].redirected, counters[UP].redirected],
             offloaded: flow.prior[DOWN] + flow.prior[UP] > 0,
+            undelivered: if termination == Termination::Closed {
+                0
+            } else {
+                lost
+            },
             termination,
         };
         if let Some(done) = flow.done.take() {

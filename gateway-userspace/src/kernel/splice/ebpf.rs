@@ -359,6 +359,11 @@ impl EbpfSplicer {
                 };
             }
         };
+        // Until the driver owns the flow, whatever unwinds here takes it out of the maps.
+        let armed = Armed {
+            kernel: &self.kernel,
+            cookies,
+        };
         if prior.downstream_to_upstream + prior.upstream_to_downstream > 0 {
             paths
                 .offloads
@@ -373,12 +378,13 @@ impl EbpfSplicer {
             done,
         };
         if let Err(mpsc::error::SendError(flow)) = self.driver.send(flow) {
-            self.kernel.disarm(cookies);
+            drop(armed);
             for s in &flow.socks {
                 abort(s);
             }
             return error_report("the splice driver is gone".into());
         }
+        std::mem::forget(armed);
         report
             .await
             .unwrap_or_else(|_| error_report("the splice driver dropped the flow".into()))
@@ -462,6 +468,19 @@ impl EbpfSplicer {
             tracing::warn!("splice: SO_RCVLOWAT kick failed: {e}");
         }
         Ok([true, up_spliced])
+    }
+}
+
+/// An armed flow not yet handed to the driver: dropping it takes the flow's sockets and
+/// state out of the maps (a panic cannot leave entries behind).
+struct Armed<'a> {
+    kernel: &'a Kernel,
+    cookies: [u64; 2],
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        self.kernel.disarm(self.cookies);
     }
 }
 

@@ -138,6 +138,9 @@ pub struct FlowReport {
     /// Bytes the kernel redirected, downstream→upstream and upstream→downstream (the
     /// rest of each direction went through userspace).
     pub kernel_bytes: [u64; 2],
+    /// Of those, bytes a failing peer never took (its psock backlog was dropped): only
+    /// in a flow that ended in a reset or an error.
+    pub undelivered: u64,
     pub termination: Termination,
 }
 
@@ -194,6 +197,8 @@ pub struct PathStats {
     pub paused_now: AtomicU64,
     /// Flows (or directions) the kernel could not take, by [`ebpf::Fallback`] reason.
     pub fallbacks: [AtomicU64; 3],
+    /// Bytes redirected to a peer that failed before taking them (reset flows only).
+    pub undelivered: AtomicU64,
 }
 
 impl PathStats {

@@ -68,22 +68,25 @@ fn tcp_info(sock: &impl AsRawFd) -> io::Result<[u8; 256]> {
     Ok(buf)
 }
 
-/// Payload bytes written into this socket so far: acknowledged + still in the send queue
-/// (tcpi_bytes_acked + SIOCOUTQ = write_seq - iss - 1). Valid until this side sends FIN.
-pub fn bytes_written(sock: &impl AsRawFd) -> io::Result<u64> {
+/// Bytes of this socket's stream the peer acknowledged (tcpi_bytes_acked; an active
+/// open's SYN counts one).
+pub fn bytes_acked(sock: &impl AsRawFd) -> io::Result<u64> {
     let info = tcp_info(sock)?;
-    let acked = u64::from_ne_bytes(
+    Ok(u64::from_ne_bytes(
         info[TCPI_BYTES_ACKED..TCPI_BYTES_ACKED + 8]
             .try_into()
             .expect("8 bytes"),
-    );
-    let mut outq: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ writes one c_int to the pointer we pass, which is a valid c_int.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(acked + outq.max(0) as u64)
+    ))
+}
+
+/// Payload bytes written into this socket so far: acknowledged + still in the send queue
+/// (tcpi_bytes_acked + SIOCOUTQ = write_seq - iss - 1). Valid until this side sends FIN.
+/// Two reads: an ACK between them moves bytes from the queue to `acked` after `acked`
+/// was read, so the sum can come out low, never high — the safe side for "has
+/// everything been written yet?".
+pub fn bytes_written(sock: &impl AsRawFd) -> io::Result<u64> {
+    let acked = bytes_acked(sock)?;
+    Ok(acked + outq(sock)?)
 }
 
 /// Re-arms the socket's receive path: setting SO_RCVLOWAT makes TCP call
