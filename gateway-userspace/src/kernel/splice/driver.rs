@@ -43,7 +43,7 @@ use tokio::{
 use super::{
     FlowReport, Path, Termination,
     ebpf::{Kernel, SpliceError, abort, initial_ctl},
-    epoll::{self, Epoll},
+    epoll::{self, Epoll, Timer},
     sockopt,
 };
 
@@ -53,7 +53,7 @@ const UP: usize = 1;
 const COPY_BUF: usize = 256 * 1024;
 /// First and longest wait between two looks at TCP's counters (FIN pending, backlog
 /// draining).
-const POLL_MIN: Duration = Duration::from_micros(200);
+const POLL_MIN: Duration = Duration::from_micros(50);
 const POLL_MAX: Duration = Duration::from_millis(50);
 const REDIRECT_FAILED: &str = "kernel redirect failed; flow reset both ways";
 /// Events kept for flows not handed over yet, at most.
@@ -172,6 +172,8 @@ struct Dir {
     /// Redirected bytes known to be written into the peer (the backlog was empty after
     /// them): kept bytes may be written after these, never before.
     written_redirects: u64,
+    /// The peer's send buffer is the small one (see `set_peer_sndbuf`).
+    shrunk: bool,
     backoff: Duration,
 }
 
@@ -199,6 +201,7 @@ impl Dir {
             queued: None,
             drained: false,
             written_redirects: 0,
+            shrunk: false,
             backoff: POLL_MIN,
         }
     }
@@ -228,6 +231,9 @@ pub(crate) struct Driver {
     kernel: Arc<Kernel>,
     epoll: AsyncFd<Epoll>,
     ring: AsyncFd<RingBuf<MapData>>,
+    timer: AsyncFd<Timer>,
+    /// The deadline the timerfd is armed for.
+    armed: Option<Instant>,
     flows: Vec<Option<Flow>>,
     free: Vec<usize>,
     next_generation: u32,
@@ -258,9 +264,14 @@ impl Driver {
             .map_err(io::Error::from)?;
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(io::Error::from)?;
+        // SAFETY: as above, the AsyncFd owns the Timer that owns the timerfd.
+        let timer = unsafe { AsyncFd::register_with_interest(Timer::new()?, Interest::READABLE) }
+            .map_err(io::Error::from)?;
         Ok(Driver {
             epoll,
             ring,
+            timer,
+            armed: None,
             kernel,
             flows: Vec::new(),
             free: Vec::new(),
@@ -279,11 +290,18 @@ impl Driver {
         lost_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
         loop {
-            let deadline = self
-                .timers
-                .peek()
-                .map(|Reverse(t)| t.0)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let deadline = self.timers.peek().map(|Reverse(t)| t.0);
+            if deadline.is_some() && deadline != self.armed {
+                let at = deadline.expect("checked");
+                if let Err(e) = self
+                    .timer
+                    .get_ref()
+                    .arm(at.saturating_duration_since(Instant::now()))
+                {
+                    tracing::error!("splice driver: timerfd: {e}");
+                }
+                self.armed = deadline;
+            }
             tokio::select! {
                 biased;
                 nf = rx.recv(), if open => match nf {
@@ -333,7 +351,14 @@ impl Driver {
                         self.on_event(ev);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => self.fire_timers(),
+                g = self.timer.readable() => {
+                    let Ok(mut g) = g else { return };
+                    g.get_inner().clear();
+                    g.clear_ready();
+                    drop(g);
+                    self.armed = None;
+                    self.fire_timers();
+                }
                 _ = lost_check.tick() => self.check_lost(),
             }
             if !open && self.by_cookie.is_empty() && self.flows.iter().all(Option::is_none) {
@@ -635,7 +660,7 @@ fn interest(flow: &Flow, side: usize) -> u32 {
         want |= epoll::IN;
     }
     let tx = &flow.dirs[1 - side];
-    if tx.phase == Phase::Copying && tx.want_out {
+    if matches!(tx.phase, Phase::Copying | Phase::Draining) && tx.want_out {
         want |= epoll::OUT;
     }
     want
@@ -653,39 +678,54 @@ fn set_phase(kernel: &Kernel, flow: &mut Flow, d: usize, phase: Phase) {
     let dir = &mut flow.dirs[d];
     let was = dir.paused();
     let paused = dir.spliced && matches!(phase, Phase::Draining | Phase::Copying);
-    let sndbuf = |bytes: u64| {
-        if let Err(e) = sockopt::set_sndbuf_force(&flow.socks[1 - d], bytes as usize) {
-            tracing::debug!("splice: SO_SNDBUFFORCE: {e}");
-        }
-    };
     match (was, paused) {
         (false, true) => {
             kernel.paths.paused_now.fetch_add(1, Ordering::Relaxed);
             kernel.paths.pauses.fetch_add(1, Ordering::Relaxed);
             flow.pauses += 1;
-            // The copier writes into the peer with ordinary backpressure; a send buffer
-            // of a quarter of the budget (doubled by the kernel, skb overhead included)
-            // keeps what it queues below the room `has_room` asks for.
-            sndbuf(kernel.budget / 4);
             tracing::debug!(dir = d, pauses = flow.pauses, "splice: paused");
         }
         (true, false) => {
             kernel.paths.paused_now.fetch_sub(1, Ordering::Relaxed);
-            sndbuf(2 * kernel.budget);
             tracing::debug!(dir = d, copied = flow.dirs[d].copied, "splice: resumed");
         }
         _ => {}
+    }
+    if phase == Phase::Kernel {
+        // The verdict redirects again: the backlog must find room.
+        set_peer_sndbuf(kernel, flow, d, false);
     }
     let dir = &mut flow.dirs[d];
     dir.phase = phase;
     dir.drained = false;
     dir.backoff = POLL_MIN;
     dir.poll = None;
+    dir.want_out = false;
     if phase != Phase::Copying {
         dir.buf = None;
         dir.want_in = false;
-        dir.want_out = false;
     }
+}
+
+/// The peer's send buffer for direction `d`: while userspace writes a paused direction
+/// into it, a quarter of the budget (doubled by the kernel, skb overhead included), so
+/// ordinary backpressure (EAGAIN, then EPOLLOUT once ACKs free room) keeps what it
+/// queues within the room `has_room` asks for; whenever the verdict may redirect, above
+/// the budget again, so the psock backlog never meets a full buffer (a full one makes it
+/// re-arm itself a jiffy later). Only shrunk once the backlog is empty.
+fn set_peer_sndbuf(kernel: &Kernel, flow: &mut Flow, d: usize, shrink: bool) {
+    if flow.dirs[d].shrunk == shrink {
+        return;
+    }
+    let bytes = if shrink {
+        kernel.budget / 4
+    } else {
+        2 * kernel.budget
+    };
+    if let Err(e) = sockopt::set_sndbuf_force(&flow.socks[1 - d], bytes as usize) {
+        tracing::debug!("splice: SO_SNDBUFFORCE: {e}");
+    }
+    flow.dirs[d].shrunk = shrink;
 }
 
 /// Payload bytes socket `side` received since the splice was armed (the FIN, once
@@ -777,11 +817,20 @@ fn progress(kernel: &Kernel, flow: &mut Flow, d: usize) -> Result<(), End> {
                 let taken = written(flow, peer)
                     .map_err(io)?
                     .saturating_sub(flow.dirs[d].copied);
-                if taken >= c.redirected && has_room(kernel, flow, peer).map_err(io)? {
+                if taken < c.redirected {
+                    // The backlog is still sending (into a buffer with room): soon.
+                    poll_later(&mut flow.dirs[d]);
+                    return Ok(());
+                }
+                flow.dirs[d].written_redirects = c.redirected;
+                set_peer_sndbuf(kernel, flow, d, true);
+                if has_room(kernel, flow, peer).map_err(io)? {
                     set_phase(kernel, flow, d, Phase::Copying);
-                    flow.dirs[d].written_redirects = c.redirected;
                     continue;
                 }
+                // Wait for the reader: with the smaller send buffer the peer turns
+                // writable (EPOLLOUT) about when it has room. The poll backs that up.
+                flow.dirs[d].want_out = true;
                 poll_later(&mut flow.dirs[d]);
                 return Ok(());
             }
@@ -955,6 +1004,8 @@ fn announce(kernel: &Kernel, flow: &mut Flow, d: usize) -> Result<(), End> {
     let c = kernel.counters(flow.start[d].cookie);
     let queued = sockopt::outq(&flow.socks[peer]).map_err(io)?;
     let room = kernel.budget.saturating_sub(queued);
+    // From the update on the verdict may redirect again: its backlog needs room first.
+    set_peer_sndbuf(kernel, flow, d, false);
     let dir = &mut flow.dirs[d];
     dir.ctl = FlowCtl {
         limit: c.redirected + room,

@@ -93,3 +93,72 @@ impl AsRawFd for Epoll {
         self.fd.as_raw_fd()
     }
 }
+
+/// A monotonic timerfd: the driver's clock for looking at TCP's counters again. tokio's
+/// timer wheel ticks in milliseconds, and a paused direction or a pending FIN usually
+/// needs another look within tens of microseconds.
+pub(crate) struct Timer {
+    fd: OwnedFd,
+}
+
+impl Timer {
+    pub(crate) fn new() -> io::Result<Timer> {
+        // SAFETY: timerfd_create takes no pointers; a non-negative result is a new fd we
+        // own from here on.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+        Ok(Timer {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Fires once, `after` from now (at least 1 ns: zero would disarm it).
+    pub(crate) fn arm(&self, after: std::time::Duration) -> io::Result<()> {
+        let after = after.max(std::time::Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec for the duration of the call; the old
+        // value is not asked for (null).
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Clears an expiry so the fd stops being readable.
+    pub(crate) fn clear(&self) {
+        let mut n = 0u64;
+        // SAFETY: reads at most 8 bytes into a valid u64; EAGAIN when nothing expired.
+        let _ = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut n as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+}
+
+impl AsRawFd for Timer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
