@@ -112,6 +112,15 @@ pub struct RunArgs {
     /// Upstream connect timeout.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// Downstream connections open at once, all listeners together; past it new ones are
+    /// reset at accept and counted (gateway_downstream_cx_overflow_total). Default: what
+    /// the open-file limit allows (each connection needs two sockets, plus a pipe's two
+    /// fds while busy): (RLIMIT_NOFILE - 256) / 3. 0: no cap.
+    #[arg(long)]
+    pub max_connections: Option<u64>,
+    /// The same, per listener (default: no cap).
+    #[arg(long)]
+    pub listener_max_connections: Option<u64>,
     /// MeshConfig YAML (accessLogFile, accessLogEncoding, accessLogFormat, ...).
     #[arg(long)]
     pub mesh_config: Option<PathBuf>,
@@ -291,10 +300,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let splicer = Splicer::with_options(args.splice, splice_opts).context(
         "the splice could not start (eBPF needs root or CAP_BPF+CAP_NET_ADMIN, and a binary built after `cargo xtask setup`); try --splice splice",
     )?;
+    let nofile = match listener::raise_nofile() {
+        Ok((old, new)) => {
+            if old != new {
+                tracing::info!("open-file limit raised from {old} to {new}");
+            }
+            new
+        }
+        Err(e) => {
+            tracing::warn!("open-file limit unchanged: {e}");
+            1024
+        }
+    };
+    let max_connections = match args.max_connections {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => Some(nofile.saturating_sub(256).max(64) / 3),
+    };
     let opts = Options {
         bind: args.bind,
         client_hello_timeout: args.client_hello_timeout,
         connect_timeout: args.connect_timeout,
+        max_connections,
+        listener_max_connections: args.listener_max_connections.filter(|&n| n > 0),
     };
     let http = crate::http::HttpState::build(&snapshot).unwrap_or_else(|e| {
         eprintln!("{e}\nconfiguration error; nothing was started");

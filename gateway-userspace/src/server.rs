@@ -21,11 +21,18 @@ pub struct Options {
     pub client_hello_timeout: Duration,
     /// Upstream connect timeout (Istio's default connectTimeout: 10 s).
     pub connect_timeout: Duration,
+    /// Downstream connections open at once, all listeners together; past it new ones
+    /// are refused at accept (None: no cap).
+    pub max_connections: Option<u64>,
+    /// The same per listener.
+    pub listener_max_connections: Option<u64>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
+            max_connections: None,
+            listener_max_connections: None,
             bind: IpAddr::from([0, 0, 0, 0]),
             client_hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),

@@ -42,6 +42,17 @@ impl GatewayProc {
     /// Starts `gateway run --config <config...> <args...>` in `ns` and waits until its
     /// admin API answers /ready. Panics with the gateway's log if it exits or hangs.
     pub fn start(ns: &NetNs, config: &[&Path], args: &[&str]) -> GatewayProc {
+        Self::start_with_nofile(ns, config, args, None)
+    }
+
+    /// As [`start`](Self::start), with the gateway's soft open-file limit set to
+    /// `nofile` (as a shell's `ulimit -n` would) when given.
+    pub fn start_with_nofile(
+        ns: &NetNs,
+        config: &[&Path],
+        args: &[&str],
+        nofile: Option<u64>,
+    ) -> GatewayProc {
         let log = std::env::temp_dir().join(format!("{}-gateway.log", ns.name));
         let out = std::fs::File::create(&log).expect("create log");
         let admin = "127.0.0.1:15000".to_string();
@@ -58,6 +69,27 @@ impl GatewayProc {
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup log"))
             .stderr(out);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: between fork and exec only async-signal-safe calls run here:
+            // getrlimit/setrlimit on this (child) process, no allocation, no locks.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = n.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().expect("spawn gateway");
         let mut gw = GatewayProc {
             child: Some(child),

@@ -21,9 +21,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let mut errors = crate::listener::ErrorLog::default();
     loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            continue;
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin (and log rate-limited).
+                errors.warn(port, &e);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
         };
         let gw = gw.clone();
         tokio::spawn(async move {

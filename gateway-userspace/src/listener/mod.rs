@@ -7,6 +7,7 @@ use crate::{
     config::{Listener, ListenerProtocol},
     http, proxy,
     server::Gateway,
+    telemetry::metrics::ListenerStats,
 };
 
 /// Binds every port first, so a port that can't be bound fails the start before any
@@ -33,12 +34,17 @@ pub fn bind_all(gw: &Gateway) -> std::io::Result<Vec<(Arc<Listener>, TcpListener
 /// Accepts forever; each connection is served on its own task.
 pub async fn accept_loop(gw: Arc<Gateway>, listener: Arc<Listener>, sock: TcpListener) {
     let port = listener.port;
+    let mut errors = ErrorLog::default();
     loop {
         let (conn, peer) = match sock.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the listener stays.
-                tracing::warn!(port, "accept failed: {e}");
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the listener stays,
+                // and established connections are untouched.
+                if let Some(s) = gw.stats.listener(port) {
+                    s.accept_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                errors.warn(port, &e);
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
@@ -48,14 +54,21 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: Arc<Listener>, sock: TcpLis
             drop(conn);
             continue;
         }
+        let stats = gw.stats.listener(port);
+        if over_cap(&gw, stats) {
+            // Refused as cheaply as possible: a reset, no task, no byte read.
+            if let Some(s) = stats {
+                s.overflow.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+            drop(conn);
+            continue;
+        }
+        let active = Active::enter(&gw, port);
         let gw = gw.clone();
         let listener = listener.clone();
         tokio::spawn(async move {
-            let stats = gw.stats.listener(port);
-            if let Some(s) = stats {
-                s.accepted.fetch_add(1, Ordering::Relaxed);
-                s.active.fetch_add(1, Ordering::Relaxed);
-            }
+            let _active = active;
             match listener.protocol {
                 ListenerProtocol::Tcp | ListenerProtocol::Tls => {
                     proxy::tcp::serve(gw.clone(), listener, conn, peer).await
@@ -67,9 +80,102 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: Arc<Listener>, sock: TcpLis
                     http::serve(gw.clone(), listener, conn, peer, vec![], true).await
                 }
             }
-            if let Some(s) = gw.stats.listener(port) {
-                s.active.fetch_sub(1, Ordering::Relaxed);
-            }
         });
     }
+}
+
+/// Whether a new connection would exceed `--max-connections` or
+/// `--listener-max-connections`.
+fn over_cap(gw: &Gateway, stats: Option<&ListenerStats>) -> bool {
+    let global = gw
+        .opts
+        .max_connections
+        .is_some_and(|max| gw.stats.active_total.load(Ordering::Relaxed) >= max);
+    let listener = match (gw.opts.listener_max_connections, stats) {
+        (Some(max), Some(s)) => s.active.load(Ordering::Relaxed) >= max,
+        _ => false,
+    };
+    global || listener
+}
+
+/// Counts a connection as accepted and active until dropped — also when its task
+/// panics, so the gauges and the caps never drift.
+struct Active {
+    gw: Arc<Gateway>,
+    port: u16,
+}
+
+impl Active {
+    fn enter(gw: &Arc<Gateway>, port: u16) -> Active {
+        gw.stats.active_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = gw.stats.listener(port) {
+            s.accepted.fetch_add(1, Ordering::Relaxed);
+            s.active.fetch_add(1, Ordering::Relaxed);
+        }
+        Active {
+            gw: gw.clone(),
+            port,
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.gw.stats.active_total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = self.gw.stats.listener(self.port) {
+            s.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Logs accept() failures at most once a second per listener, with how many were not
+/// logged: a flood of EMFILE must not flood the log too.
+#[derive(Default)]
+pub(crate) struct ErrorLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    pub(crate) fn warn(&mut self, port: u16, e: &std::io::Error) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            port,
+            suppressed = self.suppressed,
+            "accept failed: {e}; backing off"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: a proxy needs two sockets per L4
+/// flow (and a pipe's two fds while a direction is busy), and the usual soft limit of
+/// 1,024 caps it at a few hundred flows. Returns (old, new) soft limits.
+pub fn raise_nofile() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a valid, exclusively borrowed struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let old = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads one valid rlimit; raising the soft limit up to the hard
+        // one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((old, lim.rlim_cur))
 }

@@ -47,6 +47,10 @@ pub struct ListenerStats {
     pub accepted: AtomicU64,
     pub active: AtomicU64,
     pub no_route: AtomicU64,
+    /// Connections refused at a connection cap (Envoy's downstream_cx_overflow).
+    pub overflow: AtomicU64,
+    /// accept() failures (EMFILE, ENFILE, ENOBUFS, ...).
+    pub accept_errors: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +65,8 @@ pub struct Stats {
     pub bytes_upstream_to_downstream: AtomicU64,
     /// Payload bytes that passed through userspace memory while splicing (0 with eBPF).
     pub userspace_splice_bytes: AtomicU64,
+    /// Downstream connections open right now, all listeners together.
+    pub active_total: AtomicU64,
 }
 
 impl Stats {
@@ -113,6 +119,18 @@ impl Stats {
             "gauge",
             "Connections open per listener.",
             &per_listener(|s| &s.active),
+        );
+        family(
+            "gateway_downstream_cx_overflow_total",
+            "counter",
+            "Connections refused because a connection cap (--max-connections, --listener-max-connections) was reached.",
+            &per_listener(|s| &s.overflow),
+        );
+        family(
+            "gateway_accept_errors_total",
+            "counter",
+            "accept() failures per listener (EMFILE, ENFILE, ENOBUFS): the listener backs off and retries.",
+            &per_listener(|s| &s.accept_errors),
         );
         family(
             "gateway_no_route_total",
