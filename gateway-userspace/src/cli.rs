@@ -112,6 +112,11 @@ pub struct RunArgs {
     /// Upstream connect timeout.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// Close an L4 flow (TCP, TLS passthrough) in which no byte moved either way for this
+    /// long (Istio's TCP idleTimeout, 1 h by default): a FIN each way, or a reset when
+    /// bytes were still waiting for a stalled reader. 0: never.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tcp_idle_timeout: Duration,
     /// Downstream connections open at once, all listeners together; past it new ones are
     /// reset at accept and counted (gateway_downstream_cx_overflow_total). Default: what
     /// the open-file limit allows (each connection needs two sockets, plus a pipe's two
@@ -289,7 +294,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pipe: PipeConfig {
             pipe_size: args.splice_pipe_size,
             pool_max: args.splice_pipe_pool,
+            idle_timeout: None,
         },
+        idle_timeout: Some(args.tcp_idle_timeout).filter(|d| !d.is_zero()),
         budget: args.splice_budget as u64,
         offload: OffloadPolicy {
             min_bytes: args.offload_bytes as u64,

@@ -674,3 +674,62 @@ async fn short_flows(mode: SpliceMode) {
     .await;
     drop(echo);
 }
+
+/// `--tcp-idle-timeout`: a flow in which nothing moves for the timeout is closed — a FIN
+/// each way when nothing is left to forward — while a flow with a byte every 300 ms
+/// lives on, in every mode (the kernel path judges by its counters).
+#[test]
+fn idle_flows_close_after_the_idle_timeout_busy_ones_stay_in_every_mode() {
+    if !privileged("idle_flows_close_after_the_idle_timeout_busy_ones_stay_in_every_mode") {
+        return;
+    }
+    in_netns("m-idle", || {
+        every_mode(|mode| async move {
+            let opts = SpliceOptions {
+                idle_timeout: Some(Duration::from_secs(2)),
+                ..SpliceOptions::default()
+            };
+            let splicer = Splicer::with_options(mode, opts).expect("splicer");
+            let (mut idle_c, mut idle_s, idle_flow) = spliced_pair(&splicer).await;
+            let (mut busy_c, mut busy_s, busy_flow) = spliced_pair(&splicer).await;
+            // Both move a few bytes first, then one goes quiet.
+            for (c, s) in [(&mut idle_c, &mut idle_s), (&mut busy_c, &mut busy_s)] {
+                c.write_all(b"hello\n").await.unwrap();
+                let mut b = [0u8; 6];
+                s.read_exact(&mut b).await.unwrap();
+            }
+            let started = Instant::now();
+            let busy = tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    busy_c.write_all(b"x").await.unwrap();
+                    busy_s.read_exact(&mut b).await.unwrap();
+                }
+                (busy_c, busy_s)
+            });
+            let r = report(mode, idle_flow).await;
+            let after = started.elapsed();
+            assert_eq!(r.termination, Termination::IdleTimeout, "{mode:?}: {r:?}");
+            assert!(
+                after >= Duration::from_millis(1_900) && after < Duration::from_secs(20),
+                "{mode:?}: closed after {after:?} for a 2 s idle timeout"
+            );
+            // A FIN each way: both ends read EOF, not a reset.
+            for (who, s) in [("client", &mut idle_c), ("upstream", &mut idle_s)] {
+                let mut b = [0u8; 8];
+                let n = timeout(Duration::from_secs(5), s.read(&mut b))
+                    .await
+                    .unwrap_or_else(|_| panic!("{mode:?} {who}: nothing within 5 s"))
+                    .unwrap_or_else(|e| panic!("{mode:?} {who}: {e} instead of EOF"));
+                assert_eq!(n, 0, "{mode:?} {who}: bytes instead of EOF");
+            }
+            // The busy flow (6 s of a byte every 300 ms) is still open, then ends cleanly.
+            let (busy_c, busy_s) = busy.await.unwrap();
+            assert!(!busy_flow.is_finished(), "{mode:?}: a busy flow was closed");
+            drop((busy_c, busy_s));
+            let r = report(mode, busy_flow).await;
+            assert_ne!(r.termination, Termination::IdleTimeout, "{mode:?}: {r:?}");
+        })
+    });
+}

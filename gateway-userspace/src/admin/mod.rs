@@ -106,6 +106,7 @@ pub fn splice_view(splicer: &Splicer) -> serde_json::Value {
         "pauses": p.pauses.load(Relaxed),
         "paused_now": p.paused_now.load(Relaxed),
         "undelivered_bytes": p.undelivered.load(Relaxed),
+        "integrity_resets": p.integrity.load(Relaxed),
         "fallbacks": p.fallbacks().iter().map(|(r, n)| (r.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
     });
     if let Some(o) = splicer.offload() {

@@ -238,6 +238,12 @@ impl Stats {
             &plain(&paths.undelivered),
         );
         family(
+            "gateway_splice_integrity_resets_total",
+            "counter",
+            "Kernel-spliced flows reset because the verdict was handed more bytes than TCP received.",
+            &plain(&paths.integrity),
+        );
+        family(
             "gateway_splice_fallback_total",
             "counter",
             "Flows (or directions) the kernel splice could not take, by reason.",

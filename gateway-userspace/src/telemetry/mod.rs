@@ -118,6 +118,7 @@ impl Telemetry {
         let termination = match flow.termination {
             Some(Termination::DownstreamReset) => Some("downstream_reset"),
             Some(Termination::UpstreamReset) => Some("upstream_reset"),
+            Some(Termination::IdleTimeout) => Some("idle_timeout"),
             _ => None,
         };
         let record = LogRecord {

@@ -8,9 +8,17 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{DirEnd, FlowReport, Termination, Victim, ending};
+use super::{
+    DirEnd, FlowReport, Termination, Victim, ending,
+    idle::{Activity, expired},
+};
 
-async fn pipe(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) -> DirEnd {
+async fn pipe(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    activity: &Activity,
+    d2u: bool,
+) -> DirEnd {
     let mut buf = vec![0u8; 16 * 1024];
     let mut total = 0u64;
     loop {
@@ -22,30 +30,41 @@ async fn pipe(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin)
             Ok(n) => n,
             Err(_) => return DirEnd::ReaderReset(total),
         };
+        activity.read(n);
         if to.write_all(&buf[..n]).await.is_err() {
             return DirEnd::WriterFailed(total);
         }
+        activity.written(d2u, n);
         total += n as u64;
     }
 }
 
-pub async fn copy(mut down: TcpStream, mut up: TcpStream) -> FlowReport {
-    let (a, b) = {
+/// Copies both ways until both sides are done (or nothing moved for `idle`).
+pub async fn copy(mut down: TcpStream, mut up: TcpStream, idle: Option<Duration>) -> FlowReport {
+    let activity = Activity::new();
+    let ended = {
         let (dr, dw) = down.split();
         let (ur, uw) = up.split();
-        let (d2u, u2d) = (pipe(dr, uw), pipe(ur, dw));
+        let (d2u, u2d) = (
+            pipe(dr, uw, &activity, true),
+            pipe(ur, dw, &activity, false),
+        );
         tokio::pin!(d2u, u2d);
         // A reset ends the flow at once; a FIN lets the other direction finish.
         tokio::select! {
             a = &mut d2u => {
                 let b = if ending(true, &a).is_some() { DirEnd::Fin(0) } else { u2d.await };
-                (a, b)
+                Some((a, b))
             }
             b = &mut u2d => {
                 let a = if ending(false, &b).is_some() { DirEnd::Fin(0) } else { d2u.await };
-                (a, b)
+                Some((a, b))
             }
+            () = expired(&activity, idle) => None,
         }
+    };
+    let Some((a, b)) = ended else {
+        return idle_close(down, up, &activity, super::Path::Copy);
     };
     let termination = match ending(true, &a).or_else(|| ending(false, &b)) {
         Some((victim, t)) => {
@@ -61,6 +80,35 @@ pub async fn copy(mut down: TcpStream, mut up: TcpStream) -> FlowReport {
         userspace_bytes: a.bytes() + b.bytes(),
         path: super::Path::Copy,
         termination,
+        ..Default::default()
+    }
+}
+
+/// Ends an idle flow: a FIN each way when nothing read is left unwritten, else a reset
+/// each way (closing with a FIN would hand the reader a clean but truncated stream).
+pub(crate) fn idle_close(
+    down: TcpStream,
+    up: TcpStream,
+    activity: &Activity,
+    path: super::Path,
+) -> FlowReport {
+    let pending = activity.pending();
+    for s in [&down, &up] {
+        let s = socket2::SockRef::from(s);
+        if pending {
+            let _ = s.set_linger(Some(Duration::ZERO));
+        } else {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+    }
+    tracing::debug!(pending, "splice: idle timeout");
+    let (d2u, u2d) = activity.moved();
+    FlowReport {
+        downstream_to_upstream: d2u,
+        upstream_to_downstream: u2d,
+        userspace_bytes: d2u + u2d,
+        path,
+        termination: Termination::IdleTimeout,
         ..Default::default()
     }
 }

@@ -217,6 +217,9 @@ struct Flow {
     prior: [u64; 2],
     pauses: u32,
     done: Option<oneshot::Sender<FlowReport>>,
+    /// The flow's counters at the last idle sweep, and when they last changed.
+    activity: u64,
+    active_at: Instant,
 }
 
 /// How a flow ends early.
@@ -225,6 +228,9 @@ enum End {
     ResetBy(usize),
     /// A local failure: reset both.
     Error(String),
+    /// No byte moved for the idle timeout: a FIN each way, or (bytes still pending) a
+    /// reset each way.
+    Idle { pending: bool },
 }
 
 pub(crate) struct Driver {
@@ -242,6 +248,8 @@ pub(crate) struct Driver {
     events_lost: u64,
     /// Events for cookies no flow has yet (see `on_event`).
     early: Vec<(Instant, SpliceEvent)>,
+    /// When the next idle-timeout sweep is due.
+    next_sweep: Instant,
 }
 
 fn token(slot: usize, generation: u32, side: usize) -> u64 {
@@ -280,6 +288,7 @@ impl Driver {
             timers: BinaryHeap::new(),
             events_lost: 0,
             early: Vec::new(),
+            next_sweep: Instant::now(),
         })
     }
 
@@ -359,7 +368,10 @@ impl Driver {
                     self.armed = None;
                     self.fire_timers();
                 }
-                _ = lost_check.tick() => self.check_lost(),
+                _ = lost_check.tick() => {
+                    self.check_lost();
+                    self.sweep_idle();
+                }
             }
             if !open && self.by_cookie.is_empty() && self.flows.iter().all(Option::is_none) {
                 return;
@@ -387,6 +399,8 @@ impl Driver {
             prior: nf.prior,
             pauses: 0,
             done: Some(nf.done),
+            activity: 0,
+            active_at: Instant::now(),
         };
         self.kernel
             .paths
@@ -577,6 +591,46 @@ impl Driver {
         }
     }
 
+    /// The idle timeout: every quarter of it (1 s to 60 s), compare each flow's kernel
+    /// counters and userspace copies with the last sweep's; a flow in which nothing moved
+    /// for the whole timeout is closed.
+    fn sweep_idle(&mut self) {
+        let Some(idle) = self.kernel.idle else {
+            return;
+        };
+        let now = Instant::now();
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        for slot in 0..self.flows.len() {
+            let Some(Some(flow)) = self.flows.get_mut(slot) else {
+                continue;
+            };
+            let c = [DOWN, UP].map(|d| self.kernel.counters(flow.start[d].cookie));
+            let activity = c.iter().map(|c| c.redirected + c.passed).sum::<u64>()
+                + flow.dirs[DOWN].copied
+                + flow.dirs[UP].copied;
+            if activity != flow.activity {
+                (flow.activity, flow.active_at) = (activity, now);
+                continue;
+            }
+            if now.duration_since(flow.active_at) < idle {
+                continue;
+            }
+            // Nothing left to forward (every byte received was written to the other
+            // side): FIN both ways. Else a reset: a FIN would truncate silently.
+            let pending = [DOWN, UP].iter().any(|&d| {
+                flow.dirs[d].phase != Phase::Done
+                    && match (received(flow, d), written(flow, 1 - d)) {
+                        (Ok(r), Ok(w)) => w < r,
+                        _ => true,
+                    }
+            });
+            self.finish(slot, Err(End::Idle { pending }));
+        }
+    }
+
     /// Ends a flow: resets whoever must be reset, takes it out of the maps, closes both
     /// sockets and sends the report.
     fn finish(&mut self, slot: usize, r: Result<(), End>) {
@@ -598,6 +652,16 @@ impl Driver {
                 abort(&flow.socks[DOWN]);
                 abort(&flow.socks[UP]);
                 Termination::Error(e)
+            }
+            Err(End::Idle { pending }) => {
+                for s in &flow.socks {
+                    if pending {
+                        abort(s);
+                    } else {
+                        let _ = s.shutdown(Shutdown::Write);
+                    }
+                }
+                Termination::IdleTimeout
             }
         };
         let cookies = [flow.start[DOWN].cookie, flow.start[UP].cookie];
@@ -796,7 +860,21 @@ fn progress(kernel: &Kernel, flow: &mut Flow, d: usize) -> Result<(), End> {
                     return Ok(());
                 }
                 let recv = received(flow, d).map_err(io)?;
-                if c.redirected + c.passed >= recv && written(flow, peer).map_err(io)? >= recv {
+                if c.redirected + c.passed > recv {
+                    // The verdict was handed more bytes than TCP received: some twice
+                    // (tcp_read_skb passes whole skbs, and TCP queues a retransmitted
+                    // segment that overlaps bytes already received without trimming
+                    // it). The peer got duplicates: never pass a clean FIN after them.
+                    kernel.paths.integrity.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        dir = d,
+                        seen = c.redirected + c.passed,
+                        received = recv,
+                        "splice: the kernel forwarded bytes twice; resetting the flow"
+                    );
+                    return Err(End::Error("kernel forwarded duplicate bytes".into()));
+                }
+                if c.redirected + c.passed == recv && written(flow, peer).map_err(io)? >= recv {
                     tracing::debug!(
                         dir = d,
                         bytes = recv,

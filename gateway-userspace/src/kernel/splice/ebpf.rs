@@ -100,6 +100,8 @@ pub(crate) struct Kernel {
     config: Mutex<Array<MapData, u32>>,
     /// Per-direction budget (see the module comment).
     pub(crate) budget: u64,
+    /// Close a flow in which no byte moved for this long.
+    pub(crate) idle: Option<Duration>,
     pub(crate) paths: Arc<PathStats>,
 }
 
@@ -205,7 +207,11 @@ impl EbpfSplicer {
     /// Loads the embedded object, attaches the verdict program to the SPLICED map and
     /// starts the driver task. Fails without privilege (CAP_BPF/CAP_NET_ADMIN), without
     /// BPF, outside a tokio runtime, or when the binary was built without the programs.
-    pub fn load(budget: u64, paths: Arc<PathStats>) -> Result<Self, SpliceError> {
+    pub fn load(
+        budget: u64,
+        idle: Option<Duration>,
+        paths: Arc<PathStats>,
+    ) -> Result<Self, SpliceError> {
         if EBPF_OBJECT.is_empty() {
             return Err(SpliceError::NotBuilt);
         }
@@ -238,6 +244,7 @@ impl EbpfSplicer {
             stats,
             config: Mutex::new(config),
             budget,
+            idle,
             paths,
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -333,11 +340,11 @@ impl EbpfSplicer {
         // FIN (`printf ... | nc -N`) is copied in userspace instead: its flow is short.
         if !sockopt::is_established(&down) || !sockopt::is_established(&up) {
             fallback(Fallback::NotEstablished);
-            return with_prior(super::copy::copy(down, up).await, prior);
+            return with_prior(super::copy::copy(down, up, self.kernel.idle).await, prior);
         }
         let Ok(start) = driver::Start::pair(&down, &up) else {
             fallback(Fallback::SocketState);
-            return with_prior(super::copy::copy(down, up).await, prior);
+            return with_prior(super::copy::copy(down, up, self.kernel.idle).await, prior);
         };
         // Out of tokio's reactor: from here on only the driver's epoll set watches them.
         let (down, up) = match (down.into_std(), up.into_std()) {
@@ -354,7 +361,9 @@ impl EbpfSplicer {
                 tracing::debug!("splice: not handed to the kernel: {e}");
                 fallback(reason);
                 return match (TcpStream::from_std(down), TcpStream::from_std(up)) {
-                    (Ok(d), Ok(u)) => with_prior(super::copy::copy(d, u).await, prior),
+                    (Ok(d), Ok(u)) => {
+                        with_prior(super::copy::copy(d, u, self.kernel.idle).await, prior)
+                    }
                     _ => error_report("re-registering the sockets".into()),
                 };
             }

@@ -17,6 +17,7 @@ mod copy;
 mod driver;
 pub mod ebpf;
 mod epoll;
+mod idle;
 pub mod pipe;
 pub(crate) mod sockopt;
 pub mod uring;
@@ -54,6 +55,8 @@ pub struct SpliceOptions {
     pub budget: u64,
     /// When `auto` hands a flow to the kernel.
     pub offload: pipe::OffloadPolicy,
+    /// Close a flow in which no byte moved for this long (None: never).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for SpliceOptions {
@@ -62,6 +65,8 @@ impl Default for SpliceOptions {
             pipe: pipe::PipeConfig::default(),
             budget: ebpf::DEFAULT_BUDGET,
             offload: pipe::OffloadPolicy::default(),
+            // Istio's default idleTimeout for TCP.
+            idle_timeout: Some(std::time::Duration::from_secs(3600)),
         }
     }
 }
@@ -78,6 +83,9 @@ pub enum Termination {
     UpstreamReset,
     /// A local failure (map insert, socket error) ended the flow.
     Error(String),
+    /// No byte moved either way for `--tcp-idle-timeout`: both sides were closed (FIN
+    /// when nothing was left to forward, else reset).
+    IdleTimeout,
 }
 
 impl fmt::Display for Termination {
@@ -87,6 +95,7 @@ impl fmt::Display for Termination {
             Termination::DownstreamReset => f.write_str("downstream_reset"),
             Termination::UpstreamReset => f.write_str("upstream_reset"),
             Termination::Error(e) => write!(f, "error: {e}"),
+            Termination::IdleTimeout => f.write_str("idle_timeout"),
         }
     }
 }
@@ -199,6 +208,9 @@ pub struct PathStats {
     pub fallbacks: [AtomicU64; 3],
     /// Bytes redirected to a peer that failed before taking them (reset flows only).
     pub undelivered: AtomicU64,
+    /// Flows reset because the kernel forwarded bytes twice (the verdict saw more bytes
+    /// than TCP received).
+    pub integrity: AtomicU64,
 }
 
 impl PathStats {
@@ -246,6 +258,7 @@ struct Inner {
     pipe: Option<pipe::PipeSplicer>,
     uring: Option<uring::UringSplicer>,
     offload: pipe::OffloadPolicy,
+    idle: Option<std::time::Duration>,
     paths: Arc<PathStats>,
 }
 
@@ -260,11 +273,21 @@ impl Splicer {
     /// every flow on the pipes.
     pub fn with_options(mode: SpliceMode, opts: SpliceOptions) -> Result<Self, ebpf::SpliceError> {
         let paths = Arc::new(PathStats::default());
-        let load = || ebpf::EbpfSplicer::load(opts.budget, paths.clone());
-        let pipes = || pipe::PipeSplicer::new(opts.pipe).map_err(std::io::Error::other);
+        let load = || ebpf::EbpfSplicer::load(opts.budget, opts.idle_timeout, paths.clone());
+        let pipes = || {
+            let cfg = pipe::PipeConfig {
+                idle_timeout: opts.idle_timeout,
+                ..opts.pipe
+            };
+            pipe::PipeSplicer::new(cfg).map_err(std::io::Error::other)
+        };
         let (kernel, pipe, uring) = match mode {
             SpliceMode::Splice => (None, Some(pipes()?), None),
-            SpliceMode::Uring => (None, None, Some(uring::UringSplicer::start()?)),
+            SpliceMode::Uring => (
+                None,
+                None,
+                Some(uring::UringSplicer::start(opts.idle_timeout)?),
+            ),
             SpliceMode::Ebpf => (Some(load()?), None, None),
             SpliceMode::Auto => {
                 let kernel = load()
@@ -283,6 +306,7 @@ impl Splicer {
             pipe,
             uring,
             offload: opts.offload,
+            idle: opts.idle_timeout,
             paths,
         })))
     }
@@ -334,6 +358,11 @@ impl Splicer {
                         down_to_upstream,
                         upstream_to_downstream,
                     } => {
+                        tracing::debug!(
+                            down_to_upstream,
+                            upstream_to_downstream,
+                            "splice: bulk flow handed to the kernel"
+                        );
                         let prior = ebpf::Prior {
                             downstream_to_upstream: down_to_upstream,
                             upstream_to_downstream,
@@ -352,7 +381,7 @@ impl Splicer {
             }
             _ => {
                 let _active = inner.paths.copy.enter();
-                copy::copy(down, up).await
+                copy::copy(down, up, inner.idle).await
             }
         };
         inner.paths.ended(&r);

@@ -52,6 +52,8 @@ pub struct PipeConfig {
     pub pipe_size: usize,
     /// Empty pipes kept for reuse; a pipe given back beyond that is closed.
     pub pool_max: usize,
+    /// Close a flow in which no byte moved for this long (None: never).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for PipeConfig {
@@ -59,6 +61,7 @@ impl Default for PipeConfig {
         PipeConfig {
             pipe_size: DEFAULT_PIPE_SIZE,
             pool_max: DEFAULT_POOL_MAX,
+            idle_timeout: None,
         }
     }
 }
@@ -176,6 +179,7 @@ impl std::fmt::Debug for PipeOutcome {
 #[derive(Clone)]
 pub struct PipeSplicer {
     pool: Arc<Pool>,
+    idle: Option<std::time::Duration>,
 }
 
 impl PipeSplicer {
@@ -207,6 +211,7 @@ impl PipeSplicer {
         pool.give(first, true);
         Ok(PipeSplicer {
             pool: Arc::new(pool),
+            idle: cfg.idle_timeout,
         })
     }
 
@@ -258,7 +263,7 @@ impl PipeSplicer {
     ) -> PipeOutcome {
         let mut d2u = Dir::new(&self.pool, &up);
         let mut u2d = Dir::new(&self.pool, &down);
-        let ended = drive(&down, &up, &mut d2u, &mut u2d, policy).await;
+        let ended = drive(&down, &up, &mut d2u, &mut u2d, policy, self.idle).await;
         let (d, u) = (d2u.moved, u2d.moved);
         // Pipes back to the pool (or closed, holding bytes of a reset flow) before the
         // sockets close.
@@ -281,6 +286,17 @@ impl PipeSplicer {
             Drive::Failed(msg) => {
                 reset_both(&down, &up);
                 Termination::Error(msg)
+            }
+            Drive::Idle { pending } => {
+                // A FIN each way when nothing is left in a pipe, else a reset each way
+                // (a FIN would hand the reader a clean but truncated stream).
+                if pending {
+                    reset_both(&down, &up);
+                } else {
+                    let _ = socket2::SockRef::from(&down).shutdown(Shutdown::Write);
+                    let _ = socket2::SockRef::from(&up).shutdown(Shutdown::Write);
+                }
+                Termination::IdleTimeout
             }
         };
         PipeOutcome::Done(FlowReport {
@@ -309,6 +325,10 @@ enum Drive {
     /// A local failure (no pipe could be made): both sides are reset.
     Failed(String),
     Handover,
+    /// No byte moved for the idle timeout; `pending`: a pipe still held bytes.
+    Idle {
+        pending: bool,
+    },
 }
 
 /// How one direction stopped.
@@ -332,7 +352,9 @@ async fn drive(
     d2u: &mut Dir<'_>,
     u2d: &mut Dir<'_>,
     policy: Option<&OffloadPolicy>,
+    idle: Option<std::time::Duration>,
 ) -> Drive {
+    let mut last_progress = tokio::time::Instant::now();
     let mut next_try = 0u64;
     let mut confirm = false;
     // Once a socket's read side is done (EOF), nothing reads it any more: a reset it gets
@@ -372,6 +394,7 @@ async fn drive(
         }
 
         if progress {
+            last_progress = tokio::time::Instant::now();
             confirm = false;
             // Readiness of the other direction is collected without blocking, so a busy
             // direction does not starve it; a flow that always has bytes to move yields
@@ -410,7 +433,19 @@ async fn drive(
                 next_try = total + p.retry_bytes;
             }
         }
-        if let Err(end) = readiness(true, down, up, d2u, u2d, &mut down_err, &mut up_err).await {
+        let wait = readiness(true, down, up, d2u, u2d, &mut down_err, &mut up_err);
+        let waited = match idle {
+            Some(idle) => match tokio::time::timeout_at(last_progress + idle, wait).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Drive::Idle {
+                        pending: d2u.in_pipe + u2d.in_pipe > 0,
+                    };
+                }
+            },
+            None => wait.await,
+        };
+        if let Err(end) = waited {
             return end;
         }
     }

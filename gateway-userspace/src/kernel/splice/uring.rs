@@ -17,6 +17,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::{
@@ -25,11 +26,18 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::{DirEnd, FlowReport, Termination, Victim, ebpf::SpliceError, ending, sockopt};
+use super::{
+    DirEnd, FlowReport, Termination, Victim,
+    ebpf::SpliceError,
+    ending,
+    idle::{Activity, expired},
+    sockopt,
+};
 
 struct Job {
     down: std::net::TcpStream,
     up: std::net::TcpStream,
+    idle: Option<Duration>,
     done: oneshot::Sender<FlowReport>,
 }
 
@@ -37,11 +45,12 @@ struct Job {
 pub struct UringSplicer {
     workers: Arc<Vec<mpsc::UnboundedSender<Job>>>,
     next: Arc<AtomicUsize>,
+    idle: Option<Duration>,
 }
 
 impl UringSplicer {
-    /// Starts the io_uring threads.
-    pub fn start() -> Result<Self, SpliceError> {
+    /// Starts the io_uring threads; flows in which no byte moves for `idle` are closed.
+    pub fn start(idle: Option<Duration>) -> Result<Self, SpliceError> {
         let n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -61,6 +70,7 @@ impl UringSplicer {
         Ok(UringSplicer {
             workers: Arc::new(workers),
             next: Arc::new(AtomicUsize::new(0)),
+            idle,
         })
     }
 
@@ -79,7 +89,13 @@ impl UringSplicer {
         };
         let (done, rx) = oneshot::channel();
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-        if self.workers[i].send(Job { down, up, done }).is_err() {
+        let job = Job {
+            down,
+            up,
+            idle: self.idle,
+            done,
+        };
+        if self.workers[i].send(job).is_err() {
             return error_report("io_uring worker gone".into());
         }
         rx.await
@@ -156,7 +172,12 @@ impl Side {
 }
 
 async fn run(job: Job) {
-    let Job { down, up, done } = job;
+    let Job {
+        down,
+        up,
+        idle: job_idle,
+        done,
+    } = job;
     let (down, up) = match (Side::new(down), Side::new(up)) {
         (Ok(d), Ok(u)) => (Rc::new(d), Rc::new(u)),
         (Err(e), _) | (_, Err(e)) => {
@@ -164,8 +185,9 @@ async fn run(job: Job) {
             return;
         }
     };
-    let mut d2u = tokio_uring::spawn(copy(down.clone(), up.clone()));
-    let mut u2d = tokio_uring::spawn(copy(up.clone(), down.clone()));
+    let activity = Rc::new(Activity::new());
+    let mut d2u = tokio_uring::spawn(copy(down.clone(), up.clone(), activity.clone(), true));
+    let mut u2d = tokio_uring::spawn(copy(up.clone(), down.clone(), activity.clone(), false));
     let failed = |r: Result<DirEnd, _>| r.unwrap_or(DirEnd::WriterFailed(0));
     // Whichever direction ends first decides whether the other must be cut short, and
     // names the termination: the reset of the victim makes the other direction fail
@@ -180,6 +202,32 @@ async fn run(job: Job) {
             let b = failed(r);
             if let Some((v, _)) = ending(false, &b) { reset(v, &down, &up) }
             (failed(d2u.await), b, false)
+        }
+        () = expired(&activity, job_idle) => {
+            // The idle timeout: a FIN each way when nothing read is left unwritten (the
+            // reads in flight then complete with EOF), else a reset each way; either
+            // way the direction tasks end.
+            let pending = activity.pending();
+            if pending {
+                reset(Victim::Down, &down, &up);
+                reset(Victim::Up, &down, &up);
+            } else {
+                let _ = down.io.shutdown(Shutdown::Both);
+                let _ = up.io.shutdown(Shutdown::Both);
+            }
+            let _ = (d2u.await, u2d.await);
+            let (d, u) = activity.moved();
+            drop((down, up));
+            tracing::debug!(pending, "splice: idle timeout");
+            let _ = done.send(FlowReport {
+                downstream_to_upstream: d,
+                upstream_to_downstream: u,
+                userspace_bytes: d + u,
+                path: super::Path::Uring,
+                termination: Termination::IdleTimeout,
+                ..Default::default()
+            });
+            return;
         }
     };
     let first = if d2u_first {
@@ -238,7 +286,7 @@ async fn opt<T>(op: &mut Option<Op<T>>) -> T {
 /// a time, from a FIFO). A direction starts idle: it waits for readability holding no
 /// buffer, reads back to back while reads fill their buffer, and after a short read (the
 /// receive queue was drained) goes idle again, freeing the buffers it does not need.
-async fn copy(from: Rc<Side>, to: Rc<Side>) -> DirEnd {
+async fn copy(from: Rc<Side>, to: Rc<Side>, activity: Rc<Activity>, d2u: bool) -> DirEnd {
     let mut size = START_BUF;
     let mut total = 0u64;
     let mut free: Vec<Vec<u8>> = Vec::new();
@@ -286,6 +334,7 @@ async fn copy(from: Rc<Side>, to: Rc<Side>) -> DirEnd {
                 match res {
                     Ok(0) => eof = true,
                     Ok(n) => {
+                        activity.read(n);
                         if n == buf.capacity() {
                             size = (size * 2).min(MAX_BUF);
                         } else {
@@ -302,6 +351,7 @@ async fn copy(from: Rc<Side>, to: Rc<Side>) -> DirEnd {
                     return DirEnd::WriterFailed(total);
                 }
                 total += buf.len() as u64;
+                activity.written(d2u, buf.len());
                 if active {
                     buf.clear();
                     free.push(buf);

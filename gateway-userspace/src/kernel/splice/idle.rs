@@ -1,0 +1,82 @@
+//! The L4 idle timeout (Istio's `idleTimeout` for TCP, 1 h by default;
+//! `--tcp-idle-timeout`): a flow in which no byte moved either way for that long is
+//! closed. The userspace paths touch an [`Activity`] whenever they move bytes and race
+//! [`expired`] against their work; the kernel path's driver compares the kernel's per-flow
+//! counters between sweeps instead.
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+/// When a flow last moved a byte, and how many it holds read but not yet written.
+pub(crate) struct Activity {
+    base: Instant,
+    /// Milliseconds after `base`.
+    last: AtomicU64,
+    read: AtomicU64,
+    /// Written per direction: downstream→upstream, upstream→downstream.
+    written: [AtomicU64; 2],
+}
+
+impl Activity {
+    pub(crate) fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            written: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        self.last
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// `n` bytes read into userspace (counts as activity).
+    pub(crate) fn read(&self, n: usize) {
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// `n` bytes of direction `d2u` (true: downstream→upstream) written out.
+    pub(crate) fn written(&self, d2u: bool, n: usize) {
+        self.written[usize::from(!d2u)].fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Bytes written so far per direction (downstream→upstream, upstream→downstream).
+    pub(crate) fn moved(&self) -> (u64, u64) {
+        (
+            self.written[0].load(Ordering::Relaxed),
+            self.written[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes read but not written: closing now would drop them, so the flow must be
+    /// reset rather than closed with a FIN.
+    pub(crate) fn pending(&self) -> bool {
+        let (a, b) = self.moved();
+        self.read.load(Ordering::Relaxed) > a + b
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.base
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// Completes once `a` has seen no byte for `idle` (never when `idle` is None).
+pub(crate) async fn expired(a: &Activity, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let since = a.idle_for();
+        if since >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - since).await;
+    }
+}
