@@ -125,7 +125,7 @@ fn malformed_and_oversized_requests() {
     assert!(log.contains("status=431 response_flags=DPE"), "{log}");
     assert!(log.contains("status=400 response_flags=DPE"), "{log}");
     assert!(log.contains("details=\"missing_host_header\""), "{log}");
-    good.finish();
+    good.finish(&gw);
 }
 
 #[test]
@@ -218,7 +218,7 @@ fn slowloris_clients_are_closed() {
         "one 408 (the trickling client), not the idle one:\n{log}"
     );
     assert!(log.contains("TLS handshake timed out"), "{log}");
-    good.finish();
+    good.finish(&gw);
 }
 
 /// Opens an h2c connection and sends up to 5,000 requests, each reset (CANCEL) right
@@ -321,5 +321,5 @@ fn h2_rapid_reset_flood_is_closed() {
     );
     assert_eq!(r.status, 200);
     std::thread::sleep(Duration::from_millis(300));
-    good.finish();
+    good.finish(&gw);
 }
