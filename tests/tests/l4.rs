@@ -889,23 +889,23 @@ fn upstream_half_close_reaches_the_client() {
     for mode in MODES {
         let ns = NetNs::new("uphalf");
         let rt = ns.runtime();
+        let l = NetNs::block_on(&rt, async {
+            TcpListener::bind("127.0.0.1:7001").await.unwrap()
+        });
         // Joined below: a panic in the upstream fails the test with its own message.
-        let upstream = NetNs::block_on(&rt, async move {
-            let l = TcpListener::bind("127.0.0.1:7001").await.unwrap();
-            tokio::spawn(async move {
-                let (mut s, _) = l.accept().await.unwrap();
-                s.write_all(b"bye, but keep talking\n").await.unwrap();
-                s.shutdown().await.unwrap(); // FIN first, from the upstream
-                let mut n = 0u64;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => n += k as u64,
-                    }
+        let upstream = rt.spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(b"bye, but keep talking\n").await.unwrap();
+            s.shutdown().await.unwrap(); // FIN first, from the upstream
+            let mut n = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k as u64,
                 }
-                n
-            })
+            }
+            n
         });
         let dir = TempDir::new(&format!("uphalf-{mode}"));
         let _gw = GatewayProc::start(&ns, &[&dir.write("l4.yaml", RESETTER)], &["--splice", mode]);
