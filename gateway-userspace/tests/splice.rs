@@ -13,12 +13,13 @@ use std::{
 };
 
 use gateway::kernel::splice::{
-    Path, SpliceMode, Splicer, Termination,
+    FlowReport, Path, SpliceMode, Splicer, Termination,
     pipe::{OffloadPolicy, PipeConfig, PipeOutcome, PipeSplicer},
 };
 use gateway_tests::{
     data::{Checker, fill},
     netns::{NetNs, privileged},
+    stream::tcp_bytes_received,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -40,21 +41,41 @@ fn in_netns<F: std::future::Future<Output = ()> + 'static>(
     });
 }
 
-/// Upstream that greets first ("HELLO\n"), then echoes; half-close aware.
-async fn greeting_echo() -> std::net::SocketAddr {
+/// Upstream that greets first ("HELLO\n"), then echoes; half-close aware. Serves one
+/// connection; the test joins the task, so a panic in it fails the test.
+async fn greeting_echo() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                s.write_all(b"HELLO\n").await.unwrap();
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"HELLO\n").await.unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
     });
-    addr
+    (addr, task)
+}
+
+/// Awaits a task of the test (within 10 s) and re-raises its panic here.
+async fn join<T>(what: &str, task: tokio::task::JoinHandle<T>) -> T {
+    timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not end"))
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Waits until `sock` has received at least `n` bytes (a FIN counts one): what a test
+/// arranged to be queued is there, however slow the machine.
+async fn wait_received(sock: &TcpStream, n: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tcp_bytes_received(sock) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} bytes received, want {n}",
+            tcp_bytes_received(sock)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -71,7 +92,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 async fn echo_through_splice(mode: SpliceMode, len: usize) {
     let splicer = Splicer::new(mode).expect("splicer");
-    let up_addr = greeting_echo().await;
+    let (up_addr, upstream) = greeting_echo().await;
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let front_addr = front.local_addr().unwrap();
 
@@ -81,7 +102,8 @@ async fn echo_through_splice(mode: SpliceMode, len: usize) {
     client.write_all(b"early\n").await.unwrap();
     let (down, _) = front.accept().await.unwrap();
     let up = TcpStream::connect(up_addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_received(&down, 6, "the client's early bytes").await;
+    wait_received(&up, 6, "the upstream's greeting").await;
     let flow = {
         let s = splicer.clone();
         tokio::spawn(async move { s.splice(down, up).await })
@@ -115,6 +137,7 @@ async fn echo_through_splice(mode: SpliceMode, len: usize) {
         .await
         .expect("flow did not end")
         .unwrap();
+    join("the upstream", upstream).await;
     assert_eq!(report.termination, Termination::Closed);
     assert_eq!(report.downstream_to_upstream, 6 + len as u64);
     assert_eq!(report.upstream_to_downstream, 6 + 6 + len as u64);
@@ -177,7 +200,7 @@ async fn upstream_reset_reaches_client(mode: SpliceMode) {
     let splicer = Splicer::new(mode).expect("splicer");
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up_addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
+    let upstream = tokio::spawn(async move {
         let (s, _) = l.accept().await.unwrap();
         let mut buf = [0u8; 4];
         let mut s = s;
@@ -206,6 +229,7 @@ async fn upstream_reset_reaches_client(mode: SpliceMode) {
         .await
         .unwrap()
         .unwrap();
+    join("the upstream", upstream).await;
     assert_eq!(report.termination, Termination::UpstreamReset);
 }
 
@@ -249,17 +273,7 @@ async fn concurrent_echoes(mode: SpliceMode, flows: usize) {
     let up_addr = echo.addr;
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let front_addr = front.local_addr().unwrap();
-    let s = splicer.clone();
-    tokio::spawn(async move {
-        while let Ok((down, _)) = front.accept().await {
-            let s = s.clone();
-            tokio::spawn(async move {
-                let up = TcpStream::connect(up_addr).await.unwrap();
-                let r = s.splice(down, up).await;
-                assert_eq!(r.termination, Termination::Closed, "{r:?}");
-            });
-        }
-    });
+    let acceptor = tokio::spawn(splice_accepted(splicer.clone(), front, up_addr, flows));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..flows {
         tasks.spawn(async move {
@@ -286,6 +300,37 @@ async fn concurrent_echoes(mode: SpliceMode, flows: usize) {
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
     }
+    // Every flow's report, checked here where a failed check fails the test.
+    let reports = join("the flows", acceptor).await;
+    assert_eq!(reports.len(), flows);
+    for r in reports {
+        assert_eq!(r.termination, Termination::Closed, "{r:?}");
+    }
+}
+
+/// Accepts `n` connections on `front`, splices each to a new connection to `up_addr`,
+/// closes the listener, and returns every flow's report once all have ended.
+async fn splice_accepted(
+    splicer: Splicer,
+    front: TcpListener,
+    up_addr: std::net::SocketAddr,
+    n: usize,
+) -> Vec<FlowReport> {
+    let mut flows = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (down, _) = front.accept().await.expect("accept");
+        let s = splicer.clone();
+        flows.spawn(async move {
+            let up = TcpStream::connect(up_addr).await.unwrap();
+            s.splice(down, up).await
+        });
+    }
+    drop(front);
+    let mut reports = Vec::with_capacity(n);
+    while let Some(r) = flows.join_next().await {
+        reports.push(r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
+    }
+    reports
 }
 
 #[test]
@@ -341,7 +386,7 @@ fn ebpf_splicer_copies_a_flow_whose_client_already_finished() {
     }
     in_netns("fin-first", || async {
         let splicer = Splicer::new(SpliceMode::Ebpf).expect("splicer");
-        let up_addr = greeting_echo().await;
+        let (up_addr, upstream) = greeting_echo().await;
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(front.local_addr().unwrap())
             .await
@@ -357,8 +402,9 @@ fn ebpf_splicer_copies_a_flow_whose_client_already_finished() {
                 w
             })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await; // the FIN is in
         let (down, _) = front.accept().await.unwrap();
+        // Every byte and the FIN are in before the splice starts.
+        wait_received(&down, 4 + 48_000 + 1, "the client's bytes and FIN").await;
         let up = TcpStream::connect(up_addr).await.unwrap();
         let flow = tokio::spawn(async move { splicer.splice(down, up).await });
         let mut got = Vec::new();
@@ -372,6 +418,7 @@ fn ebpf_splicer_copies_a_flow_whose_client_already_finished() {
         assert_eq!(got.len(), want.len());
         assert!(got == want, "echo differs");
         let report = flow.await.unwrap();
+        join("the upstream", upstream).await;
         assert!(
             !report.in_kernel(),
             "a CLOSE_WAIT socket can't be spliced in the kernel"
@@ -720,20 +767,7 @@ async fn short_flows(mode: SpliceMode) {
     };
     let before = open_fds();
     let pooled_before = pooled(&splicer);
-    let ended = Arc::new(AtomicUsize::new(0));
-    let s = splicer.clone();
-    let e = ended.clone();
-    let acceptor = tokio::spawn(async move {
-        while let Ok((down, _)) = front.accept().await {
-            let (s, e) = (s.clone(), e.clone());
-            tokio::spawn(async move {
-                let up = TcpStream::connect(up_addr).await.unwrap();
-                let r = s.splice(down, up).await;
-                assert_eq!(r.termination, Termination::Closed, "{r:?}");
-                e.fetch_add(1, Ordering::Relaxed);
-            });
-        }
-    });
+    let acceptor = tokio::spawn(splice_accepted(splicer.clone(), front, up_addr, 2000));
     let t = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut clients = tokio::task::JoinSet::new();
@@ -761,14 +795,15 @@ async fn short_flows(mode: SpliceMode) {
     while let Some(r) = clients.join_next().await {
         r.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ended.load(Ordering::Relaxed) < 2000 {
-        assert!(Instant::now() < deadline, "flows not all ended");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let reports = timeout(Duration::from_secs(10), acceptor)
+        .await
+        .expect("flows not all ended")
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     eprintln!("{mode:?}: 2000 short flows in {:?}", t.elapsed());
-    acceptor.abort();
-    let _ = acceptor.await;
+    assert_eq!(reports.len(), 2000);
+    for r in &reports {
+        assert_eq!(r.termination, Termination::Closed, "{r:?}");
+    }
     // The listener is gone with the acceptor: one fd fewer than before.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

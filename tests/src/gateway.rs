@@ -2,6 +2,7 @@
 //! admin API, the way an operator would.
 use std::{
     io::Read,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -28,6 +29,31 @@ pub fn gateway_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Has the kernel SIGKILL the child when the thread that spawned it exits, so a test
+/// binary killed mid-test (SIGKILL, a timeout) leaves no gateway behind holding its BPF
+/// programs and namespace. `ip netns exec` execs the gateway in the same process, and a
+/// plain exec keeps the parent-death signal. It follows the spawning *thread*: spawn on
+/// a thread that outlives the child (a test's own thread, as every caller does).
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it calls prctl and getppid (plain system
+    // calls), and builds its errors from errno values, which allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then no signal will come,
+            // so don't start at all.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// A gateway process in a namespace; killed (and its log kept for panics) on drop.
@@ -69,6 +95,7 @@ impl GatewayProc {
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup log"))
             .stderr(out);
+        die_with_parent(&mut cmd);
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt as _;
             // SAFETY: between fork and exec only async-signal-safe calls run here:

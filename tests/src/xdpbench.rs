@@ -210,15 +210,23 @@ pub fn connect_flood(
 
 // === reading the gateway's counters ===
 
-/// A counter from `/stats/prometheus` by exact series (`name{labels}`), 0 if absent.
+/// A counter from `/stats/prometheus` by exact series (`name{labels}`). A series that is
+/// not there panics, naming it: read as 0 it would make every `== 0` check pass.
 pub fn prom_value(prom: &str, series: &str) -> u64 {
+    prom_value_opt(prom, series)
+        .unwrap_or_else(|| panic!("series {series} missing from /stats/prometheus:\n{prom}"))
+}
+
+/// A counter by exact series, None when the gateway doesn't export it.
+pub fn prom_value_opt(prom: &str, series: &str) -> Option<u64> {
     prom.lines()
         .find_map(|l| {
+            // The whole series: `name{labels}` then the value, not a longer name.
             l.strip_prefix(series)
+                .filter(|rest| rest.starts_with(' '))
                 .and_then(|v| v.trim().parse::<f64>().ok())
         })
         .map(|v| v as u64)
-        .unwrap_or(0)
 }
 
 /// XDP packets dropped for `rule` on `port`.
@@ -325,8 +333,15 @@ pub fn xdp_drop_bench(duration: Duration, max_packets: u64) -> XdpBenchResult {
             duration,
         );
         let elapsed = t.elapsed();
-        std::thread::sleep(Duration::from_millis(100));
-        (xdp_dropped(&gw, rule, 31400) - before, sent, elapsed, mode)
+        // The frames cross the veth pair asynchronously: wait (a bounded time) until the
+        // drop counter has every frame sent, rather than read it after a fixed sleep.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut dropped = xdp_dropped(&gw, rule, 31400) - before;
+        while dropped < sent && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            dropped = xdp_dropped(&gw, rule, 31400) - before;
+        }
+        (dropped, sent, elapsed, mode)
     };
     // Userspace: the same rule checked at accept; every attempt is a full handshake.
     let (userspace_refused, u_elapsed) = {

@@ -125,7 +125,7 @@ fn malformed_and_oversized_requests() {
     assert!(log.contains("status=431 response_flags=DPE"), "{log}");
     assert!(log.contains("status=400 response_flags=DPE"), "{log}");
     assert!(log.contains("details=\"missing_host_header\""), "{log}");
-    good.finish();
+    good.finish(&gw);
 }
 
 #[test]
@@ -191,13 +191,16 @@ fn slowloris_clients_are_closed() {
             );
             t.elapsed()
         });
-        let hs = [slow(80, false), slow(80, true), slow(443, false), idle];
-        hs.map(|h| h.join().unwrap())
+        // Each client with its label: none can go unchecked.
+        let hs = [
+            ("silent :80", slow(80, false)),
+            ("trickle :80", slow(80, true)),
+            ("silent :443", slow(443, false)),
+            ("idle keep-alive :80", idle),
+        ];
+        hs.map(|(what, h)| (what, h.join().unwrap()))
     });
-    for (what, took) in ["silent :80", "trickle :80", "silent :443"]
-        .iter()
-        .zip(results)
-    {
+    for (what, took) in results {
         assert!(
             took >= Duration::from_secs(8) && took < Duration::from_secs(15),
             "{what}: closed after {took:?} (want ~10 s)"
@@ -218,7 +221,7 @@ fn slowloris_clients_are_closed() {
         "one 408 (the trickling client), not the idle one:\n{log}"
     );
     assert!(log.contains("TLS handshake timed out"), "{log}");
-    good.finish();
+    good.finish(&gw);
 }
 
 /// Opens an h2c connection and sends up to 5,000 requests, each reset (CANCEL) right
@@ -321,5 +324,5 @@ fn h2_rapid_reset_flood_is_closed() {
     );
     assert_eq!(r.status, 200);
     std::thread::sleep(Duration::from_millis(300));
-    good.finish();
+    good.finish(&gw);
 }

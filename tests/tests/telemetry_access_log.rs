@@ -705,15 +705,16 @@ fn telemetry_kernel_aya_log_reaches_the_gateway_log() {
         &[&config("tcp-echo.yaml"), &config("service-entries.yaml")],
         &["--splice", "ebpf"],
     );
-    let post = |q: &str| {
+    let post_to = |path: &str, q: &str| {
         let out = ns
             .cmd("curl")
             .args(["-sS", "-X", "POST"])
-            .arg(format!("http://{}/debug/kernel_log?{q}", gw.admin))
+            .arg(format!("http://{}{path}?{q}", gw.admin))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
     };
+    let post = |q: &str| post_to("/debug/kernel_log", q);
     let to: SocketAddr = "127.0.0.1:31400".parse().unwrap();
     // The flow's closing line is written just after the client saw its EOF: poll for it.
     let flows_in_kernel = |n: usize| {
@@ -732,16 +733,53 @@ fn telemetry_kernel_aya_log_reaches_the_gateway_log() {
     };
     // Off by default: a spliced flow leaves no per-redirect record.
     NetNs::block_on(&rt, echo_in_kernel(to, 1000));
-    std::thread::sleep(Duration::from_millis(300));
     flows_in_kernel(1);
+    // "No record" is only worth checking once a record made after that flow has come
+    // through the same ring buffer (read in order): a redirect the kernel is made to
+    // refuse always logs a warning. So: a flow spliced in the kernel, redirects made to
+    // fail, one more write (the flow is reset), and that warning in the log.
+    let marker = NetNs::block_on(&rt, async move {
+        let mut s = tokio::net::TcpStream::connect(to).await.expect("connect");
+        s.write_all(b"before\n").await.expect("write");
+        let mut echo = [0u8; 7];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echo))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        s
+    });
+    assert!(post_to("/debug/splice/fault", "redirect=fail").contains("redirect=fail"));
+    let reset = NetNs::block_on(&rt, async move {
+        let mut s = marker;
+        let _ = s.write_all(b"after\n").await;
+        let mut one = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(10), s.read(&mut one))
+            .await
+            .map(|r| r.map_err(|e| e.kind()))
+    });
+    assert!(post_to("/debug/splice/fault", "redirect=off").contains("redirect=off"));
+    assert_eq!(
+        reset,
+        Ok(Err(std::io::ErrorKind::ConnectionReset)),
+        "the refused redirect resets the flow"
+    );
+    let warned = lines_with(&gw, "splice: redirect failed cookie=", 1, |l| {
+        l.contains(" WARN ")
+    });
+    assert!(
+        !warned.is_empty(),
+        "no record of the refused redirect:\n{}",
+        gw.log()
+    );
     assert!(!gw.log().contains("splice: redirected"), "{}", gw.log());
     // On: the kernel program's aya-log record appears in the gateway's log, with its level.
     assert!(post("redirects=on").contains("\"redirects\":true"));
+    let in_kernel_before = gw.log().matches("in_kernel=true").count();
     NetNs::block_on(&rt, echo_in_kernel(to, 1000));
     let found = lines_with(&gw, "splice: redirected cookie=", 1, |l| {
         l.contains(" INFO ")
     });
-    flows_in_kernel(2);
+    flows_in_kernel(in_kernel_before + 1);
     assert!(
         !found.is_empty(),
         "no aya-log record in the gateway log:\n{}",

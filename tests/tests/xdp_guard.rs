@@ -6,14 +6,14 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::Output,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use gateway_tests::{
     backends,
     gateway::GatewayProc,
     netns::{NetNs, privileged},
-    xdpbench::{accept_denied, prom_value, send_syns, xdp_drop_bench, xdp_dropped},
+    xdpbench::{accept_denied, prom_value, prom_value_opt, send_syns, xdp_drop_bench, xdp_dropped},
 };
 
 const GATEWAY: &str = r#"apiVersion: networking.istio.io/v1
@@ -219,8 +219,20 @@ fn xdp_deny_ip_blocks_drops_syns_and_counts_them() {
         Duration::from_secs(10),
     );
     assert_eq!((s4, s6), (300, 300));
-    // ...and to a port the gateway doesn't serve: passed, not counted.
-    send_syns(
+    // The frames cross the veth pair asynchronously: wait for the counter to get there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut dropped = xdp_dropped(&gw, RULE, 80);
+    while dropped - by_curl < 600 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        dropped = xdp_dropped(&gw, RULE, 80);
+    }
+    assert_eq!(dropped - by_curl, 600, "XDP drop counter vs SYNs sent");
+    // ...and to a port the gateway doesn't serve: passed, not counted. Passed means the
+    // gateway namespace's TCP answers each with a RST (nothing listens on 2222): once
+    // all 50 RSTs are counted, every frame has been through XDP, and only then is "not
+    // counted" worth checking.
+    let rsts_before = tcp_out_rsts(&n.gw);
+    let s2222 = send_syns(
         &n.cl,
         "veth-cl",
         mac,
@@ -230,10 +242,22 @@ fn xdp_deny_ip_blocks_drops_syns_and_counts_them() {
         50,
         Duration::from_secs(5),
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let dropped = xdp_dropped(&gw, RULE, 80);
-    assert_eq!(dropped - by_curl, 600, "XDP drop counter vs SYNs sent");
+    assert_eq!(s2222, 50);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tcp_out_rsts(&n.gw) - rsts_before < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "SYNs to :2222 not passed to the stack: {} RSTs",
+            tcp_out_rsts(&n.gw) - rsts_before
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let prom = gw.admin_get("/stats/prometheus");
+    assert_eq!(
+        xdp_dropped(&gw, RULE, 80),
+        dropped,
+        "SYNs to :2222 counted as drops on :80"
+    );
     assert!(
         prom_value(
             &prom,
@@ -267,7 +291,34 @@ fn xdp_deny_ip_blocks_drops_syns_and_counts_them() {
         let o = n.curl(src, url, "app.example.com");
         assert_eq!(status(&o), "200", "{src} after removing the policy: {o:?}");
     }
-    assert_eq!(xdp_dropped(&gw, RULE, 80), 0);
+    // The rule is gone with its policy (no series: it can't drop), and the guard dropped
+    // nothing on :80.
+    let prom = gw.admin_get("/stats/prometheus");
+    let series =
+        format!("gateway_xdp_packets_total{{rule=\"{RULE}\",port=\"80\",action=\"drop\"}}");
+    assert_eq!(prom_value_opt(&prom, &series), None, "{prom}");
+    assert_eq!(
+        prom_value(
+            &prom,
+            "gateway_xdp_port_packets_total{port=\"80\",action=\"drop\"}"
+        ),
+        0,
+        "{prom}"
+    );
+}
+
+/// `Tcp: OutRsts` of the namespace's TCP stack (/proc/net/snmp there).
+fn tcp_out_rsts(ns: &NetNs) -> u64 {
+    let out = ns.cmd("cat").arg("/proc/net/snmp").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(k, _)| *k == "OutRsts")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Tcp OutRsts in /proc/net/snmp of {}:\n{text}", ns.name))
 }
 
 /// Without XDP the same rule is enforced at accept: the meaning doesn't change.
@@ -350,8 +401,19 @@ fn allow_host_and_path_answers_403_rbac() {
         assert_eq!(status(&o), "403", "{url} {host}: {o:?}");
         assert!(body.starts_with("RBAC: access denied"), "{body}");
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let log = gw.log();
+    // Each line is written as its response ends, which can be just after curl is done.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut log = gw.log();
+    while log
+        .lines()
+        .filter(|l| l.contains("403") && l.contains("RBAC"))
+        .count()
+        < 2
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        log = gw.log();
+    }
     let denied: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("403") && l.contains("RBAC"))

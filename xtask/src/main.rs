@@ -600,6 +600,7 @@ fn run(args: &[String]) -> Result<()> {
 // test
 
 fn test(args: &[String]) -> Result<()> {
+    step("sweep stale test namespaces", sweep_stale_netns)?;
     setup()?;
     step("build gateway-userspace with the eBPF object", || {
         run_cmd(
@@ -609,6 +610,8 @@ fn test(args: &[String]) -> Result<()> {
         )
         .context("building gateway-userspace (and its eBPF object) failed")
     })?;
+    let root = is_root();
+    let ci_not_root = ci_requires_root(env::var_os("CI").as_deref(), root);
     let status = step("cargo test", || {
         let mut c = cargo();
         c.arg("test");
@@ -624,33 +627,60 @@ fn test(args: &[String]) -> Result<()> {
         // Every suite runs even when one fails, so the summary counts the whole run.
         c.arg("--no-fail-fast");
         c.args(args).env("GATEWAY_REQUIRE_EBPF", "1");
-        if is_root() {
+        if root {
             c.env("GATEWAY_TESTS_REQUIRE_ROOT", "1");
+        } else if ci_not_root {
+            println!(
+                "    CI is set but this run is not root: privileged tests will be skipped and the run will fail"
+            );
         } else {
             println!("    not root: privileged tests will be skipped");
+        }
+        // cargo's stderr is read through a pipe (to count skips): keep its colours.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            c.env("CARGO_TERM_COLOR", "always");
         }
         let shown = show(&c);
         println!("    $ {shown}");
         run_counting(&mut c).with_context(|| format!("could not start `{shown}`"))
     })?;
-    let (status, passed, failed) = status;
+    let (status, tally) = status;
     // One closing line for the whole run: cargo's own last line is the doc-test
     // harness's, which usually ran nothing.
-    println!("summary: {passed} passed, {failed} failed");
+    println!("{}", tally.summary());
     if !status.success() {
         eprintln!("cargo test failed ({status})");
+    }
+    if ci_not_root {
+        eprintln!(
+            "error: CI is set and the run is not root: {} privileged test(s) skipped, and CI must run them",
+            tally.skipped
+        );
+        std::process::exit(1);
     }
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// Runs a `cargo test`, echoing its stdout, and adds up its `test result:` lines.
-fn run_counting(c: &mut Command) -> std::io::Result<(ExitStatus, u64, u64)> {
-    let mut child = c.stdout(Stdio::piped()).spawn()?;
-    let out = child.stdout.take().expect("piped stdout");
-    let (mut passed, mut failed) = (0, 0);
-    for line in BufReader::new(out).lines() {
-        let line = line?;
-        println!("{line}");
+/// True when `CI` is set (to anything but empty, `0` or `false`) and the run is not
+/// root: privileged tests would skip, and in CI a skipped test must not look passed.
+fn ci_requires_root(ci: Option<&OsStr>, root: bool) -> bool {
+    let ci = ci.is_some_and(|v| !v.is_empty() && v != "0" && v != "false");
+    ci && !root
+}
+
+/// What a `cargo test` run adds up to, from its output lines.
+#[derive(Debug, Default, PartialEq)]
+struct Tally {
+    /// As libtest counts them: a privileged test that skipped itself counts as passed.
+    passed: u64,
+    failed: u64,
+    /// `SKIPPED <test>: ...` lines (gateway_tests::netns::privileged, on stderr).
+    skipped: u64,
+}
+
+impl Tally {
+    /// Counts one line of output (stdout or stderr).
+    fn line(&mut self, line: &str) {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |what: &str| {
                 rest.split(';')
@@ -665,9 +695,179 @@ fn run_counting(c: &mut Command) -> std::io::Result<(ExitStatus, u64, u64)> {
                     })
                     .unwrap_or(0)
             };
-            passed += count(" passed");
-            failed += count(" failed");
+            self.passed += count(" passed");
+            self.failed += count(" failed");
+        } else if line.trim_start().starts_with("SKIPPED ") {
+            self.skipped += 1;
         }
     }
-    Ok((child.wait()?, passed, failed))
+
+    fn add(&mut self, other: &Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+    }
+
+    /// The closing line (`.ci/run` greps `^summary: `); skipped tests are not passed.
+    fn summary(&self) -> String {
+        format!(
+            "summary: {} passed, {} failed, {} skipped",
+            self.passed.saturating_sub(self.skipped),
+            self.failed,
+            self.skipped
+        )
+    }
+}
+
+/// Runs a `cargo test`, echoing its stdout and stderr, and adds up its `test result:`
+/// and `SKIPPED` lines.
+fn run_counting(c: &mut Command) -> std::io::Result<(ExitStatus, Tally)> {
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let out = child.stdout.take().expect("piped stdout");
+    let err = child.stderr.take().expect("piped stderr");
+    // stderr on its own thread: cargo writes both, and an unread pipe would stall it.
+    let errs = thread::spawn(move || {
+        let mut tally = Tally::default();
+        each_line(err, |l| {
+            eprintln!("{l}");
+            tally.line(l);
+        })
+        .map(|()| tally)
+    });
+    let mut tally = Tally::default();
+    each_line(out, |l| {
+        println!("{l}");
+        tally.line(l);
+    })?;
+    let from_stderr = errs.join().expect("stderr reader thread")?;
+    tally.add(&from_stderr);
+    Ok((child.wait()?, tally))
+}
+
+/// Calls `f` with each line of `r` (without its line ending; invalid UTF-8 replaced).
+fn each_line(r: impl std::io::Read, mut f: impl FnMut(&str)) -> std::io::Result<()> {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(());
+        }
+        let line = String::from_utf8_lossy(&buf);
+        f(line.trim_end_matches(['\n', '\r']));
+    }
+}
+
+/// Deletes the `gwt-*` network namespaces whose creating test process is gone: a test
+/// binary killed mid-test leaves its namespaces behind (its gateways die with it, see
+/// gateway_tests::gateway::die_with_parent). Namespaces of running tests are kept.
+fn sweep_stale_netns() -> Result<()> {
+    let names: Vec<String> = match fs::read_dir("/run/netns") {
+        Ok(d) => d
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect(),
+        Err(_) => return Ok(()), // no named namespace at all
+    };
+    let stale = stale_netns(&names, |pid| Path::new(&format!("/proc/{pid}")).exists());
+    if stale.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        println!(
+            "    not root: {} stale namespace(s) left: {stale:?}",
+            stale.len()
+        );
+        return Ok(());
+    }
+    for name in &stale {
+        let out = Command::new("ip").args(["netns", "del", name]).output();
+        match out {
+            Ok(o) if o.status.success() => println!("    deleted {name}"),
+            Ok(o) => println!(
+                "    could not delete {name}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => println!("    could not run `ip netns del {name}`: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// The test namespaces in `names` whose creator is not `alive`: `NetNs::new` names them
+/// `gwt-<tag>-<pid>-<n>` (the tag may contain dashes; pid and n are the last two fields).
+fn stale_netns(names: &[String], alive: impl Fn(u32) -> bool) -> Vec<String> {
+    names
+        .iter()
+        .filter(|name| {
+            let Some(rest) = name.strip_prefix("gwt-") else {
+                return false;
+            };
+            let mut fields = rest.rsplitn(3, '-');
+            let (n, pid, tag) = (fields.next(), fields.next(), fields.next());
+            let n_ok = n.is_some_and(|n| n.parse::<u32>().is_ok());
+            match (tag, pid.and_then(|p| p.parse::<u32>().ok())) {
+                (Some(tag), Some(pid)) if n_ok && !tag.is_empty() => !alive(pid),
+                _ => false,
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_counts_results_and_skips() {
+        let mut t = Tally::default();
+        for line in [
+            "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.2s",
+            "SKIPPED tcp_echo_64mib_both_modes: needs root for network namespaces and eBPF",
+            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s",
+            "SKIPPED config_errors_are_reported_with_file_line_col (run binds nothing): needs root",
+            "test tcp_echo_64mib_both_modes ... ok",
+            "   Compiling gateway-tests v0.1.0",
+        ] {
+            t.line(line);
+        }
+        assert_eq!(
+            t,
+            Tally {
+                passed: 15,
+                failed: 2,
+                skipped: 2
+            }
+        );
+        assert_eq!(t.summary(), "summary: 13 passed, 2 failed, 2 skipped");
+    }
+
+    #[test]
+    fn ci_without_root_fails() {
+        let v = |s: &str| Some(OsStr::new(s).to_owned());
+        assert!(ci_requires_root(v("true").as_deref(), false));
+        assert!(ci_requires_root(v("1").as_deref(), false));
+        assert!(!ci_requires_root(v("true").as_deref(), true));
+        assert!(!ci_requires_root(None, false));
+        assert!(!ci_requires_root(v("").as_deref(), false));
+        assert!(!ci_requires_root(v("false").as_deref(), false));
+    }
+
+    #[test]
+    fn stale_netns_by_creator_pid() {
+        let names: Vec<String> = [
+            "gwt-http-bad-4242-0",
+            "gwt-tcp64-4242-3",
+            "gwt-cl500-77-1",
+            "gwt-tcp64-x-1",
+            "gwt-4242-0",
+            "other-4242-0",
+            "gwt-http-bad-4242",
+        ]
+        .map(String::from)
+        .to_vec();
+        // 77 is alive, 4242 is gone.
+        let stale = stale_netns(&names, |pid| pid == 77);
+        assert_eq!(stale, ["gwt-http-bad-4242-0", "gwt-tcp64-4242-3"]);
+    }
 }

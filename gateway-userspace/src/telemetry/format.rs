@@ -438,8 +438,44 @@ mod tests {
         assert_eq!(v["x_forwarded_for"], serde_json::Value::Null);
         assert_eq!(v["response_flags"], "-");
         assert_eq!(v["start_time"], "2026-11-29T10:11:12.345Z");
-        assert_eq!(v.as_object().unwrap().len(), ISTIO_JSON_FORMAT.len());
+        // Istio's own list, written out here: a check against our constant would pass
+        // whatever the constant holds.
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        let mut istio = ISTIO_DEFAULT_JSON_KEYS.to_vec();
+        istio.sort();
+        assert_eq!(keys, istio, "Istio's default JSON access-log keys");
+        assert_eq!(v.as_object().unwrap().len(), ISTIO_DEFAULT_JSON_KEYS.len());
     }
+
+    /// The keys of Istio's default JSON access log (`accessLogEncoding: JSON` with no
+    /// `accessLogFormat`), in Istio's order, as the README lists them.
+    const ISTIO_DEFAULT_JSON_KEYS: [&str; 24] = [
+        "start_time",
+        "method",
+        "path",
+        "protocol",
+        "response_code",
+        "response_flags",
+        "response_code_details",
+        "connection_termination_details",
+        "upstream_transport_failure_reason",
+        "bytes_received",
+        "bytes_sent",
+        "duration",
+        "upstream_service_time",
+        "x_forwarded_for",
+        "user_agent",
+        "request_id",
+        "authority",
+        "upstream_host",
+        "upstream_cluster",
+        "upstream_local_address",
+        "downstream_local_address",
+        "downstream_remote_address",
+        "requested_server_name",
+        "route_name",
+    ];
 
     #[test]
     fn custom_formats_and_errors() {

@@ -173,10 +173,20 @@ pub struct Resp {
     /// curl's stderr (with -v: the handshake, certificate subject, ALPN...).
     pub verbose: String,
     pub exit: i32,
+    /// Wall clock around the curl process, its spawn and the machine's load included:
+    /// too noisy for a limit (check `duration()` instead).
     pub elapsed: Duration,
+    /// The gateway's DURATION for the request, once the test has read its log line.
+    pub logged_duration: Option<Duration>,
 }
 
 impl Resp {
+    /// The gateway's own DURATION for this request (its log line's `duration_ms`).
+    pub fn duration(&self) -> Duration {
+        self.logged_duration
+            .unwrap_or_else(|| panic!("the test has not read the log line of {self:?}"))
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -239,6 +249,7 @@ pub fn curl(ns: &NetNs, args: &[&str]) -> Resp {
         verbose,
         exit,
         elapsed,
+        logged_duration: None,
     }
 }
 
@@ -399,8 +410,20 @@ pub fn tls_secret_yaml(name: &str, cert: &Path, key: &Path, ca: Option<&Path>) -
     y
 }
 
+/// The `duration_ms=` of a gateway `gateway::http` log line: the gateway's own DURATION
+/// for the request, untouched by how long the client took to start or connect.
+pub fn duration_of(line: &str) -> Duration {
+    let ms = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("duration_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no duration_ms in log line {line:?}"));
+    Duration::from_millis(ms)
+}
+
 /// A well-behaved HTTP/1.1 client running beside an abusive one: a fresh connection and
-/// a GET every 50 ms, recording failures and the slowest answer.
+/// a GET every 50 ms (each with its own request id), recording failures and the slowest
+/// answer. Stopped (its thread joined) on drop, also when a test fails before `finish`.
 pub struct GoodClient {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<GoodStats>>,
@@ -410,7 +433,12 @@ pub struct GoodClient {
 pub struct GoodStats {
     pub ok: usize,
     pub failures: Vec<String>,
+    /// As the client saw it (connect to EOF), spawn and scheduling delays included.
     pub slowest: Duration,
+    /// Request ids of the answered requests.
+    pub ids: Vec<String>,
+    /// The longest DURATION the gateway logged for them.
+    pub gateway_slowest: Duration,
 }
 
 impl GoodClient {
@@ -422,14 +450,18 @@ impl GoodClient {
         let thread = std::thread::spawn(move || {
             enter_ns(&name);
             let mut stats = GoodStats::default();
+            let mut n = 0u32;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // Zero-padded: no id is a prefix of another in the log.
+                let id = format!("good-{n:06}");
+                n += 1;
                 let t = Instant::now();
                 let got = (|| -> std::io::Result<String> {
                     let mut s = std::net::TcpStream::connect("127.0.0.1:80")?;
                     s.set_read_timeout(Some(Duration::from_secs(5)))?;
                     write!(
                         s,
-                        "GET /good HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                        "GET /good HTTP/1.1\r\nHost: {host}\r\nx-request-id: {id}\r\nConnection: close\r\n\r\n"
                     )?;
                     let mut out = String::new();
                     s.read_to_string(&mut out)?;
@@ -438,7 +470,10 @@ impl GoodClient {
                 let took = t.elapsed();
                 stats.slowest = stats.slowest.max(took);
                 match got {
-                    Ok(text) if text.starts_with("HTTP/1.1 200") => stats.ok += 1,
+                    Ok(text) if text.starts_with("HTTP/1.1 200") => {
+                        stats.ok += 1;
+                        stats.ids.push(id);
+                    }
                     Ok(text) => stats
                         .failures
                         .push(text.lines().next().unwrap_or("").into()),
@@ -454,16 +489,61 @@ impl GoodClient {
         }
     }
 
-    /// Stops and asserts it was never refused and never waited a second.
-    pub fn finish(mut self) -> GoodStats {
+    /// Stops and asserts it was never refused and the gateway never took a second over
+    /// one of its requests. The time is the gateway's own (its log line's DURATION): a
+    /// wall clock around the client also counts the scheduling of a loaded machine.
+    pub fn finish(mut self, gw: &GatewayProc) -> GoodStats {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let stats = self.thread.take().unwrap().join().unwrap();
+        let mut stats = self.thread.take().unwrap().join().unwrap();
         assert!(stats.failures.is_empty(), "good client failed: {stats:?}");
         assert!(stats.ok >= 5, "good client barely ran: {stats:?}");
+        // Every answered request has its line (written as the response ends: wait).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = gw.log();
+            let logged: std::collections::HashMap<&str, &str> = log
+                .lines()
+                .filter(|l| l.contains("gateway::http"))
+                .filter_map(|l| {
+                    let id = l
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("request_id="))?;
+                    Some((id, l))
+                })
+                .collect();
+            let missing: Vec<&String> = stats
+                .ids
+                .iter()
+                .filter(|id| !logged.contains_key(id.as_str()))
+                .collect();
+            if missing.is_empty() {
+                stats.gateway_slowest = stats
+                    .ids
+                    .iter()
+                    .map(|id| duration_of(logged[id.as_str()]))
+                    .max()
+                    .unwrap_or_default();
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "good requests without a log line: {missing:?}\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(
-            stats.slowest < Duration::from_secs(1),
+            stats.gateway_slowest < Duration::from_secs(1),
             "good client slowed down: {stats:?}"
         );
         stats
+    }
+}
+
+impl Drop for GoodClient {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
