@@ -643,6 +643,37 @@ fn syntax_errors_and_io_errors_have_positions() {
     assert_eq!(lines.len(), 3, "{lines:#?}");
 }
 
+/// Found by the config fuzzer (`"\r{"`): YAML ends lines at a lone CR, and libyaml also
+/// at U+0085/U+2028/U+2029, but documents were split and errors placed counting LF
+/// only, so an error could name a line past the end of the file (`fuzz.yaml:116:1` in
+/// a 43-line one). Lines are now CR/LF/CRLF everywhere, recomputed from serde_yaml's
+/// byte offset.
+#[test]
+fn errors_are_placed_on_lines_the_file_has() {
+    let line = |yaml: &str| {
+        let e = load_str("f.yaml", yaml, &id()).expect_err("must fail");
+        assert_eq!(e.0.len(), 1, "{e}");
+        (e.0[0].loc.line, e.0[0].loc.col)
+    };
+    assert_eq!(line("\r{"), (2, 2));
+    // Two CR-only lines, then a document whose kind is wrong.
+    assert_eq!(line("# a\r# b\r---\rapiVersion: v1\rkind: Secrt\r"), (5, 7));
+    // libyaml ends the comment at U+2028, so `b` is a key and the `:` of line 2 is
+    // wrong; that `:` is what the position must point at (libyaml said 3:5).
+    assert_eq!(line("# a\u{2028}b\nkind: [\n"), (2, 5));
+    // Found while minimizing another config fuzzer crash: yaml-rust2 put the implicit
+    // null key of `? ` (no newline) on line 2 of this 1-line file.
+    assert_eq!(line("? "), (1, 3));
+    // MeshConfig too: the `b` libyaml complains about is the 6th character of line 1
+    // (libyaml: line 3).
+    let mesh = mesh::parse(
+        Path::new("m.yaml"),
+        "# a\u{2028}\u{85}b\raccessLogEncoding: [\n",
+    )
+    .expect_err("must fail");
+    assert_eq!((mesh.0[0].loc.line, mesh.0[0].loc.col), (1, 6), "{mesh}");
+}
+
 #[test]
 fn host_rules() {
     use super::hosts::{covers, intersects};
