@@ -891,27 +891,11 @@ fn compile_action(r: &HttpRoute, dests: &[WeightedCluster], what: &str) -> Resul
 fn compile_rewrite(rw: Option<&istio::HttpRewrite>, what: &str) -> Result<Option<Rewrite>, String> {
     let Some(rw) = rw else { return Ok(None) };
     let uri_regex = match &rw.uri_regex_rewrite {
-        Some(rr) => {
-            let re = Regex::new(&rr.pattern).map_err(|e| {
-                format!(
-                    "{what}: invalid uriRegexRewrite.match {:?}: {e}",
-                    rr.pattern
-                )
-            })?;
-            // RE2 substitutions are `\1`; Rust's are `${1}`.
-            let with = Regex::new(r"\\(\d)")
-                .expect("static regex")
-                .replace_all(&rr.rewrite.replace('$', "$$"), "$${$1}")
-                .into_owned();
-            Some((re, with))
-        }
+        Some(rr) => Some(compile_regex_rewrite(rr, what)?),
         None => None,
     };
     let authority = match &rw.authority {
-        Some(a) => Some(
-            HeaderValue::from_str(a)
-                .map_err(|_| format!("{what}: invalid rewrite.authority {a:?}"))?,
-        ),
+        Some(a) => Some(rewrite_authority(a, what)?),
         None => None,
     };
     Ok(Some(Rewrite {
@@ -919,6 +903,92 @@ fn compile_rewrite(rw: Option<&istio::HttpRewrite>, what: &str) -> Result<Option
         uri_regex,
         authority,
     }))
+}
+
+fn compile_regex_rewrite(rr: &istio::RegexRewrite, what: &str) -> Result<(Regex, String), String> {
+    let re = Regex::new(&rr.pattern).map_err(|e| {
+        format!(
+            "{what}: invalid uriRegexRewrite.match {:?}: {e}",
+            rr.pattern
+        )
+    })?;
+    // RE2 substitutions are `\1`; Rust's are `${1}`.
+    let with = Regex::new(r"\\(\d)")
+        .expect("static regex")
+        .replace_all(&rr.rewrite.replace('$', "$$"), "$${$1}")
+        .into_owned();
+    Ok((re, with))
+}
+
+fn rewrite_authority(a: &str, what: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(a).map_err(|_| format!("{what}: invalid rewrite.authority {a:?}"))
+}
+
+/// What [`build_table`] would refuse in one VirtualService `http[]` route, as (path
+/// below the route, message), for validation to report with a file position: a config
+/// that loads always builds its route tables. Match regexes are validation's own check.
+pub fn problems(r: &HttpRoute) -> Vec<(String, String)> {
+    const WHAT: &str = "HTTP route";
+    let mut out = Vec::new();
+    let mut check = |path: String, result: Result<(), String>| {
+        if let Err(e) = result {
+            out.push((path, e));
+        }
+    };
+    for (j, m) in r.matches.iter().enumerate() {
+        for (field, map) in [
+            ("headers", &m.headers),
+            ("withoutHeaders", &m.without_headers),
+        ] {
+            for k in map.keys() {
+                check(
+                    format!("match[{j}].{field}.{k}"),
+                    header_name(k, WHAT).map(drop),
+                );
+            }
+        }
+    }
+    let headers = r
+        .route
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("route[{i}].headers"), d.headers.as_ref()))
+        .chain([("headers".to_string(), r.headers.as_ref())]);
+    for (path, h) in headers {
+        check(
+            format!("{path}.request"),
+            HeaderOps::compile(h.and_then(|h| h.request.as_ref()), WHAT).map(drop),
+        );
+        check(
+            format!("{path}.response"),
+            HeaderOps::compile(h.and_then(|h| h.response.as_ref()), WHAT).map(drop),
+        );
+    }
+    let action = if r.direct_response.is_some() {
+        "directResponse"
+    } else {
+        "redirect"
+    };
+    check(action.into(), compile_action(r, &[], WHAT).map(drop));
+    if let Some(rw) = &r.rewrite {
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            check(
+                "rewrite.uriRegexRewrite.match".into(),
+                compile_regex_rewrite(rr, WHAT).map(drop),
+            );
+        }
+        if let Some(a) = &rw.authority {
+            check(
+                "rewrite.authority".into(),
+                rewrite_authority(a, WHAT).map(drop),
+            );
+        }
+    }
+    check(
+        "fault".into(),
+        compile_fault(r.fault.as_ref(), WHAT).map(drop),
+    );
+    out
 }
 
 fn compile_fault(f: Option<&istio::HttpFaultInjection>, what: &str) -> Result<Fault, String> {
