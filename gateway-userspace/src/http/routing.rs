@@ -47,6 +47,23 @@ pub fn authority_port(authority: &str) -> Option<u16> {
     tail.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
 }
 
+/// True if a normalized host (see [`normalize_host`]) can stand as the host of a URI:
+/// an RFC 3986 reg-name (letters, digits, `-._~`, `!$&'()*+,;=`; no `%`-escapes, which
+/// no DNS name needs and the http crate refuses in an authority) or a bracketed IPv6
+/// literal. hyper only checks that a `Host` header is visible ASCII, so it may carry a
+/// space, `/`, `?`, `#`, `@` or a second `:`; a redirect built from such a host would
+/// point elsewhere (`Host: evil.example/x.example.com` matches `*.example.com`). Envoy
+/// refuses the request (400, invalid authority), and so does the proxy.
+pub fn valid_host(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b))
+}
+
 /// How well a host pattern (`name`, `*.suffix`, `*`) matches a lowercase host, as
 /// Envoy ranks virtual host domains: exact (2) beats the longest `*.` suffix (1) beats
 /// `*` (0). `None`: no match. A `*.x` wildcard needs at least one character before
