@@ -323,7 +323,7 @@ async fn route_request(
     let scheme = if conn.tls { "https" } else { "http" };
     if vhost.https_redirect && !conn.tls {
         // Envoy's `require_tls: ALL`: same host and path, https, default port.
-        let loc = format!("https://{host}{}", log.path);
+        let loc = routing::https_redirect_location(&host, &log.path);
         log.details = "tls_redirect";
         return done(log, redirect_reply(StatusCode::MOVED_PERMANENTLY, &loc));
     }

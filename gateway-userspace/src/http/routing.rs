@@ -613,8 +613,21 @@ pub fn rewrite_path(path: &str, rewrite: &Rewrite, matched_prefix: Option<&str>)
     path.to_string()
 }
 
+/// Envoy's `require_tls: ALL` redirect (`tls.httpsRedirect`): https, the same host,
+/// path and query, the default port. A request-target that is not a path (`OPTIONS *`,
+/// a CONNECT authority) passes on none, so the Location stays a URI of that host.
+pub fn https_redirect_location(host: &str, path_and_query: &str) -> String {
+    let pq = if path_and_query.starts_with('/') {
+        path_and_query
+    } else {
+        ""
+    };
+    format!("https://{host}{pq}")
+}
+
 /// The `Location` of a redirect for a request (scheme, normalized host, authority as
-/// received, path and query).
+/// received, path and query). A path that is not one (`*`) is left out, as in
+/// [`https_redirect_location`].
 pub fn redirect_location(
     r: &Redirect,
     scheme: &str,
@@ -653,7 +666,9 @@ pub fn redirect_location(
             }
         }
         None => {
-            loc.push_str(path);
+            if path.starts_with('/') {
+                loc.push_str(path);
+            }
             if let Some(q) = query {
                 loc.push('?');
                 loc.push_str(q);

@@ -185,10 +185,37 @@ fn hosts_that_are_not_uri_hosts_are_refused() {
     ] {
         let host = normalize_host(good);
         assert!(valid_host(&host), "{good:?} -> {host:?}");
-        let loc = redirect_location(&redirect, "http", good, "/p", Some("q=1"), 80);
-        let uri: hyper::Uri = loc.parse().unwrap_or_else(|e| panic!("{loc:?}: {e}"));
-        assert_eq!(uri.host(), Some(host.as_str()), "{loc}");
+        for loc in [
+            redirect_location(&redirect, "http", good, "/p", Some("q=1"), 80),
+            https_redirect_location(&host, "/p?q=1"),
+        ] {
+            let uri: hyper::Uri = loc.parse().unwrap_or_else(|e| panic!("{loc:?}: {e}"));
+            assert_eq!(uri.host(), Some(host.as_str()), "{loc}");
+        }
     }
+}
+
+/// Found by the routing fuzzer (`OPTIONS * HTTP/1.1` to an httpsRedirect host): the
+/// Location was the host with `*` glued on (`https://a.example.com*`), a different host.
+#[test]
+fn redirects_of_a_target_that_is_not_a_path_keep_the_host() {
+    assert_eq!(
+        https_redirect_location("a.example.com", "*"),
+        "https://a.example.com"
+    );
+    assert_eq!(
+        https_redirect_location("a.example.com", "/x?y"),
+        "https://a.example.com/x?y"
+    );
+    let r = Redirect::default();
+    assert_eq!(
+        redirect_location(&r, "http", "a.example.com", "*", None, 80),
+        "http://a.example.com"
+    );
+    assert_eq!(
+        redirect_location(&r, "http", "a.example.com:81", "", None, 81),
+        "http://a.example.com:81"
+    );
 }
 
 #[test]
