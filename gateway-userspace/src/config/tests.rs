@@ -662,8 +662,9 @@ fn errors_are_placed_on_lines_the_file_has() {
     // wrong; that `:` is what the position must point at (libyaml said 3:5).
     assert_eq!(line("# a\u{2028}b\nkind: [\n"), (2, 5));
     // Found while minimizing another config fuzzer crash: yaml-rust2 put the implicit
-    // null key of `? ` (no newline) on line 2 of this 1-line file.
+    // null key of `? ` (no newline) on line 2 of this 1-line file; `!!:` the same way.
     assert_eq!(line("? "), (1, 3));
+    assert_eq!(line("!!:"), (1, 4));
     // MeshConfig too: the `b` libyaml complains about is the 6th character of line 1
     // (libyaml: line 3).
     let mesh = mesh::parse(
