@@ -172,16 +172,42 @@ fn guard_v6(ctx: &XdpContext, l3: usize) -> Option<u32> {
     }
     let port: [u8; 2] = load(ctx, off + 2)?;
     let entry = port_entry(port)?;
-    let key = Key::new(
-        XDP_KEY_PORT_BITS + 128,
-        XdpKeyV6 {
-            port,
-            _pad: [0; 2],
-            addr,
-        },
-    );
-    let verdict = XDP_V6.get(&key).copied();
+    // An IPv4-mapped source (::ffff:a.b.c.d) is judged as that IPv4 address, as
+    // userspace reads it (`authz::Cidr` keeps mapped prefixes as IPv4, so the compiler
+    // puts them in the IPv4 trie). Linux's TCP refuses such SYNs itself
+    // (tcp_v6_conn_request), but the guard must not pass what the policy denies.
+    let verdict = match v4_mapped(&addr) {
+        Some(addr) => {
+            let key = Key::new(
+                XDP_KEY_PORT_BITS + 32,
+                XdpKeyV4 {
+                    port,
+                    _pad: [0; 2],
+                    addr,
+                },
+            );
+            XDP_V4.get(&key).copied()
+        }
+        None => {
+            let key = Key::new(
+                XDP_KEY_PORT_BITS + 128,
+                XdpKeyV6 {
+                    port,
+                    _pad: [0; 2],
+                    addr,
+                },
+            );
+            XDP_V6.get(&key).copied()
+        }
+    };
     Some(apply(ctx, &entry, verdict))
+}
+
+/// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+#[inline(always)]
+fn v4_mapped(a: &[u8; 16]) -> Option<[u8; 4]> {
+    let zeros = a[..10].iter().fold(0u8, |acc, b| acc | b);
+    (zeros == 0 && a[10] == 0xff && a[11] == 0xff).then_some([a[12], a[13], a[14], a[15]])
 }
 
 #[inline(always)]

@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build-ebpf | run | test | bench` — the project's own build and
+//! `cargo xtask setup | build-ebpf | run | test | bench | fuzz` — the project's own build and
 //! test driver. Every step prints `==> <step>` and how long it took.
 use std::{
     env,
@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 
 /// Debian packages the tests and the demo use (clients, load generators, netns tools).
 const DEB_PACKAGES: &[&str] = &[
@@ -83,6 +84,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the cargo-fuzz targets (gateway-userspace/fuzz) and run each for N seconds;
+    /// one summary line per target, fails on any crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() {
@@ -97,6 +101,7 @@ fn main() {
             out_dir,
             args,
         } => bench::bench(quick, out_dir, &args),
+        Cmd::Fuzz(args) => fuzz::fuzz(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

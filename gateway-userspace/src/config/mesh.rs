@@ -143,7 +143,9 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         MeshConfig::default()
     } else {
         serde_yaml::from_str(text).map_err(|e| {
-            let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let (line, col) = e
+                .location()
+                .map_or((1, 1), |l| super::source::line_col(text, l.index()));
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
             ConfigErrors(vec![at(line, col, msg)])

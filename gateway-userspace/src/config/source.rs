@@ -32,6 +32,9 @@ fn marker_len(line: &str, marker: &str) -> Option<usize> {
 /// markers at column 0 inside any scalar, so a line-based split is exact.
 pub(crate) fn split_documents(src: &str) -> Vec<DocText> {
     let src = src.strip_prefix('\u{feff}').unwrap_or(src);
+    // YAML also ends a line at a lone CR. Make it a LF (same length: columns stay) so
+    // that documents are split, and lines counted, the way the YAML parsers see them.
+    let src = &lone_cr_to_lf(src);
     let mut docs = Vec::new();
     let mut cur = String::new();
     let mut cur_offset = 0;
@@ -57,6 +60,44 @@ pub(crate) fn split_documents(src: &str) -> Vec<DocText> {
     });
     docs.retain(|d| !is_blank(&d.text));
     docs
+}
+
+fn lone_cr_to_lf(src: &str) -> String {
+    let b = src.as_bytes();
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    while let Some(i) = rest.find('\r') {
+        let at = src.len() - rest.len() + i;
+        out.push_str(&rest[..i]);
+        out.push(if b.get(at + 1) == Some(&b'\n') {
+            '\r'
+        } else {
+            '\n'
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// 1-based line and column (in characters) of byte `index` of `text`, lines ending at
+/// LF, CRLF or a lone CR (YAML 1.2's line breaks). libyaml (serde_yaml) also ends lines
+/// at U+0085, U+2028 and U+2029 (YAML 1.1), so its own line numbers can run past the
+/// file's end; positions are computed from its byte index instead.
+pub(crate) fn line_col(text: &str, index: usize) -> (usize, usize) {
+    let mut end = index.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let b = text.as_bytes();
+    let (mut line, mut start) = (1, 0);
+    for (i, &c) in b[..end].iter().enumerate() {
+        if c == b'\n' || (c == b'\r' && b.get(i + 1) != Some(&b'\n')) {
+            line += 1;
+            start = i + 1;
+        }
+    }
+    (line, text[start..end].chars().count() + 1)
 }
 
 /// Only whitespace, comments and directives.
@@ -86,6 +127,17 @@ impl Positions {
             map: HashMap::new(),
         };
         let _ = Parser::new_from_str(&doc.text).load(&mut recv, false);
+        // yaml-rust2 can mark a node that ends the stream (the implicit null key of
+        // `? ` at the end of a file) on a line after the last one: keep positions
+        // inside the document.
+        let last = doc.text.rsplit('\n').next().unwrap_or_default();
+        let end = (
+            doc.line_offset + doc.text.matches('\n').count() + 1,
+            last.chars().count() + 1,
+        );
+        for pos in recv.map.values_mut() {
+            *pos = (*pos).min(end);
+        }
         Positions { map: recv.map }
     }
 
@@ -277,7 +329,9 @@ pub(crate) fn serde_error(file: &Path, doc: &DocText, err: &serde_yaml::Error) -
         Some(i) if err.location().is_some() => text[..i].to_string(),
         _ => text,
     };
-    let (line, col) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+    let (line, col) = err
+        .location()
+        .map_or((1, 1), |l| line_col(&doc.text, l.index()));
     ConfigError {
         loc: Loc {
             file: file.to_path_buf(),

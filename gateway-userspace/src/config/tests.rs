@@ -643,6 +643,102 @@ fn syntax_errors_and_io_errors_have_positions() {
     assert_eq!(lines.len(), 3, "{lines:#?}");
 }
 
+/// Found by the config fuzzer (`"\r{"`): YAML ends lines at a lone CR, and libyaml also
+/// at U+0085/U+2028/U+2029, but documents were split and errors placed counting LF
+/// only, so an error could name a line past the end of the file (`fuzz.yaml:116:1` in
+/// a 43-line one). Lines are now CR/LF/CRLF everywhere, recomputed from serde_yaml's
+/// byte offset.
+#[test]
+fn errors_are_placed_on_lines_the_file_has() {
+    let line = |yaml: &str| {
+        let e = load_str("f.yaml", yaml, &id()).expect_err("must fail");
+        assert_eq!(e.0.len(), 1, "{e}");
+        (e.0[0].loc.line, e.0[0].loc.col)
+    };
+    assert_eq!(line("\r{"), (2, 2));
+    // Two CR-only lines, then a document whose kind is wrong.
+    assert_eq!(line("# a\r# b\r---\rapiVersion: v1\rkind: Secrt\r"), (5, 7));
+    // libyaml ends the comment at U+2028, so `b` is a key and the `:` of line 2 is
+    // wrong; that `:` is what the position must point at (libyaml said 3:5).
+    assert_eq!(line("# a\u{2028}b\nkind: [\n"), (2, 5));
+    // Found while minimizing another config fuzzer crash: yaml-rust2 put the implicit
+    // null key of `? ` (no newline) on line 2 of this 1-line file; `!!:` the same way.
+    assert_eq!(line("? "), (1, 3));
+    assert_eq!(line("!!:"), (1, 4));
+    // MeshConfig too: the `b` libyaml complains about is the 6th character of line 1
+    // (libyaml: line 3).
+    let mesh = mesh::parse(
+        Path::new("m.yaml"),
+        "# a\u{2028}\u{85}b\raccessLogEncoding: [\n",
+    )
+    .expect_err("must fail");
+    assert_eq!((mesh.0[0].loc.line, mesh.0[0].loc.col), (1, 6), "{mesh}");
+}
+
+/// Found by the config fuzzer (a `set` key mutated to `x-set:)s`): the loader accepted
+/// what the route table then refused, so `gateway run` and `gateway validate` failed
+/// with "invalid header name" and no position. Everything `build_table` checks is now
+/// a validation error at its field; one case per check.
+#[test]
+fn what_route_tables_refuse_is_a_positioned_config_error() {
+    let head = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n";
+    let dest = "route: [{destination: {host: 127.0.0.1, port: {number: 1}}}]";
+    let cases = [
+        (
+            format!("  - headers: {{request: {{set: {{\"x-set:)s\": s}}}}}}\n    {dest}\n"),
+            "16:25: HTTP route: invalid header name \"x-set:)s\"",
+        ),
+        (
+            format!("  - headers: {{response: {{add: {{x-a: \"a\\nb\"}}}}}}\n    {dest}\n"),
+            "16:26: HTTP route: invalid value for header \"x-a\"",
+        ),
+        (
+            format!("  - {dest}\n    headers: {{request: {{remove: [\"bad name\"]}}}}\n"),
+            "17:25: HTTP route: invalid header name \"bad name\"",
+        ),
+        (
+            "  - route:\n    - destination: {host: 127.0.0.1, port: {number: 1}}\n      headers: {request: {set: {\"a b\": c}}}\n".to_string(),
+            "18:27: HTTP route: invalid header name \"a b\"",
+        ),
+        (
+            format!("  - match: [{{headers: {{\"x y\": {{exact: a}}}}}}]\n    {dest}\n"),
+            "16:32: HTTP route: invalid header name \"x y\"",
+        ),
+        (
+            format!("  - rewrite: {{authority: \"a\\u0001b\"}}\n    {dest}\n"),
+            "16:26: HTTP route: invalid rewrite.authority",
+        ),
+        (
+            // Valid anchored (`^(?:)()$`, what validation used to compile), not alone.
+            format!("  - rewrite: {{uriRegexRewrite: {{match: \")(\", rewrite: /}}}}\n    {dest}\n"),
+            "16:40: HTTP route: invalid uriRegexRewrite.match \")(\"",
+        ),
+        (
+            "  - redirect: {uri: /x, redirectCode: 200}\n".to_string(),
+            "16:16: HTTP route: invalid redirectCode 200",
+        ),
+        (
+            "  - directResponse: {status: 200, body: {bytes: \"not base64!\"}}\n".to_string(),
+            "16:22: HTTP route: directResponse.body.bytes: ",
+        ),
+        (
+            format!("  - fault: {{abort: {{percentage: {{value: 10}}}}}}\n    {dest}\n"),
+            "16:13: HTTP route: fault.abort needs an httpStatus",
+        ),
+    ];
+    for (http, want) in cases {
+        let yaml = format!("{head}{http}");
+        let e = load_str("r.yaml", &yaml, &id())
+            .expect_err(&yaml)
+            .to_string();
+        assert!(
+            e.starts_with(&format!("r.yaml:{want}")),
+            "want r.yaml:{want}\ngot {e}\nfor\n{yaml}"
+        );
+        assert_eq!(e.matches("r.yaml:").count(), 1, "one error: {e}");
+    }
+}
+
 #[test]
 fn host_rules() {
     use super::hosts::{covers, intersects};

@@ -505,14 +505,10 @@ fn validate_virtual_service(vs: &Entry<VirtualService>, errors: &mut Vec<ConfigE
                 format!("directResponse status {} must be 200-599", dr.status),
             ));
         }
-        if let Some(rr) = route
-            .rewrite
-            .as_ref()
-            .and_then(|r| r.uri_regex_rewrite.as_ref())
-            && let Err(e) =
-                crate::http::routing::compile_regex(&rr.pattern, "uriRegexRewrite.match")
-        {
-            errors.push(src.error(&format!("{at}.rewrite.uriRegexRewrite.match"), e));
+        // Everything else the route table would refuse (header names and values,
+        // rewrites, redirect codes, bodies, faults), reported here with a position.
+        for (path, e) in crate::http::routing::problems(route) {
+            errors.push(src.error(&format!("{at}.{path}"), e));
         }
         let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
         check_weights(&weights, src, &format!("{at}.route"), errors);

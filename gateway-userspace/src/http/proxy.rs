@@ -271,6 +271,15 @@ async fn route_request(
         );
     };
     let host = routing::normalize_host(&authority);
+    // hyper only checks that a Host is visible ASCII; like Envoy, refuse one that is no
+    // URI host before anything (a redirect) is built from it.
+    if !routing::valid_host(&host) {
+        log.details = "invalid_authority";
+        return done(
+            log,
+            local_reply(StatusCode::BAD_REQUEST, "invalid authority"),
+        );
+    }
     // AuthorizationPolicy (Envoy's RBAC filter runs before the router).
     let authz = crate::authz::HttpAttrs {
         host: &authority,
@@ -314,7 +323,7 @@ async fn route_request(
     let scheme = if conn.tls { "https" } else { "http" };
     if vhost.https_redirect && !conn.tls {
         // Envoy's `require_tls: ALL`: same host and path, https, default port.
-        let loc = format!("https://{host}{}", log.path);
+        let loc = routing::https_redirect_location(&host, &log.path);
         log.details = "tls_redirect";
         return done(log, redirect_reply(StatusCode::MOVED_PERMANENTLY, &loc));
     }

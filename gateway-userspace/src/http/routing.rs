@@ -47,6 +47,23 @@ pub fn authority_port(authority: &str) -> Option<u16> {
     tail.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
 }
 
+/// True if a normalized host (see [`normalize_host`]) can stand as the host of a URI:
+/// an RFC 3986 reg-name (letters, digits, `-._~`, `!$&'()*+,;=`; no `%`-escapes, which
+/// no DNS name needs and the http crate refuses in an authority) or a bracketed IPv6
+/// literal. hyper only checks that a `Host` header is visible ASCII, so it may carry a
+/// space, `/`, `?`, `#`, `@` or a second `:`; a redirect built from such a host would
+/// point elsewhere (`Host: evil.example/x.example.com` matches `*.example.com`). Envoy
+/// refuses the request (400, invalid authority), and so does the proxy.
+pub fn valid_host(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b))
+}
+
 /// How well a host pattern (`name`, `*.suffix`, `*`) matches a lowercase host, as
 /// Envoy ranks virtual host domains: exact (2) beats the longest `*.` suffix (1) beats
 /// `*` (0). `None`: no match. A `*.x` wildcard needs at least one character before
@@ -596,8 +613,21 @@ pub fn rewrite_path(path: &str, rewrite: &Rewrite, matched_prefix: Option<&str>)
     path.to_string()
 }
 
+/// Envoy's `require_tls: ALL` redirect (`tls.httpsRedirect`): https, the same host,
+/// path and query, the default port. A request-target that is not a path (`OPTIONS *`,
+/// a CONNECT authority) passes on none, so the Location stays a URI of that host.
+pub fn https_redirect_location(host: &str, path_and_query: &str) -> String {
+    let pq = if path_and_query.starts_with('/') {
+        path_and_query
+    } else {
+        ""
+    };
+    format!("https://{host}{pq}")
+}
+
 /// The `Location` of a redirect for a request (scheme, normalized host, authority as
-/// received, path and query).
+/// received, path and query). A path that is not one (`*`) is left out, as in
+/// [`https_redirect_location`].
 pub fn redirect_location(
     r: &Redirect,
     scheme: &str,
@@ -636,7 +666,9 @@ pub fn redirect_location(
             }
         }
         None => {
-            loc.push_str(path);
+            if path.starts_with('/') {
+                loc.push_str(path);
+            }
             if let Some(q) = query {
                 loc.push('?');
                 loc.push_str(q);
@@ -891,27 +923,11 @@ fn compile_action(r: &HttpRoute, dests: &[WeightedCluster], what: &str) -> Resul
 fn compile_rewrite(rw: Option<&istio::HttpRewrite>, what: &str) -> Result<Option<Rewrite>, String> {
     let Some(rw) = rw else { return Ok(None) };
     let uri_regex = match &rw.uri_regex_rewrite {
-        Some(rr) => {
-            let re = Regex::new(&rr.pattern).map_err(|e| {
-                format!(
-                    "{what}: invalid uriRegexRewrite.match {:?}: {e}",
-                    rr.pattern
-                )
-            })?;
-            // RE2 substitutions are `\1`; Rust's are `${1}`.
-            let with = Regex::new(r"\\(\d)")
-                .expect("static regex")
-                .replace_all(&rr.rewrite.replace('$', "$$"), "$${$1}")
-                .into_owned();
-            Some((re, with))
-        }
+        Some(rr) => Some(compile_regex_rewrite(rr, what)?),
         None => None,
     };
     let authority = match &rw.authority {
-        Some(a) => Some(
-            HeaderValue::from_str(a)
-                .map_err(|_| format!("{what}: invalid rewrite.authority {a:?}"))?,
-        ),
+        Some(a) => Some(rewrite_authority(a, what)?),
         None => None,
     };
     Ok(Some(Rewrite {
@@ -919,6 +935,92 @@ fn compile_rewrite(rw: Option<&istio::HttpRewrite>, what: &str) -> Result<Option
         uri_regex,
         authority,
     }))
+}
+
+fn compile_regex_rewrite(rr: &istio::RegexRewrite, what: &str) -> Result<(Regex, String), String> {
+    let re = Regex::new(&rr.pattern).map_err(|e| {
+        format!(
+            "{what}: invalid uriRegexRewrite.match {:?}: {e}",
+            rr.pattern
+        )
+    })?;
+    // RE2 substitutions are `\1`; Rust's are `${1}`.
+    let with = Regex::new(r"\\(\d)")
+        .expect("static regex")
+        .replace_all(&rr.rewrite.replace('$', "$$"), "$${$1}")
+        .into_owned();
+    Ok((re, with))
+}
+
+fn rewrite_authority(a: &str, what: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(a).map_err(|_| format!("{what}: invalid rewrite.authority {a:?}"))
+}
+
+/// What [`build_table`] would refuse in one VirtualService `http[]` route, as (path
+/// below the route, message), for validation to report with a file position: a config
+/// that loads always builds its route tables. Match regexes are validation's own check.
+pub fn problems(r: &HttpRoute) -> Vec<(String, String)> {
+    const WHAT: &str = "HTTP route";
+    let mut out = Vec::new();
+    let mut check = |path: String, result: Result<(), String>| {
+        if let Err(e) = result {
+            out.push((path, e));
+        }
+    };
+    for (j, m) in r.matches.iter().enumerate() {
+        for (field, map) in [
+            ("headers", &m.headers),
+            ("withoutHeaders", &m.without_headers),
+        ] {
+            for k in map.keys() {
+                check(
+                    format!("match[{j}].{field}.{k}"),
+                    header_name(k, WHAT).map(drop),
+                );
+            }
+        }
+    }
+    let headers = r
+        .route
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("route[{i}].headers"), d.headers.as_ref()))
+        .chain([("headers".to_string(), r.headers.as_ref())]);
+    for (path, h) in headers {
+        check(
+            format!("{path}.request"),
+            HeaderOps::compile(h.and_then(|h| h.request.as_ref()), WHAT).map(drop),
+        );
+        check(
+            format!("{path}.response"),
+            HeaderOps::compile(h.and_then(|h| h.response.as_ref()), WHAT).map(drop),
+        );
+    }
+    let action = if r.direct_response.is_some() {
+        "directResponse"
+    } else {
+        "redirect"
+    };
+    check(action.into(), compile_action(r, &[], WHAT).map(drop));
+    if let Some(rw) = &r.rewrite {
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            check(
+                "rewrite.uriRegexRewrite.match".into(),
+                compile_regex_rewrite(rr, WHAT).map(drop),
+            );
+        }
+        if let Some(a) = &rw.authority {
+            check(
+                "rewrite.authority".into(),
+                rewrite_authority(a, WHAT).map(drop),
+            );
+        }
+    }
+    check(
+        "fault".into(),
+        compile_fault(r.fault.as_ref(), WHAT).map(drop),
+    );
+    out
 }
 
 fn compile_fault(f: Option<&istio::HttpFaultInjection>, what: &str) -> Result<Fault, String> {

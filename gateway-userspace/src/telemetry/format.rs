@@ -240,7 +240,7 @@ fn header(name: &str, r: &LogRecord<'_>) -> Value {
 
 fn value(op: &Op, r: &LogRecord<'_>) -> Value {
     match op {
-        Op::StartTime => Value::Str(humantime::format_rfc3339_millis(r.start).to_string()),
+        Op::StartTime => start_time(r.start),
         Op::Req(a, b) => match (header(a, r), b) {
             (Value::None, Some(b)) => header(b, r),
             (v, _) => v,
@@ -280,6 +280,18 @@ fn value(op: &Op, r: &LogRecord<'_>) -> Value {
         Op::RequestedServerName => opt(r.sni),
         Op::RouteName => opt(r.route_name),
         Op::Hostname => Value::Str(hostname()),
+    }
+}
+
+/// RFC 3339 with milliseconds. humantime panics on a time before 1970 and fails after
+/// 9999: a clock that far off logs `-` (null in JSON) instead of losing the request.
+fn start_time(t: std::time::SystemTime) -> Value {
+    const YEAR_10000: u64 = 253_402_300_800;
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) if d.as_secs() < YEAR_10000 => {
+            Value::Str(humantime::format_rfc3339_millis(t).to_string())
+        }
+        _ => Value::None,
     }
 }
 
@@ -494,5 +506,29 @@ mod tests {
         assert!(Format::text("%REQ()%").is_err());
         assert!(Format::text("50% off").is_err());
         assert!(Format::text("%START_TIME(%s)%").is_err());
+    }
+
+    /// Found by the log_format fuzzer: a record starting before 1970 panicked in
+    /// humantime ("all times should be after the epoch"), and one after 9999 made its
+    /// Display fail, which `to_string` turns into a panic.
+    #[test]
+    fn start_times_humantime_cannot_format_log_a_dash() {
+        let text = Format::text("[%START_TIME%] %RESPONSE_CODE%").unwrap();
+        let json =
+            Format::json([("t".to_string(), "%START_TIME%".to_string())].into_iter()).unwrap();
+        for start in [
+            UNIX_EPOCH - Duration::from_nanos(1),
+            UNIX_EPOCH - Duration::from_secs(1_952_900_979_675_763_988),
+            UNIX_EPOCH + Duration::from_secs(253_402_300_800),
+        ] {
+            let r = LogRecord { start, ..http() };
+            assert_eq!(text.render(&r), "[-] 200\n");
+            assert_eq!(json.render(&r), "{\"t\":null}\n");
+        }
+        let r = LogRecord {
+            start: UNIX_EPOCH + Duration::from_millis(253_402_300_799_999),
+            ..http()
+        };
+        assert_eq!(text.render(&r), "[9999-12-31T23:59:59.999Z] 200\n");
     }
 }

@@ -68,7 +68,8 @@ pub struct XdpGuard {
     stats: Mutex<Stats>,
     /// Kept for a future reload, which would rewrite them in place.
     _maps: GuardMaps,
-    _ebpf: Mutex<Ebpf>,
+    /// Owns the program (detached when dropped); [`XdpGuard::test_run`] runs it.
+    ebpf: Mutex<Ebpf>,
 }
 
 impl XdpGuard {
@@ -159,8 +160,27 @@ impl XdpGuard {
                 rules,
                 ports: port_stats,
             }),
-            _ebpf: Mutex::new(ebpf),
+            ebpf: Mutex::new(ebpf),
         })
+    }
+
+    /// Runs the loaded program once on `frame` through `BPF_PROG_TEST_RUN`, outside any
+    /// interface, and returns its action (`XDP_PASS`, `XDP_DROP`); the counters count it.
+    /// `XdpGuard::attach(&[], ..)` loads a guard for this. The kernel refuses frames
+    /// shorter than an Ethernet header or longer than a page minus XDP's head- and
+    /// tailroom (about 3.5 KiB).
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, XdpError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        let prog: &Xdp = ebpf
+            .program(XDP_GUARD_PROG)
+            .ok_or(XdpError::MissingMap(XDP_GUARD_PROG))?
+            .try_into()?;
+        let run = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        })?;
+        Ok(run.return_value)
     }
 
     /// `veth0 (driver), eth1 (skb)`.

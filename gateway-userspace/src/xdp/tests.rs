@@ -179,3 +179,80 @@ spec:
         }
     }
 }
+
+/// An Ethernet frame carrying a TCP SYN from `src` to `port` (IPv4 or IPv6 by `src`).
+fn syn(src: &str, port: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    let tcp = {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&port.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = 0x02; // SYN
+        t
+    };
+    match src.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+            f.extend_from_slice(&a.octets());
+            f.extend_from_slice(&[10, 77, 0, 1]);
+        }
+        IpAddr::V6(a) => {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
+            f.extend_from_slice(&a.octets());
+            f.extend_from_slice(&"fd00:77::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        }
+    }
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// Found by the xdp fuzz target (on a frame added to its seeds by hand; the fuzzer had
+/// not reached it alone): an IPv6 packet from an IPv4-mapped source (`::ffff:10.77.9.5`)
+/// was looked up in the IPv6 trie, where the compiler never puts such prefixes (a
+/// `Cidr` holds them as IPv4), so the kernel passed it while `Compiled::lookup` — and
+/// the policy — deny it. Runs the real program through BPF_PROG_TEST_RUN (root).
+#[test]
+fn kernel_judges_v4_mapped_sources_as_ipv4() {
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    if !gateway_tests::netns::privileged("kernel_judges_v4_mapped_sources_as_ipv4") {
+        return;
+    }
+    let c = compiled(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: [10.77.9.0/24]}}]
+"#,
+    );
+    let guard = match XdpGuard::attach(&[], c.clone()) {
+        Err(XdpError::NotBuilt) if std::env::var("GATEWAY_REQUIRE_EBPF").as_deref() != Ok("1") => {
+            eprintln!(
+                "SKIPPED kernel_judges_v4_mapped_sources_as_ipv4: built without the kernel object"
+            );
+            return;
+        }
+        r => r.unwrap_or_else(|e| panic!("loading the XDP guard: {e}")),
+    };
+    for (src, want) in [
+        ("::ffff:10.77.9.5", XDP_DROP),
+        ("10.77.9.5", XDP_DROP),
+        ("::ffff:10.77.1.5", XDP_PASS),
+        ("fd00:77::9:5", XDP_PASS),
+    ] {
+        let got = guard.test_run(&syn(src, 80)).unwrap();
+        assert_eq!(got, want, "{src}");
+        let model = c.lookup(src.parse().unwrap(), 80).unwrap().action;
+        assert_eq!(
+            model == XDP_ACT_DROP,
+            want == XDP_DROP,
+            "{src}: lookup disagrees"
+        );
+    }
+}

@@ -145,6 +145,79 @@ fn unknown_host_has_no_vhost() {
     assert_eq!(route_port(&t, &r), None);
 }
 
+/// Found by the routing fuzzer (`E :.secure.fuzz.test`, then Hosts with spaces and
+/// slashes): hyper passes any visible-ASCII Host, which matched a wildcard vhost, and
+/// the redirect built from it (httpsRedirect, or a `redirect` without `authority`)
+/// pointed at another host (`https://:.secure.fuzz.test/` has an empty one) or was no
+/// URI at all. The proxy now answers 400 to a host `valid_host` refuses; every host it
+/// lets through makes a Location whose host is that host.
+#[test]
+fn hosts_that_are_not_uri_hosts_are_refused() {
+    for bad in [
+        ":.example.com",
+        "evil.test/x.example.com",
+        "evil.test?.example.com",
+        "evil.test#.example.com",
+        "user@a.example.com",
+        "a b.example.com",
+        "a%41.example.com",
+        "a:b:c",
+        "",
+        "[::1",
+        "[not-v6]",
+    ] {
+        let host = normalize_host(bad);
+        assert!(!valid_host(&host), "{bad:?} -> {host:?}");
+    }
+    let redirect = Redirect {
+        scheme: Some("https".into()),
+        ..Redirect::default()
+    };
+    for good in [
+        "a.example.com",
+        "A.Example.com:8080",
+        "10.0.0.1:80",
+        "[::1]:443",
+        "[fe80::1]",
+        "xn--bcher-kva.example",
+        "a_b-c~d.example.com",
+        "!$&'()*+,;=.example.com",
+    ] {
+        let host = normalize_host(good);
+        assert!(valid_host(&host), "{good:?} -> {host:?}");
+        for loc in [
+            redirect_location(&redirect, "http", good, "/p", Some("q=1"), 80),
+            https_redirect_location(&host, "/p?q=1"),
+        ] {
+            let uri: hyper::Uri = loc.parse().unwrap_or_else(|e| panic!("{loc:?}: {e}"));
+            assert_eq!(uri.host(), Some(host.as_str()), "{loc}");
+        }
+    }
+}
+
+/// Found by the routing fuzzer (`OPTIONS * HTTP/1.1` to an httpsRedirect host): the
+/// Location was the host with `*` glued on (`https://a.example.com*`), a different host.
+#[test]
+fn redirects_of_a_target_that_is_not_a_path_keep_the_host() {
+    assert_eq!(
+        https_redirect_location("a.example.com", "*"),
+        "https://a.example.com"
+    );
+    assert_eq!(
+        https_redirect_location("a.example.com", "/x?y"),
+        "https://a.example.com/x?y"
+    );
+    let r = Redirect::default();
+    assert_eq!(
+        redirect_location(&r, "http", "a.example.com", "*", None, 80),
+        "http://a.example.com"
+    );
+    assert_eq!(
+        redirect_location(&r, "http", "a.example.com:81", "", None, 81),
+        "http://a.example.com:81"
+    );
+}
+
 #[test]
 fn vhost_domain_is_the_narrower_of_server_and_vs_host() {
     let y = r#"
