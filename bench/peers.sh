@@ -1120,7 +1120,7 @@ if [ $CHECK_ONLY = 0 ] && [ "$SLOW_SECS" -gt 0 ]; then
     slow_measure "$p" "$port" "$p"
   done
 fi
-meta slow_secs "$SLOW_SECS"; meta slow_rate_Bps "$SLOW_RATE"
+meta slow_secs "$([ $CHECK_ONLY = 0 ] && echo "$SLOW_SECS" || echo 0)"; meta slow_rate_Bps "$SLOW_RATE"
 
 # ---------------------------------------------------------------- idle-connection memory
 # IDLE_N connections opened through the proxy (each completes one request, so a spliced
