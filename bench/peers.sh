@@ -1211,7 +1211,7 @@ def base_test(t):  # "iperf1_unpinned" -> "iperf1"
 
 def testname(t):
     n = TESTNAME.get(base_test(t), base_test(t))
-    return n + " -- unpinned" if t.endswith("_unpinned") else n
+    return n + " (unpinned)" if t.endswith("_unpinned") else n
 
 def per_cpu(before, after):
     """Each CPU's busy share of its own time over the interval, from the per-CPU jiffies
