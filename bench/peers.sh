@@ -355,9 +355,10 @@ cleanup() {
 # kernel.bpf_stats_enabled: switched on for the run (BPF programs' run_time_ns and
 # run_cnt), the previous value kept in a file so that a run that died is undone by the next
 BPF_STATS_SAVED=$RUN/bpf_stats_enabled.saved
+BPF_STATS_SYSCTL=/proc/sys/kernel/bpf_stats_enabled
 bpf_stats_restore() {
   [ -f "$BPF_STATS_SAVED" ] || return 0
-  sysctl -qw kernel.bpf_stats_enabled="$(cat "$BPF_STATS_SAVED")" 2>/dev/null \
+  cat "$BPF_STATS_SAVED" > "$BPF_STATS_SYSCTL" 2>/dev/null \
     || log "could not restore kernel.bpf_stats_enabled=$(cat "$BPF_STATS_SAVED")"
   rm -f "$BPF_STATS_SAVED"
 }
@@ -371,9 +372,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 BPF_STATS=0
 case " $PEERS " in *" gateway_auto "*|*" gateway_ebpf "*)
-  if prev=$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null); then
+  if prev=$(cat "$BPF_STATS_SYSCTL" 2>/dev/null); then
     echo "$prev" > "$BPF_STATS_SAVED"
-    if sysctl -qw kernel.bpf_stats_enabled=1 2>/dev/null; then BPF_STATS=1
+    if echo 1 > "$BPF_STATS_SYSCTL" 2>/dev/null; then BPF_STATS=1
     else log "could not set kernel.bpf_stats_enabled=1: no BPF run time figures"; bpf_stats_restore; fi
   fi ;;
 esac
