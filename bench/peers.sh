@@ -1,39 +1,54 @@
 #!/usr/bin/env bash
-# peers.sh -- loopback benchmark of the gateway (eBPF and io_uring splice) against the
-# ingress-gateway peers (haproxy, nginx, socat, envoy) on this machine.  Adapted from
-# shared/reference/peerbench/peers.sh (same measurement method); `cargo xtask bench`
-# runs it.  Everything listens on 127.0.0.1 only; every load command
-# is bounded in time (and wrapped in `timeout`); only processes this script started
-# are stopped, each by its PID.
+# peers.sh -- loopback benchmark of the gateway (each of its L4 data paths: auto, eBPF,
+# splice(2) through pipes, io_uring) against the ingress-gateway peers (haproxy, nginx,
+# socat, envoy) on this machine.  Adapted from shared/reference/peerbench/peers.sh (same
+# measurement method); `cargo xtask bench` runs it.  Everything listens on 127.0.0.1
+# only; every load command is bounded in time (and wrapped in `timeout`); only processes
+# this script started are stopped, each by its PID.
 #
 #   bash peers.sh                 # 3 passes of 3 s tests, 1 worker per proxy, pinned (see below)
 #   bash peers.sh --install       # apt-get/pip install the tools first, then run
 #   bash peers.sh --check-only    # start everything, run the functional checks, stop
-#   bash peers.sh --quick         # 1 pass, 1 s tests, 1,000 idle conns (smoke test, CI)
+#   bash peers.sh --quick         # 1 pass, 1 s tests, 2 s slow reader, 1,000 idle conns (smoke test, CI)
 #   WORKERS=default PIN=0 OUT=results-peers-defaults.json bash peers.sh
 #
 # Topology (ports):  iperf3 server 127.0.0.1:5201; nginx upstream HTTP a.test :8081,
 #   b.test :8082; nginx upstream TLS :8443 (SNI tls.a.test/localhost) and :8444
 #   (tls.b.test), self-signed cert made here; :8083 h2c (prior knowledge) for
-#   a.test.  Peer P has base port B (haproxy 10000, haproxy_splice 10100, nginx 11000,
-#   socat 12000, envoy 13000, gateway_ebpf 14000, gateway_userspace 14100):
+#   a.test; :5202 the slow reader (slow_reader.py, only while its row runs).  Peer P has
+#   base port B (haproxy 10000, haproxy_splice 10100, nginx 11000, socat 12000, envoy
+#   13000, gateway_auto 14000, gateway_ebpf 14100, gateway_splice 14200, gateway_uring
+#   14300):
 #     B+1  L4 TCP proxy -> iperf3 :5201
 #     B+2  L4 TCP proxy -> nginx :8081   (connection-setup-rate test)
 #     B+3  SNI passthrough  tls.a.test|localhost -> :8443, tls.b.test -> :8444
 #     B+4  HTTP reverse proxy, Host a.test -> :8081, b.test -> :8082, else 404
 #     B+5  HTTPS termination (cert for localhost) -> :8081
 #     B+6  HTTP/2 cleartext (prior knowledge) reverse proxy, same vhosts as B+4
-#   The gateway peers run target/release/gateway (GATEWAY_BIN) on a generated Istio config;
-#   gateway_userspace plays the L4 roles only (its HTTP path is the same code as
-#   gateway_ebpf's).
+#     B+7  L4 TCP proxy -> the slow reader :5202 (slow-reader memory row)
+#     B+9  admin (envoy, gateway: /debug/splice is read around every gateway measurement)
+#   The gateway peers run target/release/gateway (GATEWAY_BIN) on one generated Istio
+#   config, each with its --splice mode (gateway_auto: the default, `auto`).  Only
+#   gateway_auto plays the HTTP roles (B+4..B+6): the HTTP path does not depend on the
+#   splice mode.
 #
 # Pinning (PIN=1, default): proxies run on CPU 1 (taskset -c 1); the iperf3 server,
 #   nginx upstream and load generators (iperf3 client, wrk, curl) run on CPU 0.  So a
 #   proxy gets exactly one core of its own and "direct" is what one core of
 #   client+server does; compare CPU cost per GB / per request, not only throughput.
+# Unpinned topology (UNPINNED_TESTS, default "iperf1 iperf4 conn tls"; only when PIN=1):
+#   after the pinned passes, every thread of the proxies and endpoints gets all CPUs and
+#   those tests run again as <test>_unpinned, load generators unpinned too; the proxies
+#   keep their one worker (they were started on one CPU, so thread pools sized from the
+#   CPUs they saw stay at one).  Ratios to direct are within a topology.  Afterwards
+#   everything is pinned back for the memory rows.
 # CPU accounting: a cpuacct cgroup per peer (all threads and forked children), plus
 #   whole-machine busy time from /proc/stat (catches softirq/kworker time that a
-#   per-process number misses -- important for an in-kernel (sockmap) data path).
+#   per-process number misses -- important for an in-kernel (sockmap) data path), and
+#   each CPU's busy fraction (user+nice+system+irq+softirq of its total) per measurement.
+# eBPF: kernel.bpf_stats_enabled=1 for the run (the previous value is restored at exit);
+#   run_time_ns / run_cnt of each gateway's splice_verdict program (from
+#   /proc/<pid>/fdinfo of its program fd) are read around every gateway measurement.
 set -u -o pipefail
 export LC_ALL=C
 
@@ -51,20 +66,27 @@ PIN=${PIN:-1}             # 1: endpoints+load on CPU0, proxy on CPU1;  0: no pin
 ZC=${ZC:-1}               # iperf3 -Z (sendfile) on the client
 WRK_T=${WRK_T:-2}
 WRK_C=${WRK_C:-64}
-PEERS=${PEERS:-"haproxy nginx envoy gateway_ebpf gateway_userspace"}
+GATEWAY_PEERS="gateway_auto gateway_ebpf gateway_splice gateway_uring"
+PEERS=${PEERS:-"haproxy nginx envoy $GATEWAY_PEERS"}
 TESTS=${TESTS:-"iperf1 iperf4 conn tls tlshs tlsbulk http http512 h2 https hsk"}
+UNPINNED_TESTS=${UNPINNED_TESTS-"iperf1 iperf4 conn tls"}  # L4 tests run again unpinned
 MEM_TESTS=${MEM_TESTS:-"mem_l4 mem_http"}
+SLOW_SECS=${SLOW_SECS:-10}        # slow-reader row: seconds of sending (0 = no slow-reader row)
+SLOW_RATE=${SLOW_RATE:-4000000}   # slow-reader row: the upstream reads this many bytes/s
+SLOW_PORT=5202
 GATEWAY_BIN=${GATEWAY_BIN:-$HERE/../target/release/gateway}
 CHECK_ONLY=0
 DO_INSTALL=0
 
-usage() { sed -n '2,36p' "${BASH_SOURCE[0]}"; cat <<EOF
+usage() { sed -n '2,52p' "${BASH_SOURCE[0]}"; cat <<EOF
 Options: --install --check-only --quick --runs N --dur S --workers 1|default --no-pin
          --peers "haproxy nginx ..." --tests "iperf1 iperf4 conn tls tlshs tlsbulk http http512 h2 https hsk"
+         --unpinned-tests "iperf1 iperf4 conn tls" (or "")  --slow-secs S (0 = no slow-reader row)
          --mem-tests "mem_l4 mem_http" (or "") --idle-conns N --out FILE
-Peers:   haproxy haproxy_splice nginx socat envoy gateway_ebpf gateway_userspace
+Peers:   haproxy haproxy_splice nginx socat envoy gateway_auto gateway_ebpf gateway_splice gateway_uring
 Env:     RUN_DIR (=$RUN) OUT RUNS DUR CONN_DUR TLS_DUR WARM WORKERS PIN EP_CPUS PX_CPUS ZC WRK_T WRK_C
-         PEERS TESTS MEM_TESTS IDLE_N ENVOY_BIN GATEWAY_BIN QUIET_PCT QUIET_MAX OTHER_FLAG_PCT NOISY_RETRIES
+         PEERS TESTS UNPINNED_TESTS MEM_TESTS SLOW_SECS SLOW_RATE IDLE_N ENVOY_BIN GATEWAY_BIN
+         QUIET_PCT QUIET_MAX OTHER_FLAG_PCT NOISY_RETRIES
 EOF
 }
 
@@ -72,7 +94,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --install) DO_INSTALL=1 ;;
     --check-only) CHECK_ONLY=1 ;;
-    --quick) DUR=1; CONN_DUR=1; TLS_DUR=1; RUNS=1; WARM=0; IDLE_N=1000
+    --quick) DUR=1; CONN_DUR=1; TLS_DUR=1; RUNS=1; WARM=0; IDLE_N=1000; SLOW_SECS=2
              QUIET_MAX=${QUIET_MAX:-0}; NOISY_RETRIES=${NOISY_RETRIES:-0}; SETTLE=${SETTLE:-0.2} ;;
     --runs) RUNS=$2; shift ;;
     --mem-tests) MEM_TESTS=$2; shift ;;
@@ -82,6 +104,8 @@ while [ $# -gt 0 ]; do
     --no-pin) PIN=0 ;;
     --peers) PEERS=$2; shift ;;
     --tests) TESTS=$2; shift ;;
+    --unpinned-tests) UNPINNED_TESTS=$2; shift ;;
+    --slow-secs) SLOW_SECS=$2; shift ;;
     --out) OUT=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -95,6 +119,10 @@ for v in DUR CONN_DUR TLS_DUR WARM; do
   if ! [[ $val =~ ^[0-9]+$ ]] || [ "$val" -lt $min ] || [ "$val" -gt 120 ]; then
     echo "$v must be $min..120 s" >&2; exit 2; fi
 done
+if ! [[ $SLOW_SECS =~ ^[0-9]+$ ]] || [ "$SLOW_SECS" -gt 60 ]; then echo "SLOW_SECS must be 0..60 s" >&2; exit 2; fi
+if ! [[ $SLOW_RATE =~ ^[0-9]+$ ]] || [ "$SLOW_RATE" -lt 100000 ]; then echo "SLOW_RATE must be >= 100000 B/s" >&2; exit 2; fi
+for t in $UNPINNED_TESTS; do case $t in iperf1|iperf4|conn|tls|tlshs|tlsbulk) ;;
+  *) echo "--unpinned-tests: $t is not an L4 test (iperf1 iperf4 conn tls tlshs tlsbulk)" >&2; exit 2 ;; esac; done
 # 10,000 idle connections through a proxy = 20,000+ sockets in one process.  Raising the
 # hard RLIMIT_NOFILE needs CAP_SYS_RESOURCE, which a container may not grant (then the
 # hard limit, e.g. 20000, caps the idle-connection rows: N = (limit - 1000) / 2).
@@ -115,6 +143,10 @@ case $WORKERS in 1|default) ;; *) echo "WORKERS must be 1 or default" >&2; exit 
 # puts everything on one core, which ranks peers by total cost per byte regardless of cores.
 EP_CPUS=${EP_CPUS:-0}; PX_CPUS=${PX_CPUS:-1}
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then EP_CPU=$EP_CPUS; PX_CPU=$PX_CPUS; else PIN=0; EP_CPU=""; PX_CPU=""; fi
+# every CPU this script may use (the unpinned topology widens affinities to this)
+ALL_CPUS=$(taskset -cp $$ | sed 's/.*: //')
+LG_CPU=$EP_CPU            # where load generators run: EP_CPU pinned, ALL_CPUS unpinned
+[ "$PIN" = 1 ] || UNPINNED_TESTS=""   # without pinning, the main rows already are unpinned
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -155,26 +187,30 @@ if ! command -v h2load >/dev/null 2>&1; then
   log "no h2load (nghttp2-client): skipping the HTTP/2 test"
   TESTS=$(echo " $TESTS " | sed 's/ h2 / /g')
 fi
+for p in $PEERS; do case $p in haproxy|haproxy_splice|nginx|socat|envoy|gateway_auto|gateway_ebpf|gateway_splice|gateway_uring) ;;
+  gateway_userspace) echo "gateway_userspace is now gateway_splice (--splice userspace is an alias of splice)" >&2; exit 2 ;;
+  *) echo "unknown peer: $p" >&2; exit 2 ;; esac; done
 case " $PEERS " in *" gateway_"*)
   if [ ! -x "$GATEWAY_BIN" ]; then
     log "no gateway binary at $GATEWAY_BIN: skipping the gateway peers (cargo build --release -p gateway-userspace)"
-    PEERS=$(echo " $PEERS " | sed 's/ gateway_ebpf / /g; s/ gateway_userspace / /g')
+    PEERS=$(echo " $PEERS " | tr ' ' '\n' | grep -v '^gateway_' | tr '\n' ' ')
   fi ;;
 esac
 
 # ---------------------------------------------------------------- ports
 declare -A BASE=([haproxy]=10000 [haproxy_splice]=10100 [nginx]=11000 [socat]=12000 [envoy]=13000
-                 [gateway_ebpf]=14000 [gateway_userspace]=14100)
+                 [gateway_auto]=14000 [gateway_ebpf]=14100 [gateway_splice]=14200 [gateway_uring]=14300)
 declare -A OFF=([iperf1]=1 [iperf4]=1 [conn]=2 [tls]=3 [tlshs]=3 [tlsbulk]=3 [http]=4 [http512]=4
-                [https]=5 [hsk]=5 [h2]=6 [mem_l4]=2 [mem_http]=4)
+                [https]=5 [hsk]=5 [h2]=6 [mem_l4]=2 [mem_http]=4 [slowread]=7)
 declare -A DIRECT=([iperf1]=5201 [iperf4]=5201 [conn]=8081 [http]=8081 [http512]=8081 [tls]=8443
-                   [tlshs]=8443 [tlsbulk]=8443 [https]=8443 [hsk]=8443 [h2]=8083)
-# which roles each peer can play
-declare -A ROLES=([haproxy]="1 2 3 4 5 6" [haproxy_splice]="1 2" [nginx]="1 2 3 4 5 6" [socat]="1 2"
-                  [envoy]="1 2 3 4 5 6" [gateway_ebpf]="1 2 3 4 5 6" [gateway_userspace]="1 2 3")
+                   [tlshs]=8443 [tlsbulk]=8443 [https]=8443 [hsk]=8443 [h2]=8083 [slowread]=$SLOW_PORT)
+# which roles each peer can play (tests named <test>_unpinned use <test>'s)
+declare -A ROLES=([haproxy]="1 2 3 4 5 6 7" [haproxy_splice]="1 2 7" [nginx]="1 2 3 4 5 6 7" [socat]="1 2 7"
+                  [envoy]="1 2 3 4 5 6 7" [gateway_auto]="1 2 3 4 5 6 7" [gateway_ebpf]="1 2 3 7"
+                  [gateway_splice]="1 2 3 7" [gateway_uring]="1 2 3 7")
 
 peer_port() { # peer test -> port, or fail if the peer does not play that role
-  local o=${OFF[$2]}
+  local o=${OFF[${2%_unpinned}]}
   case " ${ROLES[$1]} " in *" $o "*) echo $(( ${BASE[$1]} + o )) ;; *) return 1 ;; esac
 }
 
@@ -217,12 +253,14 @@ kthread_ns() { # CPU ns of kernel threads (children of kthreadd): ksoftirqd, kwo
 }
 
 # "t_ns px_ns px_user_ns px_sys_ns ep_ns lg_ns busy_all busy_cpu0 busy_cpu1 root_ns ours_ns kthread_ns"
-# (busy_* in jiffies from /proc/stat; the rest ns)
+# then, for each CPU N in /proc/stat order, "user+nice system irq+softirq idle+iowait steal"
+# (busy_* and the per-CPU figures in jiffies from /proc/stat; the rest ns)
 snap() {
-  local t px ep lg st
+  local t px ep lg st pc
   t=$(date +%s%N); px=$(cg_read "$1"); ep=$(cg_read endpoints); lg=$(cg_read loadgen)
   st=$(awk '$1 ~ /^cpu[01]?$/ {b[$1]=$2+$3+$4+$7+$8+$9} END{printf "%.0f %.0f %.0f", b["cpu"], b["cpu0"], b["cpu1"]}' /proc/stat)
-  echo "$t $px ${ep%% *} ${lg%% *} $st $(root_ns) $(kthread_ns)"
+  pc=$(awk '$1 ~ /^cpu[0-9]+$/ {printf " %.0f %.0f %.0f %.0f %.0f", $2+$3, $4, $7+$8, $5+$6, $9}' /proc/stat)
+  echo "$t $px ${ep%% *} ${lg%% *} $st $(root_ns) $(kthread_ns)$pc"
 }
 
 # Other workloads may be using this 2-core machine (e.g. a cargo build).  Before each
@@ -307,21 +345,42 @@ cleanup() {
   done
   wait 2>/dev/null
   rm -f "$PIDS"
+  bpf_stats_restore
   if [ -n "$CGROOT" ] && [ -d "$CGROOT" ]; then
     for d in "$CGROOT"/*/; do rmdir "$d" 2>/dev/null; done
     rmdir "$CGROOT" 2>/dev/null
   fi
 }
 
+# kernel.bpf_stats_enabled: switched on for the run (BPF programs' run_time_ns and
+# run_cnt), the previous value kept in a file so that a run that died is undone by the next
+BPF_STATS_SAVED=$RUN/bpf_stats_enabled.saved
+BPF_STATS_SYSCTL=/proc/sys/kernel/bpf_stats_enabled
+bpf_stats_restore() {
+  [ -f "$BPF_STATS_SAVED" ] || return 0
+  cat "$BPF_STATS_SAVED" > "$BPF_STATS_SYSCTL" 2>/dev/null \
+    || log "could not restore kernel.bpf_stats_enabled=$(cat "$BPF_STATS_SAVED")"
+  rm -f "$BPF_STATS_SAVED"
+}
+
 # A previous run that died may have left processes in our cgroups: those are ours.
-if [ -f "$PIDS" ] || { [ -n "$CGROOT" ] && [ -n "$(find "$CGROOT" -mindepth 1 -maxdepth 1 -type d 2>/dev/null)" ]; }; then
+if [ -f "$PIDS" ] || [ -f "$BPF_STATS_SAVED" ] || { [ -n "$CGROOT" ] && [ -n "$(find "$CGROOT" -mindepth 1 -maxdepth 1 -type d 2>/dev/null)" ]; }; then
   log "cleaning up leftovers of a previous run"; cleanup
   [ -n "$CGROOT" ] && mkdir -p "$CGROOT"
 fi
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+BPF_STATS=0
+case " $PEERS " in *" gateway_auto "*|*" gateway_ebpf "*)
+  if prev=$(cat "$BPF_STATS_SYSCTL" 2>/dev/null); then
+    echo "$prev" > "$BPF_STATS_SAVED"
+    if echo 1 > "$BPF_STATS_SYSCTL" 2>/dev/null; then BPF_STATS=1
+    else log "could not set kernel.bpf_stats_enabled=1: no BPF run time figures"; bpf_stats_restore; fi
+  fi ;;
+esac
 
 ALL_PORTS="5201 8081 8082 8083 8443 8444"
+[ "$SLOW_SECS" -gt 0 ] && ALL_PORTS="$ALL_PORTS $SLOW_PORT"
 for p in $PEERS; do for o in ${ROLES[$p]}; do ALL_PORTS="$ALL_PORTS $(( ${BASE[$p]} + o ))"; done; done
 [[ " $PEERS " == *" envoy "* ]] && ALL_PORTS="$ALL_PORTS 13009"
 for p in $PEERS; do [[ $p == gateway_* ]] && ALL_PORTS="$ALL_PORTS $(( ${BASE[$p]} + 9 ))"; done
@@ -338,9 +397,9 @@ wait_ports() { # ports... (bounded: 10 s)
 }
 
 # ---------------------------------------------------------------- files
-rm -rf "$RUN"/{raw,www,upstream,haproxy,haproxy_splice,nginx,socat,envoy,gateway_ebpf,gateway_userspace}
-mkdir -p "$RUN"/{raw,tls,www/a,www/b,www/tls-a,www/tls-b,upstream/tmp,nginx/tmp,haproxy,haproxy_splice,socat,envoy,gateway_ebpf,gateway_userspace}
-: > "$RUN/records.jsonl"; : > "$RUN/mem.jsonl"; : > "$RUN/checks.txt"; : > "$RUN/meta.txt"
+rm -rf "$RUN"/{raw,www,upstream,haproxy,haproxy_splice,nginx,socat,envoy,gateway_ebpf,gateway_userspace,gateway_auto,gateway_splice,gateway_uring}
+mkdir -p "$RUN"/{raw,tls,www/a,www/b,www/tls-a,www/tls-b,upstream/tmp,nginx/tmp,haproxy,haproxy_splice,socat,envoy,gateway_auto,gateway_ebpf,gateway_splice,gateway_uring}
+: > "$RUN/records.jsonl"; : > "$RUN/mem.jsonl"; : > "$RUN/slow.jsonl"; : > "$RUN/checks.txt"; : > "$RUN/meta.txt"
 
 printf '%-127s\n' "hello from upstream a (vhost a.test)" > "$RUN/www/a/hello.txt"
 printf '%-127s\n' "hello from upstream b (vhost b.test)" > "$RUN/www/b/hello.txt"
@@ -428,6 +487,15 @@ backend web_tcp
   mode tcp
 $extra
   server s1 127.0.0.1:8081
+frontend l4_slow
+  mode tcp
+  bind 127.0.0.1:$((b+7)) backlog 4096
+$extra
+  default_backend slow
+backend slow
+  mode tcp
+$extra
+  server s1 127.0.0.1:$SLOW_PORT
 EOF
 }
 { ha_common haproxy; ha_l4 ${BASE[haproxy]} 0; cat <<EOF
@@ -483,6 +551,7 @@ events { worker_connections $NOFILE; }
 stream {
   server { listen 127.0.0.1:$((NB+1)) backlog=4096; proxy_pass 127.0.0.1:5201; }
   server { listen 127.0.0.1:$((NB+2)) backlog=4096; proxy_pass 127.0.0.1:8081; }
+  server { listen 127.0.0.1:$((NB+7)) backlog=4096; proxy_pass 127.0.0.1:$SLOW_PORT; }
   map \$ssl_preread_server_name \$sni_upstream {
     tls.a.test 127.0.0.1:8443;
     localhost  127.0.0.1:8443;
@@ -588,6 +657,11 @@ $(etcp l4_iperf iperf)
     filter_chains:
     - filters:
 $(etcp l4_web web_a)
+  - name: l4_slow
+    address: {socket_address: {address: 127.0.0.1, port_value: $((EB+7))}}
+    filter_chains:
+    - filters:
+$(etcp l4_slow slow)
   - name: sni
     address: {socket_address: {address: 127.0.0.1, port_value: $((EB+3))}}
     listener_filters:
@@ -610,6 +684,7 @@ $(ecluster web_a 8081)
 $(ecluster web_b 8082)
 $(ecluster tls_a 8443)
 $(ecluster tls_b 8444)
+$(ecluster slow $SLOW_PORT)
 EOF
 
 # --- gateway (target/release/gateway): the same roles as Istio resources, one config per peer.
@@ -641,6 +716,8 @@ spec:
     hosts: ["*"]
   - port: {number: $((b+2)), name: tcp-web, protocol: TCP}
     hosts: ["*"]
+  - port: {number: $((b+7)), name: tcp-slow, protocol: TCP}
+    hosts: ["*"]
   - port: {number: $((b+3)), name: tls-sni, protocol: TLS}
     hosts: [tls.a.test, tls.b.test, localhost]
     tls: {mode: PASSTHROUGH}
@@ -663,6 +740,8 @@ spec:
     route: [{destination: {host: iperf, port: {number: 5201}}}]
   - match: [{port: $((b+2))}]
     route: [{destination: {host: web-a, port: {number: 80}}}]
+  - match: [{port: $((b+7))}]
+    route: [{destination: {host: slow, port: {number: $SLOW_PORT}}}]
 ---
 apiVersion: networking.istio.io/v1alpha3
 kind: VirtualService
@@ -692,6 +771,7 @@ spec:
   gateways: [bench]
   http: [{route: [{destination: {host: web-b, port: {number: 80}}}]}]
 $(gw_se iperf 5201 tcp TCP 5201)
+$(gw_se slow $SLOW_PORT tcp TCP $SLOW_PORT)
 $(gw_se web-a 80 http HTTP 8081)
 $(gw_se web-b 80 http HTTP 8082)
 $(gw_se tls-a 443 tls TLS 8443)
@@ -708,7 +788,7 @@ $(indent '    ' < "$RUN/tls/cert.pem")
 $(indent '    ' < "$RUN/tls/key.pem")
 EOF
 }
-for p in gateway_ebpf gateway_userspace; do gw_config "${BASE[$p]}" > "$RUN/$p/gateway.yaml"; done
+for p in $GATEWAY_PEERS; do gw_config "${BASE[$p]}" > "$RUN/$p/gateway.yaml"; done
 # The gateway logs every HTTP request at info (nginx/haproxy/envoy run with access logs off).
 GATEWAY_LOG=${GATEWAY_LOG:-warn}
 
@@ -752,6 +832,7 @@ start_proc endpoints "$EP_CPU" "$RUN/raw/iperf3-server.log" iperf3 -s -B 127.0.0
 start_proc endpoints "$EP_CPU" "$RUN/upstream/stdout.log" nginx -p "$RUN/upstream/" -e "$RUN/upstream/error.log" -c "$RUN/upstream/nginx.conf"
 wait_ports 5201 8081 8082 8083 8443 8444 || exit 1
 
+declare -A GW_PID=()
 for p in $PEERS; do
   log "starting $p"
   case $p in
@@ -761,16 +842,20 @@ for p in $PEERS; do
       start_proc nginx "$PX_CPU" "$RUN/nginx/stdout.log" nginx -p "$RUN/nginx/" -e "$RUN/nginx/error.log" -c "$RUN/nginx/nginx.conf" ;;
     socat)
       start_proc socat "$PX_CPU" "$RUN/socat/l4_iperf.log" socat TCP4-LISTEN:$((BASE[socat]+1)),bind=127.0.0.1,reuseaddr,fork,backlog=4096 TCP4:127.0.0.1:5201
-      start_proc socat "$PX_CPU" "$RUN/socat/l4_web.log" socat TCP4-LISTEN:$((BASE[socat]+2)),bind=127.0.0.1,reuseaddr,fork,backlog=4096 TCP4:127.0.0.1:8081 ;;
+      start_proc socat "$PX_CPU" "$RUN/socat/l4_web.log" socat TCP4-LISTEN:$((BASE[socat]+2)),bind=127.0.0.1,reuseaddr,fork,backlog=4096 TCP4:127.0.0.1:8081
+      start_proc socat "$PX_CPU" "$RUN/socat/l4_slow.log" socat TCP4-LISTEN:$((BASE[socat]+7)),bind=127.0.0.1,reuseaddr,fork,backlog=4096 TCP4:127.0.0.1:$SLOW_PORT ;;
     envoy)
       conc=(--concurrency 1); [ "$WORKERS" = default ] && conc=()
       start_proc envoy "$PX_CPU" "$RUN/envoy/envoy.log" "$ENVOY_BIN" -c "$RUN/envoy/envoy.yaml" "${conc[@]}" \
         --disable-hot-restart -l warning ;;
-    gateway_ebpf|gateway_userspace)
+    gateway_*)
+      # gateway_auto runs without --splice: what it measures is the default
       wk=(); [ "$WORKERS" = 1 ] && wk=(TOKIO_WORKER_THREADS=1)
+      mode=(); [ $p = gateway_auto ] || mode=(--splice "${p#gateway_}")
       start_proc $p "$PX_CPU" "$RUN/$p/gateway.log" env RUST_LOG="$GATEWAY_LOG" "${wk[@]}" "$GATEWAY_BIN" run \
-        --config "$RUN/$p/gateway.yaml" --splice "${p#gateway_}" --admin-addr 127.0.0.1:$(( ${BASE[$p]} + 9 )) \
-        --bind 127.0.0.1 ;;
+        --config "$RUN/$p/gateway.yaml" "${mode[@]}" --admin-addr 127.0.0.1:$(( ${BASE[$p]} + 9 )) \
+        --bind 127.0.0.1
+      GW_PID[$p]=$LAST_PID ;;
   esac
   ports=""; for o in ${ROLES[$p]}; do ports="$ports $(( ${BASE[$p]} + o ))"; done
   if ! wait_ports $ports; then
@@ -780,6 +865,46 @@ for p in $PEERS; do
   fi
 done
 meta peers_running "$PEERS"
+
+# ---------------------------------------------------------------- gateway introspection
+# /debug/splice (the gateway's per-path counters) and its splice_verdict program's
+# run_time_ns / run_cnt (kernel.bpf_stats_enabled=1) are read around each measurement.
+splice_get() { # peer file
+  timeout 5 curl -sS --max-time 3 "http://127.0.0.1:$(( ${BASE[$1]} + 9 ))/debug/splice" -o "$2" 2>/dev/null || : > "$2"
+}
+declare -A VERDICT=()   # peer -> "pid fd" of its splice_verdict program
+find_verdict() { # peer -> VERDICT[peer], VERDICT_ID: its program fds (fdinfo prog_id), named with bpftool
+  local pid=${GW_PID[$1]:-} fdp id name ty
+  [ -n "$pid" ] || return 1
+  for fdp in /proc/$pid/fd/*; do
+    [ "$(readlink "$fdp" 2>/dev/null)" = anon_inode:bpf-prog ] || continue
+    id=$(awk '/^prog_id:/{print $2}' "/proc/$pid/fdinfo/${fdp##*/}" 2>/dev/null)
+    [ -n "$id" ] || continue
+    if command -v bpftool >/dev/null 2>&1; then
+      name=$(bpftool prog show id "$id" 2>/dev/null | grep -o 'name [^ ]*' | head -1)
+      [ "$name" = "name splice_verdict" ] || continue
+    else  # no bpftool: the gateway's only sk_skb program (BPF_PROG_TYPE_SK_SKB = 14)
+      ty=$(awk '/^prog_type:/{print $2}' "/proc/$pid/fdinfo/${fdp##*/}")
+      [ "$ty" = 14 ] || continue
+    fi
+    VERDICT[$1]="$pid ${fdp##*/}"
+    VERDICT_ID=$id
+    return 0
+  done
+  return 1
+}
+bpf_read() { # peer -> "run_time_ns run_cnt" of its verdict program, or "" (none / no stats)
+  local v=${VERDICT[$1]:-}
+  [ -n "$v" ] && [ "$BPF_STATS" = 1 ] || return 0
+  awk '/^run_time_ns:/{t=$2} /^run_cnt:/{c=$2} END{if (t != "") printf "%s,%s", t, c}' "/proc/${v% *}/fdinfo/${v#* }" 2>/dev/null
+}
+for p in $PEERS; do
+  case $p in gateway_auto|gateway_ebpf)
+    if find_verdict $p; then meta "bpf_verdict_$p" "prog id $VERDICT_ID (pid ${VERDICT[$p]% *}, fd ${VERDICT[$p]#* })"
+    else log "$p: no splice_verdict program found among its fds: no BPF run time for it"; meta "bpf_verdict_$p" "not found"; fi ;;
+  esac
+done
+meta bpf_stats_enabled "$BPF_STATS (restored to $(cat "$BPF_STATS_SAVED" 2>/dev/null || echo '?') at exit)"
 
 # ---------------------------------------------------------------- functional checks
 chk() { # target check ok|FAIL detail
@@ -809,6 +934,12 @@ run_checks() {
   cmp_body direct tls_a "$(sni_get 8443 tls.a.test)" "$RUN/www/tls-a/hello.txt"
   cmp_body direct h2c_a "$(h2c_get 8083 a.test)" "$RUN/www/a/hello.txt"
   for p in $PEERS; do
+    if [[ $p == gateway_* ]]; then
+      splice_get $p "$RUN/$p/splice-start.json"
+      got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["mode"])' "$RUN/$p/splice-start.json" 2>/dev/null)
+      if [ "$got" = "${p#gateway_}" ]; then chk $p splice_mode ok "/debug/splice mode=$got"
+      else chk $p splice_mode FAIL "/debug/splice mode=${got:-unreadable}, expected ${p#gateway_}"; fi
+    fi
     if port=$(peer_port $p iperf1); then
       if got=$(iperf_ok $port); then chk $p l4_iperf3_1s ok "$got"; else chk $p l4_iperf3_1s FAIL "iperf3 via :$port failed"; fi
       sleep 0.5
@@ -838,10 +969,11 @@ run_checks() {
 run_checks
 
 # ---------------------------------------------------------------- measurements
-measure() { # pass test target port cgroup
+measure() { # pass test target port cgroup   (test: a TESTS name, or <name>_unpinned)
   local pass=$1 test=$2 target=$3 port=$4 cg=$5
-  local raw="$RUN/raw/p${pass}_${test}_${target}.txt" cmd=() warm=() b a rc try
-  case $test in
+  local raw="$RUN/raw/p${pass}_${test}_${target}.txt" cmd=() warm=() b a rc try bpf0="" bpf1=""
+  local gw=0; [[ $target == gateway_* ]] && gw=1
+  case ${test%_unpinned} in
     iperf1|iperf4)
       cmd=(timeout $((DUR+30)) iperf3 -c 127.0.0.1 -p "$port" -t "$DUR" -P "${test#iperf}" -J --connect-timeout 3000)
       [ "$ZC" = 1 ] && cmd+=(-Z) ;;
@@ -869,7 +1001,7 @@ measure() { # pass test target port cgroup
   if [ "${cmd[2]}" = wrk ] && [ "$WARM" -gt 0 ] && [ "$pass" = 1 ]; then
     warm=("${cmd[@]}"); warm[1]=$((WARM+20))
     for i in "${!warm[@]}"; do case ${warm[$i]} in -d*) warm[$i]="-d${WARM}s" ;; -c*) warm[$i]="-c8" ;; esac; done
-    run_in loadgen "$EP_CPU" "${warm[@]}" >/dev/null 2>&1
+    run_in loadgen "$LG_CPU" "${warm[@]}" >/dev/null 2>&1
     sleep 0.2
   fi
   local attempt=0 oth=0
@@ -877,9 +1009,11 @@ measure() { # pass test target port cgroup
     attempt=$((attempt + 1))
     wait_quiet
     for try in 1 2; do
+      [ $gw = 1 ] && { splice_get "$target" "${raw%.txt}.splice0.json"; bpf0=$(bpf_read "$target"); }
       b=$(snap "$cg")
-      run_in loadgen "$EP_CPU" "${cmd[@]}" > "$raw" 2>&1; rc=$?
+      run_in loadgen "$LG_CPU" "${cmd[@]}" > "$raw" 2>&1; rc=$?
       a=$(snap "$cg")
+      [ $gw = 1 ] && { bpf1=$(bpf_read "$target"); splice_get "$target" "${raw%.txt}.splice1.json"; }
       # iperf3 server still busy with the previous test: wait and retry once
       if [ $try = 1 ] && grep -q 'server is busy' "$raw"; then sleep 3; continue; fi
       break
@@ -892,28 +1026,102 @@ measure() { # pass test target port cgroup
     fi
     break
   done
-  printf '{"pass":%d,"test":"%s","target":"%s","port":%d,"rc":%d,"attempts":%d,"raw":"%s","before":[%s],"after":[%s]}\n' \
-    "$pass" "$test" "$target" "$port" "$rc" "$attempt" "$raw" "${b// /,}" "${a// /,}" >> "$RUN/records.jsonl"
+  printf '{"pass":%d,"test":"%s","target":"%s","port":%d,"rc":%d,"attempts":%d,"raw":"%s","before":[%s],"after":[%s],"bpf":[%s],"topology":"%s"}\n' \
+    "$pass" "$test" "$target" "$port" "$rc" "$attempt" "$raw" "${b// /,}" "${a// /,}" \
+    "$([ -n "$bpf0" ] && [ -n "$bpf1" ] && echo "$bpf0,$bpf1")" "$([[ $test == *_unpinned ]] && echo unpinned || echo pinned)" >> "$RUN/records.jsonl"
   log "  pass $pass $test $target (:$port) rc=$rc other=${oth}%"
   sleep "${SETTLE:-0.5}"
 }
 
-if [ $CHECK_ONLY = 0 ]; then
+run_passes() { # suffix tests...   ("" for the pinned topology, _unpinned)
+  local sfx=$1 pass n i test p port order parr; shift
   read -r -a parr <<<"$PEERS"
   for pass in $(seq 1 "$RUNS"); do
-    log "pass $pass/$RUNS"
+    log "pass $pass/$RUNS${sfx:+ ($sfx)}"
     # rotate peer order each pass so slow drift does not always favour the same peer
     n=${#parr[@]}; order=()
     for i in $(seq 0 $((n-1))); do order+=("${parr[$(( (i + pass - 1) % n ))]}"); done
-    for test in $TESTS; do
-      measure "$pass" "$test" direct "${DIRECT[$test]}" ""
+    for test in "$@"; do
+      measure "$pass" "$test$sfx" direct "${DIRECT[$test]}" ""
       for p in "${order[@]}"; do
         port=$(peer_port "$p" "$test") || continue
-        measure "$pass" "$test" "$p" "$port" "$p"
+        measure "$pass" "$test$sfx" "$p" "$port" "$p"
       done
     done
   done
+}
+
+# The unpinned topology: every thread of every process we started (proxies, their
+# children, endpoints) gets $1 (proxies) / $2 (endpoints) as its affinity.  Threads the
+# kernel will not move (io_uring io-wq workers: PF_NO_SETAFFINITY) are counted.
+set_affinity() { # proxy-cpus endpoint-cpus -> "moved N, refused M"
+  local pxc=$1 epc=$2 pid st name c kid tid moved=0 refused=0
+  [ -f "$PIDS" ] || { echo "moved 0, refused 0"; return; }
+  while read -r pid st name; do
+    mine "$pid" "$st" || continue
+    c=$pxc; [ "$name" = endpoints ] && c=$epc
+    # the process, its children (nginx workers, socat forks) and theirs
+    for kid in $pid $(cat /proc/$pid/task/*/children 2>/dev/null) \
+               $(for k in $(cat /proc/$pid/task/*/children 2>/dev/null); do cat /proc/$k/task/*/children 2>/dev/null; done); do
+      for tid in /proc/$kid/task/*; do
+        [ -d "$tid" ] || continue
+        if taskset -p -c "$c" "${tid##*/}" >/dev/null 2>&1; then moved=$((moved + 1)); else refused=$((refused + 1)); fi
+      done
+    done
+  done < "$PIDS"
+  echo "moved $moved, refused $refused"
+}
+
+if [ $CHECK_ONLY = 0 ]; then
+  run_passes "" $TESTS
+  if [ -n "$UNPINNED_TESTS" ]; then
+    log "unpinned topology: proxies, endpoints and load generators on CPUs $ALL_CPUS"
+    r=$(set_affinity "$ALL_CPUS" "$ALL_CPUS"); log "  threads $r"
+    meta unpinned_desc "every thread of the proxies and endpoints widened to CPUs $ALL_CPUS ($r; the kernel refuses to move io_uring io-wq workers), load generators on $ALL_CPUS; proxies keep one worker"
+    LG_CPU=$ALL_CPUS
+    run_passes _unpinned $UNPINNED_TESTS
+    LG_CPU=$EP_CPU
+    r=$(set_affinity "$PX_CPU" "$EP_CPU"); log "pinned again: threads $r"
+  fi
 fi
+meta unpinned_tests "$UNPINNED_TESTS"
+
+# ---------------------------------------------------------------- slow reader
+# One connection through the L4 route B+7 to slow_reader.py's upstream (:$SLOW_PORT,
+# reading SLOW_RATE bytes/s); the client sends as fast as it can for SLOW_SECS s.  The
+# program samples the sender's lead, MemAvailable and /proc/net/sockstat TCP mem.
+slow_measure() { # target port cgroup
+  local target=$1 port=$2 cg=$3 raw="$RUN/raw/slowread_$1.txt" b a rc bpf0="" bpf1="" i t0 t1
+  local gw=0; [[ $target == gateway_* ]] && gw=1
+  wait_quiet
+  [ $gw = 1 ] && { splice_get "$target" "${raw%.txt}.splice0.json"; bpf0=$(bpf_read "$target"); }
+  b=$(snap "$cg")
+  run_in loadgen "$LG_CPU" timeout $((SLOW_SECS + 20)) python3 "$HERE/slow_reader.py" --listen "$SLOW_PORT" \
+    --connect "$port" --secs "$SLOW_SECS" --rate "$SLOW_RATE" --label "$target" > "$raw" 2>&1; rc=$?
+  a=$(snap "$cg")
+  [ $gw = 1 ] && { bpf1=$(bpf_read "$target"); splice_get "$target" "${raw%.txt}.splice1.json"; }
+  # the upstream reset the flow with data unread: how long until the proxy let go of it
+  t0=$(date +%s%N)
+  for i in $(seq 1 100); do
+    [ -z "$(ss -tnH state established state close-wait state fin-wait-1 state last-ack state closing \
+            "( sport = :$port or dport = :$SLOW_PORT or sport = :$SLOW_PORT )")" ] && break; sleep 0.1
+  done
+  t1=$(date +%s%N)
+  printf '{"test":"slowread","target":"%s","port":%d,"rc":%d,"raw":"%s","before":[%s],"after":[%s],"bpf":[%s],"released_s":%s,"released":%s}\n' \
+    "$target" "$port" "$rc" "$raw" "${b// /,}" "${a// /,}" "$([ -n "$bpf0" ] && [ -n "$bpf1" ] && echo "$bpf0,$bpf1")" \
+    "$(( (t1 - t0) / 1000000 ))e-3" "$([ "$i" -lt 100 ] && echo true || echo false)" >> "$RUN/slow.jsonl"
+  log "  slowread $target (:$port) rc=$rc $(grep -o '"max_lead_bytes": [0-9]*' "$raw")"
+  sleep "${SETTLE:-0.5}"
+}
+if [ $CHECK_ONLY = 0 ] && [ "$SLOW_SECS" -gt 0 ]; then
+  log "slow reader: ${SLOW_SECS}s of sending into an upstream reading $SLOW_RATE B/s"
+  slow_measure direct "$SLOW_PORT" ""
+  for p in $PEERS; do
+    port=$(peer_port "$p" slowread) || continue
+    slow_measure "$p" "$port" "$p"
+  done
+fi
+meta slow_secs "$([ $CHECK_ONLY = 0 ] && echo "$SLOW_SECS" || echo 0)"; meta slow_rate_Bps "$SLOW_RATE"
 
 # ---------------------------------------------------------------- idle-connection memory
 # IDLE_N connections opened through the proxy (each completes one request, so a spliced
@@ -998,6 +1206,55 @@ TESTNAME = {"iperf1": "iperf3 -P1 via L4 proxy", "iperf4": "iperf3 -P4 via L4 pr
             "hsk": "HTTPS termination, new TLS handshake per request (wrk, Connection: close)"}
 UNIT = {"conn": "conn/s", "tlshs": "hs/s", "hsk": "hs/s", "tlsbulk": "Gbit/s"}
 OTHER_FLAG_PCT = float(os.environ.get("OTHER_FLAG_PCT", "15"))
+
+def base_test(t):  # "iperf1_unpinned" -> "iperf1"
+    return t[:-len("_unpinned")] if t.endswith("_unpinned") else t
+
+def testname(t):
+    n = TESTNAME.get(base_test(t), base_test(t))
+    return n + " (unpinned)" if t.endswith("_unpinned") else n
+
+def per_cpu(before, after):
+    """Each CPU's busy share of its own time over the interval, from the per-CPU jiffies
+    snap() appends (user+nice, system, irq+softirq, idle+iowait, steal per CPU)."""
+    b, a = before[len(KEYS):], after[len(KEYS):]
+    out = []
+    for i in range(min(len(a), len(b)) // 5):
+        d = [a[5 * i + k] - b[5 * i + k] for k in range(5)]
+        tot = sum(d)
+        if tot <= 0:
+            out.append(None)
+            continue
+        out.append({"cpu": i, "busy_pct": 100 * (d[0] + d[1] + d[2]) / tot, "user_pct": 100 * d[0] / tot,
+                    "sys_pct": 100 * d[1] / tot, "softirq_pct": 100 * d[2] / tot, "steal_pct": 100 * d[4] / tot})
+    return out
+
+def splice_delta(raw):
+    """The gateway's /debug/splice after minus before the measurement (counters only)."""
+    try:
+        s0 = json.load(open(raw[:-4] + ".splice0.json")); s1 = json.load(open(raw[:-4] + ".splice1.json"))
+    except (OSError, ValueError):
+        return None
+    def num(a, b):
+        return b - a if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+    paths = {k: {f: num(s0.get("paths", {}).get(k, {}).get(f), v.get(f)) for f in ("flows", "bytes")}
+             for k, v in s1.get("paths", {}).items()}
+    fb0, fb1 = s0.get("fallbacks") or {}, s1.get("fallbacks") or {}
+    kern0, kern1 = s0.get("kernel") or {}, s1.get("kernel") or {}
+    return {"mode": s1.get("mode"), "paths": paths,
+            "offloads": num(s0.get("offloads"), s1.get("offloads")),
+            "pauses": num(s0.get("pauses"), s1.get("pauses")),
+            "fallbacks": sum(num(fb0.get(k), v) or 0 for k, v in fb1.items()) if isinstance(fb1, dict) else None,
+            "kernel": {k: num(kern0.get(k), v) for k, v in kern1.items() if isinstance(v, (int, float))}}
+
+def bpf_delta(r, wall):
+    b = r.get("bpf") or []
+    if len(b) != 4:
+        return {}
+    rt, cnt = b[2] - b[0], b[3] - b[1]
+    return {"bpf_run_time_ns": rt, "bpf_run_cnt": cnt, "bpf_ns_per_run": rt / cnt if cnt > 0 else None,
+            "bpf_cpu_pct": 100 * rt / 1e9 / wall if wall else None}
+
 rows = []
 recs = [json.loads(l) for l in open(f"{run}/records.jsonl")] if not check_only else []
 for r in recs:
@@ -1005,7 +1262,9 @@ for r in recs:
     d = {k: a.get(k, 0) - b.get(k, 0) for k in KEYS}
     d["kth_ns"] = max(0, d["kth_ns"])  # a kworker that exits takes its CPU time with it
     wall = d["t_ns"] / 1e9
-    m = {"pass": r["pass"], "test": r["test"], "target": r["target"], "port": r["port"], "rc": r["rc"],
+    bt = base_test(r["test"])
+    m = {"pass": r["pass"], "test": r["test"], "base_test": bt, "topology": r.get("topology", "pinned"),
+         "target": r["target"], "port": r["port"], "rc": r["rc"],
          "attempts": r.get("attempts", 1),
          "wall_s": round(wall, 3), "value": None,
          # proxy = all threads and forked children of the peer (its own cgroup), precise ns
@@ -1021,7 +1280,11 @@ for r in recs:
          "machine_busy_s": d["busy_j"] / HZ,             # /proc/stat, tick-sampled, incl. irq
          "cpu0_busy_pct": 100 * d["busy0_j"] / HZ / wall if wall else None,
          "cpu1_busy_pct": 100 * d["busy1_j"] / HZ / wall if wall else None,
+         "per_cpu": per_cpu(r["before"], r["after"]),
          "raw": r["raw"]}
+    m.update(bpf_delta(r, wall))
+    if r["target"].startswith("gateway_"):
+        m["splice"] = splice_delta(r["raw"])
     m["proxy_kernel_s"] = m["proxy_cpu_s"] - m["proxy_user_s"]
     m["proxy_cpu_util_pct"] = 100 * m["proxy_cpu_s"] / wall if wall else None
     m["other_cpu_pct"] = 100 * m["other_cpu_s"] / wall if wall else None
@@ -1071,11 +1334,11 @@ for r in recs:
             w = json.loads(re.search(r"WRKJSON (\{.*\})", txt).group(1))
             req = w["requests"]
             errs = w["err_connect"] + w["err_read"] + w["err_write"] + w["err_timeout"]
-            m.update(value=req / (w["duration_us"] / 1e6), unit=UNIT.get(r["test"], "req/s"),
+            m.update(value=req / (w["duration_us"] / 1e6), unit=UNIT.get(bt, "req/s"),
                      requests=req, errors=errs, non_2xx=w["err_status"], bytes=w["bytes"],
                      p50_ms=w["lat_p50_us"] / 1000, p90_ms=w["lat_p90_us"] / 1000, p99_ms=w["lat_p99_us"] / 1000,
                      p999_ms=w.get("lat_p999_us", 0) / 1000, max_ms=w["lat_max_us"] / 1000)
-            if r["test"] == "tlsbulk":
+            if bt == "tlsbulk":
                 m["requests_per_s"] = m["value"]
                 m["value"] = 8 * w["bytes"] / (w["duration_us"] / 1e6) / 1e9
                 gb = w["bytes"] / 1e9
@@ -1091,6 +1354,8 @@ for r in recs:
         m["error"] = m.get("error") or f"unparsable output ({type(ex).__name__}); see raw"
     if r["rc"] != 0 and not m.get("error"):
         m["error"] = f"exit status {r['rc']}"
+    if m.get("bpf_run_time_ns") is not None and m.get("bytes"):
+        m["bpf_cpu_s_per_GB"] = m["bpf_run_time_ns"] / 1e9 / (m["bytes"] / 1e9)
     rows.append(m)
 
 def med(xs):
@@ -1116,7 +1381,8 @@ for t in tests:
         mdn = med(good)
         ratios = [m["value"] / direct[m["pass"]] if m["value"] is not None and direct.get(m["pass"]) else None for m in ms]
         px = tg != "direct"
-        s = {"test": t, "description": TESTNAME.get(t, t), "target": tg, "unit": ms[0].get("unit"),
+        s = {"test": t, "base_test": base_test(t), "topology": ms[0]["topology"],
+             "description": testname(t), "target": tg, "unit": ms[0].get("unit"),
              "per_pass": vals, "median": mdn,
              "spread_pct": 100 * (max(good) - min(good)) / mdn if len(good) > 1 and mdn else None,
              "ratio_vs_direct_per_pass": ratios, "ratio_vs_direct": med(ratios),
@@ -1153,7 +1419,48 @@ for t in tests:
                 s[k] = med([m.get(k) for m in ms])
         s["min"] = min(good) if good else None
         s["max"] = max(good) if good else None
+        # each CPU's busy % (and the irq+softirq part of it), median over passes
+        ncpu = max((len(m["per_cpu"]) for m in ms), default=0)
+        s["per_cpu"] = [{k: med([m["per_cpu"][i][k] for m in ms if len(m["per_cpu"]) > i and m["per_cpu"][i]])
+                         for k in ("busy_pct", "user_pct", "sys_pct", "softirq_pct")} | {"cpu": i} for i in range(ncpu)]
+        if any(m.get("bpf_run_cnt") is not None for m in ms):
+            for k in ("bpf_ns_per_run", "bpf_cpu_s_per_GB", "bpf_cpu_pct", "bpf_run_cnt"):
+                s[k] = med([m.get(k) for m in ms])
+        sp = [m["splice"] for m in ms if m.get("splice")]
+        if sp:
+            s["splice_mode"] = sp[-1]["mode"]
+            s["splice_bytes_by_path"] = {k: med([x["paths"].get(k, {}).get("bytes") for x in sp]) for k in sp[-1]["paths"]}
+            s["splice_flows_by_path"] = {k: med([x["paths"].get(k, {}).get("flows") for x in sp]) for k in sp[-1]["paths"]}
+            for k in ("offloads", "pauses", "fallbacks"):
+                s[f"splice_{k}"] = med([x.get(k) for x in sp])
+            s["splice_redirect_failures"] = med([x["kernel"].get("redirect_failures") for x in sp])
         summary.append(s)
+
+# the slow-reader row: one run per peer (not per pass)
+slowread = []
+if not check_only and os.path.exists(f"{run}/slow.jsonl"):
+    for line in open(f"{run}/slow.jsonl"):
+        r = json.loads(line)
+        b = dict(zip(KEYS, r["before"])); a = dict(zip(KEYS, r["after"]))
+        wall = (a["t_ns"] - b["t_ns"]) / 1e9
+        m = {"test": "slowread", "target": r["target"], "port": r["port"], "rc": r["rc"], "raw": r["raw"],
+             "wall_s": round(wall, 3), "proxy_cpu_s": (a["px_ns"] - b["px_ns"]) / 1e9,
+             "per_cpu": per_cpu(r["before"], r["after"]),
+             "released_s": r.get("released_s"), "released": r.get("released")}
+        m.update(bpf_delta(r, wall))
+        if r["target"].startswith("gateway_"):
+            m["splice"] = splice_delta(r["raw"])
+        try:
+            txt = open(r["raw"]).read()
+            j = json.loads(re.search(r"SLOWJSON (\{.*\})", txt).group(1))
+            m.update({k: v for k, v in j.items() if k not in ("label",)})
+        except (OSError, AttributeError, ValueError) as ex:
+            m["error"] = f"no result ({type(ex).__name__}); see raw"
+        if r["rc"] != 0 and not m.get("error"):
+            m["error"] = f"exit status {r['rc']}"
+        if m.get("error"):
+            m["max_lead_bytes"] = None  # a run that failed has no value, whatever it sampled
+        slowread.append(m)
 
 memory = []
 if not check_only and os.path.exists(f"{run}/mem.jsonl"):
@@ -1193,23 +1500,27 @@ for t in tests:
     iperf = t.startswith("iperf")
     runs = max(len(s["per_pass"]) for s in S)
     P("")
-    P(f"== {TESTNAME.get(t, t)} ({S[0]['unit']}) ==")
-    hdr = "%-14s" % "target" + "".join("%8s" % f"run{i+1}" for i in range(runs)) + "%8s%7s%7s" % ("median", "sprd%", "xdir")
+    P(f"== {testname(t)} ({S[0]['unit']}) ==")
+    ncpu = max(len(s["per_cpu"]) for s in S)
+    hdr = "%-15s" % "target" + "".join("%8s" % f"run{i+1}" for i in range(runs)) + "%8s%7s%7s" % ("median", "sprd%", "xdir")
     if iperf:
         hdr += "%5s%5s%8s%7s%7s%7s%5s%5s" % ("px%", "usr%", "pxs/GB", "usr/GB", "krn/GB", "wls/GB", "kth%", "oth%")
+        hdr += "".join("%10s" % f"cpu{i}%/si" for i in range(ncpu)) + "%8s" % "bpfns"
     else:
         hdr += "%6s%7s%5s%5s%8s%8s%5s%5s" % ("p50ms", "p99ms", "px%", "usr%", "pxus/rq", "wlus/rq", "kth%", "oth%")
     P(hdr)
     for s in S:
         gb = s["unit"] == "Gbit/s"
         vf = "%8.2f" if gb else "%8.0f"
-        row = "%-14s" % s["target"] + "".join(vf % v if v is not None else "%8s" % "ERR" for v in s["per_pass"])
+        row = "%-15s" % s["target"] + "".join(vf % v if v is not None else "%8s" % "ERR" for v in s["per_pass"])
         row += "%8s%7s%7s" % (f(s["median"], "%.2f" if gb else "%.0f"), f(s["spread_pct"], "%.1f"), f(s["ratio_vs_direct"], "%.3f"))
         if iperf:
             row += "%5s%5s%8s%7s%7s%7s%5s%5s" % (f(s["proxy_cpu_util_pct"], "%.0f"), f(s["proxy_user_share_pct"], "%.0f"),
                                                f(s["proxy_cpu_s_per_GB"], "%.3f"), f(s["proxy_user_s_per_GB"], "%.3f"),
                                                f(s["proxy_kernel_s_per_GB"], "%.3f"), f(s["workload_cpu_s_per_GB"], "%.3f"),
                                                f(s["kthread_cpu_pct"], "%.0f"), f(s["other_cpu_pct_max"], "%.0f"))
+            row += "".join("%10s" % (f(c["busy_pct"], "%.0f") + "/" + f(c["softirq_pct"], "%.0f")) for c in s["per_cpu"])
+            row += "%8s" % f(s.get("bpf_ns_per_run"), "%.0f")
         else:
             row += "%6s%7s%5s%5s%8s%8s%5s%5s" % (f(s["p50_ms"]), f(s["p99_ms"]), f(s["proxy_cpu_util_pct"], "%.0f"),
                                                f(s["proxy_user_share_pct"], "%.0f"), f(s["proxy_cpu_us_per_req"], "%.1f"),
@@ -1230,6 +1541,29 @@ if memory:
                                           f(r["kernel_sock_bytes_per_conn"], "%.0f")))
     P("B/conn = (RSS with N - RSS with N/2) / connections added (marginal); avg B/c = (RSS with N - before) / N;")
     P("kern B/conn = machine-wide TCP socket buffer memory (/proc/net/sockstat) per added connection.")
+if slowread:
+    P("")
+    P(f"== slow reader: one connection, sender as fast as it can for {meta.get('slow_secs')} s, "
+      f"upstream reading {float(meta.get('slow_rate_Bps', 0)) / 1e6:.0f} MB/s ==")
+    P("%-15s%10s%10s%11s%11s%11s%9s%7s%7s  %s" % ("target", "sent MB", "read MB", "lead MiB", "memav MiB", "tcpmem MiB",
+                                             "read MB/s", "px%", "rel s", "splice paths / error"))
+    MiB = 1024 * 1024
+    for r in slowread:
+        sp = r.get("splice") or {}
+        paths = ",".join(f"{k}:{v['bytes'] / 1e6:.0f}MB" for k, v in (sp.get("paths") or {}).items() if v.get("bytes"))
+        if sp:
+            paths += f" offloads {sp.get('offloads')} pauses {sp.get('pauses')}"
+        P("%-15s%10s%10s%11s%11s%11s%9s%7s%7s  %s" % (
+            r["target"], f(r.get("sent_bytes") and r["sent_bytes"] / 1e6, "%.0f"), f(r.get("read_bytes") and r["read_bytes"] / 1e6, "%.0f"),
+            f(r.get("max_lead_bytes") and r["max_lead_bytes"] / MiB, "%.1f"),
+            f(None if r.get("memavail_drop_max_bytes") is None else r["memavail_drop_max_bytes"] / MiB, "%.0f"),
+            f(r.get("tcp_mem_max_bytes") and r["tcp_mem_max_bytes"] / MiB, "%.1f"),
+            f(r.get("read_rate_Bps") and r["read_rate_Bps"] / 1e6, "%.1f"),
+            f(100 * r["proxy_cpu_s"] / r["wall_s"] if r.get("wall_s") else None, "%.0f"),
+            f(r.get("released_s"), "%.1f"), r.get("error") or paths))
+    P("lead = max over the run of bytes the client's send() took minus bytes the upstream read; memav = largest")
+    P("MemAvailable drop below its value before; tcpmem = max /proc/net/sockstat TCP mem (pages x 4096, all sockets);")
+    P("rel s = time until no socket of the flow was left (after the upstream reset it).")
 P("")
 P("xdir = value / direct in the same pass (median over passes); sprd% = (max-min)/median over passes.")
 P("px% = proxy CPU (all its threads/children) as % of one core; usr% = user-space share of it (tick-sampled);")
@@ -1238,9 +1572,12 @@ P("wls/GB, wlus/rq = workload CPU (proxy + endpoints + load generator + kernel t
 P("  compare with the direct row: the difference is what the proxy hop costs the whole machine.")
 P(f"kth% = kernel threads (ksoftirqd, kworkers) as % of a core; oth% = max foreign load (other workloads)")
 P(f"  during a pass, % of a core; *noisy = still over {OTHER_FLAG_PCT:.0f}% after the repeats.")
+P("cpuN%/si = CPU N's busy % of its time (user+nice+system+irq+softirq) / the irq+softirq part of it;")
+P("bpfns = ns per run of the gateway's splice_verdict program (kernel.bpf_stats_enabled).")
 text = "\n".join(lines)
 print(text)
-res = {"meta": meta, "checks": checks, "summary": summary, "memory": memory, "measurements": rows, "table": text}
+res = {"meta": meta, "checks": checks, "summary": summary, "memory": memory, "slowread": slowread,
+       "measurements": rows, "table": text}
 tmp = out + ".tmp"
 with open(tmp, "w") as fh:
     json.dump(res, fh, indent=1)

@@ -1,12 +1,15 @@
 //! `cargo xtask bench [--quick] [--out-dir DIR] [-- peers.sh args]`: iperf3, wrk and
-//! h2load through the gateway (eBPF and io_uring splice) and through HAProxy, nginx and
-//! Envoy, on loopback, in one run (`bench/peers.sh`), then `bench/report.py` turns the
-//! measurements into `results.json`, `results.md` (the README's table) and `results.svg`.
+//! h2load through the gateway (in each L4 mode: auto, ebpf, splice, uring) and through
+//! HAProxy, nginx and Envoy, on loopback, in one run (`bench/peers.sh`: a pinned and an
+//! unpinned topology, a slow-reader memory row, idle-connection memory), then
+//! `bench/report.py` turns the measurements into `results.json`, `results.md` (the
+//! README's table) and `results.svg`.
 //!
 //! The full run writes into `bench/` (the committed results); `--quick` (the CI smoke
-//! test: one pass of 1 s tests, 1,000 idle connections) writes into
+//! test: one pass of 1 s tests, a 2 s slow reader, 1,000 idle connections) writes into
 //! `target/bench-quick/` unless `--out-dir` says otherwise, and passes whatever the
-//! numbers as long as every peer started and every functional check passed.
+//! numbers as long as every peer started, every functional check passed and every row
+//! has a value.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -129,7 +132,7 @@ pub fn bench(quick: bool, out_dir: Option<PathBuf>, args: &[String]) -> Result<(
 }
 
 /// What makes a run unusable whatever its numbers: a peer that did not start, a failed
-/// functional check, a row with no value at all.
+/// functional check, a row with no value at all (throughput/request rows, slow reader).
 fn harness_problems(results: &Path) -> Result<Vec<String>> {
     let text =
         fs::read_to_string(results).with_context(|| format!("reading {}", results.display()))?;
@@ -145,8 +148,13 @@ for c in r.get("checks", []):
 for s in r.get("summary", []):
     if s.get("median") is None:
         print(f"no value: {s['test']} via {s['target']}")
+for s in r.get("slowread", []):
+    if s.get("max_lead_bytes") is None:
+        print(f"no value: slowread via {s['target']} ({s.get('error')})")
 if not r.get("summary") and r.get("meta", {}).get("tests"):
     print("no measurements")
+if r.get("meta", {}).get("slow_secs", "0") != "0" and not r.get("slowread"):
+    print("no slow-reader measurements")
 "#;
     let mut child = Command::new("python3")
         .args(["-c", script])
