@@ -83,7 +83,7 @@ pub struct RunArgs {
     pub splice: SpliceMode,
     /// Kernel splice: bytes of one direction a peer socket may hold (psock backlog +
     /// send queue) before the flow pauses and the sender's TCP window closes.
-    #[arg(long, default_value = "16m", value_parser = parse_size)]
+    #[arg(long, default_value = "32m", value_parser = parse_size)]
     pub splice_budget: usize,
     /// `--splice auto`: a flow is handed to the kernel once one direction moved this
     /// many bytes...

@@ -51,7 +51,7 @@ pub(crate) static EBPF_OBJECT: &[u8] =
 
 /// Default per-direction budget: payload the kernel may have handed to a peer socket
 /// that the peer has not yet sent and had acknowledged (psock backlog + send queue).
-pub const DEFAULT_BUDGET: u64 = 16 << 20;
+pub const DEFAULT_BUDGET: u64 = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
@@ -430,7 +430,7 @@ impl EbpfSplicer {
         };
         // Send buffers: twice the budget (the kernel doubles this again), payload plus
         // skb overhead, so the backlog never finds them full. Receive buffers: a
-        // sixteenth of the budget (doubled likewise, 2 MiB by default): it is what a
+        // sixteenth of the budget (doubled likewise, 4 MiB by default): it is what a
         // paused direction keeps on its receiving socket before TCP's window closes —
         // what userspace then copies — and autotuning would let it grow to tcp_rmem's
         // maximum. While the flow runs in the kernel the verdict empties the queue at
