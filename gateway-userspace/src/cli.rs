@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// find large chunks; request/response flows one message per wake-up).
     #[arg(long, default_value = "16k", value_parser = parse_size)]
     pub offload_min_chunk: usize,
+    /// `--splice auto`: also offload flows whose packets arrive on CPUs outside this
+    /// process's affinity (the kernel splice then runs there). Off by default: an
+    /// operator who pinned the gateway gave it those cores, not the others.
+    #[arg(long)]
+    pub offload_foreign_cpus: bool,
     /// Capacity of each pipe of `--splice splice` (bytes; k/m suffixes for KiB/MiB),
     /// capped by /proc/sys/fs/pipe-max-size. One pipe per direction per busy flow.
     #[arg(long, default_value = "256k", value_parser = parse_size)]
@@ -302,6 +307,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             min_bytes: args.offload_bytes as u64,
             min_chunk: args.offload_min_chunk as u64,
             retry_bytes: (args.offload_bytes as u64 / 4).max(1),
+            own_cpus_only: !args.offload_foreign_cpus,
         },
     };
     let splicer = Splicer::with_options(args.splice, splice_opts).context(

@@ -733,3 +733,76 @@ fn idle_flows_close_after_the_idle_timeout_busy_ones_stay_in_every_mode() {
         })
     });
 }
+
+/// Pins the calling thread to one CPU.
+fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data (all-zeroes is the empty set); CPU_SET writes into
+    // it; sched_setaffinity reads it, for this thread only (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// `auto` does not hand a flow to the kernel when its packets arrive on a CPU the
+/// gateway may not run on: the kernel splice's work would run there (on loopback, on
+/// the client's and upstream's own core). Not privileged: plain loopback sockets.
+#[test]
+fn offload_is_refused_for_packets_received_on_foreign_cpus() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("SKIPPED offload_is_refused_for_packets_received_on_foreign_cpus: needs 2 CPUs");
+        return;
+    }
+    use std::io::Write as _;
+    let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let back = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (fa, ba) = (front.local_addr().unwrap(), back.local_addr().unwrap());
+    // The peers live on CPU 1 and send from there: their segments are received (the
+    // softirq runs) on CPU 1.
+    let peers = std::thread::spawn(move || {
+        pin_to(1);
+        let mut client = std::net::TcpStream::connect(fa).unwrap();
+        let (mut server, _) = back.accept().unwrap();
+        client.write_all(&[1u8; 4096]).unwrap();
+        server.write_all(&[2u8; 4096]).unwrap();
+        (client, server)
+    });
+    // The "gateway" thread is on CPU 0.
+    pin_to(0);
+    let (down, _) = front.accept().unwrap();
+    let up = std::net::TcpStream::connect(ba).unwrap();
+    let (_client, _server) = peers.join().unwrap();
+    let mut b = [0u8; 1];
+    let _ = (down.peek(&mut b), up.peek(&mut b));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        down.set_nonblocking(true).unwrap();
+        up.set_nonblocking(true).unwrap();
+        let (down, up) = (
+            TcpStream::from_std(down).unwrap(),
+            TcpStream::from_std(up).unwrap(),
+        );
+        let policy = OffloadPolicy::default();
+        assert!(
+            !policy.cpus_allow(&down, &up),
+            "packets received on CPU 1, gateway pinned to CPU 0: no offload"
+        );
+        let anywhere = OffloadPolicy {
+            own_cpus_only: false,
+            ..OffloadPolicy::default()
+        };
+        assert!(
+            anywhere.cpus_allow(&down, &up),
+            "--offload-foreign-cpus lifts it"
+        );
+    });
+}

@@ -105,6 +105,9 @@ pub struct PipeStats {
 pub struct OffloadPolicy {
     pub min_bytes: u64,
     pub min_chunk: u64,
+    /// Offload only flows whose packets arrive on CPUs this process may run on (see
+    /// [`OffloadPolicy::cpus_allow`]); `false` lifts that condition.
+    pub own_cpus_only: bool,
     /// After a handover attempt that found a socket no longer ESTABLISHED, how many more
     /// bytes to move before trying again.
     pub retry_bytes: u64,
@@ -115,12 +118,39 @@ impl Default for OffloadPolicy {
         OffloadPolicy {
             min_bytes: 1 << 20,
             min_chunk: 16 * 1024,
+            own_cpus_only: true,
             retry_bytes: (1 << 20) / 4,
         }
     }
 }
 
 impl OffloadPolicy {
+    /// The kernel splice's work for bytes arriving on a socket runs on the CPU that
+    /// receives them (the verdict in its softirq, the psock backlog on its workqueue).
+    /// When that CPU is not one this process may use (an operator pinned the gateway,
+    /// or NIC interrupts land elsewhere), an offload would move the gateway's work onto
+    /// cores it was not given — on loopback, onto the very cores of the client and the
+    /// upstream. Such a flow stays on the pipe path, whose work runs on the gateway's
+    /// own threads.
+    pub fn cpus_allow(&self, down: &TcpStream, up: &TcpStream) -> bool {
+        if !self.own_cpus_only {
+            return true;
+        }
+        let Some(own) = sockopt::own_cpus() else {
+            return true;
+        };
+        let cpus = [sockopt::incoming_cpu(down), sockopt::incoming_cpu(up)];
+        let allow = cpus.iter().flatten().all(|cpu| own.contains(cpu));
+        if !allow {
+            tracing::debug!(
+                ?cpus,
+                ?own,
+                "splice: not offloaded: packets arrive on a CPU this process may not use"
+            );
+        }
+        allow
+    }
+
     /// The bulk rule for one direction: `bytes` moved over `read_wakeups` wake-ups that
     /// found data.
     pub fn is_bulk(&self, bytes: u64, read_wakeups: u64) -> bool {
@@ -357,6 +387,7 @@ async fn drive(
     let mut last_progress = tokio::time::Instant::now();
     let mut next_try = 0u64;
     let mut confirm = false;
+    let mut foreign = false;
     // Once a socket's read side is done (EOF), nothing reads it any more: a reset it gets
     // then shows only as EPOLLERR, watched here (the other direction may be idle).
     let mut down_err: Option<ErrWatch<'_>> = None;
@@ -416,7 +447,7 @@ async fn drive(
         if let Some(p) = policy {
             let bulk = p.is_bulk(d2u.moved, d2u.wakeups) || p.is_bulk(u2d.moved, u2d.wakeups);
             let total = d2u.moved + u2d.moved;
-            if bulk && d2u.quiet() && u2d.quiet() && total >= next_try {
+            if bulk && !foreign && d2u.quiet() && u2d.quiet() && total >= next_try {
                 if !confirm {
                     // Once more after the reactor has run (yield_now defers the task past
                     // the I/O driver's next poll): data that arrived meanwhile is read on
@@ -426,7 +457,11 @@ async fn drive(
                     tokio::task::yield_now().await;
                     continue;
                 }
-                if sockopt::is_established(down) && sockopt::is_established(up) {
+                // Where the flow's packets are received moves (the backlog of a socket
+                // the gateway held is processed on the gateway's CPU): once a foreign
+                // CPU was seen, the flow stays on the pipe path.
+                foreign |= !p.cpus_allow(down, up);
+                if !foreign && sockopt::is_established(down) && sockopt::is_established(up) {
                     return Drive::Handover;
                 }
                 confirm = false;

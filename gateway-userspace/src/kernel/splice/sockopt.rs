@@ -287,3 +287,39 @@ pub fn send_nowait(sock: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
     }
     Ok(n as usize)
 }
+
+/// The CPU that last processed this socket's incoming packets (SO_INCOMING_CPU: where
+/// its softirq receive work runs — and so the kernel splice's verdict and psock backlog
+/// for bytes arriving on it). None when the kernel doesn't know yet.
+pub fn incoming_cpu(sock: &impl AsRawFd) -> Option<usize> {
+    let mut v: libc::c_int = -1;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` is a valid c_int and `len` says exactly its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && v >= 0).then_some(v as usize)
+}
+
+/// The CPUs this process may run on (sched_getaffinity), or None if unknown.
+pub fn own_cpus() -> Option<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data for which all-zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed cpu_set_t of the size we pass.
+    let rc = unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET only reads the set.
+    Some(
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect(),
+    )
+}
