@@ -59,8 +59,15 @@ pub const STAT_PASSED_SKBS: u32 = 5;
 pub const STAT_PASSED_BYTES: u32 = 6;
 /// events that did not fit in [`EVENTS_MAP`] (userspace then sweeps every flow).
 pub const STAT_EVENTS_LOST: u32 = 7;
+/// skbs whose head repeated bytes already handed on (a retransmission TCP queued
+/// overlapping data it had; see [`FlowCounters::next_seq`]), trimmed or dropped.
+pub const STAT_OVERLAP_SKBS: u32 = 8;
+/// Bytes trimmed off those skbs.
+pub const STAT_OVERLAP_BYTES: u32 = 9;
+/// skbs out of sequence in a way trimming can't mend (the flow is reset).
+pub const STAT_SEQ_ERRORS: u32 = 10;
 /// Number of slots in [`SPLICE_STATS_MAP`].
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_COUNT: u32 = 11;
 
 /// Per-socket byte counters (the value type of [`FLOWS_MAP`]), from the verdict's view:
 /// every payload byte received on the socket since it entered the splice is either
@@ -81,6 +88,19 @@ pub struct FlowCounters {
     pub credit_epoch: u64,
     /// [`FlowCtl::epoch`] + 1 of the last [`EV_PAUSED`] sent (0: none yet).
     pub pause_epoch: u64,
+    /// Bytes trimmed off the head of skbs that repeated bytes already handed on.
+    pub overlap: u64,
+    /// skbs the verdict could not place in the stream (reset: [`EV_SEQ_ERROR`]).
+    pub seq_errors: u64,
+    /// TCP sequence number of the next byte this socket's stream owes the verdict.
+    /// tcp_read_skb hands the verdict whole skbs and ignores how much of the head one
+    /// was already read (net/ipv4/tcp.c: "tcp_read_skb() reads entire skbs so there is
+    /// no need to handle the 'offset!=0' case"), but tcp_data_queue queues a
+    /// retransmitted segment that starts before rcv_nxt whole ("Partial packet, seq <
+    /// rcv_next < end_seq"). The verdict trims such heads against this.
+    pub next_seq: u32,
+    /// Non-zero once `next_seq` is set (from tcp_sock.copied_seq at the first skb).
+    pub seq_known: u32,
 }
 
 /// Userspace's orders for one socket's stream (the value type of [`CTRL_MAP`]). The
@@ -128,6 +148,9 @@ pub const EV_CREDIT: u32 = 1;
 pub const EV_PAUSED: u32 = 2;
 /// A redirect failed: the flow must be reset both ways.
 pub const EV_REDIRECT_FAILED: u32 = 3;
+/// An skb did not fit the stream (a gap, or an overlap too long to trim): the flow must
+/// be reset both ways.
+pub const EV_SEQ_ERROR: u32 = 4;
 
 // SAFETY: these are repr(C), made only of u64s and u32s with explicit padding fields
 // (no implicit padding, every bit pattern valid), so they may be copied to and from

@@ -50,8 +50,42 @@ impl Checker {
         self.scratch.resize(got.len(), 0);
         fill(self.seed, self.offset, &mut self.scratch);
         if let Some(i) = got.iter().zip(&self.scratch).position(|(a, b)| a != b) {
-            panic!("byte mismatch at offset {}", self.offset + i as u64);
+            let at = self.offset + i as u64;
+            // Say where the bytes found there belong in the stream (a duplicate of earlier
+            // bytes, bytes from later: a reordering), to tell the failures apart.
+            let from = locate(self.seed, &got[i..], at);
+            panic!(
+                "byte mismatch at offset {at} ({} bytes of this chunk left): the bytes there belong at {}",
+                got.len() - i,
+                from.map_or("no offset within 256 MiB".to_string(), |o| format!(
+                    "offset {o} ({:+})",
+                    o as i64 - at as i64
+                ))
+            );
         }
         self.offset += got.len() as u64;
     }
+}
+
+/// Where in stream `seed` (within 256 MiB of `near`) the first 64 bytes of `got` come
+/// from, if anywhere.
+fn locate(seed: u64, got: &[u8], near: u64) -> Option<u64> {
+    let n = got.len().min(64);
+    if n < 16 {
+        return None;
+    }
+    let lo = near.saturating_sub(256 << 20);
+    let hi = near + (256 << 20);
+    let mut buf = vec![0u8; n];
+    // Try every byte offset's alignment: check 8-byte words first, cheaply.
+    for start in lo..hi {
+        fill(seed, start, &mut buf[..8]);
+        if buf[..8] == got[..8] {
+            fill(seed, start, &mut buf);
+            if buf[..] == got[..n] {
+                return Some(start);
+            }
+        }
+    }
+    None
 }

@@ -31,6 +31,7 @@ const DEB_PACKAGES: &[&str] = &[
     "nghttp2-client",
     "procps",
     "netcat-openbsd",
+    "nftables",
     "bpftool",
 ];
 /// Installed when the configured apt sources have them, skipped with a note otherwise.

@@ -240,7 +240,7 @@ impl Stats {
         family(
             "gateway_splice_integrity_resets_total",
             "counter",
-            "Kernel-spliced flows reset because the verdict was handed more bytes than TCP received.",
+            "Kernel-spliced flows reset because their stream did not add up (an skb out of sequence, or more bytes forwarded than TCP received).",
             &plain(&paths.integrity),
         );
         family(
@@ -282,6 +282,18 @@ impl Stats {
                 "counter",
                 "Kernel events that did not fit in the ring buffer.",
                 &[(String::new(), ks.events_lost)],
+            );
+            family(
+                "gateway_splice_overlap_skbs_total",
+                "counter",
+                "Retransmitted skbs whose head repeated bytes already forwarded; the verdict trimmed them.",
+                &[(String::new(), ks.overlap_skbs)],
+            );
+            family(
+                "gateway_splice_overlap_bytes_total",
+                "counter",
+                "Bytes trimmed off retransmitted skbs (never forwarded twice).",
+                &[(String::new(), ks.overlap_bytes)],
             );
         }
         if let Some(p) = splicer.pipe() {

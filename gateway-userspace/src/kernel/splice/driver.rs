@@ -13,7 +13,8 @@
 //!   up and the peer has room, it hands the direction back to the verdict. The verdict
 //!   resumes redirecting only once `passed == consumed`, so nothing it redirects can
 //!   overtake a byte userspace still holds;
-//! - `EV_REDIRECT_FAILED`: reset the flow both ways.
+//! - `EV_REDIRECT_FAILED`, `EV_SEQ_ERROR` (an skb the verdict could not place in the
+//!   stream): reset the flow both ways.
 //!
 //! FIN: the kernel does not propagate it. When a socket reports RDHUP, the direction is
 //! finished once every payload byte it received before the FIN has been written into the
@@ -32,7 +33,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{
-    CTL_MODE_KERNEL, EV_CREDIT, EV_PAUSED, EV_REDIRECT_FAILED, FlowCtl, SpliceEvent,
+    CTL_MODE_KERNEL, EV_CREDIT, EV_PAUSED, EV_REDIRECT_FAILED, EV_SEQ_ERROR, FlowCtl, SpliceEvent,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -56,6 +57,7 @@ const COPY_BUF: usize = 256 * 1024;
 const POLL_MIN: Duration = Duration::from_micros(50);
 const POLL_MAX: Duration = Duration::from_millis(50);
 const REDIRECT_FAILED: &str = "kernel redirect failed; flow reset both ways";
+const SEQ_ERROR: &str = "kernel stream out of sequence; flow reset both ways";
 /// Events kept for flows not handed over yet, at most.
 const EARLY_MAX: usize = 65_536;
 /// How often the driver checks whether the verdict lost events (ring buffer full).
@@ -300,8 +302,9 @@ impl Driver {
         let mut open = true;
         loop {
             let deadline = self.timers.peek().map(|Reverse(t)| t.0);
-            if deadline.is_some() && deadline != self.armed {
-                let at = deadline.expect("checked");
+            if let Some(at) = deadline
+                && deadline != self.armed
+            {
                 if let Err(e) = self
                     .timer
                     .get_ref()
@@ -486,6 +489,14 @@ impl Driver {
                     "splice: the kernel refused a redirect; resetting the flow"
                 );
                 self.finish(slot, Err(End::Error(REDIRECT_FAILED.into())))
+            }
+            EV_SEQ_ERROR => {
+                self.kernel.paths.integrity.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    cookie = ev.cookie,
+                    "splice: an skb did not fit its stream; resetting the flow"
+                );
+                self.finish(slot, Err(End::Error(SEQ_ERROR.into())))
             }
             _ => {}
         }
@@ -851,6 +862,10 @@ fn progress(kernel: &Kernel, flow: &mut Flow, d: usize) -> Result<(), End> {
                     // Also caught here when its EV_REDIRECT_FAILED is late or lost.
                     return Err(End::Error(REDIRECT_FAILED.into()));
                 }
+                if c.seq_errors > 0 {
+                    // Likewise for EV_SEQ_ERROR.
+                    return Err(End::Error(SEQ_ERROR.into()));
+                }
                 if c.passed > flow.dirs[d].ctl.consumed {
                     // The verdict kept bytes (paused, or a lost EV_PAUSED).
                     set_phase(kernel, flow, d, Phase::Draining);
@@ -864,7 +879,9 @@ fn progress(kernel: &Kernel, flow: &mut Flow, d: usize) -> Result<(), End> {
                     // The verdict was handed more bytes than TCP received: some twice
                     // (tcp_read_skb passes whole skbs, and TCP queues a retransmitted
                     // segment that overlaps bytes already received without trimming
-                    // it). The peer got duplicates: never pass a clean FIN after them.
+                    // it). The verdict trims those (FlowCounters::next_seq); this is
+                    // the backstop if it ever could not: never pass a clean FIN after
+                    // duplicates.
                     kernel.paths.integrity.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
                         dir = d,

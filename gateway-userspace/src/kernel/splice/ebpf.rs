@@ -22,15 +22,16 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, SockHash},
     programs::SkSkb,
 };
 use gateway_common::{
     CONFIG_FAULT_REDIRECT, CONFIG_LOG_REDIRECTS, CTL_MODE_KERNEL, CTRL_MAP, EVENTS_MAP, FLOWS_MAP,
     FlowCounters, FlowCtl, PEERS_MAP, SPLICE_CONFIG_MAP, SPLICE_STATS_MAP, SPLICED_MAP,
-    STAT_EMPTY_SKBS, STAT_EVENTS_LOST, STAT_PASSED_BYTES, STAT_PASSED_SKBS, STAT_REDIRECT_FAILURES,
-    STAT_REDIRECTED_BYTES, STAT_REDIRECTED_SKBS, STAT_UNTRACKED_SKBS,
+    STAT_EMPTY_SKBS, STAT_EVENTS_LOST, STAT_OVERLAP_BYTES, STAT_OVERLAP_SKBS, STAT_PASSED_BYTES,
+    STAT_PASSED_SKBS, STAT_REDIRECT_FAILURES, STAT_REDIRECTED_BYTES, STAT_REDIRECTED_SKBS,
+    STAT_SEQ_ERRORS, STAT_UNTRACKED_SKBS,
 };
 use tokio::{
     io::Interest,
@@ -71,6 +72,8 @@ pub enum SpliceError {
     Io(#[from] io::Error),
     #[error("the kernel splice needs a tokio runtime")]
     NoRuntime,
+    #[error("the kernel splice needs the kernel's BTF: {0}")]
+    Btf(#[from] crate::kernel::btf::BtfError),
 }
 
 /// Global counters of the verdict program, summed over CPUs.
@@ -84,6 +87,11 @@ pub struct KernelStats {
     pub passed_skbs: u64,
     pub passed_bytes: u64,
     pub events_lost: u64,
+    /// skbs that repeated bytes already handed on, trimmed (see FlowCounters::next_seq).
+    pub overlap_skbs: u64,
+    pub overlap_bytes: u64,
+    /// skbs that did not fit the stream (each reset its flow).
+    pub seq_errors: u64,
 }
 
 pub(crate) struct Maps {
@@ -216,7 +224,24 @@ impl EbpfSplicer {
             return Err(SpliceError::NotBuilt);
         }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| SpliceError::NoRuntime)?;
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        // Where the verdict finds an skb's TCP sequence number and its socket's
+        // copied_seq (see gateway-ebpf, `sequence`).
+        let btf = crate::kernel::btf::Btf::kernel()?;
+        let cb = btf.member_offset("sk_buff", "cb")?;
+        let sk = btf.member_offset("sk_buff", "sk")?;
+        let copied = btf.member_offset("tcp_sock", "copied_seq")?;
+        if btf.member_offset("tcp_skb_cb", "seq")? != 0
+            || btf.member_offset("tcp_skb_cb", "end_seq")? != 4
+        {
+            return Err(SpliceError::Io(io::Error::other(
+                "struct tcp_skb_cb does not start with seq, end_seq",
+            )));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SKB_CB_OFFSET", &cb, true)
+            .override_global("SKB_SK_OFFSET", &sk, true)
+            .override_global("TCP_COPIED_SEQ_OFFSET", &copied, true)
+            .load(EBPF_OBJECT)?;
         start_kernel_log(&mut ebpf);
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(SpliceError::MissingMap(name))
@@ -269,6 +294,9 @@ impl EbpfSplicer {
             passed_skbs: sum(STAT_PASSED_SKBS),
             passed_bytes: sum(STAT_PASSED_BYTES),
             events_lost: sum(STAT_EVENTS_LOST),
+            overlap_skbs: sum(STAT_OVERLAP_SKBS),
+            overlap_bytes: sum(STAT_OVERLAP_BYTES),
+            seq_errors: sum(STAT_SEQ_ERRORS),
         }
     }
 
