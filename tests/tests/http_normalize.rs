@@ -6,16 +6,16 @@
 //! norm.test, a notPaths DENY on notpaths.test, host and header rules).
 //!
 //! Where the expected values come from, cited per row:
-//! - [envoy]: Envoy's test/common/http/path_utility_test.cc (canonicalPath = Chromium's
+//! - envoy: Envoy's test/common/http/path_utility_test.cc (canonicalPath = Chromium's
 //!   CanonicalizePath, mergeSlashes, unescapeSlashes, stripParametersFromDotSegments)
 //!   and conn_manager_utility.cc `maybeNormalizePath` (their order: unescape, canonical,
 //!   merge).
-//! - [istio]: istio.io "Authorization Policy Normalization"
+//! - istio: istio.io "Authorization Policy Normalization"
 //!   (docs/reference/config/security/normalization) and the mode → Envoy option mapping
 //!   in pilot/pkg/networking/core/listener_builder.go (NONE: normalize_path off; BASE:
 //!   normalize_path; MERGE_SLASHES: + merge_slashes; DECODE_AND_MERGE_SLASHES: +
 //!   path_with_escaped_slashes_action UNESCAPE_AND_FORWARD; otherwise KEEP_UNCHANGED).
-//! - [gw]: where this gateway deliberately differs (said in the row).
+//! - gw: where this gateway deliberately differs (said in the row).
 mod http_common;
 
 use gateway_tests::{
