@@ -31,6 +31,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and matched once: boxing `RunArgs` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the Gateways, VirtualServices and ServiceEntries in the given config.
@@ -211,23 +213,29 @@ pub fn validate(args: &ConfigArgs) {
     );
 }
 
-/// Loads `--mesh-config` (default: an empty MeshConfig) and works out which access
-/// logs are on; exits 64 on a bad file, like bad config.
-pub fn telemetry_or_exit(
-    args: &RunArgs,
-    snapshot: &config::Snapshot,
-) -> crate::telemetry::Telemetry {
-    use crate::telemetry::access_log::{self, AccessLogs};
-    let mesh = match &args.mesh_config {
+/// Loads `--mesh-config` (default: an empty MeshConfig); exits 64 on a bad file, like
+/// bad config.
+pub fn mesh_or_exit(args: &RunArgs) -> config::mesh::MeshConfig {
+    match &args.mesh_config {
         Some(p) => config::mesh::load(p).unwrap_or_else(|errors| {
             eprintln!("{errors}\nconfiguration error(s); nothing was started");
             std::process::exit(EXIT_BAD_CONFIG);
         }),
         None => config::mesh::MeshConfig::default(),
-    };
+    }
+}
+
+/// Works out which access logs are on; exits 64 when a Telemetry names what the
+/// MeshConfig does not have.
+pub fn telemetry_or_exit(
+    args: &RunArgs,
+    mesh: &config::mesh::MeshConfig,
+    snapshot: &config::Snapshot,
+) -> crate::telemetry::Telemetry {
+    use crate::telemetry::access_log::{self, AccessLogs};
     let id = args.config.identity();
     let targets =
-        access_log::resolve(&mesh, &snapshot.resources.telemetry, &id).unwrap_or_else(|e| {
+        access_log::resolve(mesh, &snapshot.resources.telemetry, &id).unwrap_or_else(|e| {
             eprintln!("{e}\nconfiguration error; nothing was started");
             std::process::exit(EXIT_BAD_CONFIG);
         });
@@ -294,7 +302,13 @@ pub fn proxy_config(args: &ProxyConfigArgs) {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let snapshot = args.config.load_or_exit();
-    let telemetry = Arc::new(telemetry_or_exit(&args, &snapshot));
+    let mesh = mesh_or_exit(&args);
+    let telemetry = Arc::new(telemetry_or_exit(&args, &mesh, &snapshot));
+    let path_normalization = mesh.path_normalization.normalization.effective();
+    tracing::info!(
+        "request paths normalized as pathNormalization {} (MeshConfig)",
+        path_normalization.name()
+    );
     let splice_opts = SpliceOptions {
         pipe: PipeConfig {
             pipe_size: args.splice_pipe_size,
@@ -336,6 +350,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         max_connections,
         listener_max_connections: args.listener_max_connections.filter(|&n| n > 0),
+        path_normalization,
     };
     let http = crate::http::HttpState::build(&snapshot).unwrap_or_else(|e| {
         eprintln!("{e}\nconfiguration error; nothing was started");

@@ -26,6 +26,8 @@ pub struct Options {
     pub max_connections: Option<u64>,
     /// The same per listener.
     pub listener_max_connections: Option<u64>,
+    /// MeshConfig `pathNormalization.normalization` (Istio's default: BASE).
+    pub path_normalization: crate::config::mesh::PathNormalization,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             bind: IpAddr::from([0, 0, 0, 0]),
             client_hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            path_normalization: crate::config::mesh::PathNormalization::Base,
         }
     }
 }

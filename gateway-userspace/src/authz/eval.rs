@@ -262,19 +262,14 @@ fn cond_match(c: &Condition, action: Action, req: &Request) -> Tri {
             values,
             not_values,
         } => http_only(action, req, |h| {
-            let got: Vec<&str> = h
-                .headers
-                .get_all(name.as_str())
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            (values.is_empty()
-                || got
-                    .iter()
-                    .any(|g| values.iter().any(|p| string_match(p, g))))
-                && !got
-                    .iter()
-                    .any(|g| not_values.iter().any(|p| string_match(p, g)))
+            let got = joined_header(h.headers, name);
+            let m = |p: &String| match &got {
+                // Istio's HeaderMatcher: `*` is a presence match (an empty value too).
+                Some(_) if p == "*" => true,
+                Some(g) => string_match(p, g),
+                None => false,
+            };
+            (values.is_empty() || values.iter().any(m)) && !not_values.iter().any(m)
         }),
         Condition::Sni { values, not_values } => {
             let sni = match req.l7 {
@@ -287,6 +282,21 @@ fn cond_match(c: &Condition, action: Action, req: &Request) -> Tri {
             Tri::of(patterns(values, not_values, m))
         }
     }
+}
+
+/// A request header as Istio's `request.headers[...]` conditions see it: every value
+/// of a repeated header joined with `,` (Envoy's header matcher on a multi-valued
+/// header; Istio's "Authorization Policy Normalization"), so a condition can't be
+/// dodged by sending a header twice. None: absent.
+pub fn joined_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    Some(
+        values
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 /// Istio's string match: `*` (anything non-empty), `prefix*`, `*suffix`, or exact.
@@ -303,19 +313,29 @@ pub fn string_match(pattern: &str, v: &str) -> bool {
     pattern == v
 }
 
-/// `hosts`: case-insensitive string match against the Host header, with and without
-/// its port (Istio matches `example.com` for `example.com:8080` too).
+/// `hosts`: case-insensitive string match against the Host header (RFC 4343;
+/// CVE-2021-39155), with and without its port (Istio matches `example.com` for
+/// `example.com:8080` too), and without a trailing dot (`example.com.` is the same
+/// name, and routing already treats it so: a policy must not see it as another).
 pub fn host_match(pattern: &str, host: &str) -> bool {
     let host = host.to_ascii_lowercase();
     let pattern = pattern.to_ascii_lowercase();
-    let bare = match host.rsplit_once(':') {
+    let (bare, port) = match host.rsplit_once(':') {
         // Not an IPv6 literal's colon: `[::1]:80` -> `[::1]`, `a.b:80` -> `a.b`.
         Some((h, p))
             if p.chars().all(|c| c.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) =>
         {
-            h
+            (h, Some(p))
         }
-        _ => host.as_str(),
+        _ => (host.as_str(), None),
     };
-    string_match(&pattern, &host) || string_match(&pattern, bare)
+    let bare = match bare.strip_suffix('.') {
+        Some(b) if !b.is_empty() => b,
+        _ => bare,
+    };
+    let with_port = match port {
+        Some(p) => format!("{bare}:{p}"),
+        None => bare.to_string(),
+    };
+    string_match(&pattern, &with_port) || string_match(&pattern, bare)
 }

@@ -262,3 +262,76 @@ fn invalid_values_are_reported_with_positions() {
     assert!(errs.contains("is not supported by this gateway"), "{errs}");
     assert!(errs.lines().all(|l| l.starts_with("p.yaml:")), "{errs}");
 }
+
+/// Issue 15's audit of what an HTTP rule reads, each as Istio normalizes it.
+#[test]
+fn hosts_ignore_case_port_and_trailing_dot() {
+    for host in [
+        "blocked.test",
+        "BLOCKED.TEST",
+        "blocked.test.",
+        "blocked.test:80",
+        "Blocked.Test.:8080",
+    ] {
+        assert!(eval::host_match("Blocked.Test", host), "{host}");
+        assert!(eval::host_match("*.test", host), "{host}");
+        assert!(!eval::host_match("other.test", host), "{host}");
+    }
+    assert!(eval::host_match("blocked.test:80", "BLOCKED.test.:80"));
+    assert!(eval::host_match("[::1]", "[::1]:80"));
+    // A lone dot is no name with a trailing dot.
+    assert!(eval::host_match(".", "."));
+}
+
+#[test]
+fn header_conditions_see_repeated_headers_joined_and_star_as_present() {
+    let (p, _) = policies(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: h, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: "request.headers[X-User]", values: ["alice,bob"]}]
+  - when: [{key: "request.headers[x-block]", values: ["*"]}]
+  - when: [{key: "request.headers[x-env]", notValues: ["prod*"]}]
+"#,
+    );
+    let decide = |hs: &[(&str, &str)]| {
+        let mut headers = HeaderMap::new();
+        for (k, v) in hs {
+            headers.append(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        denied(&p.decide(
+            PortKind::Http,
+            &Request {
+                source: Cidr::host(ip("10.0.0.1")),
+                port: 80,
+                l7: L7::Http(HttpAttrs {
+                    host: "h.test",
+                    path: "/",
+                    method: "GET",
+                    headers: &headers,
+                    sni: None,
+                }),
+            },
+        ))
+    };
+    assert!(!decide(&[("x-env", "prod")]));
+    assert!(!decide(&[("x-user", "alice"), ("x-env", "prod")]));
+    assert!(decide(&[
+        ("x-user", "alice"),
+        ("X-USER", "bob"),
+        ("x-env", "prod")
+    ]));
+    assert!(decide(&[("x-user", "alice,bob"), ("x-env", "prod")]));
+    assert!(decide(&[("x-block", ""), ("x-env", "prod")]));
+    // notValues: an absent header is not a match, so the negation holds.
+    assert!(decide(&[]));
+    assert!(decide(&[("x-env", "dev")]));
+    // Joined, "prod,dev" starts with "prod": the condition's negation does not hold.
+    assert!(!decide(&[("x-env", "prod"), ("x-env", "dev")]));
+}

@@ -1,6 +1,7 @@
 //! MeshConfig (`gateway run --mesh-config FILE`): the mesh-wide defaults Istio keeps in
-//! the `istio` ConfigMap (`meshConfig` in IstioOperator / Helm values). Only the access
-//! log fields are used; the rest of a full MeshConfig is accepted and ignored.
+//! the `istio` ConfigMap (`meshConfig` in IstioOperator / Helm values). The access log
+//! fields and `pathNormalization` are used; the rest of a full MeshConfig is accepted
+//! and ignored.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +31,9 @@ pub struct MeshConfig {
     pub default_providers: DefaultProviders,
     #[serde(default)]
     pub extension_providers: Vec<ExtensionProvider>,
+    /// How request paths are normalized before routing and authorization.
+    #[serde(default)]
+    pub path_normalization: ProxyPathNormalization,
     /// Every other MeshConfig field, accepted as written.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml::Value>,
@@ -41,6 +45,52 @@ pub enum AccessLogEncoding {
     #[default]
     Text,
     Json,
+}
+
+/// MeshConfig `pathNormalization` (Istio's `MeshConfig.ProxyPathNormalization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyPathNormalization {
+    #[serde(default)]
+    pub normalization: PathNormalization,
+}
+
+/// `pathNormalization.normalization`. What each mode turns on, as Istio configures
+/// Envoy's HTTP connection manager (pilot/pkg/networking/core/listener_builder.go):
+/// NONE: `normalize_path: false`; BASE (and DEFAULT): `normalize_path: true`;
+/// MERGE_SLASHES: + `merge_slashes`; DECODE_AND_MERGE_SLASHES: + `merge_slashes` and
+/// `path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`. Escaped slashes are
+/// otherwise `KEEP_UNCHANGED`. The rules themselves are in `http::normalize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// Istio's enum value 0: the same as BASE.
+    Default,
+    None,
+    #[default]
+    Base,
+    MergeSlashes,
+    DecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    /// DEFAULT means BASE.
+    pub fn effective(self) -> PathNormalization {
+        match self {
+            PathNormalization::Default => PathNormalization::Base,
+            m => m,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathNormalization::Default => "DEFAULT",
+            PathNormalization::None => "NONE",
+            PathNormalization::Base => "BASE",
+            PathNormalization::MergeSlashes => "MERGE_SLASHES",
+            PathNormalization::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -153,8 +203,16 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     };
     let mut errors = Vec::new();
     // Whole MeshConfigs are accepted, so unknown fields can't be refused; a misspelt
-    // access-log field would silently leave logs off, so those are.
+    // access-log or path-normalization field would silently leave logs off or paths
+    // unnormalized, so those are.
     for key in mesh.other.keys() {
+        if key.to_ascii_lowercase().starts_with("pathnormali") {
+            errors.push(at(
+                1,
+                1,
+                format!("unknown MeshConfig field \"{key}\" (expected pathNormalization)"),
+            ));
+        }
         if key.to_ascii_lowercase().starts_with("accesslog") {
             errors.push(at(
                 1,
@@ -234,6 +292,47 @@ mod tests {
         assert!(
             errors("accessLogEncoding: JSON\naccessLogFormat: \"not json\"\n")
                 .contains("JSON object")
+        );
+    }
+
+    #[test]
+    fn path_normalization_modes() {
+        let mode = |text: &str| {
+            parse(Path::new("mesh.yaml"), text)
+                .unwrap()
+                .path_normalization
+                .normalization
+        };
+        assert_eq!(mode(""), PathNormalization::Base);
+        assert_eq!(mode("enableTracing: true\n"), PathNormalization::Base);
+        for (name, m) in [
+            ("NONE", PathNormalization::None),
+            ("BASE", PathNormalization::Base),
+            ("MERGE_SLASHES", PathNormalization::MergeSlashes),
+            (
+                "DECODE_AND_MERGE_SLASHES",
+                PathNormalization::DecodeAndMergeSlashes,
+            ),
+        ] {
+            let m2 = mode(&format!("pathNormalization:\n  normalization: {name}\n"));
+            assert_eq!(m2, m, "{name}");
+            assert_eq!(m2.name(), name);
+        }
+        assert_eq!(
+            mode("pathNormalization: {normalization: DEFAULT}\n").effective(),
+            PathNormalization::Base
+        );
+        assert_eq!(mode("pathNormalization: {}\n"), PathNormalization::Base);
+        let e = errors("accessLogFile: /dev/stdout\npathNormalization:\n  normalization: MERGE\n");
+        assert!(e.starts_with("mesh.yaml:3:"), "{e}");
+        assert!(e.contains("unknown variant `MERGE`"), "{e}");
+        let e = errors("pathNormalization:\n  normalisation: NONE\n");
+        assert!(e.starts_with("mesh.yaml:2:"), "{e}");
+        assert!(e.contains("unknown field `normalisation`"), "{e}");
+        let e = errors("pathNormalisation: {normalization: NONE}\n");
+        assert!(
+            e.contains("unknown MeshConfig field \"pathNormalisation\""),
+            "{e}"
         );
     }
 

@@ -33,6 +33,7 @@ use crate::{
 };
 
 pub mod body;
+pub mod normalize;
 pub mod proxy;
 pub mod routing;
 pub mod tls;

@@ -22,6 +22,7 @@ use hyper::{
 use super::{
     RequestLog,
     body::{Body, CountingBody, LoggedBody, empty, full},
+    normalize,
     routing::{self, Action, RequestView, RouteTable},
     upstream::{self, UpstreamClient},
 };
@@ -262,6 +263,29 @@ async fn route_request(
     let done = |log: RequestLog, resp: Response<Body>| -> Result<Response<Body>, Infallible> {
         Ok(finish(log, resp, started, received.clone(), conn.clone()))
     };
+
+    // Istio's request normalization (issue 15), before anything reads the request:
+    // routing, AuthorizationPolicy, rewrites, the access log and metrics all see the
+    // normalized path, and so does the upstream.
+    if !normalize::method_ok(parts.method.as_str()) {
+        log.details = "method_not_upper_case";
+        return done(log, empty_reply(StatusCode::BAD_REQUEST));
+    }
+    match normalize::normalize_uri(gw.opts.path_normalization, &parts.uri) {
+        Ok(None) => {}
+        Ok(Some(uri)) => {
+            if let Some(pq) = uri.path_and_query() {
+                log.path = pq.as_str().to_string();
+            }
+            parts.uri = uri;
+        }
+        Err(e) => {
+            tracing::debug!(target: "gateway::http", path = %log.path, "path normalization failed: {e}");
+            // Envoy: 400 with an empty body and details path_normalization_failed.
+            log.details = normalize::PATH_NORMALIZATION_FAILED;
+            return done(log, empty_reply(StatusCode::BAD_REQUEST));
+        }
+    }
 
     let Some(authority) = authority else {
         log.details = "missing_host_header";
