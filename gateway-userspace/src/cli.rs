@@ -31,6 +31,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// `RunArgs` is by far the largest variant, but a `Command` is built once, at start-up,
+// and moved once: boxing it would buy nothing and cost clap's derive a wrapper.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the Gateways, VirtualServices and ServiceEntries in the given config.
@@ -131,6 +134,15 @@ pub struct RunArgs {
     /// The same, per listener (default: no cap).
     #[arg(long)]
     pub listener_max_connections: Option<u64>,
+    /// Also tunnel HTTP/1.1 upgrades of this type (repeatable; the whole `Upgrade` value
+    /// is compared, ignoring case). `websocket` is always on, as Istio configures it;
+    /// any other offer gets 403 and `Upgrade: h2c` is stripped (served as HTTP/1.1).
+    #[arg(long = "upgrade-type", value_name = "NAME", value_parser = crate::http::upgrade::parse_upgrade_type)]
+    pub upgrade_types: Vec<String>,
+    /// Close an upgraded (WebSocket) connection in which no byte moved either way for
+    /// this long (Envoy's stream idle timeout, 5 min in Istio's gateway). 0: never.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub upgrade_idle_timeout: Duration,
     /// MeshConfig YAML (accessLogFile, accessLogEncoding, accessLogFormat, ...).
     #[arg(long)]
     pub mesh_config: Option<PathBuf>,
@@ -292,6 +304,19 @@ pub fn proxy_config(args: &ProxyConfigArgs) {
     }
 }
 
+fn http_options(args: &RunArgs) -> crate::http::HttpOptions {
+    let mut http = crate::http::HttpOptions {
+        upgrade_idle_timeout: Some(args.upgrade_idle_timeout).filter(|d| !d.is_zero()),
+        ..Default::default()
+    };
+    for t in &args.upgrade_types {
+        if !http.upgrade_types.contains(t) {
+            http.upgrade_types.push(t.clone());
+        }
+    }
+    http
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let snapshot = args.config.load_or_exit();
     let telemetry = Arc::new(telemetry_or_exit(&args, &snapshot));
@@ -336,6 +361,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         max_connections,
         listener_max_connections: args.listener_max_connections.filter(|&n| n > 0),
+        http: http_options(&args),
     };
     let http = crate::http::HttpState::build(&snapshot).unwrap_or_else(|e| {
         eprintln!("{e}\nconfiguration error; nothing was started");
@@ -392,6 +418,32 @@ mod tests {
         ] {
             assert_eq!(run_args(&["--splice", arg]).splice, mode, "{arg}");
         }
+    }
+
+    #[test]
+    fn upgrade_types_and_idle_timeout() {
+        let d = http_options(&run_args(&[]));
+        assert_eq!(d.upgrade_types, ["websocket"]);
+        assert_eq!(d.upgrade_idle_timeout, Some(Duration::from_secs(300)));
+        let o = http_options(&run_args(&[
+            "--upgrade-type",
+            "CONNECT",
+            "--upgrade-type",
+            "WebSocket",
+            "--upgrade-idle-timeout",
+            "0",
+        ]));
+        assert_eq!(o.upgrade_types, ["websocket", "connect"]);
+        assert_eq!(o.upgrade_idle_timeout, None);
+        let argv = [
+            "gateway",
+            "run",
+            "--config",
+            "x.yaml",
+            "--upgrade-type",
+            "h2c",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err(), "h2c is never tunnelled");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Options {
     pub max_connections: Option<u64>,
     /// The same per listener.
     pub listener_max_connections: Option<u64>,
+    /// Upgrade types, the tunnel idle timeout and internal addresses.
+    pub http: crate::http::HttpOptions,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             bind: IpAddr::from([0, 0, 0, 0]),
             client_hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            http: crate::http::HttpOptions::default(),
         }
     }
 }

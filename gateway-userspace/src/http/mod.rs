@@ -5,7 +5,8 @@
 //! Rooms: [`routing`] pure host/route matching over tables built once per snapshot,
 //! [`tls`] rustls configs per HTTPS server (certificate, client-cert policy, versions,
 //! suites), [`proxy`] the hyper service (local replies, header policy), [`upstream`]
-//! the pooled client with retries/timeouts and upgrade tunnels, [`body`] bodies that
+//! the pooled client with retries/timeouts, [`upgrade`] which upgrades are tunnelled
+//! (and the tunnel), [`body`] bodies that
 //! count bytes and write the access-log record; this file is the glue:
 //! per-connection TLS handshake (SNI picks the server), HTTP/1.1 vs h2 choice, and the
 //! connection limits that keep bad clients from hurting good ones.
@@ -36,6 +37,7 @@ pub mod body;
 pub mod proxy;
 pub mod routing;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
 /// Envoy's default `max_request_headers_kb` (60 KiB); beyond it: 431.
@@ -48,6 +50,26 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent streams per HTTP/2 connection (Envoy's default is 2^31-1; Istio's
 /// gateways are usually tuned down, and a bound keeps one client from taking all).
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// HTTP settings from the command line that Istio keeps in the listener's
+/// HttpConnectionManager: upgrade types and the tunnel idle timeout.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Lowercase upgrade types that are tunnelled (always `websocket`, plus
+    /// `--upgrade-type`).
+    pub upgrade_types: Vec<String>,
+    /// Close an upgraded connection idle this long (None: never).
+    pub upgrade_idle_timeout: Option<Duration>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            upgrade_types: vec![upgrade::WEBSOCKET.to_string()],
+            upgrade_idle_timeout: Some(upgrade::DEFAULT_UPGRADE_IDLE_TIMEOUT),
+        }
+    }
+}
 
 /// Everything the HTTP data path needs that is built once per snapshot (route tables,
 /// certificate configs, upstream pools).
