@@ -143,6 +143,11 @@ pub struct RunArgs {
     /// this long (Envoy's stream idle timeout, 5 min in Istio's gateway). 0: never.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub upgrade_idle_timeout: Duration,
+    /// Clients in this CIDR that send no X-Forwarded-For are internal: their
+    /// x-request-id is kept and `x-envoy-internal: true` is added (repeatable). Every
+    /// other request gets a fresh x-request-id. Default: none (Envoy >= 1.33).
+    #[arg(long = "internal-address", value_name = "CIDR", value_parser = crate::authz::Cidr::parse)]
+    pub internal_addresses: Vec<crate::authz::Cidr>,
     /// MeshConfig YAML (accessLogFile, accessLogEncoding, accessLogFormat, ...).
     #[arg(long)]
     pub mesh_config: Option<PathBuf>,
@@ -307,6 +312,7 @@ pub fn proxy_config(args: &ProxyConfigArgs) {
 fn http_options(args: &RunArgs) -> crate::http::HttpOptions {
     let mut http = crate::http::HttpOptions {
         upgrade_idle_timeout: Some(args.upgrade_idle_timeout).filter(|d| !d.is_zero()),
+        internal_addresses: args.internal_addresses.clone(),
         ..Default::default()
     };
     for t in &args.upgrade_types {
@@ -421,10 +427,11 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_types_and_idle_timeout() {
+    fn upgrade_types_idle_timeout_and_internal_addresses() {
         let d = http_options(&run_args(&[]));
         assert_eq!(d.upgrade_types, ["websocket"]);
         assert_eq!(d.upgrade_idle_timeout, Some(Duration::from_secs(300)));
+        assert!(d.internal_addresses.is_empty());
         let o = http_options(&run_args(&[
             "--upgrade-type",
             "CONNECT",
@@ -432,18 +439,22 @@ mod tests {
             "WebSocket",
             "--upgrade-idle-timeout",
             "0",
+            "--internal-address",
+            "127.0.0.0/8",
+            "--internal-address",
+            "fd00::/8",
         ]));
         assert_eq!(o.upgrade_types, ["websocket", "connect"]);
         assert_eq!(o.upgrade_idle_timeout, None);
-        let argv = [
-            "gateway",
-            "run",
-            "--config",
-            "x.yaml",
-            "--upgrade-type",
-            "h2c",
-        ];
-        assert!(Cli::try_parse_from(argv).is_err(), "h2c is never tunnelled");
+        assert_eq!(o.internal_addresses.len(), 2);
+        for bad in [
+            &["--upgrade-type", "h2c"][..],
+            &["--internal-address", "10.0.0.1/8"],
+        ] {
+            let mut argv = vec!["gateway", "run", "--config", "x.yaml"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

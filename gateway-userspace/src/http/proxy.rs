@@ -212,6 +212,12 @@ async fn route_request(
         &mut parts.headers,
         &gw.opts.http.upgrade_types,
     );
+    // Envoy's internal request (conn_manager_utility.cc, mutateRequestHeaders): an
+    // internal peer and no X-Forwarded-For as received.
+    let internal = gw.opts.http.is_internal(
+        conn.peer.ip(),
+        parts.headers.contains_key("x-forwarded-for"),
+    );
     let received = Arc::new(AtomicU64::new(0));
     let body = CountingBody {
         inner: body,
@@ -229,12 +235,15 @@ async fn route_request(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         });
+    // x-request-id as Envoy's at an edge (use_remote_address, and Istio leaves
+    // preserve_external_request_id off): `force_set = !preserve && edge_request`, so
+    // only an internal request keeps the id it brought; every other gets a fresh one.
     let req_id = match parts
         .headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
     {
-        Some(id) if !id.is_empty() => id.to_string(),
+        Some(id) if internal && !id.is_empty() => id.to_string(),
         _ => request_id(),
     };
     let path_and_query = parts
@@ -467,6 +476,11 @@ async fn route_request(
                 .collect();
             for k in envoy_headers {
                 parts.headers.remove(k);
+            }
+            if internal {
+                parts
+                    .headers
+                    .insert("x-envoy-internal", HeaderValue::from_static("true"));
             }
             // Istio gateways: forwardClientCertDetails SANITIZE_SET.
             parts.headers.remove("x-forwarded-client-cert");
