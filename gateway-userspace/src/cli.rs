@@ -31,7 +31,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Parsed once at start and matched once: boxing `RunArgs` would buy nothing.
+// `RunArgs` is by far the largest variant, but a `Command` is built once, at start-up,
+// and moved once: boxing it would buy nothing and cost clap's derive a wrapper.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -133,6 +134,20 @@ pub struct RunArgs {
     /// The same, per listener (default: no cap).
     #[arg(long)]
     pub listener_max_connections: Option<u64>,
+    /// Also tunnel HTTP/1.1 upgrades of this type (repeatable; the whole `Upgrade` value
+    /// is compared, ignoring case). `websocket` is always on, as Istio configures it;
+    /// any other offer gets 403 and `Upgrade: h2c` is stripped (served as HTTP/1.1).
+    #[arg(long = "upgrade-type", value_name = "NAME", value_parser = crate::http::upgrade::parse_upgrade_type)]
+    pub upgrade_types: Vec<String>,
+    /// Close an upgraded (WebSocket) connection in which no byte moved either way for
+    /// this long (Envoy's stream idle timeout, 5 min in Istio's gateway). 0: never.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub upgrade_idle_timeout: Duration,
+    /// Clients in this CIDR that send no X-Forwarded-For are internal: their
+    /// x-request-id is kept and `x-envoy-internal: true` is added (repeatable). Every
+    /// other request gets a fresh x-request-id. Default: none (Envoy >= 1.33).
+    #[arg(long = "internal-address", value_name = "CIDR", value_parser = crate::authz::Cidr::parse)]
+    pub internal_addresses: Vec<crate::authz::Cidr>,
     /// MeshConfig YAML (accessLogFile, accessLogEncoding, accessLogFormat, ...).
     #[arg(long)]
     pub mesh_config: Option<PathBuf>,
@@ -300,6 +315,20 @@ pub fn proxy_config(args: &ProxyConfigArgs) {
     }
 }
 
+fn http_options(args: &RunArgs) -> crate::http::HttpOptions {
+    let mut http = crate::http::HttpOptions {
+        upgrade_idle_timeout: Some(args.upgrade_idle_timeout).filter(|d| !d.is_zero()),
+        internal_addresses: args.internal_addresses.clone(),
+        ..Default::default()
+    };
+    for t in &args.upgrade_types {
+        if !http.upgrade_types.contains(t) {
+            http.upgrade_types.push(t.clone());
+        }
+    }
+    http
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let snapshot = args.config.load_or_exit();
     let mesh = mesh_or_exit(&args);
@@ -351,6 +380,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_connections,
         listener_max_connections: args.listener_max_connections.filter(|&n| n > 0),
         path_normalization,
+        http: http_options(&args),
     };
     let http = crate::http::HttpState::build(&snapshot).unwrap_or_else(|e| {
         eprintln!("{e}\nconfiguration error; nothing was started");
@@ -406,6 +436,37 @@ mod tests {
             ("uring", SpliceMode::Uring),
         ] {
             assert_eq!(run_args(&["--splice", arg]).splice, mode, "{arg}");
+        }
+    }
+
+    #[test]
+    fn upgrade_types_idle_timeout_and_internal_addresses() {
+        let d = http_options(&run_args(&[]));
+        assert_eq!(d.upgrade_types, ["websocket"]);
+        assert_eq!(d.upgrade_idle_timeout, Some(Duration::from_secs(300)));
+        assert!(d.internal_addresses.is_empty());
+        let o = http_options(&run_args(&[
+            "--upgrade-type",
+            "CONNECT",
+            "--upgrade-type",
+            "WebSocket",
+            "--upgrade-idle-timeout",
+            "0",
+            "--internal-address",
+            "127.0.0.0/8",
+            "--internal-address",
+            "fd00::/8",
+        ]));
+        assert_eq!(o.upgrade_types, ["websocket", "connect"]);
+        assert_eq!(o.upgrade_idle_timeout, None);
+        assert_eq!(o.internal_addresses.len(), 2);
+        for bad in [
+            &["--upgrade-type", "h2c"][..],
+            &["--internal-address", "10.0.0.1/8"],
+        ] {
+            let mut argv = vec!["gateway", "run", "--config", "x.yaml"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Options {
     pub listener_max_connections: Option<u64>,
     /// MeshConfig `pathNormalization.normalization` (Istio's default: BASE).
     pub path_normalization: crate::config::mesh::PathNormalization,
+    /// Upgrade types, the tunnel idle timeout and internal addresses.
+    pub http: crate::http::HttpOptions,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             client_hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             path_normalization: crate::config::mesh::PathNormalization::Base,
+            http: crate::http::HttpOptions::default(),
         }
     }
 }

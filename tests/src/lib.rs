@@ -5,4 +5,5 @@ pub mod data;
 pub mod gateway;
 pub mod netns;
 pub mod stream;
+pub mod upgrade_probe;
 pub mod xdpbench;

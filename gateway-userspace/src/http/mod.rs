@@ -5,7 +5,8 @@
 //! Rooms: [`routing`] pure host/route matching over tables built once per snapshot,
 //! [`tls`] rustls configs per HTTPS server (certificate, client-cert policy, versions,
 //! suites), [`proxy`] the hyper service (local replies, header policy), [`upstream`]
-//! the pooled client with retries/timeouts and upgrade tunnels, [`body`] bodies that
+//! the pooled client with retries/timeouts, [`upgrade`] which upgrades are tunnelled
+//! (and the tunnel), [`body`] bodies that
 //! count bytes and write the access-log record; this file is the glue:
 //! per-connection TLS handshake (SNI picks the server), HTTP/1.1 vs h2 choice, and the
 //! connection limits that keep bad clients from hurting good ones.
@@ -37,6 +38,7 @@ pub mod normalize;
 pub mod proxy;
 pub mod routing;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
 /// Envoy's default `max_request_headers_kb` (60 KiB); beyond it: 431.
@@ -49,6 +51,44 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent streams per HTTP/2 connection (Envoy's default is 2^31-1; Istio's
 /// gateways are usually tuned down, and a bound keeps one client from taking all).
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// HTTP settings from the command line that Istio keeps in the listener's
+/// HttpConnectionManager: upgrade types, the tunnel idle timeout, internal addresses.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Lowercase upgrade types that are tunnelled (always `websocket`, plus
+    /// `--upgrade-type`).
+    pub upgrade_types: Vec<String>,
+    /// Close an upgraded connection idle this long (None: never).
+    pub upgrade_idle_timeout: Option<Duration>,
+    /// `internal_address_config`: a request from one of these addresses that carries no
+    /// `x-forwarded-for` is internal (keeps its `x-request-id`). Empty by default, as in
+    /// Envoy since 1.33.
+    pub internal_addresses: Vec<crate::authz::Cidr>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            upgrade_types: vec![upgrade::WEBSOCKET.to_string()],
+            upgrade_idle_timeout: Some(upgrade::DEFAULT_UPGRADE_IDLE_TIMEOUT),
+            internal_addresses: Vec::new(),
+        }
+    }
+}
+
+impl HttpOptions {
+    /// Envoy's internal request: the connection's peer is an internal address and no
+    /// proxy in front said otherwise (no `x-forwarded-for`, as `single_xff_address` with
+    /// `use_remote_address` and no trusted hops; conn_manager_utility.cc).
+    pub fn is_internal(&self, peer: std::net::IpAddr, had_xff: bool) -> bool {
+        !had_xff
+            && self
+                .internal_addresses
+                .iter()
+                .any(|c| c.contains(&crate::authz::Cidr::host(peer)))
+    }
+}
 
 /// Everything the HTTP data path needs that is built once per snapshot (route tables,
 /// certificate configs, upstream pools).
@@ -577,5 +617,30 @@ impl RequestLog {
             x_forwarded_for = %dash(self.x_forwarded_for.clone()),
             "request"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::Cidr;
+    use std::net::IpAddr;
+
+    #[test]
+    fn internal_requests_need_an_internal_peer_and_no_xff() {
+        let none = HttpOptions::default();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(
+            !none.is_internal(lo, false),
+            "no internal addresses by default"
+        );
+        let opts = HttpOptions {
+            internal_addresses: vec![Cidr::parse("127.0.0.0/8").unwrap()],
+            ..HttpOptions::default()
+        };
+        assert!(opts.is_internal(lo, false));
+        assert!(opts.is_internal("::ffff:127.0.0.9".parse().unwrap(), false));
+        assert!(!opts.is_internal(lo, true));
+        assert!(!opts.is_internal("10.0.0.1".parse().unwrap(), false));
     }
 }

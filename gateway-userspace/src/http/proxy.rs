@@ -24,6 +24,7 @@ use super::{
     body::{Body, CountingBody, LoggedBody, empty, full},
     normalize,
     routing::{self, Action, RequestView, RouteTable},
+    upgrade::{self, Offer},
     upstream::{self, UpstreamClient},
 };
 use crate::server::Gateway;
@@ -205,6 +206,19 @@ async fn route_request(
     guard: &mut CancelGuard,
 ) -> Result<Response<Body>, Infallible> {
     let (mut parts, body) = req.into_parts();
+    // The upgrade offer is settled before anything reads the headers: an h2c offer is
+    // stripped here, and the request goes on as plain HTTP/1.1.
+    let offer = upgrade::classify(
+        parts.version,
+        &mut parts.headers,
+        &gw.opts.http.upgrade_types,
+    );
+    // Envoy's internal request (conn_manager_utility.cc, mutateRequestHeaders): an
+    // internal peer and no X-Forwarded-For as received.
+    let internal = gw.opts.http.is_internal(
+        conn.peer.ip(),
+        parts.headers.contains_key("x-forwarded-for"),
+    );
     let received = Arc::new(AtomicU64::new(0));
     let body = CountingBody {
         inner: body,
@@ -222,12 +236,15 @@ async fn route_request(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         });
+    // x-request-id as Envoy's at an edge (use_remote_address, and Istio leaves
+    // preserve_external_request_id off): `force_set = !preserve && edge_request`, so
+    // only an internal request keeps the id it brought; every other gets a fresh one.
     let req_id = match parts
         .headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
     {
-        Some(id) if !id.is_empty() => id.to_string(),
+        Some(id) if internal && !id.is_empty() => id.to_string(),
         _ => request_id(),
     };
     let path_and_query = parts
@@ -260,7 +277,16 @@ async fn route_request(
         user_agent: header_str(&parts.headers, header::USER_AGENT),
         x_forwarded_for: header_str(&parts.headers, "x-forwarded-for"),
     };
-    let done = |log: RequestLog, resp: Response<Body>| -> Result<Response<Body>, Infallible> {
+    // After an upgrade offer that was not stripped, bytes behind the request may be
+    // upgrade payload (a smuggled request): unless a tunnel follows, the connection
+    // carries no further request (Envoy: saw_connection_close_ for a rejected upgrade;
+    // its codec never parses past an upgrade request).
+    let close_after = offer.closes_unless_tunnelled();
+    let done = |log: RequestLog, mut resp: Response<Body>| -> Result<Response<Body>, Infallible> {
+        if close_after && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         Ok(finish(log, resp, started, received.clone(), conn.clone()))
     };
 
@@ -368,6 +394,19 @@ async fn route_request(
     };
     let route = route.clone();
     log.route_name = Some(route.name.clone());
+    // Envoy refuses an upgrade type it has no upgrade config for once the route is
+    // known, before any filter runs: 403, empty body, `upgrade_failed`.
+    if let Offer::Refused(what) = &offer {
+        tracing::info!(
+            target: "gateway::http",
+            peer = %conn.peer,
+            request_id = req_id.as_str(),
+            upgrade = what.as_str(),
+            "upgrade refused: not a configured upgrade type (see --upgrade-type); closing the connection"
+        );
+        log.details = "upgrade_failed";
+        return done(log, empty_reply(StatusCode::FORBIDDEN));
+    }
     guard.log = Some(log.clone());
 
     // Fault injection happens before the route's action, as Envoy's fault filter.
@@ -438,28 +477,34 @@ async fn route_request(
             log.upstream_cluster = Some(dest.cluster.clone());
 
             // The request as the upstream sees it.
-            // WebSocket and other HTTP/1.1 upgrades (Istio enables websocket upgrades on
-            // every route): the Upgrade header survives, and the client's half of the
-            // connection is kept for the tunnel.
-            let upgrade = upstream::upgrade_protocol(parts.version, &parts.headers);
-            let on_upgrade = upgrade
-                .as_ref()
-                .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+            // A permitted upgrade (websocket; Istio enables it on every route): the
+            // Upgrade header survives, and the client's half of the connection is kept
+            // for the tunnel. Hop-by-hop headers, and those `Connection` names, go
+            // before the gateway adds its own below, so a client cannot remove those.
+            let on_upgrade = match &offer {
+                Offer::Permitted(_) => parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                _ => None,
+            };
             strip_hop_by_hop(&mut parts.headers);
-            if let Some(u) = &upgrade {
+            if let Offer::Permitted(u) = &offer {
                 parts
                     .headers
                     .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 parts.headers.insert(header::UPGRADE, u.clone());
             }
-            let internal: Vec<HeaderName> = parts
+            let envoy_headers: Vec<HeaderName> = parts
                 .headers
                 .keys()
                 .filter(|k| k.as_str().starts_with("x-envoy-"))
                 .cloned()
                 .collect();
-            for k in internal {
+            for k in envoy_headers {
                 parts.headers.remove(k);
+            }
+            if internal {
+                parts
+                    .headers
+                    .insert("x-envoy-internal", HeaderValue::from_static("true"));
             }
             // Istio gateways: forwardClientCertDetails SANITIZE_SET.
             parts.headers.remove("x-forwarded-client-cert");

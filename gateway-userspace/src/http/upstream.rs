@@ -1,6 +1,6 @@
 //! Forwarding upstream: the pooled HTTP/1.1 client, Istio's retry policy and route /
-//! per-try timeouts around it, what each failure becomes (UF, UC, UT, URX), and the
-//! tunnel of an upgraded (WebSocket) connection.
+//! per-try timeouts around it, what each failure becomes (UF, UC, UT, URX, UPE), and
+//! the switch to a tunnel when an upstream accepts a permitted upgrade.
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
@@ -19,6 +19,7 @@ use super::{
     body::{Body, BoxError, CountingBody, DeadlineBody, empty, full},
     proxy::{ConnCtx, local_reply, strip_hop_by_hop},
     routing::{self, Route},
+    upgrade,
 };
 use crate::server::Gateway;
 
@@ -38,6 +39,15 @@ pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector)
+}
+
+/// A permitted upgrade offer on its way upstream.
+struct Upgrade {
+    /// The client's half of the connection.
+    down: hyper::upgrade::OnUpgrade,
+    /// The `Upgrade` value sent upstream.
+    asked: Option<HeaderValue>,
+    idle: Option<Duration>,
 }
 
 /// How one try ended.
@@ -64,6 +74,13 @@ pub async fn forward(
     log: &mut RequestLog,
 ) -> Response<Body> {
     let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
+    // What the tunnel needs if the upstream switches protocols: the client's half of
+    // the connection, the type it asked for, the idle timeout.
+    let upgrade = on_upgrade.map(|down| Upgrade {
+        down,
+        asked: headers.get(header::UPGRADE).cloned(),
+        idle: gw.opts.http.upgrade_idle_timeout,
+    });
     // Buffer small bodies so they can be replayed on retry.
     let (replay, mut streaming): (Option<Bytes>, Option<CountingBody>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
@@ -167,7 +184,7 @@ pub async fn forward(
         if exhausted {
             log.response_flags.push("URX");
         }
-        return respond_upstream(outcome, overall_expired, deadline, on_upgrade, log);
+        return respond_upstream(outcome, overall_expired, deadline, upgrade, log);
     }
     // The deadline cut the back-off short.
     log.response_flags.push("URX");
@@ -189,7 +206,7 @@ fn respond_upstream(
     outcome: TryOutcome,
     overall_expired: bool,
     deadline: Option<tokio::time::Instant>,
-    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: Option<Upgrade>,
     log: &mut RequestLog,
 ) -> Response<Body> {
     match outcome {
@@ -199,23 +216,27 @@ fn respond_upstream(
                 .extensions()
                 .get::<hyper_util::client::legacy::connect::HttpInfo>()
                 .map(|i| i.local_addr());
-            let tunnel = match on_upgrade {
-                Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    Some((down, hyper::upgrade::on(&mut resp)))
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let accepted = resp.headers().get(header::UPGRADE).cloned();
+            let tunnel = match upgrade {
+                Some(u) if switched && same_token(u.asked.as_ref(), accepted.as_ref()) => {
+                    Some((u.down, hyper::upgrade::on(&mut resp), u.idle))
                 }
                 _ => None,
             };
+            if switched && tunnel.is_none() {
+                return unasked_switch(resp, accepted, log);
+            }
             let (mut parts, body) = resp.into_parts();
-            let upgrade = parts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut parts.headers);
-            if let Some((down, up)) = tunnel {
-                if let Some(u) = upgrade {
+            if let Some((down, up, idle)) = tunnel {
+                if let Some(u) = accepted {
                     parts
                         .headers
                         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                     parts.headers.insert(header::UPGRADE, u);
                 }
-                tokio::spawn(run_tunnel(down, up, log.request_id.clone()));
+                tokio::spawn(upgrade::run_tunnel(down, up, idle, log.request_id.clone()));
             }
             parts.version = Version::default();
             if let Ok(v) = HeaderValue::from_str(&took.as_millis().to_string()) {
@@ -263,52 +284,47 @@ fn respond_upstream(
     }
 }
 
-/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` +
-/// `Upgrade: <proto>`). HTTP/2 has no such mechanism here (extended CONNECT is not
-/// supported).
-pub(super) fn upgrade_protocol(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
-    if version != Version::HTTP_11 {
-        return None;
-    }
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    wants
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+/// True if the upstream switched to the type that was asked for (ignoring case).
+fn same_token(asked: Option<&HeaderValue>, accepted: Option<&HeaderValue>) -> bool {
+    matches!((asked, accepted), (Some(a), Some(b)) if a.as_bytes().eq_ignore_ascii_case(b.as_bytes()))
 }
 
-/// Copies bytes both ways between the client's and the upstream's upgraded
-/// connections until either side closes.
-async fn run_tunnel(
-    down: hyper::upgrade::OnUpgrade,
-    up: hyper::upgrade::OnUpgrade,
-    request_id: String,
-) {
-    let (down, up) = match tokio::try_join!(down, up) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::info!(target: "gateway::http", request_id, "upgrade failed: {e}");
-            return;
+/// A 101 the request did not ask for (no permitted upgrade offer, or another type than
+/// offered). Envoy's HTTP/1 client codec switches only for a request that offered an
+/// upgrade (`ClientConnectionImpl::upgradeAllowed`, source/common/http/http1/codec_impl.cc),
+/// so anything after such a 101 is an upstream protocol error: the client gets 502
+/// (`UPE`), the upstream connection is closed, never reused or tunnelled.
+fn unasked_switch(
+    mut resp: Response<Incoming>,
+    accepted: Option<HeaderValue>,
+    log: &mut RequestLog,
+) -> Response<Body> {
+    let upstream = log.upstream_host;
+    let request_id = log.request_id.clone();
+    tracing::info!(
+        target: "gateway::http",
+        request_id,
+        upstream = %upstream.map(|u| u.to_string()).unwrap_or_default(),
+        upgrade = %accepted.as_ref().map(|u| String::from_utf8_lossy(u.as_bytes()).into_owned()).unwrap_or_default(),
+        "upstream switched protocols unasked (101); closing its connection (UPE)"
+    );
+    // hyper hands over the switched connection only through the upgrade: take it and
+    // shut it down, so it is closed now rather than whenever it is dropped.
+    let up = hyper::upgrade::on(&mut resp);
+    drop(resp);
+    tokio::spawn(async move {
+        if let Ok(Ok(io)) = tokio::time::timeout(Duration::from_secs(5), up).await {
+            use tokio::io::AsyncWriteExt;
+            let mut io = hyper_util::rt::TokioIo::new(io);
+            let _ = io.shutdown().await;
         }
-    };
-    let mut down = hyper_util::rt::TokioIo::new(down);
-    let mut up = hyper_util::rt::TokioIo::new(up);
-    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        Ok((sent, received)) => tracing::info!(
-            target: "gateway::http",
-            request_id,
-            bytes_to_upstream = sent,
-            bytes_to_downstream = received,
-            "upgraded connection closed"
-        ),
-        Err(e) => {
-            tracing::info!(target: "gateway::http", request_id, "upgraded connection ended: {e}")
-        }
-    }
+    });
+    log.response_flags.insert(0, "UPE");
+    log.details = "upstream_reset_before_response_started{protocol_error}";
+    local_reply(
+        StatusCode::BAD_GATEWAY,
+        "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

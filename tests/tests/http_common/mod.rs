@@ -159,8 +159,19 @@ fn enter_ns(name: &str) {
     assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
+/// The gateway with `--internal-address 127.0.0.0/8`: the tests' clients (curl on the
+/// namespace's loopback, no X-Forwarded-For) are internal, so the `x-request-id` each
+/// request brings is kept and its log line can be found by it. Without it the gateway
+/// replaces every client's id, as Envoy does at an edge (tests/tests/http_upgrade.rs).
 pub fn start_gateway(ns: &NetNs, configs: &[&Path]) -> GatewayProc {
-    GatewayProc::start(ns, configs, &["--splice", "userspace"])
+    start_gateway_with(ns, configs, &[])
+}
+
+/// [`start_gateway`] with more `gateway run` arguments.
+pub fn start_gateway_with(ns: &NetNs, configs: &[&Path], extra: &[&str]) -> GatewayProc {
+    let mut args = vec!["--splice", "userspace", "--internal-address", "127.0.0.0/8"];
+    args.extend_from_slice(extra);
+    GatewayProc::start(ns, configs, &args)
 }
 
 /// What curl got.
