@@ -148,6 +148,22 @@ pub struct RunArgs {
     /// other request gets a fresh x-request-id. Default: none (Envoy >= 1.33).
     #[arg(long = "internal-address", value_name = "CIDR", value_parser = crate::authz::Cidr::parse)]
     pub internal_addresses: Vec<crate::authz::Cidr>,
+    /// A request whose client sends no body bytes for this long, before the response
+    /// started, gets 408 (flag SI): Envoy's stream idle timeout, 5 min. 0: never.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub stream_idle_timeout: Duration,
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY and is
+    /// closed (Envoy's HTTP idle_timeout, 1 h). 0: never. HTTP/1.1 keep-alive
+    /// connections close after 10 s idle.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Duration,
+    /// Send an HTTP/2 PING this often on every downstream HTTP/2 connection and close
+    /// it when one goes unanswered for --http2-keepalive-timeout (Envoy's
+    /// connection_keepalive; off by default, as in Istio). 0: off.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
     /// MeshConfig YAML (accessLogFile, accessLogEncoding, accessLogFormat, ...).
     #[arg(long)]
     pub mesh_config: Option<PathBuf>,
@@ -319,6 +335,10 @@ fn http_options(args: &RunArgs) -> crate::http::HttpOptions {
     let mut http = crate::http::HttpOptions {
         upgrade_idle_timeout: Some(args.upgrade_idle_timeout).filter(|d| !d.is_zero()),
         internal_addresses: args.internal_addresses.clone(),
+        stream_idle_timeout: Some(args.stream_idle_timeout).filter(|d| !d.is_zero()),
+        idle_timeout: Some(args.http_idle_timeout).filter(|d| !d.is_zero()),
+        http2_keepalive_interval: Some(args.http2_keepalive_interval).filter(|d| !d.is_zero()),
+        http2_keepalive_timeout: args.http2_keepalive_timeout,
         ..Default::default()
     };
     for t in &args.upgrade_types {

@@ -6,10 +6,10 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
@@ -29,27 +29,94 @@ pub fn empty() -> Body {
     Empty::new().map_err(|e| match e {}).boxed_unsync()
 }
 
-/// The downstream request body, counting bytes for the log.
+/// The downstream request body, counting bytes for the log, with Envoy's stream idle
+/// timeout while it is read: no frame from the client for that long ends the body with
+/// [`StreamIdleTimeout`] (a slow-POST client cannot hold the request, and its upstream
+/// connection, open forever).
 pub struct CountingBody {
     pub inner: Incoming,
     pub count: Arc<AtomicU64>,
+    /// `--stream-idle-timeout` (None: off).
+    pub idle: Option<Duration>,
+    /// Armed while the client sends nothing; reset by every frame.
+    pub timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set when the timeout ended the body (the proxy answers 408 `SI` then).
+    pub timed_out: Arc<AtomicBool>,
 }
+
+impl CountingBody {
+    pub fn new(inner: Incoming, count: Arc<AtomicU64>, idle: Option<Duration>) -> Self {
+        CountingBody {
+            inner,
+            count,
+            idle,
+            timer: None,
+            timed_out: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The request body's stream idle timeout fired (Envoy: `stream_idle_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes from the client within the stream idle timeout")]
+pub struct StreamIdleTimeout;
 
 impl HttpBody for CountingBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &polled
-            && let Some(d) = f.data_ref()
-        {
-            self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(polled) => {
+                self.timer = None;
+                if let Some(Ok(f)) = &polled
+                    && let Some(d) = f.data_ref()
+                {
+                    self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(polled.map(|r| r.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let Some(idle) = self.idle else {
+                    return Poll::Pending;
+                };
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.timed_out.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))));
+                }
+                Poll::Pending
+            }
         }
-        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that keeps an HTTP/2 stream counted as open until it is done.
+pub struct WithToken {
+    pub inner: Body,
+    pub _token: super::proxy::OpenStream,
+}
+
+impl HttpBody for WithToken {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()

@@ -20,6 +20,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
@@ -65,7 +66,26 @@ pub struct HttpOptions {
     /// `x-forwarded-for` is internal (keeps its `x-request-id`). Empty by default, as in
     /// Envoy since 1.33.
     pub internal_addresses: Vec<crate::authz::Cidr>,
+    /// Envoy's `stream_idle_timeout` (5 min by default) while the request body is read:
+    /// a client that stops sending it gets 408 `SI`. None: off.
+    pub stream_idle_timeout: Option<Duration>,
+    /// Envoy's `common_http_protocol_options.idle_timeout` (1 h by default): an
+    /// HTTP/2 connection without an open stream this long gets GOAWAY and is closed.
+    /// (HTTP/1.1 keep-alive connections close after [`HEADER_READ_TIMEOUT`] idle.)
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/2 PING every this often (Envoy's `connection_keepalive.interval`; unset by
+    /// default, as in Istio); a PING unanswered after `http2_keepalive_timeout` closes
+    /// the connection.
+    pub http2_keepalive_interval: Option<Duration>,
+    pub http2_keepalive_timeout: Duration,
 }
+
+/// Envoy's default `stream_idle_timeout`.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Envoy's default HTTP connection `idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// hyper's (and a common) PING acknowledgement timeout.
+pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Default for HttpOptions {
     fn default() -> Self {
@@ -73,6 +93,10 @@ impl Default for HttpOptions {
             upgrade_types: vec![upgrade::WEBSOCKET.to_string()],
             upgrade_idle_timeout: Some(upgrade::DEFAULT_UPGRADE_IDLE_TIMEOUT),
             internal_addresses: Vec::new(),
+            stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            http2_keepalive_interval: None,
+            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -275,8 +299,10 @@ where
 {
     let peer = conn.peer;
     let port = conn.port;
+    let opts = gw.opts.http.clone();
     let svc = {
         let conn = conn.clone();
+        let gw = gw.clone();
         service_fn(move |req| proxy::handle(gw.clone(), conn.clone(), req))
     };
     let io = TokioIo::new(Counted {
@@ -284,6 +310,25 @@ where
         count: conn.bytes_in.clone(),
     });
     let result = if h2 {
+        // Each stream holds a token until its response body is done or dropped: the
+        // connection is idle (for `idle_timeout`) only while no stream is open.
+        let svc = {
+            let conn = conn.clone();
+            service_fn(move |req| {
+                let token = proxy::OpenStream::new(conn.clone());
+                let handled = proxy::handle(gw.clone(), conn.clone(), req);
+                async move {
+                    let resp = handled.await?;
+                    Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                        body::WithToken {
+                            inner: b,
+                            _token: token,
+                        }
+                        .boxed_unsync()
+                    }))
+                }
+            })
+        };
         let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
@@ -292,8 +337,14 @@ where
             // client before hyper accepted them, or by us for protocol errors.
             .max_pending_accept_reset_streams(Some(50))
             .max_local_error_reset_streams(Some(256))
+            // Envoy's `connection_keepalive`: a PING every interval, the connection
+            // closed when one goes unanswered for the timeout (hyper: keep_alive_*).
+            .keep_alive_interval(opts.http2_keepalive_interval)
+            .keep_alive_timeout(opts.http2_keepalive_timeout)
             .serve_connection(io, svc);
         tokio::pin!(served);
+        let idle = idle_watch(&conn, opts.idle_timeout);
+        tokio::pin!(idle);
         tokio::select! {
             r = served.as_mut() => r,
             _ = conn.abusive.notified() => {
@@ -309,6 +360,14 @@ where
                 );
                 served.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(Duration::from_secs(1), served).await;
+                return;
+            }
+            _ = &mut idle => {
+                // Envoy: at idle_timeout an HTTP/2 downstream connection is drained
+                // (GOAWAY, then closed once the drain time passes).
+                tracing::debug!(target: "gateway::http", %peer, port, "closing idle HTTP/2 connection (idle timeout)");
+                served.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(H2_DRAIN_TIMEOUT, served).await;
                 return;
             }
         }
@@ -329,6 +388,25 @@ where
             return;
         }
         log_connection_error(&e, peer, port, h2, conn.sni.as_deref(), conn.local);
+    }
+}
+
+/// Envoy's default `drain_timeout`: how long an idle HTTP/2 connection gets between
+/// its GOAWAY and being closed.
+const H2_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves once the connection has had no open stream for `idle` (never if None).
+async fn idle_watch(conn: &proxy::ConnCtx, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let wait = match conn.quiet_for() {
+            Some(quiet) if quiet >= idle => return,
+            Some(quiet) => idle - quiet,
+            None => idle,
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

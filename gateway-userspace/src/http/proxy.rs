@@ -54,6 +54,30 @@ pub struct ConnCtx {
     pub client_cert: Option<HeaderValue>,
     /// The address the client connected to, for the access log.
     pub local: Option<SocketAddr>,
+    /// HTTP/2: streams open now, and when the last one ended (ms after `opened`).
+    open_streams: AtomicU64,
+    quiet_since_ms: AtomicU64,
+    opened: Instant,
+}
+
+/// Held by an HTTP/2 stream from its request until its response body is done or
+/// dropped (see [`ConnCtx::quiet_for`]).
+pub struct OpenStream(Arc<ConnCtx>);
+
+impl OpenStream {
+    pub fn new(conn: Arc<ConnCtx>) -> OpenStream {
+        conn.open_streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(conn)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let c = &self.0;
+        c.quiet_since_ms
+            .store(c.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        c.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Envoy's premature-reset guard (CVE-2023-44487): once a connection has carried this
@@ -90,7 +114,19 @@ impl ConnCtx {
             idle_mark: AtomicU64::new(0),
             client_cert: None,
             local: None,
+            open_streams: AtomicU64::new(0),
+            quiet_since_ms: AtomicU64::new(0),
+            opened: Instant::now(),
         }
+    }
+
+    /// How long no stream has been open (None while one is).
+    pub fn quiet_for(&self) -> Option<Duration> {
+        if self.open_streams.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.quiet_since_ms.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(since))
     }
 
     pub(super) fn mark_idle(&self) {
@@ -220,10 +256,7 @@ async fn route_request(
         parts.headers.contains_key("x-forwarded-for"),
     );
     let received = Arc::new(AtomicU64::new(0));
-    let body = CountingBody {
-        inner: body,
-        count: received.clone(),
-    };
+    let body = CountingBody::new(body, received.clone(), gw.opts.http.stream_idle_timeout);
 
     let authority = parts
         .uri

@@ -81,6 +81,7 @@ pub async fn forward(
         asked: headers.get(header::UPGRADE).cloned(),
         idle: gw.opts.http.upgrade_idle_timeout,
     });
+    let body_timed_out = body.timed_out.clone();
     // Buffer small bodies so they can be replayed on retry.
     let (replay, mut streaming): (Option<Bytes>, Option<CountingBody>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
@@ -91,6 +92,9 @@ pub async fn forward(
     {
         match body.collect().await {
             Ok(b) => (Some(b.to_bytes()), None),
+            Err(_) if body_timed_out.load(std::sync::atomic::Ordering::Relaxed) => {
+                return stream_idle_timeout(log);
+            }
             Err(_) => {
                 log.response_flags.push("DC");
                 log.details = "downstream_body_error";
@@ -158,6 +162,13 @@ pub async fn forward(
             Some(Err(e)) if e.is_connect() => TryOutcome::ConnectFailure(error_chain(&e)),
             Some(Err(e)) => TryOutcome::Reset(error_chain(&e)),
         };
+        // A streamed body that the client stopped sending: the upstream request was
+        // abandoned because of it, whatever the upstream call reports.
+        if !matches!(outcome, TryOutcome::Response(..))
+            && body_timed_out.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return stream_idle_timeout(log);
+        }
         let more = attempt + 1 < max_tries;
         let overall_expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         let retry = more
@@ -192,6 +203,19 @@ pub async fn forward(
         Some(outcome) => respond_upstream(outcome, true, deadline, None, log),
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
     }
+}
+
+/// Envoy's answer when the stream idle timeout fires before the response started
+/// (`ConnectionManagerImpl::ActiveStream::onIdleTimeout`): 408 "stream timeout", flag
+/// `SI`, details `stream_idle_timeout`; the connection is not reused (the rest of the
+/// request body was never read).
+fn stream_idle_timeout(log: &mut RequestLog) -> Response<Body> {
+    log.response_flags.insert(0, "SI");
+    log.details = "stream_idle_timeout";
+    let mut resp = local_reply(StatusCode::REQUEST_TIMEOUT, "stream timeout");
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 fn retriable(policy: &routing::RetryPolicy, outcome: &TryOutcome) -> bool {
