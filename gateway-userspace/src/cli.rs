@@ -108,7 +108,8 @@ pub struct RunArgs {
     pub admin_addr: SocketAddr,
     /// Address the Gateway ports are bound on. Default: dual stack, every IPv4 and IPv6
     /// address (0.0.0.0 and [::], as Istio's dual-stack gateways listen); 0.0.0.0 for
-    /// IPv4 only, :: for IPv6 only, or one address.
+    /// IPv4 only, :: as the system binds it (IPv4 too, v4-mapped, unless
+    /// net.ipv6.bindv6only=1), or one address.
     #[arg(long)]
     pub bind: Option<IpAddr>,
     /// How long a TLS port waits for a complete ClientHello.

@@ -21,7 +21,7 @@ pub fn bind_all(gw: &Gateway) -> std::io::Result<Vec<(Arc<Listener>, TcpListener
         let l = Arc::new(l.clone());
         for (i, ip) in gw.listen_addrs().into_iter().enumerate() {
             let addr = SocketAddr::new(ip, l.port);
-            match bind_one(addr) {
+            match bind_one(addr, i > 0) {
                 Ok(sock) => out.push((l.clone(), sock)),
                 Err(e) if i > 0 => tracing::warn!("IPv6 not served on port {}: {e}", l.port),
                 Err(e) => return Err(e),
@@ -31,14 +31,15 @@ pub fn bind_all(gw: &Gateway) -> std::io::Result<Vec<(Arc<Listener>, TcpListener
     Ok(out)
 }
 
-fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind_one(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
-    // `::` is IPv6 only (never v4-mapped), whatever net.ipv6.bindv6only says.
-    if addr.is_ipv6() {
+    // The dual-stack [::] socket is IPv6 only (IPv4 has its own socket), whatever
+    // net.ipv6.bindv6only says; an explicit `--bind ::` binds as the system does.
+    if v6_only {
         sock.set_only_v6(true)?;
     }
     sock.set_reuse_address(true)?;
