@@ -27,6 +27,12 @@ pub const EXIT_BAD_CONFIG: i32 = 64;
     about = "Istio-compatible ingress gateway with an eBPF-spliced L4 data path"
 )]
 pub struct Cli {
+    /// istioctl's global `-n`, given before the subcommand
+    /// (`gateway -n istio-system proxy-config listener ...`): the namespace of
+    /// proxy-config's pod argument, which selects nothing here. `run` and `validate`
+    /// take the gateway's namespace as `--namespace` after the subcommand.
+    #[arg(short = 'n', long = "namespace", value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,24 +47,13 @@ pub enum Command {
     /// Check config and print every error as file:line:col: message.
     Validate(ConfigArgs),
     /// Show the running gateway's listeners, routes, clusters, endpoints or secrets,
-    /// as `istioctl proxy-config` does (asks the admin API).
+    /// as `istioctl proxy-config` does (asks the admin API): istioctl's command lines
+    /// work with only the binary renamed.
+    #[command(visible_alias = "pc")]
     ProxyConfig(ProxyConfigArgs),
 }
 
-#[derive(Args, Debug)]
-pub struct ProxyConfigArgs {
-    #[arg(value_enum)]
-    pub kind: crate::proxyconfig::Kind,
-    /// Only the listener / route configuration / cluster / secret of this name.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// `json` for the Envoy-shaped objects instead of the table.
-    #[arg(long, short = 'o', default_value = "short", value_parser = ["short", "json"])]
-    pub output: String,
-    /// The running gateway's admin API.
-    #[arg(long, default_value = "127.0.0.1:15000")]
-    pub admin_addr: SocketAddr,
-}
+pub use crate::proxyconfig::cli::ProxyConfigArgs;
 
 #[derive(Args, Debug)]
 pub struct ConfigArgs {
@@ -111,9 +106,12 @@ pub struct RunArgs {
     /// Admin API address (/ready, /stats/prometheus, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
-    /// Address the Gateway ports are bound on.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub bind: IpAddr,
+    /// Address the Gateway ports are bound on. Default: dual stack, every IPv4 and IPv6
+    /// address (0.0.0.0 and [::], as Istio's dual-stack gateways listen); 0.0.0.0 for
+    /// IPv4 only, :: as the system binds it (IPv4 too, v4-mapped, unless
+    /// net.ipv6.bindv6only=1), or one address.
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
     /// How long a TLS port waits for a complete ClientHello.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub client_hello_timeout: Duration,
@@ -289,43 +287,10 @@ pub fn telemetry_or_exit(
 
 /// `gateway proxy-config`: prints the table (or JSON), or the error and exits 1.
 pub fn proxy_config(args: &ProxyConfigArgs) {
-    use crate::proxyconfig::{Kind, render_splice, render_xdp};
-    type Render = fn(&serde_json::Value, bool) -> String;
-    let view: Option<(&str, Render)> = match args.kind {
-        Kind::Xdp => Some(("/xdp", render_xdp)),
-        Kind::Splice => Some(("/debug/splice", render_splice)),
-        _ => None,
-    };
-    if let Some((path, render)) = view {
-        let view = crate::proxyconfig::fetch(args.admin_addr, path).and_then(|body| {
-            serde_json::from_str::<serde_json::Value>(&body)
-                .map_err(|e| format!("{path} is not JSON: {e}"))
-        });
-        match view {
-            Ok(v) => print!("{}", render(&v, args.output == "json")),
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(1);
-            }
-        }
-        return;
-    }
-    let dump = crate::proxyconfig::fetch(args.admin_addr, "/config_dump").and_then(|body| {
-        serde_json::from_str::<serde_json::Value>(&body)
-            .map_err(|e| format!("/config_dump is not JSON: {e}"))
-    });
-    match dump {
-        Ok(dump) => print!(
-            "{}",
-            crate::proxyconfig::render(
-                args.kind,
-                &dump,
-                args.name.as_deref(),
-                args.output == "json"
-            )
-        ),
+    match crate::proxyconfig::cli::output(args) {
+        Ok(out) => print!("{out}"),
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("Error: {e}");
             std::process::exit(1);
         }
     }
@@ -394,7 +359,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => Some(nofile.saturating_sub(256).max(64) / 3),
     };
     let opts = Options {
-        bind: args.bind,
+        bind: args.bind.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        dual_stack: args.bind.is_none(),
         client_hello_timeout: args.client_hello_timeout,
         connect_timeout: args.connect_timeout,
         max_connections,

@@ -14,6 +14,12 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
+        Command::Validate(_) | Command::Run(_) if cli.namespace.is_some() => {
+            eprintln!(
+                "-n before the subcommand is istioctl's pod namespace, for proxy-config; the gateway's own namespace is `--namespace` after run/validate"
+            );
+            std::process::exit(cli::EXIT_BAD_CONFIG);
+        }
         Command::Validate(args) => {
             cli::validate(&args);
             Ok(())

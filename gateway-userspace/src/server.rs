@@ -17,6 +17,8 @@ use crate::{config::Snapshot, kernel::splice::Splicer, telemetry::metrics::Stats
 pub struct Options {
     /// Address every Gateway port is bound on (Istio's ingress listens on 0.0.0.0).
     pub bind: IpAddr,
+    /// Also listen on `[::]` (IPv6-only socket beside the IPv4 one): `--bind` not given.
+    pub dual_stack: bool,
     /// How long a TLS listener waits for a complete ClientHello (Envoy: 15 s; we: 10 s).
     pub client_hello_timeout: Duration,
     /// Upstream connect timeout (Istio's default connectTimeout: 10 s).
@@ -38,6 +40,7 @@ impl Default for Options {
             max_connections: None,
             listener_max_connections: None,
             bind: IpAddr::from([0, 0, 0, 0]),
+            dual_stack: false,
             client_hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             path_normalization: crate::config::mesh::PathNormalization::Base,
@@ -97,6 +100,15 @@ impl Gateway {
         }
         let i = self.rr.get(cluster)?.fetch_add(1, Ordering::Relaxed);
         Some(c.endpoints[i % c.endpoints.len()])
+    }
+
+    /// The addresses every Gateway port listens on: `--bind`, and `::` when dual-stack.
+    pub fn listen_addrs(&self) -> Vec<IpAddr> {
+        let mut v = vec![self.opts.bind];
+        if self.opts.dual_stack {
+            v.push(IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED));
+        }
+        v
     }
 
     /// Istio's listener name for a port: `0.0.0.0_31400`.

@@ -298,14 +298,14 @@ fn telemetry_proxy_config_shows_the_walkthrough() {
     let rs = rows(&listeners);
     for port in ["80", "443", "31400"] {
         assert!(
-            rs.iter().any(|r| r[0] == "0.0.0.0" && r[1] == port),
+            rs.iter().any(|r| r[0] == "0.0.0.0,::" && r[1] == port),
             "port {port} missing:\n{listeners}"
         );
     }
     for want in [
-        ["0.0.0.0", "80", "ALL", "Route:", "http.80"].as_slice(),
+        ["0.0.0.0,::", "80", "ALL", "Route:", "http.80"].as_slice(),
         &[
-            "0.0.0.0",
+            "0.0.0.0,::",
             "443",
             "SNI:",
             "webapp.istioinaction.io",
@@ -313,7 +313,7 @@ fn telemetry_proxy_config_shows_the_walkthrough() {
             "https.443.https-webapp.coolstore-gateway.default",
         ],
         &[
-            "0.0.0.0",
+            "0.0.0.0,::",
             "443",
             "SNI:",
             "catalog.istioinaction.io",
@@ -321,7 +321,7 @@ fn telemetry_proxy_config_shows_the_walkthrough() {
             "https.443.https-catalog.coolstore-gateway.default",
         ],
         &[
-            "0.0.0.0",
+            "0.0.0.0,::",
             "31400",
             "SNI:",
             "simple-sni-1.istioinaction.io",
@@ -329,7 +329,7 @@ fn telemetry_proxy_config_shows_the_walkthrough() {
             "outbound|80||simple-tls-service-1.default.svc.cluster.local",
         ],
         &[
-            "0.0.0.0",
+            "0.0.0.0,::",
             "31400",
             "ALL",
             "Cluster:",
@@ -348,7 +348,8 @@ fn telemetry_proxy_config_shows_the_walkthrough() {
     let rc = v.as_array().expect("a list of route configurations");
     assert_eq!(rc.len(), 1, "{json}");
     assert_eq!(rc[0]["name"], "http.80");
-    let vhosts = rc[0]["virtual_hosts"].as_array().unwrap();
+    // protojson names, as istioctl prints them.
+    let vhosts = rc[0]["virtualHosts"].as_array().unwrap();
     let mut names: Vec<&str> = vhosts.iter().map(|h| h["name"].as_str().unwrap()).collect();
     names.sort();
     assert_eq!(
@@ -368,7 +369,7 @@ fn telemetry_proxy_config_shows_the_walkthrough() {
             format!("outbound|80||{svc}.default.svc.cluster.local")
         );
         assert_eq!(
-            route["metadata"]["filter_metadata"]["istio"]["config"],
+            route["metadata"]["filterMetadata"]["istio"]["config"],
             format!(
                 "/apis/networking.istio.io/v1alpha3/namespaces/default/virtual-service/{host}-vs-from-gw"
             )
@@ -396,7 +397,6 @@ fn telemetry_proxy_config_shows_the_walkthrough() {
                 "-",
                 "outbound",
                 "EDS",
-                "-"
             ]),
         "{clusters}"
     );
@@ -404,7 +404,7 @@ fn telemetry_proxy_config_shows_the_walkthrough() {
         &ns,
         &[
             "endpoint",
-            "--name",
+            "--cluster",
             "outbound|80||webapp.default.svc.cluster.local",
         ],
     );
@@ -439,5 +439,96 @@ fn telemetry_proxy_config_shows_the_walkthrough() {
         !json.contains("PRIVATE") && !json.contains("BEGIN"),
         "no key or PEM material: {json}"
     );
+
+    // The seed walkthrough's istioctl command lines, `istioctl` replaced by the
+    // binary, against the running gateway (../shared/seed/istio-gateways.md, lines 54
+    // and 85; read from the file too when it is there).
+    let mut seed = vec![
+        "istioctl -n istio-system proxy-config listener deploy/istio-ingressgateway".to_string(),
+        "istioctl proxy-config route deploy/istio-ingressgateway -o json --name http.8080 -n istio-system".to_string(),
+    ];
+    let seed_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/seed/istio-gateways.md");
+    if let Ok(text) = std::fs::read_to_string(seed_file) {
+        for l in text.lines().map(str::trim) {
+            if l.starts_with("istioctl ")
+                && l.contains("proxy-config")
+                && !seed.iter().any(|x| x == l)
+            {
+                seed.push(l.to_string());
+            }
+        }
+    }
+    for line in &seed {
+        let argv: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let out = ns
+            .cmd(gateway_bin().to_str().unwrap())
+            .args(&argv)
+            .output()
+            .expect("run the seed line");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if argv.contains(&"listener") {
+            assert_eq!(stdout, listeners, "{line}");
+        }
+        if argv.contains(&"route") {
+            let v: serde_json::Value = serde_json::from_str(&stdout).expect("route JSON");
+            assert_eq!(v[0]["name"], "http.80", "{line}: {stdout}");
+        }
+    }
+    drop(gw);
+}
+
+/// Dual stack by default: with no `--bind`, an IPv6 client (::1) reaches the Gateway
+/// ports (HTTP on 80, TCP on 31400), and IPv4 clients still do.
+#[test]
+fn telemetry_ipv6_client_reaches_the_default_bound_gateway() {
+    if !privileged("telemetry_ipv6_client_reaches_the_default_bound_gateway") {
+        return;
+    }
+    let ns = NetNs::new("tele-v6");
+    let rt = ns.runtime();
+    let _echo = NetNs::block_on(&rt, tcp_echo("127.0.0.1:2701".parse().unwrap())).unwrap();
+    let (_b, gw) = walkthrough(&ns);
+    for host in ["[::1]", "127.0.0.1"] {
+        let out = ns
+            .cmd("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Host: webapp.istioinaction.io",
+            ])
+            .arg(format!("http://{host}:80/api/catalog"))
+            .output()
+            .expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "{host}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            gw.log()
+        );
+    }
+    let echoed = NetNs::block_on(&rt, async {
+        let mut c = tokio::net::TcpStream::connect("[::1]:31400")
+            .await
+            .expect("connect [::1]:31400");
+        c.write_all(b"hello over v6\n").await.unwrap();
+        let mut buf = vec![0u8; 14];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        buf
+    });
+    assert_eq!(echoed, b"hello over v6\n");
     drop(gw);
 }

@@ -67,8 +67,10 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
         }
         "/config_dump" => json(crate::proxyconfig::config_dump(
             &gw.snapshot,
-            gw.opts.bind,
+            &gw.listen_addrs(),
         )),
+        // Envoy's /logging, read-only: the levels come from RUST_LOG at start.
+        "/logging" => reply(StatusCode::OK, "text/plain", crate::proxyconfig::active_loggers()),
         "/debug/kernel_log" => kernel_log(gw, &req),
         "/xdp" => json(gw.authz.rules_view()),
         "/debug/splice/fault" if req.method() == hyper::Method::POST => splice_fault(gw, &req),
@@ -76,7 +78,7 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "admin endpoints: /ready /stats/prometheus /config_dump /debug/splice /debug/kernel_log\n".into(),
+            "admin endpoints: /ready /stats/prometheus /config_dump /logging /debug/splice /debug/kernel_log\n".into(),
         ),
     }
 }

@@ -11,24 +11,43 @@ use crate::{
 };
 
 /// Binds every port first, so a port that can't be bound fails the start before any
-/// traffic is served.
+/// traffic is served. Dual stack (no `--bind`): an IPv4 socket on 0.0.0.0 and an
+/// IPv6-only one on [::] per port, so IPv4 clients keep arriving on AF_INET sockets
+/// (no v4-mapped addresses for the splice, the access log or AuthorizationPolicy); a
+/// host without IPv6 keeps the IPv4 socket, with a warning.
 pub fn bind_all(gw: &Gateway) -> std::io::Result<Vec<(Arc<Listener>, TcpListener)>> {
     let mut out = vec![];
     for l in &gw.snapshot.listeners {
-        let addr = SocketAddr::new(gw.opts.bind, l.port);
-        let sock = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        sock.set_reuse_address(true)?;
-        sock.set_nonblocking(true)?;
-        sock.bind(&addr.into())
-            .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
-        sock.listen(4096)?;
-        out.push((Arc::new(l.clone()), TcpListener::from_std(sock.into())?));
+        let l = Arc::new(l.clone());
+        for (i, ip) in gw.listen_addrs().into_iter().enumerate() {
+            let addr = SocketAddr::new(ip, l.port);
+            match bind_one(addr, i > 0) {
+                Ok(sock) => out.push((l.clone(), sock)),
+                Err(e) if i > 0 => tracing::warn!("IPv6 not served on port {}: {e}", l.port),
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(out)
+}
+
+fn bind_one(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // The dual-stack [::] socket is IPv6 only (IPv4 has its own socket), whatever
+    // net.ipv6.bindv6only says; an explicit `--bind ::` binds as the system does.
+    if v6_only {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    sock.listen(4096)?;
+    TcpListener::from_std(sock.into())
 }
 
 /// Accepts forever; each connection is served on its own task.

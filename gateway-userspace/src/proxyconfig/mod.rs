@@ -5,6 +5,13 @@
 //! endpoints, secrets) and the CLI renders it client-side into the tables
 //! `istioctl proxy-config` prints ([`render`]), or prints its JSON with `-o json`.
 //! Secrets show certificate facts (subject, SANs, serial, validity), never key material.
+//!
+//! [`render`] holds istioctl's writers, [`tabwriter`] Go's text/tabwriter they print
+//! through; [`cli`] the `proxy-config` command line, shaped as istioctl's.
+pub mod cli;
+pub mod render;
+pub mod tabwriter;
+
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
@@ -23,24 +30,6 @@ const T_LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener"
 const T_ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 const T_CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const T_SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Kind {
-    Listener,
-    Route,
-    Cluster,
-    Endpoint,
-    Secret,
-    /// The AuthorizationPolicy rules compiled for the XDP guard, and their counters
-    /// (admin `/xdp`).
-    Xdp,
-    /// How L4 flows are moved: per path (kernel, splice, uring, copy) the flows and
-    /// bytes, offloads, pauses, fallbacks and the kernel program's counters (admin
-    /// `/debug/splice`).
-    Splice,
-    /// Everything, as /config_dump returns it.
-    All,
-}
 
 // === the dump ===
 
@@ -87,13 +76,27 @@ fn hcm(route: &str, stat: &str) -> Value {
     })
 }
 
-fn listener_json(snap: &Snapshot, l: &Listener, bind: IpAddr) -> Value {
+/// Envoy's listener for one port, as Istio builds it for a gateway: named
+/// `<address>_<port>` after the first bind address; a dual-stack listener lists the
+/// other one in `additional_addresses` (how istioctl shows `0.0.0.0,::`).
+fn listener_json(snap: &Snapshot, l: &Listener, addrs: &[IpAddr]) -> Value {
+    let bind = addrs.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let name = format!("{bind}_{}", l.port);
     let stat = format!("outbound_{name}");
+    // toFilterChainMatch (pilot/pkg/networking/core/listener.go): server names sorted,
+    // none at all when one is "*"; passthrough chains set no transport protocol.
+    let server_names = |hosts: &[String]| -> Value {
+        let mut h = hosts.to_vec();
+        if h.iter().any(|h| h == "*") {
+            return json!({});
+        }
+        h.sort();
+        json!({ "server_names": h })
+    };
     let mut chains = Vec::new();
     for t in &l.tls {
         chains.push(json!({
-            "filter_chain_match": { "server_names": t.sni_hosts, "transport_protocol": "tls" },
+            "filter_chain_match": server_names(&t.sni_hosts),
             "filters": [tcp_proxy(&t.destinations, &stat)],
             "metadata": vs_metadata(&t.name),
         }));
@@ -108,7 +111,7 @@ fn listener_json(snap: &Snapshot, l: &Listener, bind: IpAddr) -> Value {
             .and_then(|t| t.credential_name.clone())
             .map(|c| format!("kubernetes://{c}"));
         chains.push(json!({
-            "filter_chain_match": { "server_names": crate::http::routing::server_hosts(s) },
+            "filter_chain_match": server_names(&crate::http::routing::server_hosts(s)),
             "transport_socket": {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {
@@ -129,15 +132,20 @@ fn listener_json(snap: &Snapshot, l: &Listener, bind: IpAddr) -> Value {
             "metadata": vs_metadata(&t.name),
         }));
     }
-    json!({
+    let mut listener = json!({
+        "@type": T_LISTENER,
         "name": name,
-        "active_state": { "listener": {
-            "@type": T_LISTENER,
-            "name": name,
-            "address": { "socket_address": { "address": bind.to_string(), "port_value": l.port } },
-            "filter_chains": chains,
-        }}
-    })
+        "address": { "socket_address": { "address": bind.to_string(), "port_value": l.port } },
+        "filter_chains": chains,
+    });
+    if addrs.len() > 1 {
+        listener["additional_addresses"] = addrs[1..]
+            .iter()
+            .map(|a| json!({ "address": { "socket_address": { "address": a.to_string(), "port_value": l.port } } }))
+            .collect::<Vec<_>>()
+            .into();
+    }
+    json!({ "name": name, "active_state": { "listener": listener } })
 }
 
 fn vs_metadata(vs: &str) -> Value {
@@ -216,37 +224,107 @@ fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
         .collect()
 }
 
-/// One route configuration: the VirtualServices bound to `servers` of the listener,
-/// grouped by host into virtual hosts `<host>:<port>` (domains: host, `host:*`).
+/// Istio's `host.Name.SubsetOf`: every host `a` matches is matched by `b`.
+fn host_subset_of(a: &str, b: &str) -> bool {
+    if b == "*" {
+        return true;
+    }
+    match (a.strip_prefix('*'), b.strip_prefix('*')) {
+        (Some(_), None) => false,
+        (_, Some(suffix)) => a.ends_with(suffix) && a.len() > suffix.len() || a == b,
+        (None, None) => a == b,
+    }
+}
+
+/// Istio's `host.Names.Intersection` (pkg/config/host/names.go): for each pair, the
+/// more specific host when one covers the other, without duplicates.
+fn host_intersection(server: &[String], vs: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for h in server {
+        for o in vs {
+            let pick = if host_subset_of(h, o) {
+                h
+            } else if host_subset_of(o, h) {
+                o
+            } else {
+                continue;
+            };
+            if !out.contains(pick) {
+                out.push(pick.clone());
+            }
+        }
+    }
+    out
+}
+
+/// One route configuration, as Istio's `buildGatewayHTTPRouteConfig`
+/// (pilot/pkg/networking/core/gateway.go) builds it: for each VirtualService bound to
+/// `servers`, a virtual host `<host>:<port>` per host in the intersection of the
+/// server's hosts (those visible to the VirtualService's namespace) and the
+/// VirtualService's hosts, domains just that host (`ignore_port_in_host_matching`);
+/// routes of several VirtualServices for one host are appended; none at all gives
+/// the `blackhole:<port>` virtual host for `*` with no route (404 NR).
 fn route_config_json(l: &Listener, name: &str, servers: &[usize]) -> Value {
     let mut vhosts: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for vh in &l.http {
-        if !vh.servers.iter().any(|s| servers.contains(s)) {
-            continue;
+        let vs_ns = vh.name.split_once('/').map_or("default", |(ns, _)| ns);
+        let mut hosts: Vec<String> = Vec::new();
+        for &i in vh.servers.iter().filter(|i| servers.contains(i)) {
+            let Some(server) = l.servers.get(i) else {
+                continue;
+            };
+            let gw_ns = server
+                .gateway
+                .split_once('/')
+                .map_or("default", |(ns, _)| ns);
+            let visible: Vec<String> = server
+                .hosts
+                .iter()
+                .filter_map(|h| match h.split_once('/') {
+                    Some((ns, h)) if ns == "*" || ns == vs_ns || (ns == "." && gw_ns == vs_ns) => {
+                        Some(h.to_ascii_lowercase())
+                    }
+                    Some(_) => None,
+                    None => Some(h.to_ascii_lowercase()),
+                })
+                .collect();
+            for h in host_intersection(&visible, &vh.hosts) {
+                if !hosts.contains(&h) {
+                    hosts.push(h);
+                }
+            }
         }
-        for host in &vh.hosts {
-            let routes = vhosts.entry(host.clone()).or_default();
+        for host in hosts {
+            let routes = vhosts.entry(host).or_default();
             for (i, e) in vh.routes.iter().enumerate() {
                 routes.extend(routes_json(&vh.name, i, e));
             }
         }
     }
-    let virtual_hosts: Vec<Value> = vhosts
+    let port = servers
+        .first()
+        .and_then(|&i| l.servers.get(i))
+        .map_or(l.port, |_| l.port);
+    let mut virtual_hosts: Vec<Value> = vhosts
         .into_iter()
         .map(|(host, routes)| {
             json!({
-                "name": format!("{host}:{}", l.port),
-                "domains": [host.clone(), format!("{host}:*")],
+                "name": format!("{host}:{port}"),
+                "domains": [host],
                 "routes": routes,
                 "include_request_attempt_count": true,
             })
         })
         .collect();
+    if virtual_hosts.is_empty() {
+        virtual_hosts.push(json!({ "name": format!("blackhole:{port}"), "domains": ["*"] }));
+    }
     json!({
         "@type": T_ROUTE,
         "name": name,
         "virtual_hosts": virtual_hosts,
         "validate_clusters": false,
+        "ignore_port_in_host_matching": true,
     })
 }
 
@@ -269,7 +347,16 @@ fn cert_info(pem: &[u8]) -> Value {
         "subject": cert.subject().to_string(),
         "issuer": cert.issuer().to_string(),
         "subject_alt_names": crate::http::tls::subject_alt_names(&pem.contents),
-        "serial_number": cert.raw_serial_as_string().replace(':', ""),
+        // secretMetaFromCert (istioctl/pkg/writer/compare/sds/util.go): the serial as
+        // fmt.Sprintf("%032x", cert.SerialNumber), CA or not, the SPIFFE trust domain.
+        "serial_number": format!("{:0>32}", cert.tbs_certificate.serial.to_str_radix(16)),
+        "is_ca": cert.is_ca(),
+        "trust_domain": crate::http::tls::subject_alt_names(&pem.contents)
+            .iter()
+            .filter_map(|u| u.strip_prefix("spiffe://"))
+            .map(|u| u.split('/').next().unwrap_or_default().to_string())
+            .next_back()
+            .unwrap_or_default(),
         "not_before": rfc(&v.not_before),
         "not_after": rfc(&v.not_after),
         "valid": v.is_valid(),
@@ -326,12 +413,37 @@ fn secrets_json(snap: &Snapshot) -> Vec<Value> {
     out
 }
 
-/// The Envoy-shaped dump `/config_dump` serves (plus the resources as loaded).
-pub fn config_dump(snap: &Snapshot, bind: IpAddr) -> Value {
+/// Envoy's bootstrap, as far as this gateway has one: the node (Istio's router id
+/// `router~<ip>~<name>.<namespace>~<namespace>.svc.cluster.local`) and, in Envoy's
+/// `user_agent_build_version`, the gateway's own version (what istioctl prints as
+/// "Envoy Version").
+fn bootstrap_json(snap: &Snapshot, addrs: &[IpAddr]) -> Value {
+    let ns = &snap.namespace;
+    let ip = addrs.first().map_or("0.0.0.0".into(), |a| a.to_string());
+    let v: Vec<u64> = env!("CARGO_PKG_VERSION")
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0))
+        .collect();
+    json!({ "node": {
+        "id": format!("router~{ip}~gateway.{ns}~{ns}.svc.cluster.local"),
+        "cluster": format!("gateway.{ns}"),
+        "metadata": { "NAMESPACE": ns },
+        "user_agent_name": "gateway",
+        "user_agent_build_version": { "version": {
+            "major_number": v.first().copied().unwrap_or(0),
+            "minor_number": v.get(1).copied().unwrap_or(0),
+            "patch": v.get(2).copied().unwrap_or(0),
+        }},
+    }})
+}
+
+/// The Envoy-shaped dump `/config_dump` serves (plus the resources as loaded). `addrs`:
+/// the addresses every Gateway port listens on (`0.0.0.0` and `::` when dual-stack).
+pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr]) -> Value {
     let listeners: Vec<Value> = snap
         .listeners
         .iter()
-        .map(|l| listener_json(snap, l, bind))
+        .map(|l| listener_json(snap, l, addrs))
         .collect();
     let mut routes = Vec::new();
     for l in &snap.listeners {
@@ -355,10 +467,14 @@ pub fn config_dump(snap: &Snapshot, bind: IpAddr) -> Value {
         .values()
         .map(|c| {
             let se = snap.resources.service_entries.iter().find(|se| se.spec.hosts.contains(&c.host));
+            // convertResolution (pilot/pkg/networking/core/cluster.go) for a gateway
+            // (model.Router): DNS is STRICT_DNS, DNS_ROUND_ROBIN LOGICAL_DNS, STATIC and
+            // NONE EDS ("Gateways cannot use passthrough clusters"). A host no
+            // ServiceEntry names is looked up by the system resolver: LOGICAL_DNS.
             let kind = match se.map(|se| se.spec.resolution) {
                 Some(Resolution::Dns) => "STRICT_DNS",
-                Some(_) => "EDS",
-                None => "LOGICAL_DNS",
+                Some(Resolution::DnsRoundRobin) | None => "LOGICAL_DNS",
+                Some(Resolution::Static | Resolution::None) => "EDS",
             };
             let lb: Vec<Value> = c
                 .endpoints
@@ -379,6 +495,7 @@ pub fn config_dump(snap: &Snapshot, bind: IpAddr) -> Value {
         .collect();
     json!({
         "configs": [
+            { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap_json(snap, addrs) },
             { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": listeners },
             { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": routes },
             { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": clusters },
@@ -389,18 +506,6 @@ pub fn config_dump(snap: &Snapshot, bind: IpAddr) -> Value {
 }
 
 // === the tables ===
-
-fn section<'a>(dump: &'a Value, kind: &str, key: &str) -> &'a [Value] {
-    dump["configs"]
-        .as_array()
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(kind)))
-        })
-        .and_then(|c| c[key].as_array())
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-}
 
 /// `gateway proxy-config xdp`: the compiled (port, source prefix) verdicts, then the
 /// kernel's counters per rule and port.
@@ -552,256 +657,6 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-fn str_of(v: &Value) -> String {
-    v.as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| v.to_string())
-}
-
-fn destination(filters: &Value) -> String {
-    let f = &filters[0];
-    let cfg = &f["typed_config"];
-    if let Some(r) = cfg["rds"]["route_config_name"].as_str() {
-        return format!("Route: {r}");
-    }
-    if let Some(c) = cfg["cluster"].as_str() {
-        return format!("Cluster: {c}");
-    }
-    if let Some(ws) = cfg["weighted_clusters"]["clusters"].as_array() {
-        let parts: Vec<String> = ws
-            .iter()
-            .map(|w| format!("{}({})", str_of(&w["name"]), w["weight"]))
-            .collect();
-        return format!("Cluster: {}", parts.join(","));
-    }
-    "-".into()
-}
-
-fn vs_of(metadata: &Value) -> String {
-    metadata["filter_metadata"]["istio"]["config"]
-        .as_str()
-        .and_then(|c| {
-            let parts: Vec<&str> = c.split('/').collect();
-            // /apis/networking.istio.io/v1alpha3/namespaces/<ns>/virtual-service/<name>
-            Some(format!("{}.{}", parts.get(7)?, parts.get(5)?))
-        })
-        .unwrap_or_else(|| "-".into())
-}
-
-fn route_match(m: &Value) -> String {
-    let path = if let Some(p) = m["prefix"].as_str() {
-        format!("{p}*")
-    } else if let Some(p) = m["path"].as_str() {
-        p.to_string()
-    } else if let Some(r) = m["safe_regex"]["regex"].as_str() {
-        r.to_string()
-    } else {
-        "/*".into()
-    };
-    let extra = m["headers"].as_array().map(|h| h.len()).unwrap_or(0)
-        + m["query_parameters"]
-            .as_array()
-            .map(|q| q.len())
-            .unwrap_or(0);
-    if extra > 0 {
-        format!("{path} (+{extra} more)")
-    } else {
-        path
-    }
-}
-
-/// Renders one kind of the dump as `istioctl proxy-config` does (`json`: the objects).
-pub fn render(kind: Kind, dump: &Value, name: Option<&str>, json: bool) -> String {
-    let keep = |n: &str| name.is_none_or(|want| want == n);
-    let pretty = |v: Vec<Value>| format!("{:#}\n", Value::Array(v));
-    match kind {
-        Kind::All => format!("{dump:#}\n"),
-        // Not part of the dump: `gateway proxy-config xdp` reads /xdp (render_xdp).
-        Kind::Xdp => "the XDP view is served by /xdp: use render_xdp\n".into(),
-        Kind::Splice => "the splice view is served by /debug/splice: use render_splice\n".into(),
-        Kind::Listener => {
-            let ls: Vec<&Value> = section(dump, "ListenersConfigDump", "dynamic_listeners")
-                .iter()
-                .map(|l| &l["active_state"]["listener"])
-                .filter(|l| keep(l["name"].as_str().unwrap_or_default()))
-                .collect();
-            if json {
-                return pretty(ls.into_iter().cloned().collect());
-            }
-            let mut rows = Vec::new();
-            for l in ls {
-                let addr = str_of(&l["address"]["socket_address"]["address"]);
-                let port = l["address"]["socket_address"]["port_value"].to_string();
-                for c in l["filter_chains"].as_array().into_iter().flatten() {
-                    let m = match c["filter_chain_match"]["server_names"].as_array() {
-                        Some(names) if !names.is_empty() => format!(
-                            "SNI: {}",
-                            names.iter().map(str_of).collect::<Vec<_>>().join(",")
-                        ),
-                        _ => "ALL".into(),
-                    };
-                    rows.push(vec![
-                        addr.clone(),
-                        port.clone(),
-                        m,
-                        destination(&c["filters"]),
-                    ]);
-                }
-            }
-            table(&["ADDRESSES", "PORT", "MATCH", "DESTINATION"], rows)
-        }
-        Kind::Route => {
-            let rs: Vec<&Value> = section(dump, "RoutesConfigDump", "dynamic_route_configs")
-                .iter()
-                .map(|r| &r["route_config"])
-                .filter(|r| keep(r["name"].as_str().unwrap_or_default()))
-                .collect();
-            if json {
-                return pretty(rs.into_iter().cloned().collect());
-            }
-            let mut rows = Vec::new();
-            for r in rs {
-                let rn = str_of(&r["name"]);
-                for vh in r["virtual_hosts"].as_array().into_iter().flatten() {
-                    let domains = vh["domains"]
-                        .as_array()
-                        .and_then(|d| d.first())
-                        .map(str_of)
-                        .unwrap_or_default();
-                    for route in vh["routes"].as_array().into_iter().flatten() {
-                        rows.push(vec![
-                            rn.clone(),
-                            str_of(&vh["name"]),
-                            domains.clone(),
-                            route_match(&route["match"]),
-                            vs_of(&route["metadata"]),
-                        ]);
-                    }
-                }
-            }
-            table(
-                &["NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"],
-                rows,
-            )
-        }
-        Kind::Cluster => {
-            let cs: Vec<&Value> = section(dump, "ClustersConfigDump", "dynamic_active_clusters")
-                .iter()
-                .map(|c| &c["cluster"])
-                .filter(|c| keep(c["name"].as_str().unwrap_or_default()))
-                .collect();
-            if json {
-                return pretty(cs.into_iter().cloned().collect());
-            }
-            let rows = cs
-                .iter()
-                .map(|c| {
-                    let n = str_of(&c["name"]);
-                    let parts: Vec<&str> = n.split('|').collect();
-                    vec![
-                        parts.get(3).unwrap_or(&"-").to_string(),
-                        parts.get(1).unwrap_or(&"-").to_string(),
-                        parts
-                            .get(2)
-                            .filter(|s| !s.is_empty())
-                            .unwrap_or(&"-")
-                            .to_string(),
-                        parts.first().unwrap_or(&"-").to_string(),
-                        str_of(&c["type"]),
-                        "-".to_string(),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "SERVICE FQDN",
-                    "PORT",
-                    "SUBSET",
-                    "DIRECTION",
-                    "TYPE",
-                    "DESTINATION RULE",
-                ],
-                rows,
-            )
-        }
-        Kind::Endpoint => {
-            let mut objs = Vec::new();
-            let mut rows = Vec::new();
-            for c in section(dump, "ClustersConfigDump", "dynamic_active_clusters") {
-                let c = &c["cluster"];
-                let cname = str_of(&c["name"]);
-                if !keep(&cname) {
-                    continue;
-                }
-                let mut hosts = Vec::new();
-                for group in c["load_assignment"]["endpoints"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                {
-                    for e in group["lb_endpoints"].as_array().into_iter().flatten() {
-                        let a = &e["endpoint"]["address"]["socket_address"];
-                        let addr = format!("{}:{}", str_of(&a["address"]), a["port_value"]);
-                        rows.push(vec![
-                            addr.clone(),
-                            str_of(&e["health_status"]),
-                            "OK".into(),
-                            cname.clone(),
-                        ]);
-                        hosts.push(json!({ "address": a, "health_status": { "eds_health_status": e["health_status"] } }));
-                    }
-                }
-                objs.push(json!({ "name": cname, "host_statuses": hosts }));
-            }
-            if json {
-                return pretty(objs);
-            }
-            table(&["ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"], rows)
-        }
-        Kind::Secret => {
-            let ss: Vec<&Value> = section(dump, "SecretsConfigDump", "dynamic_active_secrets")
-                .iter()
-                .filter(|s| keep(s["name"].as_str().unwrap_or_default()))
-                .collect();
-            if json {
-                return pretty(ss.into_iter().cloned().collect());
-            }
-            let rows = ss
-                .iter()
-                .map(|s| {
-                    let sec = &s["secret"];
-                    let (kind, c) = if sec["tls_certificate"].is_object() {
-                        ("Cert Chain", &sec["tls_certificate"]["certificate_chain"])
-                    } else {
-                        ("CA", &sec["validation_context"]["trusted_ca"])
-                    };
-                    vec![
-                        str_of(&s["name"]),
-                        kind.into(),
-                        "ACTIVE".into(),
-                        str_of(&c["valid"]),
-                        str_of(&c["serial_number"]),
-                        str_of(&c["not_after"]),
-                        str_of(&c["not_before"]),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "RESOURCE NAME",
-                    "TYPE",
-                    "STATUS",
-                    "VALID CERT",
-                    "SERIAL NUMBER",
-                    "NOT AFTER",
-                    "NOT BEFORE",
-                ],
-                rows,
-            )
-        }
-    }
-}
-
 /// GETs `path` from the admin API (HTTP/1.0: the server closes when done).
 pub fn fetch(admin: SocketAddr, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(5))
@@ -826,3 +681,24 @@ pub fn fetch(admin: SocketAddr, path: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Envoy's `/logging` answer for this process: `active loggers:` then one
+/// `  <logger>: <level>` line per RUST_LOG directive (`default` for the bare level;
+/// Envoy's level names, `warn` is `warning`). As main.rs reads it: unset or invalid
+/// RUST_LOG is `info`.
+pub fn active_loggers() -> String {
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| tracing_subscriber::EnvFilter::try_new(v).is_ok() && !v.trim().is_empty())
+        .unwrap_or_else(|| "info".into());
+    let mut out = String::from("active loggers:\n");
+    for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (logger, level) = d.rsplit_once('=').unwrap_or(("default", d));
+        let level = match level.to_ascii_lowercase().as_str() {
+            "warn" => "warning".to_string(),
+            l => l.to_string(),
+        };
+        out += &format!("  {logger}: {level}\n");
+    }
+    out
+}

@@ -1,7 +1,26 @@
-use std::path::PathBuf;
+//! Goldens: `gateway proxy-config <view>` over the walkthrough config (config/*.yaml,
+//! as `cargo xtask run` serves it, dual-stack), compared byte for byte with
+//! `golden/<view>.txt`, the text istioctl prints for the same dump.
+//!
+//! Where the expected text comes from (istio/istio 86c9f01, istioctl/pkg/...):
+//! - widths: Go's text/tabwriter with istioctl's settings — listener and bootstrap
+//!   `Init(w, 0, 8, 1, ' ', 0)` (listener.go setupListenerConfigWriter,
+//!   configdump.go PrintBootstrapSummary), route/cluster/endpoint `(0, 8, 5)`,
+//!   secret `(0, 5, 5)` (compare/sds/writer.go); a row whose last cell is empty keeps
+//!   the padding of the cell before it (cluster's blank DESTINATION RULE);
+//! - each golden names its Go writer below, and the rows it prints.
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p gateway-userspace proxyconfig` rewrites the files:
+//! review every changed line against istioctl's writer before committing.
+use std::path::{Path, PathBuf};
+
+use clap::Parser as _;
 
 use super::*;
-use crate::config::{self, GatewayIdentity};
+use crate::{
+    cli::{Cli, Command},
+    config::{self, GatewayIdentity},
+};
 
 fn walkthrough() -> Snapshot {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
@@ -16,68 +35,289 @@ fn walkthrough() -> Snapshot {
     config::load(&paths, &GatewayIdentity::default()).expect("walkthrough config loads")
 }
 
-#[test]
-fn listener_table_lists_every_port_with_its_chains() {
-    let dump = config_dump(&walkthrough(), "0.0.0.0".parse().unwrap());
-    let out = render(Kind::Listener, &dump, None, false);
-    let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("ADDRESSES"), "{out}");
-    for want in [
-        "0.0.0.0    80     ALL",
-        "Route: http.80",
-        "SNI: webapp.istioinaction.io",
-        "Route: https.443.https-webapp.coolstore-gateway.default",
-        "SNI: simple-sni-1.istioinaction.io",
-        "Cluster: outbound|2701||tcp-echo-service.default.svc.cluster.local",
-    ] {
-        assert!(out.contains(want), "{want:?} not in\n{out}");
+/// The dump `gateway run` serves for the walkthrough by default (no `--bind`: dual
+/// stack), written once per test binary.
+fn dump_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dump = config_dump(
+            &walkthrough(),
+            &["0.0.0.0".parse().unwrap(), "::".parse().unwrap()],
+        );
+        let p = std::env::temp_dir().join(format!("gateway-pc-dump-{}.json", std::process::id()));
+        std::fs::write(&p, format!("{dump:#}")).expect("write dump");
+        p
+    })
+}
+
+/// `gateway <argv...> -f <dump>`, as the binary parses and prints it.
+fn run(argv: &str) -> Result<String, String> {
+    let mut args: Vec<String> = vec!["gateway".into()];
+    args.extend(argv.split_whitespace().map(str::to_string));
+    args.push("-f".into());
+    args.push(dump_file().display().to_string());
+    let cli = Cli::try_parse_from(&args).map_err(|e| e.to_string())?;
+    match cli.command {
+        Command::ProxyConfig(pc) => cli::output(&pc),
+        other => panic!("not proxy-config: {other:?}"),
     }
-    // The JSON of one listener by name.
-    let one: Value =
-        serde_json::from_str(&render(Kind::Listener, &dump, Some("0.0.0.0_31400"), true)).unwrap();
-    assert_eq!(one.as_array().unwrap().len(), 1);
-    assert_eq!(one[0]["address"]["socket_address"]["port_value"], 31400);
+}
+
+fn golden(name: &str, argv: &str) {
+    let got = run(argv).unwrap_or_else(|e| panic!("{argv}: {e}"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/proxyconfig/golden")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).expect("write golden");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if got != want {
+        panic!(
+            "`gateway {argv}` differs from {}:\n--- want\n{want}--- got\n{got}---",
+            path.display()
+        );
+    }
 }
 
 #[test]
-fn routes_clusters_endpoints_secrets() {
-    let dump = config_dump(&walkthrough(), "0.0.0.0".parse().unwrap());
-    let routes: Value =
-        serde_json::from_str(&render(Kind::Route, &dump, Some("http.80"), true)).unwrap();
-    let vhosts = routes[0]["virtual_hosts"].as_array().unwrap();
-    let names: Vec<&str> = vhosts.iter().map(|v| v["name"].as_str().unwrap()).collect();
-    assert_eq!(
-        names,
-        ["catalog.istioinaction.io:80", "webapp.istioinaction.io:80"]
-    );
-    assert_eq!(
-        vhosts[1]["routes"][0]["route"]["cluster"],
-        "outbound|80||webapp.default.svc.cluster.local"
-    );
-    let table = render(Kind::Route, &dump, None, false);
-    assert!(table.contains("webapp-vs-from-gw.default"), "{table}");
-    assert!(table.contains("/*"), "{table}");
+fn golden_listener() {
+    // PrintListenerSummary, verbose (istioctl's default): header
+    // "ADDRESSES\tPORT\tMATCH\tDESTINATION"; listeners by port, address, type; the
+    // chains of one listener by DESTINATION descending (sort.Slice ... >), so on 31400
+    // simple-sni-2 before simple-sni-1 before the match-all tcp-echo chain ("|80|" >
+    // "|2701|"); ADDRESSES the address and additional_addresses joined by ","
+    // ("0.0.0.0,::", dual stack); MATCH from getMatches: "SNI: <sorted names>" or
+    // "ALL"; DESTINATION from getFilterType: "Route: <rds name>", "Cluster: <name>".
+    // Not shown, unlike Istio's ingress gateway: 15021 (/healthz/ready) and 15090
+    // (/stats/prometheus), Envoy bootstrap listeners this gateway does not serve.
+    golden("listener", "proxy-config listener");
+    // `--verbose=false`: "ADDRESSES\tPORT\tTYPE", retrieveListenerType HTTP/TCP.
+    golden("listener-short", "proxy-config listener --verbose=false");
+}
 
-    let clusters = render(Kind::Cluster, &dump, None, false);
-    assert!(clusters.starts_with("SERVICE FQDN"), "{clusters}");
-    assert!(
-        clusters.contains("webapp.default.svc.cluster.local"),
-        "{clusters}"
-    );
-    let eps = render(Kind::Endpoint, &dump, None, false);
-    assert!(eps.contains("HEALTHY"), "{eps}");
+#[test]
+fn golden_route() {
+    // PrintRouteSummary, verbose: one row per route of each virtual host; VHOST NAME
+    // util.DomainName(host, server port) "<host>:80"; DOMAINS describeRouteDomains of
+    // the one domain (the VirtualService host ∩ server host); MATCH describeMatch
+    // ("/*" for prefix "/"); VIRTUAL SERVICE renderConfig "<name>.<namespace>". Route
+    // configurations in dump order (names not numeric: sort.Slice keeps them).
+    golden("route", "proxy-config route");
+    // --verbose=false: "NAME\tVIRTUAL HOSTS" and the count.
+    golden("route-short", "proxy-config route --verbose=false");
+}
 
-    let secrets = render(Kind::Secret, &dump, None, false);
-    assert!(
-        secrets.contains("kubernetes://webapp-credential"),
-        "{secrets}"
+#[test]
+fn golden_cluster() {
+    // PrintClusterSummary: "outbound|80||webapp.default.svc.cluster.local" split by
+    // ParseSubsetKey into FQDN, PORT, SUBSET ("-" when empty), DIRECTION; TYPE
+    // c.GetType() (STATIC ServiceEntries are EDS for a gateway, convertResolution);
+    // DESTINATION RULE blank (describeManagement of metadata without "config"), the
+    // TYPE cell still padded. Sorted by FQDN, subset, port, direction.
+    golden("cluster", "proxy-config cluster");
+}
+
+#[test]
+fn golden_endpoint() {
+    // clusters.ConfigWriter.PrintEndpointsSummary: "ENDPOINT\tSTATUS\tOUTLIER
+    // CHECK\tCLUSTER", "<ip>:<port>", HealthStatus name, "OK" (no failed outlier
+    // check); sorted by address *string*, then port, then cluster: 127.0.0.1:2701
+    // first (same address, port 2701 < 18080).
+    golden("endpoint", "proxy-config endpoint");
+}
+
+#[test]
+fn golden_secret() {
+    // sds printSecretItemsTabular: RESOURCE NAME (kubernetes://<credentialName>),
+    // TYPE "Cert Chain" (not a CA), STATUS ACTIVE, VALID CERT %t, SERIAL NUMBER %032x,
+    // NOT AFTER / NOT BEFORE time.RFC3339; no TRUST DOMAIN column (no SPIFFE URI).
+    // config/certs/* are valid until 2126.
+    golden("secret", "proxy-config secret");
+}
+
+#[test]
+fn golden_bootstrap_and_all() {
+    // PrintBootstrapSummary: only "Envoy Version:\t<major>.<minor>.<patch>" (no
+    // ISTIO_VERSION in the node metadata); the gateway's own version in that slot.
+    golden("bootstrap", "proxy-config bootstrap -o short");
+    // PrintFullSummary with SetPrintConfigTypeInSummary(true): bootstrap, cluster
+    // ("cluster/<name>" first column), listener ("listener/<name>"), route
+    // ("route/<name>"), secret ("secret/<name>") and the EDS endpoints of
+    // configdump/endpoint.go ("NAME\tSTATUS\tLOCALITY\tCLUSTER", "endpoint/<ip:port>",
+    // sorted by cluster like clusters), each followed by a blank line but the last.
+    golden("all", "proxy-config all");
+    golden("all-with-headers", "proxy-config all --with-headers");
+}
+
+/// Every istioctl command line of the seed walkthrough (istio-gateways.md lines 54
+/// and 85), with `istioctl` replaced by the binary, parses and prints what istioctl
+/// would; the file itself is read too when it is there (../shared/seed).
+#[test]
+fn seed_command_lines_paste_as_written() {
+    let mut lines = vec![
+        "istioctl -n istio-system proxy-config listener deploy/istio-ingressgateway".to_string(),
+        "istioctl proxy-config route deploy/istio-ingressgateway -o json --name http.8080 -n istio-system".to_string(),
+    ];
+    let seed =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/seed/istio-gateways.md");
+    if let Ok(text) = std::fs::read_to_string(&seed) {
+        for l in text.lines().map(str::trim) {
+            if l.starts_with("istioctl ")
+                && l.contains("proxy-config")
+                && !lines.iter().any(|x| x == l)
+            {
+                lines.push(l.to_string());
+            }
+        }
+    }
+    for line in &lines {
+        let argv = line.strip_prefix("istioctl ").expect("an istioctl line");
+        let out = run(argv).unwrap_or_else(|e| panic!("{line}: {e}"));
+        if argv.contains(" listener") {
+            assert_eq!(out, run("proxy-config listener").unwrap(), "{line}");
+        }
+        if argv.contains(" route") && argv.contains("-o json") {
+            let v: Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{line}: {e}\n{out}"));
+            assert_eq!(
+                v[0]["name"], "http.80",
+                "{line}: http.8080 is http.80 here\n{out}"
+            );
+            assert_eq!(v.as_array().unwrap().len(), 1, "{out}");
+            let hosts: Vec<&str> = v[0]["virtualHosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["name"].as_str().unwrap())
+                .collect();
+            assert!(hosts.contains(&"webapp.istioinaction.io:80"), "{out}");
+            // json.MarshalIndent(..., "", "    ") and protojson's lowerCamelCase.
+            assert!(out.starts_with("[\n    {\n        \""), "{out}");
+            assert!(out.contains("\"virtualHosts\"") && !out.contains("virtual_hosts"));
+        }
+    }
+}
+
+#[test]
+fn filters_as_istioctl_has_them() {
+    let rows = |argv: &str| -> Vec<String> {
+        run(argv)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    // ListenerFilter.Verify: --port, --type (case-insensitive), --address (either one).
+    assert_eq!(rows("proxy-config listener --port 443").len(), 2);
+    assert_eq!(rows("proxy-config listener --type tcp").len(), 3);
+    assert_eq!(rows("proxy-config listener --type HTTP").len(), 3);
+    assert_eq!(rows("proxy-config listener --address ::").len(), 6);
+    assert_eq!(rows("proxy-config listener --address 10.0.0.1").len(), 0);
+    // ClusterFilter.Verify: substrings of the cluster name.
+    assert_eq!(rows("proxy-config cluster --fqdn simple-tls").len(), 2);
+    assert_eq!(rows("proxy-config cluster --port 2701").len(), 1);
+    assert_eq!(rows("proxy-config cluster --direction inbound").len(), 0);
+    assert_eq!(rows("proxy-config cluster --subset v1").len(), 0);
+    // clusters.EndpointFilter: --address is the IP, --port, --cluster, --status.
+    assert_eq!(rows("proxy-config endpoint --port 18080").len(), 1);
+    assert_eq!(rows("proxy-config endpoint --address 127.0.0.1").len(), 5);
+    assert_eq!(rows("proxy-config endpoint --status healthy").len(), 5);
+    assert_eq!(
+        rows("proxy-config endpoint --cluster outbound|80||webapp.default.svc.cluster.local"),
+        [
+            "127.0.0.1:18080     HEALTHY     OK                outbound|80||webapp.default.svc.cluster.local"
+        ]
     );
-    assert!(secrets.contains("Cert Chain"), "{secrets}");
-    let json = render(Kind::Secret, &dump, None, true);
+    // Route --name, and Istio's http.8080 for this gateway's http.80.
+    assert_eq!(rows("proxy-config route --name http.80").len(), 2);
+    assert_eq!(rows("proxy-config route --name http.8080").len(), 2);
+    assert_eq!(rows("proxy-config route --name http.9999").len(), 0);
+    // Aliases, the pod argument forms and `pc`.
+    for argv in [
+        "pc l",
+        "proxy-config listeners istio-ingressgateway-5d8f7b9c4-abcde.istio-system",
+        "proxy-config listener deployment/istio-ingressgateway -n istio-system",
+        "-n istio-system pc listener deploy/istio-ingressgateway",
+    ] {
+        assert_eq!(
+            run(argv).unwrap(),
+            run("proxy-config listener").unwrap(),
+            "{argv}"
+        );
+    }
+    // -o yaml.
     assert!(
-        json.contains("CN=webapp.istioinaction.io") || json.contains("webapp.istioinaction.io"),
-        "{json}"
+        run("proxy-config cluster -o yaml")
+            .unwrap()
+            .contains("name: outbound|80||webapp")
     );
-    assert!(!json.contains("PRIVATE KEY"), "key material in {json}");
-    assert!(json.contains("[redacted]"));
+    // Errors, never silence: unknown flags, and log levels that can't be changed.
+    assert!(run("proxy-config listener --bogus").is_err());
+    assert!(run("proxy-config log deploy/istio-ingressgateway --level debug").is_err());
+}
+
+#[test]
+fn regex_headers_and_blackhole_as_istioctl_prints_them() {
+    use render::*;
+    let rc = json!({ "configs": [{ "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+    "dynamic_route_configs": [{ "route_config": { "name": "http.8080", "virtual_hosts": [
+        { "name": "a.example.com:80", "domains": ["a.example.com"], "routes": [
+            { "match": { "safe_regex": { "regex": "/api/v[0-9]+" }, "headers": [{ "name": "x" }] },
+              "metadata": { "filter_metadata": { "istio": { "config": "/apis/networking.istio.io/v1alpha3/namespaces/ns/virtual-service/vs" } } } },
+            { "match": { "path": "/exact" } },
+            { "match": { "prefix": "/" }, "route": { "cluster": "PassthroughCluster" } },
+        ]},
+        { "name": "blackhole:80", "domains": ["*"] },
+    ]}}]}]});
+    let out = route_summary(
+        &rc,
+        &RouteFilter {
+            name: String::new(),
+            verbose: true,
+        },
+        false,
+    )
+    .unwrap();
+    // describeMatch: "regex <re>", headers ignored; isPassthrough rows skipped; an
+    // empty virtual host is "/*" "404".
+    assert_eq!(
+        out,
+        "NAME          VHOST NAME           DOMAINS           MATCH                  VIRTUAL SERVICE\n\
+         http.8080     a.example.com:80     a.example.com     regex /api/v[0-9]+     vs.ns\n\
+         http.8080     a.example.com:80     a.example.com     /exact                 \n\
+         http.8080     blackhole:80         *                 /*                     404\n"
+    );
+}
+
+#[test]
+fn route_domains_are_the_host_intersection() {
+    // VirtualService `*.istioinaction.io` on a server for `webapp.istioinaction.io`:
+    // Istio's virtual host is webapp.istioinaction.io (host.Names.Intersection).
+    assert_eq!(
+        host_intersection(
+            &["webapp.istioinaction.io".into()],
+            &["*.istioinaction.io".into()]
+        ),
+        ["webapp.istioinaction.io"]
+    );
+    assert_eq!(
+        host_intersection(&["*".into()], &["a.com".into(), "b.com".into()]),
+        ["a.com", "b.com"]
+    );
+    assert_eq!(
+        host_intersection(&["*.a.com".into()], &["*.com".into()]),
+        ["*.a.com"]
+    );
+    assert!(host_intersection(&["a.com".into()], &["b.com".into()]).is_empty());
+}
+
+#[test]
+fn log_levels_as_envoy_names_them() {
+    // Not touching the environment (tests run in parallel): the default.
+    if std::env::var_os("RUST_LOG").is_none() {
+        assert_eq!(active_loggers(), "active loggers:\n  default: info\n");
+    }
 }
