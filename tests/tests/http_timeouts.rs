@@ -56,24 +56,6 @@ fn post(
     })
 }
 
-fn log_line_with(gw: &gateway_tests::gateway::GatewayProc, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = gw.log();
-        if let Some(l) = log
-            .lines()
-            .find(|l| l.contains("gateway::http") && l.contains(needle))
-        {
-            return l.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn slow_post_gets_408_after_the_stream_idle_timeout() {
     if !privileged("slow_post_gets_408_after_the_stream_idle_timeout") {

@@ -267,17 +267,23 @@ pub fn curl(ns: &NetNs, args: &[&str]) -> Resp {
 /// The gateway's `gateway::http` log line for a request id (waits for it briefly: the
 /// line is written when the response body ends).
 pub fn log_line(gw: &GatewayProc, request_id: &str) -> String {
+    log_line_with(gw, &format!("request_id={request_id}"))
+}
+
+/// The first `gateway::http` log line containing `needle` (waits up to 5 s for it).
+pub fn log_line_with(gw: &GatewayProc, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let log = gw.log();
-        if let Some(l) = log.lines().find(|l| {
-            l.contains("gateway::http") && l.contains(&format!("request_id={request_id}"))
-        }) {
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("gateway::http") && l.contains(needle))
+        {
             return l.to_string();
         }
         assert!(
             Instant::now() < deadline,
-            "no access log line for request id {request_id}:\n{log}"
+            "no gateway::http log line with {needle}:\n{log}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
