@@ -6,13 +6,22 @@ use gateway::cli::{self, Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // `run` logs through a bounded queue and a thread of its own (a stderr nobody reads
+    // must not block the data path); the short-lived commands write directly.
+    let _log_guard = match cli.command {
+        Command::Run(_) => Some(gateway::telemetry::stderr_log::init()),
+        _ => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .init();
+            None
+        }
+    };
     match cli.command {
         Command::Validate(_) | Command::Run(_) if cli.namespace.is_some() => {
             eprintln!(

@@ -326,3 +326,87 @@ fn h2_rapid_reset_flood_is_closed() {
     std::thread::sleep(Duration::from_millis(300));
     good.finish(&gw);
 }
+
+/// Nobody reads the gateway's stderr (a full pipe: a stalled terminal, a wedged log
+/// shipper). Every request writes a log line there, far more than a pipe holds, and
+/// every request is still answered at once: the gateway's log never blocks its workers
+/// (issue 10). The lines that did not fit are counted, not silently lost.
+#[test]
+fn unread_stderr_never_blocks_requests() {
+    if !privileged("unread_stderr_never_blocks_requests") {
+        return;
+    }
+    let ns = NetNs::new("http-stderr");
+    let _b = start_backends(&ns, vec![App::Http(18080, "webapp")]);
+    let mut cmd = ns.cmd(gateway_tests::gateway::gateway_bin().to_str().unwrap());
+    cmd.args(["run", "--splice", "userspace", "--config"])
+        .arg(config("coolstore-gateway.yaml"))
+        .arg("--config")
+        .arg(config("secrets.yaml"))
+        .arg("--config")
+        .arg(config("service-entries.yaml"))
+        // Debug lines too: several per request.
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        // A pipe whose read end this test holds and never reads.
+        .stderr(std::process::Stdio::piped());
+    gateway_tests::gateway::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().expect("run gateway");
+    let _unread = child.stderr.take();
+
+    // 8,000 keep-alive requests, about three debug lines each: well over the 64 KiB a pipe
+    // buffers and the gateway's queue of 16,384 lines. Each must be answered within 5 s.
+    const REQUESTS: usize = 8_000;
+    let result = ns.run(|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut s = loop {
+            match TcpStream::connect("127.0.0.1:80") {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(format!("gateway never listened: {e}")),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        for i in 0..REQUESTS {
+            let req = format!("GET /r/{i} HTTP/1.1\r\nHost: {WEB}\r\n\r\n");
+            s.write_all(req.as_bytes())
+                .map_err(|e| format!("request {i}: {e}"))?;
+            // Read until this response's body (the echo app's text, ending in "}\n").
+            let mut got = Vec::new();
+            loop {
+                let n = s
+                    .read(&mut buf)
+                    .map_err(|e| format!("request {i} not answered: {e}"))?;
+                if n == 0 {
+                    return Err(format!("connection closed at request {i}"));
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.ends_with(b"}\n") {
+                    break;
+                }
+            }
+            if !got.starts_with(b"HTTP/1.1 200") {
+                return Err(format!(
+                    "request {i}: {}",
+                    String::from_utf8_lossy(&got[..got.len().min(200)])
+                ));
+            }
+        }
+        Ok(())
+    });
+    let prom = curl(&ns, &["-sf", "http://127.0.0.1:15000/stats/prometheus"]).body;
+    let _ = child.kill();
+    let _ = child.wait();
+    result.unwrap();
+    let dropped = prom
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_log_lines_dropped_total "))
+        .unwrap_or_else(|| panic!("no gateway_log_lines_dropped_total in:\n{prom}"));
+    let dropped: u64 = dropped.trim().parse().unwrap();
+    assert!(dropped > 0, "no log line counted as dropped:\n{prom}");
+    eprintln!("{REQUESTS} requests answered; {dropped} stderr lines dropped and counted");
+}

@@ -6,6 +6,7 @@ pub mod filter;
 pub mod format;
 pub mod istio_metrics;
 pub mod metrics;
+pub mod stderr_log;
 
 use std::{
     net::SocketAddr,
@@ -159,6 +160,11 @@ impl Telemetry {
                 |s| s.dropped.load(std::sync::atomic::Ordering::Relaxed),
             ),
         ];
+        let _ = writeln!(
+            out,
+            "# HELP gateway_log_lines_dropped_total Gateway log lines (stderr) dropped because stderr could not keep up.\n# TYPE gateway_log_lines_dropped_total counter\ngateway_log_lines_dropped_total {}",
+            stderr_log::dropped_lines()
+        );
         for (name, help, pick) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for s in &sinks {
