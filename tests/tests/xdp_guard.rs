@@ -446,3 +446,61 @@ fn xdp_drop_bench_runs() {
     assert!(r.xdp_sent > 0 && r.xdp_dropped == r.xdp_sent, "{r:?}");
     assert!(r.userspace_refused > 0, "{r:?}");
 }
+
+/// `ip -d link show dev veth-gw` in the gateway's namespace.
+fn link_details(n: &Net) -> String {
+    let o =
+        n.gw.cmd("ip")
+            .args(["-d", "link", "show", "dev", "veth-gw"])
+            .output()
+            .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// No state left behind by a crash (issue 10): the guard attaches through a BPF link
+/// owned by the gateway process (aya's `Xdp::attach` uses `BPF_LINK_CREATE` on kernels
+/// >= 5.9, see `kernel/bpf/syscall.c` `link_create` → `bpf_xdp_link_attach` in
+/// `net/core/dev.c`), so a SIGKILLed gateway's program is detached by the kernel when
+/// its last fd closes, and the next gateway attaches to the same interface at once.
+#[test]
+fn a_killed_gateway_leaves_no_xdp_program_behind() {
+    if !privileged("a_killed_gateway_leaves_no_xdp_program_behind") {
+        return;
+    }
+    let n = net("xkill");
+    let gw_cfg = n.write("gw.yaml", GATEWAY);
+    let deny = n.write("deny.yaml", DENY);
+    let gw = start(&n, &[&gw_cfg, &deny], true);
+    let attached = link_details(&n);
+    assert!(attached.contains("prog/xdp"), "not attached: {attached}");
+
+    // SAFETY: kill(2) on the gateway's own pid, a child this test spawned and has not
+    // reaped (so the pid cannot have been reused).
+    assert_eq!(
+        unsafe { libc::kill(gw.pid() as libc::pid_t, libc::SIGKILL) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = link_details(&n);
+        if !now.contains("prog/xdp") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "XDP program still attached 10 s after the gateway was killed: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(gw);
+
+    // A new gateway attaches and enforces at once.
+    let gw = start(&n, &[&gw_cfg, &deny], true);
+    let log = gw.log();
+    assert!(log.contains("dropped by XDP on veth-gw"), "{log}");
+    assert!(link_details(&n).contains("prog/xdp"));
+    let o = n.curl("10.77.1.2", V4, "app.example.com");
+    assert_eq!(status(&o), "200", "{o:?}");
+    let o = n.curl("10.77.9.2", V4, "app.example.com");
+    assert_eq!(o.status.code(), Some(28), "denied source got in: {o:?}");
+}
