@@ -459,8 +459,8 @@ fn link_details(n: &Net) -> String {
 
 /// No state left behind by a crash (issue 10): the guard attaches through a BPF link
 /// owned by the gateway process (aya's `Xdp::attach` uses `BPF_LINK_CREATE` on kernels
-/// >= 5.9, see `kernel/bpf/syscall.c` `link_create` → `bpf_xdp_link_attach` in
-/// `net/core/dev.c`), so a SIGKILLed gateway's program is detached by the kernel when
+/// from 5.9 on: `link_create` in kernel/bpf/syscall.c, `bpf_xdp_link_attach` in
+/// net/core/dev.c), so a SIGKILLed gateway's program is detached by the kernel when
 /// its last fd closes, and the next gateway attaches to the same interface at once.
 #[test]
 fn a_killed_gateway_leaves_no_xdp_program_behind() {
