@@ -4,5 +4,7 @@ pub mod backends;
 pub mod data;
 pub mod gateway;
 pub mod netns;
+pub mod scale;
+pub mod scalebench;
 pub mod stream;
 pub mod xdpbench;
