@@ -105,3 +105,6 @@ impl<T> HostMap<T> {
             && self.star.is_none()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testgen;

@@ -1127,4 +1127,6 @@ fn compile_fault(f: Option<&istio::HttpFaultInjection>, what: &str) -> Result<Fa
 }
 
 #[cfg(test)]
+mod lookup_tests;
+#[cfg(test)]
 mod tests;
