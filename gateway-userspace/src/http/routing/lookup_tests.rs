@@ -1,7 +1,7 @@
 //! Property tests (issue 17): the indexed lookups answer exactly what the scans they
 //! replaced answer, for random sets of host patterns and random request hosts.
 use super::*;
-use crate::config::host_map::testgen;
+use crate::config::{TlsMode, host_map::testgen};
 
 /// The lookup before issue 17: every virtual host scored, best kept, ties to the first.
 fn find_vhost_scan<'a>(table: &'a RouteTable, host: &str) -> Option<&'a VirtualHost> {
@@ -55,4 +55,70 @@ fn vhost_index_answers_what_a_scan_answers() {
         }
     }
     assert_eq!(compared, 600 * 100 * 2);
+}
+
+fn server(kind: ServerKind, hosts: Vec<String>) -> ServerRef {
+    ServerRef {
+        gateway: "istio-system/gw".into(),
+        index: 0,
+        name: None,
+        protocol: "HTTPS".into(),
+        hosts,
+        tls_mode: TlsMode::Simple,
+        kind,
+        bind: None,
+        tls: None,
+    }
+}
+
+#[test]
+fn https_server_index_answers_what_a_scan_answers() {
+    let mut rng = fastrand::Rng::with_seed(1717);
+    for _ in 0..400 {
+        let mut all = Vec::new();
+        let servers = (0..rng.usize(0..12))
+            .map(|_| {
+                let kind = match rng.u8(..4) {
+                    0 => ServerKind::TlsPassthrough,
+                    1 => ServerKind::Http,
+                    _ => ServerKind::HttpsTerminate,
+                };
+                let hosts: Vec<String> = (0..rng.usize(1..4))
+                    .map(|_| {
+                        let p = testgen::pattern(&mut rng);
+                        all.push(p.clone());
+                        // Server hosts may carry a namespace; the name is what counts.
+                        match rng.u8(..4) {
+                            0 => format!("ns/{p}"),
+                            1 => format!("./{p}"),
+                            _ => p,
+                        }
+                    })
+                    .collect();
+                server(kind, hosts)
+            })
+            .collect();
+        let l = Listener {
+            port: 443,
+            protocol: crate::config::ListenerProtocol::Tls,
+            servers,
+            tcp: None,
+            tls: vec![],
+            http: vec![],
+        };
+        let index = TlsServers::new(&l);
+        assert_eq!(index.get(None), tls_server_for(&l, None));
+        for _ in 0..100 {
+            let sni = testgen::request_host(&mut rng, &all);
+            assert_eq!(
+                index.get(Some(&sni)),
+                tls_server_for(&l, Some(&sni)),
+                "sni {sni:?}, servers {:?}",
+                l.servers
+                    .iter()
+                    .map(|s| (&s.hosts, s.kind))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
 }
