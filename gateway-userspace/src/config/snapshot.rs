@@ -174,7 +174,8 @@ pub struct HttpVirtualHost {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRouteEntry {
-    pub route: istio::HttpRoute,
+    /// The VirtualService's own `http[]` entry (shared, not copied).
+    pub route: std::sync::Arc<istio::HttpRoute>,
     /// Resolved `route[]` destinations (empty for redirect/directResponse).
     pub destinations: Vec<WeightedCluster>,
 }

@@ -839,11 +839,11 @@ fn compile_routes(
 ) -> Result<Vec<Arc<Route>>, String> {
     let vs_ns = vs.split('/').next().unwrap_or_default();
     let vs_name = vs.split('/').nth(1).unwrap_or(vs);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         let r = &e.route;
         let what = format!("virtual service {vs} http[{i}]");
-        let mut matches = Vec::new();
+        let mut matches = Vec::with_capacity(r.matches.len());
         for m in &r.matches {
             let gw_ok = m.gateways.is_empty()
                 || m.gateways.iter().any(|g| {
@@ -973,7 +973,7 @@ fn compile_action(r: &HttpRoute, dests: &[WeightedCluster], what: &str) -> Resul
     }
     // Destinations are resolved in `route[]` order (resolution errors fail the load),
     // so the per-destination headers line up by index.
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(dests.len());
     for (i, d) in dests.iter().enumerate() {
         let h = r.route.get(i).and_then(|rd| rd.headers.as_ref());
         out.push(Destination {
