@@ -5,9 +5,10 @@
 //!
 //! Topology (as bench/peers.sh pins it): everything in a namespace of its own; nginx
 //! (one worker, a 128-byte file) and wrk (2 threads, 64 connections) on CPU 0, the
-//! gateway (one tokio worker) on CPU 1. Passes are interleaved (every N once, then
-//! again) so that load from other processes on the machine falls on every N alike;
-//! each cell is the median of its passes.
+//! gateways (one per N, all running, each on its own loopback address, one tokio
+//! worker each) on CPU 1. The same host is measured for every N in a row, then the
+//! next host, and the whole again per pass, so that load from other processes on the
+//! machine falls on every N alike; each cell is the median of its passes.
 use std::{
     fs,
     net::SocketAddr,
@@ -19,7 +20,6 @@ use std::{
 use crate::{gateway::die_with_parent, netns::NetNs, scale};
 
 const UPSTREAM: &str = "127.0.0.1:8081";
-const ADMIN: &str = "127.0.0.1:15000";
 const LOAD_CPU: &str = "0";
 const PROXY_CPU: &str = "1";
 
@@ -78,6 +78,27 @@ impl Row {
             .map(|(_, _, w)| median(w.iter().map(&f).collect()))
             .unwrap_or(0.0)
     }
+    /// rps as a share of `base`'s for the same host: the median over passes of the
+    /// ratio within each pass (measured seconds apart, so less exposed to the
+    /// machine's other load than a ratio of medians).
+    pub fn ratio(&self, base: &Row, label: &str) -> f64 {
+        let passes = |r: &Row| -> Vec<f64> {
+            r.hosts
+                .iter()
+                .find(|(l, _, _)| l == label)
+                .map(|(_, _, w)| w.iter().map(|w| w.rps).collect())
+                .unwrap_or_default()
+        };
+        median(
+            passes(self)
+                .iter()
+                .zip(passes(base))
+                .filter(|(_, b)| *b > 0.0)
+                .map(|(a, b)| a / b)
+                .collect(),
+        )
+    }
+
     pub fn validate_secs(&self) -> f64 {
         median(self.validate_secs.clone())
     }
@@ -134,33 +155,62 @@ pub fn run(s: &Settings) -> Vec<Row> {
             }
         })
         .collect();
-    for pass in 0..s.runs {
-        for row in rows.iter_mut() {
-            let config = s.work_dir.join(format!("scale-{}.yaml", row.n));
-            eprintln!("scale-bench: pass {}/{}, N = {}", pass + 1, s.runs, row.n);
+    // `gateway validate` first, each N on its own (its peak RSS is the process's).
+    for row in rows.iter_mut() {
+        let config = s.work_dir.join(format!("scale-{}.yaml", row.n));
+        for _ in 0..s.runs {
             let (secs, kib) = validate(&s.gateway_bin, &config);
             row.validate_secs.push(secs);
             row.validate_peak_kib.push(kib);
-
-            let started = Instant::now();
-            let gw = Proc(start_gateway(&ns, &s.gateway_bin, &config, &s.work_dir));
-            wait_http(&ns, &format!("http://{ADMIN}/ready"), Some(&gw), 200);
-            row.start_secs.push(started.elapsed().as_secs_f64());
-            // Functional checks before measuring: the hosts route, the unknown one is 404.
-            for (label, host, _) in &row.hosts {
-                let want = if label == "unknown" { 404 } else { 200 };
-                let got = curl_code(&ns, host);
-                assert_eq!(
-                    got, want,
-                    "N={}: {host} answered {got}, wanted {want}",
-                    row.n
-                );
+        }
+    }
+    // One gateway per N, all running, each on its own loopback address: measurements
+    // of the same host for every N then follow each other within seconds, so a
+    // neighbour's build slows them alike (ratios within a pass are what counts).
+    let mut gateways = Vec::new();
+    for (k, row) in rows.iter_mut().enumerate() {
+        let config = s.work_dir.join(format!("scale-{}.yaml", row.n));
+        let addr = format!("127.0.0.{}", 10 + k);
+        let started = Instant::now();
+        let gw = Proc(start_gateway(
+            &ns,
+            &s.gateway_bin,
+            &config,
+            &s.work_dir,
+            &addr,
+        ));
+        wait_http(&ns, &format!("http://{addr}:15000/ready"), Some(&gw), 200);
+        row.start_secs.push(started.elapsed().as_secs_f64());
+        // Functional checks before measuring: the hosts route, the unknown one is 404.
+        for (label, host, _) in &row.hosts {
+            let want = if label == "unknown" { 404 } else { 200 };
+            let got = curl_code(&ns, &addr, host);
+            assert_eq!(
+                got, want,
+                "N={}: {host} answered {got}, wanted {want}",
+                row.n
+            );
+        }
+        gateways.push((gw, addr));
+    }
+    for pass in 0..s.runs {
+        eprintln!("scale-bench: pass {}/{}", pass + 1, s.runs);
+        for h in 0..LABELS.len() {
+            // Every other pass in the opposite order, so that a drift in the machine's
+            // load does not always favour the same N.
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            if pass % 2 == 1 {
+                order.reverse();
             }
-            for (_, host, results) in row.hosts.iter_mut() {
+            for k in order {
+                let (row, addr) = (&mut rows[k], &gateways[k].1);
+                let (_, host, results) = &mut row.hosts[h];
                 // Warm-up (not measured): connections, pools, caches.
-                wrk(&ns, &s.work_dir, host, 1);
-                results.push(wrk(&ns, &s.work_dir, host, s.secs));
+                wrk(&ns, &s.work_dir, addr, host, 1);
+                results.push(wrk(&ns, &s.work_dir, addr, host, s.secs));
             }
+        }
+        for (row, (gw, _)) in rows.iter_mut().zip(&gateways) {
             row.rss_kib.push(rss_kib(gw.0.id()));
         }
     }
@@ -238,13 +288,13 @@ fn start_nginx(ns: &NetNs, dir: &Path) -> Child {
     c.spawn().expect("spawn nginx (apt-get install nginx)")
 }
 
-fn start_gateway(ns: &NetNs, bin: &Path, config: &Path, dir: &Path) -> Child {
-    let log = fs::File::create(dir.join("gateway.log")).expect("gateway.log");
+fn start_gateway(ns: &NetNs, bin: &Path, config: &Path, dir: &Path, addr: &str) -> Child {
+    let log = fs::File::create(dir.join(format!("gateway-{addr}.log"))).expect("gateway log");
     let mut c = pinned(ns, PROXY_CPU, bin.to_str().expect("utf-8 path"));
     c.arg("run")
         .arg("--config")
         .arg(config)
-        .args(["--bind", "127.0.0.1", "--admin-addr", ADMIN])
+        .args(["--bind", addr, "--admin-addr", &format!("{addr}:15000")])
         .env("TOKIO_WORKER_THREADS", "1")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -288,7 +338,7 @@ fn wait_http(ns: &NetNs, url: &str, gw: Option<&Proc>, code: u16) {
     }
 }
 
-fn curl_code(ns: &NetNs, host: &str) -> u16 {
+fn curl_code(ns: &NetNs, addr: &str, host: &str) -> u16 {
     let out = ns
         .cmd("curl")
         .args([
@@ -302,7 +352,7 @@ fn curl_code(ns: &NetNs, host: &str) -> u16 {
         ])
         .arg("-H")
         .arg(format!("Host: {host}"))
-        .arg("http://127.0.0.1:80/hello.txt")
+        .arg(format!("http://{addr}:80/hello.txt"))
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout)
@@ -319,13 +369,13 @@ const REPORT_LUA: &str = r#"done = function(summary, latency, requests)
 end
 "#;
 
-fn wrk(ns: &NetNs, dir: &Path, host: &str, secs: u64) -> Wrk {
+fn wrk(ns: &NetNs, dir: &Path, addr: &str, host: &str, secs: u64) -> Wrk {
     let out = pinned(ns, LOAD_CPU, "wrk")
         .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", "-s"])
         .arg(dir.join("report.lua"))
         .arg("-H")
         .arg(format!("Host: {host}"))
-        .arg("http://127.0.0.1:80/hello.txt")
+        .arg(format!("http://{addr}:80/hello.txt"))
         .output()
         .expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -362,6 +412,7 @@ pub fn to_json(rows: &[Row], s: &Settings) -> serde_json::Value {
                         serde_json::json!({
                             "host": h,
                             "rps": r.rps(l),
+                            "ratio_to_smallest_n": rows.first().map(|b| r.ratio(b, l)),
                             "p99_us": r.p99_us(l),
                             "passes_rps": w.iter().map(|w| w.rps).collect::<Vec<_>>(),
                             "passes_p99_us": w.iter().map(|w| w.p99_us).collect::<Vec<_>>(),
@@ -393,7 +444,7 @@ pub fn to_json(rows: &[Row], s: &Settings) -> serde_json::Value {
 pub fn to_markdown(rows: &[Row], s: &Settings) -> String {
     let mut md = format!(
         "\n### Routing scale: N VirtualServices (one host, two routes each)\n\n\
-         wrk -t2 -c64, {}s × {} interleaved passes (median), nginx upstream; gateway pinned to one CPU.\n\n\
+         wrk -t2 -c64 for {}s per host, {} passes: median rps, and (×) the median over passes of rps / rps at the smallest N in the same pass (a host is measured for every N back to back). nginx upstream; every gateway with one tokio worker, all on the same CPU.\n\n\
          | N VS | rps first | rps middle | rps last | rps unknown (404) | p99 first / last | gateway RSS | start to ready | `gateway validate` |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         s.secs, s.runs
@@ -402,10 +453,8 @@ pub fn to_markdown(rows: &[Row], s: &Settings) -> String {
     for r in rows {
         let cell = |l: &str| {
             let rps = r.rps(l);
-            match base.map(|b| b.rps(l)).filter(|b| *b > 0.0) {
-                Some(b) if b != rps || r.n != rows[0].n => {
-                    format!("{:.0} ({:.2}×)", rps, rps / b)
-                }
+            match base {
+                Some(b) if !std::ptr::eq(b, r) => format!("{:.0} ({:.2}×)", rps, r.ratio(b, l)),
                 _ => format!("{rps:.0}"),
             }
         };
