@@ -269,10 +269,12 @@ fn pinned(ns: &NetNs, cpu: &str, program: &str) -> Command {
     c
 }
 
+/// One nginx process serving (`master_process off`): killed with the bench, it leaves no
+/// worker behind (a master killed with SIGKILL orphans its workers).
 fn start_nginx(ns: &NetNs, dir: &Path) -> Child {
     let d = dir.display();
     let conf = format!(
-        "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+        "master_process off;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  default_type text/plain;\n  keepalive_requests 10000000;\n  keepalive_timeout 120s;\n\
            client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fcgi;\n\
