@@ -60,6 +60,8 @@ pub struct Gateway {
     pub opts: Options,
     /// AuthorizationPolicy enforcement; `cli::run` attaches the XDP guard to it.
     pub authz: Arc<crate::authz::Enforcer>,
+    /// TLS passthrough routes by SNI, per port.
+    pub sni_routes: crate::tls::routes::SniRoutes,
     /// Round-robin position per cluster.
     rr: BTreeMap<String, AtomicUsize>,
 }
@@ -73,6 +75,7 @@ impl Gateway {
     ) -> Gateway {
         let stats = Stats::new(snapshot.listeners.iter().map(|l| l.port));
         let authz = Arc::new(crate::authz::Enforcer::new(&snapshot));
+        let sni_routes = crate::tls::routes::SniRoutes::new(&snapshot);
         let rr = snapshot
             .clusters
             .keys()
@@ -88,6 +91,7 @@ impl Gateway {
             )),
             opts,
             authz,
+            sni_routes,
             rr,
         }
     }

@@ -4,6 +4,8 @@ pub mod backends;
 pub mod data;
 pub mod gateway;
 pub mod netns;
+pub mod scale;
+pub mod scalebench;
 pub mod stream;
 pub mod upgrade_probe;
 pub mod xdpbench;

@@ -81,6 +81,10 @@ enum Cmd {
         /// Where results.{json,md,svg} go (default: bench/, or target/bench-quick/ with --quick).
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Only these rows (comma-separated): `peers` (bench/peers.sh and its report),
+        /// `xdp` (the XDP guard), `scale` (routing with N VirtualServices). Default: all.
+        #[arg(long, value_delimiter = ',', value_enum)]
+        rows: Vec<bench::RowSet>,
         /// Extra arguments for bench/peers.sh, e.g. `-- --peers "nginx gateway_ebpf" --tests http`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -100,8 +104,9 @@ fn main() {
         Cmd::Bench {
             quick,
             out_dir,
+            rows,
             args,
-        } => bench::bench(quick, out_dir, &args),
+        } => bench::bench(quick, out_dir, &rows, &args),
         Cmd::Fuzz(args) => fuzz::fuzz(args),
     };
     if let Err(e) = result {

@@ -6,6 +6,7 @@
 //! real manifests carry labels, annotations, uids and the like.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -155,8 +156,9 @@ pub struct VirtualServiceSpec {
     pub gateways: Option<Vec<String>>,
     #[serde(default)]
     pub export_to: Vec<String>,
+    /// Shared with the route entries of the listeners the VS binds to.
     #[serde(default)]
-    pub http: Vec<HttpRoute>,
+    pub http: Vec<Arc<HttpRoute>>,
     #[serde(default)]
     pub tls: Vec<TlsRoute>,
     #[serde(default)]

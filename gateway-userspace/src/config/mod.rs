@@ -8,12 +8,14 @@
 //! Module map: [`istio`] serde types, `source` document splitting and node
 //! positions, `parse` document -> typed resource, `validate` Istio rules and
 //! snapshot assembly, `resolve` destinations -> clusters, `hosts` host-name
-//! matching, [`snapshot`] the output types.
+//! rules, [`host_map`] the host lookup the data path uses, [`snapshot`] the output
+//! types.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod host_map;
 mod hosts;
 pub mod istio;
 pub mod mesh;
@@ -26,6 +28,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use host_map::{HostMap, Semantics as HostSemantics};
 pub use snapshot::{
     Cluster, HttpRouteEntry, HttpVirtualHost, Listener, ListenerProtocol, Resources, Secret,
     ServerKind, ServerRef, Snapshot, TcpRoute, TlsMode, TlsRoute, WeightedCluster,

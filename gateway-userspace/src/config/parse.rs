@@ -117,37 +117,37 @@ impl Parsed {
             }
         };
         let result = match kind.as_str() {
-            "Gateway" => de(doc).map(|res| {
+            "Gateway" => de(doc, &value).map(|res| {
                 self.gateways.push(Entry {
                     res,
                     src: src.clone(),
                 })
             }),
-            "VirtualService" => de(doc).map(|res| {
+            "VirtualService" => de(doc, &value).map(|res| {
                 self.virtual_services.push(Entry {
                     res,
                     src: src.clone(),
                 })
             }),
-            "ServiceEntry" => de(doc).map(|res| {
+            "ServiceEntry" => de(doc, &value).map(|res| {
                 self.service_entries.push(Entry {
                     res,
                     src: src.clone(),
                 })
             }),
-            "Secret" => de(doc).map(|res| {
+            "Secret" => de(doc, &value).map(|res| {
                 self.secrets.push(Entry {
                     res,
                     src: src.clone(),
                 })
             }),
-            "Telemetry" => de(doc).map(|res| {
+            "Telemetry" => de(doc, &value).map(|res| {
                 self.telemetry.push(Entry {
                     res,
                     src: src.clone(),
                 })
             }),
-            _ => de(doc).map(|res| {
+            _ => de(doc, &value).map(|res| {
                 self.authorization_policies.push(Entry {
                     res,
                     src: src.clone(),
@@ -161,6 +161,8 @@ impl Parsed {
     }
 }
 
-fn de<T: DeserializeOwned>(doc: &DocText) -> Result<T, serde_yaml::Error> {
-    serde_yaml::from_str(&doc.text)
+/// The typed resource, from the value already parsed (one YAML parse per document);
+/// only if that fails is the text parsed again, for serde_yaml's error and position.
+fn de<T: DeserializeOwned>(doc: &DocText, value: &Value) -> Result<T, serde_yaml::Error> {
+    T::deserialize(value).or_else(|_| serde_yaml::from_str(&doc.text))
 }

@@ -109,7 +109,9 @@ pub struct Listener {
 impl Listener {
     /// Picks the TLS route for an SNI name the way Envoy's filter chain match
     /// does: exact name first, then the wildcard with the longest suffix,
-    /// then `*`. Case-insensitive; ties go to the first route.
+    /// then `*`. Case-insensitive; ties go to the first route. A scan of every
+    /// route: the data path asks the per-port table of `tls::routes`, which answers
+    /// the same; this stays as its reference.
     pub fn route_sni(&self, sni: &str) -> Option<&TlsRoute> {
         let sni = sni.to_ascii_lowercase();
         let mut best: Option<((u8, usize), &TlsRoute)> = None;
@@ -172,7 +174,8 @@ pub struct HttpVirtualHost {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRouteEntry {
-    pub route: istio::HttpRoute,
+    /// The VirtualService's own `http[]` entry (shared, not copied).
+    pub route: std::sync::Arc<istio::HttpRoute>,
     /// Resolved `route[]` destinations (empty for redirect/directResponse).
     pub destinations: Vec<WeightedCluster>,
 }

@@ -130,6 +130,8 @@ struct ListenerHttp {
     /// Per HTTPS-terminating server (index in `Listener::servers`): its own table and
     /// rustls config, as Istio gives each HTTPS server its own route config and chain.
     servers: HashMap<usize, HttpsServer>,
+    /// Which of them an SNI selects.
+    by_sni: routing::TlsServers,
 }
 
 struct HttpsServer {
@@ -170,6 +172,7 @@ impl HttpState {
                     Arc::new(ListenerHttp {
                         merged: Arc::new(merged),
                         servers,
+                        by_sni: routing::TlsServers::new(l),
                     }),
                 );
             }
@@ -179,12 +182,24 @@ impl HttpState {
             client: OnceLock::new(),
         })
     }
+
+    /// [`terminates`], from the port's SNI table built with this state.
+    pub fn terminates(&self, listener: &Listener, sni: Option<&str>) -> bool {
+        let Some(lh) = self.listeners.get(&listener.port) else {
+            return false;
+        };
+        match sni {
+            Some(_) => lh.by_sni.get(sni).is_some(),
+            None => listener.tcp.is_none() && lh.by_sni.get(None).is_some(),
+        }
+    }
 }
 
 /// True when a TLS connection on this listener with this SNI (None: no SNI) is to be
 /// terminated here by an HTTPS server, rather than passed through or sent to TCP.
 /// Without SNI it is terminated only when no TCP route would take it (Envoy's filter
-/// chain without `server_names` vs. the TCP fallback chain).
+/// chain without `server_names` vs. the TCP fallback chain). A scan of the servers; the
+/// data path asks [`HttpState::terminates`].
 pub fn terminates(listener: &Listener, sni: Option<&str>) -> bool {
     match sni {
         Some(_) => routing::tls_server_for(listener, sni).is_some(),
@@ -237,7 +252,7 @@ pub async fn serve(
         let start =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
         let sni = start.client_hello().server_name().map(str::to_string);
-        let Some(index) = routing::tls_server_for(&listener, sni.as_deref()) else {
+        let Some(index) = lh.by_sni.get(sni.as_deref()) else {
             return Err(io::Error::other(format!(
                 "no HTTPS server for SNI {:?}",
                 sni.as_deref().unwrap_or("")

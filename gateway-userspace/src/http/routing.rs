@@ -2,7 +2,11 @@
 //! `:authority` selects, which `http[]` entry a request matches, which weighted
 //! destination takes it, which retry policy applies. Built once per snapshot from the
 //! validated Istio resources; nothing here does I/O.
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use hyper::{
     HeaderMap, StatusCode,
@@ -12,7 +16,7 @@ use hyper::{
 use regex::Regex;
 
 use crate::config::{
-    Listener, ServerKind, ServerRef, WeightedCluster,
+    HostMap, HostSemantics, Listener, ServerKind, ServerRef, WeightedCluster,
     istio::{self, HttpRoute, StringMatch},
 };
 
@@ -129,6 +133,9 @@ pub fn server_hosts(server: &ServerRef) -> Vec<String> {
 /// Envoy's filter-chain match on `server_names`: best host score wins, ties go to the
 /// first server. Without SNI, the first terminating server of the port (Envoy's
 /// chain without `server_names`; documented in the README).
+///
+/// A scan of every server: the data path asks [`TlsServers`], built once per port,
+/// which answers the same; this stays as its reference.
 pub fn tls_server_for(listener: &Listener, sni: Option<&str>) -> Option<usize> {
     let terminating = listener
         .servers
@@ -152,13 +159,66 @@ pub fn tls_server_for(listener: &Listener, sni: Option<&str>) -> Option<usize> {
     best.map(|(_, i)| i)
 }
 
+/// A port's HTTPS-terminating servers by SNI, built once: what [`tls_server_for`]
+/// answers, at a cost independent of how many servers and hosts the port has.
+#[derive(Debug)]
+pub struct TlsServers {
+    by_name: HostMap<usize>,
+    /// For a ClientHello without SNI.
+    first: Option<usize>,
+}
+
+impl TlsServers {
+    pub fn new(listener: &Listener) -> TlsServers {
+        let mut by_name = HostMap::new(HostSemantics::Host);
+        let mut first = None;
+        for (i, s) in listener.servers.iter().enumerate() {
+            if s.kind != ServerKind::HttpsTerminate {
+                continue;
+            }
+            first.get_or_insert(i);
+            for h in server_hosts(s) {
+                by_name.insert(&h, i);
+            }
+        }
+        TlsServers { by_name, first }
+    }
+
+    /// The server (index in `Listener::servers`) for a ClientHello's SNI.
+    pub fn get(&self, sni: Option<&str>) -> Option<usize> {
+        match sni {
+            Some(sni) => self.by_name.get(&normalize_host(sni)).copied(),
+            None => self.first,
+        }
+    }
+}
+
 // === compiled routes ===
 
 /// One routing table: Istio's `http.80` (all HTTP servers of a port merged) or, on a
 /// TLS port, the per-server `https.443.<server>.<gateway>` route config.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteTable {
     pub vhosts: Vec<VirtualHost>,
+    /// `vhosts` by domain, built with the table: the lookup of every request.
+    index: HostMap<usize>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable::new(Vec::new())
+    }
+}
+
+impl RouteTable {
+    /// A table over these virtual hosts (domains unique), indexed once.
+    pub fn new(vhosts: Vec<VirtualHost>) -> RouteTable {
+        let mut index = HostMap::new(HostSemantics::Host);
+        for (i, vh) in vhosts.iter().enumerate() {
+            index.insert(&vh.domain, i);
+        }
+        RouteTable { vhosts, index }
+    }
 }
 
 #[derive(Debug)]
@@ -481,17 +541,11 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// The virtual host for a normalized host: exact, then longest `*.` suffix, then `*`.
+/// The virtual host for a normalized host: exact, then longest `*.` suffix, then `*`
+/// (the best [`host_score`]). A hash lookup per label of the host, whatever the number
+/// of virtual hosts.
 pub fn find_vhost<'a>(table: &'a RouteTable, host: &str) -> Option<&'a VirtualHost> {
-    let mut best: Option<((u8, usize), &VirtualHost)> = None;
-    for vh in &table.vhosts {
-        if let Some(score) = host_score(&vh.domain, host)
-            && best.is_none_or(|(b, _)| score > b)
-        {
-            best = Some((score, vh));
-        }
-    }
-    best.map(|(_, vh)| vh)
+    table.index.get(host).map(|&i| &table.vhosts[i])
 }
 
 /// The first route whose match (any block) accepts the request, with the index of
@@ -683,7 +737,7 @@ pub fn redirect_location(
 /// The route table of an HTTP listener (all servers merged) or of one HTTPS server
 /// (`only_server`).
 pub fn build_table(listener: &Listener, only_server: Option<usize>) -> Result<RouteTable, String> {
-    let mut table = RouteTable::default();
+    let mut table = TableBuilder::default();
     for vh in &listener.http {
         let vs_ns = vh.name.split('/').next().unwrap_or_default();
         for &si in &vh.servers {
@@ -710,7 +764,7 @@ pub fn build_table(listener: &Listener, only_server: Option<usize>) -> Result<Ro
                     } else {
                         shost.clone()
                     };
-                    add_vhost(&mut table, domain, redirect, &vh.name, &routes);
+                    table.add(domain, redirect, &vh.name, &routes);
                 }
             }
         }
@@ -723,7 +777,8 @@ pub fn build_table(listener: &Listener, only_server: Option<usize>) -> Result<Ro
                 && server.tls.as_ref().is_some_and(|t| t.https_redirect)
             {
                 for h in server_hosts(server) {
-                    if !table.vhosts.iter().any(|v| v.domain == h) {
+                    if !table.by_domain.contains_key(&h) {
+                        table.by_domain.insert(h.clone(), table.vhosts.len());
                         table.vhosts.push(VirtualHost {
                             domain: h,
                             https_redirect: true,
@@ -734,33 +789,44 @@ pub fn build_table(listener: &Listener, only_server: Option<usize>) -> Result<Ro
             }
         }
     }
-    Ok(table)
+    Ok(RouteTable::new(table.vhosts))
 }
 
-fn add_vhost(
-    table: &mut RouteTable,
-    domain: String,
-    redirect: bool,
-    vs: &str,
-    routes: &[Arc<Route>],
-) {
-    let vh = match table.vhosts.iter_mut().position(|v| v.domain == domain) {
-        Some(i) => &mut table.vhosts[i],
-        None => {
-            table.vhosts.push(VirtualHost {
-                domain,
-                https_redirect: false,
-                routes: Vec::new(),
-            });
-            table.vhosts.last_mut().expect("just pushed")
+/// A table being built: vhosts in first-seen order, found by domain in a map (a scan
+/// per VS host made building 10 000 VirtualServices quadratic).
+#[derive(Default)]
+struct TableBuilder {
+    vhosts: Vec<VirtualHost>,
+    by_domain: HashMap<String, usize>,
+    /// (vhost, VS) pairs whose routes are in (a VS that brought none may bring them
+    /// through its next server).
+    merged: HashSet<(usize, String)>,
+}
+
+impl TableBuilder {
+    fn add(&mut self, domain: String, redirect: bool, vs: &str, routes: &[Arc<Route>]) {
+        let i = match self.by_domain.get(&domain) {
+            Some(&i) => i,
+            None => {
+                self.by_domain.insert(domain.clone(), self.vhosts.len());
+                self.vhosts.push(VirtualHost {
+                    domain,
+                    https_redirect: false,
+                    routes: Vec::new(),
+                });
+                self.vhosts.len() - 1
+            }
+        };
+        let vh = &mut self.vhosts[i];
+        vh.https_redirect |= redirect;
+        // The same VS reached through a second server: its routes are there already.
+        let key = (i, vs.to_string());
+        if self.merged.contains(&key) || routes.is_empty() {
+            return;
         }
-    };
-    vh.https_redirect |= redirect;
-    // The same VS reached through a second server: its routes are there already.
-    if vh.routes.iter().any(|r| r.vs == vs) {
-        return;
+        self.merged.insert(key);
+        vh.routes.extend(routes.iter().cloned());
     }
-    vh.routes.extend(routes.iter().cloned());
 }
 
 /// Compiles a VS's routes for one server: match blocks whose `gateways` or `port`
@@ -773,11 +839,11 @@ fn compile_routes(
 ) -> Result<Vec<Arc<Route>>, String> {
     let vs_ns = vs.split('/').next().unwrap_or_default();
     let vs_name = vs.split('/').nth(1).unwrap_or(vs);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         let r = &e.route;
         let what = format!("virtual service {vs} http[{i}]");
-        let mut matches = Vec::new();
+        let mut matches = Vec::with_capacity(r.matches.len());
         for m in &r.matches {
             let gw_ok = m.gateways.is_empty()
                 || m.gateways.iter().any(|g| {
@@ -907,7 +973,7 @@ fn compile_action(r: &HttpRoute, dests: &[WeightedCluster], what: &str) -> Resul
     }
     // Destinations are resolved in `route[]` order (resolution errors fail the load),
     // so the per-destination headers line up by index.
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(dests.len());
     for (i, d) in dests.iter().enumerate() {
         let h = r.route.get(i).and_then(|rd| rd.headers.as_ref());
         out.push(Destination {
@@ -1060,5 +1126,7 @@ fn compile_fault(f: Option<&istio::HttpFaultInjection>, what: &str) -> Result<Fa
     Ok(Fault { delay, abort })
 }
 
+#[cfg(test)]
+mod lookup_tests;
 #[cfg(test)]
 mod tests;

@@ -146,9 +146,12 @@ pub async fn serve(
         // As in Envoy's filter-chain match: a ClientHello whose SNI matches a TLS route
         // takes it; anything else (other SNI, no SNI, not TLS, timeout) falls to the TCP
         // route of the port if there is one.
-        let tls = hello.sni.as_deref().and_then(|s| listener.route_sni(s));
+        let tls = hello
+            .sni
+            .as_deref()
+            .and_then(|s| gw.sni_routes.route(&listener, s));
         let is_tls = matches!(hello.outcome, HelloOutcome::SniFound | HelloOutcome::NoSni);
-        if tls.is_none() && is_tls && crate::http::terminates(&listener, hello.sni.as_deref()) {
+        if tls.is_none() && is_tls && gw.http.terminates(&listener, hello.sni.as_deref()) {
             // An HTTPS server on this port terminates this SNI: hand over, ClientHello
             // included.
             return crate::http::serve(gw.clone(), listener.clone(), down, peer, vec![], true)
