@@ -199,7 +199,8 @@ impl Probe {
     }
 
     fn sample(&self) -> Sample {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
         let kib = |text: &str, key: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(key))
@@ -274,7 +275,10 @@ async fn echo_once(c: &mut TcpStream, line: &[u8], within: Duration) -> Result<(
 async fn echo_failures(held: &mut [TcpStream]) -> u64 {
     let mut failed = 0;
     for c in held.iter_mut() {
-        if echo_once(c, b"again\n", Duration::from_secs(10)).await.is_err() {
+        if echo_once(c, b"again\n", Duration::from_secs(10))
+            .await
+            .is_err()
+        {
             failed += 1;
         }
     }
@@ -361,7 +365,13 @@ struct Flags {
 
 /// A keep-alive connection: one request at once, then one every 5 s (first at
 /// `offset`), until stop. A failed request ends it and is counted.
-async fn keepalive(to: SocketAddr, offset: Duration, gate: Arc<Semaphore>, c: Arc<Counters>, f: Arc<Flags>) {
+async fn keepalive(
+    to: SocketAddr,
+    offset: Duration,
+    gate: Arc<Semaphore>,
+    c: Arc<Counters>,
+    f: Arc<Flags>,
+) {
     let mut buf = Vec::with_capacity(4096);
     let conn = {
         let _permit = gate.acquire().await.unwrap();
@@ -392,7 +402,8 @@ async fn keepalive(to: SocketAddr, offset: Duration, gate: Arc<Semaphore>, c: Ar
                 c.http_open.fetch_sub(1, Relaxed);
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(500).min(next - tokio::time::Instant::now())).await;
+            tokio::time::sleep(Duration::from_millis(500).min(next - tokio::time::Instant::now()))
+                .await;
         }
         next += Duration::from_secs(5);
         match http_get(&mut s, &mut buf).await {
@@ -442,7 +453,9 @@ async fn churn(to: SocketAddr, c: Arc<Counters>, f: Arc<Flags>) {
 
 /// The slow upstream: accepts connections and reads each at SLOW_RATE.
 async fn slow_upstream(addr: SocketAddr, c: Arc<Counters>) -> tokio::task::JoinHandle<()> {
-    let l = TcpListener::bind(addr).await.expect("bind the slow upstream");
+    let l = TcpListener::bind(addr)
+        .await
+        .expect("bind the slow upstream");
     tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
@@ -490,7 +503,10 @@ async fn slow_sender(to: SocketAddr, c: Arc<Counters>, f: Arc<Flags>) {
                 return;
             }
         }
-        let lead = c.slow_sent.load(Relaxed).saturating_sub(c.slow_read.load(Relaxed));
+        let lead = c
+            .slow_sent
+            .load(Relaxed)
+            .saturating_sub(c.slow_read.load(Relaxed));
         c.slow_lead_max.fetch_max(lead, Relaxed);
     }
     // Abort rather than close: a FIN would wait behind tens of MiB still in flight to an
@@ -508,7 +524,9 @@ async fn burst() -> (Vec<TcpStream>, u64) {
         set.spawn(async move {
             let _p = gate.acquire().await.unwrap();
             let mut c = TcpStream::connect(to).await.ok()?;
-            echo_once(&mut c, b"burst\n", Duration::from_secs(5)).await.ok()?;
+            echo_once(&mut c, b"burst\n", Duration::from_secs(5))
+                .await
+                .ok()?;
             Some(c)
         });
     }
@@ -628,7 +646,11 @@ fn svg(samples: &[Sample], events: &[(f64, String)], title: &str) -> String {
         "count",
         &[
             ("fds", "#1f77b4", col(|s| s.fds as f64)),
-            ("active flows", "#2ca02c", col(|s| s.active_flows.min(1 << 40) as f64)),
+            (
+                "active flows",
+                "#2ca02c",
+                col(|s| s.active_flows.min(1 << 40) as f64),
+            ),
             ("PEERS", "#9467bd", col(|s| s.maps[0] as f64)),
             ("SPLICED", "#ff7f0e", col(|s| s.maps[1] as f64)),
             ("FLOWS", "#8c564b", col(|s| s.maps[2] as f64)),
@@ -699,18 +721,38 @@ fn main() {
     let ns = NetNs::new("soak");
     // Room for ~40,000 client ports plus the churn's TIME_WAITs, inside the namespace.
     sh(&[
-        "ip", "netns", "exec", &ns.name, "sysctl", "-qw",
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "sysctl",
+        "-qw",
         "net.ipv4.ip_local_port_range=1024 65000",
     ]);
-    sh(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.tcp_tw_reuse=1",
+    ]);
     let rt = ns.runtime();
     let c = Arc::new(Counters::default());
     let f = Arc::new(Flags::default());
     let held_echo = NetNs::block_on(&rt, tcp_echo("127.0.0.1:2701".parse().unwrap())).unwrap();
     let mut churn_echo =
         Some(NetNs::block_on(&rt, tcp_echo("127.0.0.1:2702".parse().unwrap())).unwrap());
-    let app = NetNs::block_on(&rt, http_app("127.0.0.1:18080".parse().unwrap(), "soak-app")).unwrap();
-    let slow_up = NetNs::block_on(&rt, slow_upstream("127.0.0.1:2703".parse().unwrap(), c.clone()));
+    let app = NetNs::block_on(
+        &rt,
+        http_app("127.0.0.1:18080".parse().unwrap(), "soak-app"),
+    )
+    .unwrap();
+    let slow_up = NetNs::block_on(
+        &rt,
+        slow_upstream("127.0.0.1:2703".parse().unwrap(), c.clone()),
+    );
 
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/soak/soak.yaml");
     let cap_s = cap.to_string();
@@ -756,14 +798,22 @@ fn main() {
     };
 
     // Ramp: held flows, victims, HTTP keep-alive connections, slow reader, churn.
-    p.event(format!("ramp: {flows} spliced flows, {http} HTTP keep-alive connections"));
+    p.event(format!(
+        "ramp: {flows} spliced flows, {http} HTTP keep-alive connections"
+    ));
     let mut held = NetNs::block_on(&rt, hold(HELD.parse().unwrap(), flows));
     let victims = NetNs::block_on(&rt, hold(CHURN.parse().unwrap(), VICTIMS));
     let mut bg = Vec::new();
     let gate = Arc::new(Semaphore::new(256));
     for i in 0..http {
         let offset = Duration::from_millis((i as u64 * 5_000) / http.max(1) as u64);
-        bg.push(rt.spawn(keepalive(HTTP.parse().unwrap(), offset, gate.clone(), c.clone(), f.clone())));
+        bg.push(rt.spawn(keepalive(
+            HTTP.parse().unwrap(),
+            offset,
+            gate.clone(),
+            c.clone(),
+            f.clone(),
+        )));
     }
     let ramp_deadline = Instant::now() + Duration::from_secs(120);
     while c.http_open.load(Relaxed) + c.http_failed.load(Relaxed) < http as u64
@@ -794,13 +844,17 @@ fn main() {
         let mut closed = 0u64;
         for mut v in victims {
             let mut b = [0u8; 16];
-            if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_secs(10), v.read(&mut b)).await {
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_secs(10), v.read(&mut b)).await
+            {
                 closed += 1;
             }
         }
         closed
     });
-    p.event(format!("{victims_closed}/{VICTIMS} flows to the killed upstream closed"));
+    p.event(format!(
+        "{victims_closed}/{VICTIMS} flows to the killed upstream closed"
+    ));
     std::thread::sleep(Duration::from_secs(3));
     churn_echo = Some(NetNs::block_on(&rt, tcp_echo("127.0.0.1:2702".parse().unwrap())).unwrap());
     let restarted = Instant::now();
@@ -828,7 +882,9 @@ fn main() {
     }
     let overflow_before = p.prom_sum("gateway_downstream_cx_overflow_total");
     let active_before = p.prom_sum("gateway_downstream_cx_active");
-    p.event(format!("burst: {BURST} connections, cap {cap}, {active_before:?} active"));
+    p.event(format!(
+        "burst: {BURST} connections, cap {cap}, {active_before:?} active"
+    ));
     let (accepted, refused) = NetNs::block_on(&rt, burst());
     let overflow_after = p.prom_sum("gateway_downstream_cx_overflow_total");
     let accepted_n = accepted.len();
@@ -840,7 +896,9 @@ fn main() {
         (n, held)
     });
     held = h;
-    p.event(format!("after the burst: {burst_held_failed} held flows failed to echo"));
+    p.event(format!(
+        "after the burst: {burst_held_failed} held flows failed to echo"
+    ));
 
     // The end of the hold: stop the background traffic, check the held flows, close all.
     sleep_until(at(1.0));
@@ -872,7 +930,9 @@ fn main() {
     let (closed, cx_active_end) = loop {
         let s = p.record();
         let cx = p.prom_sum("gateway_downstream_cx_active");
-        if (s.active_flows == 0 && s.maps == [0, 0, 0] && cx == Some(0)) || Instant::now() > deadline {
+        if (s.active_flows == 0 && s.maps == [0, 0, 0] && cx == Some(0))
+            || Instant::now() > deadline
+        {
             break (s, cx);
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -899,7 +959,11 @@ fn main() {
         std::thread::sleep(Duration::from_millis(250));
     };
     let settle_secs = stopped_at.elapsed().as_secs_f64();
-    p.event(format!("upstreams stopped; fds {} and RSS {} after {settle_secs:.1}s", last.fds, mib(last.rss)));
+    p.event(format!(
+        "upstreams stopped; fds {} and RSS {} after {settle_secs:.1}s",
+        last.fds,
+        mib(last.rss)
+    ));
     sampling.store(false, Relaxed);
     sampler.join().unwrap();
 
@@ -919,55 +983,162 @@ fn main() {
     let (flows64, http64) = (flows as u64, http as u64);
     let mut ck = Vec::new();
     let rss_bound = rss_base + 16 * KIB * flows64 + 64 * KIB * http64 + 64 * 1024 * KIB;
-    check(&mut ck, "peak RSS", format!("≤ baseline + 16 KiB/flow + 64 KiB/HTTP conn + 64 MiB = {}", mib(rss_bound)),
-        format!("{} (baseline {})", mib(rss_peak), mib(rss_base)), rss_peak <= rss_bound);
+    check(
+        &mut ck,
+        "peak RSS",
+        format!(
+            "≤ baseline + 16 KiB/flow + 64 KiB/HTTP conn + 64 MiB = {}",
+            mib(rss_bound)
+        ),
+        format!("{} (baseline {})", mib(rss_peak), mib(rss_base)),
+        rss_peak <= rss_bound,
+    );
     let drift = rss_hold_end as i64 - rss_hold_start as i64;
-    check(&mut ck, "RSS drift over the hold (churn, kill, burst)", "≤ +32 MiB".into(),
-        format!("{:+.1} MiB ({} → {})", drift as f64 / MIB, mib(rss_hold_start), mib(rss_hold_end)),
-        drift <= 32 * 1024 * 1024);
-    check(&mut ck, "RSS after close", format!("≤ baseline + 64 MiB = {}", mib(rss_end_bound)),
-        mib(last.rss), last.rss <= rss_end_bound);
+    check(
+        &mut ck,
+        "RSS drift over the hold (churn, kill, burst)",
+        "≤ +32 MiB".into(),
+        format!(
+            "{:+.1} MiB ({} → {})",
+            drift as f64 / MIB,
+            mib(rss_hold_start),
+            mib(rss_hold_end)
+        ),
+        drift <= 32 * 1024 * 1024,
+    );
+    check(
+        &mut ck,
+        "RSS after close",
+        format!("≤ baseline + 64 MiB = {}", mib(rss_end_bound)),
+        mib(last.rss),
+        last.rss <= rss_end_bound,
+    );
     let fd_bound = fd_base + 2 * cap + 64;
-    check(&mut ck, "peak fds", format!("≤ baseline + 2 per connection under the cap + 64 = {fd_bound}"),
-        format!("{fds_peak} (baseline {fd_base})"), fds_peak <= fd_bound);
-    check(&mut ck, "fds after close", format!("≤ baseline + 8 = {fd_end_bound}"),
-        last.fds.to_string(), last.fds <= fd_end_bound);
+    check(
+        &mut ck,
+        "peak fds",
+        format!("≤ baseline + 2 per connection under the cap + 64 = {fd_bound}"),
+        format!("{fds_peak} (baseline {fd_base})"),
+        fds_peak <= fd_bound,
+    );
+    check(
+        &mut ck,
+        "fds after close",
+        format!("≤ baseline + 8 = {fd_end_bound}"),
+        last.fds.to_string(),
+        last.fds <= fd_end_bound,
+    );
     let mem_floor = mem_base.saturating_sub(4 << 30);
-    check(&mut ck, "MemAvailable, lowest (machine-wide)", format!("≥ baseline − 4 GiB = {}", mib(mem_floor)),
-        format!("{} (baseline {}, drop {})", mib(mem_min), mib(mem_base), mib(mem_base.saturating_sub(mem_min))),
-        mem_min >= mem_floor);
+    check(
+        &mut ck,
+        "MemAvailable, lowest (machine-wide)",
+        format!("≥ baseline − 4 GiB = {}", mib(mem_floor)),
+        format!(
+            "{} (baseline {}, drop {})",
+            mib(mem_min),
+            mib(mem_base),
+            mib(mem_base.saturating_sub(mem_min))
+        ),
+        mem_min >= mem_floor,
+    );
     let mem_end_floor = mem_base.saturating_sub(1 << 30);
-    check(&mut ck, "MemAvailable after close (machine-wide)", format!("≥ baseline − 1 GiB = {}", mib(mem_end_floor)),
-        mib(last.mem_available), last.mem_available >= mem_end_floor);
+    check(
+        &mut ck,
+        "MemAvailable after close (machine-wide)",
+        format!("≥ baseline − 1 GiB = {}", mib(mem_end_floor)),
+        mib(last.mem_available),
+        last.mem_available >= mem_end_floor,
+    );
     let map_bound = 2 * cap;
     for (i, name) in ["PEERS", "SPLICED", "FLOWS"].iter().enumerate() {
-        check(&mut ck, &format!("kernel map {name}, peak"), format!("≤ 2 per connection under the cap = {map_bound}"),
-            map_peak[i].to_string(), map_peak[i] <= map_bound);
+        check(
+            &mut ck,
+            &format!("kernel map {name}, peak"),
+            format!("≤ 2 per connection under the cap = {map_bound}"),
+            map_peak[i].to_string(),
+            map_peak[i] <= map_bound,
+        );
     }
-    check(&mut ck, "active flows and kernel maps after close", "0".into(),
-        format!("active {}, PEERS {}, SPLICED {}, FLOWS {}, downstream cx {:?}, after {close_secs:.1} s", closed.active_flows, closed.maps[0], closed.maps[1], closed.maps[2], cx_active_end),
-        closed.active_flows == 0 && closed.maps == [0, 0, 0] && cx_active_end == Some(0));
-    check(&mut ck, "held spliced flows harmed (after burst, at end)", "0".into(),
-        format!("{burst_held_failed}, {end_held_failed} of {flows}"), burst_held_failed == 0 && end_held_failed == 0);
+    check(
+        &mut ck,
+        "active flows and kernel maps after close",
+        "0".into(),
+        format!(
+            "active {}, PEERS {}, SPLICED {}, FLOWS {}, downstream cx {:?}, after {close_secs:.1} s",
+            closed.active_flows, closed.maps[0], closed.maps[1], closed.maps[2], cx_active_end
+        ),
+        closed.active_flows == 0 && closed.maps == [0, 0, 0] && cx_active_end == Some(0),
+    );
+    check(
+        &mut ck,
+        "held spliced flows harmed (after burst, at end)",
+        "0".into(),
+        format!("{burst_held_failed}, {end_held_failed} of {flows}"),
+        burst_held_failed == 0 && end_held_failed == 0,
+    );
     let (hok, hfail) = (c.http_ok.load(Relaxed), c.http_failed.load(Relaxed));
-    check(&mut ck, "HTTP keep-alive requests failed / connections closed", "0".into(),
-        format!("{hfail} failed, {hok} ok on {http} connections"), hfail == 0 && hok >= http64);
-    let (cok, cexp, cfail) = (c.churn_ok.load(Relaxed), c.churn_failed_expected.load(Relaxed), c.churn_failed.load(Relaxed));
-    check(&mut ck, "churn flows failed outside the upstream outage", "0".into(),
-        format!("{cfail} ({cok} ok, {cexp} failed while the upstream was down)"), cfail == 0 && cok > 0);
-    check(&mut ck, "flows to the killed upstream closed", format!("{VICTIMS} within 10 s"),
-        victims_closed.to_string(), victims_closed == VICTIMS as u64);
-    check(&mut ck, "new flow after the upstream restart", "echoes within 10 s".into(),
-        format!("{recovered} after {recovery_secs:.2} s"), recovered);
+    check(
+        &mut ck,
+        "HTTP keep-alive requests failed / connections closed",
+        "0".into(),
+        format!("{hfail} failed, {hok} ok on {http} connections"),
+        hfail == 0 && hok >= http64,
+    );
+    let (cok, cexp, cfail) = (
+        c.churn_ok.load(Relaxed),
+        c.churn_failed_expected.load(Relaxed),
+        c.churn_failed.load(Relaxed),
+    );
+    check(
+        &mut ck,
+        "churn flows failed outside the upstream outage",
+        "0".into(),
+        format!("{cfail} ({cok} ok, {cexp} failed while the upstream was down)"),
+        cfail == 0 && cok > 0,
+    );
+    check(
+        &mut ck,
+        "flows to the killed upstream closed",
+        format!("{VICTIMS} within 10 s"),
+        victims_closed.to_string(),
+        victims_closed == VICTIMS as u64,
+    );
+    check(
+        &mut ck,
+        "new flow after the upstream restart",
+        "echoes within 10 s".into(),
+        format!("{recovered} after {recovery_secs:.2} s"),
+        recovered,
+    );
     let overflow_delta = overflow_after.zip(overflow_before).map(|(a, b)| a - b);
-    check(&mut ck, "burst past --max-connections refused and counted",
-        format!("≥ {} refused, overflow counter += refused", BURST - HEADROOM),
+    check(
+        &mut ck,
+        "burst past --max-connections refused and counted",
+        format!(
+            "≥ {} refused, overflow counter += refused",
+            BURST - HEADROOM
+        ),
         format!("{refused} refused, {accepted_n} accepted, overflow +{overflow_delta:?}"),
-        refused >= BURST - HEADROOM && overflow_delta == Some(refused));
-    let (sent, read, lead, sfail) = (c.slow_sent.load(Relaxed), c.slow_read.load(Relaxed), c.slow_lead_max.load(Relaxed), c.slow_failed.load(Relaxed));
-    check(&mut ck, "slow reader: connection up, in flight bounded", "no error, ≤ 64 MiB in flight".into(),
-        format!("{sfail} errors, sent {}, read {}, max in flight {}", mib(sent), mib(read), mib(lead)),
-        sfail == 0 && read > 0 && lead <= 64 << 20);
+        refused >= BURST - HEADROOM && overflow_delta == Some(refused),
+    );
+    let (sent, read, lead, sfail) = (
+        c.slow_sent.load(Relaxed),
+        c.slow_read.load(Relaxed),
+        c.slow_lead_max.load(Relaxed),
+        c.slow_failed.load(Relaxed),
+    );
+    check(
+        &mut ck,
+        "slow reader: connection up, in flight bounded",
+        "no error, ≤ 64 MiB in flight".into(),
+        format!(
+            "{sfail} errors, sent {}, read {}, max in flight {}",
+            mib(sent),
+            mib(read),
+            mib(lead)
+        ),
+        sfail == 0 && read > 0 && lead <= 64 << 20,
+    );
     let all_ok = ck.iter().all(|c| c.ok);
 
     // === report ===
@@ -999,10 +1170,21 @@ fn main() {
         a.minutes,
         a.splice,
         params["nproc"],
-        if all_ok { "all bounds held" } else { "BOUNDS BROKEN" }
+        if all_ok {
+            "all bounds held"
+        } else {
+            "BOUNDS BROKEN"
+        }
     );
     for c in &ck {
-        let _ = writeln!(md, "| {} | {} | {} | {} |", c.name, c.bound, c.measured, if c.ok { "ok" } else { "**FAIL**" });
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            c.name,
+            c.bound,
+            c.measured,
+            if c.ok { "ok" } else { "**FAIL**" }
+        );
     }
     md.push_str("\nTimeline:\n\n");
     for (t, w) in &events {
@@ -1016,7 +1198,11 @@ fn main() {
     std::fs::write(out.join("soak.svg"), svg(&samples, &events, &title)).expect("write soak.svg");
     println!(
         "soak: {} — {}/soak.{{json,md,svg}}",
-        if all_ok { "all bounds held" } else { "BOUNDS BROKEN" },
+        if all_ok {
+            "all bounds held"
+        } else {
+            "BOUNDS BROKEN"
+        },
         out.display()
     );
     if !all_ok {
@@ -1026,7 +1212,9 @@ fn main() {
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn tail(s: &str, n: usize) -> String {
