@@ -417,15 +417,14 @@ async fn keepalive(
     let mut buf = Vec::with_capacity(4096);
     let conn = {
         let _permit = gate.acquire().await.unwrap();
-        let conn = match TcpStream::connect(to).await {
+        match TcpStream::connect(to).await {
             Ok(mut s) => match http_get(&mut s, &mut buf).await {
                 Ok(200) => Ok(s),
                 Ok(st) => Err(format!("status {st}")),
                 Err(e) => Err(e),
             },
             Err(e) => Err(format!("connect: {e}")),
-        };
-        conn
+        }
     };
     let mut s = match conn {
         Ok(s) => s,
