@@ -1095,10 +1095,7 @@ fn main() {
     check(
         &mut ck,
         "RSS after close (stays at its high-water mark)",
-        format!(
-            "≤ RSS at the end of the hold + 8 MiB = {}",
-            mib(rss_end_bound)
-        ),
+        format!("≤ its high-water mark + 16 MiB = {}", mib(rss_end_bound)),
         format!(
             "{} (baseline {}, {:+.1} MiB)",
             mib(last.rss),
