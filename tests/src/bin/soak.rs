@@ -1318,6 +1318,12 @@ fn main() {
     );
     if !all_ok {
         eprintln!("gateway log tail:\n{}", tail(&gw.log(), 30));
+    }
+    // exit() runs no destructors: stop the gateway and delete the namespace first.
+    drop(gw);
+    drop(rt);
+    drop(ns);
+    if !all_ok {
         std::process::exit(1);
     }
 }
