@@ -132,6 +132,8 @@ struct Sample {
     active_flows: u64,
     /// PEERS, SPLICED, FLOWS entries (0 without the eBPF splice).
     maps: [u64; 3],
+    /// The slow reader's bytes sent and not yet read by its upstream.
+    slow_in_flight: u64,
 }
 
 impl Sample {
@@ -143,6 +145,7 @@ impl Sample {
             "mem_available": self.mem_available,
             "active_flows": self.active_flows,
             "maps": {"PEERS": self.maps[0], "SPLICED": self.maps[1], "FLOWS": self.maps[2]},
+            "slow_in_flight": self.slow_in_flight,
         })
     }
 }
@@ -153,6 +156,7 @@ struct Probe {
     t0: Instant,
     samples: Mutex<Vec<Sample>>,
     events: Mutex<Vec<(f64, String)>>,
+    counters: Arc<Counters>,
 }
 
 impl Probe {
@@ -226,6 +230,11 @@ impl Probe {
             mem_available: kib(&meminfo, "MemAvailable:"),
             active_flows: splice["active_flows"].as_u64().unwrap_or(u64::MAX),
             maps: [map("PEERS"), map("SPLICED"), map("FLOWS")],
+            slow_in_flight: self
+                .counters
+                .slow_sent
+                .load(Relaxed)
+                .saturating_sub(self.counters.slow_read.load(Relaxed)),
         }
     }
 
@@ -679,8 +688,15 @@ fn svg(samples: &[Sample], events: &[(f64, String)], title: &str) -> String {
     let col = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<_>>();
     panel(
         top,
-        "gateway RSS (MiB)",
-        &[("RSS (MiB)", "#d62728", col(|s| s.rss as f64 / MIB))],
+        "MiB",
+        &[
+            ("gateway RSS", "#d62728", col(|s| s.rss as f64 / MIB)),
+            (
+                "slow reader in flight",
+                "#17becf",
+                col(|s| s.slow_in_flight as f64 / MIB),
+            ),
+        ],
     );
     panel(
         top + ph + gap,
@@ -808,6 +824,7 @@ fn main() {
         t0: Instant::now(),
         samples: Mutex::new(Vec::new()),
         events: Mutex::new(Vec::new()),
+        counters: c.clone(),
     });
 
     // Baseline: fds settled, then 3 samples a second apart.
