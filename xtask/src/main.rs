@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build-ebpf | run | test | bench | fuzz` — the project's own build and
+//! `cargo xtask setup | build-ebpf | run | test | bench | fuzz | soak` — the project's own build and
 //! test driver. Every step prints `==> <step>` and how long it took.
 use std::{
     env,
@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fuzz;
+mod soak;
 
 /// Debian packages the tests and the demo use (clients, load generators, netns tools).
 const DEB_PACKAGES: &[&str] = &[
@@ -92,6 +93,11 @@ enum Cmd {
     /// Build the cargo-fuzz targets (gateway-userspace/fuzz) and run each for N seconds;
     /// one summary line per target, fails on any crash.
     Fuzz(fuzz::FuzzArgs),
+    /// Build (release), then hold idle spliced flows and HTTP keep-alive connections for
+    /// N minutes under churn, a slow reader, an upstream restart and a burst past
+    /// --max-connections; checks RSS, fds, MemAvailable and kernel map bounds and the
+    /// return to baseline; writes soak.{json,md,svg} (default target/soak/).
+    Soak(soak::SoakArgs),
 }
 
 fn main() {
@@ -108,6 +114,7 @@ fn main() {
             args,
         } => bench::bench(quick, out_dir, &rows, &args),
         Cmd::Fuzz(args) => fuzz::fuzz(args),
+        Cmd::Soak(args) => soak::soak(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
