@@ -28,22 +28,6 @@ fn metric(prom: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no series {name} in:\n{prom}"))
 }
 
-/// The test process holds both ends of every flow (client and echo backend): raise its
-/// own soft limit to the hard one, as the gateway does.
-fn raise_own_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on this process with a valid, exclusively borrowed
-    // struct; raising the soft limit up to the hard one needs no privilege.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-}
-
 /// Opens `n` connections to `to`, each sending a line and reading its echo, and keeps
 /// them open. Panics if any fails.
 async fn hold(to: SocketAddr, n: usize) -> Vec<TcpStream> {
@@ -93,7 +77,8 @@ fn five_thousand_flows_under_a_1024_soft_fd_limit() {
     if !privileged("five_thousand_flows_under_a_1024_soft_fd_limit") {
         return;
     }
-    raise_own_nofile();
+    // The test process holds both ends of every flow (client and echo backend).
+    gateway_tests::raise_nofile();
     let ns = NetNs::new("fd5k");
     let rt = ns.runtime();
     let _echo = NetNs::block_on(&rt, tcp_echo("127.0.0.1:2701".parse().unwrap())).unwrap();

@@ -505,23 +505,29 @@ impl Drop for ChildGuard {
     }
 }
 
+/// `cargo build --release` of the gateway (with its eBPF object) and one binary of the
+/// tests crate (`demo-backends`, `soak`).
+fn build_release_with(tests_bin: &str) -> Result<()> {
+    run_cmd(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "gateway-userspace",
+                "-p",
+                "gateway-tests",
+            ])
+            .args(["--bin", "gateway", "--bin", tests_bin])
+            .env("GATEWAY_REQUIRE_EBPF", "1"),
+    )
+    .with_context(|| format!("release build of the gateway and {tests_bin} failed"))
+}
+
 fn run(args: &[String]) -> Result<()> {
     setup()?;
     step("build (release): gateway + demo-backends", || {
-        run_cmd(
-            cargo()
-                .args([
-                    "build",
-                    "--release",
-                    "-p",
-                    "gateway-userspace",
-                    "-p",
-                    "gateway-tests",
-                ])
-                .args(["--bin", "gateway", "--bin", "demo-backends"])
-                .env("GATEWAY_REQUIRE_EBPF", "1"),
-        )
-        .context("release build failed")
+        build_release_with("demo-backends")
     })?;
     let bin = target_dir().join("release");
     let config = root().join("config");

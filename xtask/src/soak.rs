@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, is_root, root, run_cmd, step, target_dir};
+use crate::{build_release_with, is_root, root, run_cmd, step, target_dir};
 
 #[derive(clap::Args)]
 pub struct SoakArgs {
@@ -36,22 +36,7 @@ pub fn soak(args: SoakArgs) -> Result<()> {
     }
     step(
         "soak: build gateway (release, with the eBPF object) and the soak driver",
-        || {
-            run_cmd(
-                cargo()
-                    .args([
-                        "build",
-                        "--release",
-                        "-p",
-                        "gateway-userspace",
-                        "-p",
-                        "gateway-tests",
-                    ])
-                    .args(["--bin", "gateway", "--bin", "soak"])
-                    .env("GATEWAY_REQUIRE_EBPF", "1"),
-            )
-            .context("release build of the gateway and the soak driver failed")
-        },
+        || build_release_with("soak"),
     )?;
     let out_dir = args
         .out_dir

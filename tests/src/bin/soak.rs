@@ -103,24 +103,6 @@ fn parse_args() -> Args {
     a
 }
 
-/// Raises this process's soft open-file limit to the hard one and returns it: both ends
-/// of every held connection live here, and the gateway (started from here) inherits the
-/// hard limit and raises its own soft limit to it. Raising the hard limit itself needs
-/// CAP_SYS_RESOURCE, which containers often lack.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on this process with a valid, exclusively borrowed struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-    lim.rlim_max
-}
-
 // === sampling ===
 
 #[derive(Clone, Copy, Default)]
@@ -750,7 +732,7 @@ fn main() {
     let a = parse_args();
     assert!(is_root(), "the soak needs root (network namespace, eBPF)");
     let hold_secs = a.minutes * 60.0;
-    let nofile = raise_nofile();
+    let nofile = gateway_tests::raise_nofile();
     // Each process (the gateway; this one, which holds both ends) needs 2 fds per spliced
     // flow, 1 per HTTP connection, 2 per burst connection it accepts and per victim.
     let fixed = 2 * HEADROOM + 2 * VICTIMS as u64 + 512;
