@@ -172,6 +172,10 @@ pub struct RunArgs {
     /// interfaces; native mode, else generic. Without it: enforced at accept.
     #[arg(long = "xdp-iface", num_args = 1.., value_name = "IFACE")]
     pub xdp_iface: Vec<String>,
+    /// Look this often at the heap and give freed memory back to the kernel when the
+    /// arenas hold a lot of it free (after connections close; `runtime::heap`). 0: never.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heap_trim_interval: Duration,
 }
 
 /// "65536", "64k", "1m" (KiB and MiB).
@@ -383,6 +387,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("binding the admin API")?;
     tokio::spawn(admin::serve(gw.clone(), admin));
+    if !args.heap_trim_interval.is_zero() {
+        let g = gw.clone();
+        tokio::spawn(crate::runtime::heap::run(
+            args.heap_trim_interval,
+            move || {
+                crate::runtime::heap::look(&g.stats.heap);
+            },
+        ));
+    }
     for (l, sock) in listeners {
         tokio::spawn(listener::accept_loop(gw.clone(), l, sock));
     }

@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod listener;
 pub mod proxy;
 pub mod proxyconfig;
+pub mod runtime;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -67,6 +67,8 @@ pub struct Stats {
     pub userspace_splice_bytes: AtomicU64,
     /// Downstream connections open right now, all listeners together.
     pub active_total: AtomicU64,
+    /// The heap trimmer's looks (`crate::runtime::heap`).
+    pub heap: crate::runtime::heap::HeapStats,
 }
 
 impl Stats {
@@ -155,6 +157,24 @@ impl Stats {
             "counter",
             "Upstream connects that failed or timed out.",
             &plain(&self.upstream_connect_failures),
+        );
+        family(
+            "gateway_heap_free_bytes",
+            "gauge",
+            "Bytes the malloc arenas held free at the heap trimmer's last look (--heap-trim-interval).",
+            &plain(&self.heap.free_bytes),
+        );
+        family(
+            "gateway_heap_in_use_bytes",
+            "gauge",
+            "Bytes allocated on the malloc heap at the heap trimmer's last look.",
+            &plain(&self.heap.in_use_bytes),
+        );
+        family(
+            "gateway_heap_trims_total",
+            "counter",
+            "Times the heap trimmer returned free heap pages to the kernel (malloc_trim).",
+            &plain(&self.heap.trims),
         );
         family(
             "gateway_flows_closed_total",

@@ -1,0 +1,3 @@
+//! Process-wide services of a running gateway (see DESIGN.md, "Architecture": the
+//! runtime owns what lives as long as the process does).
+pub mod heap;
