@@ -282,7 +282,11 @@ pub fn telemetry_or_exit(
             t.source
         );
     }
-    crate::telemetry::Telemetry::new(AccessLogs::start(targets, args.access_log_buffer), &id)
+    let mut t =
+        crate::telemetry::Telemetry::new(AccessLogs::start(targets, args.access_log_buffer), &id);
+    t.istio
+        .set_endpoint_labels(crate::telemetry::istio_metrics::endpoint_labels(snapshot));
+    t
 }
 
 /// `gateway proxy-config`: prints the table (or JSON), or the error and exits 1.

@@ -148,7 +148,14 @@ fn telemetry_prometheus_counters_match_the_traffic() {
     let webapp = [
         ("reporter", "source"),
         ("source_workload", "istio-ingressgateway"),
+        // Istio's CanonicalService of the gateway's labels: `app`, no version: latest.
+        ("source_canonical_service", "istio-ingressgateway"),
+        ("source_canonical_revision", "latest"),
         ("source_workload_namespace", "istio-system"),
+        // The walkthrough's ServiceEntry endpoints carry no labels: no peer, as Istio's
+        // stats filter reports it.
+        ("destination_canonical_service", "unknown"),
+        ("destination_canonical_revision", "latest"),
         ("destination_service", "webapp.default.svc.cluster.local"),
         ("destination_service_name", "webapp"),
         ("destination_service_namespace", "default"),
