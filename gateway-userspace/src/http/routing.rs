@@ -236,8 +236,8 @@ pub struct VirtualHost {
 pub struct Route {
     /// `namespace/name` of the VirtualService.
     pub vs: String,
-    /// `http[].name`, or `<vs-name>.<index>` when unnamed.
-    pub name: String,
+    /// `http[].name` (Envoy's route name is this, plus `.<match name>`: [`Route::envoy_name`]).
+    pub name: Option<String>,
     /// ORed blocks of ANDed conditions; empty matches every request.
     pub matches: Vec<Match>,
     pub action: Action,
@@ -247,6 +247,27 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub fault: Fault,
+}
+
+impl Route {
+    /// The Envoy route name (`%ROUTE_NAME%`) of the match block `matched` (None: a route
+    /// without matches), as Istio's `TranslateRoute` (pilot/pkg/networking/core/route/
+    /// route.go) names it: `routeName := in.Name; if match != nil && match.Name != ""
+    /// { routeName = routeName + "." + match.Name }` — so `http[].name`, plus
+    /// `.<match name>` when the block has one (`.m` when only the block is named). None
+    /// when that is empty: Envoy prints `-` (an unnamed route has no name).
+    pub fn envoy_name(&self, matched: Option<usize>) -> Option<String> {
+        let mut name = self.name.clone().unwrap_or_default();
+        if let Some(m) = matched
+            .and_then(|i| self.matches.get(i))
+            .and_then(|m| m.name.as_deref())
+            .filter(|n| !n.is_empty())
+        {
+            name.push('.');
+            name.push_str(m);
+        }
+        (!name.is_empty()).then_some(name)
+    }
 }
 
 #[derive(Debug)]
@@ -266,6 +287,8 @@ pub struct Destination {
 
 #[derive(Debug, Default)]
 pub struct Match {
+    /// `match[].name`.
+    pub name: Option<String>,
     pub uri: Option<StrMatch>,
     pub scheme: Option<StrMatch>,
     pub method: Option<StrMatch>,
@@ -838,7 +861,6 @@ fn compile_routes(
     port: u16,
 ) -> Result<Vec<Arc<Route>>, String> {
     let vs_ns = vs.split('/').next().unwrap_or_default();
-    let vs_name = vs.split('/').nth(1).unwrap_or(vs);
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         let r = &e.route;
@@ -864,7 +886,7 @@ fn compile_routes(
         }
         out.push(Arc::new(Route {
             vs: vs.to_string(),
-            name: r.name.clone().unwrap_or_else(|| format!("{vs_name}.{i}")),
+            name: r.name.clone(),
             matches,
             action: compile_action(r, &e.destinations, &what)?,
             request_headers: HeaderOps::compile(
@@ -908,6 +930,7 @@ fn compile_match(m: &istio::HttpMatchRequest, what: &str) -> Result<Match, Strin
             .collect()
     };
     Ok(Match {
+        name: m.name.clone(),
         uri: one(&m.uri, "uri")?,
         scheme: one(&m.scheme, "scheme")?,
         method: one(&m.method, "method")?,

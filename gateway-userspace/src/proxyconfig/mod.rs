@@ -164,16 +164,22 @@ fn string_match(m: &StringMatch) -> Value {
     }
 }
 
-/// Envoy routes of one VirtualService `http[]` entry: one per `match` block.
-fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
-    let vs_name = vs.split('/').nth(1).unwrap_or(vs);
+/// Envoy routes of one VirtualService `http[]` entry: one per `match` block, named as
+/// Istio's `TranslateRoute` names them (pilot/pkg/networking/core/route/route.go):
+/// `http[].name`, plus `.<match name>` for a named block; no `name` at all when that is
+/// empty (protojson omits an empty string). The data plane logs the same name as
+/// `%ROUTE_NAME%` (`http::routing::Route::envoy_name`).
+fn routes_json(vs: &str, e: &HttpRouteEntry) -> Vec<Value> {
     let r = &e.route;
-    let name = r
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{vs_name}.{index}"));
-    let action = |m: Value| {
-        let mut route = json!({ "name": name, "match": m, "metadata": vs_metadata(vs) });
+    let action = |m: Value, match_name: Option<&str>| {
+        let mut name = r.name.clone().unwrap_or_default();
+        if let Some(n) = match_name.filter(|n| !n.is_empty()) {
+            name = format!("{name}.{n}");
+        }
+        let mut route = json!({ "match": m, "metadata": vs_metadata(vs) });
+        if !name.is_empty() {
+            route["name"] = name.into();
+        }
         if let Some(d) = &r.direct_response {
             route["direct_response"] = json!({ "status": d.status });
         } else if let Some(red) = &r.redirect {
@@ -184,7 +190,7 @@ fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
         route
     };
     if r.matches.is_empty() {
-        return vec![action(json!({ "prefix": "/" }))];
+        return vec![action(json!({ "prefix": "/" }), None)];
     }
     r.matches
         .iter()
@@ -219,7 +225,7 @@ fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
                     .collect::<Vec<_>>()
                     .into();
             }
-            action(mj)
+            action(mj, m.name.as_deref())
         })
         .collect()
 }
@@ -296,8 +302,8 @@ fn route_config_json(l: &Listener, name: &str, servers: &[usize]) -> Value {
         }
         for host in hosts {
             let routes = vhosts.entry(host).or_default();
-            for (i, e) in vh.routes.iter().enumerate() {
-                routes.extend(routes_json(&vh.name, i, e));
+            for e in &vh.routes {
+                routes.extend(routes_json(&vh.name, e));
             }
         }
     }

@@ -619,3 +619,42 @@ stringData: {tls.crt: x, tls.key: y}
     assert!(!crate::http::terminates(l, Some("other.org")));
     assert!(crate::http::terminates(l, None));
 }
+
+/// `%ROUTE_NAME%`: Istio's `TranslateRoute` names the Envoy route `http[].name`, plus
+/// `.<match name>` for a named match block; unnamed is no name at all (`-`).
+#[test]
+fn envoy_route_names_as_istio_translates_them() {
+    let mut y = GATEWAY.to_string();
+    y += &vs(
+        "names",
+        "[a.example.com]",
+        &format!(
+            "  - name: api\n    match:\n    - name: v1\n      uri: {{prefix: /v1}}\n    - uri: {{prefix: /v2}}\n{}  - match:\n    - name: only-match\n      uri: {{prefix: /m}}\n{}  - match:\n    - uri: {{prefix: /anon}}\n{}  - name: catch-all\n{}",
+            route_to(1001),
+            route_to(1002),
+            route_to(1003),
+            route_to(1004)
+        ),
+    );
+    let t = table(&y);
+    let name = |path: &'static str| {
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            method: "GET",
+            scheme: "http",
+            path,
+            query: None,
+            host: "a.example.com",
+            port: 80,
+            headers: &headers,
+        };
+        let vh = find_vhost(&t, "a.example.com").unwrap();
+        let (route, matched) = find_route(vh, &view).unwrap();
+        route.envoy_name(matched)
+    };
+    assert_eq!(name("/v1/x").as_deref(), Some("api.v1"));
+    assert_eq!(name("/v2/x").as_deref(), Some("api"));
+    assert_eq!(name("/m").as_deref(), Some(".only-match"));
+    assert_eq!(name("/anon"), None);
+    assert_eq!(name("/other").as_deref(), Some("catch-all"));
+}
