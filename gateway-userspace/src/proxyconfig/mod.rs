@@ -443,9 +443,87 @@ fn bootstrap_json(snap: &Snapshot, addrs: &[IpAddr]) -> Value {
     }})
 }
 
+/// Envoy's bootstrap listeners of Istio's proxy for the status and Prometheus ports,
+/// as `tools/packaging/common/envoy_bootstrap.json` (istio/istio 86c9f01) writes them:
+/// `<wildcard>_<port>` with the other wildcard in `additionalAddresses` when dual
+/// stack, `ignore_global_conn_limit` and `bypass_overload_manager`, one chain with an
+/// HTTP connection manager (`stat_prefix` `agent` / `stats`) whose inline route
+/// configuration has one virtual host `backend` for `*` with one prefix route to the
+/// `agent` (pilot-agent) or `prometheus_stats` (the admin port) cluster. Here the
+/// gateway answers both itself (`admin::serve_istio_port`); the clusters are named as
+/// Istio names them but not listed (this gateway has no pilot-agent and no such
+/// clusters). Each listener's inline route configuration, and the static route
+/// configurations of the dump (Envoy lists inline route configurations there; istioctl
+/// prints them as the unnamed `backend` rows).
+fn istio_port_listeners(
+    addrs: &[IpAddr],
+    ports: &crate::server::IstioPorts,
+) -> (Vec<Value>, Vec<Value>) {
+    let mut listeners = Vec::new();
+    let mut routes = Vec::new();
+    // The bootstrap's order: the Prometheus listener, then the status one.
+    for (port, stat, prefix, cluster) in [
+        (
+            ports.prometheus,
+            "stats",
+            "/stats/prometheus",
+            "prometheus_stats",
+        ),
+        (ports.status, "agent", "/healthz/ready", "agent"),
+    ] {
+        let Some(port) = port else { continue };
+        let bind = addrs.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let route_config = json!({
+            "virtual_hosts": [{
+                "name": "backend",
+                "domains": ["*"],
+                "routes": [{ "match": { "prefix": prefix }, "route": { "cluster": cluster } }],
+            }],
+        });
+        let mut listener = json!({
+            "@type": T_LISTENER,
+            "name": format!("{bind}_{port}"),
+            "address": { "socket_address": { "address": bind.to_string(), "port_value": port } },
+            "filter_chains": [{ "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "codec_type": "AUTO",
+                    "stat_prefix": stat,
+                    "route_config": route_config,
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                    }],
+                },
+            }] }],
+            "ignore_global_conn_limit": true,
+            "bypass_overload_manager": true,
+        });
+        if addrs.len() > 1 {
+            listener["additional_addresses"] = addrs[1..]
+                .iter()
+                .map(|a| json!({ "address": { "socket_address": { "address": a.to_string(), "port_value": port } } }))
+                .collect::<Vec<_>>()
+                .into();
+        }
+        listeners.push(json!({ "listener": listener }));
+        let mut rc = route_config;
+        rc["@type"] = T_ROUTE.into();
+        routes.push(json!({ "route_config": rc }));
+    }
+    // Envoy keeps static route configurations in a hash set, so their dump order is
+    // its own; Istio in Action's `proxy-config routes` of an ingress gateway lists
+    // /healthz/ready before /stats/prometheus, and so do we.
+    routes.reverse();
+    (listeners, routes)
+}
+
 /// The Envoy-shaped dump `/config_dump` serves (plus the resources as loaded). `addrs`:
-/// the addresses every Gateway port listens on (`0.0.0.0` and `::` when dual-stack).
-pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr]) -> Value {
+/// the addresses every Gateway port listens on (`0.0.0.0` and `::` when dual-stack);
+/// `ports`: Istio's status and Prometheus ports, shown as Envoy's static listeners.
+pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr], ports: &crate::server::IstioPorts) -> Value {
+    let (static_listeners, static_routes) = istio_port_listeners(addrs, ports);
     let listeners: Vec<Value> = snap
         .listeners
         .iter()
@@ -502,8 +580,8 @@ pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr]) -> Value {
     json!({
         "configs": [
             { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap_json(snap, addrs) },
-            { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": listeners },
-            { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": routes },
+            { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": static_listeners, "dynamic_listeners": listeners },
+            { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "static_route_configs": static_routes, "dynamic_route_configs": routes },
             { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": clusters },
             { "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump", "dynamic_active_secrets": secrets_json(snap) },
         ],
