@@ -577,16 +577,170 @@ pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr], ports: &crate::server::Ist
             }})
         })
         .collect();
-    json!({
-        "configs": [
+    let mut configs = json!([
             { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap_json(snap, addrs) },
             { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": static_listeners, "dynamic_listeners": listeners },
             { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "static_route_configs": static_routes, "dynamic_route_configs": routes },
             { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": clusters },
             { "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump", "dynamic_active_secrets": secrets_json(snap) },
-        ],
-        "resources": snap.resources,
-    })
+    ]);
+    // Envoy's messages in protojson's field order (the resources as loaded keep theirs).
+    protojson_order(&mut configs);
+    json!({ "configs": configs, "resources": snap.resources })
+}
+
+/// The keys of the Envoy messages this dump writes, in the order protojson prints them:
+/// each message's fields in declaration order (google.golang.org/protobuf
+/// encoding/protojson encode.go `order.RangeFields(fields, order.IndexNameFieldOrder,
+/// ...)`, internal/order/order.go: "Non-extensions are sorted according to their
+/// declaration index"), which is how `istioctl proxy-config ... -o json` prints them
+/// (its MessageSlice marshals each message with protojson). One list serves every
+/// message because the messages we write agree on the relative order of the keys
+/// they share (declarations from envoyproxy/data-plane-api 84e8436):
+/// - Listener: name, address, additional_addresses, filter_chains, ...,
+///   ignore_global_conn_limit, bypass_overload_manager; SocketAddress: protocol,
+///   address, port_value; FilterChain: filter_chain_match, filters, metadata,
+///   transport_socket; Filter, HttpFilter, TransportSocket: name, typed_config;
+///   DownstreamTlsContext: common_tls_context, require_client_certificate;
+/// - HttpConnectionManager: codec_type, stat_prefix, rds, route_config,
+///   http_filters; TcpProxy: stat_prefix, cluster, weighted_clusters;
+/// - RouteConfiguration: name, virtual_hosts, validate_clusters,
+///   ignore_port_in_host_matching; VirtualHost: name, domains, routes,
+///   include_request_attempt_count; Route: name, match, route | redirect |
+///   direct_response, metadata; RouteMatch: prefix | path | safe_regex,
+///   case_sensitive, headers, query_parameters; HeaderMatcher: name, string_match;
+///   RouteAction: cluster, weighted_clusters; ClusterWeight: name, weight;
+/// - Cluster: name, type, load_assignment, metadata; ClusterLoadAssignment:
+///   cluster_name, endpoints; LbEndpoint: endpoint, health_status;
+/// - the admin dumps: version_info, static_*, dynamic_*; DynamicListener: name,
+///   active_state; DynamicSecret: name, secret; Secret: name, tls_certificate,
+///   validation_context; TlsCertificate: certificate_chain, private_key;
+/// - Node: id, cluster, metadata, user_agent_name, user_agent_build_version;
+///   SemanticVersion: major_number, minor_number, patch.
+///
+/// `@type` comes first (protojson writes an Any's type URL first). Keys not listed
+/// (the certificate facts this dump adds, the resources as loaded) follow in
+/// alphabetical order, and a `filter_metadata` value is a map of `Struct`s, whose keys
+/// protojson sorts (order.GenericKeyOrder): sorted all the way down.
+const PROTOJSON_ORDER: &[&str] = &[
+    "@type",
+    "name",
+    "id",
+    "cluster_name",
+    "bootstrap",
+    "node",
+    "version_info",
+    "static_listeners",
+    "static_route_configs",
+    "static_clusters",
+    "static_secrets",
+    "dynamic_listeners",
+    "dynamic_route_configs",
+    "dynamic_active_clusters",
+    "dynamic_active_secrets",
+    "active_state",
+    "listener",
+    "protocol",
+    "address",
+    "port_value",
+    "socket_address",
+    "additional_addresses",
+    "filter_chains",
+    "filter_chain_match",
+    "server_names",
+    "filters",
+    "typed_config",
+    "common_tls_context",
+    "tls_certificate_sds_secret_configs",
+    "require_client_certificate",
+    "codec_type",
+    "stat_prefix",
+    "rds",
+    "route_config_name",
+    "route_config",
+    "http_filters",
+    "virtual_hosts",
+    "domains",
+    "routes",
+    "match",
+    "prefix",
+    "path",
+    "safe_regex",
+    "exact",
+    "regex",
+    "case_sensitive",
+    "headers",
+    "string_match",
+    "query_parameters",
+    "route",
+    "redirect",
+    "direct_response",
+    "status",
+    "cluster",
+    "weighted_clusters",
+    "clusters",
+    "weight",
+    "type",
+    "load_assignment",
+    "endpoints",
+    "lb_endpoints",
+    "endpoint",
+    "health_status",
+    "metadata",
+    "filter_metadata",
+    "transport_socket",
+    "validate_clusters",
+    "include_request_attempt_count",
+    "ignore_port_in_host_matching",
+    "ignore_global_conn_limit",
+    "bypass_overload_manager",
+    "user_agent_name",
+    "user_agent_build_version",
+    "version",
+    "major_number",
+    "minor_number",
+    "patch",
+    "secret",
+    "tls_certificate",
+    "certificate_chain",
+    "private_key",
+    "validation_context",
+    "trusted_ca",
+];
+
+/// Puts every object's keys in [`PROTOJSON_ORDER`] (the rest after, sorted).
+pub fn protojson_order(v: &mut Value) {
+    reorder(v, |k| {
+        PROTOJSON_ORDER
+            .iter()
+            .position(|o| *o == k)
+            .unwrap_or(usize::MAX)
+    });
+}
+
+/// Sorts every object's keys (sigs.k8s.io/yaml `JSONToYAML`, which istioctl's `-o yaml`
+/// goes through, decodes into Go maps and so writes keys sorted).
+pub fn sorted_keys(v: &mut Value) {
+    reorder(v, |_| 0);
+}
+
+fn reorder(v: &mut Value, rank: fn(&str) -> usize) {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = std::mem::take(m).into_iter().collect();
+            entries.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
+            for (k, v) in &mut entries {
+                if k == "filter_metadata" {
+                    reorder(v, |_| 0);
+                } else {
+                    reorder(v, rank);
+                }
+            }
+            *m = entries.into_iter().collect();
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| reorder(v, rank)),
+        _ => {}
+    }
 }
 
 // === the tables ===

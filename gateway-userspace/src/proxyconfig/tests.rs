@@ -339,3 +339,72 @@ fn log_levels_as_envoy_names_them() {
         assert_eq!(active_loggers(), "active loggers:\n  default: info\n");
     }
 }
+
+/// `-o json` prints Envoy's fields in protojson's order (declaration order,
+/// `PROTOJSON_ORDER`), not alphabetically; `-o yaml` sorted, as istioctl's JSONToYAML.
+/// Failed before: every object's keys were alphabetical (`ignorePortInHostMatching`
+/// first, `virtualHosts` after `validateClusters`).
+#[test]
+fn json_keys_in_protojson_order() {
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().unwrap().keys().map(String::as_str).collect()
+    }
+    let out = run("proxy-config route --name http.80 -o json").unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let rc = &v[0];
+    // istioctl prints the unpacked message: no `@type`.
+    assert_eq!(
+        keys(rc),
+        [
+            "name",
+            "virtualHosts",
+            "validateClusters",
+            "ignorePortInHostMatching"
+        ],
+        "{out}"
+    );
+    let vh = &rc["virtualHosts"][0];
+    assert_eq!(
+        keys(vh),
+        ["name", "domains", "routes", "includeRequestAttemptCount"]
+    );
+    assert_eq!(keys(&vh["routes"][0]), ["match", "route", "metadata"]);
+    let out = run("proxy-config listener --port 443 -o json").unwrap();
+    let l: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        keys(&l[0]),
+        ["name", "address", "additionalAddresses", "filterChains"]
+    );
+    assert_eq!(
+        keys(&l[0]["address"]["socketAddress"]),
+        ["address", "portValue"]
+    );
+    assert_eq!(
+        keys(&l[0]["filterChains"][0]),
+        ["filterChainMatch", "filters", "transportSocket"]
+    );
+    let hcm = &l[0]["filterChains"][0]["filters"][0];
+    assert_eq!(keys(hcm), ["name", "typedConfig"]);
+    assert_eq!(keys(&hcm["typedConfig"]), ["@type", "statPrefix", "rds"]);
+    let out = run("proxy-config cluster -o json").unwrap();
+    let c: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(keys(&c[0]), ["name", "type", "loadAssignment", "metadata"]);
+    // Struct contents (filter_metadata) sorted, as protojson sorts map keys.
+    let istio = keys(&c[0]["metadata"]["filterMetadata"]["istio"]);
+    let mut sorted = istio.clone();
+    sorted.sort();
+    assert_eq!(istio, sorted);
+    // YAML: sorted keys (serde_yaml's Mapping keeps the printed order).
+    let y = run("proxy-config cluster -o yaml").unwrap();
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+    let names: Vec<&str> = parsed[0]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "{y}");
+    assert_eq!(names[0], "loadAssignment");
+}
