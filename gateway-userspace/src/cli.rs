@@ -106,6 +106,14 @@ pub struct RunArgs {
     /// Admin API address (/ready, /stats/prometheus, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
+    /// Istio's status port: `/healthz/ready` (200 once the config serves, 503 before and
+    /// while draining), on the addresses the Gateway ports use. `0` or `off`: not served.
+    #[arg(long, default_value = "15021", value_name = "PORT|off", value_parser = parse_port_or_off)]
+    pub status_port: PortOrOff,
+    /// Istio's Prometheus port: `/stats/prometheus` (the admin port's text), on the
+    /// addresses the Gateway ports use. `0` or `off`: not served.
+    #[arg(long, default_value = "15090", value_name = "PORT|off", value_parser = parse_port_or_off)]
+    pub prometheus_port: PortOrOff,
     /// Address the Gateway ports are bound on. Default: dual stack, every IPv4 and IPv6
     /// address (0.0.0.0 and [::], as Istio's dual-stack gateways listen); 0.0.0.0 for
     /// IPv4 only, :: as the system binds it (IPv4 too, v4-mapped, unless
@@ -176,6 +184,20 @@ pub struct RunArgs {
     /// arenas hold a lot of it free (after connections close; `runtime::heap`). 0: never.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub heap_trim_interval: Duration,
+}
+
+/// A port, or none (`0`, `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortOrOff(pub Option<u16>);
+
+fn parse_port_or_off(s: &str) -> Result<PortOrOff, String> {
+    match s.trim() {
+        "off" | "0" => Ok(PortOrOff(None)),
+        p => p
+            .parse::<u16>()
+            .map(|p| PortOrOff(Some(p)))
+            .map_err(|_| format!("expected a port (1-65535), 0 or off, got {s:?}")),
+    }
 }
 
 /// "65536", "64k", "1m" (KiB and MiB).
@@ -286,7 +308,11 @@ pub fn telemetry_or_exit(
             t.source
         );
     }
-    crate::telemetry::Telemetry::new(AccessLogs::start(targets, args.access_log_buffer), &id)
+    let mut t =
+        crate::telemetry::Telemetry::new(AccessLogs::start(targets, args.access_log_buffer), &id);
+    t.istio
+        .set_endpoint_labels(crate::telemetry::istio_metrics::endpoint_labels(snapshot));
+    t
 }
 
 /// `gateway proxy-config`: prints the table (or JSON), or the error and exits 1.
@@ -371,6 +397,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         listener_max_connections: args.listener_max_connections.filter(|&n| n > 0),
         path_normalization,
         http: http_options(&args),
+        istio_ports: crate::server::IstioPorts {
+            status: args.status_port.0,
+            prometheus: args.prometheus_port.0,
+        },
     };
     let http = crate::http::HttpState::build(&snapshot).unwrap_or_else(|e| {
         eprintln!("{e}\nconfiguration error; nothing was started");
@@ -386,6 +416,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin = admin::bind(args.admin_addr)
         .await
         .context("binding the admin API")?;
+    // Istio's status and Prometheus ports: bound like the Gateway ports, served from
+    // now on (/healthz/ready answers 503 until the accept loops run).
+    let istio_ports = [
+        (
+            gw.opts.istio_ports.status,
+            admin::IstioPort::Status,
+            "--status-port",
+        ),
+        (
+            gw.opts.istio_ports.prometheus,
+            admin::IstioPort::Prometheus,
+            "--prometheus-port",
+        ),
+    ];
+    for (port, which, flag) in istio_ports {
+        let Some(port) = port else { continue };
+        let socks = listener::bind_port(&gw, port).with_context(|| {
+            format!("binding {which:?} port {port} (move it with {flag} PORT, or {flag} off)")
+        })?;
+        for sock in socks {
+            tokio::spawn(admin::serve_istio_port(gw.clone(), sock, which));
+        }
+    }
     tokio::spawn(admin::serve(gw.clone(), admin));
     if !args.heap_trim_interval.is_zero() {
         let g = gw.clone();
@@ -399,10 +452,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for (l, sock) in listeners {
         tokio::spawn(listener::accept_loop(gw.clone(), l, sock));
     }
+    gw.readiness.set(crate::server::ReadyState::Serving);
     tracing::info!(
         splice = gw.splicer.name(),
         admin = %args.admin_addr,
         ports = ?ports,
+        status_port = ?gw.opts.istio_ports.status,
+        prometheus_port = ?gw.opts.istio_ports.prometheus,
         "gateway ready"
     );
     tokio::signal::ctrl_c()
@@ -467,6 +523,27 @@ mod tests {
             argv.extend_from_slice(bad);
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn status_and_prometheus_ports() {
+        let d = run_args(&[]);
+        assert_eq!(
+            (d.status_port, d.prometheus_port),
+            (PortOrOff(Some(15021)), PortOrOff(Some(15090)))
+        );
+        let o = run_args(&["--status-port", "25021", "--prometheus-port", "off"]);
+        assert_eq!(
+            (o.status_port, o.prometheus_port),
+            (PortOrOff(Some(25021)), PortOrOff(None))
+        );
+        assert_eq!(
+            run_args(&["--status-port", "0"]).status_port,
+            PortOrOff(None)
+        );
+        let mut argv = vec!["gateway", "run", "--config", "x.yaml"];
+        argv.extend_from_slice(&["--status-port", "70000"]);
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -32,6 +32,67 @@ pub struct Options {
     pub path_normalization: crate::config::mesh::PathNormalization,
     /// Upgrade types, the tunnel idle timeout and internal addresses.
     pub http: crate::http::HttpOptions,
+    /// Istio's status port (`/healthz/ready`, 15021) and Prometheus port
+    /// (`/stats/prometheus`, 15090); None: not served.
+    pub istio_ports: IstioPorts,
+}
+
+/// The ports Istio's proxy serves besides the Gateway's (Envoy's bootstrap listeners
+/// `0.0.0.0_15021` and `0.0.0.0_15090`, tools/packaging/common/envoy_bootstrap.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IstioPorts {
+    /// `/healthz/ready` (`--status-port`, Istio's `envoy_status_port`).
+    pub status: Option<u16>,
+    /// `/stats/prometheus` (`--prometheus-port`, Istio's `envoy_prometheus_port`).
+    pub prometheus: Option<u16>,
+}
+
+impl Default for IstioPorts {
+    fn default() -> Self {
+        IstioPorts {
+            status: Some(15021),
+            prometheus: Some(15090),
+        }
+    }
+}
+
+/// Where the gateway is in its life, as readiness reports it: `/healthz/ready` on the
+/// status port answers 200 only while [`ReadyState::Serving`] (503 before the config
+/// serves and while draining), and the admin `/ready` answers as Envoy's does (`LIVE`,
+/// else 503 with the state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReadyState {
+    /// Listeners not yet accepting.
+    Starting = 0,
+    /// The config serves: every Gateway port accepts.
+    Serving = 1,
+    /// Shutting down (issue 11's drain sets this first, so load balancers stop sending
+    /// before the listeners close).
+    Draining = 2,
+}
+
+/// The gateway's [`ReadyState`], shared by the readiness handlers and whoever changes it.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicU8);
+
+impl Readiness {
+    pub fn get(&self) -> ReadyState {
+        match self.0.load(Ordering::Acquire) {
+            0 => ReadyState::Starting,
+            1 => ReadyState::Serving,
+            _ => ReadyState::Draining,
+        }
+    }
+
+    pub fn set(&self, state: ReadyState) {
+        self.0.store(state as u8, Ordering::Release);
+    }
+
+    /// 200 on `/healthz/ready`.
+    pub fn is_ready(&self) -> bool {
+        self.get() == ReadyState::Serving
+    }
 }
 
 impl Default for Options {
@@ -45,6 +106,7 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             path_normalization: crate::config::mesh::PathNormalization::Base,
             http: crate::http::HttpOptions::default(),
+            istio_ports: IstioPorts::default(),
         }
     }
 }
@@ -62,6 +124,8 @@ pub struct Gateway {
     pub authz: Arc<crate::authz::Enforcer>,
     /// TLS passthrough routes by SNI, per port.
     pub sni_routes: crate::tls::routes::SniRoutes,
+    /// What `/healthz/ready` answers.
+    pub readiness: Readiness,
     /// Round-robin position per cluster.
     rr: BTreeMap<String, AtomicUsize>,
 }
@@ -92,6 +156,7 @@ impl Gateway {
             opts,
             authz,
             sni_routes,
+            readiness: Readiness::default(),
             rr,
         }
     }

@@ -56,6 +56,21 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// `gateway run` arguments that turn off Istio's status (15021) and Prometheus (15090)
+/// ports. Tests start many gateways at once, each in its own namespace, but one
+/// namespace can hold several (and `--bind` narrows only the Gateway ports' addresses),
+/// so [`GatewayProc::start`] adds these unless the arguments name `--status-port` /
+/// `--prometheus-port` themselves (a test of those ports picks free ones).
+pub const NO_ISTIO_PORTS: [&str; 4] = ["--status-port", "off", "--prometheus-port", "off"];
+
+/// A free TCP port on 127.0.0.1 of the calling namespace (bound once, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A gateway process in a namespace; killed (and its log kept for panics) on drop.
 pub struct GatewayProc {
     child: Option<Child>,
@@ -86,6 +101,12 @@ impl GatewayProc {
         cmd.arg("run").arg("--admin-addr").arg(&admin);
         for c in config {
             cmd.arg("--config").arg(c);
+        }
+        if !args.contains(&"--status-port") {
+            cmd.args(&NO_ISTIO_PORTS[..2]);
+        }
+        if !args.contains(&"--prometheus-port") {
+            cmd.args(&NO_ISTIO_PORTS[2..]);
         }
         cmd.args(args)
             .env(

@@ -339,7 +339,9 @@ fn unread_stderr_never_blocks_requests() {
     let ns = NetNs::new("http-stderr");
     let _b = start_backends(&ns, vec![App::Http(18080, "webapp")]);
     let mut cmd = ns.cmd(gateway_tests::gateway::gateway_bin().to_str().unwrap());
-    cmd.args(["run", "--splice", "userspace", "--config"])
+    cmd.args(["run", "--splice", "userspace"])
+        .args(gateway_tests::gateway::NO_ISTIO_PORTS)
+        .arg("--config")
         .arg(config("coolstore-gateway.yaml"))
         .arg("--config")
         .arg(config("secrets.yaml"))

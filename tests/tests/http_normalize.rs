@@ -484,7 +484,9 @@ fn default_mode_is_base_and_unknown_modes_are_refused() {
     )
     .unwrap();
     let mut cmd = ns.cmd(gateway_tests::gateway::gateway_bin().to_str().unwrap());
-    cmd.args(["run", "--splice", "userspace", "--config"])
+    cmd.args(["run", "--splice", "userspace"])
+        .args(gateway_tests::gateway::NO_ISTIO_PORTS)
+        .arg("--config")
         .arg(fixture("normalize.yaml"))
         .arg("--mesh-config")
         .arg(&mesh)

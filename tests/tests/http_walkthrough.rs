@@ -240,15 +240,22 @@ fn walkthrough_https_certificate_per_host() {
         assert!(text.contains(&format!("subject=CN = {host}")), "{text}");
         assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
     }
-    // No SNI: the first server's certificate on the port (README).
+    // No SNI, and no server on the port has host `*`: no filter chain matches, and the
+    // connection is closed without a certificate, as Envoy does (README "HTTPS without
+    // SNI"). Before: the first server's certificate was served.
     let out = sh_in(
         &ns,
         "openssl s_client -connect 127.0.0.1:443 -noservername </dev/null 2>&1",
     );
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("subject="), "{text}");
+    assert!(text.contains("no peer certificate available"), "{text}");
+    // curl to an IP address sends no SNI (RFC 6066): the same.
+    let r = curl(&ns, &["-k", "https://127.0.0.1/api/catalog"]);
+    assert_ne!(r.exit, 0, "{r:?}");
     assert!(
-        text.contains("subject=CN = webapp.istioinaction.io"),
-        "{text}"
+        gw.log()
+            .contains("no SNI, and no HTTPS server on this port has host")
     );
 
     // A name no server on the port has: the handshake is refused.
@@ -272,6 +279,71 @@ fn walkthrough_https_certificate_per_host() {
         assert_eq!(r.status, 421, "{flag}: {r:?}");
         assert!(r.header("x-backend").is_none());
     }
+}
+
+/// HTTPS without SNI picks what Envoy's filter-chain match picks for Istio's chains:
+/// the server with host `*` (its chain has no `server_names`), not the first server of
+/// the port; with an SNI, the server that names it. Failed before: a ClientHello
+/// without SNI got the first server's certificate (webapp's).
+#[test]
+fn https_without_sni_takes_the_star_server() {
+    if !privileged("https_without_sni_takes_the_star_server") {
+        return;
+    }
+    let ns = NetNs::new("http-nosni");
+    let _b = start_backends(
+        &ns,
+        vec![App::Http(18080, "webapp"), App::Http(18081, "catalog")],
+    );
+    let gw = start_gateway(
+        &ns,
+        &[
+            &fixture("no-sni.yaml"),
+            &config("secrets.yaml"),
+            &config("service-entries.yaml"),
+        ],
+    );
+    let ca = demo_ca();
+    let s_client = |sni: &str| {
+        let out = sh_in(
+            &ns,
+            &format!(
+                "openssl s_client -connect 127.0.0.1:443 {sni} -CAfile {} </dev/null 2>&1",
+                ca.display()
+            ),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = s_client("-noservername");
+    assert!(
+        text.contains("subject=CN = catalog.istioinaction.io"),
+        "no SNI: the `*` server's certificate\n{text}\n{}",
+        gw.log()
+    );
+    let text = s_client("-servername webapp.istioinaction.io");
+    assert!(
+        text.contains("subject=CN = webapp.istioinaction.io"),
+        "{text}"
+    );
+    // Any other SNI falls to the chain without server_names too.
+    let text = s_client("-servername other.example");
+    assert!(
+        text.contains("subject=CN = catalog.istioinaction.io"),
+        "{text}"
+    );
+    // curl to the IP address (no SNI): the `*` server, routed by its VirtualService.
+    let r = curl(&ns, &["-v", "-k", "https://127.0.0.1/items"]);
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    assert_eq!(r.header("x-backend"), Some("catalog"));
+    assert!(
+        r.verbose.contains("subject: CN=catalog.istioinaction.io"),
+        "{}",
+        r.verbose
+    );
+    // And by name, webapp's server and certificate.
+    let r = https(&ns, "webapp.istioinaction.io", 443, "/", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-backend"), Some("webapp"));
 }
 
 #[test]

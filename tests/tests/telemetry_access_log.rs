@@ -256,7 +256,8 @@ fn check_http_fields(
     assert_eq!(s("upstream_local_address"), echo["peer"].as_str().unwrap());
     assert_eq!(s("downstream_local_address"), format!("127.0.0.1:{port}"));
     assert_eq!(s("downstream_remote_address"), f.local);
-    assert_eq!(s("route_name"), "webapp-vs-from-gw.0");
+    // The walkthrough's VirtualServices name no route: Envoy logs `-`.
+    assert_eq!(s("route_name"), "-");
 }
 
 #[test]
@@ -793,4 +794,80 @@ fn telemetry_kernel_aya_log_reaches_the_gateway_log() {
     assert!(found[0].contains("len="), "{}", found[0]);
     assert!(post("redirects=off").contains("\"redirects\":false"));
     assert!(post("redirects=maybe").contains("usage"));
+}
+
+/// `%ROUTE_NAME%` as Istio sets it (`TranslateRoute`, pilot/pkg/networking/core/route/
+/// route.go): the VirtualService's `http[].name`, plus `.<match name>` when the match
+/// block that matched is named, `-` for an unnamed route; and the same names on the
+/// routes of `/config_dump` (what `proxy-config route -o json` prints). Before: every
+/// route was logged as an invented `<vs>.<index>`.
+#[test]
+fn telemetry_route_name_as_istio_sets_it() {
+    if !privileged("telemetry_route_name_as_istio_sets_it") {
+        return;
+    }
+    let ns = NetNs::new("tele-route");
+    let _b = start_backends(&ns, vec![App::Http(18080, "webapp")]);
+    let configs = vec![tele("named-routes.yaml"), config("telemetry.yaml")];
+    let gw = start(&ns, &configs, &["--splice", "userspace"]);
+    for (path, id, want) in [
+        ("/v1/a", "route-v1", "api.v1"),
+        ("/v2/a", "route-v2", "api"),
+        ("/m", "route-m", ".only-match"),
+        ("/anon", "route-anon", "-"),
+    ] {
+        let f = fetch(
+            &ns,
+            &[
+                &format!("http://localhost:8088{path}"),
+                "-H",
+                "Host: named.example",
+                "-H",
+                &format!("x-request-id: {id}"),
+            ],
+        );
+        assert_eq!(f.status, 200, "{path}");
+        let lines = lines_with(&gw, id, 1, is_text);
+        assert_eq!(lines.len(), 1, "{id}:\n{}", gw.log());
+        assert_eq!(
+            parse_text(&lines[0])["route_name"],
+            want,
+            "{path}: {}",
+            lines[0]
+        );
+    }
+    let dump = gw.admin_json("/config_dump");
+    let routes = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["@type"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("RoutesConfigDump")
+        })
+        .expect("RoutesConfigDump");
+    let rc = routes["dynamic_route_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route_config"]["name"] == "http.8088")
+        .expect("http.8088");
+    let names: Vec<serde_json::Value> = rc["route_config"]["virtual_hosts"][0]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            serde_json::json!("api.v1"),
+            serde_json::json!("api"),
+            serde_json::json!(".only-match"),
+            serde_json::Value::Null
+        ],
+        "{rc:#}"
+    );
 }

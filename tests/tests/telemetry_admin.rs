@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gateway_tests::{
     backends::tcp_echo,
-    gateway::{GatewayProc, gateway_bin},
+    gateway::{GatewayProc, free_port, gateway_bin},
     netns::{NetNs, privileged},
 };
 use http_common::*;
@@ -148,7 +148,14 @@ fn telemetry_prometheus_counters_match_the_traffic() {
     let webapp = [
         ("reporter", "source"),
         ("source_workload", "istio-ingressgateway"),
+        // Istio's CanonicalService of the gateway's labels: `app`, no version: latest.
+        ("source_canonical_service", "istio-ingressgateway"),
+        ("source_canonical_revision", "latest"),
         ("source_workload_namespace", "istio-system"),
+        // The walkthrough's ServiceEntry endpoints carry no labels: no peer, as Istio's
+        // stats filter reports it.
+        ("destination_canonical_service", "unknown"),
+        ("destination_canonical_revision", "latest"),
         ("destination_service", "webapp.default.svc.cluster.local"),
         ("destination_service_name", "webapp"),
         ("destination_service_namespace", "default"),
@@ -531,4 +538,119 @@ fn telemetry_ipv6_client_reaches_the_default_bound_gateway() {
     });
     assert_eq!(echoed, b"hello over v6\n");
     drop(gw);
+}
+
+/// Istio's status and Prometheus ports, moved to free ports (`--status-port`,
+/// `--prometheus-port`; the harness turns them off elsewhere): `/healthz/ready` answers
+/// 200 with an empty body once the config serves, other paths 404; `/stats/prometheus`
+/// serves the admin port's metrics; both listeners are in `proxy-config listener` as
+/// istioctl shows them for an ingress gateway. Failed before: neither port existed.
+#[test]
+fn telemetry_status_and_prometheus_ports() {
+    if !privileged("telemetry_status_and_prometheus_ports") {
+        return;
+    }
+    let ns = NetNs::new("tele-ports");
+    let (status, prom) = ns.run(|| {
+        // Both held at once, so the two differ.
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        )
+    });
+    assert_ne!(ns.run(free_port), 0);
+    let _b = start_backends(&ns, vec![App::Http(18080, "webapp")]);
+    let (status_s, prom_s) = (status.to_string(), prom.to_string());
+    let gw = GatewayProc::start(
+        &ns,
+        &[
+            &config("coolstore-gateway.yaml"),
+            &config("service-entries.yaml"),
+            &config("secrets.yaml"),
+        ],
+        &[
+            "--splice",
+            "userspace",
+            "--status-port",
+            &status_s,
+            "--prometheus-port",
+            &prom_s,
+        ],
+    );
+    let r = curl(
+        &ns,
+        &[
+            "http://localhost/api/catalog",
+            "-H",
+            "Host: webapp.istioinaction.io",
+        ],
+    );
+    assert_eq!(r.status, 200);
+
+    let ready = curl(&ns, &[&format!("http://127.0.0.1:{status}/healthz/ready")]);
+    assert_eq!(ready.status, 200, "{ready:?}\n{}", gw.log());
+    assert_eq!(ready.body, "");
+    // Dual stack, as the Gateway ports (unless this host has no IPv6).
+    if !gw.log().contains("IPv6 not served") {
+        let r6 = curl(&ns, &[&format!("http://[::1]:{status}/healthz/ready")]);
+        assert_eq!(r6.status, 200, "{r6:?}");
+    }
+    let other = curl(
+        &ns,
+        &[&format!("http://127.0.0.1:{status}/stats/prometheus")],
+    );
+    assert_eq!(
+        other.status, 404,
+        "the status port routes /healthz/ready only"
+    );
+
+    let text = curl(&ns, &[&format!("http://127.0.0.1:{prom}/stats/prometheus")]);
+    assert_eq!(text.status, 200, "{text:?}");
+    let scrape = Scrape::parse(text.body.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format");
+    assert_eq!(
+        sample(
+            &scrape,
+            "istio_requests_total",
+            &[
+                ("destination_service", "webapp.default.svc.cluster.local"),
+                ("source_canonical_service", "istio-ingressgateway"),
+                ("response_code", "200"),
+            ]
+        ),
+        1.0
+    );
+    // One implementation: the admin port's families, the same set.
+    let admin = Scrape::parse(
+        gw.admin_get("/stats/prometheus")
+            .lines()
+            .map(|l| Ok(l.to_string())),
+    )
+    .unwrap();
+    let mut a: Vec<&String> = admin.docs.keys().collect();
+    let mut p: Vec<&String> = scrape.docs.keys().collect();
+    a.sort();
+    p.sort();
+    assert_eq!(a, p);
+    let other = curl(&ns, &[&format!("http://127.0.0.1:{prom}/healthz/ready")]);
+    assert_eq!(other.status, 404);
+
+    // proxy-config listener: Envoy's bootstrap listeners, as istioctl prints them.
+    let listeners = proxy_config(&ns, &["listener"]);
+    for (port, dest) in [
+        (status, "Inline Route: /healthz/ready*"),
+        (prom, "Inline Route: /stats/prometheus*"),
+    ] {
+        assert!(
+            listeners.lines().any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.get(1) == Some(&port.to_string().as_str())
+                    && cells.get(2) == Some(&"ALL")
+                    && l.ends_with(dest)
+            }),
+            "{port} {dest}:\n{listeners}"
+        );
+    }
 }

@@ -2,6 +2,11 @@
 //! Prometheus stats (Istio's metrics and the gateway's own), the Envoy-shaped config
 //! dump `gateway proxy-config` reads, and the splice's kernel-side state.
 //!
+//! Istio's two other ports are here too ([`serve_istio_port`]): the status port
+//! (`/healthz/ready`, 15021) and the Prometheus port (`/stats/prometheus`, 15090),
+//! which serves the same text as the admin port's `/stats/prometheus`
+//! ([`prometheus_text`]).
+//!
 //! `POST /debug/kernel_log?redirects=on|off` switches the kernel program's per-redirect
 //! aya-log record ("splice: redirected cookie=.. len=..", info level) on or off: a
 //! debugging aid that costs one ring-buffer record per skb, off by default.
@@ -12,7 +17,10 @@ use hyper::{Request, Response, StatusCode, body::Bytes, header, service::service
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::{kernel::splice::Splicer, server::Gateway};
+use crate::{
+    kernel::splice::Splicer,
+    server::{Gateway, ReadyState},
+};
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -21,6 +29,54 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
+    serve_with(gw, listener, handle).await
+}
+
+/// Which of Istio's ports a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IstioPort {
+    /// `/healthz/ready`: 200 once the config serves, 503 before and while draining.
+    Status,
+    /// `/stats/prometheus`: what the admin port serves there.
+    Prometheus,
+}
+
+/// Serves one of Istio's ports. As Envoy's bootstrap routes them
+/// (tools/packaging/common/envoy_bootstrap.json): one virtual host `*` with one route,
+/// `prefix: /healthz/ready` (to pilot-agent, whose `handleReadyProbe` answers 200 or 503
+/// with an empty body) or `prefix: /stats/prometheus` (to the admin port); any other
+/// path has no route: 404.
+pub async fn serve_istio_port(gw: Arc<Gateway>, listener: TcpListener, which: IstioPort) {
+    let handler = move |gw: &Gateway, req: Request<hyper::body::Incoming>| {
+        let path = req.uri().path();
+        match which {
+            IstioPort::Status if path.starts_with("/healthz/ready") => {
+                let status = if gw.readiness.is_ready() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                reply(status, "text/plain", String::new())
+            }
+            IstioPort::Prometheus if path.starts_with("/stats/prometheus") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                prometheus_text(gw),
+            ),
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", String::new()),
+        }
+    };
+    serve_with(gw, listener, handler).await
+}
+
+async fn serve_with<H>(gw: Arc<Gateway>, listener: TcpListener, handler: H)
+where
+    H: Fn(&Gateway, Request<hyper::body::Incoming>) -> Response<Full<Bytes>>
+        + Copy
+        + Send
+        + Sync
+        + 'static,
+{
     let port = listener.local_addr().map_or(0, |a| a.port());
     let mut errors = crate::listener::ErrorLog::default();
     loop {
@@ -37,7 +93,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(handle(&gw, req)) }
+                async move { Ok::<_, Infallible>(handler(&gw, req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(conn), svc)
@@ -54,20 +110,42 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
         .expect("static response parts")
 }
 
+/// The Prometheus text of `/stats/prometheus`, on the admin port and the Prometheus
+/// port alike: the gateway's own counters, Istio's metrics, the access logs' counters.
+pub fn prometheus_text(gw: &Gateway) -> String {
+    let mut out = gw
+        .stats
+        .render_prometheus(&gw.splicer, &gw.opts.bind.to_string());
+    gw.telemetry.render_prometheus(&mut out);
+    out
+}
+
 fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let json = |v: serde_json::Value| reply(StatusCode::OK, "application/json", format!("{v:#}\n"));
     match req.uri().path() {
-        "/ready" => reply(StatusCode::OK, "text/plain", "LIVE\n".into()),
-        "/stats/prometheus" => {
-            let mut out = gw
-                .stats
-                .render_prometheus(&gw.splicer, &gw.opts.bind.to_string());
-            gw.telemetry.render_prometheus(&mut out);
-            reply(StatusCode::OK, "text/plain; version=0.0.4", out)
-        }
+        // Envoy's /ready: 200 `LIVE` once serving, else 503 and the state.
+        "/ready" => match gw.readiness.get() {
+            ReadyState::Serving => reply(StatusCode::OK, "text/plain", "LIVE\n".into()),
+            ReadyState::Starting => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "INITIALIZING\n".into(),
+            ),
+            ReadyState::Draining => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "DRAINING\n".into(),
+            ),
+        },
+        "/stats/prometheus" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            prometheus_text(gw),
+        ),
         "/config_dump" => json(crate::proxyconfig::config_dump(
             &gw.snapshot,
             &gw.listen_addrs(),
+            &gw.opts.istio_ports,
         )),
         // Envoy's /logging, read-only: the levels come from RUST_LOG at start.
         "/logging" => reply(StatusCode::OK, "text/plain", crate::proxyconfig::active_loggers()),

@@ -197,8 +197,9 @@ impl HttpState {
 
 /// True when a TLS connection on this listener with this SNI (None: no SNI) is to be
 /// terminated here by an HTTPS server, rather than passed through or sent to TCP.
-/// Without SNI it is terminated only when no TCP route would take it (Envoy's filter
-/// chain without `server_names` vs. the TCP fallback chain). A scan of the servers; the
+/// Without SNI it is terminated only by an HTTPS server with host `*` (Envoy's filter
+/// chain without `server_names`, [`routing::tls_server_for`]), and only when no TCP
+/// route would take it (the port's match-all TCP chain). A scan of the servers; the
 /// data path asks [`HttpState::terminates`].
 pub fn terminates(listener: &Listener, sni: Option<&str>) -> bool {
     match sni {
@@ -253,10 +254,11 @@ pub async fn serve(
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
         let sni = start.client_hello().server_name().map(str::to_string);
         let Some(index) = lh.by_sni.get(sni.as_deref()) else {
-            return Err(io::Error::other(format!(
-                "no HTTPS server for SNI {:?}",
-                sni.as_deref().unwrap_or("")
-            )));
+            return Err(io::Error::other(match sni.as_deref() {
+                Some(sni) => format!("no HTTPS server for SNI {sni:?}"),
+                // Envoy: no filter chain matches, the connection is closed.
+                None => "no SNI, and no HTTPS server on this port has host \"*\" (no filter chain matches: closed, as Envoy does)".to_string(),
+            }));
         };
         let Some(server) = lh.servers.get(&index) else {
             return Err(io::Error::other("HTTPS server without a TLS config"));

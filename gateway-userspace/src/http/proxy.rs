@@ -426,7 +426,7 @@ async fn route_request(
         return done(log, empty_reply(StatusCode::NOT_FOUND));
     };
     let route = route.clone();
-    log.route_name = Some(route.name.clone());
+    log.route_name = route.envoy_name(matched);
     // Envoy refuses an upgrade type it has no upgrade config for once the route is
     // known, before any filter runs: 403, empty body, `upgrade_failed`.
     if let Offer::Refused(what) = &offer {

@@ -129,21 +129,32 @@ pub fn server_hosts(server: &ServerRef) -> Vec<String> {
         .collect()
 }
 
-/// The HTTPS-terminating server a TLS connection with this SNI belongs to, like
-/// Envoy's filter-chain match on `server_names`: best host score wins, ties go to the
-/// first server. Without SNI, the first terminating server of the port (Envoy's
-/// chain without `server_names`; documented in the README).
+/// The HTTPS-terminating server a TLS connection with this SNI belongs to, as Envoy's
+/// filter-chain match picks among the chains Istio builds for the port's servers.
+///
+/// Istio gives each HTTPS server a filter chain whose `server_names` are its hosts,
+/// sorted, and none at all when one of them is `*` (pilot/pkg/networking/core/
+/// listener.go `toFilterChainMatch`: `fullWildcardFound`; gateway.go passes
+/// `GetSNIHostsForServer`, the hosts without their `ns/`), and a gateway listener has
+/// no default filter chain (listener.go `buildGatewayListener`). Envoy's
+/// `FilterChainManagerImpl::findFilterChainForServerName` then takes, for an SNI, the
+/// exact name, else the longest `*.` suffix, else a chain without `server_names`; for a
+/// ClientHello **without SNI only a chain without `server_names`**: the first HTTPS
+/// server with host `*`. Otherwise no chain matches and Envoy closes the connection
+/// (no certificate is served). Ties go to the first server.
 ///
 /// A scan of every server: the data path asks [`TlsServers`], built once per port,
 /// which answers the same; this stays as its reference.
 pub fn tls_server_for(listener: &Listener, sni: Option<&str>) -> Option<usize> {
-    let terminating = listener
+    let mut terminating = listener
         .servers
         .iter()
         .enumerate()
         .filter(|(_, s)| s.kind == ServerKind::HttpsTerminate);
     let Some(sni) = sni else {
-        return terminating.map(|(i, _)| i).next();
+        return terminating
+            .find(|(_, s)| server_hosts(s).iter().any(|h| h == "*"))
+            .map(|(i, _)| i);
     };
     let sni = normalize_host(sni);
     let mut best: Option<((u8, usize), usize)> = None;
@@ -164,31 +175,34 @@ pub fn tls_server_for(listener: &Listener, sni: Option<&str>) -> Option<usize> {
 #[derive(Debug)]
 pub struct TlsServers {
     by_name: HostMap<usize>,
-    /// For a ClientHello without SNI.
-    first: Option<usize>,
+    /// For a ClientHello without SNI: the first server with host `*` (Envoy's chain
+    /// without `server_names`), if any.
+    catch_all: Option<usize>,
 }
 
 impl TlsServers {
     pub fn new(listener: &Listener) -> TlsServers {
         let mut by_name = HostMap::new(HostSemantics::Host);
-        let mut first = None;
+        let mut catch_all = None;
         for (i, s) in listener.servers.iter().enumerate() {
             if s.kind != ServerKind::HttpsTerminate {
                 continue;
             }
-            first.get_or_insert(i);
             for h in server_hosts(s) {
+                if h == "*" && catch_all.is_none() {
+                    catch_all = Some(i);
+                }
                 by_name.insert(&h, i);
             }
         }
-        TlsServers { by_name, first }
+        TlsServers { by_name, catch_all }
     }
 
     /// The server (index in `Listener::servers`) for a ClientHello's SNI.
     pub fn get(&self, sni: Option<&str>) -> Option<usize> {
         match sni {
             Some(sni) => self.by_name.get(&normalize_host(sni)).copied(),
-            None => self.first,
+            None => self.catch_all,
         }
     }
 }
@@ -236,8 +250,8 @@ pub struct VirtualHost {
 pub struct Route {
     /// `namespace/name` of the VirtualService.
     pub vs: String,
-    /// `http[].name`, or `<vs-name>.<index>` when unnamed.
-    pub name: String,
+    /// `http[].name` (Envoy's route name is this, plus `.<match name>`: [`Route::envoy_name`]).
+    pub name: Option<String>,
     /// ORed blocks of ANDed conditions; empty matches every request.
     pub matches: Vec<Match>,
     pub action: Action,
@@ -247,6 +261,27 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub fault: Fault,
+}
+
+impl Route {
+    /// The Envoy route name (`%ROUTE_NAME%`) of the match block `matched` (None: a route
+    /// without matches), as Istio's `TranslateRoute` (pilot/pkg/networking/core/route/
+    /// route.go) names it: `routeName := in.Name; if match != nil && match.Name != ""
+    /// { routeName = routeName + "." + match.Name }` — so `http[].name`, plus
+    /// `.<match name>` when the block has one (`.m` when only the block is named). None
+    /// when that is empty: Envoy prints `-` (an unnamed route has no name).
+    pub fn envoy_name(&self, matched: Option<usize>) -> Option<String> {
+        let mut name = self.name.clone().unwrap_or_default();
+        if let Some(m) = matched
+            .and_then(|i| self.matches.get(i))
+            .and_then(|m| m.name.as_deref())
+            .filter(|n| !n.is_empty())
+        {
+            name.push('.');
+            name.push_str(m);
+        }
+        (!name.is_empty()).then_some(name)
+    }
 }
 
 #[derive(Debug)]
@@ -266,6 +301,8 @@ pub struct Destination {
 
 #[derive(Debug, Default)]
 pub struct Match {
+    /// `match[].name`.
+    pub name: Option<String>,
     pub uri: Option<StrMatch>,
     pub scheme: Option<StrMatch>,
     pub method: Option<StrMatch>,
@@ -838,7 +875,6 @@ fn compile_routes(
     port: u16,
 ) -> Result<Vec<Arc<Route>>, String> {
     let vs_ns = vs.split('/').next().unwrap_or_default();
-    let vs_name = vs.split('/').nth(1).unwrap_or(vs);
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         let r = &e.route;
@@ -864,7 +900,7 @@ fn compile_routes(
         }
         out.push(Arc::new(Route {
             vs: vs.to_string(),
-            name: r.name.clone().unwrap_or_else(|| format!("{vs_name}.{i}")),
+            name: r.name.clone(),
             matches,
             action: compile_action(r, &e.destinations, &what)?,
             request_headers: HeaderOps::compile(
@@ -908,6 +944,7 @@ fn compile_match(m: &istio::HttpMatchRequest, what: &str) -> Result<Match, Strin
             .collect()
     };
     Ok(Match {
+        name: m.name.clone(),
         uri: one(&m.uri, "uri")?,
         scheme: one(&m.scheme, "scheme")?,
         method: one(&m.method, "method")?,

@@ -19,13 +19,23 @@ pub fn bind_all(gw: &Gateway) -> std::io::Result<Vec<(Arc<Listener>, TcpListener
     let mut out = vec![];
     for l in &gw.snapshot.listeners {
         let l = Arc::new(l.clone());
-        for (i, ip) in gw.listen_addrs().into_iter().enumerate() {
-            let addr = SocketAddr::new(ip, l.port);
-            match bind_one(addr, i > 0) {
-                Ok(sock) => out.push((l.clone(), sock)),
-                Err(e) if i > 0 => tracing::warn!("IPv6 not served on port {}: {e}", l.port),
-                Err(e) => return Err(e),
-            }
+        for sock in bind_port(gw, l.port)? {
+            out.push((l.clone(), sock));
+        }
+    }
+    Ok(out)
+}
+
+/// One port on every address the Gateway ports listen on ([`Gateway::listen_addrs`]),
+/// as [`bind_all`] binds them: also the status and Prometheus ports.
+pub fn bind_port(gw: &Gateway, port: u16) -> std::io::Result<Vec<TcpListener>> {
+    let mut out = vec![];
+    for (i, ip) in gw.listen_addrs().into_iter().enumerate() {
+        let addr = SocketAddr::new(ip, port);
+        match bind_one(addr, i > 0) {
+            Ok(sock) => out.push(sock),
+            Err(e) if i > 0 => tracing::warn!("IPv6 not served on port {port}: {e}"),
+            Err(e) => return Err(e),
         }
     }
     Ok(out)

@@ -242,7 +242,7 @@ pub async fn serve(
     let _ = up.set_nodelay(true);
     let upstream_local = up.local_addr().ok();
     let downstream_local = down.local_addr().ok();
-    gw.telemetry.tcp_opened(&dest.cluster);
+    gw.telemetry.tcp_opened(&dest.cluster, endpoint);
     let span = tracing::debug_span!("flow", %peer);
     let report = tracing::Instrument::instrument(gw.splicer.splice(down, up), span).await;
 

@@ -314,7 +314,7 @@ pub fn output(args: &ProxyConfigArgs) -> Result<String, String> {
                 let ls: Vec<Value> = render::listeners(&dump)
                     .into_iter()
                     .filter(|l| filter.verify(l))
-                    .cloned()
+                    .map(render::unpacked)
                     .collect();
                 return Ok(render::marshal(&Value::Array(ls), c.yaml()));
             }
@@ -336,7 +336,7 @@ pub fn output(args: &ProxyConfigArgs) -> Result<String, String> {
             if c.json() {
                 let rs: Vec<Value> = render::filtered_routes(&dump, &filter)
                     .into_iter()
-                    .cloned()
+                    .map(render::unpacked)
                     .collect();
                 return Ok(render::marshal(&Value::Array(rs), c.yaml()));
             }
@@ -353,7 +353,7 @@ pub fn output(args: &ProxyConfigArgs) -> Result<String, String> {
             if c.json() {
                 let cs: Vec<Value> = render::filtered_clusters(&dump, &filter)
                     .into_iter()
-                    .cloned()
+                    .map(render::unpacked)
                     .collect();
                 return Ok(render::marshal(&Value::Array(cs), c.yaml()));
             }

@@ -164,16 +164,22 @@ fn string_match(m: &StringMatch) -> Value {
     }
 }
 
-/// Envoy routes of one VirtualService `http[]` entry: one per `match` block.
-fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
-    let vs_name = vs.split('/').nth(1).unwrap_or(vs);
+/// Envoy routes of one VirtualService `http[]` entry: one per `match` block, named as
+/// Istio's `TranslateRoute` names them (pilot/pkg/networking/core/route/route.go):
+/// `http[].name`, plus `.<match name>` for a named block; no `name` at all when that is
+/// empty (protojson omits an empty string). The data plane logs the same name as
+/// `%ROUTE_NAME%` (`http::routing::Route::envoy_name`).
+fn routes_json(vs: &str, e: &HttpRouteEntry) -> Vec<Value> {
     let r = &e.route;
-    let name = r
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{vs_name}.{index}"));
-    let action = |m: Value| {
-        let mut route = json!({ "name": name, "match": m, "metadata": vs_metadata(vs) });
+    let action = |m: Value, match_name: Option<&str>| {
+        let mut name = r.name.clone().unwrap_or_default();
+        if let Some(n) = match_name.filter(|n| !n.is_empty()) {
+            name = format!("{name}.{n}");
+        }
+        let mut route = json!({ "match": m, "metadata": vs_metadata(vs) });
+        if !name.is_empty() {
+            route["name"] = name.into();
+        }
         if let Some(d) = &r.direct_response {
             route["direct_response"] = json!({ "status": d.status });
         } else if let Some(red) = &r.redirect {
@@ -184,7 +190,7 @@ fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
         route
     };
     if r.matches.is_empty() {
-        return vec![action(json!({ "prefix": "/" }))];
+        return vec![action(json!({ "prefix": "/" }), None)];
     }
     r.matches
         .iter()
@@ -219,7 +225,7 @@ fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
                     .collect::<Vec<_>>()
                     .into();
             }
-            action(mj)
+            action(mj, m.name.as_deref())
         })
         .collect()
 }
@@ -296,8 +302,8 @@ fn route_config_json(l: &Listener, name: &str, servers: &[usize]) -> Value {
         }
         for host in hosts {
             let routes = vhosts.entry(host).or_default();
-            for (i, e) in vh.routes.iter().enumerate() {
-                routes.extend(routes_json(&vh.name, i, e));
+            for e in &vh.routes {
+                routes.extend(routes_json(&vh.name, e));
             }
         }
     }
@@ -437,9 +443,87 @@ fn bootstrap_json(snap: &Snapshot, addrs: &[IpAddr]) -> Value {
     }})
 }
 
+/// Envoy's bootstrap listeners of Istio's proxy for the status and Prometheus ports,
+/// as `tools/packaging/common/envoy_bootstrap.json` (istio/istio 86c9f01) writes them:
+/// `<wildcard>_<port>` with the other wildcard in `additionalAddresses` when dual
+/// stack, `ignore_global_conn_limit` and `bypass_overload_manager`, one chain with an
+/// HTTP connection manager (`stat_prefix` `agent` / `stats`) whose inline route
+/// configuration has one virtual host `backend` for `*` with one prefix route to the
+/// `agent` (pilot-agent) or `prometheus_stats` (the admin port) cluster. Here the
+/// gateway answers both itself (`admin::serve_istio_port`); the clusters are named as
+/// Istio names them but not listed (this gateway has no pilot-agent and no such
+/// clusters). Each listener's inline route configuration, and the static route
+/// configurations of the dump (Envoy lists inline route configurations there; istioctl
+/// prints them as the unnamed `backend` rows).
+fn istio_port_listeners(
+    addrs: &[IpAddr],
+    ports: &crate::server::IstioPorts,
+) -> (Vec<Value>, Vec<Value>) {
+    let mut listeners = Vec::new();
+    let mut routes = Vec::new();
+    // The bootstrap's order: the Prometheus listener, then the status one.
+    for (port, stat, prefix, cluster) in [
+        (
+            ports.prometheus,
+            "stats",
+            "/stats/prometheus",
+            "prometheus_stats",
+        ),
+        (ports.status, "agent", "/healthz/ready", "agent"),
+    ] {
+        let Some(port) = port else { continue };
+        let bind = addrs.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let route_config = json!({
+            "virtual_hosts": [{
+                "name": "backend",
+                "domains": ["*"],
+                "routes": [{ "match": { "prefix": prefix }, "route": { "cluster": cluster } }],
+            }],
+        });
+        let mut listener = json!({
+            "@type": T_LISTENER,
+            "name": format!("{bind}_{port}"),
+            "address": { "socket_address": { "address": bind.to_string(), "port_value": port } },
+            "filter_chains": [{ "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "codec_type": "AUTO",
+                    "stat_prefix": stat,
+                    "route_config": route_config,
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                    }],
+                },
+            }] }],
+            "ignore_global_conn_limit": true,
+            "bypass_overload_manager": true,
+        });
+        if addrs.len() > 1 {
+            listener["additional_addresses"] = addrs[1..]
+                .iter()
+                .map(|a| json!({ "address": { "socket_address": { "address": a.to_string(), "port_value": port } } }))
+                .collect::<Vec<_>>()
+                .into();
+        }
+        listeners.push(json!({ "listener": listener }));
+        let mut rc = route_config;
+        rc["@type"] = T_ROUTE.into();
+        routes.push(json!({ "route_config": rc }));
+    }
+    // Envoy keeps static route configurations in a hash set, so their dump order is
+    // its own; Istio in Action's `proxy-config routes` of an ingress gateway lists
+    // /healthz/ready before /stats/prometheus, and so do we.
+    routes.reverse();
+    (listeners, routes)
+}
+
 /// The Envoy-shaped dump `/config_dump` serves (plus the resources as loaded). `addrs`:
-/// the addresses every Gateway port listens on (`0.0.0.0` and `::` when dual-stack).
-pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr]) -> Value {
+/// the addresses every Gateway port listens on (`0.0.0.0` and `::` when dual-stack);
+/// `ports`: Istio's status and Prometheus ports, shown as Envoy's static listeners.
+pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr], ports: &crate::server::IstioPorts) -> Value {
+    let (static_listeners, static_routes) = istio_port_listeners(addrs, ports);
     let listeners: Vec<Value> = snap
         .listeners
         .iter()
@@ -493,16 +577,170 @@ pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr]) -> Value {
             }})
         })
         .collect();
-    json!({
-        "configs": [
+    let mut configs = json!([
             { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap_json(snap, addrs) },
-            { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": listeners },
-            { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": routes },
+            { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": static_listeners, "dynamic_listeners": listeners },
+            { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "static_route_configs": static_routes, "dynamic_route_configs": routes },
             { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": clusters },
             { "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump", "dynamic_active_secrets": secrets_json(snap) },
-        ],
-        "resources": snap.resources,
-    })
+    ]);
+    // Envoy's messages in protojson's field order (the resources as loaded keep theirs).
+    protojson_order(&mut configs);
+    json!({ "configs": configs, "resources": snap.resources })
+}
+
+/// The keys of the Envoy messages this dump writes, in the order protojson prints them:
+/// each message's fields in declaration order (google.golang.org/protobuf
+/// encoding/protojson encode.go `order.RangeFields(fields, order.IndexNameFieldOrder,
+/// ...)`, internal/order/order.go: "Non-extensions are sorted according to their
+/// declaration index"), which is how `istioctl proxy-config ... -o json` prints them
+/// (its MessageSlice marshals each message with protojson). One list serves every
+/// message because the messages we write agree on the relative order of the keys
+/// they share (declarations from envoyproxy/data-plane-api 84e8436):
+/// - Listener: name, address, additional_addresses, filter_chains, ...,
+///   ignore_global_conn_limit, bypass_overload_manager; SocketAddress: protocol,
+///   address, port_value; FilterChain: filter_chain_match, filters, metadata,
+///   transport_socket; Filter, HttpFilter, TransportSocket: name, typed_config;
+///   DownstreamTlsContext: common_tls_context, require_client_certificate;
+/// - HttpConnectionManager: codec_type, stat_prefix, rds, route_config,
+///   http_filters; TcpProxy: stat_prefix, cluster, weighted_clusters;
+/// - RouteConfiguration: name, virtual_hosts, validate_clusters,
+///   ignore_port_in_host_matching; VirtualHost: name, domains, routes,
+///   include_request_attempt_count; Route: name, match, route | redirect |
+///   direct_response, metadata; RouteMatch: prefix | path | safe_regex,
+///   case_sensitive, headers, query_parameters; HeaderMatcher: name, string_match;
+///   RouteAction: cluster, weighted_clusters; ClusterWeight: name, weight;
+/// - Cluster: name, type, load_assignment, metadata; ClusterLoadAssignment:
+///   cluster_name, endpoints; LbEndpoint: endpoint, health_status;
+/// - the admin dumps: version_info, static_*, dynamic_*; DynamicListener: name,
+///   active_state; DynamicSecret: name, secret; Secret: name, tls_certificate,
+///   validation_context; TlsCertificate: certificate_chain, private_key;
+/// - Node: id, cluster, metadata, user_agent_name, user_agent_build_version;
+///   SemanticVersion: major_number, minor_number, patch.
+///
+/// `@type` comes first (protojson writes an Any's type URL first). Keys not listed
+/// (the certificate facts this dump adds, the resources as loaded) follow in
+/// alphabetical order, and a `filter_metadata` value is a map of `Struct`s, whose keys
+/// protojson sorts (order.GenericKeyOrder): sorted all the way down.
+const PROTOJSON_ORDER: &[&str] = &[
+    "@type",
+    "name",
+    "id",
+    "cluster_name",
+    "bootstrap",
+    "node",
+    "version_info",
+    "static_listeners",
+    "static_route_configs",
+    "static_clusters",
+    "static_secrets",
+    "dynamic_listeners",
+    "dynamic_route_configs",
+    "dynamic_active_clusters",
+    "dynamic_active_secrets",
+    "active_state",
+    "listener",
+    "protocol",
+    "address",
+    "port_value",
+    "socket_address",
+    "additional_addresses",
+    "filter_chains",
+    "filter_chain_match",
+    "server_names",
+    "filters",
+    "typed_config",
+    "common_tls_context",
+    "tls_certificate_sds_secret_configs",
+    "require_client_certificate",
+    "codec_type",
+    "stat_prefix",
+    "rds",
+    "route_config_name",
+    "route_config",
+    "http_filters",
+    "virtual_hosts",
+    "domains",
+    "routes",
+    "match",
+    "prefix",
+    "path",
+    "safe_regex",
+    "exact",
+    "regex",
+    "case_sensitive",
+    "headers",
+    "string_match",
+    "query_parameters",
+    "route",
+    "redirect",
+    "direct_response",
+    "status",
+    "cluster",
+    "weighted_clusters",
+    "clusters",
+    "weight",
+    "type",
+    "load_assignment",
+    "endpoints",
+    "lb_endpoints",
+    "endpoint",
+    "health_status",
+    "metadata",
+    "filter_metadata",
+    "transport_socket",
+    "validate_clusters",
+    "include_request_attempt_count",
+    "ignore_port_in_host_matching",
+    "ignore_global_conn_limit",
+    "bypass_overload_manager",
+    "user_agent_name",
+    "user_agent_build_version",
+    "version",
+    "major_number",
+    "minor_number",
+    "patch",
+    "secret",
+    "tls_certificate",
+    "certificate_chain",
+    "private_key",
+    "validation_context",
+    "trusted_ca",
+];
+
+/// Puts every object's keys in [`PROTOJSON_ORDER`] (the rest after, sorted).
+pub fn protojson_order(v: &mut Value) {
+    reorder(v, |k| {
+        PROTOJSON_ORDER
+            .iter()
+            .position(|o| *o == k)
+            .unwrap_or(usize::MAX)
+    });
+}
+
+/// Sorts every object's keys (sigs.k8s.io/yaml `JSONToYAML`, which istioctl's `-o yaml`
+/// goes through, decodes into Go maps and so writes keys sorted).
+pub fn sorted_keys(v: &mut Value) {
+    reorder(v, |_| 0);
+}
+
+fn reorder(v: &mut Value, rank: fn(&str) -> usize) {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = std::mem::take(m).into_iter().collect();
+            entries.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
+            for (k, v) in &mut entries {
+                if k == "filter_metadata" {
+                    reorder(v, |_| 0);
+                } else {
+                    reorder(v, rank);
+                }
+            }
+            *m = entries.into_iter().collect();
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| reorder(v, rank)),
+        _ => {}
+    }
 }
 
 // === the tables ===

@@ -893,6 +893,17 @@ pub fn full_summary(dump: &Value, f: &AllFilters) -> Result<String, String> {
 
 // === -o json / yaml ===
 
+/// A listener, route configuration or cluster of the dump as istioctl's `-o json`
+/// prints it: the message unpacked from its `Any` (`UnmarshalTo` into the typed
+/// message, then protojson), so without the `@type` the dump carries.
+pub fn unpacked(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Value::Object(m) = &mut v {
+        m.shift_remove("@type");
+    }
+    v
+}
+
 /// protojson's field names: `virtual_hosts` is `virtualHosts` (keys without `_`, and
 /// `@type`, are unchanged; the keys of `filter_metadata` structs have none).
 pub fn camel_case(v: &Value) -> Value {
@@ -922,9 +933,12 @@ pub fn camel_case(v: &Value) -> Value {
 }
 
 /// `json.MarshalIndent(x, "", "    ")` + newline (`fmt.Fprintln`), or YAML.
+/// Keys keep the dump's order (protojson's, `super::protojson_order`) in JSON; YAML
+/// has them sorted, as sigs.k8s.io/yaml's JSONToYAML writes them.
 pub fn marshal(v: &Value, yaml: bool) -> String {
-    let v = camel_case(v);
+    let mut v = camel_case(v);
     if yaml {
+        super::sorted_keys(&mut v);
         return serde_yaml::to_string(&v).unwrap_or_default();
     }
     let mut buf = Vec::new();

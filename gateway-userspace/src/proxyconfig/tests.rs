@@ -43,6 +43,7 @@ fn dump_file() -> &'static Path {
         let dump = config_dump(
             &walkthrough(),
             &["0.0.0.0".parse().unwrap(), "::".parse().unwrap()],
+            &crate::server::IstioPorts::default(),
         );
         let p = std::env::temp_dir().join(format!("gateway-pc-dump-{}.json", std::process::id()));
         std::fs::write(&p, format!("{dump:#}")).expect("write dump");
@@ -90,10 +91,19 @@ fn golden_listener() {
     // "|2701|"); ADDRESSES the address and additional_addresses joined by ","
     // ("0.0.0.0,::", dual stack); MATCH from getMatches: "SNI: <sorted names>" or
     // "ALL"; DESTINATION from getFilterType: "Route: <rds name>", "Cluster: <name>".
-    // Not shown, unlike Istio's ingress gateway: 15021 (/healthz/ready) and 15090
-    // (/stats/prometheus), Envoy bootstrap listeners this gateway does not serve.
+    // The 15021 and 15090 rows are Envoy's bootstrap listeners of Istio's proxy
+    // (tools/packaging/common/envoy_bootstrap.json: "<wildcard>_<port>", additional
+    // address "::" when dual stack, one chain without a match: "ALL"), which
+    // retrieveSortedListenerSlice appends from static_listeners; their HCM has an
+    // inline route_config, so getFilterType gives describeRouteConfig: one virtual host
+    // for "*" (describeDomains "") whose one route is `prefix: /healthz/ready`
+    // (describeMatch "/healthz/ready*"; not getMatchAllCluster, the prefix is not "/"):
+    // "Inline Route: /healthz/ready*", as in istioctl's own testdata
+    // (istioctl/pkg/proxyconfig/testdata/config_dump_summary.txt: "0.0.0.0   15021
+    // ALL   Inline Route: /healthz/ready*"). Sorted by port among the Gateway ports.
     golden("listener", "proxy-config listener");
-    // `--verbose=false`: "ADDRESSES\tPORT\tTYPE", retrieveListenerType HTTP/TCP.
+    // `--verbose=false`: "ADDRESSES\tPORT\tTYPE", retrieveListenerType HTTP/TCP (the
+    // bootstrap listeners have an HTTP connection manager: HTTP).
     golden("listener-short", "proxy-config listener --verbose=false");
 }
 
@@ -103,9 +113,15 @@ fn golden_route() {
     // util.DomainName(host, server port) "<host>:80"; DOMAINS describeRouteDomains of
     // the one domain (the VirtualService host ∩ server host); MATCH describeMatch
     // ("/*" for prefix "/"); VIRTUAL SERVICE renderConfig "<name>.<namespace>". Route
-    // configurations in dump order (names not numeric: sort.Slice keeps them).
+    // configurations in dump order (names not numeric: sort.Slice keeps them): the
+    // dynamic ones, then retrieveSortedRouteSlice's StaticRouteConfigs, which Envoy
+    // fills with the inline route configurations of the bootstrap listeners: no name
+    // (blank NAME), virtual host "backend", domain "*", MATCH "/healthz/ready*" and
+    // "/stats/prometheus*", VIRTUAL SERVICE blank (no istio config metadata; the last
+    // cell empty, so the MATCH cell keeps its padding), as Istio in Action's
+    // `istioctl proxy-config routes` of an ingress gateway lists them (healthz first).
     golden("route", "proxy-config route");
-    // --verbose=false: "NAME\tVIRTUAL HOSTS" and the count.
+    // --verbose=false: "NAME\tVIRTUAL HOSTS" and the count (1 for each static one).
     golden("route-short", "proxy-config route --verbose=false");
 }
 
@@ -213,8 +229,10 @@ fn filters_as_istioctl_has_them() {
     // ListenerFilter.Verify: --port, --type (case-insensitive), --address (either one).
     assert_eq!(rows("proxy-config listener --port 443").len(), 2);
     assert_eq!(rows("proxy-config listener --type tcp").len(), 3);
-    assert_eq!(rows("proxy-config listener --type HTTP").len(), 3);
-    assert_eq!(rows("proxy-config listener --address ::").len(), 6);
+    // HTTP: 80, the two chains of 443, and the 15021 / 15090 bootstrap listeners.
+    assert_eq!(rows("proxy-config listener --type HTTP").len(), 5);
+    assert_eq!(rows("proxy-config listener --port 15021").len(), 1);
+    assert_eq!(rows("proxy-config listener --address ::").len(), 8);
     assert_eq!(rows("proxy-config listener --address 10.0.0.1").len(), 0);
     // ClusterFilter.Verify: substrings of the cluster name.
     assert_eq!(rows("proxy-config cluster --fqdn simple-tls").len(), 2);
@@ -320,4 +338,73 @@ fn log_levels_as_envoy_names_them() {
     if std::env::var_os("RUST_LOG").is_none() {
         assert_eq!(active_loggers(), "active loggers:\n  default: info\n");
     }
+}
+
+/// `-o json` prints Envoy's fields in protojson's order (declaration order,
+/// `PROTOJSON_ORDER`), not alphabetically; `-o yaml` sorted, as istioctl's JSONToYAML.
+/// Failed before: every object's keys were alphabetical (`ignorePortInHostMatching`
+/// first, `virtualHosts` after `validateClusters`).
+#[test]
+fn json_keys_in_protojson_order() {
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().unwrap().keys().map(String::as_str).collect()
+    }
+    let out = run("proxy-config route --name http.80 -o json").unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let rc = &v[0];
+    // istioctl prints the unpacked message: no `@type`.
+    assert_eq!(
+        keys(rc),
+        [
+            "name",
+            "virtualHosts",
+            "validateClusters",
+            "ignorePortInHostMatching"
+        ],
+        "{out}"
+    );
+    let vh = &rc["virtualHosts"][0];
+    assert_eq!(
+        keys(vh),
+        ["name", "domains", "routes", "includeRequestAttemptCount"]
+    );
+    assert_eq!(keys(&vh["routes"][0]), ["match", "route", "metadata"]);
+    let out = run("proxy-config listener --port 443 -o json").unwrap();
+    let l: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        keys(&l[0]),
+        ["name", "address", "additionalAddresses", "filterChains"]
+    );
+    assert_eq!(
+        keys(&l[0]["address"]["socketAddress"]),
+        ["address", "portValue"]
+    );
+    assert_eq!(
+        keys(&l[0]["filterChains"][0]),
+        ["filterChainMatch", "filters", "transportSocket"]
+    );
+    let hcm = &l[0]["filterChains"][0]["filters"][0];
+    assert_eq!(keys(hcm), ["name", "typedConfig"]);
+    assert_eq!(keys(&hcm["typedConfig"]), ["@type", "statPrefix", "rds"]);
+    let out = run("proxy-config cluster -o json").unwrap();
+    let c: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(keys(&c[0]), ["name", "type", "loadAssignment", "metadata"]);
+    // Struct contents (filter_metadata) sorted, as protojson sorts map keys.
+    let istio = keys(&c[0]["metadata"]["filterMetadata"]["istio"]);
+    let mut sorted = istio.clone();
+    sorted.sort();
+    assert_eq!(istio, sorted);
+    // YAML: sorted keys (serde_yaml's Mapping keeps the printed order).
+    let y = run("proxy-config cluster -o yaml").unwrap();
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+    let names: Vec<&str> = parsed[0]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "{y}");
+    assert_eq!(names[0], "loadAssignment");
 }

@@ -2,6 +2,31 @@
 //! `istio_request_bytes`, `istio_response_bytes`, `istio_tcp_*`) with Istio's labels, as a
 //! gateway reports them (`reporter="source"`, the gateway as source workload).
 //!
+//! Labels and their order are those of Istio's stats filter for a client-side reporter
+//! (istio/proxy `source/extensions/filters/http/istio_stats/istio_stats.cc` before its
+//! move to Envoy, 86a72d0 `d13a386d7^`, `Reporter::ClientSidecar`; the order its e2e
+//! goldens `testdata/metric/client_request_total.yaml.tmpl` and
+//! `tcp_client_connection_open.yaml.tmpl` list): reporter, source_workload,
+//! source_canonical_service, source_canonical_revision, source_workload_namespace,
+//! source_principal, source_app, source_version, source_cluster, destination_workload,
+//! destination_workload_namespace, destination_principal, destination_app,
+//! destination_version, destination_service, destination_canonical_service,
+//! destination_canonical_revision, destination_service_name,
+//! destination_service_namespace, destination_cluster, request_protocol, then
+//! response_code, grpc_response_status (HTTP only), response_flags,
+//! connection_security_policy.
+//!
+//! Canonical service and revision (istio/istio `pkg/kube/labels/labels.go`
+//! `CanonicalService`): the first of `service.istio.io/canonical-name`,
+//! `app.kubernetes.io/name`, `app`, else the workload name; the first of
+//! `service.istio.io/canonical-revision`, `app.kubernetes.io/version`, `version`, else
+//! `latest`. The source is the gateway (its `--label`s). The destination is the peer
+//! the filter knows from the endpoint's metadata, which Istio writes from the
+//! endpoint's labels (`pilot/pkg/networking/util/util.go` `AppendLbEndpointMetadata`:
+//! `CanonicalService(labels, workloadName)`; a ServiceEntry's inline endpoint has no
+//! workload name): a ServiceEntry endpoint with such labels gives them, any other
+//! `unknown` and revision `latest` (the filter's defaults for a missing peer).
+//!
 //! One series per label set: a read lock finds it and relaxed atomics count; the write
 //! lock is taken only the first time a label set is seen.
 use std::{
@@ -90,18 +115,74 @@ struct TcpKey {
     response_flags: String,
 }
 
-/// `destination_service*` labels, from an Istio cluster name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// `destination_service*` and `destination_canonical_*` labels, from an Istio cluster
+/// name and the endpoint's labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Destination {
     service: String,
     name: String,
     namespace: String,
+    canonical_service: String,
+    canonical_revision: String,
+}
+
+/// Istio's `CanonicalService(labels, workloadName)` (pkg/kube/labels/labels.go): the
+/// canonical name (empty when no label gives one and `workload` is empty) and revision.
+pub fn canonical_service(
+    labels: &std::collections::BTreeMap<String, String>,
+    workload: &str,
+) -> (String, String) {
+    let first = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k)).cloned();
+    (
+        first(&[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ])
+        .unwrap_or_else(|| workload.to_string()),
+        first(&[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ])
+        .unwrap_or_else(|| "latest".into()),
+    )
+}
+
+/// The canonical (service, revision) of each endpoint whose labels give one, by cluster
+/// host and endpoint IP.
+pub type EndpointLabels = HashMap<(String, std::net::IpAddr), (String, String)>;
+
+/// [`EndpointLabels`] of a snapshot: the inline endpoints of its ServiceEntries (IP
+/// addresses; a DNS endpoint's addresses are not known here, so it stays `unknown`).
+pub fn endpoint_labels(snap: &crate::config::Snapshot) -> EndpointLabels {
+    let mut out = EndpointLabels::new();
+    for se in &snap.resources.service_entries {
+        for e in &se.spec.endpoints {
+            let Some(ip) = e.address.as_deref().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            let (name, revision) = canonical_service(&e.labels, "");
+            if name.is_empty() {
+                continue;
+            }
+            for h in &se.spec.hosts {
+                out.insert((h.clone(), ip), (name.clone(), revision.clone()));
+            }
+        }
+    }
+    out
 }
 
 impl Destination {
     /// `outbound|80||webapp.default.svc.cluster.local` → webapp.default.svc.cluster.local,
-    /// webapp, default. No cluster (no route): `unknown`, as Istio reports it.
-    fn from_cluster(cluster: Option<&str>) -> Destination {
+    /// webapp, default. No cluster (no route): `unknown`, as Istio reports it. The
+    /// canonical labels are the endpoint's (`labels`), else `unknown` and `latest`.
+    fn from_cluster(
+        cluster: Option<&str>,
+        endpoint: Option<std::net::IpAddr>,
+        labels: &EndpointLabels,
+    ) -> Destination {
         let host = cluster
             .and_then(|c| c.split('|').nth(3))
             .filter(|h| !h.is_empty());
@@ -110,8 +191,14 @@ impl Destination {
                 service: "unknown".into(),
                 name: "unknown".into(),
                 namespace: "unknown".into(),
+                canonical_service: "unknown".into(),
+                canonical_revision: "latest".into(),
             };
         };
+        let (canonical_service, canonical_revision) = endpoint
+            .and_then(|ip| labels.get(&(host.to_string(), ip)))
+            .cloned()
+            .unwrap_or_else(|| ("unknown".into(), "latest".into()));
         let (name, namespace) = match host.strip_suffix(".svc.cluster.local") {
             Some(rest) => match rest.split_once('.') {
                 Some((n, ns)) => (n.to_string(), ns.to_string()),
@@ -123,13 +210,18 @@ impl Destination {
             service: host.to_string(),
             name,
             namespace,
+            canonical_service,
+            canonical_revision,
         }
     }
 
+    /// From `destination_service` to `destination_service_namespace`, in Istio's order.
     fn labels(&self) -> String {
         format!(
-            "destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\"",
+            "destination_service=\"{}\",destination_canonical_service=\"{}\",destination_canonical_revision=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\"",
             escape(&self.service),
+            escape(&self.canonical_service),
+            escape(&self.canonical_revision),
             escape(&self.name),
             escape(&self.namespace)
         )
@@ -158,8 +250,11 @@ struct TcpSeries {
 }
 
 pub struct IstioMetrics {
-    /// Labels every series carries (reporter, source workload, unknown destination workload).
+    /// Labels every series starts with: reporter, the source (the gateway), and the
+    /// destination workload labels (`unknown`), up to `destination_version`.
     fixed: String,
+    /// The canonical service and revision of endpoints that have them.
+    endpoints: EndpointLabels,
     http: RwLock<HashMap<HttpKey, Arc<HttpSeries>>>,
     tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
 }
@@ -167,6 +262,9 @@ pub struct IstioMetrics {
 /// What one finished HTTP request contributes.
 pub struct HttpObservation<'a> {
     pub cluster: Option<&'a str>,
+    /// The endpoint the request went to (its labels give the destination's canonical
+    /// service).
+    pub upstream_host: Option<std::net::SocketAddr>,
     pub protocol: &'static str,
     pub response_code: u16,
     pub response_flags: &'a str,
@@ -205,22 +303,35 @@ impl IstioMetrics {
             .get("version")
             .cloned()
             .unwrap_or_else(|| "unknown".into());
+        let (canonical_service, canonical_revision) = canonical_service(&id.labels, &app);
         let fixed = format!(
-            "reporter=\"source\",source_workload=\"{app}\",source_workload_namespace=\"{ns}\",source_principal=\"unknown\",source_app=\"{app}\",source_version=\"{version}\",source_cluster=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\",destination_cluster=\"unknown\",connection_security_policy=\"unknown\"",
+            "reporter=\"source\",source_workload=\"{app}\",source_canonical_service=\"{cs}\",source_canonical_revision=\"{cr}\",source_workload_namespace=\"{ns}\",source_principal=\"unknown\",source_app=\"{app}\",source_version=\"{version}\",source_cluster=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\"",
             app = escape(&app),
+            cs = escape(&canonical_service),
+            cr = escape(&canonical_revision),
             ns = escape(&id.namespace),
             version = escape(&version),
         );
         IstioMetrics {
             fixed,
+            endpoints: EndpointLabels::new(),
             http: RwLock::default(),
             tcp: RwLock::default(),
         }
     }
 
+    /// The endpoints' canonical labels ([`endpoint_labels`] of the served snapshot).
+    pub fn set_endpoint_labels(&mut self, endpoints: EndpointLabels) {
+        self.endpoints = endpoints;
+    }
+
     pub fn http(&self, o: &HttpObservation<'_>) {
         let key = HttpKey {
-            destination: Destination::from_cluster(o.cluster),
+            destination: Destination::from_cluster(
+                o.cluster,
+                o.upstream_host.map(|a| a.ip()),
+                &self.endpoints,
+            ),
             protocol: o.protocol,
             response_code: o.response_code,
             response_flags: if o.response_flags.is_empty() {
@@ -241,9 +352,18 @@ impl IstioMetrics {
         s.response_bytes.observe_milli(o.response_bytes * 1000);
     }
 
-    fn tcp_series(&self, cluster: Option<&str>, flags: &str) -> Arc<TcpSeries> {
+    fn tcp_series(
+        &self,
+        cluster: Option<&str>,
+        endpoint: Option<std::net::SocketAddr>,
+        flags: &str,
+    ) -> Arc<TcpSeries> {
         let key = TcpKey {
-            destination: Destination::from_cluster(cluster),
+            destination: Destination::from_cluster(
+                cluster,
+                endpoint.map(|a| a.ip()),
+                &self.endpoints,
+            ),
             response_flags: if flags.is_empty() {
                 "-".into()
             } else {
@@ -253,15 +373,21 @@ impl IstioMetrics {
         get_or_insert(&self.tcp, &key, TcpSeries::default)
     }
 
-    pub fn tcp_opened(&self, cluster: &str) {
-        self.tcp_series(Some(cluster), "")
+    pub fn tcp_opened(&self, cluster: &str, endpoint: Option<std::net::SocketAddr>) {
+        self.tcp_series(Some(cluster), endpoint, "")
             .opened
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// `received`: bytes from the client; `sent`: bytes to it (Istio's request/response).
-    pub fn tcp_closed(&self, cluster: &str, received: u64, sent: u64) {
-        let s = self.tcp_series(Some(cluster), "");
+    pub fn tcp_closed(
+        &self,
+        cluster: &str,
+        endpoint: Option<std::net::SocketAddr>,
+        received: u64,
+        sent: u64,
+    ) {
+        let s = self.tcp_series(Some(cluster), endpoint, "");
         s.closed.fetch_add(1, Ordering::Relaxed);
         s.received.fetch_add(received, Ordering::Relaxed);
         s.sent.fetch_add(sent, Ordering::Relaxed);
@@ -279,20 +405,15 @@ impl IstioMetrics {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         http.sort_by(|a, b| {
-            (
-                &a.0.destination.service,
-                a.0.response_code,
-                &a.0.response_flags,
-            )
-                .cmp(&(
-                    &b.0.destination.service,
-                    b.0.response_code,
-                    &b.0.response_flags,
-                ))
+            (&a.0.destination, a.0.response_code, &a.0.response_flags).cmp(&(
+                &b.0.destination,
+                b.0.response_code,
+                &b.0.response_flags,
+            ))
         });
         let http_labels = |k: &HttpKey| {
             format!(
-                "{},{},request_protocol=\"{}\",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"{}\"",
+                "{},{},destination_cluster=\"unknown\",request_protocol=\"{}\",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"{}\",connection_security_policy=\"unknown\"",
                 self.fixed,
                 k.destination.labels(),
                 k.protocol,
@@ -344,7 +465,7 @@ impl IstioMetrics {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        tcp.sort_by(|a, b| a.0.destination.service.cmp(&b.0.destination.service));
+        tcp.sort_by(|a, b| a.0.destination.cmp(&b.0.destination));
         type TcpPick = fn(&TcpSeries) -> &AtomicU64;
         let counters: [(&str, &str, TcpPick); 4] = [
             (
@@ -373,7 +494,7 @@ impl IstioMetrics {
             for (k, s) in &tcp {
                 let _ = writeln!(
                     out,
-                    "{name}{{{},{},request_protocol=\"tcp\",response_flags=\"{}\"}} {}",
+                    "{name}{{{},{},destination_cluster=\"unknown\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"unknown\"}} {}",
                     self.fixed,
                     k.destination.labels(),
                     escape(&k.response_flags),
@@ -390,17 +511,156 @@ mod tests {
 
     #[test]
     fn destination_labels_from_cluster_names() {
-        let d = Destination::from_cluster(Some("outbound|80||webapp.default.svc.cluster.local"));
+        let none = EndpointLabels::new();
+        let d = Destination::from_cluster(
+            Some("outbound|80||webapp.default.svc.cluster.local"),
+            None,
+            &none,
+        );
         assert_eq!(
             (d.service.as_str(), d.name.as_str(), d.namespace.as_str()),
             ("webapp.default.svc.cluster.local", "webapp", "default")
         );
-        let d = Destination::from_cluster(Some("outbound|9000||127.0.0.1"));
+        let d = Destination::from_cluster(Some("outbound|9000||127.0.0.1"), None, &none);
         assert_eq!(
             (d.name.as_str(), d.namespace.as_str()),
             ("127.0.0.1", "unknown")
         );
-        assert_eq!(Destination::from_cluster(None).service, "unknown");
+        let d = Destination::from_cluster(None, None, &none);
+        assert_eq!(d.service, "unknown");
+        assert_eq!(
+            (d.canonical_service.as_str(), d.canonical_revision.as_str()),
+            ("unknown", "latest")
+        );
+    }
+
+    /// pkg/kube/labels/labels_test.go TestCanonicalService, the cases that matter here.
+    #[test]
+    fn canonical_service_rules() {
+        let l = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let cs = |kv: &[(&str, &str)], w: &str| canonical_service(&l(kv), w);
+        assert_eq!(cs(&[], "wl"), ("wl".into(), "latest".into()));
+        assert_eq!(
+            cs(&[("app", "a"), ("version", "v1")], "wl"),
+            ("a".into(), "v1".into())
+        );
+        assert_eq!(
+            cs(
+                &[
+                    ("app", "a"),
+                    ("app.kubernetes.io/name", "k"),
+                    ("version", "v1"),
+                    ("app.kubernetes.io/version", "kv")
+                ],
+                "wl"
+            ),
+            ("k".into(), "kv".into())
+        );
+        assert_eq!(
+            cs(
+                &[
+                    ("app", "a"),
+                    ("app.kubernetes.io/name", "k"),
+                    ("service.istio.io/canonical-name", "c"),
+                    ("service.istio.io/canonical-revision", "cr"),
+                    ("app.kubernetes.io/version", "kv")
+                ],
+                "wl"
+            ),
+            ("c".into(), "cr".into())
+        );
+    }
+
+    #[test]
+    fn labels_in_istios_order_with_canonical_services() {
+        let mut m = IstioMetrics::new(&GatewayIdentity::default());
+        let ep: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        let mut t = EndpointLabels::new();
+        t.insert(
+            ("webapp.default.svc.cluster.local".into(), ep.ip()),
+            ("webapp".into(), "v2".into()),
+        );
+        m.set_endpoint_labels(t);
+        let obs = |host| HttpObservation {
+            cluster: Some("outbound|80||webapp.default.svc.cluster.local"),
+            upstream_host: host,
+            protocol: "http",
+            response_code: 200,
+            response_flags: "",
+            duration_us: 1,
+            request_bytes: 0,
+            response_bytes: 0,
+        };
+        m.http(&obs(Some(ep)));
+        m.http(&obs(Some("10.0.0.8:8080".parse().unwrap())));
+        m.tcp_opened("outbound|2701||tcp-echo.default.svc.cluster.local", None);
+        let mut out = String::new();
+        m.render(&mut out);
+        let names = |line: &str| -> Vec<String> {
+            let inner = &line[line.find('{').unwrap() + 1..line.rfind('}').unwrap()];
+            inner
+                .split("\",")
+                .map(|kv| kv.split('=').next().unwrap().to_string())
+                .collect()
+        };
+        let req = out
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{"))
+            .unwrap();
+        assert_eq!(
+            names(req),
+            [
+                "reporter",
+                "source_workload",
+                "source_canonical_service",
+                "source_canonical_revision",
+                "source_workload_namespace",
+                "source_principal",
+                "source_app",
+                "source_version",
+                "source_cluster",
+                "destination_workload",
+                "destination_workload_namespace",
+                "destination_principal",
+                "destination_app",
+                "destination_version",
+                "destination_service",
+                "destination_canonical_service",
+                "destination_canonical_revision",
+                "destination_service_name",
+                "destination_service_namespace",
+                "destination_cluster",
+                "request_protocol",
+                "response_code",
+                "grpc_response_status",
+                "response_flags",
+                "connection_security_policy",
+            ]
+        );
+        let tcp = out
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+            .unwrap();
+        let mut want: Vec<String> = names(req);
+        want.retain(|n| n != "response_code" && n != "grpc_response_status");
+        assert_eq!(names(tcp), want);
+        // The gateway: app=istio-ingressgateway, no version label.
+        assert!(req.contains("source_canonical_service=\"istio-ingressgateway\",source_canonical_revision=\"latest\""), "{req}");
+        assert!(
+            out.contains(
+                "destination_canonical_service=\"webapp\",destination_canonical_revision=\"v2\""
+            ),
+            "{out}"
+        );
+        assert!(out.contains("destination_canonical_service=\"unknown\",destination_canonical_revision=\"latest\""), "{out}");
+        assert!(
+            tcp.contains("destination_canonical_service=\"unknown\""),
+            "{tcp}"
+        );
     }
 
     #[test]
@@ -409,6 +669,7 @@ mod tests {
         for (us, code) in [(300, 200), (7_000, 200), (2_000_000, 503)] {
             m.http(&HttpObservation {
                 cluster: Some("outbound|80||webapp.default.svc.cluster.local"),
+                upstream_host: None,
                 protocol: "http",
                 response_code: code,
                 response_flags: if code == 503 { "UF" } else { "" },
@@ -421,14 +682,16 @@ mod tests {
         m.render(&mut out);
         assert!(
             out.contains(
-                "response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"} 2\n"
+                "response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"unknown\"} 2\n"
             ),
             "{out}"
         );
         assert!(out.contains("le=\"0.5\"} 1\n"), "{out}");
         assert!(out.contains("le=\"10\"} 2\n"), "{out}");
         assert!(
-            out.contains("response_flags=\"UF\",le=\"2500\"} 1\n"),
+            out.contains(
+                "response_flags=\"UF\",connection_security_policy=\"unknown\",le=\"2500\"} 1\n"
+            ),
             "{out}"
         );
         assert!(out.contains("source_workload=\"istio-ingressgateway\""));

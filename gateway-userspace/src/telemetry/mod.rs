@@ -55,6 +55,7 @@ impl Telemetry {
         let flags = log.response_flags.join(",");
         self.istio.http(&HttpObservation {
             cluster: log.upstream_cluster.as_deref(),
+            upstream_host: log.upstream_host,
             protocol: "http",
             response_code: log.status,
             response_flags: &flags,
@@ -101,8 +102,8 @@ impl Telemetry {
     }
 
     /// An L4 flow that reached an upstream is open (Istio counts it at connect).
-    pub fn tcp_opened(&self, cluster: &str) {
-        self.istio.tcp_opened(cluster);
+    pub fn tcp_opened(&self, cluster: &str, endpoint: SocketAddr) {
+        self.istio.tcp_opened(cluster, Some(endpoint));
     }
 
     /// An L4 flow ended (or was refused: `flags` NR/UH/UF, no cluster). Byte counts are
@@ -111,7 +112,8 @@ impl Telemetry {
         if let Some(c) = flow.cluster
             && flow.flags.is_empty()
         {
-            self.istio.tcp_closed(c, flow.received, flow.sent);
+            self.istio
+                .tcp_closed(c, flow.upstream, flow.received, flow.sent);
         }
         if !self.access.enabled() {
             return;

@@ -612,10 +612,92 @@ stringData: {tls.crt: x, tls.key: y}
     assert_eq!(tls_server_for(l, Some("other.org")), None);
     assert_eq!(
         tls_server_for(l, None),
-        Some(0),
-        "no SNI: first HTTPS server"
+        None,
+        "no SNI and no server with host `*`: no filter chain matches (Envoy closes)"
     );
     assert!(crate::http::terminates(l, Some("x.example.com")));
     assert!(!crate::http::terminates(l, Some("other.org")));
+    assert!(!crate::http::terminates(l, None));
+}
+
+/// Without SNI, only Envoy's chain without `server_names` matches: the first HTTPS
+/// server with host `*` (`ns/*` too), not the first server of the port. With an SNI no
+/// name matches, the same server takes it.
+#[test]
+fn no_sni_takes_the_server_with_host_star() {
+    let y = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: a, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: c}
+    hosts: ["a.example.com"]
+  - port: {number: 443, name: star, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: c}
+    hosts: ["b.example.com", "*/*"]
+  - port: {number: 443, name: star2, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: c}
+    hosts: ["*"]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: c, namespace: istio-system}
+type: kubernetes.io/tls
+stringData: {tls.crt: x, tls.key: y}
+"#;
+    let s = snapshot(y);
+    let l = &s.listeners[0];
+    let index = TlsServers::new(l);
+    for (sni, want) in [
+        (None, Some(1)),
+        (Some("a.example.com"), Some(0)),
+        (Some("b.example.com"), Some(1)),
+        (Some("other.org"), Some(1)),
+    ] {
+        assert_eq!(tls_server_for(l, sni), want, "{sni:?}");
+        assert_eq!(index.get(sni), want, "{sni:?}");
+    }
     assert!(crate::http::terminates(l, None));
+}
+
+/// `%ROUTE_NAME%`: Istio's `TranslateRoute` names the Envoy route `http[].name`, plus
+/// `.<match name>` for a named match block; unnamed is no name at all (`-`).
+#[test]
+fn envoy_route_names_as_istio_translates_them() {
+    let mut y = GATEWAY.to_string();
+    y += &vs(
+        "names",
+        "[a.example.com]",
+        &format!(
+            "  - name: api\n    match:\n    - name: v1\n      uri: {{prefix: /v1}}\n    - uri: {{prefix: /v2}}\n{}  - match:\n    - name: only-match\n      uri: {{prefix: /m}}\n{}  - match:\n    - uri: {{prefix: /anon}}\n{}  - name: catch-all\n{}",
+            route_to(1001),
+            route_to(1002),
+            route_to(1003),
+            route_to(1004)
+        ),
+    );
+    let t = table(&y);
+    let name = |path: &'static str| {
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            method: "GET",
+            scheme: "http",
+            path,
+            query: None,
+            host: "a.example.com",
+            port: 80,
+            headers: &headers,
+        };
+        let vh = find_vhost(&t, "a.example.com").unwrap();
+        let (route, matched) = find_route(vh, &view).unwrap();
+        route.envoy_name(matched)
+    };
+    assert_eq!(name("/v1/x").as_deref(), Some("api.v1"));
+    assert_eq!(name("/v2/x").as_deref(), Some("api"));
+    assert_eq!(name("/m").as_deref(), Some(".only-match"));
+    assert_eq!(name("/anon"), None);
+    assert_eq!(name("/other").as_deref(), Some("catch-all"));
 }
