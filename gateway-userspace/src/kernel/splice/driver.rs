@@ -1000,6 +1000,19 @@ fn copy(kernel: &Kernel, flow: &mut Flow, d: usize) -> Result<(), End> {
             continue;
         }
         (buf.start, buf.end) = (0, 0);
+        if dir.spliced && !dir.fin && !has_room(kernel, flow, peer).map_err(io)? {
+            // The peer already holds half the budget. Taking more now would let this
+            // loop chase a fast sender without bound: once an announce has raised the
+            // peer's send buffer to 4 × the budget, nothing else stops these writes (the
+            // soak measured 131 MB queued toward a 256 KiB/s reader). Look again later;
+            // the kept bytes wait on the receiving socket, its window closed.
+            let dir = &mut flow.dirs[d];
+            dir.want_in = false;
+            poll_later(dir);
+            return Ok(());
+        }
+        let dir = &mut flow.dirs[d];
+        let buf = dir.buf.as_mut().expect("copy buffer");
         let read = if dir.spliced {
             sockopt::peek_nowait(&flow.socks[d], &mut buf.data)
         } else {
