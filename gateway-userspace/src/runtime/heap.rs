@@ -11,7 +11,7 @@
 //! Envoy does the same with tcmalloc under its overload manager
 //! (`envoy.overload_actions.shrink_heap` → `ReleaseFreeMemory`). Here a background task
 //! looks every `--heap-trim-interval` at how much the arenas hold free (`mallinfo2`) and
-//! trims when that is worth it: at least [`MIN_FREE`] and a quarter of what is in use,
+//! trims when that is worth it: at least [`MIN_FREE`] and an eighth of what is in use,
 //! so a gateway whose connection count is steady (and whose free chunks are reused at
 //! once) is left alone. The trim runs on a blocking thread: it takes each arena's lock
 //! in turn, for a few milliseconds at most on a few hundred MiB.
@@ -31,6 +31,8 @@ pub struct HeapStats {
     /// Bytes in use (allocated and not freed) at the last look.
     pub in_use_bytes: AtomicU64,
     pub trims: AtomicU64,
+    /// Time spent in malloc_trim, summed.
+    pub trim_micros: AtomicU64,
     /// Free bytes found before each trim, summed: an upper bound of what was returned.
     pub trimmed_bytes: AtomicU64,
 }
@@ -52,7 +54,7 @@ pub fn usage() -> (u64, u64) {
 
 /// Whether `free` bytes held beside `in_use` are worth a trim.
 pub fn worth_trimming(free: u64, in_use: u64) -> bool {
-    free >= MIN_FREE && free >= in_use / 4
+    free >= MIN_FREE && free >= in_use / 8
 }
 
 /// Returns every whole free page of every arena to the kernel.
@@ -81,6 +83,9 @@ pub fn look(stats: &HeapStats) -> Option<u64> {
     let t = Instant::now();
     trim();
     stats.trims.fetch_add(1, Ordering::Relaxed);
+    stats
+        .trim_micros
+        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
     stats.trimmed_bytes.fetch_add(free, Ordering::Relaxed);
     let (after, _) = usage();
     stats.free_bytes.store(after, Ordering::Relaxed);
@@ -113,8 +118,8 @@ mod tests {
     #[test]
     fn only_a_large_free_share_is_worth_a_trim() {
         assert!(!worth_trimming(MIN_FREE - 1, 0));
-        assert!(worth_trimming(MIN_FREE, 4 * MIN_FREE));
-        assert!(!worth_trimming(MIN_FREE, 4 * MIN_FREE + 4));
+        assert!(worth_trimming(MIN_FREE, 8 * MIN_FREE));
+        assert!(!worth_trimming(MIN_FREE, 8 * MIN_FREE + 8));
         assert!(worth_trimming(200 << 20, 30 << 20));
     }
 

@@ -176,6 +176,7 @@ impl Stats {
             "Times the heap trimmer returned free heap pages to the kernel (malloc_trim).",
             &plain(&self.heap.trims),
         );
+
         family(
             "gateway_flows_closed_total",
             "counter",
@@ -328,6 +329,11 @@ impl Stats {
                 ],
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP gateway_heap_trim_seconds_total Time spent in malloc_trim by the heap trimmer.\n# TYPE gateway_heap_trim_seconds_total counter\ngateway_heap_trim_seconds_total {:.6}",
+            get(&self.heap.trim_micros) as f64 / 1e6
+        );
         if let Some(a) = crate::authz::installed() {
             a.prometheus(&mut out);
         }
