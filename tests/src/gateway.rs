@@ -226,6 +226,20 @@ impl GatewayProc {
         s
     }
 
+    /// The log once `cond` holds for it, polled until `within` has passed (the gateway
+    /// writes its log from a background thread, so a line can land a moment after the
+    /// event it reports); the last log either way, for the caller's assertion.
+    pub fn wait_log(&self, within: Duration, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let log = self.log();
+            if cond(&log) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until `cond(admin /debug/splice JSON)` holds, or panics after `within`.
     pub fn wait_splice(
         &self,

@@ -290,11 +290,10 @@ fn h2_rapid_reset_flood_is_closed() {
         closed && sent < 5000,
         "fast flood not stopped: {sent} streams"
     );
-    assert!(
-        gw.log().contains("HTTP/2 connection closed"),
-        "{}",
-        gw.log()
-    );
+    let log = gw.wait_log(Duration::from_secs(10), |l| {
+        l.contains("HTTP/2 connection closed")
+    });
+    assert!(log.contains("HTTP/2 connection closed"), "{log}");
 
     // Each stream accepted (an upstream request started) and then reset: the
     // premature-reset guard closes the connection after 500 streams.
@@ -305,16 +304,20 @@ fn h2_rapid_reset_flood_is_closed() {
         (500..1500).contains(&sent),
         "paced flood closed after {sent} streams"
     );
-    let log = gw.log();
+    // Streams the gateway had started on are logged as downstream disconnects.
+    let dc_lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("gateway::http") && l.contains("response_flags=DC"))
+            .count()
+    };
+    let log = gw.wait_log(Duration::from_secs(10), |l| {
+        l.contains("too many streams reset by the client") && dc_lines(l) >= 250
+    });
     assert!(
         log.contains("too many streams reset by the client"),
         "{log}"
     );
-    // Streams the gateway had started on are logged as downstream disconnects.
-    let dc = log
-        .lines()
-        .filter(|l| l.contains("gateway::http") && l.contains("response_flags=DC"))
-        .count();
+    let dc = dc_lines(&log);
     assert!(dc >= 250, "{dc} DC lines");
 
     // The gateway still serves, and the good client never noticed.
