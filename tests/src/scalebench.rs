@@ -136,6 +136,11 @@ impl Row {
     /// ratio within each pass (measured seconds apart, so less exposed to the
     /// machine's other load than a ratio of medians).
     pub fn ratio(&self, base: &Row, label: &str) -> f64 {
+        median(self.ratios(base, label))
+    }
+
+    /// The in-pass ratios to `base`'s rate for the same host, one per pass.
+    pub fn ratios(&self, base: &Row, label: &str) -> Vec<f64> {
         let passes = |r: &Row| -> Vec<f64> {
             r.hosts
                 .iter()
@@ -143,13 +148,20 @@ impl Row {
                 .map(|(_, _, w)| w.iter().map(|w| w.rps).collect())
                 .unwrap_or_default()
         };
-        median(
-            passes(self)
-                .iter()
-                .zip(passes(base))
-                .filter(|(_, b)| *b > 0.0)
-                .map(|(a, b)| a / b)
-                .collect(),
+        passes(self)
+            .iter()
+            .zip(passes(base))
+            .filter(|(_, b)| *b > 0.0)
+            .map(|(a, b)| a / b)
+            .collect()
+    }
+
+    /// min–max of [`Row::ratios`].
+    pub fn ratio_spread(&self, base: &Row, label: &str) -> (f64, f64) {
+        let r = self.ratios(base, label);
+        (
+            r.iter().copied().fold(f64::INFINITY, f64::min),
+            r.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         )
     }
 
@@ -562,6 +574,7 @@ pub fn to_json(rows: &[Row], s: &Settings) -> serde_json::Value {
                             "host": h,
                             "rps": r.rps(l),
                             "ratio_to_smallest_n": rows.first().map(|b| r.ratio(b, l)),
+                            "ratio_passes": rows.first().map(|b| r.ratios(b, l)),
                             "p99_us": r.p99_us(l),
                             "passes_rps": w.iter().map(|w| w.rps).collect::<Vec<_>>(),
                             "passes_p99_us": w.iter().map(|w| w.p99_us).collect::<Vec<_>>(),
@@ -634,7 +647,7 @@ pub fn to_markdown(rows: &[Row], s: &Settings) -> String {
     let labels = s.kind.labels();
     let mut md = format!(
         "\n### {title}\n\n\
-         {what} for {}s per host, {} passes: median {unit}, and (×) the median over passes of {unit} / {unit} at the smallest N in the same pass (a host is measured for every N back to back). nginx upstream; every gateway with one tokio worker, all on the same CPU.\n\n",
+         {what} for {}s per host, {} passes: median {unit}, and (**×**) the median over passes of {unit} / {unit} at the smallest N in the same pass, then the lowest–highest of those per-pass ratios (a host is measured for every N back to back, in alternating order). nginx upstream; every gateway with one tokio worker, all on the same CPU.\n\n",
         s.secs, s.runs
     );
     md.push_str(&format!("| {n_col} |"));
@@ -656,7 +669,10 @@ pub fn to_markdown(rows: &[Row], s: &Settings) -> String {
         let cell = |l: &str| {
             let rps = r.rps(l);
             match base {
-                Some(b) if !std::ptr::eq(b, r) => format!("{:.0} ({:.2}×)", rps, r.ratio(b, l)),
+                Some(b) if !std::ptr::eq(b, r) => {
+                    let (lo, hi) = r.ratio_spread(b, l);
+                    format!("{:.0} (**{:.2}×**, {lo:.2}–{hi:.2})", rps, r.ratio(b, l))
+                }
                 _ => format!("{rps:.0}"),
             }
         };

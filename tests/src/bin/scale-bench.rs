@@ -52,9 +52,9 @@ fn main() {
         cache_dir: std::env::var_os("SCALE_BENCH_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| work_dir.clone()),
-        // Bounded whatever the caller asks: 60 s per measurement, 5 passes, 100 000 VS.
+        // Bounded whatever the caller asks: 60 s per measurement, 9 passes, 100 000 VS.
         secs: parse(&args[1]).clamp(1, 60),
-        runs: (parse(&args[2]) as usize).clamp(1, 5),
+        runs: (parse(&args[2]) as usize).clamp(1, 9),
         counts: args[3..]
             .iter()
             .map(|n| (parse(n) as usize).clamp(1, 100_000))
