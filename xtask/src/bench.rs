@@ -109,9 +109,10 @@ pub fn bench(
         )?;
     }
     if want(RowSet::Scale) {
-        step("bench: routing with N VirtualServices", || {
-            scale_row(quick, &out_dir, append)
-        })?;
+        step(
+            "bench: scale rows (N VirtualServices, HTTPS servers, passthrough routes, policies)",
+            || scale_row(quick, &out_dir, append),
+        )?;
     }
     let problems = if want(RowSet::Peers) {
         harness_problems(&out_dir.join("results.json"))?
