@@ -14,14 +14,16 @@ use crate::{
     xdp::{Compiled, XdpGuard},
 };
 
-use super::Policies;
 use super::{Cidr, Decision, HttpAttrs, L7, PortKind, PortKinds, Request};
+use super::{Policies, PolicyIndex};
 
 /// Stages at which userspace refuses traffic.
 const STAGES: [&str; 3] = ["accept", "flow", "request"];
 
 pub struct Enforcer {
     pub policies: Policies,
+    /// `policies` by the hosts and ports their rules match: what each HTTP request asks.
+    pub index: PolicyIndex,
     /// Served ports.
     pub kinds: PortKinds,
     /// The compiled (port, prefix) verdicts: what XDP applies, and the meaning of the
@@ -72,6 +74,7 @@ impl Enforcer {
             .flat_map(|s| kinds.keys().map(move |p| ((*s, *p), AtomicU64::new(0))))
             .collect();
         Enforcer {
+            index: PolicyIndex::new(&policies),
             policies,
             kinds,
             compiled,
@@ -181,7 +184,7 @@ impl Enforcer {
             port,
             l7: L7::Http(attrs),
         };
-        let d = self.policies.decide(PortKind::Http, &req);
+        let d = self.index.decide_http(&self.policies, &req);
         if matches!(d, Decision::Deny(_))
             && let Some(c) = self.denied.get(&("request", port))
         {
@@ -193,13 +196,14 @@ impl Enforcer {
     /// Where the address rules are enforced, for the startup log.
     pub fn describe(&self) -> String {
         let n = self.policies.policies.len();
+        let r = self.index.residual_len();
         match self.xdp.get() {
             Some(x) => format!(
-                "{n} AuthorizationPolicy(s); address rules dropped by XDP on {} and re-checked at accept; L7 rules in userspace",
+                "{n} AuthorizationPolicy(s); address rules dropped by XDP on {} and re-checked at accept; L7 rules in userspace ({r} rule(s) not indexed by host or port)",
                 x.describe()
             ),
             None => format!(
-                "{n} AuthorizationPolicy(s); no XDP guard: address rules enforced in userspace at accept (same meaning), L7 rules per request"
+                "{n} AuthorizationPolicy(s); no XDP guard: address rules enforced in userspace at accept (same meaning), L7 rules per request ({r} rule(s) not indexed by host or port)"
             ),
         }
     }

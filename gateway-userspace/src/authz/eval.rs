@@ -171,7 +171,7 @@ impl Policies {
     }
 }
 
-fn rule_match(r: &Rule, action: Action, req: &Request) -> Tri {
+pub(super) fn rule_match(r: &Rule, action: Action, req: &Request) -> Tri {
     Tri::any(&r.from, |s| source_match(s, &req.source))
         .and(Tri::any(&r.to, |o| op_match(o, action, req)))
         .and(
@@ -318,8 +318,17 @@ pub fn string_match(pattern: &str, v: &str) -> bool {
 /// `example.com:8080` too), and without a trailing dot (`example.com.` is the same
 /// name, and routing already treats it so: a policy must not see it as another).
 pub fn host_match(pattern: &str, host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
     let pattern = pattern.to_ascii_lowercase();
+    let (with_port, bare) = host_keys(host);
+    string_match(&pattern, &with_port)
+        || string_match(&pattern, bare.as_deref().unwrap_or(&with_port))
+}
+
+/// The strings [`host_match`] matches `hosts` patterns against: the lowercase host
+/// without a trailing dot, with its port if it has one, and (when there is a port)
+/// without it.
+pub(super) fn host_keys(host: &str) -> (String, Option<String>) {
+    let host = host.to_ascii_lowercase();
     let (bare, port) = match host.rsplit_once(':') {
         // Not an IPv6 literal's colon: `[::1]:80` -> `[::1]`, `a.b:80` -> `a.b`.
         Some((h, p))
@@ -333,9 +342,8 @@ pub fn host_match(pattern: &str, host: &str) -> bool {
         Some(b) if !b.is_empty() => b,
         _ => bare,
     };
-    let with_port = match port {
-        Some(p) => format!("{bare}:{p}"),
-        None => bare.to_string(),
-    };
-    string_match(&pattern, &with_port) || string_match(&pattern, bare)
+    match port {
+        Some(p) => (format!("{bare}:{p}"), Some(bare.to_string())),
+        None => (bare.to_string(), None),
+    }
 }

@@ -37,11 +37,13 @@ use crate::config::{GatewayIdentity, istio};
 
 mod enforcer;
 mod eval;
+mod index;
 #[cfg(test)]
 mod tests;
 
 pub use enforcer::{Enforcer, installed};
 pub use eval::{Decision, DenyReason, HttpAttrs, L7, PortKind, Request, Tri};
+pub use index::PolicyIndex;
 
 /// Istio's root namespace: policies there without a selector apply to every gateway.
 pub const ROOT_NAMESPACE: &str = "istio-system";

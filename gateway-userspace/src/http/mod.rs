@@ -137,7 +137,8 @@ struct ListenerHttp {
 struct HttpsServer {
     table: Arc<routing::RouteTable>,
     tls: Arc<ServerConfig>,
-    hosts: Vec<String>,
+    /// Its hosts, for the 421 check of every request on its connections.
+    hosts: Arc<routing::ServerHosts>,
 }
 
 impl HttpState {
@@ -162,7 +163,7 @@ impl HttpState {
                     HttpsServer {
                         table: Arc::new(routing::build_table(l, Some(i))?),
                         tls: tls::server_config(s, &snapshot.secrets, &snapshot.namespace)?,
-                        hosts: routing::server_hosts(s),
+                        hosts: Arc::new(routing::ServerHosts::new(&routing::server_hosts(s))),
                     },
                 );
             }

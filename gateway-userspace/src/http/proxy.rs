@@ -38,7 +38,7 @@ pub struct ConnCtx {
     /// On TLS ports, the server chosen by SNI (index in `Listener::servers`).
     pub server: Option<usize>,
     /// Host patterns of that server, for the 421 check.
-    pub server_hosts: Vec<String>,
+    pub server_hosts: Option<Arc<routing::ServerHosts>>,
     pub table: Arc<RouteTable>,
     pub client: UpstreamClient,
     /// Requests seen on this connection, and those the client abandoned early.
@@ -90,13 +90,13 @@ impl ConnCtx {
         peer: SocketAddr,
         port: u16,
         sni: Option<String>,
-        server: Option<(usize, Vec<String>)>,
+        server: Option<(usize, Arc<routing::ServerHosts>)>,
         table: Arc<RouteTable>,
         client: UpstreamClient,
     ) -> ConnCtx {
         let (server, server_hosts) = match server {
-            Some((i, hosts)) => (Some(i), hosts),
-            None => (None, Vec::new()),
+            Some((i, hosts)) => (Some(i), Some(hosts)),
+            None => (None, None),
         };
         ConnCtx {
             peer,
@@ -386,12 +386,7 @@ async fn route_request(
     // for another the certificate also covers. Only the SNI's server may answer, or
     // its client-certificate policy could be bypassed: 421 tells the client to open a
     // new connection (RFC 9110 §15.5.20).
-    if conn.tls
-        && !conn
-            .server_hosts
-            .iter()
-            .any(|h| routing::host_score(h, &host).is_some())
-    {
+    if conn.tls && !conn.server_hosts.as_ref().is_some_and(|s| s.serves(&host)) {
         log.details = "misdirected_request";
         return done(
             log,

@@ -170,6 +170,33 @@ pub fn tls_server_for(listener: &Listener, sni: Option<&str>) -> Option<usize> {
     best.map(|(_, i)| i)
 }
 
+/// The host patterns of one HTTPS server, indexed once: does a request's host belong to
+/// this server (else 421, see `proxy`)? A hash lookup per label of the host instead of
+/// a [`host_score`] per pattern on every request ([`serves_scan`], its reference).
+#[derive(Debug)]
+pub struct ServerHosts(HostMap<()>);
+
+impl ServerHosts {
+    /// Over lowercase patterns (what [`server_hosts`] gives).
+    pub fn new(patterns: &[String]) -> ServerHosts {
+        let mut m = HostMap::new(HostSemantics::Host);
+        for p in patterns {
+            m.insert(p, ());
+        }
+        ServerHosts(m)
+    }
+
+    /// True if some pattern matches the (normalized) host.
+    pub fn serves(&self, host: &str) -> bool {
+        self.0.get(host).is_some()
+    }
+}
+
+/// What [`ServerHosts::serves`] answers, by a scan of the patterns.
+pub fn serves_scan(patterns: &[String], host: &str) -> bool {
+    patterns.iter().any(|p| host_score(p, host).is_some())
+}
+
 /// A port's HTTPS-terminating servers by SNI, built once: what [`tls_server_for`]
 /// answers, at a cost independent of how many servers and hosts the port has.
 #[derive(Debug)]

@@ -122,3 +122,29 @@ fn https_server_index_answers_what_a_scan_answers() {
         }
     }
 }
+
+/// The 421 check: a request's host belongs to the connection's HTTPS server when one of
+/// the server's patterns matches it; the index answers what the scan answers.
+#[test]
+fn server_hosts_index_answers_what_a_scan_answers() {
+    let mut rng = fastrand::Rng::with_seed(421);
+    let mut compared = 0;
+    for _ in 0..600 {
+        let patterns: Vec<String> = (0..rng.usize(0..30))
+            .map(|_| testgen::pattern(&mut rng))
+            .collect();
+        let index = ServerHosts::new(&patterns);
+        for _ in 0..100 {
+            let raw = testgen::request_host(&mut rng, &patterns);
+            for host in [normalize_host(&raw), raw.clone()] {
+                assert_eq!(
+                    index.serves(&host),
+                    serves_scan(&patterns, &host),
+                    "host {host:?} (from {raw:?}), patterns {patterns:?}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 600 * 100 * 2);
+}
