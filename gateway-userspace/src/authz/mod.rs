@@ -472,6 +472,10 @@ pub fn problems(spec: &istio::AuthorizationPolicySpec) -> Vec<(String, String)> 
                 ("notRequestPrincipals", &s.not_request_principals),
                 ("namespaces", &s.namespaces),
                 ("notNamespaces", &s.not_namespaces),
+                ("serviceAccounts", &s.service_accounts),
+                ("notServiceAccounts", &s.not_service_accounts),
+                ("trustDomains", &s.trust_domains),
+                ("notTrustDomains", &s.not_trust_domains),
             ] {
                 if !v.is_empty() {
                     push(
