@@ -63,6 +63,7 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
                 .stats
                 .render_prometheus(&gw.splicer, &gw.opts.bind.to_string());
             gw.telemetry.render_prometheus(&mut out);
+            crate::config::warnings::render_prometheus(&gw.snapshot.warnings, &mut out);
             reply(StatusCode::OK, "text/plain; version=0.0.4", out)
         }
         "/config_dump" => json(crate::proxyconfig::config_dump(
