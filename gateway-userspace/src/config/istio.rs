@@ -704,9 +704,37 @@ pub struct AccessLogging {
     pub disabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<AccessLogFilter>,
-    /// `mode: CLIENT|SERVER|CLIENT_AND_SERVER`; a gateway logs every request whatever it says.
+    /// `mode: CLIENT|SERVER|CLIENT_AND_SERVER`: as in Istio, a gateway's mode is CLIENT,
+    /// so a `SERVER` entry does not apply to it.
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
-    pub match_: Option<serde_yaml::Value>,
+    pub match_: Option<LogSelector>,
+}
+
+/// Telemetry's `AccessLogging.LogSelector`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<WorkloadMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkloadMode {
+    ClientAndServer,
+    Client,
+    Server,
+}
+
+impl AccessLogging {
+    /// Istio's `matchWorkloadMode` for a gateway (mode CLIENT): no selector, CLIENT
+    /// and CLIENT_AND_SERVER apply; SERVER does not.
+    pub fn applies_to_gateway(&self) -> bool {
+        self.match_
+            .as_ref()
+            .and_then(|m| m.mode)
+            .is_none_or(|m| m != WorkloadMode::Server)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
