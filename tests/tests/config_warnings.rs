@@ -39,6 +39,7 @@ spec:
   http:
   - corsPolicy:
       allowOrigins: [{exact: "https://app.example.com"}]
+    match: [{name: hello, uri: {prefix: /hello}}, {uri: {prefix: /}}]
     route:
     - destination: {host: web.internal, port: {number: 80}}
 ---
@@ -83,7 +84,7 @@ spec:
   trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}
 "#;
 
-const MESH: &str = "accessLogFile: \"\"\nenableTracing: true\n";
+const MESH: &str = "accessLogFile: /dev/stdout\nenableTracing: true\n";
 
 /// (code, the text the warning points at: the field's key, first occurrence in the
 /// file) for every warning FIELDS gives.
@@ -227,6 +228,23 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-backend"), Some("web"));
+    // A match's `name` is appended to the route's in ROUTE_NAME, as Istio names routes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = gw.log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("\"GET /hello HTTP/1.1\" 200"))
+        {
+            assert!(l.ends_with(" fields-vs.0.hello"), "{l}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access-log line:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // The AUDIT policy decides nothing: /admin is served too.
     let r = curl(
         &ns,

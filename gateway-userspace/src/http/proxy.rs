@@ -426,7 +426,16 @@ async fn route_request(
         return done(log, empty_reply(StatusCode::NOT_FOUND));
     };
     let route = route.clone();
-    log.route_name = Some(route.name.clone());
+    // Istio's route name: `<route name>.<match name>` when the match that fired has one.
+    log.route_name = Some(
+        match matched
+            .and_then(|i| route.matches.get(i))
+            .and_then(|m| m.name.as_deref())
+        {
+            Some(n) => format!("{}.{n}", route.name),
+            None => route.name.clone(),
+        },
+    );
     // Envoy refuses an upgrade type it has no upgrade config for once the route is
     // known, before any filter runs: 403, empty body, `upgrade_failed`.
     if let Offer::Refused(what) = &offer {

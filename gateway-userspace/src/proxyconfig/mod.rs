@@ -172,7 +172,12 @@ fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
         .name
         .clone()
         .unwrap_or_else(|| format!("{vs_name}.{index}"));
-    let action = |m: Value| {
+    let action = |m: Value, match_name: Option<&str>| {
+        // Istio (route.go): the match's name is appended to the route's.
+        let name = match match_name.filter(|n| !n.is_empty()) {
+            Some(n) => format!("{name}.{n}"),
+            None => name.clone(),
+        };
         let mut route = json!({ "name": name, "match": m, "metadata": vs_metadata(vs) });
         if let Some(d) = &r.direct_response {
             route["direct_response"] = json!({ "status": d.status });
@@ -184,7 +189,7 @@ fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
         route
     };
     if r.matches.is_empty() {
-        return vec![action(json!({ "prefix": "/" }))];
+        return vec![action(json!({ "prefix": "/" }), None)];
     }
     r.matches
         .iter()
@@ -219,7 +224,7 @@ fn routes_json(vs: &str, index: usize, e: &HttpRouteEntry) -> Vec<Value> {
                     .collect::<Vec<_>>()
                     .into();
             }
-            action(mj)
+            action(mj, m.name.as_deref())
         })
         .collect()
 }
