@@ -205,6 +205,15 @@ impl ConfigArgs {
             namespace: self.namespace.clone(),
             ..GatewayIdentity::default()
         };
+        // MeshConfig `rootNamespace` (a MeshConfig that does not load is reported, and
+        // stops the gateway, where it is loaded).
+        if let Some(mesh) = self
+            .mesh_config
+            .as_deref()
+            .and_then(|p| config::mesh::load(p).ok())
+        {
+            id.root_namespace = mesh.root_namespace().to_string();
+        }
         if !self.labels.is_empty() {
             id.labels = self.labels.iter().cloned().collect::<BTreeMap<_, _>>();
         }

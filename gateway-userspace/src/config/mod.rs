@@ -43,6 +43,9 @@ pub struct GatewayIdentity {
     /// Namespace of the gateway workload; `credentialName` secrets live here.
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// MeshConfig `rootNamespace` (default `istio-system`): an AuthorizationPolicy there
+    /// applies to every gateway its selector matches.
+    pub root_namespace: String,
 }
 
 impl Default for GatewayIdentity {
@@ -54,6 +57,7 @@ impl Default for GatewayIdentity {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            root_namespace: mesh::DEFAULT_ROOT_NAMESPACE.into(),
         }
     }
 }
