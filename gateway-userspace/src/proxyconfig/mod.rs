@@ -120,7 +120,8 @@ fn listener_json(snap: &Snapshot, l: &Listener, addrs: &[IpAddr]) -> Value {
                     "require_client_certificate": matches!(s.tls_mode, crate::config::TlsMode::Mutual),
                 }
             },
-            "filters": [hcm(&https_route_name(snap, l.port, s), &stat)],
+            // Istio (gateway.go): an HTTPS server's `name` is its HCM's stat prefix.
+            "filters": [hcm(&https_route_name(snap, l.port, s), s.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(&stat))],
         }));
     }
     if l.servers.iter().any(|s| s.kind == ServerKind::Http) {
