@@ -123,12 +123,11 @@ impl<'a> Resolver<'a> {
             };
             let port = to_u16(number, errors)?;
             let name = cluster_name(port, subset, &host);
-            if self.clusters.contains_key(&name) {
-                return Some(name);
-            }
-            // A name nobody can find is a missing reference (GW2003): the cluster is
-            // kept with no endpoints (Envoy's DNS cluster that resolves to nothing).
-            let endpoints = self.lookup(written, port).unwrap_or_else(|e| {
+            // A name nobody can find is a missing reference (GW2003), reported where
+            // each route names it; the cluster is kept with no endpoints (Envoy's DNS
+            // cluster that resolves to nothing). Lookups are memoized.
+            let resolved = self.lookup(written, port);
+            if let Err(e) = &resolved {
                 self.missing.push(Warning::missing(
                     src,
                     &host_path,
@@ -137,8 +136,11 @@ impl<'a> Resolver<'a> {
                         "destination host \"{written}\" port {port} cannot be resolved: no ServiceEntry names it and the system resolver said: {e}"
                     ),
                 ));
-                Vec::new()
-            });
+            }
+            if self.clusters.contains_key(&name) {
+                return Some(name);
+            }
+            let endpoints = resolved.unwrap_or_default();
             self.clusters.insert(
                 name.clone(),
                 Cluster {

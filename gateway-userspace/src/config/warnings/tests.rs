@@ -140,6 +140,9 @@ spec:
   hosts: [\"*\"]
   gateways: [istio-system/gw, nope]
   http:
+  - match: [{uri: {prefix: /b}}]
+    route:
+    - destination: {host: no-such-host.invalid, port: {number: 80}}
   - route:
     - destination: {host: no-such-host.invalid, port: {number: 80}}
 ";
@@ -153,7 +156,8 @@ spec:
 
     let run = load(yaml, Missing::Isolate);
     let codes: Vec<&str> = run.warnings.iter().map(|w| w.code).collect();
-    assert_eq!(codes, ["GW2001", "GW2002", "GW2003"]);
+    // Each route naming the host is told, at its own position.
+    assert_eq!(codes, ["GW2001", "GW2002", "GW2003", "GW2003"]);
     let snap = run.result.expect("isolated");
     assert_eq!(snap.inactive.len(), 1);
     assert_eq!(snap.inactive[0].credential_name, "missing");
@@ -163,7 +167,7 @@ spec:
     assert_eq!(ports, [80]);
     let c = &snap.clusters["outbound|80||no-such-host.invalid"];
     assert!(c.endpoints.is_empty());
-    assert_eq!(snap.listeners[0].http[0].routes[0].destinations.len(), 1);
+    assert_eq!(snap.listeners[0].http[0].routes[1].destinations.len(), 1);
 }
 
 #[test]
