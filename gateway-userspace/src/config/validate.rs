@@ -339,28 +339,57 @@ fn check_credentials(
         };
         let name = cred.strip_prefix("kubernetes://").unwrap_or(cred);
         let key = format!("{}/{name}", id.namespace);
-        if !secrets.contains_key(&key) && !broken.contains(&format!("Secret {key}")) {
-            let problem = format!(
-                "credential \"{cred}\" not found: no Secret \"{name}\" in namespace \"{}\"",
-                id.namespace
-            );
-            let w = Warning::missing(
-                &gw.src,
-                &format!("spec.servers[{i}].tls.credentialName"),
-                "GW2001",
-                &problem,
-            );
-            inactive.push(InactiveServer {
-                gateway: gw.res.key(),
-                index: i,
-                name: server.name.clone(),
-                port: server.port.number,
-                hosts: server.hosts.clone(),
-                credential_name: name.to_string(),
-                reason: w.to_string(),
-            });
-            missing.push(w);
-        }
+        let known =
+            |key: &str| secrets.contains_key(key) || broken.contains(&format!("Secret {key}"));
+        // MUTUAL and OPTIONAL_MUTUAL also need a CA: `ca.crt`/`cacert` in the Secret,
+        // else a `<name>-cacert` Secret (Istio's SDS resource `kubernetes://<name>-cacert`).
+        let has_ca = |key: &str| {
+            secrets
+                .get(key)
+                .is_some_and(|s| s.data.contains_key("ca.crt") || s.data.contains_key("cacert"))
+        };
+        let ca_key = format!("{key}-cacert");
+        let (problem, missing_name) = if !known(&key) {
+            (
+                format!(
+                    "credential \"{cred}\" not found: no Secret \"{name}\" in namespace \"{}\"",
+                    id.namespace
+                ),
+                name.to_string(),
+            )
+        } else if matches!(mode, TlsMode::Mutual | TlsMode::OptionalMutual)
+            && secrets.contains_key(&key)
+            && !has_ca(&key)
+            && !has_ca(&ca_key)
+            && !broken.contains(&format!("Secret {ca_key}"))
+        {
+            (
+                format!(
+                    "{} TLS needs a CA: Secret \"{name}\" has no ca.crt (or cacert) and there is no Secret \"{name}-cacert\" with one in namespace \"{}\"",
+                    mode_name(mode),
+                    id.namespace
+                ),
+                format!("{name}-cacert"),
+            )
+        } else {
+            continue;
+        };
+        let w = Warning::missing(
+            &gw.src,
+            &format!("spec.servers[{i}].tls.credentialName"),
+            "GW2001",
+            &problem,
+        );
+        inactive.push(InactiveServer {
+            gateway: gw.res.key(),
+            index: i,
+            name: server.name.clone(),
+            port: server.port.number,
+            hosts: server.hosts.clone(),
+            credential_name: missing_name,
+            reason: w.to_string(),
+        });
+        missing.push(w);
     }
 }
 

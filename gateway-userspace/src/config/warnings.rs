@@ -206,7 +206,7 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW2001",
-        "Gateway `tls.credentialName` names a Secret that does not exist",
+        "Gateway `tls.credentialName` names a Secret that does not exist (MUTUAL, OPTIONAL_MUTUAL: or no CA, neither in it nor as `<name>-cacert`)",
         "that server is inactive (its hosts get no certificate; the handshake is refused), the port's other servers and every other port serve",
     ),
     (

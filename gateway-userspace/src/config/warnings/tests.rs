@@ -170,6 +170,44 @@ spec:
     assert_eq!(snap.listeners[0].http[0].routes[1].destinations.len(), 1);
 }
 
+/// MUTUAL without a CA (none in the Secret, no `<name>-cacert`): the server is
+/// inactive, and the missing CA Secret is what proxy-config shows warming.
+#[test]
+fn mutual_without_a_ca_is_a_missing_reference() {
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: MUTUAL, credentialName: a-cred}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: a-cred, namespace: istio-system}
+stringData: {tls.crt: x, tls.key: y}
+";
+    let run = load(yaml, Missing::Isolate);
+    let snap = run.result.expect("isolated");
+    assert_eq!(run.warnings.len(), 1);
+    assert!(
+        run.warnings[0]
+            .message
+            .starts_with("MUTUAL TLS needs a CA: Secret \"a-cred\" has no ca.crt"),
+        "{}",
+        run.warnings[0]
+    );
+    assert_eq!(snap.inactive[0].credential_name, "a-cred-cacert");
+    assert!(snap.listeners.is_empty());
+    let with_ca = format!(
+        "{yaml}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: a-cred-cacert, namespace: istio-system}}\nstringData: {{cacert: z}}\n"
+    );
+    let ok = load(&with_ca, Missing::Error);
+    assert!(ok.warnings.is_empty());
+    assert_eq!(ok.result.expect("valid").listeners.len(), 1);
+}
+
 #[test]
 fn refused_fields_and_misspellings_stay_errors() {
     let fault = VS_YAML.replace(
