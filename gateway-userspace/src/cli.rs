@@ -44,7 +44,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve the Gateways, VirtualServices and ServiceEntries in the given config.
     Run(RunArgs),
-    /// Check config and print every error as file:line:col: message.
+    /// Check config: every error as file:line:col: message (exit 64), every warning
+    /// (fields read and not acted on; --strict makes them errors). References to
+    /// missing things are errors here; `run` serves the rest without them.
     Validate(ConfigArgs),
     /// Show the running gateway's listeners, routes, clusters, endpoints or secrets,
     /// as `istioctl proxy-config` does (asks the admin API): istioctl's command lines
