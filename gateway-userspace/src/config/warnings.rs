@@ -22,9 +22,9 @@ use std::path::Path;
 use serde_yaml::Value;
 
 use super::source::{DocText, Positions, Source};
+use super::{ConfigError, Loc};
 
 mod table;
-use super::{ConfigError, Loc};
 use table::{AUTHORIZATION_POLICY, GATEWAY, SECRET, SERVICE_ENTRY, TELEMETRY, VIRTUAL_SERVICE};
 pub use table::{CODES, effect};
 
