@@ -44,7 +44,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve the Gateways, VirtualServices and ServiceEntries in the given config.
     Run(RunArgs),
-    /// Check config and print every error as file:line:col: message.
+    /// Check config: every error as file:line:col: message (exit 64), every warning
+    /// (fields read and not acted on; --strict makes them errors). References to
+    /// missing things are errors here; `run` serves the rest without them.
     Validate(ConfigArgs),
     /// Show the running gateway's listeners, routes, clusters, endpoints or secrets,
     /// as `istioctl proxy-config` does (asks the admin API): istioctl's command lines
@@ -67,6 +69,13 @@ pub struct ConfigArgs {
     /// istio=ingressgateway and app=istio-ingressgateway, like Istio's default gateway.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// MeshConfig YAML (accessLogFile, accessLogEncoding, accessLogFormat, ...).
+    #[arg(long)]
+    pub mesh_config: Option<PathBuf>,
+    /// Warnings are errors (exit 64): fields read and not acted on (GW1xxx) and, at
+    /// run, references to things that do not exist (GW2xxx). See the README's table.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -170,9 +179,6 @@ pub struct RunArgs {
     pub http2_keepalive_interval: Duration,
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub http2_keepalive_timeout: Duration,
-    /// MeshConfig YAML (accessLogFile, accessLogEncoding, accessLogFormat, ...).
-    #[arg(long)]
-    pub mesh_config: Option<PathBuf>,
     /// Access-log lines queued per file before new ones are dropped (and counted).
     #[arg(long, default_value_t = crate::telemetry::access_log::DEFAULT_BUFFER_LINES)]
     pub access_log_buffer: usize,
@@ -227,6 +233,15 @@ impl ConfigArgs {
             namespace: self.namespace.clone(),
             ..GatewayIdentity::default()
         };
+        // MeshConfig `rootNamespace` (a MeshConfig that does not load is reported, and
+        // stops the gateway, where it is loaded).
+        if let Some(mesh) = self
+            .mesh_config
+            .as_deref()
+            .and_then(|p| config::mesh::load(p).ok())
+        {
+            id.root_namespace = mesh.root_namespace().to_string();
+        }
         if !self.labels.is_empty() {
             id.labels = self.labels.iter().cloned().collect::<BTreeMap<_, _>>();
         }
@@ -234,10 +249,24 @@ impl ConfigArgs {
     }
 
     /// Loads and validates; on failure prints every error and exits 64, binding nothing.
-    pub fn load_or_exit(&self) -> config::Snapshot {
-        match config::load(&self.config, &self.identity()) {
+    /// Warnings (the MeshConfig's too) go to `report`, or with `--strict` are errors.
+    /// `missing`: what references to missing things are (errors for `validate`).
+    pub fn load_or_exit(
+        &self,
+        missing: config::Missing,
+        report: impl Fn(&config::Warning),
+    ) -> config::Snapshot {
+        let loaded = config::load_with(&self.config, &self.identity(), missing);
+        let mut warnings = loaded.warnings;
+        if let Some(p) = &self.mesh_config {
+            warnings.extend(config::mesh::warnings(p));
+        }
+        let mut snap = match loaded.result {
             Ok(s) => s,
             Err(errors) => {
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
                 eprintln!("{errors}");
                 eprintln!(
                     "{} configuration error(s); nothing was started",
@@ -245,16 +274,43 @@ impl ConfigArgs {
                 );
                 std::process::exit(EXIT_BAD_CONFIG);
             }
+        };
+        if self.strict && !warnings.is_empty() {
+            for w in &warnings {
+                eprintln!("{}", w.to_error());
+            }
+            eprintln!(
+                "{} warning(s), errors with --strict; nothing was started",
+                warnings.len()
+            );
+            std::process::exit(EXIT_BAD_CONFIG);
         }
+        for w in &warnings {
+            report(w);
+        }
+        snap.warnings = warnings;
+        snap
     }
 }
 
 pub fn validate(args: &ConfigArgs) {
-    let snap = args.load_or_exit();
+    let snap = args.load_or_exit(config::Missing::Error, |w| eprintln!("{w}"));
+    if let Some(p) = &args.mesh_config
+        && let Err(errors) = config::mesh::load(p)
+    {
+        eprintln!("{errors}\nconfiguration error(s)");
+        std::process::exit(EXIT_BAD_CONFIG);
+    }
     // Certificates, keys and CAs are loaded the way `run` loads them.
     if let Err(e) = crate::http::HttpState::build(&snap) {
         eprintln!("{e}");
         std::process::exit(EXIT_BAD_CONFIG);
+    }
+    if !snap.warnings.is_empty() {
+        eprintln!(
+            "{} warning(s): see above (--strict makes them errors)",
+            snap.warnings.len()
+        );
     }
     println!(
         "config OK: {} listener(s) on port(s) {}, {} cluster(s)",
@@ -271,7 +327,7 @@ pub fn validate(args: &ConfigArgs) {
 /// Loads `--mesh-config` (default: an empty MeshConfig); exits 64 on a bad file, like
 /// bad config.
 pub fn mesh_or_exit(args: &RunArgs) -> config::mesh::MeshConfig {
-    match &args.mesh_config {
+    match &args.config.mesh_config {
         Some(p) => config::mesh::load(p).unwrap_or_else(|errors| {
             eprintln!("{errors}\nconfiguration error(s); nothing was started");
             std::process::exit(EXIT_BAD_CONFIG);
@@ -345,7 +401,21 @@ fn http_options(args: &RunArgs) -> crate::http::HttpOptions {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let snapshot = args.config.load_or_exit();
+    // Istio's failure isolation: a reference to something missing leaves that server or
+    // route inactive, with a warning, and the rest is served.
+    let snapshot = args
+        .config
+        .load_or_exit(config::Missing::Isolate, |w| tracing::warn!("{w}"));
+    for s in &snapshot.inactive {
+        tracing::warn!(
+            "gateway {} server {} (port {}, hosts {}) is inactive: its credential Secret {:?} does not exist",
+            s.gateway,
+            s.name.clone().unwrap_or_else(|| s.index.to_string()),
+            s.port,
+            s.hosts.join(","),
+            s.credential_name
+        );
+    }
     let mesh = mesh_or_exit(&args);
     let telemetry = Arc::new(telemetry_or_exit(&args, &mesh, &snapshot));
     let path_normalization = mesh.path_normalization.normalization.effective();

@@ -3,7 +3,9 @@
 //!
 //! - Either a Snapshot / MeshConfig or errors; never a panic.
 //! - Every error carries `file:line:col` pointing into the text: the file name given,
-//!   line 1..=lines+1 and column >= 1, and its Display starts with that position.
+//!   line 1..=lines+1 and column >= 1, and its Display starts with that position. So does
+//!   every warning (fields not acted on; missing references, loaded as `run` loads them:
+//!   isolated), and each warning's code is in the README's table (`warnings::CODES`).
 //! - A Snapshot the loader accepts goes through everything the gateway then builds from
 //!   it (`HttpState::build`, the authorization enforcer and its XDP compilation, the
 //!   access-log targets) without a panic, and without an error the loader should have
@@ -19,7 +21,10 @@ use std::path::Path;
 
 use gateway::{
     authz::Enforcer,
-    config::{ConfigErrors, GatewayIdentity, ListenerProtocol, ServerKind, load_str, mesh},
+    config::{
+        ConfigErrors, GatewayIdentity, ListenerProtocol, Loc, Missing, ServerKind, load_str_with,
+        mesh, warnings,
+    },
     http::{HttpState, routing::build_table},
     telemetry::access_log,
 };
@@ -36,7 +41,15 @@ fuzz_target!(
             return;
         };
         let id = GatewayIdentity::default();
-        match load_str(FILE, text, &id) {
+        let loaded = load_str_with(FILE, text, &id, Missing::Isolate);
+        for w in loaded.warnings.iter().chain(&warnings::scan_mesh(Path::new(FILE), text)) {
+            check_loc(text, &w.loc, &w.to_string());
+            assert!(
+                warnings::CODES.iter().any(|(c, ..)| *c == w.code),
+                "warning code not in the table: {w}"
+            );
+        }
+        match loaded.result {
             Ok(snapshot) => {
                 // The route tables `HttpState::build` makes: compile errors there would
                 // be config errors without a position.
@@ -74,25 +87,29 @@ fuzz_target!(
 
 fn check_errors(text: &str, errors: &ConfigErrors) {
     assert!(!errors.0.is_empty(), "Err with no errors");
+    for e in &errors.0 {
+        check_loc(text, &e.loc, &e.to_string());
+    }
+}
+
+/// `loc` is in the text and `shown` (an error's or warning's Display) starts with it.
+fn check_loc(text: &str, loc: &Loc, shown: &str) {
     // Lines end at LF, CRLF or a lone CR (YAML 1.2); an error may sit just past the end.
     let b = text.as_bytes();
     let breaks = (0..b.len())
         .filter(|&i| b[i] == b'\n' || (b[i] == b'\r' && b.get(i + 1) != Some(&b'\n')))
         .count();
     let lines = breaks + 1;
-    for e in &errors.0 {
-        assert_eq!(e.loc.file, Path::new(FILE), "error names another file: {e}");
-        assert!(
-            (1..=lines).contains(&e.loc.line) && e.loc.col >= 1,
-            "error position outside the {lines}-line text: {e}"
-        );
-        let shown = e.to_string();
-        let prefix = format!("{FILE}:{}:{}: ", e.loc.line, e.loc.col);
-        assert!(
-            shown.starts_with(&prefix),
-            "error does not start with its position: {shown}"
-        );
-    }
+    assert_eq!(loc.file, Path::new(FILE), "names another file: {shown}");
+    assert!(
+        (1..=lines).contains(&loc.line) && loc.col >= 1,
+        "position outside the {lines}-line text: {shown}"
+    );
+    let prefix = format!("{FILE}:{}:{}: ", loc.line, loc.col);
+    assert!(
+        shown.starts_with(&prefix),
+        "does not start with its position: {shown}"
+    );
 }
 
 /// Gives the process a network namespace of its own (nothing but a down loopback), so

@@ -45,9 +45,6 @@ pub use enforcer::{Enforcer, installed};
 pub use eval::{Decision, DenyReason, HttpAttrs, L7, PortKind, Request, Tri};
 pub use index::PolicyIndex;
 
-/// Istio's root namespace: policies there without a selector apply to every gateway.
-pub const ROOT_NAMESPACE: &str = "istio-system";
-
 // === model ===
 
 /// An IPv4 or IPv6 prefix, host bits cleared. IPv4-mapped IPv6 is stored as IPv4.
@@ -272,11 +269,12 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
-/// Istio: a policy in the root namespace applies to every workload its selector
-/// matches (all, without one); elsewhere only to workloads of its own namespace.
+/// Istio: a policy in the root namespace (MeshConfig `rootNamespace`) applies to every
+/// workload its selector matches (all, without one); elsewhere only to workloads of its
+/// own namespace.
 pub fn applies(p: &istio::AuthorizationPolicy, id: &GatewayIdentity) -> bool {
     let ns = p.metadata.namespace();
-    if ns != ROOT_NAMESPACE && ns != id.namespace {
+    if ns != id.root_namespace && ns != id.namespace {
         return false;
     }
     p.spec.selector.as_ref().is_none_or(|s| {
@@ -474,6 +472,10 @@ pub fn problems(spec: &istio::AuthorizationPolicySpec) -> Vec<(String, String)> 
                 ("notRequestPrincipals", &s.not_request_principals),
                 ("namespaces", &s.namespaces),
                 ("notNamespaces", &s.not_namespaces),
+                ("serviceAccounts", &s.service_accounts),
+                ("notServiceAccounts", &s.not_service_accounts),
+                ("trustDomains", &s.trust_domains),
+                ("notTrustDomains", &s.not_trust_domains),
             ] {
                 if !v.is_empty() {
                     push(

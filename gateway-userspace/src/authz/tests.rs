@@ -335,3 +335,31 @@ spec:
     // Joined, "prod,dev" starts with "prod": the condition's negation does not hold.
     assert!(!decide(&[("x-env", "prod"), ("x-env", "dev")]));
 }
+
+/// MeshConfig `rootNamespace`: a policy there applies to the gateway (with any
+/// gateway namespace); one in istio-system then is an ordinary namespace's.
+#[test]
+fn the_root_namespace_is_meshconfigs() {
+    let policy = |ns: &str| {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: {ns}}}\nspec: {{action: DENY, rules: [{{}}]}}\n"
+        );
+        crate::config::load_str("p.yaml", &yaml, &GatewayIdentity::default())
+            .unwrap()
+            .resources
+            .authorization_policies
+            .remove(0)
+    };
+    let id = GatewayIdentity {
+        namespace: "ingress".into(),
+        root_namespace: "mesh-root".into(),
+        ..GatewayIdentity::default()
+    };
+    assert!(applies(&policy("mesh-root"), &id));
+    assert!(applies(&policy("ingress"), &id));
+    assert!(!applies(&policy("istio-system"), &id));
+    assert!(applies(
+        &policy("istio-system"),
+        &GatewayIdentity::default()
+    ));
+}

@@ -1,9 +1,12 @@
 //! Typed serde mirrors of the Istio / Kubernetes resources the gateway reads.
 //!
 //! Spec structs use `deny_unknown_fields` so that a misspelled field is an
-//! error with a position instead of being silently dropped (Istio's admission
-//! webhook rejects unknown fields the same way). `metadata` is lenient because
-//! real manifests carry labels, annotations, uids and the like.
+//! error with a position instead of being silently dropped: Istio's CRDs have
+//! structural schemas, and `kubectl apply` (strict field validation, the default
+//! since Kubernetes 1.27) rejects a field the schema does not list. Every field of
+//! Istio's API is listed here; those the gateway does not act on are warnings
+//! (`config::warnings`). `metadata` is lenient because real manifests carry labels,
+//! annotations, uids and the like.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -142,6 +145,16 @@ pub struct ServerTlsSettings {
     pub max_protocol_version: Option<String>,
     #[serde(default)]
     pub cipher_suites: Vec<String>,
+    // Istio fields this gateway does not act on: each set one is a warning (GW1013,
+    // GW1012, GW1014; config::warnings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_credential_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_certificates: Vec<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ecdh_curves: Vec<String>,
 }
 
 // ---------------------------------------------------------- VirtualService
@@ -196,7 +209,14 @@ pub struct HttpRoute {
     pub mirror_percentage: Option<Percent>,
     #[serde(default)]
     pub mirror_percent: Option<u32>,
-    /// CORS is for a later milestone; accepted as-is.
+    /// Istio's CRD lists the proto name of `mirrorPercent` too.
+    #[serde(
+        default,
+        rename = "mirror_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mirror_percent_proto_name: Option<u32>,
+    /// Not implemented: a warning (GW1001; so are mirror*, delegate: config::warnings).
     #[serde(default)]
     pub cors_policy: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -300,6 +320,9 @@ pub struct HttpRedirect {
     pub scheme: Option<String>,
     #[serde(default)]
     pub redirect_code: Option<u32>,
+    /// Not implemented: a warning (GW1008).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -335,6 +358,9 @@ pub struct HttpRetry {
     pub retry_remote_localities: Option<bool>,
     #[serde(default)]
     pub backoff: Option<IstioDuration>,
+    /// Not implemented: a warning (GW1007).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -448,6 +474,9 @@ pub struct TcpRoute {
 pub struct L4MatchAttributes {
     #[serde(default)]
     pub destination_subnets: Vec<String>,
+    /// Not implemented: a warning (GW1005).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_subnet: Option<String>,
     #[serde(default)]
     pub port: Option<u32>,
     #[serde(default)]
@@ -675,9 +704,37 @@ pub struct AccessLogging {
     pub disabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<AccessLogFilter>,
-    /// `mode: CLIENT|SERVER|CLIENT_AND_SERVER`; a gateway logs every request whatever it says.
+    /// `mode: CLIENT|SERVER|CLIENT_AND_SERVER`: as in Istio, a gateway's mode is CLIENT,
+    /// so a `SERVER` entry does not apply to it.
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
-    pub match_: Option<serde_yaml::Value>,
+    pub match_: Option<LogSelector>,
+}
+
+/// Telemetry's `AccessLogging.LogSelector`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<WorkloadMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkloadMode {
+    ClientAndServer,
+    Client,
+    Server,
+}
+
+impl AccessLogging {
+    /// Istio's `matchWorkloadMode` for a gateway (mode CLIENT): no selector, CLIENT
+    /// and CLIENT_AND_SERVER apply; SERVER does not.
+    pub fn applies_to_gateway(&self) -> bool {
+        self.match_
+            .as_ref()
+            .and_then(|m| m.mode)
+            .is_none_or(|m| m != WorkloadMode::Server)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -773,6 +830,15 @@ pub struct AuthzSource {
     pub namespaces: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_namespaces: Vec<String>,
+    /// Peer identities too: refused at validation, as `principals`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_trust_domains: Vec<String>,
     /// IPv4/IPv6 addresses or CIDRs of the connection's peer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<String>,

@@ -1,7 +1,7 @@
 //! MeshConfig (`gateway run --mesh-config FILE`): the mesh-wide defaults Istio keeps in
 //! the `istio` ConfigMap (`meshConfig` in IstioOperator / Helm values). The access log
 //! fields and `pathNormalization` are used; the rest of a full MeshConfig is accepted
-//! and ignored.
+//! (Istio reads MeshConfig leniently too) with a warning each (GW1070, `warnings`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -163,6 +163,14 @@ pub enum ProviderKind<'a> {
     Envoy,
     File(&'a FileAccessLogProvider),
     Unsupported,
+}
+
+/// The MeshConfig fields set in `path` that the gateway does not use (GW1070), with
+/// their positions. A file that cannot be read or parsed has none (`load` says why).
+pub fn warnings(path: &Path) -> Vec<super::Warning> {
+    std::fs::read_to_string(path)
+        .map(|text| super::warnings::scan_mesh(path, &text))
+        .unwrap_or_default()
 }
 
 /// Reads and checks a MeshConfig file; errors as `file:line:col: message`.

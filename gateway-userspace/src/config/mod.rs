@@ -24,15 +24,18 @@ mod resolve;
 pub mod snapshot;
 mod source;
 mod validate;
+pub mod warnings;
 
 #[cfg(test)]
 mod tests;
 
 pub use host_map::{HostMap, Semantics as HostSemantics};
 pub use snapshot::{
-    Cluster, HttpRouteEntry, HttpVirtualHost, Listener, ListenerProtocol, Resources, Secret,
-    ServerKind, ServerRef, Snapshot, TcpRoute, TlsMode, TlsRoute, WeightedCluster,
+    Cluster, HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol,
+    Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsMode, TlsRoute,
+    WeightedCluster,
 };
+pub use warnings::Warning;
 
 /// Who we are, as Istio's Gateway `selector` sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +43,9 @@ pub struct GatewayIdentity {
     /// Namespace of the gateway workload; `credentialName` secrets live here.
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// MeshConfig `rootNamespace` (default `istio-system`): an AuthorizationPolicy there
+    /// applies to every gateway its selector matches.
+    pub root_namespace: String,
 }
 
 impl Default for GatewayIdentity {
@@ -51,6 +57,7 @@ impl Default for GatewayIdentity {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            root_namespace: mesh::DEFAULT_ROOT_NAMESPACE.into(),
         }
     }
 }
@@ -92,9 +99,33 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// What a reference to something that does not exist (a credential Secret, a
+/// Gateway, a destination host: codes GW2xxx) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// An error (`gateway validate`; and [`load`]).
+    Error,
+    /// A warning, and the part that refers to it inactive while the rest is served
+    /// (`gateway run`: Istio's failure isolation).
+    Isolate,
+}
+
+/// The outcome of a load: the snapshot or every error, and every warning either way
+/// (sorted by position; the snapshot holds them too).
+#[derive(Debug)]
+pub struct Loaded {
+    pub result: Result<Snapshot, ConfigErrors>,
+    pub warnings: Vec<Warning>,
+}
+
 /// Loads files, and directories (their `*.yaml` / `*.yml` files, sorted by
-/// name, not recursive), in the order given.
+/// name, not recursive), in the order given. Missing references are errors.
 pub fn load(paths: &[PathBuf], id: &GatewayIdentity) -> Result<Snapshot, ConfigErrors> {
+    load_with(paths, id, Missing::Error).result
+}
+
+/// [`load`], saying what missing references are, with the warnings.
+pub fn load_with(paths: &[PathBuf], id: &GatewayIdentity, missing: Missing) -> Loaded {
     let mut errors = Vec::new();
     let mut parsed = parse::Parsed::default();
     for file in expand_paths(paths, &mut errors) {
@@ -103,30 +134,51 @@ pub fn load(paths: &[PathBuf], id: &GatewayIdentity) -> Result<Snapshot, ConfigE
             Err(e) => errors.push(io_error(&file, format!("cannot read file: {e}"))),
         }
     }
-    finish(parsed, id, errors)
+    finish(parsed, id, errors, missing)
 }
 
 /// Loads YAML text as if it were a file called `name` (for tests and tools).
 pub fn load_str(name: &str, yaml: &str, id: &GatewayIdentity) -> Result<Snapshot, ConfigErrors> {
+    load_str_with(name, yaml, id, Missing::Error).result
+}
+
+/// [`load_str`], saying what missing references are, with the warnings.
+pub fn load_str_with(name: &str, yaml: &str, id: &GatewayIdentity, missing: Missing) -> Loaded {
     let mut errors = Vec::new();
     let mut parsed = parse::Parsed::default();
     parsed.add_file(Path::new(name), yaml, &mut errors);
-    finish(parsed, id, errors)
+    finish(parsed, id, errors, missing)
 }
 
 fn finish(
     parsed: parse::Parsed,
     id: &GatewayIdentity,
     mut errors: Vec<ConfigError>,
-) -> Result<Snapshot, ConfigErrors> {
-    let snapshot = validate::build(parsed, id, &mut errors);
+    mode: Missing,
+) -> Loaded {
+    let mut missing = Vec::new();
+    let mut snapshot = validate::build(parsed, id, &mut errors, &mut missing);
+    let mut warnings = std::mem::take(&mut snapshot.warnings);
+    match mode {
+        Missing::Error => errors.extend(missing.iter().map(Warning::to_error)),
+        Missing::Isolate => warnings.append(&mut missing),
+    }
+    warnings.sort();
+    warnings.dedup();
     if errors.is_empty() {
-        return Ok(snapshot);
+        snapshot.warnings = warnings.clone();
+        return Loaded {
+            result: Ok(snapshot),
+            warnings,
+        };
     }
     // Stable: keeps discovery order for errors at the same place.
     errors.sort_by(|a, b| a.loc.cmp(&b.loc));
     errors.dedup();
-    Err(ConfigErrors(errors))
+    Loaded {
+        result: Err(ConfigErrors(errors)),
+        warnings,
+    }
 }
 
 fn io_error(file: &Path, message: String) -> ConfigError {

@@ -12,6 +12,7 @@ use super::istio::{
     AuthorizationPolicy, Gateway, SecretResource, ServiceEntry, Telemetry, VirtualService,
 };
 use super::source::{DocText, Positions, Source, serde_error, split_documents};
+use super::warnings::{self, Warning};
 
 /// A parsed resource and the document it came from.
 #[derive(Debug, Clone)]
@@ -20,8 +21,7 @@ pub(crate) struct Entry<T> {
     pub src: Source,
 }
 
-pub(crate) const KINDS: &str =
-    "Gateway, VirtualService, ServiceEntry, Secret, Telemetry, AuthorizationPolicy";
+pub(crate) const KINDS: &str = "Gateway, VirtualService, ServiceEntry, Secret, Telemetry, AuthorizationPolicy (DestinationRule is read and ignored, with a warning)";
 
 #[derive(Debug, Default)]
 pub(crate) struct Parsed {
@@ -35,6 +35,8 @@ pub(crate) struct Parsed {
     /// whose body did not deserialize. Their error is already reported;
     /// references to them must not add "does not exist" noise.
     pub broken: HashSet<String>,
+    /// Fields read and not acted on (config::warnings), in file order.
+    pub warnings: Vec<Warning>,
 }
 
 impl Parsed {
@@ -52,9 +54,10 @@ impl Parsed {
         if value.is_null() {
             return Ok(()); // e.g. a document holding only `~`
         }
-        let src = Source {
+        let mut src = Source {
             file: file.to_path_buf(),
             positions: Positions::build(doc),
+            subject: "".into(),
         };
         let Some(map) = value.as_mapping() else {
             return Err(src.error(
@@ -72,7 +75,7 @@ impl Parsed {
         let kind = field("kind")?;
         let api_version = field("apiVersion")?;
         let (group_ok, expected) = match kind.as_str() {
-            "Gateway" | "VirtualService" | "ServiceEntry" => (
+            "Gateway" | "VirtualService" | "ServiceEntry" | "DestinationRule" => (
                 matches!(
                     api_version.as_str(),
                     "networking.istio.io/v1alpha3"
@@ -104,6 +107,20 @@ impl Parsed {
             ));
         }
 
+        let meta = map.get("metadata");
+        if let Some(name) = meta.and_then(|m| m.get("name")).and_then(Value::as_str) {
+            let ns = meta
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or("default");
+            src.subject = format!("{kind} {ns}/{name}").into();
+        }
+        if kind == "DestinationRule" {
+            // Read for its warning only: nothing of it is used.
+            warnings::scan(&kind, &value, &src, &mut self.warnings);
+            return Ok(());
+        }
         let mark_broken = |this: &mut Parsed| {
             // Remember the name so references to it are not reported twice.
             let meta = map.get("metadata");
@@ -157,7 +174,15 @@ impl Parsed {
         result.map_err(|e| {
             mark_broken(self);
             serde_error(file, doc, &e)
-        })
+        })?;
+        // Only a resource that deserialized: a broken one has its error already.
+        warnings::scan(&kind, &value, &src, &mut self.warnings);
+        let mut refused = Vec::new();
+        warnings::refused(&kind, &value, &src, &mut refused);
+        match refused.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Destination -> cluster resolution against ServiceEntries, falling back to
 //! the system resolver (so `localhost` / `127.0.0.1` work without an SE).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use super::ConfigError;
@@ -10,6 +10,7 @@ use super::istio::{Destination, Resolution, ServiceEntry, ServicePort};
 use super::parse::Entry;
 use super::snapshot::Cluster;
 use super::source::Source;
+use super::warnings::Warning;
 
 /// Istio's cluster naming: `outbound|<port>|<subset>|<fqdn>`.
 pub(crate) fn cluster_name(port: u16, subset: &str, host: &str) -> String {
@@ -21,9 +22,9 @@ pub(crate) struct Resolver<'a> {
     /// ServiceEntries naming the same host is deterministic.
     service_entries: Vec<&'a Entry<ServiceEntry>>,
     pub clusters: BTreeMap<String, Cluster>,
-    /// Clusters whose endpoints could not be built (error already reported).
-    failed: HashSet<String>,
     dns: HashMap<(String, u16), Result<Vec<SocketAddr>, String>>,
+    /// Names the resolver could not find (GW2003): their clusters have no endpoints.
+    pub missing: Vec<Warning>,
 }
 
 impl<'a> Resolver<'a> {
@@ -38,8 +39,8 @@ impl<'a> Resolver<'a> {
         Resolver {
             service_entries,
             clusters: BTreeMap::new(),
-            failed: HashSet::new(),
             dns: HashMap::new(),
+            missing: Vec::new(),
         }
     }
 
@@ -101,27 +102,17 @@ impl<'a> Resolver<'a> {
             if self.clusters.contains_key(&name) {
                 return Some(name);
             }
-            if self.failed.contains(&name) {
-                return None;
-            }
-            match self.service_entry_endpoints(se, &se_host, sp, errors) {
-                Some(endpoints) => {
-                    self.clusters.insert(
-                        name.clone(),
-                        Cluster {
-                            name: name.clone(),
-                            host: se_host,
-                            port,
-                            endpoints,
-                        },
-                    );
-                    Some(name)
-                }
-                None => {
-                    self.failed.insert(name);
-                    None
-                }
-            }
+            let endpoints = self.service_entry_endpoints(se, &se_host, sp);
+            self.clusters.insert(
+                name.clone(),
+                Cluster {
+                    name: name.clone(),
+                    host: se_host,
+                    port,
+                    endpoints,
+                },
+            );
+            Some(name)
         } else {
             let Some(number) = dest.port.map(|p| p.number) else {
                 errors.push(src.error(
@@ -132,32 +123,34 @@ impl<'a> Resolver<'a> {
             };
             let port = to_u16(number, errors)?;
             let name = cluster_name(port, subset, &host);
+            // A name nobody can find is a missing reference (GW2003), reported where
+            // each route names it; the cluster is kept with no endpoints (Envoy's DNS
+            // cluster that resolves to nothing). Lookups are memoized.
+            let resolved = self.lookup(written, port);
+            if let Err(e) = &resolved {
+                self.missing.push(Warning::missing(
+                    src,
+                    &host_path,
+                    "GW2003",
+                    &format!(
+                        "destination host \"{written}\" port {port} cannot be resolved: no ServiceEntry names it and the system resolver said: {e}"
+                    ),
+                ));
+            }
             if self.clusters.contains_key(&name) {
                 return Some(name);
             }
-            match self.lookup(written, port) {
-                Ok(endpoints) => {
-                    self.clusters.insert(
-                        name.clone(),
-                        Cluster {
-                            name: name.clone(),
-                            host,
-                            port,
-                            endpoints,
-                        },
-                    );
-                    Some(name)
-                }
-                Err(e) => {
-                    errors.push(src.error(
-                        &host_path,
-                        format!(
-                            "destination host \"{written}\" port {port} cannot be resolved: no ServiceEntry names it and the system resolver said: {e}"
-                        ),
-                    ));
-                    None
-                }
-            }
+            let endpoints = resolved.unwrap_or_default();
+            self.clusters.insert(
+                name.clone(),
+                Cluster {
+                    name: name.clone(),
+                    host,
+                    port,
+                    endpoints,
+                },
+            );
+            Some(name)
         }
     }
 
@@ -183,12 +176,10 @@ impl<'a> Resolver<'a> {
         se: &Entry<ServiceEntry>,
         se_host: &str,
         sp: &ServicePort,
-        errors: &mut Vec<ConfigError>,
-    ) -> Option<Vec<SocketAddr>> {
+    ) -> Vec<SocketAddr> {
         let spec = &se.res.spec;
         let default_port = sp.target_port.unwrap_or(sp.number);
         let mut out = Vec::new();
-        let mut ok = true;
         if spec.endpoints.is_empty() {
             match spec.resolution {
                 // STATIC without endpoints is legal in Istio: an empty cluster.
@@ -206,11 +197,12 @@ impl<'a> Resolver<'a> {
                                 .iter()
                                 .position(|h| h.eq_ignore_ascii_case(se_host))
                                 .unwrap_or(0);
-                            errors.push(se.src.error(
+                            self.missing.push(Warning::missing(
+                                &se.src,
                                 &format!("spec.hosts[{i}]"),
-                                format!("service entry host \"{se_host}\" cannot be resolved by the system resolver: {e}"),
+                                "GW2003",
+                                &format!("service entry host \"{se_host}\" cannot be resolved by the system resolver: {e}"),
                             ));
-                            ok = false;
                         }
                     }
                 }
@@ -235,17 +227,16 @@ impl<'a> Resolver<'a> {
             } else if spec.resolution != Resolution::Static && !address.starts_with("unix://") {
                 match self.lookup(address, port) {
                     Ok(addrs) => out.extend(addrs),
-                    Err(e) => {
-                        errors.push(se.src.error(
-                            &format!("spec.endpoints[{k}].address"),
-                            format!("endpoint address \"{address}\" cannot be resolved by the system resolver: {e}"),
-                        ));
-                        ok = false;
-                    }
+                    Err(e) => self.missing.push(Warning::missing(
+                        &se.src,
+                        &format!("spec.endpoints[{k}].address"),
+                        "GW2003",
+                        &format!("endpoint address \"{address}\" cannot be resolved by the system resolver: {e}"),
+                    )),
                 }
             }
         }
-        ok.then_some(out)
+        out
     }
 
     /// System resolver, memoized per load so a name is looked up once.

@@ -24,6 +24,27 @@ pub struct Snapshot {
     pub authorization: crate::authz::Policies,
     /// The raw typed resources, for later milestones and config_dump.
     pub resources: Resources,
+    /// Fields read and not acted on, and (at `run`) references to missing things:
+    /// logged, counted in `gateway_config_warnings`, listed in `/config_dump`.
+    pub warnings: Vec<super::warnings::Warning>,
+    /// Gateway servers left out because their credential Secret does not exist.
+    pub inactive: Vec<InactiveServer>,
+}
+
+/// A Gateway server that is not served: a reference of it names something missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InactiveServer {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    /// Index in the Gateway's `servers`.
+    pub index: usize,
+    pub name: Option<String>,
+    pub port: u32,
+    pub hosts: Vec<String>,
+    /// The `credentialName` Secret that does not exist.
+    pub credential_name: String,
+    /// The warning, as logged.
+    pub reason: String,
 }
 
 impl Snapshot {

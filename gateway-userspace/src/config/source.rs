@@ -126,7 +126,15 @@ pub(crate) struct Positions {
 #[derive(Debug, Default)]
 struct LazyIndex {
     doc: DocText,
-    map: OnceLock<HashMap<String, (usize, usize)>>,
+    map: OnceLock<Index>,
+}
+
+/// Node positions by path, and where each mapping key is written (the key of
+/// `spec.http[0].corsPolicy` is the `corsPolicy` token; its node is the value).
+#[derive(Debug, Default)]
+struct Index {
+    nodes: HashMap<String, (usize, usize)>,
+    keys: HashMap<String, (usize, usize)>,
 }
 
 impl Positions {
@@ -141,17 +149,24 @@ impl Positions {
     }
 
     fn map(&self) -> &HashMap<String, (usize, usize)> {
-        self.doc.map.get_or_init(|| Self::index(&self.doc.doc))
+        &self.index().nodes
+    }
+
+    fn index(&self) -> &Index {
+        self.doc
+            .map
+            .get_or_init(|| Self::build_index(&self.doc.doc))
     }
 
     /// Builds the index. A document that does not parse yields whatever was
     /// seen before the error (serde_yaml reports the syntax error itself).
-    fn index(doc: &DocText) -> HashMap<String, (usize, usize)> {
+    fn build_index(doc: &DocText) -> Index {
         let mut recv = Recorder {
             line_offset: doc.line_offset,
             lines: doc.text.lines().collect(),
             frames: Vec::new(),
             map: HashMap::new(),
+            keys: HashMap::new(),
         };
         let _ = Parser::new_from_str(&doc.text).load(&mut recv, false);
         // yaml-rust2 can mark a node that ends the stream (the implicit null key of
@@ -162,10 +177,24 @@ impl Positions {
             doc.line_offset + doc.text.matches('\n').count() + 1,
             last.chars().count() + 1,
         );
-        for pos in recv.map.values_mut() {
+        for pos in recv.map.values_mut().chain(recv.keys.values_mut()) {
             *pos = (*pos).min(end);
         }
-        recv.map
+        Index {
+            nodes: recv.map,
+            keys: recv.keys,
+        }
+    }
+
+    /// Where the key naming `path` is written (`corsPolicy:` for
+    /// `spec.http[0].corsPolicy`); for a path that is not a mapping entry, as [`find`].
+    ///
+    /// [`find`]: Positions::find
+    pub fn find_key(&self, path: &str) -> (usize, usize) {
+        match self.index().keys.get(path) {
+            Some(pos) => *pos,
+            None => self.find(path),
+        }
     }
 
     /// Position of `path`, or of its nearest existing ancestor (so that a
@@ -216,6 +245,7 @@ struct Recorder<'a> {
     lines: Vec<&'a str>,
     frames: Vec<Frame>,
     map: HashMap<String, (usize, usize)>,
+    keys: HashMap<String, (usize, usize)>,
 }
 
 impl Recorder<'_> {
@@ -287,7 +317,13 @@ impl MarkedEventReceiver for Recorder<'_> {
                         let p = path.clone();
                         self.map.insert(p, pos);
                     }
+                    let key_path = if path.is_empty() {
+                        value.clone()
+                    } else {
+                        format!("{path}.{value}")
+                    };
                     *key = Some(value);
+                    self.keys.entry(key_path).or_insert(pos);
                     return;
                 }
                 let p = self.child_path();
@@ -328,11 +364,23 @@ impl MarkedEventReceiver for Recorder<'_> {
 pub(crate) struct Source {
     pub file: PathBuf,
     pub positions: Positions,
+    /// `Kind namespace/name` of the resource, for warnings (empty when unknown).
+    pub subject: Arc<str>,
 }
 
 impl Source {
     pub fn loc(&self, path: &str) -> Loc {
         let (line, col) = self.positions.find(path);
+        Loc {
+            file: self.file.clone(),
+            line,
+            col,
+        }
+    }
+
+    /// Position of the key that names `path` (see [`Positions::find_key`]).
+    pub fn key_loc(&self, path: &str) -> Loc {
+        let (line, col) = self.positions.find_key(path);
         Loc {
             file: self.file.clone(),
             line,

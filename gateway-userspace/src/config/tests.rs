@@ -791,6 +791,7 @@ fn gateways_for_other_workloads_are_ignored() {
     let other = GatewayIdentity {
         namespace: "istio-system".into(),
         labels: [("istio".to_string(), "egressgateway".to_string())].into(),
+        ..GatewayIdentity::default()
     };
     let snap = load_str("w.yaml", WALKTHROUGH, &other).unwrap_or_else(|e| panic!("{e}"));
     let ports: Vec<u16> = snap.listeners.iter().map(|l| l.port).collect();

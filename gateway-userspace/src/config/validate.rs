@@ -9,13 +9,22 @@ use super::istio::{self, Gateway, Resolution, StringMatch, TlsMode, VirtualServi
 use super::parse::{Entry, Parsed};
 use super::resolve::Resolver;
 use super::snapshot::{
-    HttpRouteEntry, HttpVirtualHost, Listener, ListenerProtocol, Resources, Secret, ServerKind,
-    ServerRef, Snapshot, TcpRoute, TlsRoute, WeightedCluster,
+    HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol, Resources, Secret,
+    ServerKind, ServerRef, Snapshot, TcpRoute, TlsRoute, WeightedCluster,
 };
 use super::source::Source;
+use super::warnings::Warning;
 use super::{ConfigError, GatewayIdentity};
 
-pub(crate) fn build(p: Parsed, id: &GatewayIdentity, errors: &mut Vec<ConfigError>) -> Snapshot {
+/// Builds the snapshot. `errors` are fatal; `missing` are references to things that do
+/// not exist (GW2xxx): the part that refers to them is left out of the snapshot, and
+/// the caller decides whether they are errors (`validate`) or warnings (`run`).
+pub(crate) fn build(
+    mut p: Parsed,
+    id: &GatewayIdentity,
+    errors: &mut Vec<ConfigError>,
+    missing: &mut Vec<Warning>,
+) -> Snapshot {
     check_duplicates(&p, errors);
     let secrets = build_secrets(&p, errors);
     for gw in &p.gateways {
@@ -49,10 +58,11 @@ pub(crate) fn build(p: Parsed, id: &GatewayIdentity, errors: &mut Vec<ConfigErro
                 .all(|(k, v)| id.labels.get(k) == Some(v))
         })
         .collect();
+    let mut inactive = Vec::new();
     for gw in &selected {
-        check_credentials(gw, id, &secrets, &p.broken, errors);
+        check_credentials(gw, id, &secrets, &p.broken, missing, &mut inactive);
     }
-    let servers_by_port = merge_servers(&selected, errors);
+    let servers_by_port = merge_servers(&selected, &inactive, errors);
 
     let known_gateways: HashSet<String> = p
         .gateways
@@ -70,7 +80,7 @@ pub(crate) fn build(p: Parsed, id: &GatewayIdentity, errors: &mut Vec<ConfigErro
     // several could serve the same TCP port.
     let mut vss: Vec<VsBinding> = Vec::new();
     for vs in &p.virtual_services {
-        let gateways = vs_gateways(vs, &known_gateways, errors);
+        let gateways = vs_gateways(vs, &known_gateways, missing);
         let gateways: Vec<String> = gateways
             .into_iter()
             .filter(|g| selected_keys.contains(g))
@@ -95,6 +105,7 @@ pub(crate) fn build(p: Parsed, id: &GatewayIdentity, errors: &mut Vec<ConfigErro
         .map(|(port, servers)| routes.listener(port, servers, &vss, errors))
         .collect();
     let clusters = routes.resolver.clusters;
+    missing.append(&mut routes.resolver.missing);
     let secret_names = p
         .secrets
         .iter()
@@ -108,8 +119,11 @@ pub(crate) fn build(p: Parsed, id: &GatewayIdentity, errors: &mut Vec<ConfigErro
         .into_iter()
         .map(|e| e.res)
         .collect();
+    let warnings = std::mem::take(&mut p.warnings);
     Snapshot {
         namespace: id.namespace.clone(),
+        warnings,
+        inactive,
         listeners,
         clusters,
         secrets,
@@ -269,7 +283,8 @@ fn validate_gateway(gw: &Entry<Gateway>, errors: &mut Vec<ConfigError>) {
             }
             Some(tls) if is_tls_protocol && terminates(mode) => {
                 let has_files = tls.server_certificate.is_some() && tls.private_key.is_some();
-                if tls.credential_name.is_none() && tls.credential_names.is_empty() && !has_files {
+                // `credentialNames` is a warning (GW1013): it supplies no certificate.
+                if tls.credential_name.is_none() && !has_files {
                     errors.push(src.error(
                         &format!("{at}.tls"),
                         format!(
@@ -302,13 +317,15 @@ fn mode_name(mode: TlsMode) -> &'static str {
     }
 }
 
-/// Istio looks `credentialName` up in the gateway workload's namespace.
+/// Istio looks `credentialName` up in the gateway workload's namespace. A server whose
+/// Secret does not exist is inactive (GW2001): it is left out of its listener.
 fn check_credentials(
     gw: &Entry<Gateway>,
     id: &GatewayIdentity,
     secrets: &BTreeMap<String, Secret>,
     broken: &HashSet<String>,
-    errors: &mut Vec<ConfigError>,
+    missing: &mut Vec<Warning>,
+    inactive: &mut Vec<InactiveServer>,
 ) {
     for (i, server) in gw.res.spec.servers.iter().enumerate() {
         let protocol = server.port.protocol.to_ascii_uppercase();
@@ -322,15 +339,57 @@ fn check_credentials(
         };
         let name = cred.strip_prefix("kubernetes://").unwrap_or(cred);
         let key = format!("{}/{name}", id.namespace);
-        if !secrets.contains_key(&key) && !broken.contains(&format!("Secret {key}")) {
-            errors.push(gw.src.error(
-                &format!("spec.servers[{i}].tls.credentialName"),
+        let known =
+            |key: &str| secrets.contains_key(key) || broken.contains(&format!("Secret {key}"));
+        // MUTUAL and OPTIONAL_MUTUAL also need a CA: `ca.crt`/`cacert` in the Secret,
+        // else a `<name>-cacert` Secret (Istio's SDS resource `kubernetes://<name>-cacert`).
+        let has_ca = |key: &str| {
+            secrets
+                .get(key)
+                .is_some_and(|s| s.data.contains_key("ca.crt") || s.data.contains_key("cacert"))
+        };
+        let ca_key = format!("{key}-cacert");
+        let (problem, missing_name) = if !known(&key) {
+            (
                 format!(
                     "credential \"{cred}\" not found: no Secret \"{name}\" in namespace \"{}\"",
                     id.namespace
                 ),
-            ));
-        }
+                name.to_string(),
+            )
+        } else if matches!(mode, TlsMode::Mutual | TlsMode::OptionalMutual)
+            && secrets.contains_key(&key)
+            && !has_ca(&key)
+            && !has_ca(&ca_key)
+            && !broken.contains(&format!("Secret {ca_key}"))
+        {
+            (
+                format!(
+                    "{} TLS needs a CA: Secret \"{name}\" has no ca.crt (or cacert) and there is no Secret \"{name}-cacert\" with one in namespace \"{}\"",
+                    mode_name(mode),
+                    id.namespace
+                ),
+                format!("{name}-cacert"),
+            )
+        } else {
+            continue;
+        };
+        let w = Warning::missing(
+            &gw.src,
+            &format!("spec.servers[{i}].tls.credentialName"),
+            "GW2001",
+            &problem,
+        );
+        inactive.push(InactiveServer {
+            gateway: gw.res.key(),
+            index: i,
+            name: server.name.clone(),
+            port: server.port.number,
+            hosts: server.hosts.clone(),
+            credential_name: missing_name,
+            reason: w.to_string(),
+        });
+        missing.push(w);
     }
 }
 
@@ -340,12 +399,16 @@ fn check_credentials(
 /// TLS/HTTPS, TCP is the no-SNI-match fallback).
 fn merge_servers(
     selected: &[&Entry<Gateway>],
+    inactive: &[InactiveServer],
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<u16, Vec<ServerRef>> {
     let mut ports: BTreeMap<u16, Vec<ServerRef>> = BTreeMap::new();
     for gw in selected {
         let key = gw.res.key();
         for (i, s) in gw.res.spec.servers.iter().enumerate() {
+            if inactive.iter().any(|x| x.gateway == key && x.index == i) {
+                continue;
+            }
             let protocol = s.port.protocol.to_ascii_uppercase();
             let tls_mode = s.tls.as_ref().and_then(|t| t.mode).unwrap_or_default();
             // Invalid port / protocol: already reported by validate_gateway.
@@ -611,7 +674,7 @@ fn check_weights(ws: &[Option<u32>], src: &Source, path: &str, errors: &mut Vec<
 fn vs_gateways(
     vs: &Entry<VirtualService>,
     known: &HashSet<String>,
-    errors: &mut Vec<ConfigError>,
+    missing: &mut Vec<Warning>,
 ) -> Vec<String> {
     let ns = vs.res.metadata.namespace();
     let mut out = Vec::new();
@@ -623,9 +686,11 @@ fn vs_gateways(
         if known.contains(&key) {
             out.push(key);
         } else {
-            errors.push(vs.src.error(
+            missing.push(Warning::missing(
+                &vs.src,
                 &format!("spec.gateways[{j}]"),
-                format!("virtual service references gateway \"{key}\" which does not exist"),
+                "GW2002",
+                &format!("virtual service references gateway \"{key}\" which does not exist"),
             ));
         }
     }

@@ -328,7 +328,7 @@ pub struct Destination {
 
 #[derive(Debug, Default)]
 pub struct Match {
-    /// `match[].name`.
+    /// Istio appends it to the route's name: `<route name>.<match name>` (ROUTE_NAME).
     pub name: Option<String>,
     pub uri: Option<StrMatch>,
     pub scheme: Option<StrMatch>,
@@ -971,7 +971,7 @@ fn compile_match(m: &istio::HttpMatchRequest, what: &str) -> Result<Match, Strin
             .collect()
     };
     Ok(Match {
-        name: m.name.clone(),
+        name: m.name.clone().filter(|n| !n.is_empty()),
         uri: one(&m.uri, "uri")?,
         scheme: one(&m.scheme, "scheme")?,
         method: one(&m.method, "method")?,

@@ -231,8 +231,28 @@ impl Common {
             Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
             None => super::fetch(self.admin(), "/config_dump")?,
         };
-        serde_json::from_str(&text)
-            .map_err(|e| format!("error unmarshalling config dump response from Envoy: {e}"))
+        let dump: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("error unmarshalling config dump response from Envoy: {e}"))?;
+        // Not served, so not in the tables (stdout stays istioctl's): said on stderr.
+        for s in dump["inactive_servers"].as_array().into_iter().flatten() {
+            eprintln!(
+                "INACTIVE: gateway {} server {} (port {}, hosts {}): credential Secret \"{}\" does not exist [GW2001]; its secret is listed WARMING",
+                s["gateway"].as_str().unwrap_or_default(),
+                s["name"]
+                    .as_str()
+                    .map_or_else(|| s["index"].to_string(), str::to_string),
+                s["port"],
+                s["hosts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                s["credential_name"].as_str().unwrap_or_default(),
+            );
+        }
+        Ok(dump)
     }
 
     fn json(&self) -> bool {

@@ -120,7 +120,8 @@ fn listener_json(snap: &Snapshot, l: &Listener, addrs: &[IpAddr]) -> Value {
                     "require_client_certificate": matches!(s.tls_mode, crate::config::TlsMode::Mutual),
                 }
             },
-            "filters": [hcm(&https_route_name(snap, l.port, s), &stat)],
+            // Istio (gateway.go): an HTTPS server's `name` is its HCM's stat prefix.
+            "filters": [hcm(&https_route_name(snap, l.port, s), s.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(&stat))],
         }));
     }
     if l.servers.iter().any(|s| s.kind == ServerKind::Http) {
@@ -419,6 +420,29 @@ fn secrets_json(snap: &Snapshot) -> Vec<Value> {
     out
 }
 
+/// The credentials of inactive servers (their Secret does not exist), as Envoy lists an
+/// SDS secret that never arrived: warming, uninitialized, no certificate (istioctl's
+/// secret table shows them `WARMING`, VALID CERT false, the rest blank).
+fn warming_secrets_json(snap: &Snapshot) -> Vec<Value> {
+    let mut names: Vec<&str> = snap
+        .inactive
+        .iter()
+        .map(|s| s.credential_name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| {
+            let name = format!("kubernetes://{n}");
+            json!({
+                "name": name,
+                "secret": { "@type": T_SECRET, "name": name },
+            })
+        })
+        .collect()
+}
+
 /// Envoy's bootstrap, as far as this gateway has one: the node (Istio's router id
 /// `router~<ip>~<name>.<namespace>~<namespace>.svc.cluster.local`) and, in Envoy's
 /// `user_agent_build_version`, the gateway's own version (what istioctl prints as
@@ -577,16 +601,32 @@ pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr], ports: &crate::server::Ist
             }})
         })
         .collect();
+    let mut secrets_dump = json!({ "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump", "dynamic_active_secrets": secrets_json(snap) });
+    let warming = warming_secrets_json(snap);
+    if !warming.is_empty() {
+        secrets_dump["dynamic_warming_secrets"] = warming.into();
+    }
     let mut configs = json!([
             { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap_json(snap, addrs) },
             { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": static_listeners, "dynamic_listeners": listeners },
             { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "static_route_configs": static_routes, "dynamic_route_configs": routes },
             { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": clusters },
-            { "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump", "dynamic_active_secrets": secrets_json(snap) },
+            secrets_dump,
     ]);
     // Envoy's messages in protojson's field order (the resources as loaded keep theirs).
     protojson_order(&mut configs);
-    json!({ "configs": configs, "resources": snap.resources })
+    json!({
+        "configs": configs,
+        "resources": snap.resources,
+        "inactive_servers": snap.inactive,
+        "warnings": snap.warnings.iter().map(|w| json!({
+            "code": w.code,
+            "location": w.loc.to_string(),
+            "resource": w.subject,
+            "path": w.path,
+            "message": w.message,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The keys of the Envoy messages this dump writes, in the order protojson prints them:

@@ -408,3 +408,36 @@ fn json_keys_in_protojson_order() {
     assert_eq!(names, sorted, "{y}");
     assert_eq!(names[0], "loadAssignment");
 }
+
+/// Istio's route name (route.go): `<http[].name>.<match[].name>` when the match has a
+/// name; the route's own name otherwise.
+#[test]
+fn a_named_match_is_appended_to_the_route_name() {
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http:
+  - name: api
+    match: [{name: v1, uri: {prefix: /v1}}, {uri: {prefix: /v2}}]
+    directResponse: {status: 200}
+";
+    let snap = config::load_str("n.yaml", yaml, &GatewayIdentity::default()).unwrap();
+    let dump = config_dump(
+        &snap,
+        &["0.0.0.0".parse().unwrap()],
+        &crate::server::IstioPorts::default(),
+    );
+    let routes = &dump["configs"][2]["dynamic_route_configs"][0]["route_config"]["virtual_hosts"]
+        [0]["routes"];
+    assert_eq!(routes[0]["name"], "api.v1", "{routes:#}");
+    assert_eq!(routes[1]["name"], "api", "{routes:#}");
+}

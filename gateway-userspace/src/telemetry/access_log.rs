@@ -158,7 +158,14 @@ pub fn resolve(
         mesh.default_providers.access_logging.clone()
     };
     for t in [mesh_wide, namespace, workload].into_iter().flatten() {
-        for al in &t.spec.access_logging {
+        // Istio's mergeLogs: an entry whose `match.mode` is not the proxy's is skipped;
+        // a gateway's mode is CLIENT (model/telemetry.go workloadMode).
+        for al in t
+            .spec
+            .access_logging
+            .iter()
+            .filter(|al| al.applies_to_gateway())
+        {
             let names: Vec<String> = if al.providers.is_empty() {
                 default_providers.clone()
             } else {
@@ -433,6 +440,24 @@ mod tests {
 
     fn on(mesh: &MeshConfig, t: &[TelemetryResource], id: &GatewayIdentity) -> bool {
         !resolve(mesh, t, id).unwrap().is_empty()
+    }
+
+    /// Istio's mergeLogs for a gateway (mode CLIENT): a SERVER entry does not apply.
+    #[test]
+    fn match_mode_server_does_not_apply_to_a_gateway() {
+        use crate::config::istio::{LogSelector, WorkloadMode};
+        let mesh = MeshConfig::default();
+        let id = GatewayIdentity::default();
+        for (mode, logs) in [
+            (None, true),
+            (Some(WorkloadMode::Client), true),
+            (Some(WorkloadMode::ClientAndServer), true),
+            (Some(WorkloadMode::Server), false),
+        ] {
+            let mut t = tel("istio-system", None, false);
+            t.spec.access_logging[0].match_ = Some(LogSelector { mode });
+            assert_eq!(on(&mesh, &[t], &id), logs, "{mode:?}");
+        }
     }
 
     #[test]

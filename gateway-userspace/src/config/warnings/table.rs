@@ -1,0 +1,372 @@
+//! The data of [`super`]: every code with what happens instead (the README's table),
+//! and, per kind, the fields Istio defines that the gateway reads and does not act on.
+
+use serde_yaml::Value;
+
+/// Every code: (code, what it is about, what happens instead). Kept in the README's
+/// "Warnings" table.
+pub const CODES: &[(&str, &str, &str)] = &[
+    (
+        "GW1001",
+        "VirtualService `http[].corsPolicy`",
+        "ignored: no CORS headers are added and CORS preflight requests are routed like any other request",
+    ),
+    (
+        "GW1002",
+        "VirtualService `http[].mirror`, `mirrors`, `mirrorPercentage`, `mirrorPercent`, `mirror_percent`",
+        "ignored: no copy of the requests is sent anywhere",
+    ),
+    (
+        "GW1003",
+        "VirtualService `http[].delegate`",
+        "ignored: the delegate's routes are not included; requests this entry matches get 404 (NR)",
+    ),
+    (
+        "GW1004",
+        "VirtualService `match[].sourceLabels`, `match[].sourceNamespace` (http, tcp, tls)",
+        "ignored: the match applies as if they were unset (Istio would compare them with the gateway's labels and namespace)",
+    ),
+    (
+        "GW1005",
+        "VirtualService `tcp[].match[].destinationSubnets`, `sourceSubnet`, `tls[].match[].destinationSubnets`",
+        "ignored: the match applies to every address",
+    ),
+    (
+        "GW1006",
+        "VirtualService `http[].match[].statPrefix`",
+        "ignored: no per-route statistics are emitted",
+    ),
+    (
+        "GW1007",
+        "VirtualService `http[].retries.retryRemoteLocalities`, `retryIgnorePreviousHosts`",
+        "ignored: each retry takes the cluster's next endpoint, round-robin",
+    ),
+    (
+        "GW1008",
+        "VirtualService `http[].redirect.prefixRewrite`",
+        "ignored: the redirect keeps the request's path (or `redirect.uri`)",
+    ),
+    (
+        "GW1009",
+        "`destination.subset` (VirtualService routes)",
+        "ignored: subsets need a DestinationRule, which this gateway does not load; traffic goes to every endpoint of the host",
+    ),
+    (
+        "GW1010",
+        "`exportTo` (VirtualService, ServiceEntry)",
+        "ignored: the resource is visible to this gateway whatever `exportTo` says",
+    ),
+    (
+        "GW1011",
+        "Gateway `servers[].bind`, `servers[].defaultEndpoint`, `servers[].port.targetPort`",
+        "ignored: the port listens on `--bind`'s addresses, on `port.number`",
+    ),
+    (
+        "GW1012",
+        "Gateway `tls.caCrl`, `tls.verifyCertificateSpki`, `tls.verifyCertificateHash`, `tls.insecureSkipVerify`",
+        "ignored: client certificates are checked against the CA and `subjectAltNames` only (no revocation list, no pinning)",
+    ),
+    (
+        "GW1013",
+        "Gateway `tls.credentialNames`, `tls.tlsCertificates`, `tls.caCertCredentialName`",
+        "ignored: certificates come from `credentialName` (or `serverCertificate`, `privateKey`, `caCertificates`) only",
+    ),
+    (
+        "GW1014",
+        "Gateway `tls.ecdhCurves`",
+        "ignored: rustls' default key-exchange groups are offered (X25519MLKEM768, X25519, P-256, P-384)",
+    ),
+    (
+        "GW1020",
+        "ServiceEntry `addresses`, `subjectAltNames`, `workloadSelector`",
+        "ignored: the gateway connects to the endpoints in plain TCP and never intercepts by address",
+    ),
+    (
+        "GW1021",
+        "ServiceEntry `endpoints[].labels`, `network`, `locality`, `weight`, `serviceAccount`",
+        "ignored: endpoints are picked round-robin, with equal weight",
+    ),
+    (
+        "GW1022",
+        "ServiceEntry `ports[].protocol` HTTP2, GRPC or GRPC-WEB",
+        "ignored: requests go upstream over HTTP/1.1",
+    ),
+    (
+        "GW1030",
+        "Telemetry `metrics`",
+        "ignored: Istio's standard metrics are always reported, with their standard labels",
+    ),
+    (
+        "GW1031",
+        "Telemetry `tracing`",
+        "ignored: no spans are reported; trace headers are passed upstream as the client sent them",
+    ),
+    (
+        "GW1032",
+        "Telemetry `targetRef`, `targetRefs`",
+        "ignored, and so is the Telemetry: Gateway API attachment is not supported (use `selector`)",
+    ),
+    (
+        "GW1040",
+        "AuthorizationPolicy `action: AUDIT`",
+        "no effect: nothing is audited (no audit provider); decisions are made by the ALLOW and DENY policies",
+    ),
+    (
+        "GW1050",
+        "Secret `immutable`",
+        "ignored: a Kubernetes API-server setting",
+    ),
+    (
+        "GW1060",
+        "a DestinationRule",
+        "ignored, the whole resource: no subsets, load-balancer, connection-pool, outlier-detection or TLS-origination settings",
+    ),
+    (
+        "GW1070",
+        "MeshConfig fields other than the access-log fields, `rootNamespace`, `defaultProviders.accessLogging`, `extensionProviders[].envoyFileAccessLog` and `pathNormalization`",
+        "ignored: not used by this gateway",
+    ),
+    (
+        "GW2001",
+        "Gateway `tls.credentialName` names a Secret that does not exist (MUTUAL, OPTIONAL_MUTUAL: or no CA, neither in it nor as `<name>-cacert`)",
+        "that server is inactive (its hosts get no certificate; the handshake is refused), the port's other servers and every other port serve",
+    ),
+    (
+        "GW2002",
+        "VirtualService `gateways[]` names a Gateway that does not exist",
+        "that reference is dropped; the VirtualService still binds to the gateways that exist",
+    ),
+    (
+        "GW2003",
+        "a destination host (or ServiceEntry host or endpoint) the resolver cannot find",
+        "its cluster has no endpoints, so requests to it get 503 (UH) and TCP/TLS connections are closed",
+    ),
+];
+
+/// What happens instead, for a code.
+pub fn effect(code: &str) -> &'static str {
+    CODES
+        .iter()
+        .find(|(c, ..)| *c == code)
+        .map_or("", |(_, _, e)| e)
+}
+
+/// A field of one kind that is accepted and not acted on.
+pub(super) struct Rule {
+    /// `spec.http[*].corsPolicy`: `[*]` is every item of a sequence.
+    pub pattern: &'static str,
+    pub code: &'static str,
+    /// What the field is, for the message.
+    pub what: &'static str,
+    /// Only when the value is this (None: whenever set).
+    pub when: Option<fn(&Value) -> bool>,
+}
+
+const fn rule(pattern: &'static str, code: &'static str, what: &'static str) -> Rule {
+    Rule {
+        pattern,
+        code,
+        what,
+        when: None,
+    }
+}
+
+pub(super) const VIRTUAL_SERVICE: &[Rule] = &[
+    Rule {
+        pattern: "spec.exportTo",
+        code: "GW1010",
+        what: "not supported",
+        when: Some(not_everywhere),
+    },
+    rule("spec.http[*].corsPolicy", "GW1001", "not supported"),
+    rule("spec.http[*].mirror", "GW1002", "not supported"),
+    rule("spec.http[*].mirrors", "GW1002", "not supported"),
+    rule("spec.http[*].mirrorPercentage", "GW1002", "not supported"),
+    rule("spec.http[*].mirrorPercent", "GW1002", "not supported"),
+    rule("spec.http[*].mirror_percent", "GW1002", "not supported"),
+    rule("spec.http[*].delegate", "GW1003", "not supported"),
+    rule(
+        "spec.http[*].match[*].sourceLabels",
+        "GW1004",
+        "not supported",
+    ),
+    rule(
+        "spec.http[*].match[*].sourceNamespace",
+        "GW1004",
+        "not supported",
+    ),
+    rule(
+        "spec.tcp[*].match[*].sourceLabels",
+        "GW1004",
+        "not supported",
+    ),
+    rule(
+        "spec.tcp[*].match[*].sourceNamespace",
+        "GW1004",
+        "not supported",
+    ),
+    rule(
+        "spec.tls[*].match[*].sourceLabels",
+        "GW1004",
+        "not supported",
+    ),
+    rule(
+        "spec.tls[*].match[*].sourceNamespace",
+        "GW1004",
+        "not supported",
+    ),
+    rule(
+        "spec.tcp[*].match[*].destinationSubnets",
+        "GW1005",
+        "not supported",
+    ),
+    rule(
+        "spec.tcp[*].match[*].sourceSubnet",
+        "GW1005",
+        "not supported",
+    ),
+    rule(
+        "spec.tls[*].match[*].destinationSubnets",
+        "GW1005",
+        "not supported",
+    ),
+    rule(
+        "spec.http[*].match[*].statPrefix",
+        "GW1006",
+        "not supported",
+    ),
+    rule(
+        "spec.http[*].retries.retryRemoteLocalities",
+        "GW1007",
+        "not supported",
+    ),
+    rule(
+        "spec.http[*].retries.retryIgnorePreviousHosts",
+        "GW1007",
+        "not supported",
+    ),
+    rule(
+        "spec.http[*].redirect.prefixRewrite",
+        "GW1008",
+        "not supported",
+    ),
+    rule(
+        "spec.http[*].route[*].destination.subset",
+        "GW1009",
+        "not supported",
+    ),
+    rule(
+        "spec.tcp[*].route[*].destination.subset",
+        "GW1009",
+        "not supported",
+    ),
+    rule(
+        "spec.tls[*].route[*].destination.subset",
+        "GW1009",
+        "not supported",
+    ),
+];
+
+pub(super) const GATEWAY: &[Rule] = &[
+    rule("spec.servers[*].bind", "GW1011", "not supported"),
+    rule(
+        "spec.servers[*].defaultEndpoint",
+        "GW1011",
+        "not supported (sidecars only)",
+    ),
+    rule("spec.servers[*].port.targetPort", "GW1011", "not supported"),
+    rule("spec.servers[*].tls.caCrl", "GW1012", "not supported"),
+    rule(
+        "spec.servers[*].tls.verifyCertificateSpki",
+        "GW1012",
+        "not supported",
+    ),
+    rule(
+        "spec.servers[*].tls.verifyCertificateHash",
+        "GW1012",
+        "not supported",
+    ),
+    rule(
+        "spec.servers[*].tls.insecureSkipVerify",
+        "GW1012",
+        "not supported",
+    ),
+    rule(
+        "spec.servers[*].tls.credentialNames",
+        "GW1013",
+        "not supported",
+    ),
+    rule(
+        "spec.servers[*].tls.tlsCertificates",
+        "GW1013",
+        "not supported",
+    ),
+    rule(
+        "spec.servers[*].tls.caCertCredentialName",
+        "GW1013",
+        "not supported",
+    ),
+    rule("spec.servers[*].tls.ecdhCurves", "GW1014", "not supported"),
+];
+
+pub(super) const SERVICE_ENTRY: &[Rule] = &[
+    Rule {
+        pattern: "spec.exportTo",
+        code: "GW1010",
+        what: "not supported",
+        when: Some(not_everywhere),
+    },
+    rule("spec.addresses", "GW1020", "not supported"),
+    rule("spec.subjectAltNames", "GW1020", "not supported"),
+    rule("spec.workloadSelector", "GW1020", "not supported"),
+    rule("spec.endpoints[*].labels", "GW1021", "not supported"),
+    rule("spec.endpoints[*].network", "GW1021", "not supported"),
+    rule("spec.endpoints[*].locality", "GW1021", "not supported"),
+    rule("spec.endpoints[*].weight", "GW1021", "not supported"),
+    rule(
+        "spec.endpoints[*].serviceAccount",
+        "GW1021",
+        "not supported",
+    ),
+    Rule {
+        pattern: "spec.ports[*].protocol",
+        code: "GW1022",
+        what: "HTTP/2 upstreams are not supported",
+        when: Some(h2_protocol),
+    },
+];
+
+pub(super) const TELEMETRY: &[Rule] = &[
+    rule("spec.metrics", "GW1030", "not supported"),
+    rule("spec.tracing", "GW1031", "not supported"),
+    rule("spec.targetRef", "GW1032", "not supported"),
+    rule("spec.targetRefs", "GW1032", "not supported"),
+];
+
+pub(super) const AUTHORIZATION_POLICY: &[Rule] = &[Rule {
+    pattern: "spec.action",
+    code: "GW1040",
+    what: "AUDIT is not supported",
+    when: Some(is_audit),
+}];
+
+pub(super) const SECRET: &[Rule] = &[rule("immutable", "GW1050", "not supported")];
+
+/// `exportTo` other than `["*"]` (which is what the gateway does anyway).
+fn not_everywhere(v: &Value) -> bool {
+    v.as_sequence()
+        .is_none_or(|s| s.iter().any(|x| x.as_str() != Some("*")))
+}
+
+fn h2_protocol(v: &Value) -> bool {
+    v.as_str().is_some_and(|p| {
+        matches!(
+            p.to_ascii_uppercase().as_str(),
+            "HTTP2" | "GRPC" | "GRPC-WEB"
+        )
+    })
+}
+
+fn is_audit(v: &Value) -> bool {
+    v.as_str() == Some("AUDIT")
+}

@@ -1,0 +1,299 @@
+use super::*;
+use crate::config::{GatewayIdentity, Missing, load_str_with};
+
+fn load(yaml: &str, missing: Missing) -> crate::config::Loaded {
+    load_str_with("w.yaml", yaml, &GatewayIdentity::default(), missing)
+}
+
+fn warnings(yaml: &str) -> Vec<String> {
+    let l = load(yaml, Missing::Isolate);
+    if let Err(e) = &l.result {
+        panic!("errors: {e}");
+    }
+    l.warnings.iter().map(ToString::to_string).collect()
+}
+
+const GW_YAML: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP, targetPort: 80}
+    hosts: [\"*\"]
+";
+
+const VS_YAML: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - corsPolicy:
+      allowOrigins: [{exact: https://a.example.com}]
+    match:
+    - uri: {prefix: /}
+      sourceLabels: {app: x}
+    route:
+    - destination: {host: 127.0.0.1, port: {number: 9}}
+";
+
+#[test]
+fn one_warning_per_unsupported_field_with_the_key_position() {
+    let w = warnings(&format!("{GW_YAML}---\n{VS_YAML}"));
+    assert_eq!(
+        w,
+        [
+            "w.yaml:7:54: warning[GW1011]: Gateway istio-system/gw: spec.servers[0].port.targetPort: not supported; ignored: the port listens on `--bind`'s addresses, on `port.number`",
+            "w.yaml:17:5: warning[GW1001]: VirtualService default/web: spec.http[0].corsPolicy: not supported; ignored: no CORS headers are added and CORS preflight requests are routed like any other request",
+            "w.yaml:21:7: warning[GW1004]: VirtualService default/web: spec.http[0].match[0].sourceLabels: not supported; ignored: the match applies as if they were unset (Istio would compare them with the gateway's labels and namespace)",
+        ]
+    );
+}
+
+#[test]
+fn every_kind_has_its_warnings() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [se.example.com]\n  ports: [{number: 80, name: grpc, protocol: GRPC}]\n  resolution: STATIC\n  exportTo: [\".\"]\n  endpoints: [{address: 127.0.0.1, weight: 3}]\n",
+            "GW1022 GW1010 GW1021",
+            "w.yaml:6:36",
+        ),
+        (
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  tracing: [{randomSamplingPercentage: 10}]\n  metrics: [{providers: [{name: prometheus}]}]\n",
+            "GW1031 GW1030",
+            "w.yaml:5:3",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: istio-system}\nspec:\n  action: AUDIT\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n",
+            "GW1040",
+            "w.yaml:5:3",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nimmutable: true\nstringData: {a: b}\n",
+            "GW1050",
+            "w.yaml:4:1",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  trafficPolicy: {tls: {mode: SIMPLE}}\n",
+            "GW1060",
+            "w.yaml:2:1",
+        ),
+    ];
+    for (yaml, codes, first) in cases {
+        let w = warnings(yaml);
+        let got: Vec<&str> = w
+            .iter()
+            .map(|w| {
+                w.split("warning[")
+                    .nth(1)
+                    .unwrap_or_default()
+                    .get(..6)
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(got.join(" "), *codes, "{w:#?}");
+        assert!(w[0].starts_with(first), "{w:#?}");
+    }
+}
+
+#[test]
+fn defaults_and_empty_values_are_not_warned() {
+    let vs = VS_YAML
+        .replace(
+            "  - corsPolicy:\n      allowOrigins: [{exact: https://a.example.com}]\n    match:",
+            "  - corsPolicy: {}\n    match:",
+        )
+        .replace("sourceLabels: {app: x}", "sourceNamespace: \"\"")
+        .replace(
+            "  hosts: [web.example.com]",
+            "  hosts: [web.example.com]\n  exportTo: [\"*\"]",
+        );
+    assert_eq!(
+        warnings(&format!(
+            "{}---\n{vs}",
+            GW_YAML.replace(", targetPort: 80", "")
+        )),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn missing_references_are_errors_or_isolated_warnings() {
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-a, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: SIMPLE, credentialName: missing}
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [\"*\"]
+  gateways: [istio-system/gw, nope]
+  http:
+  - match: [{uri: {prefix: /b}}]
+    route:
+    - destination: {host: no-such-host.invalid, port: {number: 80}}
+  - route:
+    - destination: {host: no-such-host.invalid, port: {number: 80}}
+";
+    let strict = load(yaml, Missing::Error);
+    let e = strict.result.unwrap_err().to_string();
+    assert!(e.contains("w.yaml:9:41: credential \"missing\" not found: no Secret \"missing\" in namespace \"istio-system\"; that server is inactive"), "{e}");
+    assert!(
+        e.contains("[GW2001]") && e.contains("[GW2002]") && e.contains("[GW2003]"),
+        "{e}"
+    );
+
+    let run = load(yaml, Missing::Isolate);
+    let codes: Vec<&str> = run.warnings.iter().map(|w| w.code).collect();
+    // Each route naming the host is told, at its own position.
+    assert_eq!(codes, ["GW2001", "GW2002", "GW2003", "GW2003"]);
+    let snap = run.result.expect("isolated");
+    assert_eq!(snap.inactive.len(), 1);
+    assert_eq!(snap.inactive[0].credential_name, "missing");
+    // Port 443 had only the inactive server: not served; 80 is, with the route to a
+    // cluster without endpoints.
+    let ports: Vec<u16> = snap.listeners.iter().map(|l| l.port).collect();
+    assert_eq!(ports, [80]);
+    let c = &snap.clusters["outbound|80||no-such-host.invalid"];
+    assert!(c.endpoints.is_empty());
+    assert_eq!(snap.listeners[0].http[0].routes[1].destinations.len(), 1);
+}
+
+/// MUTUAL without a CA (none in the Secret, no `<name>-cacert`): the server is
+/// inactive, and the missing CA Secret is what proxy-config shows warming.
+#[test]
+fn mutual_without_a_ca_is_a_missing_reference() {
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: MUTUAL, credentialName: a-cred}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: a-cred, namespace: istio-system}
+stringData: {tls.crt: x, tls.key: y}
+";
+    let run = load(yaml, Missing::Isolate);
+    let snap = run.result.expect("isolated");
+    assert_eq!(run.warnings.len(), 1);
+    assert!(
+        run.warnings[0]
+            .message
+            .starts_with("MUTUAL TLS needs a CA: Secret \"a-cred\" has no ca.crt"),
+        "{}",
+        run.warnings[0]
+    );
+    assert_eq!(snap.inactive[0].credential_name, "a-cred-cacert");
+    assert!(snap.listeners.is_empty());
+    let with_ca = format!(
+        "{yaml}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: a-cred-cacert, namespace: istio-system}}\nstringData: {{cacert: z}}\n"
+    );
+    let ok = load(&with_ca, Missing::Error);
+    assert!(ok.warnings.is_empty());
+    assert_eq!(ok.result.expect("valid").listeners.len(), 1);
+}
+
+#[test]
+fn refused_fields_and_misspellings_stay_errors() {
+    let fault = VS_YAML.replace(
+        "    route:\n",
+        "    fault: {delay: {exponentialDelay: 1s}}\n    route:\n",
+    );
+    let e = load(&format!("{GW_YAML}---\n{fault}"), Missing::Isolate)
+        .result
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exponentialDelay is not supported"), "{e}");
+    let typo = VS_YAML.replace("corsPolicy:", "corsPolicyy:");
+    let e = load(&typo, Missing::Isolate)
+        .result
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `corsPolicyy`"), "{e}");
+    let sa = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  rules: [{from: [{source: {serviceAccounts: [ns/sa]}}]}]\n";
+    let e = load(sa, Missing::Isolate).result.unwrap_err().to_string();
+    assert!(
+        e.contains("`serviceAccounts` needs a peer or JWT identity"),
+        "{e}"
+    );
+}
+
+#[test]
+fn mesh_config_fields_not_used_are_warned() {
+    let text = "accessLogFile: /dev/stdout\nenableTracing: true\ndefaultProviders:\n  accessLogging: [envoy]\n  tracing: [zipkin]\nextensionProviders:\n- name: z\n  zipkin: {service: z, port: 9411}\n";
+    let w: Vec<String> = scan_mesh(Path::new("mesh.yaml"), text)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(w.len(), 3, "{w:#?}");
+    assert!(
+        w[0].starts_with("mesh.yaml:2:1: warning[GW1070]: enableTracing: "),
+        "{w:#?}"
+    );
+    assert!(
+        w[1].starts_with("mesh.yaml:5:3: warning[GW1070]: defaultProviders.tracing: "),
+        "{w:#?}"
+    );
+    assert!(
+        w[2].starts_with("mesh.yaml:8:3: warning[GW1070]: extensionProviders[0].zipkin: "),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn metric_counts_per_code() {
+    let l = load(&format!("{GW_YAML}---\n{VS_YAML}"), Missing::Isolate);
+    let mut out = String::new();
+    render_prometheus(&l.warnings, &mut out);
+    assert!(out.contains("# TYPE gateway_config_warnings gauge\n"));
+    assert!(
+        out.contains("gateway_config_warnings{code=\"GW1001\"} 1\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("gateway_config_warnings{code=\"GW1004\"} 1\n"),
+        "{out}"
+    );
+    let mut none = String::new();
+    render_prometheus(&[], &mut none);
+    assert!(none.contains("# TYPE gateway_config_warnings gauge"));
+}
+
+/// Every code is in the README's table, and every rule's code is in [`CODES`].
+#[test]
+fn the_readme_table_lists_every_code() {
+    let readme = include_str!("../../../../README.md");
+    for (code, ..) in CODES {
+        assert!(
+            readme.contains(&format!("| `{code}` |")),
+            "{code} missing from README"
+        );
+    }
+    for rules in [
+        VIRTUAL_SERVICE,
+        GATEWAY,
+        SERVICE_ENTRY,
+        TELEMETRY,
+        AUTHORIZATION_POLICY,
+        SECRET,
+    ] {
+        for r in rules {
+            assert!(!effect(r.code).is_empty(), "{}", r.code);
+        }
+    }
+}
