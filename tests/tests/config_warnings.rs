@@ -228,7 +228,9 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-backend"), Some("web"));
-    // A match's `name` is appended to the route's in ROUTE_NAME, as Istio names routes.
+    // A match's `name` is appended to the route's in ROUTE_NAME, as Istio names routes
+    // (route.go TranslateRoute: `in.Name + "." + match.Name`; this http route has no
+    // name of its own, so the name is `.hello`).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let log = gw.log();
@@ -236,7 +238,7 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
             .lines()
             .find(|l| l.contains("\"GET /hello HTTP/1.1\" 200"))
         {
-            assert!(l.ends_with(" fields-vs.0.hello"), "{l}");
+            assert!(l.ends_with(" .hello"), "{l}");
             break;
         }
         assert!(
