@@ -372,6 +372,16 @@ fn rst_mid_stream_from_either_side_arrives_as_rst_in_every_mode() {
 
 async fn rst_mid_stream(mode: SpliceMode, splicer: &Splicer, client_resets: bool) {
     let (client, server, flow) = spliced_pair(splicer).await;
+    // Receive buffers that hold several of loopback's 64 KiB segments. With the default
+    // 128 KiB (autotuning grows it only for a reader that keeps up) the resetter's
+    // socket, also writing at full speed, once answered the gateway's segments with
+    // zero-window drops until the sender sat in a 120 s retransmission backoff, and the
+    // test waited for it (TcpExtTCPZeroWindowDrop in the test's namespace).
+    for s in [&client, &server] {
+        socket2::SockRef::from(s)
+            .set_recv_buffer_size(2 << 20)
+            .unwrap();
+    }
     let (resetter, victim) = if client_resets {
         (client, server)
     } else {
