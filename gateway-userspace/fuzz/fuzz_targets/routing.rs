@@ -209,7 +209,7 @@ fn route(t: &Table, req: &Req, r: u64) {
             route.matches[i].accepts(&view),
             "{}: route {} block {i} was chosen but does not accept the request",
             t.what,
-            route.name
+            route.name.as_deref().unwrap_or("-")
         );
     }
     match &route.action {
@@ -251,7 +251,7 @@ fn route(t: &Table, req: &Req, r: u64) {
                 let uri = Uri::from_str(&up).unwrap_or_else(|e| {
                     panic!(
                         "{}: route {}: upstream URI {up:?} is invalid: {e}",
-                        t.what, route.name
+                        t.what, route.name.as_deref().unwrap_or("-")
                     )
                 });
                 assert_eq!(
@@ -259,7 +259,7 @@ fn route(t: &Table, req: &Req, r: u64) {
                     Some(endpoint.to_string().as_str()),
                     "{}: route {}: upstream URI {up:?} names another authority",
                     t.what,
-                    route.name
+                    route.name.as_deref().unwrap_or("-")
                 );
             }
             if route
