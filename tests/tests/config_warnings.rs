@@ -231,22 +231,13 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
     // A match's `name` is appended to the route's in ROUTE_NAME, as Istio names routes
     // (route.go TranslateRoute: `in.Name + "." + match.Name`; this http route has no
     // name of its own, so the name is `.hello`).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let log = gw.log();
-        if let Some(l) = log
-            .lines()
-            .find(|l| l.contains("\"GET /hello HTTP/1.1\" 200"))
-        {
-            assert!(l.ends_with(" .hello"), "{l}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access-log line:\n{log}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let line = "\"GET /hello HTTP/1.1\" 200";
+    let log = gw.wait_log(std::time::Duration::from_secs(5), |l| l.contains(line));
+    let l = log
+        .lines()
+        .find(|l| l.contains(line))
+        .unwrap_or_else(|| panic!("no access-log line:\n{log}"));
+    assert!(l.ends_with(" .hello"), "{l}");
     // The AUDIT policy decides nothing: /admin is served too.
     let r = curl(
         &ns,
