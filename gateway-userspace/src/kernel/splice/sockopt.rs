@@ -132,6 +132,14 @@ pub fn is_established(sock: &impl AsRawFd) -> bool {
     tcp_info(sock).is_ok_and(|info| info[0] == TCP_ESTABLISHED)
 }
 
+/// True when the socket is in TCP_CLOSE: reset by its peer (tcp_reset -> tcp_done), or
+/// done after both FINs once it passed through TIME_WAIT (tcp_time_wait -> tcp_done).
+/// A peer's FIN alone leaves it in CLOSE_WAIT.
+pub fn is_closed(sock: &impl AsRawFd) -> bool {
+    const TCP_CLOSE: u8 = 7;
+    tcp_info(sock).is_ok_and(|info| info[0] == TCP_CLOSE)
+}
+
 /// Copies up to `buf.len()` queued bytes without consuming them (MSG_PEEK), without
 /// waiting (MSG_DONTWAIT). Ok(0) means the peer closed and nothing is queued.
 pub fn peek(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {

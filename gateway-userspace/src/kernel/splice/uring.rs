@@ -133,6 +133,8 @@ fn worker(mut rx: mpsc::UnboundedReceiver<Job>, ok: std::sync::mpsc::Sender<io::
 struct Side {
     ready: AsyncFd<Fd>,
     io: tokio_uring::net::TcpStream,
+    /// Our FIN was sent on it (the other direction ended).
+    write_shut: std::cell::Cell<bool>,
 }
 
 /// The socket's fd as seen by `AsyncFd`, which does not own it.
@@ -153,7 +155,11 @@ impl Side {
         // always returns this same fd.
         let ready = unsafe { AsyncFd::register_with_interest(Fd(fd), Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(Side { ready, io })
+        Ok(Side {
+            ready,
+            io,
+            write_shut: std::cell::Cell::new(false),
+        })
     }
 
     /// Waits until the socket has data or EOF to read, holding no buffer. The 1-byte
@@ -318,6 +324,7 @@ async fn copy(from: Rc<Side>, to: Rc<Side>, activity: Rc<Activity>, d2u: bool) -
             writing = Some(Box::pin(async move { t.io.write_all(buf).await }));
         }
         if eof && writing.is_none() {
+            to.write_shut.set(true);
             let _ = to.io.shutdown(Shutdown::Write);
             return DirEnd::Fin(total);
         }
@@ -332,6 +339,14 @@ async fn copy(from: Rc<Side>, to: Rc<Side>, activity: Rc<Activity>, d2u: bool) -
             (res, buf) = opt(&mut reading) => {
                 reading = None;
                 match res {
+                    // A reset whose error the other direction's write already took
+                    // (sock_error clears sk_err) reads as a clean EOF here. A peer's
+                    // FIN leaves the socket in CLOSE_WAIT; TCP_CLOSE while our own FIN
+                    // was not sent on it is the reset, and must not be passed on as a
+                    // FIN (net/ipv4/tcp_input.c: tcp_reset -> tcp_done).
+                    Ok(0) if !from.write_shut.get() && sockopt::is_closed(&from.io) => {
+                        return DirEnd::ReaderReset(total);
+                    }
                     Ok(0) => eof = true,
                     Ok(n) => {
                         activity.read(n);
