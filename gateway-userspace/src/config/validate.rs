@@ -7,6 +7,7 @@ use base64::Engine as _;
 use super::hosts;
 use super::istio::{self, Gateway, Resolution, StringMatch, TlsMode, VirtualService};
 use super::parse::{Entry, Parsed};
+use super::dest_rules;
 use super::resolve::Resolver;
 use super::snapshot::{
     HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol, Resources, Secret,
@@ -96,8 +97,14 @@ pub(crate) fn build(
         )
     });
 
+    for dr in &p.destination_rules {
+        dest_rules::check(dr, errors);
+    }
     let mut routes = RouteBuilder {
-        resolver: Resolver::new(&p.service_entries),
+        resolver: Resolver::new(
+            &p.service_entries,
+            dest_rules::Index::new(&p.destination_rules, &id.namespace, &id.root_namespace),
+        ),
         cache: HashMap::new(),
     };
     let listeners = servers_by_port
@@ -132,6 +139,7 @@ pub(crate) fn build(
             gateways: p.gateways.into_iter().map(|e| e.res).collect(),
             virtual_services: p.virtual_services.into_iter().map(|e| e.res).collect(),
             service_entries: p.service_entries.into_iter().map(|e| e.res).collect(),
+            destination_rules: p.destination_rules.into_iter().map(|e| e.res).collect(),
             telemetry: p.telemetry.into_iter().map(|e| e.res).collect(),
             authorization_policies,
             secret_names,
