@@ -419,3 +419,6 @@ pub(crate) fn namespace_of_fqdn(host: &str) -> Option<&str> {
 pub(crate) fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
+
+#[cfg(test)]
+mod tests;

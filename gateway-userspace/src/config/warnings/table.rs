@@ -162,14 +162,14 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "that reference is dropped; the VirtualService still binds to the gateways that exist",
     ),
     (
-        "GW2004",
-        "a route `destination.subset` that the host's DestinationRule does not define (or no DestinationRule applies to the host)",
-        "the route's cluster does not exist, as in Envoy: requests get 503 (NC, `cluster_not_found`) and TCP/TLS connections are closed",
-    ),
-    (
         "GW2003",
         "a destination host (or ServiceEntry host or endpoint) the resolver cannot find",
         "its cluster has no endpoints, so requests to it get 503 (UH) and TCP/TLS connections are closed",
+    ),
+    (
+        "GW2004",
+        "a route `destination.subset` that the host's DestinationRule does not define (or no DestinationRule applies to the host)",
+        "the route's cluster does not exist, as in Envoy: requests get 503 (NC, `cluster_not_found`) and TCP/TLS connections are closed",
     ),
 ];
 
