@@ -38,7 +38,12 @@ impl Balancers {
             snapshot
                 .clusters
                 .values()
-                .map(|c| (c.name.clone(), Balancer::new(c.lb.clone(), c.endpoints.clone())))
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        Balancer::new(c.lb.clone(), c.endpoints.clone()),
+                    )
+                })
                 .collect(),
         )
     }

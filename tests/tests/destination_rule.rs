@@ -1,8 +1,8 @@
 //! DestinationRule through a real gateway and real HTTP backends that say which
 //! endpoint answered (`x-backend`): subsets selecting labelled ServiceEntry endpoints
-//! with a weighted split, a missing subset (503 `NC`), consistent hashing by header,
-//! cookie (generated when absent), source IP and query parameter, and LEAST_REQUEST (the
-//! default) against ROUND_ROBIN with one slow endpoint. `proxy-config cluster` shows a
+//! with a weighted split (and a TCP route to a subset), a missing subset (503 `NC`),
+//! consistent hashing by header, cookie (generated when absent), source IP and query
+//! parameter, and LEAST_REQUEST (the default) against ROUND_ROBIN with one slow endpoint. `proxy-config cluster` shows a
 //! cluster per subset. Config: tests/fixtures/http/destination_rule.yaml.
 mod http_common;
 
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use gateway_tests::gateway::GatewayProc;
 use gateway_tests::netns::{NetNs, privileged};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 use http_common::*;
+use hyper::body::Bytes;
 
 /// How long the slow endpoint takes to answer.
 const SLOW: Duration = Duration::from_millis(150);
@@ -46,13 +46,17 @@ fn env(tag: &str) -> Env {
 
 /// An HTTP/1.1 backend that waits [`SLOW`] before every answer (`x-backend: slow`).
 async fn slow_backend(addr: SocketAddr) {
-    let l = tokio::net::TcpListener::bind(addr).await.expect("bind slow");
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind slow");
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_req| async {
                     tokio::time::sleep(SLOW).await;
-                    let mut r = hyper::Response::new(http_body_util::Full::new(Bytes::from_static(b"slow\n")));
+                    let mut r = hyper::Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"slow\n"),
+                    ));
                     r.headers_mut().insert("x-backend", "slow".parse().unwrap());
                     Ok::<_, std::convert::Infallible>(r)
                 });
@@ -96,7 +100,10 @@ fn load(
                 if let Some(ip) = src {
                     sock.bind(SocketAddr::new(ip, 0)).unwrap();
                 }
-                let s = sock.connect(SocketAddr::from(([127, 0, 0, 1], 80))).await.unwrap();
+                let s = sock
+                    .connect(SocketAddr::from(([127, 0, 0, 1], 80)))
+                    .await
+                    .unwrap();
                 let (mut send, conn) =
                     hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
                         .await
@@ -113,11 +120,17 @@ fn load(
                     for (k, v) in headers {
                         r = r.header(k, v);
                     }
-                    let resp = send.send_request(r.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+                    let resp = send
+                        .send_request(r.body(Empty::<Bytes>::new()).unwrap())
+                        .await
+                        .unwrap();
                     let h = resp.headers();
                     let a = Answer {
                         status: resp.status().as_u16(),
-                        backend: h.get("x-backend").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default(),
+                        backend: h
+                            .get("x-backend")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default(),
                         set_cookie: h.get("set-cookie").map(|v| v.to_str().unwrap().to_string()),
                     };
                     resp.into_body().collect().await.unwrap();
@@ -152,28 +165,50 @@ fn subsets_route_only_to_their_labelled_endpoints() {
     }
     let e = env("dr-subsets");
     // 80/20 between v1 (two endpoints) and v2 (one), over 1 000 requests.
-    let (a, _) = load(&e, "split.dr.test", 1000, 4, None, |i| (format!("/s{i}"), vec![]));
+    let (a, _) = load(&e, "split.dr.test", 1000, 4, None, |i| {
+        (format!("/s{i}"), vec![])
+    });
     let m = count(&a);
     let v1 = m.get("v1a").copied().unwrap_or(0) + m.get("v1b").copied().unwrap_or(0);
     let v2 = m.get("v2").copied().unwrap_or(0);
     assert_eq!(v1 + v2, 1000, "{m:?}");
-    assert!((750..=850).contains(&v1), "v1 got {v1} of 1000, want 80 % ± 5: {m:?}");
+    assert!(
+        (750..=850).contains(&v1),
+        "v1 got {v1} of 1000, want 80 % ± 5: {m:?}"
+    );
     // Both v1 endpoints serve the v1 subset (LEAST_REQUEST over them).
     assert!(m["v1a"] > 100 && m["v1b"] > 100, "{m:?}");
     // A route to subset v1 only never reaches v2.
-    let (a, _) = load(&e, "v1.dr.test", 200, 2, None, |i| (format!("/o{i}"), vec![]));
+    let (a, _) = load(&e, "v1.dr.test", 200, 2, None, |i| {
+        (format!("/o{i}"), vec![])
+    });
     let m = count(&a);
     assert_eq!(m.keys().collect::<Vec<_>>(), ["v1a", "v1b"], "{m:?}");
+
+    // A TCP route to subset v2: every connection reaches the v2 endpoint.
+    for i in 0..20 {
+        let r = curl(
+            &e.ns,
+            &["http://127.0.0.1:31400/tcp", "-H", "Host: tcp.dr.test"],
+        );
+        assert_eq!(r.header("x-backend"), Some("v2"), "connection {i}: {r:?}");
+    }
 
     // A subset no DestinationRule defines: the warning with its position at run, and
     // Envoy's answer for a cluster that does not exist.
     e.gw.wait_log(Duration::from_secs(5), |l| {
-        l.contains("destination_rule.yaml:123:48: warning[GW2004]")
+        l.contains("destination_rule.yaml:125:48: warning[GW2004]")
             && l.contains("has no subset \"v9\"")
     });
     let r = curl(
         &e.ns,
-        &["-H", "Host: nosub.dr.test", "-H", "x-request-id: nosub-1", "http://127.0.0.1/x"],
+        &[
+            "-H",
+            "Host: nosub.dr.test",
+            "-H",
+            "x-request-id: nosub-1",
+            "http://127.0.0.1/x",
+        ],
     );
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.body, "", "{r:?}");
@@ -181,20 +216,51 @@ fn subsets_route_only_to_their_labelled_endpoints() {
     assert!(line.contains("response_flags=NC "), "{line}");
 
     // proxy-config: a cluster per subset, named as Istio names them, with the rule.
-    let out = e
-        .ns
-        .cmd(gateway_tests::gateway::gateway_bin().to_str().unwrap())
-        .args(["proxy-config", "cluster", "--admin-addr", "127.0.0.1:15000", "--fqdn", "shop.default"])
-        .output()
-        .expect("proxy-config");
+    let out =
+        e.ns.cmd(gateway_tests::gateway::gateway_bin().to_str().unwrap())
+            .args([
+                "proxy-config",
+                "cluster",
+                "--admin-addr",
+                "127.0.0.1:15000",
+                "--fqdn",
+                "shop.default",
+            ])
+            .output()
+            .expect("proxy-config");
     let text = String::from_utf8_lossy(&out.stdout);
-    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(
         rows,
         [
-            vec!["shop.default.svc.cluster.local", "80", "-", "outbound", "EDS", "shop.default"],
-            vec!["shop.default.svc.cluster.local", "80", "v1", "outbound", "EDS", "shop.default"],
-            vec!["shop.default.svc.cluster.local", "80", "v2", "outbound", "EDS", "shop.default"],
+            vec![
+                "shop.default.svc.cluster.local",
+                "80",
+                "-",
+                "outbound",
+                "EDS",
+                "shop.default"
+            ],
+            vec![
+                "shop.default.svc.cluster.local",
+                "80",
+                "v1",
+                "outbound",
+                "EDS",
+                "shop.default"
+            ],
+            vec![
+                "shop.default.svc.cluster.local",
+                "80",
+                "v2",
+                "outbound",
+                "EDS",
+                "shop.default"
+            ],
         ],
         "{text}"
     );
@@ -210,10 +276,19 @@ fn subsets_route_only_to_their_labelled_endpoints() {
             .iter()
             .find(|c| c["cluster"]["name"] == name)
             .unwrap_or_else(|| panic!("no {name}"));
-        c["cluster"]["lb_policy"].as_str().unwrap_or("ROUND_ROBIN").to_string()
+        c["cluster"]["lb_policy"]
+            .as_str()
+            .unwrap_or("ROUND_ROBIN")
+            .to_string()
     };
-    assert_eq!(policy("outbound|80|v1|shop.default.svc.cluster.local"), "LEAST_REQUEST");
-    assert_eq!(policy("outbound|80|v2|shop.default.svc.cluster.local"), "ROUND_ROBIN");
+    assert_eq!(
+        policy("outbound|80|v1|shop.default.svc.cluster.local"),
+        "LEAST_REQUEST"
+    );
+    assert_eq!(
+        policy("outbound|80|v2|shop.default.svc.cluster.local"),
+        "ROUND_ROBIN"
+    );
     assert_eq!(policy("outbound|80||by-cookie.pool.test"), "MAGLEV");
     assert_eq!(policy("outbound|80||by-ip.pool.test"), "RING_HASH");
 }
@@ -226,19 +301,27 @@ fn consistent_hashing_pins_each_key_to_one_endpoint() {
     let e = env("dr-hash");
     // Header: 20 users, 50 requests each, interleaved over 4 connections.
     let (a, _) = load(&e, "header.dr.test", 1000, 4, None, |i| {
-        ("/h".into(), vec![("x-user".into(), format!("user-{}", i % 20))])
+        (
+            "/h".into(),
+            vec![("x-user".into(), format!("user-{}", i % 20))],
+        )
     });
     let mut by_user: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     for (i, a) in a.iter().enumerate() {
         assert_eq!(a.status, 200, "{a:?}");
         by_user.entry(i % 20).or_default().insert(a.backend.clone());
     }
-    assert!(by_user.values().all(|b| b.len() == 1), "a user moved: {by_user:?}");
+    assert!(
+        by_user.values().all(|b| b.len() == 1),
+        "a user moved: {by_user:?}"
+    );
     let used: BTreeSet<_> = by_user.values().flatten().collect();
     assert!(used.len() >= 2, "20 users all on one endpoint: {by_user:?}");
 
     // Query parameter: the same.
-    let (a, _) = load(&e, "query.dr.test", 300, 3, None, |i| (format!("/q?x=1&user=u{}", i % 10), vec![]));
+    let (a, _) = load(&e, "query.dr.test", 300, 3, None, |i| {
+        (format!("/q?x=1&user=u{}", i % 10), vec![])
+    });
     let mut by_user: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     for (i, a) in a.iter().enumerate() {
         by_user.entry(i % 10).or_default().insert(a.backend.clone());
@@ -262,7 +345,10 @@ fn consistent_hashing_pins_each_key_to_one_endpoint() {
     });
     let m = count(&a);
     assert_eq!(m.len(), 1, "{m:?}");
-    assert!(a.iter().all(|a| a.set_cookie.is_none()), "cookie set although sent");
+    assert!(
+        a.iter().all(|a| a.set_cookie.is_none()),
+        "cookie set although sent"
+    );
     // Different cookies spread.
     let (a, _) = load(&e, "cookie.dr.test", 60, 2, None, |i| {
         ("/c".into(), vec![("cookie".into(), format!("sticky=k{i}"))])
@@ -300,6 +386,12 @@ fn least_request_avoids_a_slow_endpoint_round_robin_does_not() {
     assert_eq!(rr_slow, 100, "{rr:?}");
     // Power of two choices sends it a request only when both picks are it or it is no
     // busier: far fewer, and the run ends sooner.
-    assert!(lr_slow * 2 < rr_slow, "LEAST_REQUEST sent {lr_slow} to the slow endpoint: {lr:?}");
-    assert!(lr_took < rr_took, "LEAST_REQUEST {lr_took:?} vs ROUND_ROBIN {rr_took:?}");
+    assert!(
+        lr_slow * 2 < rr_slow,
+        "LEAST_REQUEST sent {lr_slow} to the slow endpoint: {lr:?}"
+    );
+    assert!(
+        lr_took < rr_took,
+        "LEAST_REQUEST {lr_took:?} vs ROUND_ROBIN {rr_took:?}"
+    );
 }

@@ -45,8 +45,14 @@ pub enum LbPolicy {
     LeastRequest,
     RoundRobin,
     Random,
-    RingHash { key: HashKey, minimum_ring_size: u64 },
-    Maglev { key: HashKey, table_size: u64 },
+    RingHash {
+        key: HashKey,
+        minimum_ring_size: u64,
+    },
+    Maglev {
+        key: HashKey,
+        table_size: u64,
+    },
 }
 
 impl LbPolicy {
@@ -138,7 +144,10 @@ pub(crate) fn lb_policy(s: &LoadBalancerSettings) -> LbPolicy {
             Some(key) => match &ch.maglev {
                 Some(m) => LbPolicy::Maglev {
                     key,
-                    table_size: m.table_size.filter(|n| *n > 0).unwrap_or(DEFAULT_MAGLEV_SIZE),
+                    table_size: m
+                        .table_size
+                        .filter(|n| *n > 0)
+                        .unwrap_or(DEFAULT_MAGLEV_SIZE),
                 },
                 None => LbPolicy::RingHash {
                     key,
@@ -188,10 +197,10 @@ pub(crate) fn check(e: &Entry<DestinationRule>, errors: &mut Vec<ConfigError>) {
     if spec.host.trim().is_empty() {
         errors.push(e.src.error("spec.host", "host is required"));
     } else if !hosts::valid_host(spec.host.trim()) {
-        errors.push(e.src.error(
-            "spec.host",
-            format!("invalid host \"{}\"", spec.host),
-        ));
+        errors.push(
+            e.src
+                .error("spec.host", format!("invalid host \"{}\"", spec.host)),
+        );
     }
     if let Some(p) = &spec.traffic_policy {
         check_policy(p, "spec.trafficPolicy", e, errors);
@@ -200,11 +209,17 @@ pub(crate) fn check(e: &Entry<DestinationRule>, errors: &mut Vec<ConfigError>) {
     for (i, s) in spec.subsets.iter().enumerate() {
         let at = format!("spec.subsets[{i}]");
         if s.name.is_empty() {
-            errors.push(e.src.error(&format!("{at}.name"), "subset name is required"));
+            errors.push(
+                e.src
+                    .error(&format!("{at}.name"), "subset name is required"),
+            );
         } else if let Some(first) = seen.insert(s.name.as_str(), i) {
             errors.push(e.src.error(
                 &format!("{at}.name"),
-                format!("duplicate subset name \"{}\" (also spec.subsets[{first}])", s.name),
+                format!(
+                    "duplicate subset name \"{}\" (also spec.subsets[{first}])",
+                    s.name
+                ),
             ));
         }
         if let Some(p) = &s.traffic_policy {
@@ -213,7 +228,12 @@ pub(crate) fn check(e: &Entry<DestinationRule>, errors: &mut Vec<ConfigError>) {
     }
 }
 
-fn check_policy(p: &TrafficPolicy, at: &str, e: &Entry<DestinationRule>, errors: &mut Vec<ConfigError>) {
+fn check_policy(
+    p: &TrafficPolicy,
+    at: &str,
+    e: &Entry<DestinationRule>,
+    errors: &mut Vec<ConfigError>,
+) {
     if let Some(lb) = &p.load_balancer {
         check_lb(lb, &format!("{at}.loadBalancer"), e, errors);
     }
@@ -230,7 +250,10 @@ fn check_policy(p: &TrafficPolicy, at: &str, e: &Entry<DestinationRule>, errors:
                 if let Some(first) = ports.insert(s.number, i) {
                     errors.push(e.src.error(
                         &format!("{pat}.port.number"),
-                        format!("port {} is already set by {at}.portLevelSettings[{first}]", s.number),
+                        format!(
+                            "port {} is already set by {at}.portLevelSettings[{first}]",
+                            s.number
+                        ),
                     ));
                 }
             }
@@ -241,7 +264,12 @@ fn check_policy(p: &TrafficPolicy, at: &str, e: &Entry<DestinationRule>, errors:
     }
 }
 
-fn check_lb(lb: &LoadBalancerSettings, at: &str, e: &Entry<DestinationRule>, errors: &mut Vec<ConfigError>) {
+fn check_lb(
+    lb: &LoadBalancerSettings,
+    at: &str,
+    e: &Entry<DestinationRule>,
+    errors: &mut Vec<ConfigError>,
+) {
     let Some(ch) = &lb.consistent_hash else {
         return;
     };
@@ -271,15 +299,24 @@ fn check_lb(lb: &LoadBalancerSettings, at: &str, e: &Entry<DestinationRule>, err
     }
     if let Some(c) = &ch.http_cookie {
         if c.name.is_empty() {
-            errors.push(e.src.error(&format!("{at}.httpCookie.name"), "name required for HttpCookie"));
+            errors.push(e.src.error(
+                &format!("{at}.httpCookie.name"),
+                "name required for HttpCookie",
+            ));
         }
         if c.ttl.is_none() {
             // Istio's validation: "ttl required for HttpCookie".
-            errors.push(e.src.error(&format!("{at}.httpCookie"), "ttl required for HttpCookie"));
+            errors.push(
+                e.src
+                    .error(&format!("{at}.httpCookie"), "ttl required for HttpCookie"),
+            );
         }
     }
     if ch.ring_hash.is_some() && ch.maglev.is_some() {
-        errors.push(e.src.error(&at, "ringHash and maglev are both set; they are alternatives"));
+        errors.push(e.src.error(
+            &at,
+            "ringHash and maglev are both set; they are alternatives",
+        ));
     }
     if let Some(n) = ch.maglev.as_ref().and_then(|m| m.table_size) {
         // Envoy: the Maglev table size must be a prime (MaglevTable).
@@ -290,7 +327,11 @@ fn check_lb(lb: &LoadBalancerSettings, at: &str, e: &Entry<DestinationRule>, err
             ));
         }
     }
-    let ring = ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).map(|n| (n, "ringHash.minimumRingSize"));
+    let ring = ch
+        .ring_hash
+        .as_ref()
+        .and_then(|r| r.minimum_ring_size)
+        .map(|n| (n, "ringHash.minimumRingSize"));
     if let Some((n, field)) = ring.or(ch.minimum_ring_size.map(|n| (n, "minimumRingSize"))) {
         if n > MAX_RING_SIZE {
             errors.push(e.src.error(
@@ -324,7 +365,12 @@ impl<'a> Index<'a> {
         for e in sorted {
             let ns = e.res.metadata.namespace();
             let host = hosts::expand(&e.res.spec.host.trim().to_ascii_lowercase(), ns);
-            by_ns.entry(ns).or_default().entry(host).or_default().push(e);
+            by_ns
+                .entry(ns)
+                .or_default()
+                .entry(host)
+                .or_default()
+                .push(e);
         }
         Index {
             by_ns,
@@ -388,7 +434,9 @@ impl<'a> Index<'a> {
         }
         Some(Rule {
             key: first.res.key(),
-            policy: rules.iter().find_map(|e| e.res.spec.traffic_policy.as_ref()),
+            policy: rules
+                .iter()
+                .find_map(|e| e.res.spec.traffic_policy.as_ref()),
             subsets,
         })
     }
@@ -403,9 +451,8 @@ fn private_only(e: &Entry<DestinationRule>) -> bool {
 fn exported_to(e: &Entry<DestinationRule>, ns: &str) -> bool {
     let x = &e.res.spec.export_to;
     x.is_empty()
-        || x.iter().any(|n| {
-            n == "*" || n == ns || (n == "." && e.res.metadata.namespace() == ns)
-        })
+        || x.iter()
+            .any(|n| n == "*" || n == ns || (n == "." && e.res.metadata.namespace() == ns))
 }
 
 /// `<ns>` of `name.<ns>.svc.cluster.local`.
@@ -416,7 +463,10 @@ pub(crate) fn namespace_of_fqdn(host: &str) -> Option<&str> {
 }
 
 /// Endpoint labels match a subset's selector: every subset label is on the endpoint.
-pub(crate) fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 

@@ -8,10 +8,10 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::ConfigError;
+use super::destination_rule::DestinationRule;
 use super::istio::{
     AuthorizationPolicy, Gateway, SecretResource, ServiceEntry, Telemetry, VirtualService,
 };
-use super::destination_rule::DestinationRule;
 use super::source::{DocText, Positions, Source, serde_error, split_documents};
 use super::warnings::{self, Warning};
 
@@ -22,8 +22,7 @@ pub(crate) struct Entry<T> {
     pub src: Source,
 }
 
-pub(crate) const KINDS: &str =
-    "Gateway, VirtualService, ServiceEntry, DestinationRule, Secret, Telemetry, AuthorizationPolicy";
+pub(crate) const KINDS: &str = "Gateway, VirtualService, ServiceEntry, DestinationRule, Secret, Telemetry, AuthorizationPolicy";
 
 #[derive(Debug, Default)]
 pub(crate) struct Parsed {

@@ -31,10 +31,7 @@ pub(crate) struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(
-        service_entries: &'a [Entry<ServiceEntry>],
-        rules: dest_rules::Index<'a>,
-    ) -> Self {
+    pub fn new(service_entries: &'a [Entry<ServiceEntry>], rules: dest_rules::Index<'a>) -> Self {
         let mut service_entries: Vec<_> = service_entries.iter().collect();
         service_entries.sort_by_key(|e| {
             (
@@ -66,10 +63,20 @@ impl<'a> Resolver<'a> {
             return true;
         }
         let why = match rule {
-            Some(r) => format!("DestinationRule {} for \"{host}\" has no subset \"{subset}\"", r.key),
-            None => format!("subset \"{subset}\" of \"{host}\": no DestinationRule for this host applies to the gateway"),
+            Some(r) => format!(
+                "DestinationRule {} for \"{host}\" has no subset \"{subset}\"",
+                r.key
+            ),
+            None => format!(
+                "subset \"{subset}\" of \"{host}\": no DestinationRule for this host applies to the gateway"
+            ),
         };
-        self.missing.push(Warning::missing(src, &format!("{path}.subset"), "GW2004", &why));
+        self.missing.push(Warning::missing(
+            src,
+            &format!("{path}.subset"),
+            "GW2004",
+            &why,
+        ));
         false
     }
 
@@ -195,9 +202,7 @@ impl<'a> Resolver<'a> {
                     ),
                 ));
             }
-            let rule = self
-                .rules
-                .find(&fqdn, dest_rules::namespace_of_fqdn(&fqdn));
+            let rule = self.rules.find(&fqdn, dest_rules::namespace_of_fqdn(&fqdn));
             if !self.clusters.contains_key(&name) {
                 let addrs = resolved.unwrap_or_default();
                 // The system resolver's addresses carry no labels: a subset selecting

@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use base64::Engine as _;
 
+use super::dest_rules;
 use super::hosts;
 use super::istio::{self, Gateway, Resolution, StringMatch, TlsMode, VirtualService};
 use super::parse::{Entry, Parsed};
-use super::dest_rules;
 use super::resolve::Resolver;
 use super::snapshot::{
     HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol, Resources, Secret,

@@ -114,10 +114,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-user", HeaderValue::from_static("alice"));
         let k = HashKey::Header("x-user".into());
-        assert_eq!(request_hash(&k, &h, "/", peer(), None).hash, Some(hash(b"alice")));
-        assert_eq!(request_hash(&k, &HeaderMap::new(), "/", peer(), None).hash, None);
+        assert_eq!(
+            request_hash(&k, &h, "/", peer(), None).hash,
+            Some(hash(b"alice"))
+        );
+        assert_eq!(
+            request_hash(&k, &HeaderMap::new(), "/", peer(), None).hash,
+            None
+        );
         let q = HashKey::QueryParameter("u".into());
-        assert_eq!(request_hash(&q, &h, "/p?a=1&u=bob&u=x", peer(), None).hash, Some(hash(b"bob")));
+        assert_eq!(
+            request_hash(&q, &h, "/p?a=1&u=bob&u=x", peer(), None).hash,
+            Some(hash(b"bob"))
+        );
         assert_eq!(request_hash(&q, &h, "/p?a=1", peer(), None).hash, None);
         let ip = request_hash(&HashKey::SourceIp, &h, "/", peer(), None);
         assert_eq!(ip.hash, Some(hash(b"10.0.0.1")));
@@ -131,9 +140,18 @@ mod tests {
             ttl: Some(Duration::from_secs(60)),
         };
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=b; sess=\"abc\""));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; sess=\"abc\""),
+        );
         let r = request_hash(&k, &h, "/", peer(), None);
-        assert_eq!(r, RequestHash { hash: Some(hash(b"abc")), set_cookie: None });
+        assert_eq!(
+            r,
+            RequestHash {
+                hash: Some(hash(b"abc")),
+                set_cookie: None
+            }
+        );
 
         let local = Some("10.0.0.2:80".parse().unwrap());
         let r = request_hash(&k, &HeaderMap::new(), "/", peer(), local);
@@ -144,10 +162,27 @@ mod tests {
             format!("sess=\"{value}\"; Max-Age=60; Path=/; HttpOnly")
         );
         // A zero ttl: a session cookie; no ttl: nothing generated.
-        let k0 = HashKey::Cookie { name: "s".into(), path: None, ttl: Some(Duration::ZERO) };
+        let k0 = HashKey::Cookie {
+            name: "s".into(),
+            path: None,
+            ttl: Some(Duration::ZERO),
+        };
         let r = request_hash(&k0, &HeaderMap::new(), "/", peer(), None);
-        assert!(r.set_cookie.unwrap().to_str().unwrap().ends_with("\"; HttpOnly"));
-        let kn = HashKey::Cookie { name: "s".into(), path: None, ttl: None };
-        assert_eq!(request_hash(&kn, &HeaderMap::new(), "/", peer(), None), RequestHash::default());
+        assert!(
+            r.set_cookie
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .ends_with("\"; HttpOnly")
+        );
+        let kn = HashKey::Cookie {
+            name: "s".into(),
+            path: None,
+            ttl: None,
+        };
+        assert_eq!(
+            request_hash(&kn, &HeaderMap::new(), "/", peer(), None),
+            RequestHash::default()
+        );
     }
 }

@@ -121,6 +121,7 @@ pub async fn forward(
         })
         .unwrap_or_default();
     let mut last = None;
+    let mut tried = Vec::new();
     for attempt in 0..max_tries {
         if attempt > 0 {
             let pause = policy.backoff(attempt, fastrand::f64());
@@ -129,7 +130,7 @@ pub async fn forward(
             }
             tokio::time::sleep(pause).await;
         }
-        let picked = match gw.pick_endpoint(cluster, lb_hash.hash) {
+        let picked = match pick_untried(gw, cluster, lb_hash.hash, &tried) {
             crate::lb::Pick::Endpoint(p) => p,
             // Envoy's router for a route whose cluster does not exist (a subset no
             // DestinationRule defines): 503, empty body, NC, `cluster_not_found`.
@@ -147,6 +148,7 @@ pub async fn forward(
             }
         };
         let endpoint = picked.addr;
+        tried.push(endpoint);
         log.upstream_host = Some(endpoint);
         let uri: Uri = match format!("http://{endpoint}{path_and_query}").parse() {
             Ok(u) => u,
@@ -219,7 +221,11 @@ pub async fn forward(
         }
         let answered = matches!(outcome, TryOutcome::Response(..));
         let resp = respond_upstream(outcome, overall_expired, deadline, upgrade, log);
-        return hold_until_done(resp, picked, answered.then_some(lb_hash.set_cookie).flatten());
+        return hold_until_done(
+            resp,
+            picked,
+            answered.then_some(lb_hash.set_cookie).flatten(),
+        );
     }
     // The deadline cut the back-off short.
     log.response_flags.push("URX");
@@ -227,6 +233,28 @@ pub async fn forward(
         Some(outcome) => respond_upstream(outcome, true, deadline, None, log),
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
     }
+}
+
+/// Istio's retry policy asks Envoy for `previous_hosts` with
+/// `host_selection_retry_max_attempts: 5` (`retryIgnorePreviousHosts` defaults to true,
+/// pilot/pkg/networking/core/route/retry): a retry re-picks up to 5 times to find an
+/// endpoint not tried yet, then takes the last pick.
+fn pick_untried(
+    gw: &Gateway,
+    cluster: &str,
+    hash: Option<u64>,
+    tried: &[std::net::SocketAddr],
+) -> crate::lb::Pick {
+    let mut pick = gw.pick_endpoint(cluster, hash);
+    for _ in 0..5 {
+        match &pick {
+            crate::lb::Pick::Endpoint(p) if tried.contains(&p.addr) => {
+                pick = gw.pick_endpoint(cluster, hash);
+            }
+            _ => break,
+        }
+    }
+    pick
 }
 
 /// The response with the endpoint counted active (LEAST_REQUEST) until its body is done

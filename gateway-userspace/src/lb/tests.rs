@@ -10,7 +10,11 @@ fn eps(n: u16) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn spread(b: &Balancer, picks: usize, hash: impl Fn(usize) -> Option<u64>) -> BTreeMap<SocketAddr, usize> {
+fn spread(
+    b: &Balancer,
+    picks: usize,
+    hash: impl Fn(usize) -> Option<u64>,
+) -> BTreeMap<SocketAddr, usize> {
     let mut m = BTreeMap::new();
     for i in 0..picks {
         *m.entry(b.pick(hash(i)).unwrap().addr).or_default() += 1;
@@ -27,7 +31,11 @@ fn round_robin_cycles() {
 
 #[test]
 fn empty_cluster_picks_nothing() {
-    for p in [LbPolicy::LeastRequest, LbPolicy::RoundRobin, LbPolicy::Random] {
+    for p in [
+        LbPolicy::LeastRequest,
+        LbPolicy::RoundRobin,
+        LbPolicy::Random,
+    ] {
         assert!(Balancer::new(p, Vec::new()).pick(None).is_none());
     }
 }
@@ -82,7 +90,10 @@ fn hashing_is_sticky_and_spreads() {
         for key in 0..50u64 {
             let h = hash(&key.to_le_bytes());
             let first = b.pick(Some(h)).unwrap().addr;
-            assert!((0..20).all(|_| b.pick(Some(h)).unwrap().addr == first), "{p:?}");
+            assert!(
+                (0..20).all(|_| b.pick(Some(h)).unwrap().addr == first),
+                "{p:?}"
+            );
         }
         let m = spread(&b, 4000, |i| Some(hash(&(i as u64).to_le_bytes())));
         assert_eq!(m.len(), 4, "{p:?}: {m:?}");

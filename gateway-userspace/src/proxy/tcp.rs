@@ -211,7 +211,10 @@ pub async fn serve(
         crate::lb::Pick::Endpoint(p) => p,
         miss => {
             let (flag, why) = match miss {
-                crate::lb::Pick::NoCluster => ("NC", "cluster not found (a subset no DestinationRule defines)"),
+                crate::lb::Pick::NoCluster => (
+                    "NC",
+                    "cluster not found (a subset no DestinationRule defines)",
+                ),
                 _ => ("UH", "cluster has no endpoints"),
             };
             gw.stats

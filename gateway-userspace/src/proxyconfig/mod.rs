@@ -777,7 +777,8 @@ fn lb_policy_json(lb: &crate::config::dest_rules::LbPolicy, cluster: &mut Value)
             minimum_ring_size, ..
         } => {
             cluster["lb_policy"] = lb.envoy_name().into();
-            cluster["ring_hash_lb_config"] = json!({ "minimum_ring_size": minimum_ring_size.to_string() });
+            cluster["ring_hash_lb_config"] =
+                json!({ "minimum_ring_size": minimum_ring_size.to_string() });
         }
         LbPolicy::Maglev { table_size, .. } => {
             cluster["lb_policy"] = lb.envoy_name().into();

@@ -87,7 +87,11 @@ spec:
 #[test]
 fn subsets_select_endpoints_by_labels_and_take_their_policy() {
     let s = snap(DR_SHOP);
-    let c = |n: &str| s.clusters.get(n).unwrap_or_else(|| panic!("{n}: {:?}", s.clusters.keys()));
+    let c = |n: &str| {
+        s.clusters
+            .get(n)
+            .unwrap_or_else(|| panic!("{n}: {:?}", s.clusters.keys()))
+    };
     let host = "app.shop.svc.cluster.local";
     let whole = c(&format!("outbound|80||{host}"));
     assert_eq!(whole.endpoints.len(), 3);
@@ -149,7 +153,13 @@ fn precedence_exact_before_wildcard_and_namespaces_as_istio() {
     // Exact host before a wildcard in the same namespace.
     let got = chosen(&[
         dr("wild", "shop", "*.svc.cluster.local", "[]", "RANDOM"),
-        dr("exact", "shop", "app.shop.svc.cluster.local", "[]", "ROUND_ROBIN"),
+        dr(
+            "exact",
+            "shop",
+            "app.shop.svc.cluster.local",
+            "[]",
+            "ROUND_ROBIN",
+        ),
     ]);
     assert_eq!(got.as_deref(), Some("shop/exact"));
     // The longer wildcard wins over the shorter one.
@@ -161,20 +171,38 @@ fn precedence_exact_before_wildcard_and_namespaces_as_istio() {
     // The gateway is in the root namespace: the service's namespace before the
     // root namespace's exported rules.
     let got = chosen(&[
-        dr("root", "istio-system", "app.shop.svc.cluster.local", "[]", "RANDOM"),
+        dr(
+            "root",
+            "istio-system",
+            "app.shop.svc.cluster.local",
+            "[]",
+            "RANDOM",
+        ),
         dr("svc", "shop", "app", "[]", "ROUND_ROBIN"),
     ]);
     assert_eq!(got.as_deref(), Some("shop/svc"));
     // A root-namespace rule private to it (`.`) applies to the gateway there first.
     let got = chosen(&[
-        dr("root", "istio-system", "app.shop.svc.cluster.local", "[\".\"]", "RANDOM"),
+        dr(
+            "root",
+            "istio-system",
+            "app.shop.svc.cluster.local",
+            "[\".\"]",
+            "RANDOM",
+        ),
         dr("svc", "shop", "app", "[]", "ROUND_ROBIN"),
     ]);
     assert_eq!(got.as_deref(), Some("istio-system/root"));
     // Not exported to the gateway's namespace: skipped, the root one applies.
     let got = chosen(&[
         dr("svc", "shop", "app", "[\".\"]", "ROUND_ROBIN"),
-        dr("root", "istio-system", "app.shop.svc.cluster.local", "[]", "RANDOM"),
+        dr(
+            "root",
+            "istio-system",
+            "app.shop.svc.cluster.local",
+            "[]",
+            "RANDOM",
+        ),
     ]);
     assert_eq!(got.as_deref(), Some("istio-system/root"));
     // Exported by name.
@@ -182,13 +210,25 @@ fn precedence_exact_before_wildcard_and_namespaces_as_istio() {
     assert_eq!(got.as_deref(), Some("shop/svc"));
     // `~`: nobody. A rule in an unrelated namespace never applies (Istio looks in the
     // gateway's, the service's and the root namespace only).
-    assert_eq!(chosen(&[dr("svc", "shop", "app", "[\"~\"]", "RANDOM")]), None);
     assert_eq!(
-        chosen(&[dr("other", "other", "app.shop.svc.cluster.local", "[]", "RANDOM")]),
+        chosen(&[dr("svc", "shop", "app", "[\"~\"]", "RANDOM")]),
+        None
+    );
+    assert_eq!(
+        chosen(&[dr(
+            "other",
+            "other",
+            "app.shop.svc.cluster.local",
+            "[]",
+            "RANDOM"
+        )]),
         None
     );
     // A short host is expanded in the rule's own namespace.
-    assert_eq!(chosen(&[dr("x", "istio-system", "app", "[]", "RANDOM")]), None);
+    assert_eq!(
+        chosen(&[dr("x", "istio-system", "app", "[]", "RANDOM")]),
+        None
+    );
 }
 
 #[test]
@@ -203,7 +243,10 @@ fn same_host_same_namespace_merges_first_by_name() {
     assert_eq!(c.destination_rule.as_deref(), Some("shop/a-first"));
     let v1 = &s.clusters["outbound|80|v1|app.shop.svc.cluster.local"];
     assert_eq!(v1.endpoints, ["127.0.0.1:9001".parse().unwrap()]);
-    assert!(s.clusters.contains_key("outbound|80|v2|app.shop.svc.cluster.local"));
+    assert!(
+        s.clusters
+            .contains_key("outbound|80|v2|app.shop.svc.cluster.local")
+    );
 }
 
 #[test]
@@ -220,7 +263,10 @@ fn a_missing_subset_is_an_error_at_validate_and_a_warning_at_run() {
     );
     let l = load(&yaml, Missing::Isolate);
     let s = l.result.expect("run loads");
-    assert!(!s.clusters.contains_key("outbound|80|v9|app.shop.svc.cluster.local"));
+    assert!(
+        !s.clusters
+            .contains_key("outbound|80|v9|app.shop.svc.cluster.local")
+    );
     assert_eq!(l.warnings.len(), 1);
     assert_eq!(l.warnings[0].code, "GW2004");
     // No DestinationRule at all.
@@ -266,9 +312,12 @@ spec:
         ]
     );
     // Not Istio's API: a misspelt field is an error too.
-    let e = errors("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: x, namespace: shop}\nspec:\n  host: app\n  trafficPolicy: {loadBalancer: {simpel: RANDOM}}\n");
+    let e = errors(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: x, namespace: shop}\nspec:\n  host: app\n  trafficPolicy: {loadBalancer: {simpel: RANDOM}}\n",
+    );
     assert!(
-        e.iter().any(|e| e.starts_with("dr.yaml:40:34: spec.trafficPolicy.loadBalancer: unknown field `simpel`")),
+        e.iter().any(|e| e
+            .starts_with("dr.yaml:40:34: spec.trafficPolicy.loadBalancer: unknown field `simpel`")),
         "{e:?}"
     );
 }

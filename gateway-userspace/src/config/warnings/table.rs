@@ -39,7 +39,7 @@ pub const CODES: &[(&str, &str, &str)] = &[
     (
         "GW1007",
         "VirtualService `http[].retries.retryRemoteLocalities`, `retryIgnorePreviousHosts`",
-        "ignored: each retry asks the cluster's load balancer again (it may pick the same endpoint)",
+        "ignored: a retry avoids the endpoints already tried (up to 5 re-picks, Istio's default `retryIgnorePreviousHosts: true`), in any locality",
     ),
     (
         "GW1008",
@@ -351,11 +351,8 @@ pub(super) const SERVICE_ENTRY: &[Rule] = &[
 ];
 
 /// DestinationRule fields not acted on at the top level.
-pub(super) const DESTINATION_RULE: &[Rule] = &[rule(
-    "spec.workloadSelector",
-    "GW1066",
-    "not supported",
-)];
+pub(super) const DESTINATION_RULE: &[Rule] =
+    &[rule("spec.workloadSelector", "GW1066", "not supported")];
 
 /// Where a DestinationRule has a traffic policy (each takes [`TRAFFIC_POLICY`]).
 pub(super) const TRAFFIC_POLICY_AT: &[&str] = &[
@@ -375,16 +372,8 @@ pub(super) const TRAFFIC_POLICY: &[Rule] = &[
         what: "TLS origination is not supported",
         when: Some(tls_not_disabled),
     },
-    rule(
-        "loadBalancer.localityLbSetting",
-        "GW1064",
-        "not supported",
-    ),
-    rule(
-        "loadBalancer.warmupDurationSecs",
-        "GW1064",
-        "not supported",
-    ),
+    rule("loadBalancer.localityLbSetting", "GW1064", "not supported"),
+    rule("loadBalancer.warmupDurationSecs", "GW1064", "not supported"),
     rule("loadBalancer.warmup", "GW1064", "not supported"),
     rule("tunnel", "GW1065", "not supported"),
     rule("proxyProtocol", "GW1065", "not supported"),
@@ -438,7 +427,8 @@ fn tls_not_disabled(v: &Value) -> bool {
     v.get("mode")
         .and_then(Value::as_str)
         .is_some_and(|m| m != "DISABLE")
-        || v.as_mapping().is_some_and(|m| m.keys().any(|k| k.as_str() != Some("mode")))
+        || v.as_mapping()
+            .is_some_and(|m| m.keys().any(|k| k.as_str() != Some("mode")))
 }
 
 fn is_passthrough(v: &Value) -> bool {
