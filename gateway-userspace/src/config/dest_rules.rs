@@ -276,7 +276,7 @@ fn check_lb(
     let at = format!("{at}.consistentHash");
     if lb.simple.is_some() {
         errors.push(e.src.error(
-            &format!("{at}"),
+            &at,
             "simple and consistentHash are both set; they are alternatives (one of lbPolicy)",
         ));
     }
@@ -320,7 +320,7 @@ fn check_lb(
     }
     if let Some(n) = ch.maglev.as_ref().and_then(|m| m.table_size) {
         // Envoy: the Maglev table size must be a prime (MaglevTable).
-        if n < 2 || n > MAX_MAGLEV_SIZE || !is_prime(n) {
+        if !(2..=MAX_MAGLEV_SIZE).contains(&n) || !is_prime(n) {
             errors.push(e.src.error(
                 &format!("{at}.maglev.tableSize"),
                 format!("tableSize {n} must be a prime number no larger than {MAX_MAGLEV_SIZE}"),
@@ -332,18 +332,21 @@ fn check_lb(
         .as_ref()
         .and_then(|r| r.minimum_ring_size)
         .map(|n| (n, "ringHash.minimumRingSize"));
-    if let Some((n, field)) = ring.or(ch.minimum_ring_size.map(|n| (n, "minimumRingSize"))) {
-        if n > MAX_RING_SIZE {
-            errors.push(e.src.error(
-                &format!("{at}.{field}"),
-                format!("{n} is larger than Envoy's maximum ring size {MAX_RING_SIZE}"),
-            ));
-        }
+    if let Some((n, field)) = ring.or(ch.minimum_ring_size.map(|n| (n, "minimumRingSize")))
+        && n > MAX_RING_SIZE
+    {
+        errors.push(e.src.error(
+            &format!("{at}.{field}"),
+            format!("{n} is larger than Envoy's maximum ring size {MAX_RING_SIZE}"),
+        ));
     }
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The DestinationRules this gateway can see, indexed for [`Index::find`].
@@ -385,7 +388,7 @@ impl<'a> Index<'a> {
         let local = if p != self.root_ns {
             self.most_specific(p, host, |_| true)
         } else {
-            self.most_specific(p, host, |e| private_only(e))
+            self.most_specific(p, host, private_only)
         };
         local
             .or_else(|| svc_ns.and_then(|s| self.most_specific(s, host, |e| exported_to(e, p))))

@@ -270,7 +270,7 @@ fn a_missing_subset_is_an_error_at_validate_and_a_warning_at_run() {
     assert_eq!(l.warnings.len(), 1);
     assert_eq!(l.warnings[0].code, "GW2004");
     // No DestinationRule at all.
-    let e = match load(&format!("{BASE}"), Missing::Error).result {
+    let e = match load(BASE, Missing::Error).result {
         Err(e) => e.to_string(),
         Ok(_) => panic!("loaded"),
     };
