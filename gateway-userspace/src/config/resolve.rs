@@ -28,6 +28,9 @@ pub(crate) struct Resolver<'a> {
     /// Names the resolver could not find (GW2003), subsets no DestinationRule defines
     /// (GW2004): their clusters have no endpoints or do not exist.
     pub missing: Vec<Warning>,
+    /// Some DestinationRule did not deserialize (its error is reported): a subset it
+    /// may have defined is not reported missing as well.
+    pub broken_rules: bool,
 }
 
 impl<'a> Resolver<'a> {
@@ -45,6 +48,7 @@ impl<'a> Resolver<'a> {
             clusters: BTreeMap::new(),
             dns: HashMap::new(),
             missing: Vec::new(),
+            broken_rules: false,
         }
     }
 
@@ -61,6 +65,9 @@ impl<'a> Resolver<'a> {
     ) -> bool {
         if subset.is_empty() || rule.is_some_and(|r| r.subset(subset).is_some()) {
             return true;
+        }
+        if self.broken_rules {
+            return false;
         }
         let why = match rule {
             Some(r) => format!(

@@ -107,6 +107,7 @@ pub(crate) fn build(
         ),
         cache: HashMap::new(),
     };
+    routes.resolver.broken_rules = p.broken.iter().any(|b| b.starts_with("DestinationRule "));
     let listeners = servers_by_port
         .into_iter()
         .map(|(port, servers)| routes.listener(port, servers, &vss, errors))
