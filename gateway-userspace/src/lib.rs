@@ -3,7 +3,8 @@
 //! Control plane: [`config`] parses and validates the Istio resources into one
 //! immutable [`config::Snapshot`]. Data plane: [`listener`] accepts, [`proxy`] routes,
 //! [`kernel::splice`] moves L4 payload (in the kernel when it can); [`authz`] decides
-//! what may enter, and [`xdp`] drops denied sources before the TCP stack. [`admin`] and [`telemetry`]
+//! what may enter, and [`xdp`] drops denied sources before the TCP stack; [`lb`] picks
+//! each request's endpoint. [`admin`] and [`telemetry`]
 //! show what it is doing.
 pub mod admin;
 pub mod authz;
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod kernel;
+pub mod lb;
 pub mod listener;
 pub mod proxy;
 pub mod proxyconfig;

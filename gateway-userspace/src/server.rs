@@ -1,11 +1,10 @@
 //! The running gateway: one snapshot of config, the splice, the counters, and the
 //! listeners that serve them.
 use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     time::Duration,
 };
@@ -126,8 +125,8 @@ pub struct Gateway {
     pub sni_routes: crate::tls::routes::SniRoutes,
     /// What `/healthz/ready` answers.
     pub readiness: Readiness,
-    /// Round-robin position per cluster.
-    rr: BTreeMap<String, AtomicUsize>,
+    /// Each cluster's load balancer (DestinationRule `loadBalancer`).
+    pub balancers: crate::lb::Balancers,
 }
 
 impl Gateway {
@@ -140,11 +139,7 @@ impl Gateway {
         let stats = Stats::new(snapshot.listeners.iter().map(|l| l.port));
         let authz = Arc::new(crate::authz::Enforcer::new(&snapshot));
         let sni_routes = crate::tls::routes::SniRoutes::new(&snapshot);
-        let rr = snapshot
-            .clusters
-            .keys()
-            .map(|k| (k.clone(), AtomicUsize::new(0)))
-            .collect();
+        let balancers = crate::lb::Balancers::new(&snapshot);
         Gateway {
             snapshot: Arc::new(snapshot),
             http,
@@ -157,18 +152,17 @@ impl Gateway {
             authz,
             sni_routes,
             readiness: Readiness::default(),
-            rr,
+            balancers,
         }
     }
 
-    /// The next endpoint of `cluster`, round-robin.
-    pub fn next_endpoint(&self, cluster: &str) -> Option<SocketAddr> {
-        let c = self.snapshot.clusters.get(cluster)?;
-        if c.endpoints.is_empty() {
-            return None;
+    /// An endpoint of `cluster` by its load balancer; `hash` for consistent hashing.
+    pub fn pick_endpoint(&self, cluster: &str, hash: Option<u64>) -> crate::lb::Pick {
+        use crate::lb::Pick;
+        match self.balancers.get(cluster) {
+            None => Pick::NoCluster,
+            Some(b) => b.pick(hash).map_or(Pick::NoHealthy, Pick::Endpoint),
         }
-        let i = self.rr.get(cluster)?.fetch_add(1, Ordering::Relaxed);
-        Some(c.endpoints[i % c.endpoints.len()])
     }
 
     /// The addresses every Gateway port listens on: `--bind`, and `::` when dual-stack.

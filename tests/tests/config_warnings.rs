@@ -81,7 +81,9 @@ kind: DestinationRule
 metadata: {name: web-dr}
 spec:
   host: web.internal
-  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    connectionPool: {tcp: {maxConnections: 10}}
 "#;
 
 const MESH: &str = "accessLogFile: /dev/stdout\nenableTracing: true\n";
@@ -95,7 +97,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GW1050", "immutable:"),
     ("GW1031", "tracing:"),
     ("GW1040", "action: AUDIT"),
-    ("GW1060", "kind: DestinationRule"),
+    ("GW1061", "connectionPool:"),
 ];
 
 /// `file:line:col` of the first occurrence of `needle` in `text` (1-based; col of its
@@ -178,7 +180,7 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
         "{out}"
     );
     assert!(
-        out.contains("[GW1001]") && out.contains("[GW1060]"),
+        out.contains("[GW1001]") && out.contains("[GW1061]"),
         "{out}"
     );
     assert!(!out.contains("config OK"), "{out}");
@@ -251,7 +253,7 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
         "{metrics}"
     );
     for code in [
-        "GW1001", "GW1011", "GW1021", "GW1031", "GW1040", "GW1050", "GW1060", "GW1070",
+        "GW1001", "GW1011", "GW1021", "GW1031", "GW1040", "GW1050", "GW1061", "GW1070",
     ] {
         assert!(
             metrics.contains(&format!("gateway_config_warnings{{code=\"{code}\"}} 1\n")),

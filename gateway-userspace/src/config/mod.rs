@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod dest_rules;
+pub mod destination_rule;
 pub mod host_map;
 mod hosts;
 pub mod istio;

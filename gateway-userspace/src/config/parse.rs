@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::ConfigError;
+use super::destination_rule::DestinationRule;
 use super::istio::{
     AuthorizationPolicy, Gateway, SecretResource, ServiceEntry, Telemetry, VirtualService,
 };
@@ -21,13 +22,14 @@ pub(crate) struct Entry<T> {
     pub src: Source,
 }
 
-pub(crate) const KINDS: &str = "Gateway, VirtualService, ServiceEntry, Secret, Telemetry, AuthorizationPolicy (DestinationRule is read and ignored, with a warning)";
+pub(crate) const KINDS: &str = "Gateway, VirtualService, ServiceEntry, DestinationRule, Secret, Telemetry, AuthorizationPolicy";
 
 #[derive(Debug, Default)]
 pub(crate) struct Parsed {
     pub gateways: Vec<Entry<Gateway>>,
     pub virtual_services: Vec<Entry<VirtualService>>,
     pub service_entries: Vec<Entry<ServiceEntry>>,
+    pub destination_rules: Vec<Entry<DestinationRule>>,
     pub secrets: Vec<Entry<SecretResource>>,
     pub telemetry: Vec<Entry<Telemetry>>,
     pub authorization_policies: Vec<Entry<AuthorizationPolicy>>,
@@ -116,11 +118,6 @@ impl Parsed {
                 .unwrap_or("default");
             src.subject = format!("{kind} {ns}/{name}").into();
         }
-        if kind == "DestinationRule" {
-            // Read for its warning only: nothing of it is used.
-            warnings::scan(&kind, &value, &src, &mut self.warnings);
-            return Ok(());
-        }
         let mark_broken = |this: &mut Parsed| {
             // Remember the name so references to it are not reported twice.
             let meta = map.get("metadata");
@@ -148,6 +145,12 @@ impl Parsed {
             }),
             "ServiceEntry" => de(doc, &value).map(|res| {
                 self.service_entries.push(Entry {
+                    res,
+                    src: src.clone(),
+                })
+            }),
+            "DestinationRule" => de(doc, &value).map(|res| {
+                self.destination_rules.push(Entry {
                     res,
                     src: src.clone(),
                 })

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use super::ConfigError;
+use super::dest_rules;
 use super::hosts;
 use super::istio::{Destination, Resolution, ServiceEntry, ServicePort};
 use super::parse::Entry;
@@ -21,14 +22,19 @@ pub(crate) struct Resolver<'a> {
     /// Ordered by namespace/name so that the choice among several
     /// ServiceEntries naming the same host is deterministic.
     service_entries: Vec<&'a Entry<ServiceEntry>>,
+    rules: dest_rules::Index<'a>,
     pub clusters: BTreeMap<String, Cluster>,
     dns: HashMap<(String, u16), Result<Vec<SocketAddr>, String>>,
-    /// Names the resolver could not find (GW2003): their clusters have no endpoints.
+    /// Names the resolver could not find (GW2003), subsets no DestinationRule defines
+    /// (GW2004): their clusters have no endpoints or do not exist.
     pub missing: Vec<Warning>,
+    /// Some DestinationRule did not deserialize (its error is reported): a subset it
+    /// may have defined is not reported missing as well.
+    pub broken_rules: bool,
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(service_entries: &'a [Entry<ServiceEntry>]) -> Self {
+    pub fn new(service_entries: &'a [Entry<ServiceEntry>], rules: dest_rules::Index<'a>) -> Self {
         let mut service_entries: Vec<_> = service_entries.iter().collect();
         service_entries.sort_by_key(|e| {
             (
@@ -38,9 +44,81 @@ impl<'a> Resolver<'a> {
         });
         Resolver {
             service_entries,
+            rules,
             clusters: BTreeMap::new(),
             dns: HashMap::new(),
             missing: Vec::new(),
+            broken_rules: false,
+        }
+    }
+
+    /// Reports a subset the host's DestinationRule does not define (or a subset of a
+    /// host without one): its cluster is never built, as with Istio, whose route then
+    /// names a cluster Envoy does not have (503 `NC`).
+    fn subset_defined(
+        &mut self,
+        rule: Option<&dest_rules::Rule<'_>>,
+        subset: &str,
+        host: &str,
+        src: &Source,
+        path: &str,
+    ) -> bool {
+        if subset.is_empty() || rule.is_some_and(|r| r.subset(subset).is_some()) {
+            return true;
+        }
+        if self.broken_rules {
+            return false;
+        }
+        let why = match rule {
+            Some(r) => format!(
+                "DestinationRule {} for \"{host}\" has no subset \"{subset}\"",
+                r.key
+            ),
+            None => format!(
+                "subset \"{subset}\" of \"{host}\": no DestinationRule for this host applies to the gateway"
+            ),
+        };
+        self.missing.push(Warning::missing(
+            src,
+            &format!("{path}.subset"),
+            "GW2004",
+            &why,
+        ));
+        false
+    }
+
+    /// The cluster of the whole service and one per subset of its DestinationRule
+    /// (Istio builds them all for a service the gateway routes to).
+    fn add_clusters(
+        &mut self,
+        host: &str,
+        port: u16,
+        rule: Option<&dest_rules::Rule<'_>>,
+        mut endpoints: impl FnMut(&mut Self, Option<&BTreeMap<String, String>>) -> Vec<SocketAddr>,
+    ) {
+        let mut subsets: Vec<Option<&crate::config::destination_rule::Subset>> = vec![None];
+        if let Some(r) = rule {
+            subsets.extend(r.subsets.iter().copied().map(Some));
+        }
+        for subset in subsets {
+            let sname = subset.map_or("", |s| s.name.as_str());
+            let name = cluster_name(port, sname, host);
+            if self.clusters.contains_key(&name) {
+                continue;
+            }
+            let eps = endpoints(self, subset.map(|s| &s.labels));
+            self.clusters.insert(
+                name.clone(),
+                Cluster {
+                    name,
+                    host: host.to_string(),
+                    port,
+                    subset: sname.to_string(),
+                    endpoints: eps,
+                    lb: rule.map(|r| r.lb(port, subset)).unwrap_or_default(),
+                    destination_rule: rule.map(|r| r.key.clone()),
+                },
+            );
         }
     }
 
@@ -99,19 +177,13 @@ impl<'a> Resolver<'a> {
             };
             let port = to_u16(number, errors)?;
             let name = cluster_name(port, subset, &se_host);
-            if self.clusters.contains_key(&name) {
-                return Some(name);
+            let rule = self.rules.find(&se_host, Some(se.res.metadata.namespace()));
+            if !self.clusters.contains_key(&name) {
+                self.add_clusters(&se_host, port, rule.as_ref(), |me, selector| {
+                    me.service_entry_endpoints(se, &se_host, sp, selector)
+                });
             }
-            let endpoints = self.service_entry_endpoints(se, &se_host, sp);
-            self.clusters.insert(
-                name.clone(),
-                Cluster {
-                    name: name.clone(),
-                    host: se_host,
-                    port,
-                    endpoints,
-                },
-            );
+            self.subset_defined(rule.as_ref(), subset, &se_host, src, path);
             Some(name)
         } else {
             let Some(number) = dest.port.map(|p| p.number) else {
@@ -137,19 +209,20 @@ impl<'a> Resolver<'a> {
                     ),
                 ));
             }
-            if self.clusters.contains_key(&name) {
-                return Some(name);
+            let rule = self.rules.find(&fqdn, dest_rules::namespace_of_fqdn(&fqdn));
+            if !self.clusters.contains_key(&name) {
+                let addrs = resolved.unwrap_or_default();
+                // The system resolver's addresses carry no labels: a subset selecting
+                // labels has no endpoints.
+                self.add_clusters(&host, port, rule.as_ref(), |_, selector| {
+                    if selector.is_none_or(BTreeMap::is_empty) {
+                        addrs.clone()
+                    } else {
+                        Vec::new()
+                    }
+                });
             }
-            let endpoints = resolved.unwrap_or_default();
-            self.clusters.insert(
-                name.clone(),
-                Cluster {
-                    name: name.clone(),
-                    host,
-                    port,
-                    endpoints,
-                },
-            );
+            self.subset_defined(rule.as_ref(), subset, &host, src, path);
             Some(name)
         }
     }
@@ -176,11 +249,14 @@ impl<'a> Resolver<'a> {
         se: &Entry<ServiceEntry>,
         se_host: &str,
         sp: &ServicePort,
+        selector: Option<&BTreeMap<String, String>>,
     ) -> Vec<SocketAddr> {
         let spec = &se.res.spec;
+        // A subset selecting labels: only the `endpoints` carrying them.
+        let labelled = selector.is_some_and(|s| !s.is_empty());
         let default_port = sp.target_port.unwrap_or(sp.number);
         let mut out = Vec::new();
-        if spec.endpoints.is_empty() {
+        if spec.endpoints.is_empty() && !labelled {
             match spec.resolution {
                 // STATIC without endpoints is legal in Istio: an empty cluster.
                 Resolution::Static => {}
@@ -209,6 +285,9 @@ impl<'a> Resolver<'a> {
             }
         }
         for (k, ep) in spec.endpoints.iter().enumerate() {
+            if selector.is_some_and(|s| !dest_rules::labels_match(s, &ep.labels)) {
+                continue;
+            }
             // Missing / non-IP STATIC addresses are reported by validation.
             let Some(address) = ep.address.as_deref() else {
                 continue;

@@ -61,6 +61,7 @@ pub struct Resources {
     pub gateways: Vec<istio::Gateway>,
     pub virtual_services: Vec<istio::VirtualService>,
     pub service_entries: Vec<istio::ServiceEntry>,
+    pub destination_rules: Vec<super::destination_rule::DestinationRule>,
     pub telemetry: Vec<istio::Telemetry>,
     pub authorization_policies: Vec<istio::AuthorizationPolicy>,
     /// `"namespace/name"` of each Secret.
@@ -207,7 +208,13 @@ pub struct Cluster {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// The DestinationRule subset (`""`: the whole service).
+    pub subset: String,
     pub endpoints: Vec<SocketAddr>,
+    /// From the DestinationRule (Istio's default without one: LEAST_REQUEST).
+    pub lb: super::dest_rules::LbPolicy,
+    /// `namespace/name` of the DestinationRule that applies, if any.
+    pub destination_rule: Option<String>,
 }
 
 /// Decoded Secret data (`tls.crt`, `tls.key`, `ca.crt`, ...).

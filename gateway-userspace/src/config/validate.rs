@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use base64::Engine as _;
 
+use super::dest_rules;
 use super::hosts;
 use super::istio::{self, Gateway, Resolution, StringMatch, TlsMode, VirtualService};
 use super::parse::{Entry, Parsed};
@@ -96,10 +97,17 @@ pub(crate) fn build(
         )
     });
 
+    for dr in &p.destination_rules {
+        dest_rules::check(dr, errors);
+    }
     let mut routes = RouteBuilder {
-        resolver: Resolver::new(&p.service_entries),
+        resolver: Resolver::new(
+            &p.service_entries,
+            dest_rules::Index::new(&p.destination_rules, &id.namespace, &id.root_namespace),
+        ),
         cache: HashMap::new(),
     };
+    routes.resolver.broken_rules = p.broken.iter().any(|b| b.starts_with("DestinationRule "));
     let listeners = servers_by_port
         .into_iter()
         .map(|(port, servers)| routes.listener(port, servers, &vss, errors))
@@ -132,6 +140,7 @@ pub(crate) fn build(
             gateways: p.gateways.into_iter().map(|e| e.res).collect(),
             virtual_services: p.virtual_services.into_iter().map(|e| e.res).collect(),
             service_entries: p.service_entries.into_iter().map(|e| e.res).collect(),
+            destination_rules: p.destination_rules.into_iter().map(|e| e.res).collect(),
             telemetry: p.telemetry.into_iter().map(|e| e.res).collect(),
             authorization_policies,
             secret_names,

@@ -25,7 +25,10 @@ use super::source::{DocText, Positions, Source};
 use super::{ConfigError, Loc};
 
 mod table;
-use table::{AUTHORIZATION_POLICY, GATEWAY, SECRET, SERVICE_ENTRY, TELEMETRY, VIRTUAL_SERVICE};
+use table::{
+    AUTHORIZATION_POLICY, DESTINATION_RULE, GATEWAY, SECRET, SERVICE_ENTRY, TELEMETRY,
+    TRAFFIC_POLICY, TRAFFIC_POLICY_AT, VIRTUAL_SERVICE,
+};
 pub use table::{CODES, effect};
 
 /// One warning: where, which field, which code, what happens instead.
@@ -140,21 +143,24 @@ pub(crate) fn scan(kind: &str, value: &Value, src: &Source, out: &mut Vec<Warnin
         "Telemetry" => TELEMETRY,
         "AuthorizationPolicy" => AUTHORIZATION_POLICY,
         "Secret" => SECRET,
-        "DestinationRule" => {
-            out.push(Warning::at(
-                src,
-                "kind",
-                "GW1060",
-                "DestinationRule is not supported",
-            ));
-            return;
-        }
+        "DestinationRule" => DESTINATION_RULE,
         _ => return,
     };
     for r in rules {
         for (path, v) in select(value, r.pattern) {
             if is_set(v) && r.when.is_none_or(|w| w(v)) {
                 out.push(Warning::at(src, &path, r.code, r.what));
+            }
+        }
+    }
+    if kind == "DestinationRule" {
+        for at in TRAFFIC_POLICY_AT {
+            for r in TRAFFIC_POLICY {
+                for (path, v) in select(value, &format!("{at}.{}", r.pattern)) {
+                    if is_set(v) && r.when.is_none_or(|w| w(v)) {
+                        out.push(Warning::at(src, &path, r.code, r.what));
+                    }
+                }
             }
         }
     }

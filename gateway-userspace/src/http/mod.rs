@@ -35,6 +35,7 @@ use crate::{
 };
 
 pub mod body;
+pub mod hash_policy;
 pub mod normalize;
 pub mod proxy;
 pub mod routing;

@@ -111,7 +111,17 @@ pub async fn forward(
         1
     };
 
+    // Consistent hashing: the request's hash, once (retries hash the same).
+    let lb_hash = gw
+        .balancers
+        .get(cluster)
+        .and_then(|b| b.policy.hash_key())
+        .map(|k| {
+            super::hash_policy::request_hash(k, &headers, &path_and_query, conn.peer, conn.local)
+        })
+        .unwrap_or_default();
     let mut last = None;
+    let mut tried = Vec::new();
     for attempt in 0..max_tries {
         if attempt > 0 {
             let pause = policy.backoff(attempt, fastrand::f64());
@@ -120,11 +130,25 @@ pub async fn forward(
             }
             tokio::time::sleep(pause).await;
         }
-        let Some(endpoint) = gw.next_endpoint(cluster) else {
-            log.response_flags.push("UH");
-            log.details = "no_healthy_upstream";
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        let picked = match pick_untried(gw, cluster, lb_hash.hash, &tried) {
+            crate::lb::Pick::Endpoint(p) => p,
+            // Envoy's router for a route whose cluster does not exist (a subset no
+            // DestinationRule defines): 503, empty body, NC, `cluster_not_found`.
+            crate::lb::Pick::NoCluster => {
+                log.response_flags.push("NC");
+                log.details = "cluster_not_found";
+                let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
+                resp.headers_mut().remove(header::CONTENT_TYPE);
+                return resp;
+            }
+            crate::lb::Pick::NoHealthy => {
+                log.response_flags.push("UH");
+                log.details = "no_healthy_upstream";
+                return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            }
         };
+        let endpoint = picked.addr;
+        tried.push(endpoint);
         log.upstream_host = Some(endpoint);
         let uri: Uri = match format!("http://{endpoint}{path_and_query}").parse() {
             Ok(u) => u,
@@ -195,7 +219,13 @@ pub async fn forward(
         if exhausted {
             log.response_flags.push("URX");
         }
-        return respond_upstream(outcome, overall_expired, deadline, upgrade, log);
+        let answered = matches!(outcome, TryOutcome::Response(..));
+        let resp = respond_upstream(outcome, overall_expired, deadline, upgrade, log);
+        return hold_until_done(
+            resp,
+            picked,
+            answered.then_some(lb_hash.set_cookie).flatten(),
+        );
     }
     // The deadline cut the back-off short.
     log.response_flags.push("URX");
@@ -203,6 +233,48 @@ pub async fn forward(
         Some(outcome) => respond_upstream(outcome, true, deadline, None, log),
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
     }
+}
+
+/// Istio's retry policy asks Envoy for `previous_hosts` with
+/// `host_selection_retry_max_attempts: 5` (`retryIgnorePreviousHosts` defaults to true,
+/// pilot/pkg/networking/core/route/retry): a retry re-picks up to 5 times to find an
+/// endpoint not tried yet, then takes the last pick.
+fn pick_untried(
+    gw: &Gateway,
+    cluster: &str,
+    hash: Option<u64>,
+    tried: &[std::net::SocketAddr],
+) -> crate::lb::Pick {
+    let mut pick = gw.pick_endpoint(cluster, hash);
+    for _ in 0..5 {
+        match &pick {
+            crate::lb::Pick::Endpoint(p) if tried.contains(&p.addr) => {
+                pick = gw.pick_endpoint(cluster, hash);
+            }
+            _ => break,
+        }
+    }
+    pick
+}
+
+/// The response with the endpoint counted active (LEAST_REQUEST) until its body is done
+/// or dropped, and the consistent-hash cookie the gateway generated, if any.
+fn hold_until_done(
+    resp: Response<Body>,
+    picked: crate::lb::Picked,
+    set_cookie: Option<HeaderValue>,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    if let Some(c) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, c);
+    }
+    let body = body
+        .map_frame(move |f| {
+            let _held = &picked;
+            f
+        })
+        .boxed_unsync();
+    Response::from_parts(parts, body)
 }
 
 /// Envoy's answer when the stream idle timeout fires before the response started

@@ -198,23 +198,43 @@ pub async fn serve(
         tracing::info!(%peer, port, route = route_name, "closing connection: route has no destinations");
         return close_cleanly(down).await;
     };
-    let Some(endpoint) = gw.next_endpoint(&dest.cluster) else {
-        gw.stats
-            .upstream_connect_failures
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%peer, port, cluster = %dest.cluster, "closing connection: cluster has no endpoints");
-        let up = (&dest.cluster, None, None);
-        refused(
-            &gw,
-            (start_time, started),
-            peer,
-            &down,
-            sni.as_deref(),
-            "UH",
-            Some(up),
-        );
-        return close_cleanly(down).await;
+    // Consistent hashing on L4 has only the source address (Envoy's tcp_proxy
+    // `hash_policy.source_ip`); other keys hash nothing, so the pick is random.
+    let hash = gw
+        .balancers
+        .get(&dest.cluster)
+        .and_then(|b| b.policy.hash_key())
+        .filter(|k| **k == crate::config::dest_rules::HashKey::SourceIp)
+        .map(|_| crate::lb::hash(peer.ip().to_string().as_bytes()));
+    // Held for the connection's life: LEAST_REQUEST counts it as active.
+    let picked = match gw.pick_endpoint(&dest.cluster, hash) {
+        crate::lb::Pick::Endpoint(p) => p,
+        miss => {
+            let (flag, why) = match miss {
+                crate::lb::Pick::NoCluster => (
+                    "NC",
+                    "cluster not found (a subset no DestinationRule defines)",
+                ),
+                _ => ("UH", "cluster has no endpoints"),
+            };
+            gw.stats
+                .upstream_connect_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, port, cluster = %dest.cluster, "closing connection: {why}");
+            let up = (&dest.cluster, None, None);
+            refused(
+                &gw,
+                (start_time, started),
+                peer,
+                &down,
+                sni.as_deref(),
+                flag,
+                Some(up),
+            );
+            return close_cleanly(down).await;
+        }
     };
+    let endpoint = picked.addr;
     let connected =
         tokio::time::timeout(gw.opts.connect_timeout, TcpStream::connect(endpoint)).await;
     let up = match connected {

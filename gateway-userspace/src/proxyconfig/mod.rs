@@ -592,13 +592,24 @@ pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr], ports: &crate::server::Ist
                     "health_status": "HEALTHY",
                 }))
                 .collect();
-            json!({ "cluster": {
+            let mut istio = json!({ "services": [{ "host": c.host, "namespace": c.host.split('.').nth(1).unwrap_or("default") }], "port": c.port });
+            // Istio's cluster metadata (pilot/pkg/networking/util AddConfigInfoMetadata,
+            // AddSubsetToMetadata): the DestinationRule's path and the subset.
+            if let Some((ns, name)) = c.destination_rule.as_deref().and_then(|k| k.split_once('/')) {
+                istio["config"] = format!("/apis/networking.istio.io/v1/namespaces/{ns}/destination-rule/{name}").into();
+            }
+            if !c.subset.is_empty() {
+                istio["subset"] = c.subset.clone().into();
+            }
+            let mut cluster = json!({
                 "@type": T_CLUSTER,
                 "name": c.name,
                 "type": kind,
-                "metadata": { "filter_metadata": { "istio": { "services": [{ "host": c.host, "namespace": c.host.split('.').nth(1).unwrap_or("default") }], "port": c.port } } },
+                "metadata": { "filter_metadata": { "istio": istio } },
                 "load_assignment": { "cluster_name": c.name, "endpoints": [{ "lb_endpoints": lb }] },
-            }})
+            });
+            lb_policy_json(&c.lb, &mut cluster);
+            json!({ "cluster": cluster })
         })
         .collect();
     let mut secrets_dump = json!({ "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump", "dynamic_active_secrets": secrets_json(snap) });
@@ -721,7 +732,12 @@ const PROTOJSON_ORDER: &[&str] = &[
     "clusters",
     "weight",
     "type",
+    "lb_policy",
     "load_assignment",
+    "ring_hash_lb_config",
+    "minimum_ring_size",
+    "maglev_lb_config",
+    "table_size",
     "endpoints",
     "lb_endpoints",
     "endpoint",
@@ -747,6 +763,29 @@ const PROTOJSON_ORDER: &[&str] = &[
     "validation_context",
     "trusted_ca",
 ];
+
+/// Envoy's `lb_policy` and its config, as Istio sets them (cluster.go `applyLoadBalancer`):
+/// ROUND_ROBIN is the enum's zero value, so protojson leaves it out, as Envoy's dump does.
+fn lb_policy_json(lb: &crate::config::dest_rules::LbPolicy, cluster: &mut Value) {
+    use crate::config::dest_rules::LbPolicy;
+    match lb {
+        LbPolicy::RoundRobin => {}
+        LbPolicy::LeastRequest | LbPolicy::Random => {
+            cluster["lb_policy"] = lb.envoy_name().into();
+        }
+        LbPolicy::RingHash {
+            minimum_ring_size, ..
+        } => {
+            cluster["lb_policy"] = lb.envoy_name().into();
+            cluster["ring_hash_lb_config"] =
+                json!({ "minimum_ring_size": minimum_ring_size.to_string() });
+        }
+        LbPolicy::Maglev { table_size, .. } => {
+            cluster["lb_policy"] = lb.envoy_name().into();
+            cluster["maglev_lb_config"] = json!({ "table_size": table_size.to_string() });
+        }
+    }
+}
 
 /// Puts every object's keys in [`PROTOJSON_ORDER`] (the rest after, sorted).
 pub fn protojson_order(v: &mut Value) {

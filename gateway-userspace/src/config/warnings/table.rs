@@ -39,17 +39,12 @@ pub const CODES: &[(&str, &str, &str)] = &[
     (
         "GW1007",
         "VirtualService `http[].retries.retryRemoteLocalities`, `retryIgnorePreviousHosts`",
-        "ignored: each retry takes the cluster's next endpoint, round-robin",
+        "ignored: a retry avoids the endpoints already tried (up to 5 re-picks, Istio's default `retryIgnorePreviousHosts: true`), in any locality",
     ),
     (
         "GW1008",
         "VirtualService `http[].redirect.prefixRewrite`",
         "ignored: the redirect keeps the request's path (or `redirect.uri`)",
-    ),
-    (
-        "GW1009",
-        "`destination.subset` (VirtualService routes)",
-        "ignored: subsets need a DestinationRule, which this gateway does not load; traffic goes to every endpoint of the host",
     ),
     (
         "GW1010",
@@ -83,8 +78,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1021",
-        "ServiceEntry `endpoints[].labels`, `network`, `locality`, `weight`, `serviceAccount`",
-        "ignored: endpoints are picked round-robin, with equal weight",
+        "ServiceEntry `endpoints[].network`, `locality`, `weight`, `serviceAccount`",
+        "ignored: endpoints are picked by the cluster's load balancer with equal weight, whatever their locality",
     ),
     (
         "GW1022",
@@ -117,9 +112,39 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "ignored: a Kubernetes API-server setting",
     ),
     (
-        "GW1060",
-        "a DestinationRule",
-        "ignored, the whole resource: no subsets, load-balancer, connection-pool, outlier-detection or TLS-origination settings",
+        "GW1061",
+        "DestinationRule `trafficPolicy.connectionPool` (top level, `portLevelSettings[]`, `subsets[].trafficPolicy`)",
+        "ignored: no connection or request limits (no 503 `UO`); connect timeout is `--connect-timeout`, upstream connections idle out after 60 s",
+    ),
+    (
+        "GW1062",
+        "DestinationRule `trafficPolicy.outlierDetection` (every level)",
+        "ignored: no endpoint is ever ejected; every endpoint stays HEALTHY",
+    ),
+    (
+        "GW1063",
+        "DestinationRule `trafficPolicy.tls` with a mode other than DISABLE (every level)",
+        "ignored: the gateway connects to the endpoints in plain TCP (no TLS origination)",
+    ),
+    (
+        "GW1064",
+        "DestinationRule `loadBalancer.localityLbSetting`, `warmupDurationSecs`, `warmup`",
+        "ignored: every endpoint gets its share of traffic at once, whatever its locality",
+    ),
+    (
+        "GW1065",
+        "DestinationRule `trafficPolicy.tunnel`, `proxyProtocol`, `retryBudget`; `consistentHash.httpCookie.attributes`",
+        "ignored: connections go to the endpoints directly, without a PROXY header; retries have no budget; a generated cookie carries only Path, Max-Age and HttpOnly",
+    ),
+    (
+        "GW1066",
+        "DestinationRule `workloadSelector`",
+        "ignored: the DestinationRule applies as if it had no selector",
+    ),
+    (
+        "GW1067",
+        "DestinationRule `loadBalancer.simple: PASSTHROUGH`",
+        "ignored: an ingress gateway has no original destination to pass through to (Istio's ORIGINAL_DST cluster would send the request back to the gateway itself); the cluster uses LEAST_REQUEST",
     ),
     (
         "GW1070",
@@ -140,6 +165,11 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "GW2003",
         "a destination host (or ServiceEntry host or endpoint) the resolver cannot find",
         "its cluster has no endpoints, so requests to it get 503 (UH) and TCP/TLS connections are closed",
+    ),
+    (
+        "GW2004",
+        "a route `destination.subset` that the host's DestinationRule does not define (or no DestinationRule applies to the host)",
+        "the route's cluster does not exist, as in Envoy: requests get 503 (NC, `cluster_not_found`) and TCP/TLS connections are closed",
     ),
 ];
 
@@ -250,21 +280,6 @@ pub(super) const VIRTUAL_SERVICE: &[Rule] = &[
         "GW1008",
         "not supported",
     ),
-    rule(
-        "spec.http[*].route[*].destination.subset",
-        "GW1009",
-        "not supported",
-    ),
-    rule(
-        "spec.tcp[*].route[*].destination.subset",
-        "GW1009",
-        "not supported",
-    ),
-    rule(
-        "spec.tls[*].route[*].destination.subset",
-        "GW1009",
-        "not supported",
-    ),
 ];
 
 pub(super) const GATEWAY: &[Rule] = &[
@@ -319,7 +334,6 @@ pub(super) const SERVICE_ENTRY: &[Rule] = &[
     rule("spec.addresses", "GW1020", "not supported"),
     rule("spec.subjectAltNames", "GW1020", "not supported"),
     rule("spec.workloadSelector", "GW1020", "not supported"),
-    rule("spec.endpoints[*].labels", "GW1021", "not supported"),
     rule("spec.endpoints[*].network", "GW1021", "not supported"),
     rule("spec.endpoints[*].locality", "GW1021", "not supported"),
     rule("spec.endpoints[*].weight", "GW1021", "not supported"),
@@ -333,6 +347,47 @@ pub(super) const SERVICE_ENTRY: &[Rule] = &[
         code: "GW1022",
         what: "HTTP/2 upstreams are not supported",
         when: Some(h2_protocol),
+    },
+];
+
+/// DestinationRule fields not acted on at the top level.
+pub(super) const DESTINATION_RULE: &[Rule] =
+    &[rule("spec.workloadSelector", "GW1066", "not supported")];
+
+/// Where a DestinationRule has a traffic policy (each takes [`TRAFFIC_POLICY`]).
+pub(super) const TRAFFIC_POLICY_AT: &[&str] = &[
+    "spec.trafficPolicy",
+    "spec.trafficPolicy.portLevelSettings[*]",
+    "spec.subsets[*].trafficPolicy",
+    "spec.subsets[*].trafficPolicy.portLevelSettings[*]",
+];
+
+/// Fields of a traffic policy not acted on, relative to it.
+pub(super) const TRAFFIC_POLICY: &[Rule] = &[
+    rule("connectionPool", "GW1061", "not supported"),
+    rule("outlierDetection", "GW1062", "not supported"),
+    Rule {
+        pattern: "tls",
+        code: "GW1063",
+        what: "TLS origination is not supported",
+        when: Some(tls_not_disabled),
+    },
+    rule("loadBalancer.localityLbSetting", "GW1064", "not supported"),
+    rule("loadBalancer.warmupDurationSecs", "GW1064", "not supported"),
+    rule("loadBalancer.warmup", "GW1064", "not supported"),
+    rule("tunnel", "GW1065", "not supported"),
+    rule("proxyProtocol", "GW1065", "not supported"),
+    rule("retryBudget", "GW1065", "not supported"),
+    rule(
+        "loadBalancer.consistentHash.httpCookie.attributes",
+        "GW1065",
+        "not supported",
+    ),
+    Rule {
+        pattern: "loadBalancer.simple",
+        code: "GW1067",
+        what: "PASSTHROUGH makes no sense on an ingress gateway",
+        when: Some(is_passthrough),
     },
 ];
 
@@ -365,6 +420,19 @@ fn h2_protocol(v: &Value) -> bool {
             "HTTP2" | "GRPC" | "GRPC-WEB"
         )
     })
+}
+
+/// A `tls` block whose mode is not DISABLE (unset mode is DISABLE, as in Istio).
+fn tls_not_disabled(v: &Value) -> bool {
+    v.get("mode")
+        .and_then(Value::as_str)
+        .is_some_and(|m| m != "DISABLE")
+        || v.as_mapping()
+            .is_some_and(|m| m.keys().any(|k| k.as_str() != Some("mode")))
+}
+
+fn is_passthrough(v: &Value) -> bool {
+    v.as_str() == Some("PASSTHROUGH")
 }
 
 fn is_audit(v: &Value) -> bool {

@@ -1,0 +1,149 @@
+//! networking.istio.io DestinationRule: serde types (every field of Istio's API; those
+//! the gateway does not act on are warnings, `config::warnings`).
+//!
+//! What the gateway implements: `host`, `exportTo`, `subsets` (`name`, `labels`,
+//! `trafficPolicy`), `trafficPolicy.loadBalancer` (`simple`, `consistentHash`) and
+//! `trafficPolicy.portLevelSettings[].loadBalancer`. Everything else is kept as raw YAML
+//! so that a config dump shows it as written.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+use super::istio::{IstioDuration, PortSelector, Resource};
+
+pub type DestinationRule = Resource<DestinationRuleSpec>;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationRuleSpec {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<Subset>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancerSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simple: Option<SimpleLb>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHashLb>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_duration_secs: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Value>,
+}
+
+/// `LoadBalancerSettings.SimpleLB` (LEAST_CONN is the deprecated name of LEAST_REQUEST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SimpleLb {
+    Unspecified,
+    LeastConn,
+    Random,
+    Passthrough,
+    RoundRobin,
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHashLb {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Option<HttpCookie>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<Maglev>,
+    /// Deprecated: `ringHash.minimumRingSize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCookie {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Maglev {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+}
