@@ -35,6 +35,8 @@ use crate::{
 };
 
 pub mod body;
+pub mod cors;
+pub mod mirror;
 pub mod normalize;
 pub mod proxy;
 pub mod routing;

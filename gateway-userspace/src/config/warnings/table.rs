@@ -7,16 +7,6 @@ use serde_yaml::Value;
 /// "Warnings" table.
 pub const CODES: &[(&str, &str, &str)] = &[
     (
-        "GW1001",
-        "VirtualService `http[].corsPolicy`",
-        "ignored: no CORS headers are added and CORS preflight requests are routed like any other request",
-    ),
-    (
-        "GW1002",
-        "VirtualService `http[].mirror`, `mirrors`, `mirrorPercentage`, `mirrorPercent`, `mirror_percent`",
-        "ignored: no copy of the requests is sent anywhere",
-    ),
-    (
         "GW1003",
         "VirtualService `http[].delegate`",
         "ignored: the delegate's routes are not included; requests this entry matches get 404 (NR)",
@@ -48,7 +38,7 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1009",
-        "`destination.subset` (VirtualService routes)",
+        "`destination.subset` (VirtualService routes, `mirror`, `mirrors[]`)",
         "ignored: subsets need a DestinationRule, which this gateway does not load; traffic goes to every endpoint of the host",
     ),
     (
@@ -178,12 +168,6 @@ pub(super) const VIRTUAL_SERVICE: &[Rule] = &[
         what: "not supported",
         when: Some(not_everywhere),
     },
-    rule("spec.http[*].corsPolicy", "GW1001", "not supported"),
-    rule("spec.http[*].mirror", "GW1002", "not supported"),
-    rule("spec.http[*].mirrors", "GW1002", "not supported"),
-    rule("spec.http[*].mirrorPercentage", "GW1002", "not supported"),
-    rule("spec.http[*].mirrorPercent", "GW1002", "not supported"),
-    rule("spec.http[*].mirror_percent", "GW1002", "not supported"),
     rule("spec.http[*].delegate", "GW1003", "not supported"),
     rule(
         "spec.http[*].match[*].sourceLabels",
@@ -252,6 +236,12 @@ pub(super) const VIRTUAL_SERVICE: &[Rule] = &[
     ),
     rule(
         "spec.http[*].route[*].destination.subset",
+        "GW1009",
+        "not supported",
+    ),
+    rule("spec.http[*].mirror.subset", "GW1009", "not supported"),
+    rule(
+        "spec.http[*].mirrors[*].destination.subset",
         "GW1009",
         "not supported",
     ),
