@@ -149,7 +149,11 @@ fn cors_preflights_and_simple_requests_as_envoy() {
         args.extend(["-H", "x-request-id: pf-ok"]);
         let r = e.curl("cors.test", "/api", &args);
         assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.header("access-control-allow-origin"), Some(origin), "{r:?}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some(origin),
+            "{r:?}"
+        );
         assert_eq!(r.header("access-control-allow-methods"), Some("GET,POST"));
         assert_eq!(
             r.header("access-control-allow-headers"),
@@ -161,6 +165,14 @@ fn cors_preflights_and_simple_requests_as_envoy() {
         assert!(r.body.is_empty(), "{r:?}");
     }
     assert_eq!(primary.count(), 0, "{:#?}", primary.seen());
+    // The config dump shows the route's CORS filter config as Istio writes it.
+    let dump = e.gw.admin_json("/config_dump").to_string();
+    assert!(
+        dump.contains(r#""allow_methods":"GET,POST""#)
+            && dump.contains(r#""forward_not_matching_preflights":true"#)
+            && dump.contains(r#""max_age":"3600""#),
+        "{dump}"
+    );
     let l = log_line(&e.gw, "pf-ok");
     assert!(l.contains("details=\"cors_response\""), "{l}");
     assert!(l.contains("status=200"), "{l}");
@@ -216,7 +228,10 @@ fn cors_preflights_and_simple_requests_as_envoy() {
         &["-X", "OPTIONS", "-H", "Origin: https://dev.x"],
     );
     assert_eq!(r.header("x-backend"), Some("primary"), "{r:?}");
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://dev.x"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://dev.x")
+    );
     // A disallowed origin, or none: no CORS header at all.
     for extra in [&["-H", "Origin: https://evil.test"][..], &[][..]] {
         let r = e.curl("cors.test", "/simple", extra);
@@ -262,15 +277,33 @@ fn mirror_sends_a_copy_and_the_client_sees_only_the_primary() {
     let r = e.curl(
         "mirror.test",
         "/orig?q=1",
-        &["-X", "POST", "--data-binary", "hello-mirror", "-H", "x-request-id: m-1"],
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            "hello-mirror",
+            "-H",
+            "x-request-id: m-1",
+        ],
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-backend"), Some("primary"));
     assert_eq!(r.body, "primary");
+    let dump = e.gw.admin_json("/config_dump").to_string();
+    assert!(
+        dump.contains(r#""request_mirror_policies":[{"cluster":"outbound|18105||127.0.0.1","runtime_fraction":{"default_value":{"denominator":"MILLION","numerator":500000}}}]"#),
+        "{dump}"
+    );
     let p = primary.wait_count(1, Duration::from_secs(5)).remove(0);
     let m = mirror.wait_count(1, Duration::from_secs(5)).remove(0);
-    assert_eq!((p.method.as_str(), p.path.as_str()), ("POST", "/rewritten?q=1"));
-    assert_eq!((m.method.as_str(), m.path.as_str()), ("POST", "/rewritten?q=1"));
+    assert_eq!(
+        (p.method.as_str(), p.path.as_str()),
+        ("POST", "/rewritten?q=1")
+    );
+    assert_eq!(
+        (m.method.as_str(), m.path.as_str()),
+        ("POST", "/rewritten?q=1")
+    );
     assert_eq!(m.body, b"hello-mirror");
     assert_eq!(p.header("host"), Some("mirror.test"));
     assert_eq!(m.header("host"), Some("mirror.test-shadow"));
@@ -299,7 +332,10 @@ fn mirror_sends_a_copy_and_the_client_sees_only_the_primary() {
     );
     assert_eq!(r.status, 200, "{r:?}");
     let m = mirror.wait_count(3, Duration::from_secs(5)).remove(2);
-    assert_eq!((m.method.as_str(), m.body.as_slice()), ("PUT", &b"chunked-body"[..]));
+    assert_eq!(
+        (m.method.as_str(), m.body.as_slice()),
+        ("PUT", &b"chunked-body"[..])
+    );
 
     // A body the primary gets streamed (over the 64 KiB retry buffer) but within the
     // mirror buffer: the copy has all of it.
@@ -341,9 +377,20 @@ fn a_down_or_slow_mirror_never_touches_the_primary() {
         let r = e.curl(
             "mirror.test",
             "/down",
-            &["-X", "POST", "-d", "x", "-H", &format!("x-request-id: {id}")],
+            &[
+                "-X",
+                "POST",
+                "-d",
+                "x",
+                "-H",
+                &format!("x-request-id: {id}"),
+            ],
         );
-        assert_eq!((r.status, r.header("x-backend")), (200, Some("primary")), "{r:?}");
+        assert_eq!(
+            (r.status, r.header("x-backend")),
+            (200, Some("primary")),
+            "{r:?}"
+        );
         let l = log_line(&e.gw, &id);
         let took = duration_of(&l);
         assert!(took < Duration::from_secs(1), "{took:?}: {l}");
@@ -359,7 +406,11 @@ fn a_down_or_slow_mirror_never_touches_the_primary() {
             "/slow",
             &["-H", &format!("x-request-id: {id}")],
         );
-        assert_eq!((r.status, r.header("x-backend")), (200, Some("primary")), "{r:?}");
+        assert_eq!(
+            (r.status, r.header("x-backend")),
+            (200, Some("primary")),
+            "{r:?}"
+        );
         // Well under the mirror's 5 s, whatever the machine's load.
         assert!(r.elapsed < Duration::from_secs(2), "{:?}", r.elapsed);
         let took = duration_of(&log_line(&e.gw, &id));
@@ -377,12 +428,8 @@ fn mirror_percentages_and_several_mirrors() {
         return;
     }
     let e = env("mirror-pct");
-    let (primary, half, zero, sentinel) = (
-        e.rec(PRIMARY),
-        e.rec(HALF),
-        e.rec(ZERO),
-        e.rec(SENTINEL),
-    );
+    let (primary, half, zero, sentinel) =
+        (e.rec(PRIMARY), e.rec(HALF), e.rec(ZERO), e.rec(SENTINEL));
     const N: usize = 200;
 
     // One curl, N requests on a keep-alive connection (bounded: 20 s max-time each
@@ -391,13 +438,20 @@ fn mirror_percentages_and_several_mirrors() {
         let urls: Vec<String> = (0..N)
             .map(|i| format!("http://127.0.0.1/{prefix}/{i}"))
             .collect();
-        let out = e
-            .ns
-            .cmd("curl")
-            .args(["-sS", "-o", "/dev/null", "--max-time", "60", "-H", "Host: mirror.test"])
-            .args(&urls)
-            .output()
-            .expect("curl");
+        let out =
+            e.ns.cmd("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "--max-time",
+                    "60",
+                    "-H",
+                    "Host: mirror.test",
+                ])
+                .args(&urls)
+                .output()
+                .expect("curl");
         assert!(out.status.success(), "{out:?}");
     };
 
@@ -417,7 +471,10 @@ fn mirror_percentages_and_several_mirrors() {
         }
     }
     let copies = half.count();
-    assert!((60..=140).contains(&copies), "{copies} of {N} mirrored at 50 %");
+    assert!(
+        (60..=140).contains(&copies),
+        "{copies} of {N} mirrored at 50 %"
+    );
     assert!(
         half.seen().iter().all(|s| s.path.starts_with("/half/")),
         "{:#?}",
