@@ -87,7 +87,9 @@ impl Decoration {
 impl Cors {
     /// Compiles a policy that [`problems`] found nothing wrong with.
     pub fn compile(p: &istio::CorsPolicy, what: &str) -> Result<Cors, String> {
-        let origins = match &p.allow_origins {
+        // A proto repeated field cannot tell `[]` from unset: an empty `allowOrigins`
+        // falls back to `allowOrigin`, as in Istio.
+        let origins = match p.allow_origins.as_deref().filter(|l| !l.is_empty()) {
             Some(list) => list
                 .iter()
                 .map(|sm| StrMatch::compile(sm, &format!("{what} corsPolicy.allowOrigins")))

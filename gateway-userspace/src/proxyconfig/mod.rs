@@ -167,7 +167,7 @@ fn string_match(m: &StringMatch) -> Value {
 
 /// Istio's translateCORSPolicy (route.go): the route's CORS filter config.
 fn cors_json(c: &crate::config::istio::CorsPolicy) -> Value {
-    let origins: Vec<Value> = match &c.allow_origins {
+    let origins: Vec<Value> = match c.allow_origins.as_deref().filter(|l| !l.is_empty()) {
         Some(list) => list.iter().map(string_match).collect(),
         None => c
             .allow_origin

@@ -143,7 +143,7 @@ pub fn effect(code: &str) -> &'static str {
 
 /// A field of one kind that is accepted and not acted on.
 pub(super) struct Rule {
-    /// `spec.http[*].corsPolicy`: `[*]` is every item of a sequence.
+    /// `spec.http[*].delegate`: `[*]` is every item of a sequence.
     pub pattern: &'static str,
     pub code: &'static str,
     /// What the field is, for the message.

@@ -39,6 +39,8 @@ fn origins_match_exact_prefix_regex_and_star() {
     assert!(old.origin_allowed("https://b.example.com"));
     let both = policy("allowOrigin: [https://b.example.com]\nallowOrigins: [{exact: https://c}]");
     assert!(!both.origin_allowed("https://b.example.com"));
+    let empty = policy("allowOrigin: [https://b.example.com]\nallowOrigins: []");
+    assert!(empty.origin_allowed("https://b.example.com"));
     assert!(policy("allowMethods: [GET]").origins.is_empty());
 }
 
