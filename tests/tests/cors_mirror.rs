@@ -393,6 +393,7 @@ fn a_down_or_slow_mirror_never_touches_the_primary() {
         );
         let l = log_line(&e.gw, &id);
         let took = duration_of(&l);
+        eprintln!("mirror down: primary {took:?} in the gateway");
         assert!(took < Duration::from_secs(1), "{took:?}: {l}");
         assert!(!l.contains("response_flags=U"), "{l}");
     }
@@ -414,6 +415,10 @@ fn a_down_or_slow_mirror_never_touches_the_primary() {
         // Well under the mirror's 5 s, whatever the machine's load.
         assert!(r.elapsed < Duration::from_secs(2), "{:?}", r.elapsed);
         let took = duration_of(&log_line(&e.gw, &id));
+        eprintln!(
+            "slow mirror: primary {took:?} in the gateway, {:?} for curl",
+            r.elapsed
+        );
         assert!(took < Duration::from_secs(1), "{took:?}");
     }
     // And the slow mirror did get its copies (so the timing above is meaningful).
@@ -471,6 +476,7 @@ fn mirror_percentages_and_several_mirrors() {
         }
     }
     let copies = half.count();
+    eprintln!("mirrorPercentage 50: {copies} of {N} requests copied");
     assert!(
         (60..=140).contains(&copies),
         "{copies} of {N} mirrored at 50 %"
