@@ -4,6 +4,7 @@ pub mod backends;
 pub mod data;
 pub mod gateway;
 pub mod netns;
+pub mod recorder;
 pub mod scale;
 pub mod scalebench;
 pub mod stream;

@@ -37,9 +37,7 @@ spec:
   hosts: [web.example.com]
   gateways: [istio-system/fields-gw]
   http:
-  - corsPolicy:
-      allowOrigins: [{exact: "https://app.example.com"}]
-    match: [{name: hello, uri: {prefix: /hello}}, {uri: {prefix: /}}]
+  - match: [{name: hello, statPrefix: hello, uri: {prefix: /hello}}, {uri: {prefix: /}}]
     route:
     - destination: {host: web.internal, port: {number: 80}}
 ---
@@ -92,7 +90,7 @@ const MESH: &str = "accessLogFile: /dev/stdout\nenableTracing: true\n";
 /// file) for every warning FIELDS gives.
 const EXPECTED: &[(&str, &str)] = &[
     ("GW1011", "defaultEndpoint:"),
-    ("GW1001", "corsPolicy:"),
+    ("GW1006", "statPrefix:"),
     ("GW1021", "locality:"),
     ("GW1050", "immutable:"),
     ("GW1031", "tracing:"),
@@ -164,7 +162,9 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
         out.contains(&format!("{mesh_at}: warning[GW1070]: enableTracing: ")),
         "{out}"
     );
-    assert!(out.contains("spec.http[0].corsPolicy: not supported; ignored: no CORS headers"));
+    assert!(out.contains(
+        "spec.http[0].match[0].statPrefix: not supported; ignored: no per-route statistics"
+    ));
     assert!(out.contains("8 warning(s)"), "{out}");
     assert!(out.contains("config OK"), "{out}");
 
@@ -174,13 +174,15 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
         &["validate", "--strict", "--config", c, "--mesh-config", m],
     );
     assert_eq!(code, 64, "validate --strict:\n{out}");
-    let at = pos(&cfg, FIELDS, "corsPolicy:");
+    let at = pos(&cfg, FIELDS, "statPrefix:");
     assert!(
-        out.contains(&format!("{at}: spec.http[0].corsPolicy: not supported")),
+        out.contains(&format!(
+            "{at}: spec.http[0].match[0].statPrefix: not supported"
+        )),
         "{out}"
     );
     assert!(
-        out.contains("[GW1001]") && out.contains("[GW1061]"),
+        out.contains("[GW1006]") && out.contains("[GW1061]"),
         "{out}"
     );
     assert!(!out.contains("config OK"), "{out}");
@@ -253,7 +255,7 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
         "{metrics}"
     );
     for code in [
-        "GW1001", "GW1011", "GW1021", "GW1031", "GW1040", "GW1050", "GW1061", "GW1070",
+        "GW1006", "GW1011", "GW1021", "GW1031", "GW1040", "GW1050", "GW1061", "GW1070",
     ] {
         assert!(
             metrics.contains(&format!("gateway_config_warnings{{code=\"{code}\"}} 1\n")),

@@ -216,9 +216,8 @@ pub struct HttpRoute {
         skip_serializing_if = "Option::is_none"
     )]
     pub mirror_percent_proto_name: Option<u32>,
-    /// Not implemented: a warning (GW1001; so are mirror*, delegate: config::warnings).
     #[serde(default)]
-    pub cors_policy: Option<serde_yaml::Value>,
+    pub cors_policy: Option<CorsPolicy>,
     #[serde(default)]
     pub headers: Option<Headers>,
 }
@@ -412,6 +411,39 @@ pub struct HttpMirrorPolicy {
     pub destination: Destination,
     #[serde(default)]
     pub percentage: Option<Percent>,
+}
+
+/// Istio `CorsPolicy` (networking/v1alpha3/virtual_service.proto), compiled into
+/// Envoy's CORS filter by `http::cors`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Deprecated exact origins; used only when `allowOrigins` is unset (Istio).
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    #[serde(default)]
+    pub allow_origins: Option<Vec<StringMatch>>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<IstioDuration>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    /// `UNSPECIFIED` (= `FORWARD`), `FORWARD` or `IGNORE`.
+    #[serde(default)]
+    pub unmatched_preflights: Option<UnmatchedPreflights>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UnmatchedPreflights {
+    Unspecified,
+    Forward,
+    Ignore,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

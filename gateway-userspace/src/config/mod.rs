@@ -34,7 +34,7 @@ mod tests;
 pub use host_map::{HostMap, Semantics as HostSemantics};
 pub use snapshot::{
     Cluster, HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol,
-    Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsMode, TlsRoute,
+    MirrorCluster, Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsMode, TlsRoute,
     WeightedCluster,
 };
 pub use warnings::Warning;

@@ -200,6 +200,16 @@ pub struct HttpRouteEntry {
     pub route: std::sync::Arc<istio::HttpRoute>,
     /// Resolved `route[]` destinations (empty for redirect/directResponse).
     pub destinations: Vec<WeightedCluster>,
+    /// Resolved `mirror` / `mirrors[]` destinations, those with a share above 0.
+    pub mirrors: Vec<MirrorCluster>,
+}
+
+/// A mirror destination and the share of requests copied to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MirrorCluster {
+    pub cluster: String,
+    /// Per million requests (Istio's FractionalPercent with denominator MILLION).
+    pub per_million: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -10,8 +10,8 @@ use super::istio::{self, Gateway, Resolution, StringMatch, TlsMode, VirtualServi
 use super::parse::{Entry, Parsed};
 use super::resolve::Resolver;
 use super::snapshot::{
-    HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol, Resources, Secret,
-    ServerKind, ServerRef, Snapshot, TcpRoute, TlsRoute, WeightedCluster,
+    HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol, MirrorCluster,
+    Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsRoute, WeightedCluster,
 };
 use super::source::Source;
 use super::warnings::Warning;
@@ -581,6 +581,14 @@ fn validate_virtual_service(vs: &Entry<VirtualService>, errors: &mut Vec<ConfigE
         for (path, e) in crate::http::routing::problems(route) {
             errors.push(src.error(&format!("{at}.{path}"), e));
         }
+        for (path, e) in crate::http::mirror::problems(route) {
+            errors.push(src.error(&format!("{at}.{path}"), e));
+        }
+        if let Some(cors) = &route.cors_policy {
+            for (path, e) in crate::http::cors::problems(cors) {
+                errors.push(src.error(&format!("{at}.{path}"), e));
+            }
+        }
         let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
         check_weights(&weights, src, &format!("{at}.route"), errors);
     }
@@ -893,9 +901,11 @@ impl RouteBuilder<'_> {
                         r.route.iter().map(|d| (&d.destination, d.weight)).collect();
                     let destinations =
                         self.resolve(b, &format!("spec.http[{i}].route"), &dests, errors);
+                    let mirrors = self.resolve_mirrors(b, i, r, errors);
                     routes.push(HttpRouteEntry {
                         route: std::sync::Arc::clone(r),
                         destinations,
+                        mirrors,
                     });
                 }
                 if !routes.is_empty() {
@@ -917,6 +927,42 @@ impl RouteBuilder<'_> {
             tls,
             http,
         }
+    }
+
+    /// Resolves `spec.http[i]`'s mirror destinations (`crate::http::mirror::policies`).
+    fn resolve_mirrors(
+        &mut self,
+        b: &VsBinding,
+        i: usize,
+        r: &istio::HttpRoute,
+        errors: &mut Vec<ConfigError>,
+    ) -> Vec<MirrorCluster> {
+        let mut out = Vec::new();
+        for (path, dest, per_million) in crate::http::mirror::policies(r) {
+            let at = format!("spec.http[{i}].{path}");
+            let key = format!("{}#{at}", b.vs.res.key());
+            let cluster = match self.cache.get(&key) {
+                Some(hit) => hit.first().map(|w| w.cluster.clone()),
+                None => {
+                    let c = self
+                        .resolver
+                        .destination(dest, b.ns(), &b.vs.src, &at, errors);
+                    let cached = c.iter().map(|c| WeightedCluster {
+                        cluster: c.clone(),
+                        weight: 100,
+                    });
+                    self.cache.insert(key, cached.collect());
+                    c
+                }
+            };
+            if let Some(cluster) = cluster {
+                out.push(MirrorCluster {
+                    cluster,
+                    per_million,
+                });
+            }
+        }
+        out
     }
 
     /// Resolves a route's destination list (at `path`, e.g. `spec.tcp[0].route`)

@@ -1,6 +1,6 @@
 //! Every field the gateway reads but does not act on, said out loud.
 //!
-//! Istio's API has fields this gateway does not implement (`corsPolicy`, mirroring,
+//! Istio's API has fields this gateway does not implement (`delegate`,
 //! `sourceLabels`, Telemetry `tracing`, ...). Kubernetes (structural CRD schemas,
 //! `kubectl apply`'s strict field validation) accepts them, so the loader does too,
 //! but never silently: each one set (not null, empty, `false` or its default) gives a

@@ -42,6 +42,64 @@ pub struct CountingBody {
     pub timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Set when the timeout ended the body (the proxy answers 408 `SI` then).
     pub timed_out: Arc<AtomicBool>,
+    /// A copy of the body for the mirrors (`super::mirror`), while one is wanted.
+    pub tee: Option<Tee>,
+}
+
+/// Collects the request body as it streams to the primary upstream, up to `limit`
+/// bytes, and hands it to the mirror task when the body has ended. Dropped (the
+/// mirror task then gives up) when the body grows past `limit` or fails, as Envoy's
+/// router abandons its shadows when the request overflows its buffer limit
+/// (router.cc, decodeData: `retry_or_shadow_abandoned`).
+pub struct Tee {
+    pub buf: Vec<u8>,
+    pub limit: usize,
+    pub done: tokio::sync::oneshot::Sender<Bytes>,
+}
+
+impl CountingBody {
+    /// Starts copying the body for the mirrors; the receiver gets the whole body, or
+    /// an error if it is abandoned.
+    pub fn tee(&mut self, limit: usize) -> tokio::sync::oneshot::Receiver<Bytes> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if self.inner.is_end_stream() {
+            let _ = done.send(Bytes::new());
+        } else {
+            self.tee = Some(Tee {
+                buf: Vec::new(),
+                limit,
+                done,
+            });
+        }
+        rx
+    }
+
+    fn copy(&mut self, polled: &Option<Result<Frame<Bytes>, hyper::Error>>) {
+        let Some(tee) = self.tee.as_mut() else { return };
+        match polled {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    if tee.buf.len() + d.len() > tee.limit {
+                        self.tee = None;
+                        return;
+                    }
+                    tee.buf.extend_from_slice(d);
+                }
+                // hyper stops polling a body that says it has ended.
+                if !self.inner.is_end_stream() {
+                    return;
+                }
+            }
+            Some(Err(_)) => {
+                self.tee = None;
+                return;
+            }
+            None => {}
+        }
+        if let Some(tee) = self.tee.take() {
+            let _ = tee.done.send(Bytes::from(tee.buf));
+        }
+    }
 }
 
 impl CountingBody {
@@ -52,6 +110,7 @@ impl CountingBody {
             idle,
             timer: None,
             timed_out: Arc::new(AtomicBool::new(false)),
+            tee: None,
         }
     }
 }
@@ -72,6 +131,7 @@ impl HttpBody for CountingBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(polled) => {
                 self.timer = None;
+                self.copy(&polled);
                 if let Some(Ok(f)) = &polled
                     && let Some(d) = f.data_ref()
                 {
@@ -88,6 +148,7 @@ impl HttpBody for CountingBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 if timer.as_mut().poll(cx).is_ready() {
                     self.timed_out.store(true, Ordering::Relaxed);
+                    self.tee = None;
                     return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))));
                 }
                 Poll::Pending

@@ -35,7 +35,9 @@ use crate::{
 };
 
 pub mod body;
+pub mod cors;
 pub mod hash_policy;
+pub mod mirror;
 pub mod normalize;
 pub mod proxy;
 pub mod routing;

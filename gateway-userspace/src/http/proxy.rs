@@ -6,7 +6,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -22,7 +22,7 @@ use hyper::{
 use super::{
     RequestLog,
     body::{Body, CountingBody, LoggedBody, empty, full},
-    normalize,
+    cors, mirror, normalize,
     routing::{self, Action, RequestView, RouteTable},
     upgrade::{self, Offer},
     upstream::{self, UpstreamClient},
@@ -315,7 +315,12 @@ async fn route_request(
     // carries no further request (Envoy: saw_connection_close_ for a rejected upgrade;
     // its codec never parses past an upgrade request).
     let close_after = offer.closes_unless_tunnelled();
+    // The CORS filter's response headers, once it has seen the request (`cors`).
+    let cors_out: OnceLock<cors::Decoration> = OnceLock::new();
     let done = |log: RequestLog, mut resp: Response<Body>| -> Result<Response<Body>, Infallible> {
+        if let Some(d) = cors_out.get() {
+            d.apply(resp.headers_mut());
+        }
         if close_after && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -453,6 +458,22 @@ async fn route_request(
         route.response_headers.apply(resp.headers_mut());
         return done(log, resp);
     }
+    // Istio's CORS filter comes after the fault filter.
+    if let Some(c) = &route.cors {
+        match c.decide(&parts.method, &parts.headers) {
+            cors::Decision::Pass => {}
+            cors::Decision::Decorate(d) => {
+                let _ = cors_out.set(d);
+            }
+            cors::Decision::Answer(resp, d) => {
+                if let Some(d) = d {
+                    let _ = cors_out.set(d);
+                }
+                log.details = "cors_response";
+                return done(log, resp);
+            }
+        }
+    }
 
     match &route.action {
         Action::Direct { status, body } => {
@@ -568,6 +589,21 @@ async fn route_request(
                 Some(q) => format!("{path}?{q}"),
                 None => path,
             };
+            let mut body = body;
+            let mirrors = match offer {
+                Offer::Permitted(_) => Vec::new(),
+                _ => mirror::roll(&route.mirrors),
+            };
+            if !mirrors.is_empty() {
+                let copy = mirror::Copy {
+                    method: parts.method.clone(),
+                    headers: parts.headers.clone(),
+                    path_and_query: path_and_query.clone(),
+                    timeout: route.timeout,
+                };
+                let copied = body.tee(mirror::BUFFER_LIMIT);
+                mirror::spawn(gw.clone(), conn.client.clone(), mirrors, copy, copied);
+            }
 
             let up = upstream::forward(
                 &gw,

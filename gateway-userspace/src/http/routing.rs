@@ -288,6 +288,10 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub fault: Fault,
+    /// `corsPolicy` (`super::cors`).
+    pub cors: Option<super::cors::Cors>,
+    /// `mirror` / `mirrors` with their shares (`super::mirror`); used by forwarding routes.
+    pub mirrors: Vec<super::mirror::Mirror>,
 }
 
 impl Route {
@@ -351,7 +355,7 @@ pub enum StrMatch {
 }
 
 impl StrMatch {
-    fn compile(sm: &StringMatch, what: &str) -> Result<Option<StrMatch>, String> {
+    pub(crate) fn compile(sm: &StringMatch, what: &str) -> Result<Option<StrMatch>, String> {
         Ok(if let Some(e) = &sm.exact {
             Some(StrMatch::Exact(e.clone()))
         } else if let Some(p) = &sm.prefix {
@@ -946,6 +950,19 @@ fn compile_routes(
                 .filter(|d| !d.is_zero()),
             retry: RetryPolicy::from_istio(r.retries.as_ref()),
             fault: compile_fault(r.fault.as_ref(), &what)?,
+            cors: r
+                .cors_policy
+                .as_ref()
+                .map(|p| super::cors::Cors::compile(p, &what))
+                .transpose()?,
+            mirrors: e
+                .mirrors
+                .iter()
+                .map(|m| super::mirror::Mirror {
+                    cluster: m.cluster.clone(),
+                    per_million: m.per_million,
+                })
+                .collect(),
         }));
     }
     Ok(out)

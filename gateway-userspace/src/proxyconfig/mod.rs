@@ -165,6 +165,40 @@ fn string_match(m: &StringMatch) -> Value {
     }
 }
 
+/// Istio's translateCORSPolicy (route.go): the route's CORS filter config.
+fn cors_json(c: &crate::config::istio::CorsPolicy) -> Value {
+    let origins: Vec<Value> = match c.allow_origins.as_deref().filter(|l| !l.is_empty()) {
+        Some(list) => list.iter().map(string_match).collect(),
+        None => c
+            .allow_origin
+            .iter()
+            .map(|o| json!({ "exact": o }))
+            .collect(),
+    };
+    let mut v = json!({
+        "@type": "type.googleapis.com/envoy.config.route.v3.CorsPolicy",
+        "allow_origin_string_match": origins,
+        "filter_enabled": { "default_value": { "numerator": 100 } },
+        "forward_not_matching_preflights": c.unmatched_preflights != Some(crate::config::istio::UnmatchedPreflights::Ignore),
+    });
+    for (k, list) in [
+        ("allow_methods", &c.allow_methods),
+        ("allow_headers", &c.allow_headers),
+        ("expose_headers", &c.expose_headers),
+    ] {
+        if !list.is_empty() {
+            v[k] = list.join(",").into();
+        }
+    }
+    if let Some(m) = &c.max_age {
+        v["max_age"] = m.duration.as_secs().to_string().into();
+    }
+    if let Some(b) = c.allow_credentials {
+        v["allow_credentials"] = b.into();
+    }
+    v
+}
+
 /// Envoy routes of one VirtualService `http[]` entry: one per `match` block, named as
 /// Istio's `TranslateRoute` names them (pilot/pkg/networking/core/route/route.go):
 /// `http[].name`, plus `.<match name>` for a named block; no `name` at all when that is
@@ -187,6 +221,17 @@ fn routes_json(vs: &str, e: &HttpRouteEntry) -> Vec<Value> {
             route["redirect"] = serde_json::to_value(red).unwrap_or_default();
         } else {
             route["route"] = cluster_action(&e.destinations);
+            if !e.mirrors.is_empty() {
+                route["route"]["request_mirror_policies"] = e
+                    .mirrors
+                    .iter()
+                    .map(|m| json!({ "cluster": m.cluster, "runtime_fraction": { "default_value": { "numerator": m.per_million, "denominator": "MILLION" } } }))
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+        }
+        if let Some(c) = &r.cors_policy {
+            route["typed_per_filter_config"] = json!({ "envoy.filters.http.cors": cors_json(c) });
         }
         route
     };

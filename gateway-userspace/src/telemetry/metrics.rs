@@ -69,6 +69,22 @@ pub struct Stats {
     pub active_total: AtomicU64,
     /// The heap trimmer's looks (`crate::runtime::heap`).
     pub heap: crate::runtime::heap::HeapStats,
+    /// Mirror (shadow) requests by outcome (`crate::http::mirror`).
+    pub mirror: MirrorStats,
+}
+
+/// What became of the copies `mirror`/`mirrors` asked for.
+#[derive(Debug, Default)]
+pub struct MirrorStats {
+    /// Sent, and the mirror answered (any status; the answer is discarded).
+    pub answered: AtomicU64,
+    /// Sent, and the mirror failed: connect failure, reset or timeout.
+    pub failed: AtomicU64,
+    /// Not sent: the mirror cluster had no endpoint.
+    pub no_endpoint: AtomicU64,
+    /// Not sent: the request body exceeded the mirror buffer (Envoy's
+    /// `retry_or_shadow_abandoned`), failed, or was never read to its end.
+    pub abandoned: AtomicU64,
 }
 
 impl Stats {
@@ -157,6 +173,23 @@ impl Stats {
             "counter",
             "Upstream connects that failed or timed out.",
             &plain(&self.upstream_connect_failures),
+        );
+        family(
+            "gateway_mirror_requests_total",
+            "counter",
+            "Mirror (shadow) copies of requests by outcome: answered, failed (connect failure, reset, timeout), no_endpoint, abandoned (body too large for the mirror buffer, or not received in full).",
+            &[
+                ("{outcome=\"answered\"}".into(), get(&self.mirror.answered)),
+                ("{outcome=\"failed\"}".into(), get(&self.mirror.failed)),
+                (
+                    "{outcome=\"no_endpoint\"}".into(),
+                    get(&self.mirror.no_endpoint),
+                ),
+                (
+                    "{outcome=\"abandoned\"}".into(),
+                    get(&self.mirror.abandoned),
+                ),
+            ],
         );
         family(
             "gateway_heap_free_bytes",

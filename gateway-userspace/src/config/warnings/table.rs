@@ -7,16 +7,6 @@ use serde_yaml::Value;
 /// "Warnings" table.
 pub const CODES: &[(&str, &str, &str)] = &[
     (
-        "GW1001",
-        "VirtualService `http[].corsPolicy`",
-        "ignored: no CORS headers are added and CORS preflight requests are routed like any other request",
-    ),
-    (
-        "GW1002",
-        "VirtualService `http[].mirror`, `mirrors`, `mirrorPercentage`, `mirrorPercent`, `mirror_percent`",
-        "ignored: no copy of the requests is sent anywhere",
-    ),
-    (
         "GW1003",
         "VirtualService `http[].delegate`",
         "ignored: the delegate's routes are not included; requests this entry matches get 404 (NR)",
@@ -183,7 +173,7 @@ pub fn effect(code: &str) -> &'static str {
 
 /// A field of one kind that is accepted and not acted on.
 pub(super) struct Rule {
-    /// `spec.http[*].corsPolicy`: `[*]` is every item of a sequence.
+    /// `spec.http[*].delegate`: `[*]` is every item of a sequence.
     pub pattern: &'static str,
     pub code: &'static str,
     /// What the field is, for the message.
@@ -208,12 +198,6 @@ pub(super) const VIRTUAL_SERVICE: &[Rule] = &[
         what: "not supported",
         when: Some(not_everywhere),
     },
-    rule("spec.http[*].corsPolicy", "GW1001", "not supported"),
-    rule("spec.http[*].mirror", "GW1002", "not supported"),
-    rule("spec.http[*].mirrors", "GW1002", "not supported"),
-    rule("spec.http[*].mirrorPercentage", "GW1002", "not supported"),
-    rule("spec.http[*].mirrorPercent", "GW1002", "not supported"),
-    rule("spec.http[*].mirror_percent", "GW1002", "not supported"),
     rule("spec.http[*].delegate", "GW1003", "not supported"),
     rule(
         "spec.http[*].match[*].sourceLabels",

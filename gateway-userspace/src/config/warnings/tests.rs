@@ -30,9 +30,7 @@ spec:
   hosts: [web.example.com]
   gateways: [istio-system/gw]
   http:
-  - corsPolicy:
-      allowOrigins: [{exact: https://a.example.com}]
-    match:
+  - match:
     - uri: {prefix: /}
       sourceLabels: {app: x}
     route:
@@ -46,8 +44,7 @@ fn one_warning_per_unsupported_field_with_the_key_position() {
         w,
         [
             "w.yaml:7:54: warning[GW1011]: Gateway istio-system/gw: spec.servers[0].port.targetPort: not supported; ignored: the port listens on `--bind`'s addresses, on `port.number`",
-            "w.yaml:17:5: warning[GW1001]: VirtualService default/web: spec.http[0].corsPolicy: not supported; ignored: no CORS headers are added and CORS preflight requests are routed like any other request",
-            "w.yaml:21:7: warning[GW1004]: VirtualService default/web: spec.http[0].match[0].sourceLabels: not supported; ignored: the match applies as if they were unset (Istio would compare them with the gateway's labels and namespace)",
+            "w.yaml:19:7: warning[GW1004]: VirtualService default/web: spec.http[0].match[0].sourceLabels: not supported; ignored: the match applies as if they were unset (Istio would compare them with the gateway's labels and namespace)",
         ]
     );
 }
@@ -107,7 +104,7 @@ fn every_kind_has_its_warnings() {
 fn defaults_and_empty_values_are_not_warned() {
     let vs = VS_YAML
         .replace(
-            "  - corsPolicy:\n      allowOrigins: [{exact: https://a.example.com}]\n    match:",
+            "  - mirror:\n      {host: 127.0.0.1, subset: v1, port: {number: 9}}\n    match:",
             "  - corsPolicy: {}\n    match:",
         )
         .replace("sourceLabels: {app: x}", "sourceNamespace: \"\"")
@@ -224,7 +221,7 @@ fn refused_fields_and_misspellings_stay_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("exponentialDelay is not supported"), "{e}");
-    let typo = VS_YAML.replace("corsPolicy:", "corsPolicyy:");
+    let typo = VS_YAML.replace("    route:\n", "    corsPolicyy: {}\n    route:\n");
     let e = load(&typo, Missing::Isolate)
         .result
         .unwrap_err()
@@ -267,7 +264,7 @@ fn metric_counts_per_code() {
     render_prometheus(&l.warnings, &mut out);
     assert!(out.contains("# TYPE gateway_config_warnings gauge\n"));
     assert!(
-        out.contains("gateway_config_warnings{code=\"GW1001\"} 1\n"),
+        out.contains("gateway_config_warnings{code=\"GW1011\"} 1\n"),
         "{out}"
     );
     assert!(

@@ -1,0 +1,322 @@
+//! `mirror`, `mirrorPercentage` / `mirrorPercent` and `mirrors[]`: a fire-and-forget
+//! copy of a forwarded request, as Istio builds Envoy's `request_mirror_policies`
+//! (pilot/pkg/networking/core/route/route.go) and Envoy's router sends them
+//! (source/common/router/shadow_writer_impl.cc):
+//!
+//! - `mirror` with `mirrorPercentage` (or the legacy integer `mirrorPercent`), then each
+//!   of `mirrors[]` with its own `percentage`; an unset share is 100 %, an explicit 0
+//!   sends nothing (Istio drops that policy). Shares are per million (Istio's
+//!   FractionalPercent, denominator MILLION), rolled independently per mirror.
+//! - Only routes that forward (`route[]`) mirror: Istio puts the policies in the
+//!   RouteAction, which redirects and direct responses do not have.
+//! - The copy carries the request as the primary upstream gets it (method, path after
+//!   rewrites, headers after the route's and destination's header operations) with
+//!   `-shadow` appended to the host part of `Host` (`a.example.com:8080` becomes
+//!   `a.example.com-shadow:8080`, Envoy's shadowAppendedHost). Its answer is read and
+//!   discarded; its failure never touches the primary, which is not delayed by it.
+//! - The body: Envoy's router (buffered shadows) keeps a copy of the request body up to
+//!   the connection's buffer limit, 1 MiB by default, and sends the shadow once the
+//!   body is complete; a larger body abandons the shadows (`retry_or_shadow_abandoned`).
+//!   So does this gateway, with [`BUFFER_LIMIT`]; abandoned copies are counted in
+//!   `gateway_mirror_requests_total{outcome="abandoned"}`.
+//! - Timeout: the route's `timeout` (Envoy gives the shadow the route's global timeout);
+//!   without one, the stream idle timeout, so a mirror that never answers cannot hold
+//!   a task forever. Envoy writes no access-log line for a shadow (its async client has
+//!   no access log), nor does this gateway: outcomes are counted in
+//!   `gateway_mirror_requests_total` and logged at debug level (`gateway::mirror`).
+//! - Upgrade requests (websocket) are not mirrored: a copy cannot take over the
+//!   client's connection.
+use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use http_body_util::BodyExt;
+use hyper::{
+    HeaderMap, Method, Request, Uri, Version,
+    body::Bytes,
+    header::{self, HeaderValue},
+};
+
+use super::{body::full, upstream::UpstreamClient};
+use crate::config::istio::{Destination, HttpRoute};
+use crate::server::Gateway;
+
+/// The most request body copied for the mirrors: Envoy's default connection buffer
+/// limit (`per_connection_buffer_limit_bytes`, 1 MiB), which bounds its shadow buffer.
+pub const BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// A compiled mirror policy.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub cluster: String,
+    pub per_million: u32,
+}
+
+/// Istio's share of a percentage: `uint32(value * 10000)` per million.
+fn per_million(pct: f64) -> u32 {
+    (pct.clamp(0.0, 100.0) * 10_000.0) as u32
+}
+
+/// The route's mirror policies as Istio builds them: (path of the destination below
+/// the route, destination, share per million), leaving out those with a share of 0.
+pub fn policies(r: &HttpRoute) -> Vec<(String, &Destination, u32)> {
+    let mut out = Vec::new();
+    if let Some(d) = &r.mirror {
+        let share = match (
+            r.mirror_percentage,
+            r.mirror_percent.or(r.mirror_percent_proto_name),
+        ) {
+            (Some(p), _) => per_million(p.value),
+            (None, Some(n)) => per_million(f64::from(n)),
+            (None, None) => 1_000_000,
+        };
+        out.push(("mirror".to_string(), d, share));
+    }
+    for (j, m) in r.mirrors.iter().enumerate() {
+        let share = m.percentage.map_or(1_000_000, |p| per_million(p.value));
+        out.push((format!("mirrors[{j}].destination"), &m.destination, share));
+    }
+    out.retain(|(.., share)| *share > 0);
+    out
+}
+
+/// What Istio's validation refuses in a route's mirror fields, as (path below the
+/// route, message).
+pub fn problems(r: &HttpRoute) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if r.mirror.is_some() && !r.mirrors.is_empty() {
+        out.push((
+            "mirrors".into(),
+            "HTTP route cannot contain both mirror and mirrors".into(),
+        ));
+    }
+    let mut pct = |path: String, v: f64| {
+        if !(0.0..=100.0).contains(&v) {
+            out.push((
+                path,
+                format!("mirror percentage must be between 0 and 100 (it has {v})"),
+            ));
+        }
+    };
+    if let Some(p) = r.mirror_percentage {
+        pct("mirrorPercentage.value".into(), p.value);
+    }
+    if let Some(n) = r.mirror_percent {
+        pct("mirrorPercent".into(), f64::from(n));
+    }
+    if let Some(n) = r.mirror_percent_proto_name {
+        pct("mirror_percent".into(), f64::from(n));
+    }
+    for (j, m) in r.mirrors.iter().enumerate() {
+        if let Some(p) = m.percentage {
+            pct(format!("mirrors[{j}].percentage.value"), p.value);
+        }
+    }
+    out
+}
+
+/// The mirrors chosen for one request (each rolled on its own share).
+pub fn roll(mirrors: &[Mirror]) -> Vec<String> {
+    mirrors
+        .iter()
+        .filter(|m| m.per_million >= 1_000_000 || fastrand::u32(0..1_000_000) < m.per_million)
+        .map(|m| m.cluster.clone())
+        .collect()
+}
+
+/// Envoy's shadowAppendedHost: `-shadow` after the host, before any port
+/// (HeaderUtility::getPortStart: the last `:` unless it is inside an IPv6 literal).
+pub fn shadow_host(host: &str) -> String {
+    let port_start = host
+        .rfind(':')
+        .filter(|&i| host.rfind(']').is_none_or(|v6_end| v6_end < i));
+    match port_start {
+        Some(i) => format!("{}-shadow{}", &host[..i], &host[i..]),
+        None => format!("{host}-shadow"),
+    }
+}
+
+/// One request to copy to `clusters` once its body is complete.
+pub struct Copy {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub path_and_query: String,
+    pub timeout: Option<Duration>,
+}
+
+/// Sends the copy to each cluster in the background; nothing here reaches the
+/// primary request.
+pub fn spawn(
+    gw: Arc<Gateway>,
+    client: UpstreamClient,
+    clusters: Vec<String>,
+    mut copy: Copy,
+    body: tokio::sync::oneshot::Receiver<Bytes>,
+) {
+    let host = copy
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(shadow_host)
+        .and_then(|h| HeaderValue::from_str(&h).ok());
+    if let Some(h) = host {
+        copy.headers.insert(header::HOST, h);
+    }
+    let copy = Arc::new(copy);
+    tokio::spawn(async move {
+        let stats = &gw.stats.mirror;
+        let Ok(body) = body.await else {
+            tracing::debug!(target: "gateway::mirror", clusters = ?clusters, "request body not copied in full (over the mirror buffer, failed or unread): mirror abandoned");
+            stats
+                .abandoned
+                .fetch_add(clusters.len() as u64, Ordering::Relaxed);
+            return;
+        };
+        for cluster in clusters {
+            let (gw, client, copy, body) = (gw.clone(), client.clone(), copy.clone(), body.clone());
+            tokio::spawn(async move { send_one(&gw, &client, &cluster, &copy, body).await });
+        }
+    });
+}
+
+async fn send_one(gw: &Gateway, client: &UpstreamClient, cluster: &str, copy: &Copy, body: Bytes) {
+    let stats = &gw.stats.mirror;
+    // The mirror cluster's own load balancer (its DestinationRule's policy; a hash
+    // policy has no key here, so a hashing cluster picks at random). The pick counts
+    // as an active request (LEAST_REQUEST) until the copy is done.
+    let picked = match gw.pick_endpoint(cluster, None) {
+        crate::lb::Pick::Endpoint(p) => p,
+        crate::lb::Pick::NoCluster | crate::lb::Pick::NoHealthy => {
+            tracing::debug!(target: "gateway::mirror", cluster, "mirror cluster has no endpoint");
+            stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let endpoint = picked.addr;
+    let Ok(uri) = format!("http://{endpoint}{}", copy.path_and_query).parse::<Uri>() else {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut req = Request::new(full(body));
+    *req.method_mut() = copy.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = copy.headers.clone();
+    *req.version_mut() = Version::HTTP_11;
+    let exchange = async {
+        let resp = client.request(req).await?;
+        let status = resp.status();
+        // Read to the end so the connection can be reused; the bytes are dropped.
+        resp.into_body().collect().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status)
+    };
+    let timeout = copy
+        .timeout
+        .or(gw.opts.http.stream_idle_timeout)
+        .unwrap_or(Duration::from_secs(300));
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(status)) => {
+            tracing::debug!(target: "gateway::mirror", cluster, %endpoint, status = status.as_u16(), "mirror answered");
+            stats.answered.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(target: "gateway::mirror", cluster, %endpoint, error = %e, "mirror failed");
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            tracing::debug!(target: "gateway::mirror", cluster, %endpoint, ?timeout, "mirror timed out");
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_goes_before_the_port() {
+        assert_eq!(shadow_host("a.example.com"), "a.example.com-shadow");
+        assert_eq!(
+            shadow_host("a.example.com:8080"),
+            "a.example.com-shadow:8080"
+        );
+        assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
+        assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
+        assert_eq!(shadow_host("10.0.0.1:80"), "10.0.0.1-shadow:80");
+    }
+
+    #[test]
+    fn shares_follow_istio() {
+        let r: HttpRoute = serde_yaml::from_str(
+            "mirror: {host: a}\nmirrorPercentage: {value: 12.5}\nroute: [{destination: {host: b}}]",
+        )
+        .unwrap();
+        let p = policies(&r);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].0.as_str(), p[0].2), ("mirror", 125_000));
+
+        let r: HttpRoute = serde_yaml::from_str("mirror: {host: a}\nmirrorPercent: 30").unwrap();
+        assert_eq!(policies(&r)[0].2, 300_000);
+        let r: HttpRoute = serde_yaml::from_str("mirror: {host: a}").unwrap();
+        assert_eq!(policies(&r)[0].2, 1_000_000);
+        // An explicit 0 sends nothing.
+        let r: HttpRoute =
+            serde_yaml::from_str("mirror: {host: a}\nmirrorPercentage: {value: 0}").unwrap();
+        assert!(policies(&r).is_empty());
+
+        let r: HttpRoute = serde_yaml::from_str(
+            "mirrors:\n- destination: {host: a}\n- destination: {host: b}\n  percentage: {value: 50}\n- destination: {host: c}\n  percentage: {value: 0}",
+        )
+        .unwrap();
+        let p: Vec<_> = policies(&r)
+            .into_iter()
+            .map(|(path, d, s)| (path, d.host.clone(), s))
+            .collect();
+        assert_eq!(
+            p,
+            [
+                (
+                    "mirrors[0].destination".to_string(),
+                    "a".to_string(),
+                    1_000_000
+                ),
+                (
+                    "mirrors[1].destination".to_string(),
+                    "b".to_string(),
+                    500_000
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_mirror_fields_are_refused() {
+        let r: HttpRoute = serde_yaml::from_str(
+            "mirror: {host: a}\nmirrorPercentage: {value: 101}\nmirrors: [{destination: {host: b}, percentage: {value: -1}}]",
+        )
+        .unwrap();
+        let paths: Vec<_> = problems(&r).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            paths,
+            [
+                "mirrors",
+                "mirrorPercentage.value",
+                "mirrors[0].percentage.value"
+            ]
+        );
+    }
+
+    #[test]
+    fn roll_respects_the_share() {
+        let never = [Mirror {
+            cluster: "c".into(),
+            per_million: 0,
+        }];
+        let always = [Mirror {
+            cluster: "c".into(),
+            per_million: 1_000_000,
+        }];
+        for _ in 0..1000 {
+            assert!(roll(&never).is_empty());
+            assert_eq!(roll(&always).len(), 1);
+        }
+    }
+}
