@@ -67,7 +67,7 @@ pub enum ReadyState {
     Starting = 0,
     /// The config serves: every Gateway port accepts.
     Serving = 1,
-    /// Shutting down (issue 11's drain sets this first, so load balancers stop sending
+    /// Shutting down (`runtime::drain` sets this first, so load balancers stop sending
     /// before the listeners close).
     Draining = 2,
 }
@@ -126,6 +126,8 @@ pub struct Gateway {
     pub sni_routes: crate::tls::routes::SniRoutes,
     /// What `/healthz/ready` answers.
     pub readiness: Readiness,
+    /// SIGTERM's drain, as accept loops and connections see it.
+    pub drain: crate::runtime::drain::Drain,
     /// Round-robin position per cluster.
     rr: BTreeMap<String, AtomicUsize>,
 }
@@ -157,6 +159,7 @@ impl Gateway {
             authz,
             sni_routes,
             readiness: Readiness::default(),
+            drain: crate::runtime::drain::Drain::default(),
             rr,
         }
     }
