@@ -628,6 +628,22 @@ mod tests {
     }
 
     #[test]
+    fn drain_duration() {
+        assert_eq!(
+            run_args(&[]).drain_duration,
+            crate::runtime::drain::DEFAULT_DRAIN_DURATION
+        );
+        assert_eq!(
+            run_args(&["--drain-duration", "5s"]).drain_duration,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            run_args(&["--drain-duration", "0"]).drain_duration,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
     fn pipe_sizes() {
         assert_eq!(run_args(&[]).splice_pipe_size, 256 * 1024);
         assert_eq!(parse_size("65536"), Ok(65536));

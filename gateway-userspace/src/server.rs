@@ -93,6 +93,20 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.get() == ReadyState::Serving
     }
+
+    /// `gateway_server_state`, with Envoy's `server.state` values (0 LIVE, 1 DRAINING,
+    /// 3 INITIALIZING; envoy/admin/v3/server_info.proto). While draining,
+    /// `gateway_downstream_cx_active` says how many connections are left.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let v = match self.get() {
+            ReadyState::Serving => 0,
+            ReadyState::Draining => 1,
+            ReadyState::Starting => 3,
+        };
+        out.push_str(&format!(
+            "# HELP gateway_server_state Envoy's server.state: 0 live, 1 draining (after SIGTERM/SIGINT), 3 initializing.\n# TYPE gateway_server_state gauge\ngateway_server_state {v}\n"
+        ));
+    }
 }
 
 impl Default for Options {

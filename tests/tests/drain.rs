@@ -161,6 +161,10 @@ fn readiness_fails_before_the_listeners_close() {
     let ready = || curl(&ns, &["http://127.0.0.1:15021/healthz/ready"]).status;
     assert_eq!(ready(), 200);
     assert!(!connect_refused(&ns, 80));
+    assert!(
+        gw.admin_get("/stats/prometheus")
+            .contains("\ngateway_server_state 0\n")
+    );
     std::thread::scope(|s| {
         let held = s.spawn(|| {
             curl(
@@ -185,6 +189,14 @@ fn readiness_fails_before_the_listeners_close() {
         }
         // Still draining: the held request has not been answered yet.
         assert!(!held.is_finished(), "the held request ended too early");
+        // The admin API says so too, Envoy's way.
+        assert_eq!(gw.admin_get("/ready"), "DRAINING\n");
+        let prom = gw.admin_get("/stats/prometheus");
+        assert!(prom.contains("\ngateway_server_state 1\n"), "{prom}");
+        assert!(
+            prom.contains("gateway_downstream_cx_active{listener=\"0.0.0.0_80\"} 1\n"),
+            "{prom}"
+        );
         let log = gw.wait_log(Duration::from_secs(5), |l| {
             l.contains("drain: listeners closed")
         });

@@ -103,7 +103,7 @@ pub(crate) fn idle_close(
     path: super::Path,
     why: Termination,
 ) -> FlowReport {
-    let pending = activity.pending();
+    let pending = activity.pending() || super::sockopt::unread(&down, &up);
     for s in [&down, &up] {
         let s = socket2::SockRef::from(s);
         if pending {

@@ -335,9 +335,10 @@ impl PipeSplicer {
                 Termination::Error(msg)
             }
             Drive::Idle { pending, why } => {
-                // A FIN each way when nothing is left in a pipe, else a reset each way
-                // (a FIN would hand the reader a clean but truncated stream).
-                if pending {
+                // A FIN each way when nothing is left in a pipe or a receive queue, else a
+                // reset each way (a FIN would hand the reader a clean but truncated
+                // stream).
+                if pending || sockopt::unread(&down, &up) {
                     reset_both(&down, &up);
                 } else {
                     let _ = socket2::SockRef::from(&down).shutdown(Shutdown::Write);

@@ -221,7 +221,8 @@ async fn run(job: Job) {
             // The idle timeout (or the drain deadline): a FIN each way when nothing read
             // is left unwritten (the reads in flight then complete with EOF), else a
             // reset each way; either way the direction tasks end.
-            let pending = activity.pending();
+            let pending =
+                activity.pending() || sockopt::unread(down.ready.get_ref(), up.ready.get_ref());
             if pending {
                 reset(Victim::Down, &down, &up);
                 reset(Victim::Up, &down, &up);
