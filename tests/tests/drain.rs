@@ -147,6 +147,55 @@ fn sigterm_completes_50_requests_in_flight() {
     eprintln!("50 in-flight requests drained; exited {exit_after:?} after SIGTERM");
 }
 
+/// 1b. The same over HTTPS (TLS terminated, the walkthrough's per-host certificate):
+///     10 requests in flight on HTTP/1.1 and 10 on HTTP/2 (ALPN h2) complete with 200
+///     after SIGTERM (the HTTP/1.1 ones with `Connection: close`), and the gateway
+///     exits 0.
+#[test]
+fn sigterm_completes_https_requests_in_flight() {
+    if !privileged("sigterm_completes_https_requests_in_flight") {
+        return;
+    }
+    let ns = NetNs::new("drain-tls");
+    let (_b, mut gw) = http_gateway(&ns, &["--drain-duration", "30s"]);
+    let ca = gateway_tests::backends::demo_ca();
+    let ca = ca.to_str().unwrap();
+    let resolve = format!("{WEB}:443:127.0.0.1");
+    let resps = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..20)
+            .map(|i| {
+                let (ns, resolve) = (&ns, &resolve);
+                let version = if i % 2 == 0 { "--http1.1" } else { "--http2" };
+                s.spawn(move || {
+                    let url = format!("https://{WEB}:443/delay/1500?n={i}");
+                    (
+                        version,
+                        curl(ns, &[version, "--cacert", ca, "--resolve", resolve, &url]),
+                    )
+                })
+            })
+            .collect();
+        wait_upstream(&ns, &gw, 20);
+        gw.signal(libc::SIGTERM);
+        exits_zero(&mut gw, Duration::from_secs(20));
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("curl thread"))
+            .collect::<Vec<_>>()
+    });
+    for (i, (version, r)) in resps.iter().enumerate() {
+        assert_eq!((r.status, r.exit), (200, 0), "{version} request {i}: {r:?}");
+        assert_eq!(
+            r.echo()["query"],
+            format!("n={i}"),
+            "{version} request {i}: {r:?}"
+        );
+        if *version == "--http1.1" {
+            assert_eq!(r.header("connection"), Some("close"), "request {i}: {r:?}");
+        }
+    }
+}
+
 /// 2. After SIGTERM `/healthz/ready` answers 503 (it was 200) while a request in flight
 ///    keeps the gateway draining, a new connect to the Gateway port is refused, the log
 ///    says readiness failed before the listeners closed, and the held request still
