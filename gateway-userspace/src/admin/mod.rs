@@ -118,6 +118,7 @@ pub fn prometheus_text(gw: &Gateway) -> String {
         .render_prometheus(&gw.splicer, &gw.opts.bind.to_string());
     gw.telemetry.render_prometheus(&mut out);
     crate::config::warnings::render_prometheus(&gw.snapshot.warnings, &mut out);
+    gw.readiness.render_prometheus(&mut out);
     out
 }
 
