@@ -37,6 +37,7 @@ use crate::{
 pub mod body;
 pub mod cors;
 mod drain;
+pub mod h1;
 pub mod hash_policy;
 pub mod mirror;
 pub mod normalize;
@@ -263,9 +264,25 @@ pub async fn serve(
         let conn = Arc::new(conn);
         return serve_http(gw, conn, io, h2).await;
     }
+    // Boxed: the handshake and the TLS stream are large, and a task's future is as big
+    // as its largest state, so inline they would cost every plain connection too.
+    Box::pin(serve_tls(gw, lh, io, read, fd, peer, port, local, client)).await
+}
 
-    // TLS: read the ClientHello (prelude first), pick the server by SNI, and finish the
-    // handshake with that server's config.
+/// An HTTPS connection: reads the ClientHello (prelude first), picks the server by SNI,
+/// finishes the handshake with that server's config, then serves HTTP.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    gw: Arc<Gateway>,
+    lh: Arc<ListenerHttp>,
+    io: Prelude<TcpStream>,
+    read: Arc<std::sync::atomic::AtomicU64>,
+    fd: std::os::fd::RawFd,
+    peer: SocketAddr,
+    port: u16,
+    local: Option<SocketAddr>,
+    client: upstream::UpstreamClient,
+) {
     let io = Counted {
         inner: io,
         count: read.clone(),
@@ -346,103 +363,41 @@ where
     let peer = conn.peer;
     let port = conn.port;
     let opts = gw.opts.http.clone();
+    // Each request holds a token until its response body is done or dropped: the
+    // connection is quiet (HTTP/2 idle timeout, HTTP/1.1 parking) only while none is open.
     let svc = {
         let conn = conn.clone();
         let gw = gw.clone();
-        service_fn(move |req| proxy::handle(gw.clone(), conn.clone(), req))
+        service_fn(move |req| {
+            let token = proxy::OpenStream::new(conn.clone());
+            let handled = proxy::handle(gw.clone(), conn.clone(), req);
+            async move {
+                let resp = handled.await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                    body::WithToken {
+                        inner: b,
+                        _token: token,
+                    }
+                    .boxed_unsync()
+                }))
+            }
+        })
     };
-    let io = TokioIo::new(Counted {
-        inner: io,
-        count: conn.bytes_in.clone(),
-    });
     let result = if h2 {
-        // Each stream holds a token until its response body is done or dropped: the
-        // connection is idle (for `idle_timeout`) only while no stream is open.
-        let svc = {
-            let conn = conn.clone();
-            let gw = gw.clone();
-            service_fn(move |req| {
-                let token = proxy::OpenStream::new(conn.clone());
-                let handled = proxy::handle(gw.clone(), conn.clone(), req);
-                async move {
-                    let resp = handled.await?;
-                    Ok::<_, std::convert::Infallible>(resp.map(|b| {
-                        body::WithToken {
-                            inner: b,
-                            _token: token,
-                        }
-                        .boxed_unsync()
-                    }))
-                }
-            })
-        };
-        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            // Rapid-reset (CVE-2023-44487) limits in h2 itself: streams reset by the
-            // client before hyper accepted them, or by us for protocol errors.
-            .max_pending_accept_reset_streams(Some(50))
-            .max_local_error_reset_streams(Some(256))
-            // Envoy's `connection_keepalive`: a PING every interval, the connection
-            // closed when one goes unanswered for the timeout (hyper: keep_alive_*).
-            .keep_alive_interval(opts.http2_keepalive_interval)
-            .keep_alive_timeout(opts.http2_keepalive_timeout)
-            .serve_connection(io, svc);
-        tokio::pin!(served);
-        let idle = idle_watch(&conn, opts.idle_timeout);
-        tokio::pin!(idle);
-        tokio::select! {
-            biased;
-            r = served.as_mut() => r,
-            () = gw.drain.draining() => {
-                // GOAWAY; the open streams finish (or are cut at the drain deadline).
-                tracing::debug!(target: "gateway::http", %peer, port, "draining: GOAWAY");
-                served.as_mut().graceful_shutdown();
-                tokio::select! {
-                    biased;
-                    r = served => r,
-                    () = gw.drain.closing() => return,
-                }
-            }
-            _ = conn.abusive.notified() => {
-                // Accepted streams reset right away (rapid reset) cost us upstream work
-                // each; Envoy closes such connections, so do we: GOAWAY, then drop.
-                tracing::info!(
-                    target: "gateway::http",
-                    %peer,
-                    port,
-                    streams = conn.streams.load(std::sync::atomic::Ordering::Relaxed),
-                    resets = conn.resets.load(std::sync::atomic::Ordering::Relaxed),
-                    "closing HTTP/2 connection: too many streams reset by the client"
-                );
-                served.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(1), served).await;
-                return;
-            }
-            _ = &mut idle => {
-                // Envoy: at idle_timeout an HTTP/2 downstream connection is drained
-                // (GOAWAY, then closed once the drain time passes).
-                tracing::debug!(target: "gateway::http", %peer, port, "closing idle HTTP/2 connection (idle timeout)");
-                served.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(H2_DRAIN_TIMEOUT, served).await;
-                return;
-            }
-        }
-    } else {
-        let served = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_headers(MAX_REQUEST_HEADERS_COUNT)
-            .max_header_size(MAX_REQUEST_HEADERS_BYTES)
-            .serve_connection(io, svc)
-            .with_upgrades();
-        tokio::pin!(served);
-        // Draining: the request in flight is answered with `Connection: close` (hyper
-        // turns keep-alive off), an idle connection closes at once.
-        match drain::serve(&gw.drain, served, |c| c.graceful_shutdown()).await {
+        // Boxed: hyper's HTTP/2 connection is large, and HTTP/1.1 connections (parked
+        // ones above all) should not carry its space in their task.
+        match Box::pin(serve_h2(&gw, &conn, io, svc, &opts)).await {
             Some(r) => r,
             None => return,
+        }
+    } else {
+        match h1::serve(&gw, &conn, io, svc).await {
+            h1::Ended::Hyper(r) => r,
+            h1::Ended::Dropped | h1::Ended::ClosedParked => return,
+            h1::Ended::IdleParked => {
+                tracing::debug!(target: "gateway::http", %peer, port, "closing idle keep-alive connection");
+                return;
+            }
         }
     };
     if let Err(e) = result {
@@ -452,6 +407,84 @@ where
             return;
         }
         log_connection_error(&e, peer, port, h2, conn.sni.as_deref(), conn.local);
+    }
+}
+
+/// Runs hyper's HTTP/2 server on one connection; None when we closed it (abusive
+/// client, idle timeout, drain deadline), else how hyper ended.
+async fn serve_h2<IO, S>(
+    gw: &Gateway,
+    conn: &proxy::ConnCtx,
+    io: IO,
+    svc: S,
+    opts: &HttpOptions,
+) -> Option<Result<(), hyper::Error>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (peer, port) = (conn.peer, conn.port);
+    let io = TokioIo::new(Counted {
+        inner: io,
+        count: conn.bytes_in.clone(),
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Rapid-reset (CVE-2023-44487) limits in h2 itself: streams reset by the
+        // client before hyper accepted them, or by us for protocol errors.
+        .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(256))
+        // Envoy's `connection_keepalive`: a PING every interval, the connection
+        // closed when one goes unanswered for the timeout (hyper: keep_alive_*).
+        .keep_alive_interval(opts.http2_keepalive_interval)
+        .keep_alive_timeout(opts.http2_keepalive_timeout)
+        .serve_connection(io, svc);
+    tokio::pin!(served);
+    let idle = idle_watch(conn, opts.idle_timeout);
+    tokio::pin!(idle);
+    tokio::select! {
+        biased;
+        r = served.as_mut() => Some(r),
+        () = gw.drain.draining() => {
+            // GOAWAY; the open streams finish (or are cut at the drain deadline).
+            tracing::debug!(target: "gateway::http", %peer, port, "draining: GOAWAY");
+            served.as_mut().graceful_shutdown();
+            tokio::select! {
+                biased;
+                r = served => Some(r),
+                () = gw.drain.closing() => return None,
+            }
+        }
+        _ = conn.abusive.notified() => {
+            // Accepted streams reset right away (rapid reset) cost us upstream work
+            // each; Envoy closes such connections, so do we: GOAWAY, then drop.
+            tracing::info!(
+                target: "gateway::http",
+                %peer,
+                port,
+                streams = conn.streams.load(std::sync::atomic::Ordering::Relaxed),
+                resets = conn.resets.load(std::sync::atomic::Ordering::Relaxed),
+                "closing HTTP/2 connection: too many streams reset by the client"
+            );
+            served.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), served).await;
+            return None;
+        }
+        _ = &mut idle => {
+            // Envoy: at idle_timeout an HTTP/2 downstream connection is drained
+            // (GOAWAY, then closed once the drain time passes).
+            tracing::debug!(target: "gateway::http", %peer, port, "closing idle HTTP/2 connection (idle timeout)");
+            served.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(H2_DRAIN_TIMEOUT, served).await;
+            return None;
+        }
     }
 }
 

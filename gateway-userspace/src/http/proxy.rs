@@ -54,13 +54,13 @@ pub struct ConnCtx {
     pub client_cert: Option<HeaderValue>,
     /// The address the client connected to, for the access log.
     pub local: Option<SocketAddr>,
-    /// HTTP/2: streams open now, and when the last one ended (ms after `opened`).
+    /// Requests open now, and when the last one ended (ms after `opened`).
     open_streams: AtomicU64,
     quiet_since_ms: AtomicU64,
     opened: Instant,
 }
 
-/// Held by an HTTP/2 stream from its request until its response body is done or
+/// Held by a request (HTTP/1.1 or an HTTP/2 stream) until its response body is done or
 /// dropped (see [`ConnCtx::quiet_for`]).
 pub struct OpenStream(Arc<ConnCtx>);
 
@@ -127,6 +127,11 @@ impl ConnCtx {
         }
         let since = Duration::from_millis(self.quiet_since_ms.load(Ordering::Relaxed));
         Some(self.opened.elapsed().saturating_sub(since))
+    }
+
+    /// At least one request on this connection has had its response completed.
+    pub fn served_one(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) > 0 && self.open_streams.load(Ordering::Relaxed) == 0
     }
 
     pub(super) fn mark_idle(&self) {

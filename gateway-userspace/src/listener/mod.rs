@@ -105,20 +105,19 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: Arc<Listener>, sock: TcpLis
         let active = Active::enter(&gw, port);
         let gw = gw.clone();
         let listener = listener.clone();
-        tokio::spawn(async move {
-            let _active = active;
-            match listener.protocol {
-                ListenerProtocol::Tcp | ListenerProtocol::Tls => {
-                    proxy::tcp::serve(gw.clone(), listener, conn, peer).await
-                }
-                ListenerProtocol::Http => {
-                    http::serve(gw.clone(), listener, conn, peer, vec![], false).await
-                }
-                ListenerProtocol::Https => {
-                    http::serve(gw.clone(), listener, conn, peer, vec![], true).await
-                }
-            }
-        });
+        // One task per connection, spawned per protocol: a task's future is as large as
+        // its largest state, so an HTTP connection must not carry the L4 path's.
+        match listener.protocol {
+            ListenerProtocol::Tcp | ListenerProtocol::Tls => tokio::spawn(async move {
+                let _active = active;
+                proxy::tcp::serve(gw, listener, conn, peer).await
+            }),
+            ListenerProtocol::Http | ListenerProtocol::Https => tokio::spawn(async move {
+                let _active = active;
+                let tls = listener.protocol == ListenerProtocol::Https;
+                http::serve(gw, listener, conn, peer, vec![], tls).await
+            }),
+        };
     }
 }
 

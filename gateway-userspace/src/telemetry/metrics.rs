@@ -71,6 +71,10 @@ pub struct Stats {
     pub heap: crate::runtime::heap::HeapStats,
     /// Mirror (shadow) requests by outcome (`crate::http::mirror`).
     pub mirror: MirrorStats,
+    /// HTTP/1.1 keep-alive connections parked without hyper now, and parks so far
+    /// (`crate::http::h1`).
+    pub http_parked: AtomicU64,
+    pub http_parks: AtomicU64,
 }
 
 /// What became of the copies `mirror`/`mirrors` asked for.
@@ -175,6 +179,18 @@ impl Stats {
             &plain(&self.upstream_connect_failures),
         );
         family(
+            "gateway_http_parked_connections",
+            "gauge",
+            "HTTP/1.1 keep-alive connections idle long enough to be parked: held as the socket alone, without hyper's buffers.",
+            &plain(&self.http_parked),
+        );
+        family(
+            "gateway_http_parks_total",
+            "counter",
+            "Times an idle HTTP/1.1 keep-alive connection was parked.",
+            &plain(&self.http_parks),
+        );
+        family(
             "gateway_mirror_requests_total",
             "counter",
             "Mirror (shadow) copies of requests by outcome: answered, failed (connect failure, reset, timeout), no_endpoint, abandoned (body too large for the mirror buffer, or not received in full).",
@@ -191,17 +207,21 @@ impl Stats {
                 ),
             ],
         );
+        // The arenas' usage now, not at the trimmer's last look: a scrape after a burst
+        // of connections sees what they hold (mallinfo2 walks the few arenas).
+        let (free, in_use) = crate::runtime::heap::usage();
+        let now = |v: u64| vec![(String::new(), v)];
         family(
             "gateway_heap_free_bytes",
             "gauge",
-            "Bytes the malloc arenas held free at the heap trimmer's last look (--heap-trim-interval).",
-            &plain(&self.heap.free_bytes),
+            "Bytes the malloc arenas hold free (returned to the kernel by the heap trimmer, --heap-trim-interval, when worth it).",
+            &now(free),
         );
         family(
             "gateway_heap_in_use_bytes",
             "gauge",
-            "Bytes allocated on the malloc heap at the heap trimmer's last look.",
-            &plain(&self.heap.in_use_bytes),
+            "Bytes allocated on the malloc heap.",
+            &now(in_use),
         );
         family(
             "gateway_heap_trims_total",
