@@ -130,6 +130,11 @@ pub async fn forward(
             }
             tokio::time::sleep(pause).await;
         }
+        // The cluster's circuit breakers (DestinationRule connectionPool), per try.
+        let admission = match admit(gw, cluster, deadline, log).await {
+            Ok(a) => a,
+            Err(resp) => return resp,
+        };
         let picked = match pick_untried(gw, cluster, lb_hash.hash, &tried) {
             crate::lb::Pick::Endpoint(p) => p,
             // Envoy's router for a route whose cluster does not exist (a subset no
@@ -186,6 +191,12 @@ pub async fn forward(
             Some(Err(e)) if e.is_connect() => TryOutcome::ConnectFailure(error_chain(&e)),
             Some(Err(e)) => TryOutcome::Reset(error_chain(&e)),
         };
+        // Outlier detection: local-origin failures count as 503, timeouts as 504.
+        picked.report(match &outcome {
+            TryOutcome::Response(r, _) => r.status().as_u16(),
+            TryOutcome::ConnectFailure(_) | TryOutcome::Reset(_) => 503,
+            TryOutcome::Timeout => 504,
+        });
         // A streamed body that the client stopped sending: the upstream request was
         // abandoned because of it, whatever the upstream call reports.
         if !matches!(outcome, TryOutcome::Response(..))
@@ -223,7 +234,7 @@ pub async fn forward(
         let resp = respond_upstream(outcome, overall_expired, deadline, upgrade, log);
         return hold_until_done(
             resp,
-            picked,
+            (picked, admission),
             answered.then_some(lb_hash.set_cookie).flatten(),
         );
     }
@@ -232,6 +243,45 @@ pub async fn forward(
     match last {
         Some(outcome) => respond_upstream(outcome, true, deadline, None, log),
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+    }
+}
+
+/// Admission by the cluster's circuit breakers (`lb::pool`), waiting at most until the
+/// route's deadline. Overflow is Envoy's answer to a pool failure of reason Overflow
+/// (router `onUpstreamReset`): 503, flag `UO`, the reset reason "overflow".
+async fn admit(
+    gw: &Gateway,
+    cluster: &str,
+    deadline: Option<tokio::time::Instant>,
+    log: &mut RequestLog,
+) -> Result<Option<crate::lb::pool::Admission>, Response<Body>> {
+    let Some(pool) = gw.balancers.get(cluster).and_then(|b| b.pool.clone()) else {
+        return Ok(None);
+    };
+    let admitted = match deadline {
+        Some(at) => match tokio::time::timeout_at(at, pool.admit()).await {
+            Ok(r) => r,
+            Err(_) => {
+                log.response_flags.insert(0, "UT");
+                log.details = "upstream_response_timeout";
+                return Err(local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                ));
+            }
+        },
+        None => pool.admit().await,
+    };
+    match admitted {
+        Ok(a) => Ok(Some(a)),
+        Err(crate::lb::pool::Overflow) => {
+            log.response_flags.insert(0, "UO");
+            log.details = "upstream_reset_before_response_started{overflow}";
+            Err(local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ))
+        }
     }
 }
 
@@ -261,7 +311,7 @@ fn pick_untried(
 /// or dropped, and the consistent-hash cookie the gateway generated, if any.
 fn hold_until_done(
     resp: Response<Body>,
-    picked: crate::lb::Picked,
+    picked: (crate::lb::Picked, Option<crate::lb::pool::Admission>),
     set_cookie: Option<HeaderValue>,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
