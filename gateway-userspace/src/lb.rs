@@ -108,6 +108,16 @@ impl Balancers {
             },
         );
         rows(
+            "gateway_upstream_rq_retry_overflow_total",
+            "counter",
+            "Retries not made because the cluster's maxRetries were waiting (flag UO).",
+            &|b| {
+                b.pool
+                    .as_ref()
+                    .map(|p| p.retry_overflows.load(Ordering::Relaxed))
+            },
+        );
+        rows(
             "gateway_upstream_rq_pending_overflow_total",
             "counter",
             "Requests and TCP connections refused by the cluster's circuit breakers (503 UO).",

@@ -5,6 +5,9 @@
 //!   endpoint` and in the metrics, and comes back after `baseEjectionTime: 2s`;
 //! - `maxConnections: 1` + `http1MaxPendingRequests: 1` against a slow endpoint: one
 //!   request runs, one waits, the others get 503 `UO` at once;
+//! - `maxRetries: 1` with a 4 s retry back-off: of four failing requests at once, one
+//!   retries (waiting out its back-off), those finding the slot taken answer the 500
+//!   at once with `UO`;
 //! - on a TCP route `maxConnections: 1`: a second connection is closed (`UO`) while
 //!   the first is open, and accepted once it has closed.
 mod http_common;
@@ -70,6 +73,13 @@ fn env(tag: &str) -> Env {
         backend(at(18280), "good", ok.clone(), Duration::ZERO).await;
         backend(at(18281), "flaky", f, Duration::ZERO).await;
         backend(at(18282), "slow", ok, SLOW).await;
+        backend(
+            at(18284),
+            "broken",
+            Arc::new(AtomicBool::new(true)),
+            Duration::ZERO,
+        )
+        .await;
         gateway_tests::backends::tcp_echo(at(18283))
             .await
             .expect("tcp echo")
@@ -236,23 +246,7 @@ fn connection_pool_overflow_is_503_uo() {
     let e = env("uppol-pool");
     // Four at once against the slow endpoint: one runs, one waits for the connection
     // (http1MaxPendingRequests: 1), two overflow.
-    let handles: Vec<_> = (0..4)
-        .map(|i| {
-            let ns = e.ns.name.clone();
-            std::thread::spawn(move || {
-                let out = std::process::Command::new("ip")
-                    .args(["netns", "exec", &ns, "curl", "-sS", "-o", "/dev/null"])
-                    .args(["-w", "%{http_code}", "--max-time", "10"])
-                    .args(["-H", &format!("x-request-id: pool-{i}")])
-                    .args(["-H", "Host: capped.test", "http://127.0.0.1/slow"])
-                    .output()
-                    .expect("curl");
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            })
-        })
-        .collect();
-    let mut codes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    codes.sort();
+    let codes = concurrent(&e, "capped.test", "pool", 4);
     assert_eq!(codes, ["200", "200", "503", "503"]);
     let mut overflowed = 0;
     for i in 0..4 {
@@ -340,5 +334,62 @@ fn tcp_max_connections_closes_the_extra_connection() {
             "gateway_upstream_rq_pending_overflow_total{cluster=\"outbound|2701||capped.test\"}"
         ),
         1 + refused_again
+    );
+}
+
+/// Four requests at once with curl in threads; (status codes sorted).
+fn concurrent(e: &Env, host: &str, tag: &str, n: usize) -> Vec<String> {
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let ns = e.ns.name.clone();
+            let (host, id) = (host.to_string(), format!("{tag}-{i}"));
+            std::thread::spawn(move || {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, "curl", "-sS", "-o", "/dev/null"])
+                    .args(["-w", "%{http_code}", "--max-time", "15"])
+                    .args(["-H", &format!("x-request-id: {id}")])
+                    .args(["-H", &format!("Host: {host}"), "http://127.0.0.1/r"])
+                    .output()
+                    .expect("curl");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+        })
+        .collect();
+    let mut codes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    codes.sort();
+    codes
+}
+
+#[test]
+fn max_retries_overflow_skips_the_retry_with_uo() {
+    if !privileged("max_retries_overflow_skips_the_retry_with_uo") {
+        return;
+    }
+    let e = env("uppol-retry");
+    assert_eq!(concurrent(&e, "retry.test", "rt", 4), ["500"; 4]);
+    // The first to fail holds the only retry slot for its back-off (0-4 s, Envoy's
+    // jitter); the others fail within milliseconds of it and find the slot taken
+    // unless its pause was shorter than that.
+    let mut uo = 0;
+    for i in 0..4 {
+        let line = log_line(&e.gw, &format!("rt-{i}"));
+        assert!(line.contains("status=500"), "{line}");
+        if line.contains("response_flags=UO ") {
+            // No back-off, no second try.
+            assert!(duration_of(&line) < Duration::from_millis(500), "{line}");
+            uo += 1;
+        } else {
+            // Retried once, and out of tries.
+            assert!(line.contains("response_flags=URX "), "{line}");
+        }
+    }
+    eprintln!("{uo} of 4 retries refused by maxRetries: 1");
+    assert!((1..4).contains(&uo), "{uo}");
+    assert_eq!(
+        metric(
+            &e.gw,
+            "gateway_upstream_rq_retry_overflow_total{cluster=\"outbound|80||retry.test\"}"
+        ),
+        uo
     );
 }

@@ -150,8 +150,8 @@ pub struct Subset {
 }
 
 /// `ConnectionPoolSettings`. The gateway acts on `tcp.maxConnections`,
-/// `http.http1MaxPendingRequests` and `http.http2MaxRequests` (Envoy's circuit
-/// breakers, `lb::pool`); the other fields are warnings (GW1061).
+/// `http.http1MaxPendingRequests`, `http.http2MaxRequests` and `http.maxRetries`
+/// (Envoy's circuit breakers, `lb::pool`); the other fields are warnings (GW1061).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPoolSettings {

@@ -24,6 +24,8 @@ pub struct CircuitBreakers {
     pub max_pending_requests: u32,
     /// `http.http2MaxRequests`: requests in flight to the cluster.
     pub max_requests: u32,
+    /// `http.maxRetries`: retries waiting out their back-off at once.
+    pub max_retries: u32,
 }
 
 impl Default for CircuitBreakers {
@@ -32,6 +34,7 @@ impl Default for CircuitBreakers {
             max_connections: u32::MAX,
             max_pending_requests: u32::MAX,
             max_requests: u32::MAX,
+            max_retries: u32::MAX,
         }
     }
 }
@@ -75,6 +78,9 @@ pub fn circuit_breakers(cp: &ConnectionPoolSettings) -> CircuitBreakers {
         }
         if let Some(n) = positive(h.http1_max_pending_requests) {
             t.max_pending_requests = n;
+        }
+        if let Some(n) = positive(h.max_retries) {
+            t.max_retries = n;
         }
     }
     if let Some(n) = cp.tcp.as_ref().and_then(|t| positive(t.max_connections)) {

@@ -122,6 +122,8 @@ pub async fn forward(
         .unwrap_or_default();
     let mut last = None;
     let mut tried = Vec::new();
+    // The retry's slot of the cluster's `maxRetries`, held through its back-off.
+    let mut retry_slot = None;
     for attempt in 0..max_tries {
         if attempt > 0 {
             let pause = policy.backoff(attempt, fastrand::f64());
@@ -129,6 +131,7 @@ pub async fn forward(
                 break;
             }
             tokio::time::sleep(pause).await;
+            drop(retry_slot.take());
         }
         // The cluster's circuit breakers (DestinationRule connectionPool), per try.
         let admission = match admit(gw, cluster, deadline, log).await {
@@ -220,6 +223,22 @@ pub async fn forward(
                 TryOutcome::ConnectFailure(_) => policy.retries_connect_failure(),
                 TryOutcome::Reset(_) | TryOutcome::Timeout => policy.retries_reset(),
             };
+        // The cluster's retry circuit breaker (`http.maxRetries`): no slot, no retry,
+        // and the response at hand goes out with `UO` (Envoy RetryStatus::NoOverflow).
+        let retry = retry && {
+            let pool = gw.balancers.get(cluster).and_then(|b| b.pool.as_ref());
+            match pool.map(|p| p.retry()) {
+                None => true,
+                Some(Some(slot)) => {
+                    retry_slot = Some(slot);
+                    true
+                }
+                Some(None) => {
+                    log.response_flags.push("UO");
+                    false
+                }
+            }
+        };
         if retry {
             tracing::debug!(target: "gateway::http", %endpoint, attempt, "retrying upstream request");
             last = Some(outcome);

@@ -10,6 +10,11 @@
 //! - `max_pending_requests` (`http1MaxPendingRequests`): a request that would wait
 //!   beyond it overflows.
 //!
+//! - `max_retries` (`http.maxRetries`): retries scheduled at once. Envoy holds a
+//!   retry's slot while it waits out its back-off (router/retry_state_impl.cc,
+//!   `enableBackoffTimer` .. `resetRetry`); a retry that finds none free is not made
+//!   and the response at hand goes to the client with flag `UO`.
+//!
 //! Overflow is Envoy's `UO`: 503 at once. For a TCP route, `max_connections` caps the
 //! connections to the cluster; one beyond it is closed (`UO`).
 
@@ -26,6 +31,9 @@ pub struct Pool {
     requests: Arc<AtomicU32>,
     pending: AtomicU32,
     connections: Arc<Semaphore>,
+    retries: Arc<AtomicU32>,
+    /// Retries not made for `max_retries` (Envoy `upstream_rq_retry_overflow`).
+    pub retry_overflows: AtomicU64,
     /// Requests (or TCP connections) refused (Envoy `upstream_rq_pending_overflow`,
     /// `upstream_cx_overflow`).
     pub overflows: AtomicU64,
@@ -41,6 +49,16 @@ pub struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A retry waiting out its back-off; frees its slot when dropped.
+#[derive(Debug)]
+pub struct RetrySlot(Arc<AtomicU32>);
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -64,6 +82,8 @@ impl Pool {
             requests: Arc::new(AtomicU32::new(0)),
             pending: AtomicU32::new(0),
             connections: Arc::new(Semaphore::new(permits)),
+            retries: Arc::new(AtomicU32::new(0)),
+            retry_overflows: AtomicU64::new(0),
             overflows: AtomicU64::new(0),
         }
     }
@@ -94,6 +114,22 @@ impl Pool {
             }
         };
         Ok(self.admitted(permit))
+    }
+
+    /// A slot for a retry's back-off, or `None` when `max_retries` are waiting.
+    pub fn retry(&self) -> Option<RetrySlot> {
+        let limit = self.limits.max_retries;
+        let taken = self
+            .retries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            self.retry_overflows.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RetrySlot(self.retries.clone()))
     }
 
     /// Admits a TCP connection: a free connection slot or nothing.

@@ -246,6 +246,7 @@ async fn circuit_breakers_admit_queue_and_overflow() {
         max_connections: 1,
         max_pending_requests: 1,
         max_requests: u32::MAX,
+        max_retries: u32::MAX,
     }));
     let first = p.admit().await.unwrap();
     // The second waits for the connection; the third overflows.
@@ -264,7 +265,14 @@ async fn circuit_breakers_admit_queue_and_overflow() {
         max_connections: u32::MAX,
         max_pending_requests: u32::MAX,
         max_requests: 2,
+        max_retries: 1,
     });
     let (_a, _b) = (p.admit().await.unwrap(), p.admit().await.unwrap());
     assert!(p.admit().await.is_err());
+    // max_retries: one retry in back-off at a time.
+    let r = p.retry().expect("first retry");
+    assert!(p.retry().is_none());
+    drop(r);
+    assert!(p.retry().is_some());
+    assert_eq!(p.retry_overflows.load(Ordering::Relaxed), 1);
 }

@@ -25,12 +25,12 @@ fn duration(d: Duration) -> String {
 
 pub(super) fn add(c: &Cluster, cluster: &mut Value) {
     if let Some(t) = &c.circuit_breakers {
-        // getDefaultCircuitBreakerThresholds: max_retries stays "no limit".
+        // getDefaultCircuitBreakerThresholds: u32::MAX is "no limit".
         cluster["circuit_breakers"] = json!({ "thresholds": [{
             "max_connections": t.max_connections,
             "max_pending_requests": t.max_pending_requests,
             "max_requests": t.max_requests,
-            "max_retries": u32::MAX,
+            "max_retries": t.max_retries,
             "track_remaining": true,
         }] });
     }

@@ -356,6 +356,7 @@ spec:
         max_pending_requests: 2,
         // 0 is "not set": Istio's default, no limit.
         max_requests: u32::MAX,
+        max_retries: u32::MAX,
     };
     assert_eq!(c("80|").circuit_breakers, Some(limits));
     // Envoy's defaults for what the rule leaves out (consecutive_5xx 5).

@@ -103,8 +103,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1061",
-        "DestinationRule `connectionPool.tcp.connectTimeout`, `tcpKeepalive`, `maxConnectionDuration`, `idleTimeout`; `connectionPool.http.maxRequestsPerConnection`, `maxRetries`, `idleTimeout`, `h2UpgradePolicy`, `useClientProtocol`, `maxConcurrentStreams` (every level)",
-        "ignored: the connect timeout is `--connect-timeout`, upstream connections idle out after 60 s and are reused without a request limit, retries have no concurrency limit, no TCP keepalive; requests go upstream over HTTP/1.1",
+        "DestinationRule `connectionPool.tcp.connectTimeout`, `tcpKeepalive`, `maxConnectionDuration`, `idleTimeout`; `connectionPool.http.maxRequestsPerConnection`, `idleTimeout`, `h2UpgradePolicy`, `useClientProtocol`, `maxConcurrentStreams` (every level)",
+        "ignored: the connect timeout is `--connect-timeout`, upstream connections idle out after 60 s and are reused without a request limit, no TCP keepalive; requests go upstream over HTTP/1.1",
     ),
     (
         "GW1062",
@@ -365,7 +365,6 @@ pub(super) const TRAFFIC_POLICY: &[Rule] = &[
         "GW1061",
         "not supported",
     ),
-    rule("connectionPool.http.maxRetries", "GW1061", "not supported"),
     rule("connectionPool.http.idleTimeout", "GW1061", "not supported"),
     rule(
         "connectionPool.http.h2UpgradePolicy",
