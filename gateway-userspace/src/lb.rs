@@ -146,11 +146,10 @@ pub struct Picked {
 }
 
 impl Picked {
-    /// The result of the request to this endpoint, for outlier detection: the
-    /// response's status, or 503 (connect failure, reset), 504 (timeout).
-    pub fn report(&self, status: u16) {
+    /// The result of a try on this endpoint, for outlier detection.
+    pub fn report(&self, outcome: outlier::Outcome) {
         if let Some(o) = &self.outlier {
-            o.report(self.index, status);
+            o.report(self.index, outcome);
         }
     }
 }

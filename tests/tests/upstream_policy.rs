@@ -3,6 +3,9 @@
 //! - an endpoint answering 500 is ejected after `consecutive5xxErrors: 3` (every later
 //!   request goes to the other one), shows OUTLIER CHECK FAILED in `proxy-config
 //!   endpoint` and in the metrics, and comes back after `baseEjectionTime: 2s`;
+//! - with `splitExternalLocalOriginErrors`, an endpoint nobody listens on is ejected
+//!   after `consecutiveLocalOriginFailures: 2` connect failures (Istio's default retry
+//!   takes every request to the other endpoint meanwhile);
 //! - `maxConnections: 1` + `http1MaxPendingRequests: 1` against a slow endpoint: one
 //!   request runs, one waits, the others get 503 `UO` at once;
 //! - `maxRetries: 1` with a 4 s retry back-off: of four failing requests at once, one
@@ -392,4 +395,55 @@ fn max_retries_overflow_skips_the_retry_with_uo() {
         ),
         uo
     );
+}
+
+#[test]
+fn connect_failures_eject_when_split_from_answers() {
+    if !privileged("connect_failures_eject_when_split_from_answers") {
+        return;
+    }
+    let e = env("uppol-split");
+    let cluster = "outbound|80||split.test";
+    for i in 0..8 {
+        let r = get(&e, "split.test", &format!("split-{i}"));
+        // Istio's default retry (connect-failure) goes to the other endpoint.
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-backend"), Some("good"), "{r:?}");
+    }
+    let line = e.gw.wait_log(Duration::from_secs(5), |l| {
+        l.contains("endpoint ejected") && l.contains("127.0.0.1:18289")
+    });
+    assert!(line.contains("consecutive local origin failures"), "{line}");
+    assert_eq!(
+        endpoints(&e, cluster),
+        [
+            ("127.0.0.1:18280".into(), "HEALTHY".into(), "OK".into()),
+            ("127.0.0.1:18289".into(), "HEALTHY".into(), "FAILED".into()),
+        ]
+    );
+    let label = format!("{{cluster=\"{cluster}\"}}");
+    assert_eq!(
+        metric(&e.gw, &format!("gateway_outlier_ejections_total{label}")),
+        1
+    );
+    // Ejected: requests no longer try it. Something listens there now and counts
+    // the connections it gets: none (ROUND_ROBIN would send it every other one).
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    NetNs::block_on(&e.rt, async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:18289")
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            while let Ok((_s, _)) = l.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    });
+    for i in 0..4 {
+        let r = get(&e, "split.test", &format!("after-{i}"));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-backend"), Some("good"), "{r:?}");
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 0);
 }

@@ -198,7 +198,7 @@ pub struct HttpSettings {
 }
 
 /// `OutlierDetection` (Istio's field names; `consecutiveErrors` is the deprecated
-/// spelling of `consecutive5xxErrors`).
+/// spelling of `consecutiveGatewayErrors`). Every field is acted on (`lb::outlier`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {

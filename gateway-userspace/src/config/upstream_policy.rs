@@ -55,6 +55,11 @@ pub struct OutlierPolicy {
     /// Envoy's `healthy_panic_threshold`; Istio sets it to `minHealthPercent` (0 when
     /// unset: panic mode off).
     pub min_health_percent: u32,
+    /// `splitExternalLocalOriginErrors`: connect failures and timeouts count apart
+    /// from the answers, against `consecutive_local_origin`.
+    pub split_local_origin: bool,
+    /// `consecutiveLocalOriginFailures` (Envoy's default 5, enforced at 100).
+    pub consecutive_local_origin: u32,
 }
 
 /// Envoy's defaults (api/envoy/config/cluster/v3/outlier_detection.proto).
@@ -63,6 +68,7 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+const DEFAULT_CONSECUTIVE_LOCAL_ORIGIN: u32 = 5;
 
 fn positive(v: Option<i64>) -> Option<u32> {
     v.filter(|n| *n > 0)
@@ -99,6 +105,8 @@ pub fn outlier_policy(o: &OutlierDetection) -> OutlierPolicy {
         max_ejection_time: DEFAULT_MAX_EJECTION_TIME,
         max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
         min_health_percent: 0,
+        split_local_origin: false,
+        consecutive_local_origin: DEFAULT_CONSECUTIVE_LOCAL_ORIGIN,
     };
     if let Some(t) = &o.base_ejection_time {
         p.base_ejection_time = t.duration;
@@ -123,6 +131,13 @@ pub fn outlier_policy(o: &OutlierDetection) -> OutlierPolicy {
     }
     if let Some(n) = o.min_health_percent.filter(|n| *n >= 0) {
         p.min_health_percent = u32::try_from(n.min(100)).unwrap_or(100);
+    }
+    // Istio sets the local-origin threshold only when splitting, and only above 0.
+    if o.split_external_local_origin_errors == Some(true) {
+        p.split_local_origin = true;
+        if let Some(n) = positive(o.consecutive_local_origin_failures) {
+            p.consecutive_local_origin = n;
+        }
     }
     p
 }
@@ -201,6 +216,11 @@ pub(crate) fn check(
             "consecutiveGatewayErrors",
             o.consecutive_gateway_errors,
             "consecutive gateway errors",
+        );
+        non_negative(
+            "consecutiveLocalOriginFailures",
+            o.consecutive_local_origin_failures,
+            "consecutive local origin failures",
         );
         for (field, v) in [
             ("maxEjectionPercent", o.max_ejection_percent),

@@ -21,6 +21,7 @@ use super::{
     routing::{self, Route},
     upgrade,
 };
+use crate::lb::outlier::Outcome;
 use crate::server::Gateway;
 
 pub type UpstreamClient = Client<HttpConnector, Body>;
@@ -194,11 +195,11 @@ pub async fn forward(
             Some(Err(e)) if e.is_connect() => TryOutcome::ConnectFailure(error_chain(&e)),
             Some(Err(e)) => TryOutcome::Reset(error_chain(&e)),
         };
-        // Outlier detection: local-origin failures count as 503, timeouts as 504.
+        // Outlier detection (`lb::outlier`).
         picked.report(match &outcome {
-            TryOutcome::Response(r, _) => r.status().as_u16(),
-            TryOutcome::ConnectFailure(_) | TryOutcome::Reset(_) => 503,
-            TryOutcome::Timeout => 504,
+            TryOutcome::Response(r, _) => Outcome::Response(r.status().as_u16()),
+            TryOutcome::ConnectFailure(_) | TryOutcome::Reset(_) => Outcome::ConnectFailed,
+            TryOutcome::Timeout => Outcome::Timeout,
         });
         // A streamed body that the client stopped sending: the upstream request was
         // abandoned because of it, whatever the upstream call reports.

@@ -5,8 +5,11 @@
 //! - each result of a request to an endpoint is reported ([`Outlier::report`]): a 5xx
 //!   adds to its consecutive-5xx count, a 502/503/504 also to its consecutive gateway
 //!   failures (any other 5xx zeroes those); anything else zeroes both. Connect
-//!   failures and resets count as 503, timeouts as 504 (Envoy's mapping of local
-//!   origin errors when they are not split, Istio's default).
+//!   failures and resets count as 503, timeouts as 504, a TCP connect as 200, and an
+//!   HTTP connect is not counted (Envoy's `resultToHttpCode`, local origin errors not
+//!   split: Istio's default). With `splitExternalLocalOriginErrors`, connect failures,
+//!   resets and timeouts count only against `consecutiveLocalOriginFailures`, which a
+//!   connect zeroes (`putResultWithLocalExternalSplit`).
 //! - when a count *reaches* its enforced threshold the endpoint is ejected at once,
 //!   unless that would put the ejected share above `max_ejection_percent`
 //!   (`100 * (ejected + 1) / endpoints`); the count is zeroed either way.
@@ -44,10 +47,25 @@ struct State {
     next_sweep: Instant,
 }
 
+/// What happened on one try (Envoy's `Outlier::Result` and response codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint answered (HTTP): its status.
+    Response(u16),
+    /// The TCP connection was made (a TCP route: nothing more is learnt).
+    Connected,
+    /// Connect failure, or reset before the answer (Envoy reports both as
+    /// LOCAL_ORIGIN_CONNECT_FAILED).
+    ConnectFailed,
+    /// No answer in time (LOCAL_ORIGIN_TIMEOUT).
+    Timeout,
+}
+
 #[derive(Debug, Default, Clone)]
 struct Host {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    consecutive_local: u32,
     ejected_at: Option<Instant>,
     /// Envoy's ejection time multiplier (`ejectTimeBackoff`).
     multiplier: u32,
@@ -103,9 +121,42 @@ impl Outlier {
         self.lock().ejected.clone()
     }
 
-    /// The result of a request to endpoint `index`: its HTTP status, or 503 for a
-    /// connect failure or reset, 504 for a timeout.
-    pub fn report(&self, index: usize, status: u16) {
+    /// The result of a try on endpoint `index`.
+    pub fn report(&self, index: usize, outcome: Outcome) {
+        let split = self.policy.split_local_origin;
+        match outcome {
+            Outcome::Response(status) if split => {
+                self.local_origin(index, true);
+                self.report_status(index, status);
+            }
+            Outcome::Response(status) => self.report_status(index, status),
+            Outcome::Connected if split => self.local_origin(index, true),
+            Outcome::Connected => self.report_status(index, 200),
+            Outcome::ConnectFailed | Outcome::Timeout if split => self.local_origin(index, false),
+            Outcome::ConnectFailed => self.report_status(index, 503),
+            Outcome::Timeout => self.report_status(index, 504),
+        }
+    }
+
+    /// `localOriginFailure` / `localOriginNoFailure`.
+    fn local_origin(&self, index: usize, ok: bool) {
+        let mut s = self.lock();
+        let Some(h) = s.hosts.get_mut(index) else {
+            return;
+        };
+        if ok {
+            h.consecutive_local = 0;
+            return;
+        }
+        h.consecutive_local += 1;
+        if h.consecutive_local == self.policy.consecutive_local_origin {
+            h.consecutive_local = 0;
+            self.eject(&mut s, index, "consecutive local origin failures");
+        }
+    }
+
+    /// `putHttpResponseCode`.
+    fn report_status(&self, index: usize, status: u16) {
         let mut s = self.lock();
         let Some(h) = s.hosts.get_mut(index) else {
             return;

@@ -144,6 +144,8 @@ fn outlier_policy(interval_ms: u64, base_ms: u64) -> crate::config::upstream_pol
         max_ejection_time: std::time::Duration::from_secs(300),
         max_ejection_percent: 100,
         min_health_percent: 0,
+        split_local_origin: false,
+        consecutive_local_origin: 5,
     }
 }
 
@@ -176,10 +178,10 @@ fn consecutive_5xx_ejects_and_every_policy_skips_the_ejected() {
         let o = b.outlier.clone().unwrap();
         // Two 5xx, a success (zeroes the count), then three: ejected at the third.
         for s in [500, 503, 200, 500, 502] {
-            o.report(1, s);
+            o.report(1, outlier::Outcome::Response(s));
         }
         assert_eq!(o.ejected(), [false, false, false], "{policy:?}");
-        o.report(1, 504);
+        o.report(1, outlier::Outcome::Timeout);
         assert_eq!(o.ejected(), [false, true, false], "{policy:?}");
         let got = spread(&b, 300, |i| {
             Some((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -197,13 +199,13 @@ fn max_ejection_percent_panic_threshold_and_return() {
     p.max_ejection_percent = 10;
     let b = with_outlier(LbPolicy::RoundRobin, 3, p);
     let o = b.outlier.clone().unwrap();
-    (0..3).for_each(|_| o.report(0, 500));
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
     assert_eq!(o.ejected(), [false, false, false]);
     // Every endpoint ejected and no panic threshold: nothing to pick (503 UH).
     let b = with_outlier(LbPolicy::RoundRobin, 2, outlier_policy(60_000, 60_000));
     let o = b.outlier.clone().unwrap();
-    (0..3).for_each(|_| o.report(0, 500));
-    (0..3).for_each(|_| o.report(1, 500));
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
+    (0..3).for_each(|_| o.report(1, outlier::Outcome::Response(500)));
     assert_eq!(o.ejected(), [true, true]);
     assert!(b.pick(None).is_none());
     // minHealthPercent 60 with one of two ejected (50% healthy): panic, all used.
@@ -211,13 +213,13 @@ fn max_ejection_percent_panic_threshold_and_return() {
     p.min_health_percent = 60;
     let b = with_outlier(LbPolicy::RoundRobin, 2, p);
     let o = b.outlier.clone().unwrap();
-    (0..3).for_each(|_| o.report(0, 500));
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
     assert_eq!(o.ejected(), [true, false]);
     assert_eq!(spread(&b, 4, |_| None).len(), 2);
     // Back after base_ejection_time, at the next interval sweep.
     let b = with_outlier(LbPolicy::RoundRobin, 2, outlier_policy(20, 100));
     let o = b.outlier.clone().unwrap();
-    (0..3).for_each(|_| o.report(0, 500));
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
     assert_eq!(o.ejected(), [true, false]);
     std::thread::sleep(std::time::Duration::from_millis(60));
     assert_eq!(o.ejected(), [true, false]);
@@ -227,7 +229,7 @@ fn max_ejection_percent_panic_threshold_and_return() {
     }
     assert_eq!(o.ejected(), [false, false]);
     // Ejected again at once: twice the base time (the multiplier).
-    (0..3).for_each(|_| o.report(0, 500));
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
     let at = std::time::Instant::now();
     while o.ejected()[0] && at.elapsed() < std::time::Duration::from_secs(2) {
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -275,4 +277,45 @@ async fn circuit_breakers_admit_queue_and_overflow() {
     drop(r);
     assert!(p.retry().is_some());
     assert_eq!(p.retry_overflows.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn local_origin_errors_count_as_503_504_or_apart_when_split() {
+    use outlier::Outcome::*;
+    // Not split: a connect failure is a 503 and a timeout a 504 (3 in a row eject);
+    // an HTTP answer's connect does not zero the count, a TCP connect does.
+    let b = with_outlier(LbPolicy::RoundRobin, 2, outlier_policy(60_000, 60_000));
+    let o = b.outlier.clone().unwrap();
+    for r in [
+        ConnectFailed,
+        Timeout,
+        Connected,
+        ConnectFailed,
+        Response(500),
+    ] {
+        o.report(0, r);
+    }
+    assert_eq!(o.ejected(), [false, false]);
+    o.report(0, Timeout);
+    assert_eq!(o.ejected(), [true, false]);
+    // Split: local failures count apart (threshold 2 here), an answer's connect zeroes
+    // them, and 5xx answers count only as 5xx.
+    let mut p = outlier_policy(60_000, 60_000);
+    p.split_local_origin = true;
+    p.consecutive_local_origin = 2;
+    let b = with_outlier(LbPolicy::RoundRobin, 2, p);
+    let o = b.outlier.clone().unwrap();
+    for r in [ConnectFailed, Response(500), Timeout, Response(500)] {
+        o.report(0, r);
+    }
+    assert_eq!(o.ejected(), [false, false]);
+    o.report(0, ConnectFailed);
+    assert_eq!(o.ejected(), [false, false]);
+    o.report(0, Timeout);
+    assert_eq!(o.ejected(), [true, false]);
+    // ... and three 5xx answers still eject on their own.
+    for _ in 0..3 {
+        o.report(1, Response(503));
+    }
+    assert_eq!(o.ejected(), [true, true]);
 }

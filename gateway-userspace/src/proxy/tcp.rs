@@ -260,12 +260,12 @@ pub async fn serve(
     let endpoint = picked.addr;
     let connected =
         tokio::time::timeout(gw.opts.connect_timeout, TcpStream::connect(endpoint)).await;
-    // Outlier detection: a connect failure counts as 503 (Envoy's
-    // LOCAL_ORIGIN_CONNECT_FAILED, errors not split), a connect as a success.
-    picked.report(if matches!(connected, Ok(Ok(_))) {
-        200
-    } else {
-        503
+    // Outlier detection: Envoy's tcp_proxy reports the connect
+    // (LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL), its failure or its timeout.
+    picked.report(match &connected {
+        Ok(Ok(_)) => crate::lb::outlier::Outcome::Connected,
+        Ok(Err(_)) => crate::lb::outlier::Outcome::ConnectFailed,
+        Err(_) => crate::lb::outlier::Outcome::Timeout,
     });
     let up = match connected {
         Ok(Ok(up)) => up,

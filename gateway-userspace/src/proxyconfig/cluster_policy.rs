@@ -45,6 +45,12 @@ pub(super) fn add(c: &Cluster, cluster: &mut Value) {
             "consecutive_gateway_failure": if o.consecutive_gateway > 0 { o.consecutive_gateway } else { 5 },
             "enforcing_consecutive_gateway_failure": enforcing(o.consecutive_gateway),
         });
+        if o.split_local_origin {
+            cluster["outlier_detection"]["split_external_local_origin_errors"] = true.into();
+            cluster["outlier_detection"]["consecutive_local_origin_failure"] =
+                o.consecutive_local_origin.into();
+            cluster["outlier_detection"]["enforcing_local_origin_success_rate"] = 0.into();
+        }
         cluster["common_lb_config"] =
             json!({ "healthy_panic_threshold": { "value": o.min_health_percent } });
     }

@@ -346,7 +346,11 @@ spec:
   - name: v2
     labels: {version: v2}
     trafficPolicy:
-      outlierDetection: {consecutiveErrors: 2, minHealthPercent: 50}
+      outlierDetection:
+        consecutiveErrors: 2
+        minHealthPercent: 50
+        splitExternalLocalOriginErrors: true
+        consecutiveLocalOriginFailures: 4
 ",
     );
     let host = "app.shop.svc.cluster.local";
@@ -368,6 +372,8 @@ spec:
         max_ejection_time: Duration::from_secs(300),
         max_ejection_percent: 100,
         min_health_percent: 0,
+        split_local_origin: false,
+        consecutive_local_origin: 5,
     };
     assert_eq!(c("80|").outlier, Some(top));
     assert_eq!(c("80|v1").outlier, Some(top));
@@ -382,6 +388,8 @@ spec:
         max_ejection_time: Duration::from_secs(300),
         max_ejection_percent: 10,
         min_health_percent: 50,
+        split_local_origin: true,
+        consecutive_local_origin: 4,
     };
     assert_eq!(c("80|v2").outlier, Some(v2));
     // Port 81 has a portLevelSettings entry: "port level policies do not inherit".

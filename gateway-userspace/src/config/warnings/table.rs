@@ -107,11 +107,6 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "ignored: the connect timeout is `--connect-timeout`, upstream connections idle out after 60 s and are reused without a request limit, no TCP keepalive; requests go upstream over HTTP/1.1",
     ),
     (
-        "GW1062",
-        "DestinationRule `outlierDetection.splitExternalLocalOriginErrors`, `consecutiveLocalOriginFailures` (every level)",
-        "ignored: connect failures, resets and timeouts count as 503/504 responses (Envoy's default, not split)",
-    ),
-    (
         "GW1063",
         "DestinationRule `trafficPolicy.tls` with a mode other than DISABLE (every level)",
         "ignored: the gateway connects to the endpoints in plain TCP (no TLS origination)",
@@ -379,16 +374,6 @@ pub(super) const TRAFFIC_POLICY: &[Rule] = &[
     rule(
         "connectionPool.http.maxConcurrentStreams",
         "GW1061",
-        "not supported",
-    ),
-    rule(
-        "outlierDetection.splitExternalLocalOriginErrors",
-        "GW1062",
-        "not supported",
-    ),
-    rule(
-        "outlierDetection.consecutiveLocalOriginFailures",
-        "GW1062",
         "not supported",
     ),
     Rule {
