@@ -186,6 +186,13 @@ pub struct RunArgs {
     /// interfaces; native mode, else generic. Without it: enforced at accept.
     #[arg(long = "xdp-iface", num_args = 1.., value_name = "IFACE")]
     pub xdp_iface: Vec<String>,
+    /// After SIGTERM or SIGINT, how long connections may take to finish before the rest
+    /// are closed and the process exits (it exits sooner once none is left). Istio's
+    /// ProxyConfig `drainDuration`, 45 s; Istio's `terminationDrainDuration` (5 s) is
+    /// the same idea for Envoy on SIGTERM: `--drain-duration 5s` mirrors it. 0: close
+    /// everything and exit at once. A second signal exits at once.
+    #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
+    pub drain_duration: Duration,
     /// Look this often at the heap and give freed memory back to the kernel when the
     /// arenas hold a lot of it free (after connections close; `runtime::heap`). 0: never.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -401,6 +408,9 @@ fn http_options(args: &RunArgs) -> crate::http::HttpOptions {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // From here on SIGTERM and SIGINT start the drain instead of killing the process.
+    let signals =
+        crate::runtime::drain::Signals::install().context("installing SIGTERM/SIGINT handlers")?;
     // Istio's failure isolation: a reference to something missing leaves that server or
     // route inactive, with a warning, and the rest is served.
     let snapshot = args
@@ -519,9 +529,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         ));
     }
-    for (l, sock) in listeners {
-        tokio::spawn(listener::accept_loop(gw.clone(), l, sock));
-    }
+    let accept_loops = listeners
+        .into_iter()
+        .map(|(l, sock)| tokio::spawn(listener::accept_loop(gw.clone(), l, sock)))
+        .collect();
     gw.readiness.set(crate::server::ReadyState::Serving);
     tracing::info!(
         splice = gw.splicer.name(),
@@ -531,10 +542,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         prometheus_port = ?gw.opts.istio_ports.prometheus,
         "gateway ready"
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    tracing::info!("shutting down");
+    crate::runtime::drain::on_signals(gw.clone(), signals, accept_loops, args.drain_duration).await;
+    // Access-log lines of the last connections, before the process exits.
+    gw.telemetry.flush(std::time::Duration::from_secs(2));
+    tracing::info!("exiting");
     Ok(())
 }
 
@@ -614,6 +625,22 @@ mod tests {
         let mut argv = vec!["gateway", "run", "--config", "x.yaml"];
         argv.extend_from_slice(&["--status-port", "70000"]);
         assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn drain_duration() {
+        assert_eq!(
+            run_args(&[]).drain_duration,
+            crate::runtime::drain::DEFAULT_DRAIN_DURATION
+        );
+        assert_eq!(
+            run_args(&["--drain-duration", "5s"]).drain_duration,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            run_args(&["--drain-duration", "0"]).drain_duration,
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub enum ReadyState {
     Starting = 0,
     /// The config serves: every Gateway port accepts.
     Serving = 1,
-    /// Shutting down (issue 11's drain sets this first, so load balancers stop sending
+    /// Shutting down (`runtime::drain` sets this first, so load balancers stop sending
     /// before the listeners close).
     Draining = 2,
 }
@@ -91,6 +91,20 @@ impl Readiness {
     /// 200 on `/healthz/ready`.
     pub fn is_ready(&self) -> bool {
         self.get() == ReadyState::Serving
+    }
+
+    /// `gateway_server_state`, with Envoy's `server.state` values (0 LIVE, 1 DRAINING,
+    /// 3 INITIALIZING; envoy/admin/v3/server_info.proto). While draining,
+    /// `gateway_downstream_cx_active` says how many connections are left.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let v = match self.get() {
+            ReadyState::Serving => 0,
+            ReadyState::Draining => 1,
+            ReadyState::Starting => 3,
+        };
+        out.push_str(&format!(
+            "# HELP gateway_server_state Envoy's server.state: 0 live, 1 draining (after SIGTERM/SIGINT), 3 initializing.\n# TYPE gateway_server_state gauge\ngateway_server_state {v}\n"
+        ));
     }
 }
 
@@ -127,6 +141,8 @@ pub struct Gateway {
     pub readiness: Readiness,
     /// Each cluster's load balancer (DestinationRule `loadBalancer`).
     pub balancers: crate::lb::Balancers,
+    /// SIGTERM's drain, as accept loops and connections see it.
+    pub drain: crate::runtime::drain::Drain,
 }
 
 impl Gateway {
@@ -153,6 +169,7 @@ impl Gateway {
             sni_routes,
             readiness: Readiness::default(),
             balancers,
+            drain: crate::runtime::drain::Drain::default(),
         }
     }
 

@@ -846,6 +846,72 @@ fn idle_flows_close_after_the_idle_timeout_busy_ones_stay_in_every_mode() {
     });
 }
 
+/// The drain deadline (`Splicer::close_all`): a quiet flow gets a FIN each way, a flow
+/// whose reader stalled while 64 MiB were pushed at it (bytes still waiting: in a pipe,
+/// a receive queue or the kernel's backlog) is reset each way, never closed as a clean
+/// but truncated stream; both report `DrainTimeout`, in every mode. A flow spliced after
+/// the deadline is closed at once.
+#[test]
+fn close_all_fins_quiet_flows_and_resets_flows_with_bytes_waiting_in_every_mode() {
+    if !privileged("close_all_fins_quiet_flows_and_resets_flows_with_bytes_waiting_in_every_mode") {
+        return;
+    }
+    in_netns("m-drain", || {
+        every_mode(|mode| async move {
+            let splicer = splicer(mode);
+            let (mut quiet_c, mut quiet_s, quiet_flow) = spliced_pair(&splicer).await;
+            quiet_c.write_all(b"hello\n").await.unwrap();
+            let mut b = [0u8; 6];
+            quiet_s.read_exact(&mut b).await.unwrap();
+            let (busy_c, mut busy_s, busy_flow) = spliced_pair(&splicer).await;
+            // The upstream reads nothing: the writer fills every buffer on the way.
+            let writer = tokio::spawn(async move {
+                let mut c = busy_c;
+                let buf = vec![7u8; 1 << 20];
+                for _ in 0..64 {
+                    if c.write_all(&buf).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            splicer.close_all();
+            let r = report(mode, quiet_flow).await;
+            assert_eq!(r.termination, Termination::DrainTimeout, "{mode:?}: {r:?}");
+            for (who, s) in [("client", &mut quiet_c), ("upstream", &mut quiet_s)] {
+                let n = timeout(Duration::from_secs(5), s.read(&mut b))
+                    .await
+                    .unwrap_or_else(|_| panic!("{mode:?} {who}: nothing within 5 s"))
+                    .unwrap_or_else(|e| panic!("{mode:?} {who}: {e} instead of EOF"));
+                assert_eq!(n, 0, "{mode:?} {who}: bytes instead of EOF");
+            }
+            let r = report(mode, busy_flow).await;
+            assert_eq!(r.termination, Termination::DrainTimeout, "{mode:?}: {r:?}");
+            // The upstream reads what reached it, then a reset, never a clean EOF.
+            let mut buf = vec![0u8; 1 << 16];
+            let ended = loop {
+                match timeout(Duration::from_secs(10), busy_s.read(&mut buf)).await {
+                    Err(_) => panic!("{mode:?}: the reset never came"),
+                    Ok(Ok(0)) => break "EOF".to_string(),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => break e.to_string(),
+                }
+            };
+            assert_ne!(ended, "EOF", "{mode:?}: a truncated stream ended cleanly");
+            let wrote_all = timeout(Duration::from_secs(10), writer)
+                .await
+                .expect("the writer stopped")
+                .unwrap();
+            assert!(!wrote_all, "{mode:?}: the client's 64 MiB all went through");
+            // After the deadline, a new flow is closed as soon as it starts.
+            let (_c, _s, late) = spliced_pair(&splicer).await;
+            let r = report(mode, late).await;
+            assert_eq!(r.termination, Termination::DrainTimeout, "{mode:?}: {r:?}");
+        })
+    });
+}
+
 /// Pins the calling thread to one CPU.
 fn pin_to(cpu: usize) {
     // SAFETY: cpu_set_t is plain data (all-zeroes is the empty set); CPU_SET writes into

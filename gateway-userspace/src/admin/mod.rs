@@ -119,6 +119,7 @@ pub fn prometheus_text(gw: &Gateway) -> String {
     gw.telemetry.render_prometheus(&mut out);
     gw.balancers.render_prometheus(&mut out);
     crate::config::warnings::render_prometheus(&gw.snapshot.warnings, &mut out);
+    gw.readiness.render_prometheus(&mut out);
     out
 }
 

@@ -36,6 +36,7 @@ use crate::{
 
 pub mod body;
 pub mod cors;
+mod drain;
 pub mod hash_policy;
 pub mod mirror;
 pub mod normalize;
@@ -230,6 +231,10 @@ pub async fn serve(
     };
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    // Bytes the client sent before its request is served; a connection with none when
+    // the drain starts is closed.
+    let read = Arc::new(std::sync::atomic::AtomicU64::new(prelude.len() as u64));
     let client = gw
         .http
         .client
@@ -238,7 +243,15 @@ pub async fn serve(
     let io = Prelude::new(prelude, stream);
 
     if !tls {
-        let (io, h2) = match detect_h2(io).await {
+        let detected = tokio::select! {
+            biased;
+            d = detect_h2(io, &read) => d,
+            () = drain::closes_unused(&gw.drain, fd, &read) => {
+                tracing::debug!(target: "gateway::http", %peer, port, "closing a connection without a request: draining");
+                return;
+            }
+        };
+        let (io, h2) = match detected {
             Ok(v) => v,
             Err(e) => {
                 tracing::info!(target: "gateway::http", %peer, port, "connection closed before a request: {e}");
@@ -253,6 +266,10 @@ pub async fn serve(
 
     // TLS: read the ClientHello (prelude first), pick the server by SNI, and finish the
     // handshake with that server's config.
+    let io = Counted {
+        inner: io,
+        count: read.clone(),
+    };
     let handshake = async {
         let start =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
@@ -270,18 +287,26 @@ pub async fn serve(
         let stream = start.into_stream(server.tls.clone()).await?;
         Ok((stream, sni, index))
     };
-    let (stream, sni, index) =
-        match tokio::time::timeout(gw.opts.client_hello_timeout, handshake).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::info!(target: "gateway::http", %peer, port, "TLS handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(target: "gateway::http", %peer, port, "TLS handshake timed out");
-                return;
-            }
-        };
+    let handshake = tokio::time::timeout(gw.opts.client_hello_timeout, handshake);
+    let handshaken = tokio::select! {
+        biased;
+        h = handshake => h,
+        () = drain::closes_unused(&gw.drain, fd, &read) => {
+            tracing::debug!(target: "gateway::http", %peer, port, "closing a connection without a ClientHello: draining");
+            return;
+        }
+    };
+    let (stream, sni, index) = match handshaken {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::info!(target: "gateway::http", %peer, port, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(target: "gateway::http", %peer, port, "TLS handshake timed out");
+            return;
+        }
+    };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     if let Some(cert) = stream
         .get_ref()
@@ -335,6 +360,7 @@ where
         // connection is idle (for `idle_timeout`) only while no stream is open.
         let svc = {
             let conn = conn.clone();
+            let gw = gw.clone();
             service_fn(move |req| {
                 let token = proxy::OpenStream::new(conn.clone());
                 let handled = proxy::handle(gw.clone(), conn.clone(), req);
@@ -367,7 +393,18 @@ where
         let idle = idle_watch(&conn, opts.idle_timeout);
         tokio::pin!(idle);
         tokio::select! {
+            biased;
             r = served.as_mut() => r,
+            () = gw.drain.draining() => {
+                // GOAWAY; the open streams finish (or are cut at the drain deadline).
+                tracing::debug!(target: "gateway::http", %peer, port, "draining: GOAWAY");
+                served.as_mut().graceful_shutdown();
+                tokio::select! {
+                    biased;
+                    r = served => r,
+                    () = gw.drain.closing() => return,
+                }
+            }
             _ = conn.abusive.notified() => {
                 // Accepted streams reset right away (rapid reset) cost us upstream work
                 // each; Envoy closes such connections, so do we: GOAWAY, then drop.
@@ -393,14 +430,20 @@ where
             }
         }
     } else {
-        hyper::server::conn::http1::Builder::new()
+        let served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_headers(MAX_REQUEST_HEADERS_COUNT)
             .max_header_size(MAX_REQUEST_HEADERS_BYTES)
             .serve_connection(io, svc)
-            .with_upgrades()
-            .await
+            .with_upgrades();
+        tokio::pin!(served);
+        // Draining: the request in flight is answered with `Connection: close` (hyper
+        // turns keep-alive off), an idle connection closes at once.
+        match drain::serve(&gw.drain, served, |c| c.graceful_shutdown()).await {
+            Some(r) => r,
+            None => return,
+        }
     };
     if let Err(e) = result {
         if e.is_timeout() && conn.idle() {
@@ -547,7 +590,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// HTTP/2 with prior knowledge (h2c) or HTTP/1.1 on a plain port: reads until the
 /// bytes are the full h2 preface or diverge from it, under [`HEADER_READ_TIMEOUT`].
 /// The bytes read are kept in the prelude for hyper.
-async fn detect_h2(mut io: Prelude<TcpStream>) -> io::Result<(Prelude<TcpStream>, bool)> {
+async fn detect_h2(
+    mut io: Prelude<TcpStream>,
+    read: &std::sync::atomic::AtomicU64,
+) -> io::Result<(Prelude<TcpStream>, bool)> {
     let mut buf = std::mem::take(&mut io.prelude);
     let read = async {
         loop {
@@ -560,6 +606,7 @@ async fn detect_h2(mut io: Prelude<TcpStream>) -> io::Result<(Prelude<TcpStream>
             }
             let mut chunk = [0u8; 24];
             let got = io.inner.read(&mut chunk).await?;
+            read.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
             if got == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

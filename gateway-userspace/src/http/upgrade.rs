@@ -156,6 +156,7 @@ pub async fn run_tunnel(
     up: hyper::upgrade::OnUpgrade,
     idle: Option<Duration>,
     request_id: String,
+    closing: tokio_util::sync::CancellationToken,
 ) {
     let (down, up) = match tokio::try_join!(down, up) {
         Ok(pair) => pair,
@@ -208,6 +209,11 @@ pub async fn run_tunnel(
             request_id,
             idle_ms = quiet.as_millis() as u64,
             "upgraded connection closed: idle timeout"
+        ),
+        () = closing.cancelled() => tracing::info!(
+            target: "gateway::http",
+            request_id,
+            "upgraded connection closed: drain_timeout"
         ),
     }
 }

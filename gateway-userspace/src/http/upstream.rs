@@ -49,6 +49,10 @@ struct Upgrade {
     /// The `Upgrade` value sent upstream.
     asked: Option<HeaderValue>,
     idle: Option<Duration>,
+    /// For the tunnel: the gateway (whose drain closes it) and the listener's port
+    /// (whose gauges count it).
+    gw: std::sync::Arc<Gateway>,
+    port: u16,
 }
 
 /// How one try ended.
@@ -63,7 +67,7 @@ enum TryOutcome {
 /// within the route's timeout. Returns the response to send downstream.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
-    gw: &Gateway,
+    gw: &std::sync::Arc<Gateway>,
     conn: &ConnCtx,
     route: &Route,
     cluster: &str,
@@ -81,6 +85,8 @@ pub async fn forward(
         down,
         asked: headers.get(header::UPGRADE).cloned(),
         idle: gw.opts.http.upgrade_idle_timeout,
+        gw: gw.clone(),
+        port: conn.port,
     });
     let body_timed_out = body.timed_out.clone();
     // Buffer small bodies so they can be replayed on retry.
@@ -386,7 +392,7 @@ fn respond_upstream(
             let accepted = resp.headers().get(header::UPGRADE).cloned();
             let tunnel = match upgrade {
                 Some(u) if switched && same_token(u.asked.as_ref(), accepted.as_ref()) => {
-                    Some((u.down, hyper::upgrade::on(&mut resp), u.idle))
+                    Some((u.down, hyper::upgrade::on(&mut resp), u.idle, u.gw, u.port))
                 }
                 _ => None,
             };
@@ -395,14 +401,22 @@ fn respond_upstream(
             }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            if let Some((down, up, idle)) = tunnel {
+            if let Some((down, up, idle, gw, port)) = tunnel {
                 if let Some(u) = accepted {
                     parts
                         .headers
                         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                     parts.headers.insert(header::UPGRADE, u);
                 }
-                tokio::spawn(upgrade::run_tunnel(down, up, idle, log.request_id.clone()));
+                // The client's connection lives on in the tunnel: it stays counted
+                // (gauges, caps, the drain), and is closed at the drain deadline.
+                let held = crate::listener::Active::hold(&gw, port);
+                let closing = gw.drain.closing_token();
+                let id = log.request_id.clone();
+                tokio::spawn(async move {
+                    let _held = held;
+                    upgrade::run_tunnel(down, up, idle, id, closing).await
+                });
             }
             parts.version = Version::default();
             if let Ok(v) = HeaderValue::from_str(&took.as_millis().to_string()) {

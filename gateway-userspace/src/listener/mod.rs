@@ -60,12 +60,21 @@ fn bind_one(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
-/// Accepts forever; each connection is served on its own task.
+/// Accepts until the drain starts (then the listening socket is closed, so a new
+/// connect is refused); each connection is served on its own task.
 pub async fn accept_loop(gw: Arc<Gateway>, listener: Arc<Listener>, sock: TcpListener) {
     let port = listener.port;
     let mut errors = ErrorLog::default();
     loop {
-        let (conn, peer) = match sock.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = gw.drain.draining() => {
+                tracing::debug!(port, "listener closed: draining");
+                return;
+            }
+            a = sock.accept() => a,
+        };
+        let (conn, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the listener stays,
@@ -128,17 +137,26 @@ fn over_cap(gw: &Gateway, stats: Option<&ListenerStats>) -> bool {
 }
 
 /// Counts a connection as accepted and active until dropped — also when its task
-/// panics, so the gauges and the caps never drift.
-struct Active {
+/// panics, so the gauges, the caps and the drain never drift.
+pub(crate) struct Active {
     gw: Arc<Gateway>,
     port: u16,
 }
 
 impl Active {
     fn enter(gw: &Arc<Gateway>, port: u16) -> Active {
-        gw.stats.active_total.fetch_add(1, Ordering::Relaxed);
         if let Some(s) = gw.stats.listener(port) {
             s.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        Active::hold(gw, port)
+    }
+
+    /// Counts as active (not accepted again) a downstream connection that outlives its
+    /// connection task: an upgraded HTTP/1.1 connection (WebSocket) in its tunnel, which
+    /// the drain must wait for too.
+    pub(crate) fn hold(gw: &Arc<Gateway>, port: u16) -> Active {
+        gw.stats.active_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = gw.stats.listener(port) {
             s.active.fetch_add(1, Ordering::Relaxed);
         }
         Active {

@@ -246,6 +246,10 @@ pub struct Sink {
     tx: SyncSender<String>,
     pub written: Arc<AtomicU64>,
     pub dropped: Arc<AtomicU64>,
+    /// Lines queued, and lines the writer has finished with (written or failed): equal
+    /// once the queue is empty.
+    queued: AtomicU64,
+    finished: Arc<AtomicU64>,
 }
 
 impl Sink {
@@ -255,10 +259,12 @@ impl Sink {
         let (tx, rx) = sync_channel::<String>(capacity.max(1));
         let written = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
+        let finished = Arc::new(AtomicU64::new(0));
         let (w, d, p) = (written.clone(), dropped.clone(), path.clone());
+        let f = finished.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(p, rx, w, d));
+            .spawn(move || write_loop(p, rx, [w, d, f]));
         if let Err(e) = spawned {
             tracing::error!(path = %path.display(), "access log writer thread: {e}");
         }
@@ -267,26 +273,38 @@ impl Sink {
             tx,
             written,
             dropped,
+            queued: AtomicU64::new(0),
+            finished,
         }
     }
 
     /// Queues a line; never blocks.
     pub fn send(&self, line: String) {
         match self.tx.try_send(line) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+
+    /// Waits (blocking, at most `within`) until the writer has taken care of every line
+    /// queued so far: before the process exits.
+    pub fn flush(&self, within: std::time::Duration) {
+        let until = std::time::Instant::now() + within;
+        while self.finished.load(Ordering::Relaxed) < self.queued.load(Ordering::Relaxed)
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
 
-fn write_loop(
-    path: PathBuf,
-    rx: Receiver<String>,
-    written: Arc<AtomicU64>,
-    dropped: Arc<AtomicU64>,
-) {
+/// `counters`: lines written, dropped, finished with.
+fn write_loop(path: PathBuf, rx: Receiver<String>, counters: [Arc<AtomicU64>; 3]) {
+    let [written, dropped, finished] = counters;
     enum Out {
         Stdout,
         Stderr,
@@ -307,6 +325,7 @@ fn write_loop(
                 tracing::error!(path = %path.display(), "access log: cannot open: {e}; lines are dropped");
                 for _ in rx {
                     dropped.fetch_add(1, Ordering::Relaxed);
+                    finished.fetch_add(1, Ordering::Relaxed);
                 }
                 return;
             }
@@ -352,6 +371,7 @@ fn write_loop(
                 }
             }
         }
+        finished.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -33,6 +33,13 @@ pub struct Telemetry {
 static CURRENT: ArcSwapOption<Telemetry> = ArcSwapOption::const_empty();
 
 impl Telemetry {
+    /// Waits (at most `within` per file) for every queued access-log line to be written.
+    pub fn flush(&self, within: std::time::Duration) {
+        for s in self.access.sinks() {
+            s.flush(within);
+        }
+    }
+
     pub fn new(access: AccessLogs, id: &GatewayIdentity) -> Telemetry {
         Telemetry {
             access,
@@ -122,6 +129,7 @@ impl Telemetry {
             Some(Termination::DownstreamReset) => Some("downstream_reset"),
             Some(Termination::UpstreamReset) => Some("upstream_reset"),
             Some(Termination::IdleTimeout) => Some("idle_timeout"),
+            Some(Termination::DrainTimeout) => Some("drain_timeout"),
             _ => None,
         };
         let record = LogRecord {

@@ -7,6 +7,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
+use tokio_util::sync::CancellationToken;
 
 use super::{
     DirEnd, FlowReport, Termination, Victim, ending,
@@ -39,8 +40,14 @@ async fn pipe(
     }
 }
 
-/// Copies both ways until both sides are done (or nothing moved for `idle`).
-pub async fn copy(mut down: TcpStream, mut up: TcpStream, idle: Option<Duration>) -> FlowReport {
+/// Copies both ways until both sides are done (or nothing moved for `idle`, or `closing`
+/// is cancelled).
+pub async fn copy(
+    mut down: TcpStream,
+    mut up: TcpStream,
+    idle: Option<Duration>,
+    closing: &CancellationToken,
+) -> FlowReport {
     let activity = Activity::new();
     let ended = {
         let (dr, dw) = down.split();
@@ -54,17 +61,19 @@ pub async fn copy(mut down: TcpStream, mut up: TcpStream, idle: Option<Duration>
         tokio::select! {
             a = &mut d2u => {
                 let b = if ending(true, &a).is_some() { DirEnd::Fin(0) } else { u2d.await };
-                Some((a, b))
+                Ok((a, b))
             }
             b = &mut u2d => {
                 let a = if ending(false, &b).is_some() { DirEnd::Fin(0) } else { d2u.await };
-                Some((a, b))
+                Ok((a, b))
             }
-            () = expired(&activity, idle) => None,
+            () = expired(&activity, idle) => Err(Termination::IdleTimeout),
+            () = closing.cancelled() => Err(Termination::DrainTimeout),
         }
     };
-    let Some((a, b)) = ended else {
-        return idle_close(down, up, &activity, super::Path::Copy);
+    let (a, b) = match ended {
+        Ok(ended) => ended,
+        Err(why) => return idle_close(down, up, &activity, super::Path::Copy, why),
     };
     let termination = match ending(true, &a).or_else(|| ending(false, &b)) {
         Some((victim, t)) => {
@@ -84,15 +93,17 @@ pub async fn copy(mut down: TcpStream, mut up: TcpStream, idle: Option<Duration>
     }
 }
 
-/// Ends an idle flow: a FIN each way when nothing read is left unwritten, else a reset
-/// each way (closing with a FIN would hand the reader a clean but truncated stream).
+/// Ends an idle flow (or one still open at the drain deadline: `why`): a FIN each way
+/// when nothing read is left unwritten, else a reset each way (closing with a FIN would
+/// hand the reader a clean but truncated stream).
 pub(crate) fn idle_close(
     down: TcpStream,
     up: TcpStream,
     activity: &Activity,
     path: super::Path,
+    why: Termination,
 ) -> FlowReport {
-    let pending = activity.pending();
+    let pending = activity.pending() || super::sockopt::unread(&down, &up);
     for s in [&down, &up] {
         let s = socket2::SockRef::from(s);
         if pending {
@@ -101,14 +112,14 @@ pub(crate) fn idle_close(
             let _ = s.shutdown(std::net::Shutdown::Write);
         }
     }
-    tracing::debug!(pending, "splice: idle timeout");
+    tracing::debug!(pending, "splice: {why}");
     let (d2u, u2d) = activity.moved();
     FlowReport {
         downstream_to_upstream: d2u,
         upstream_to_downstream: u2d,
         userspace_bytes: d2u + u2d,
         path,
-        termination: Termination::IdleTimeout,
+        termination: why,
         ..Default::default()
     }
 }

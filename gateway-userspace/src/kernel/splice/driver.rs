@@ -230,9 +230,9 @@ enum End {
     ResetBy(usize),
     /// A local failure: reset both.
     Error(String),
-    /// No byte moved for the idle timeout: a FIN each way, or (bytes still pending) a
-    /// reset each way.
-    Idle { pending: bool },
+    /// No byte moved for the idle timeout (or the drain deadline passed: `why`): a FIN
+    /// each way, or (bytes still pending) a reset each way.
+    Idle { pending: bool, why: Termination },
 }
 
 pub(crate) struct Driver {
@@ -300,6 +300,8 @@ impl Driver {
         let mut lost_check = tokio::time::interval(LOST_CHECK);
         lost_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
+        let closing = self.kernel.closing.clone();
+        let mut closed = false;
         loop {
             let deadline = self.timers.peek().map(|Reverse(t)| t.0);
             if let Some(at) = deadline
@@ -375,6 +377,11 @@ impl Driver {
                     self.check_lost();
                     self.sweep_idle();
                 }
+                () = closing.cancelled(), if !closed => closed = true,
+            }
+            if closed {
+                // Also the flows that arrive after the deadline.
+                self.close_all();
             }
             if !open && self.by_cookie.is_empty() && self.flows.iter().all(Option::is_none) {
                 return;
@@ -629,16 +636,31 @@ impl Driver {
             if now.duration_since(flow.active_at) < idle {
                 continue;
             }
-            // Nothing left to forward (every byte received was written to the other
-            // side): FIN both ways. Else a reset: a FIN would truncate silently.
-            let pending = [DOWN, UP].iter().any(|&d| {
-                flow.dirs[d].phase != Phase::Done
-                    && match (received(flow, d), written(flow, 1 - d)) {
-                        (Ok(r), Ok(w)) => w < r,
-                        _ => true,
-                    }
-            });
-            self.finish(slot, Err(End::Idle { pending }));
+            let pending = pending(flow);
+            self.finish(
+                slot,
+                Err(End::Idle {
+                    pending,
+                    why: Termination::IdleTimeout,
+                }),
+            );
+        }
+    }
+
+    /// The drain deadline: every flow is closed as an idle one is.
+    fn close_all(&mut self) {
+        for slot in 0..self.flows.len() {
+            let Some(Some(flow)) = self.flows.get(slot) else {
+                continue;
+            };
+            let pending = pending(flow);
+            self.finish(
+                slot,
+                Err(End::Idle {
+                    pending,
+                    why: Termination::DrainTimeout,
+                }),
+            );
         }
     }
 
@@ -664,7 +686,7 @@ impl Driver {
                 abort(&flow.socks[UP]);
                 Termination::Error(e)
             }
-            Err(End::Idle { pending }) => {
+            Err(End::Idle { pending, why }) => {
                 for s in &flow.socks {
                     if pending {
                         abort(s);
@@ -672,7 +694,7 @@ impl Driver {
                         let _ = s.shutdown(Shutdown::Write);
                     }
                 }
-                Termination::IdleTimeout
+                why
             }
         };
         let cookies = [flow.start[DOWN].cookie, flow.start[UP].cookie];
@@ -723,6 +745,18 @@ impl Driver {
         // Dropping the sockets closes them (and takes them out of the epoll set).
         drop(flow);
     }
+}
+
+/// Whether closing `flow` now would drop bytes: something received is not yet written
+/// to the other side (then a reset, since a FIN would truncate silently).
+fn pending(flow: &Flow) -> bool {
+    [DOWN, UP].iter().any(|&d| {
+        flow.dirs[d].phase != Phase::Done
+            && match (received(flow, d), written(flow, 1 - d)) {
+                (Ok(r), Ok(w)) => w < r,
+                _ => true,
+            }
+    })
 }
 
 /// The epoll interest a socket needs now: RDHUP always; IN while its receive direction

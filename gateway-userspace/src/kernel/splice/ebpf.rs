@@ -110,6 +110,8 @@ pub(crate) struct Kernel {
     pub(crate) budget: u64,
     /// Close a flow in which no byte moved for this long.
     pub(crate) idle: Option<Duration>,
+    /// Close every flow once cancelled (the drain deadline).
+    pub(crate) closing: tokio_util::sync::CancellationToken,
     pub(crate) paths: Arc<PathStats>,
 }
 
@@ -219,6 +221,7 @@ impl EbpfSplicer {
         budget: u64,
         idle: Option<Duration>,
         paths: Arc<PathStats>,
+        closing: tokio_util::sync::CancellationToken,
     ) -> Result<Self, SpliceError> {
         if EBPF_OBJECT.is_empty() {
             return Err(SpliceError::NotBuilt);
@@ -270,6 +273,7 @@ impl EbpfSplicer {
             config: Mutex::new(config),
             budget,
             idle,
+            closing,
             paths,
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -368,11 +372,17 @@ impl EbpfSplicer {
         // FIN (`printf ... | nc -N`) is copied in userspace instead: its flow is short.
         if !sockopt::is_established(&down) || !sockopt::is_established(&up) {
             fallback(Fallback::NotEstablished);
-            return with_prior(super::copy::copy(down, up, self.kernel.idle).await, prior);
+            return with_prior(
+                super::copy::copy(down, up, self.kernel.idle, &self.kernel.closing).await,
+                prior,
+            );
         }
         let Ok(start) = driver::Start::pair(&down, &up) else {
             fallback(Fallback::SocketState);
-            return with_prior(super::copy::copy(down, up, self.kernel.idle).await, prior);
+            return with_prior(
+                super::copy::copy(down, up, self.kernel.idle, &self.kernel.closing).await,
+                prior,
+            );
         };
         // Out of tokio's reactor: from here on only the driver's epoll set watches them.
         let (down, up) = match (down.into_std(), up.into_std()) {
@@ -389,9 +399,10 @@ impl EbpfSplicer {
                 tracing::debug!("splice: not handed to the kernel: {e}");
                 fallback(reason);
                 return match (TcpStream::from_std(down), TcpStream::from_std(up)) {
-                    (Ok(d), Ok(u)) => {
-                        with_prior(super::copy::copy(d, u, self.kernel.idle).await, prior)
-                    }
+                    (Ok(d), Ok(u)) => with_prior(
+                        super::copy::copy(d, u, self.kernel.idle, &self.kernel.closing).await,
+                        prior,
+                    ),
                     _ => error_report("re-registering the sockets".into()),
                 };
             }

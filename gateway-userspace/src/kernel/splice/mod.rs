@@ -31,6 +31,7 @@ use std::{
 };
 
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// `--splice`: how L4 flows are moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -86,6 +87,9 @@ pub enum Termination {
     /// No byte moved either way for `--tcp-idle-timeout`: both sides were closed (FIN
     /// when nothing was left to forward, else reset).
     IdleTimeout,
+    /// The gateway's drain deadline (`--drain-duration` after SIGTERM) passed with the
+    /// flow still open: closed as the idle timeout closes a flow.
+    DrainTimeout,
 }
 
 impl fmt::Display for Termination {
@@ -96,6 +100,7 @@ impl fmt::Display for Termination {
             Termination::UpstreamReset => f.write_str("upstream_reset"),
             Termination::Error(e) => write!(f, "error: {e}"),
             Termination::IdleTimeout => f.write_str("idle_timeout"),
+            Termination::DrainTimeout => f.write_str("drain_timeout"),
         }
     }
 }
@@ -260,6 +265,8 @@ struct Inner {
     offload: pipe::OffloadPolicy,
     idle: Option<std::time::Duration>,
     paths: Arc<PathStats>,
+    /// Cancelled by [`Splicer::close_all`].
+    closing: CancellationToken,
 }
 
 impl Splicer {
@@ -273,20 +280,33 @@ impl Splicer {
     /// every flow on the pipes.
     pub fn with_options(mode: SpliceMode, opts: SpliceOptions) -> Result<Self, ebpf::SpliceError> {
         let paths = Arc::new(PathStats::default());
-        let load = || ebpf::EbpfSplicer::load(opts.budget, opts.idle_timeout, paths.clone());
+        let closing = CancellationToken::new();
+        let load = || {
+            ebpf::EbpfSplicer::load(
+                opts.budget,
+                opts.idle_timeout,
+                paths.clone(),
+                closing.clone(),
+            )
+        };
         let pipes = || {
             let cfg = pipe::PipeConfig {
                 idle_timeout: opts.idle_timeout,
                 ..opts.pipe
             };
-            pipe::PipeSplicer::new(cfg).map_err(std::io::Error::other)
+            pipe::PipeSplicer::new(cfg)
+                .map(|p| p.closed_by(closing.clone()))
+                .map_err(std::io::Error::other)
         };
         let (kernel, pipe, uring) = match mode {
             SpliceMode::Splice => (None, Some(pipes()?), None),
             SpliceMode::Uring => (
                 None,
                 None,
-                Some(uring::UringSplicer::start(opts.idle_timeout)?),
+                Some(uring::UringSplicer::start(
+                    opts.idle_timeout,
+                    closing.clone(),
+                )?),
             ),
             SpliceMode::Ebpf => (Some(load()?), None, None),
             SpliceMode::Auto => {
@@ -308,7 +328,15 @@ impl Splicer {
             offload: opts.offload,
             idle: opts.idle_timeout,
             paths,
+            closing,
         })))
+    }
+
+    /// Closes every flow now, on every path, as the idle timeout does (a FIN each way,
+    /// or a reset when bytes were still waiting), with [`Termination::DrainTimeout`];
+    /// flows spliced after this are closed as soon as they start. The drain's deadline.
+    pub fn close_all(&self) {
+        self.0.closing.cancel();
     }
 
     /// The mode's name, as `--splice` spells it.
@@ -381,7 +409,7 @@ impl Splicer {
             }
             _ => {
                 let _active = inner.paths.copy.enter();
-                copy::copy(down, up, inner.idle).await
+                copy::copy(down, up, inner.idle, &inner.closing).await
             }
         };
         inner.paths.ended(&r);

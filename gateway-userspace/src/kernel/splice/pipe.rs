@@ -210,6 +210,8 @@ impl std::fmt::Debug for PipeOutcome {
 pub struct PipeSplicer {
     pool: Arc<Pool>,
     idle: Option<std::time::Duration>,
+    /// Closes every flow (the drain deadline, [`super::Splicer::close_all`]).
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl PipeSplicer {
@@ -242,7 +244,15 @@ impl PipeSplicer {
         Ok(PipeSplicer {
             pool: Arc::new(pool),
             idle: cfg.idle_timeout,
+            closing: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Flows end (as an idle one does, [`Termination::DrainTimeout`]) once `closing` is
+    /// cancelled.
+    pub fn closed_by(mut self, closing: tokio_util::sync::CancellationToken) -> Self {
+        self.closing = closing;
+        self
     }
 
     pub fn stats(&self) -> PipeStats {
@@ -293,7 +303,14 @@ impl PipeSplicer {
     ) -> PipeOutcome {
         let mut d2u = Dir::new(&self.pool, &up);
         let mut u2d = Dir::new(&self.pool, &down);
-        let ended = drive(&down, &up, &mut d2u, &mut u2d, policy, self.idle).await;
+        let ended = tokio::select! {
+            biased;
+            e = drive(&down, &up, &mut d2u, &mut u2d, policy, self.idle) => e,
+            () = self.closing.cancelled() => Drive::Idle {
+                pending: d2u.in_pipe + u2d.in_pipe > 0,
+                why: Termination::DrainTimeout,
+            },
+        };
         let (d, u) = (d2u.moved, u2d.moved);
         // Pipes back to the pool (or closed, holding bytes of a reset flow) before the
         // sockets close.
@@ -317,16 +334,17 @@ impl PipeSplicer {
                 reset_both(&down, &up);
                 Termination::Error(msg)
             }
-            Drive::Idle { pending } => {
-                // A FIN each way when nothing is left in a pipe, else a reset each way
-                // (a FIN would hand the reader a clean but truncated stream).
-                if pending {
+            Drive::Idle { pending, why } => {
+                // A FIN each way when nothing is left in a pipe or a receive queue, else a
+                // reset each way (a FIN would hand the reader a clean but truncated
+                // stream).
+                if pending || sockopt::unread(&down, &up) {
                     reset_both(&down, &up);
                 } else {
                     let _ = socket2::SockRef::from(&down).shutdown(Shutdown::Write);
                     let _ = socket2::SockRef::from(&up).shutdown(Shutdown::Write);
                 }
-                Termination::IdleTimeout
+                why
             }
         };
         PipeOutcome::Done(FlowReport {
@@ -355,9 +373,11 @@ enum Drive {
     /// A local failure (no pipe could be made): both sides are reset.
     Failed(String),
     Handover,
-    /// No byte moved for the idle timeout; `pending`: a pipe still held bytes.
+    /// No byte moved for the idle timeout (or the drain deadline passed: `why`);
+    /// `pending`: a pipe still held bytes.
     Idle {
         pending: bool,
+        why: Termination,
     },
 }
 
@@ -475,6 +495,7 @@ async fn drive(
                 Err(_) => {
                     return Drive::Idle {
                         pending: d2u.in_pipe + u2d.in_pipe > 0,
+                        why: Termination::IdleTimeout,
                     };
                 }
             },

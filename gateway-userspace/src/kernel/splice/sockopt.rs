@@ -125,6 +125,13 @@ pub fn inq(sock: &impl AsRawFd) -> io::Result<u64> {
     Ok(n.max(0) as u64)
 }
 
+/// Whether either socket holds received bytes nobody has read yet (or can't say): a
+/// flow closed now with a FIN would hand the peer a clean but truncated stream. The
+/// userspace paths' idle and drain closes ask it besides their own in-flight bytes.
+pub fn unread(a: &impl AsRawFd, b: &impl AsRawFd) -> bool {
+    !matches!(inq(a), Ok(0)) || !matches!(inq(b), Ok(0))
+}
+
 /// True when the socket is in TCP_ESTABLISHED, the only state (besides LISTEN) in which
 /// the kernel lets a socket into a SOCKHASH.
 pub fn is_established(sock: &impl AsRawFd) -> bool {

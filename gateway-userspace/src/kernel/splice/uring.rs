@@ -38,6 +38,7 @@ struct Job {
     down: std::net::TcpStream,
     up: std::net::TcpStream,
     idle: Option<Duration>,
+    closing: tokio_util::sync::CancellationToken,
     done: oneshot::Sender<FlowReport>,
 }
 
@@ -46,11 +47,16 @@ pub struct UringSplicer {
     workers: Arc<Vec<mpsc::UnboundedSender<Job>>>,
     next: Arc<AtomicUsize>,
     idle: Option<Duration>,
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl UringSplicer {
-    /// Starts the io_uring threads; flows in which no byte moves for `idle` are closed.
-    pub fn start(idle: Option<Duration>) -> Result<Self, SpliceError> {
+    /// Starts the io_uring threads; flows in which no byte moves for `idle` are closed,
+    /// and every flow once `closing` is cancelled.
+    pub fn start(
+        idle: Option<Duration>,
+        closing: tokio_util::sync::CancellationToken,
+    ) -> Result<Self, SpliceError> {
         let n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -71,6 +77,7 @@ impl UringSplicer {
             workers: Arc::new(workers),
             next: Arc::new(AtomicUsize::new(0)),
             idle,
+            closing,
         })
     }
 
@@ -93,6 +100,7 @@ impl UringSplicer {
             down,
             up,
             idle: self.idle,
+            closing: self.closing.clone(),
             done,
         };
         if self.workers[i].send(job).is_err() {
@@ -182,6 +190,7 @@ async fn run(job: Job) {
         down,
         up,
         idle: job_idle,
+        closing,
         done,
     } = job;
     let (down, up) = match (Side::new(down), Side::new(up)) {
@@ -209,11 +218,17 @@ async fn run(job: Job) {
             if let Some((v, _)) = ending(false, &b) { reset(v, &down, &up) }
             (failed(d2u.await), b, false)
         }
-        () = expired(&activity, job_idle) => {
-            // The idle timeout: a FIN each way when nothing read is left unwritten (the
-            // reads in flight then complete with EOF), else a reset each way; either
-            // way the direction tasks end.
-            let pending = activity.pending();
+        why = async {
+            tokio::select! {
+                () = expired(&activity, job_idle) => Termination::IdleTimeout,
+                () = closing.cancelled() => Termination::DrainTimeout,
+            }
+        } => {
+            // The idle timeout (or the drain deadline): a FIN each way when nothing read
+            // is left unwritten (the reads in flight then complete with EOF), else a
+            // reset each way; either way the direction tasks end.
+            let pending =
+                activity.pending() || sockopt::unread(down.ready.get_ref(), up.ready.get_ref());
             if pending {
                 reset(Victim::Down, &down, &up);
                 reset(Victim::Up, &down, &up);
@@ -224,13 +239,13 @@ async fn run(job: Job) {
             let _ = (d2u.await, u2d.await);
             let (d, u) = activity.moved();
             drop((down, up));
-            tracing::debug!(pending, "splice: idle timeout");
+            tracing::debug!(pending, "splice: {why}");
             let _ = done.send(FlowReport {
                 downstream_to_upstream: d,
                 upstream_to_downstream: u,
                 userspace_bytes: d + u,
                 path: super::Path::Uring,
-                termination: Termination::IdleTimeout,
+                termination: why,
                 ..Default::default()
             });
             return;

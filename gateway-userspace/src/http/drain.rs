@@ -1,0 +1,57 @@
+//! The HTTP side of the drain ([`crate::runtime::drain`]): a connection that has sent
+//! nothing when the drain starts is closed at once (as hyper closes an idle keep-alive
+//! connection); one that is serving is asked to shut down gracefully (HTTP/1.1: the
+//! request in flight is answered with `Connection: close`; HTTP/2: GOAWAY, open streams
+//! finish) and dropped at the drain deadline if it is still open.
+use std::{
+    future::Future,
+    os::fd::{AsRawFd, RawFd},
+    pin::Pin,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use crate::runtime::drain::Drain;
+
+/// A socket's fd, borrowed for one ioctl while its owner is busy elsewhere.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Completes when the drain starts while the client has sent nothing: no byte `read`
+/// through the gateway and none queued in the socket `fd`. Never completes otherwise
+/// (the connection then gets its request served).
+pub(super) async fn closes_unused(drain: &Drain, fd: RawFd, read: &AtomicU64) {
+    drain.draining().await;
+    let queued = crate::kernel::splice::sockopt::inq(&Fd(fd)).unwrap_or(1);
+    if read.load(Ordering::Relaxed) == 0 && queued == 0 {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Runs a hyper connection until it ends. When the drain starts, `graceful` is called
+/// on it (hyper's `graceful_shutdown`) and it runs on until it ends or the drain
+/// deadline passes (None: dropped, which closes the socket). The connection is polled
+/// first, so a request whose bytes are already read is parsed before a drain that
+/// started meanwhile is seen (hyper closes a connection it thinks idle at once).
+pub(super) async fn serve<F: Future>(
+    drain: &Drain,
+    mut conn: Pin<&mut F>,
+    graceful: impl FnOnce(Pin<&mut F>),
+) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        r = conn.as_mut() => return Some(r),
+        () = drain.draining() => {}
+    }
+    graceful(conn.as_mut());
+    tokio::select! {
+        biased;
+        r = conn => Some(r),
+        () = drain.closing() => None,
+    }
+}
