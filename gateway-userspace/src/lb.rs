@@ -12,6 +12,15 @@
 //!
 //! A request without a hash (the header absent, say) takes a random one, as Envoy does.
 //! The tables are built once per config, never per request.
+//!
+//! Endpoints ejected by outlier detection ([`outlier`]) are skipped by every policy:
+//! ROUND_ROBIN, RANDOM and LEAST_REQUEST choose among the others; RING_HASH takes the
+//! next usable entry on the ring; MAGLEV probes the following slots (Envoy rebuilds its
+//! tables over the healthy hosts instead; the keys of healthy endpoints stay put
+//! either way). [`pool`] holds the cluster's circuit breakers.
+
+pub mod outlier;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,10 +48,12 @@ impl Balancers {
                 .clusters
                 .values()
                 .map(|c| {
-                    (
-                        c.name.clone(),
-                        Balancer::new(c.lb.clone(), c.endpoints.clone()),
-                    )
+                    let mut b = Balancer::new(c.lb.clone(), c.endpoints.clone());
+                    b.outlier = c
+                        .outlier
+                        .map(|p| Arc::new(outlier::Outlier::new(p, &c.name, &c.endpoints)));
+                    b.pool = c.circuit_breakers.map(|l| Arc::new(pool::Pool::new(l)));
+                    (c.name.clone(), b)
                 })
                 .collect(),
         )
@@ -50,6 +61,68 @@ impl Balancers {
 
     pub fn get(&self, cluster: &str) -> Option<&Balancer> {
         self.0.get(cluster)
+    }
+
+    /// Whether each endpoint of `cluster` is ejected now (empty: no outlier detection).
+    pub fn ejected(&self, cluster: &str) -> Vec<bool> {
+        self.get(cluster)
+            .and_then(|b| b.outlier.as_ref())
+            .map(|o| o.ejected())
+            .unwrap_or_default()
+    }
+
+    /// The clusters' outlier and circuit-breaker metrics (Envoy's
+    /// `outlier_detection.ejections_enforced_total`, `ejections_active`,
+    /// `upstream_rq_pending_overflow`).
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write;
+        let mut names: Vec<&String> = self.0.keys().collect();
+        names.sort();
+        let mut rows =
+            |name: &str, kind: &str, help: &str, v: &dyn Fn(&Balancer) -> Option<u64>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for c in &names {
+                    if let Some(v) = v(&self.0[*c]) {
+                        let _ = writeln!(out, "{name}{{cluster=\"{c}\"}} {v}");
+                    }
+                }
+            };
+        rows(
+            "gateway_outlier_ejections_total",
+            "counter",
+            "Endpoints ejected by outlier detection, per cluster.",
+            &|b| {
+                b.outlier
+                    .as_ref()
+                    .map(|o| o.ejections_total.load(Ordering::Relaxed))
+            },
+        );
+        rows(
+            "gateway_outlier_ejections_active",
+            "gauge",
+            "Endpoints ejected now, per cluster.",
+            &|b| {
+                b.outlier
+                    .as_ref()
+                    .map(|o| o.ejected().iter().filter(|e| **e).count() as u64)
+            },
+        );
+        rows(
+            "gateway_upstream_rq_retry_overflow_total",
+            "counter",
+            "Retries not made because the cluster's maxRetries were waiting (flag UO).",
+            &|b| {
+                b.pool
+                    .as_ref()
+                    .map(|p| p.retry_overflows.load(Ordering::Relaxed))
+            },
+        );
+        rows(
+            "gateway_upstream_rq_pending_overflow_total",
+            "counter",
+            "Requests and TCP connections refused by the cluster's circuit breakers (503 UO).",
+            &|b| b.pool.as_ref().map(|p| p.overflows.load(Ordering::Relaxed)),
+        );
     }
 }
 
@@ -69,6 +142,16 @@ pub struct Picked {
     pub addr: SocketAddr,
     active: Arc<[AtomicU32]>,
     index: usize,
+    outlier: Option<Arc<outlier::Outlier>>,
+}
+
+impl Picked {
+    /// The result of a try on this endpoint, for outlier detection.
+    pub fn report(&self, outcome: outlier::Outcome) {
+        if let Some(o) = &self.outlier {
+            o.report(self.index, outcome);
+        }
+    }
 }
 
 impl Drop for Picked {
@@ -86,6 +169,8 @@ pub struct Balancer {
     /// RING_HASH: (hash, endpoint) sorted by hash. MAGLEV: endpoint per slot.
     ring: Vec<(u64, u32)>,
     maglev: Vec<u32>,
+    pub outlier: Option<Arc<outlier::Outlier>>,
+    pub pool: Option<Arc<pool::Pool>>,
 }
 
 impl Balancer {
@@ -104,32 +189,56 @@ impl Balancer {
             rr: AtomicUsize::new(0),
             ring,
             maglev,
+            outlier: None,
+            pool: None,
         }
     }
 
     /// Picks an endpoint; `hash` is the request's (consistent-hash policies only).
     pub fn pick(&self, hash: Option<u64>) -> Option<Picked> {
+        match &self.outlier {
+            None => self.pick_among(hash, None),
+            Some(o) => o.with_usable(|usable| self.pick_among(hash, usable)),
+        }
+    }
+
+    /// `usable`: which endpoints may be taken (`None`: all).
+    fn pick_among(&self, hash: Option<u64>, usable: Option<&[bool]>) -> Option<Picked> {
         let n = self.endpoints.len();
-        if n == 0 {
+        let ok = |i: usize| usable.is_none_or(|u| u[i]);
+        let count = usable.map_or(n, |u| u.iter().filter(|x| **x).count());
+        if count == 0 {
             return None;
         }
+        // The k-th usable endpoint.
+        let nth = |k: usize| match usable {
+            None => k,
+            Some(u) => (0..n).filter(|i| u[*i]).nth(k).unwrap_or(0),
+        };
         let index = match &self.policy {
-            LbPolicy::RoundRobin => self.rr.fetch_add(1, Ordering::Relaxed) % n,
-            LbPolicy::Random => fastrand::usize(..n),
+            LbPolicy::RoundRobin => nth(self.rr.fetch_add(1, Ordering::Relaxed) % count),
+            LbPolicy::Random => nth(fastrand::usize(..count)),
             LbPolicy::LeastRequest => {
-                let a = fastrand::usize(..n);
-                let b = fastrand::usize(..n);
+                let a = nth(fastrand::usize(..count));
+                let b = nth(fastrand::usize(..count));
                 let load = |i: usize| self.active[i].load(Ordering::Relaxed);
                 if load(b) < load(a) { b } else { a }
             }
             LbPolicy::RingHash { .. } => {
                 let h = hash.unwrap_or_else(|| fastrand::u64(..));
                 let at = self.ring.partition_point(|(x, _)| *x < h);
-                self.ring[if at == self.ring.len() { 0 } else { at }].1 as usize
+                let len = self.ring.len();
+                (0..len)
+                    .map(|k| self.ring[(at + k) % len].1 as usize)
+                    .find(|i| ok(*i))?
             }
             LbPolicy::Maglev { .. } => {
                 let h = hash.unwrap_or_else(|| fastrand::u64(..));
-                self.maglev[(h % self.maglev.len() as u64) as usize] as usize
+                let len = self.maglev.len();
+                let at = (h % len as u64) as usize;
+                (0..len)
+                    .map(|k| self.maglev[(at + k) % len] as usize)
+                    .find(|i| ok(*i))?
             }
         };
         self.active[index].fetch_add(1, Ordering::Relaxed);
@@ -137,6 +246,7 @@ impl Balancer {
             addr: self.endpoints[index],
             active: self.active.clone(),
             index,
+            outlier: self.outlier.clone(),
         })
     }
 }

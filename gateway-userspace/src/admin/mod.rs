@@ -117,6 +117,7 @@ pub fn prometheus_text(gw: &Gateway) -> String {
         .stats
         .render_prometheus(&gw.splicer, &gw.opts.bind.to_string());
     gw.telemetry.render_prometheus(&mut out);
+    gw.balancers.render_prometheus(&mut out);
     crate::config::warnings::render_prometheus(&gw.snapshot.warnings, &mut out);
     gw.readiness.render_prometheus(&mut out);
     out
@@ -144,11 +145,17 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
             "text/plain; version=0.0.4",
             prometheus_text(gw),
         ),
-        "/config_dump" => json(crate::proxyconfig::config_dump(
-            &gw.snapshot,
-            &gw.listen_addrs(),
-            &gw.opts.istio_ports,
-        )),
+        "/config_dump" => {
+            let mut dump = crate::proxyconfig::config_dump(
+                &gw.snapshot,
+                &gw.listen_addrs(),
+                &gw.opts.istio_ports,
+            );
+            crate::proxyconfig::cluster_policy::mark_ejected(&mut dump, |c| {
+                gw.balancers.ejected(c)
+            });
+            json(dump)
+        }
         // Envoy's /logging, read-only: the levels come from RUST_LOG at start.
         "/logging" => reply(StatusCode::OK, "text/plain", crate::proxyconfig::active_loggers()),
         "/debug/kernel_log" => kernel_log(gw, &req),

@@ -24,7 +24,8 @@ use serde::Serialize;
 
 use super::ConfigError;
 use super::destination_rule::{
-    ConsistentHashLb, DestinationRule, LoadBalancerSettings, SimpleLb, Subset, TrafficPolicy,
+    ConnectionPoolSettings, ConsistentHashLb, DestinationRule, LoadBalancerSettings,
+    OutlierDetection, PortTrafficPolicy, SimpleLb, Subset, TrafficPolicy,
 };
 use super::hosts;
 use super::parse::Entry;
@@ -108,30 +109,72 @@ impl Rule<'_> {
     /// entry replaces it, and "port level policies do not inherit": unset there means
     /// the default).
     pub fn lb(&self, port: u16, subset: Option<&Subset>) -> LbPolicy {
-        let mut lb = self.policy.and_then(|p| at_port(p, port));
+        self.field(
+            port,
+            subset,
+            |p| p.load_balancer.as_ref(),
+            |p| p.load_balancer.as_ref(),
+        )
+        .map(lb_policy)
+        .unwrap_or_default()
+    }
+
+    /// The `connectionPool` of cluster (`port`, `subset`), merged as [`Rule::lb`].
+    pub fn connection_pool<'s>(
+        &'s self,
+        port: u16,
+        subset: Option<&'s Subset>,
+    ) -> Option<&'s ConnectionPoolSettings> {
+        self.field(
+            port,
+            subset,
+            |p| p.connection_pool.as_ref(),
+            |p| p.connection_pool.as_ref(),
+        )
+    }
+
+    /// The `outlierDetection` of cluster (`port`, `subset`), merged as [`Rule::lb`].
+    pub fn outlier_detection<'s>(
+        &'s self,
+        port: u16,
+        subset: Option<&'s Subset>,
+    ) -> Option<&'s OutlierDetection> {
+        self.field(
+            port,
+            subset,
+            |p| p.outlier_detection.as_ref(),
+            |p| p.outlier_detection.as_ref(),
+        )
+    }
+
+    /// One field of the merged policy (Istio's `MergeTrafficPolicy`).
+    fn field<'s, T>(
+        &'s self,
+        port: u16,
+        subset: Option<&'s Subset>,
+        top: impl Fn(&'s TrafficPolicy) -> Option<&'s T>,
+        at: impl Fn(&'s PortTrafficPolicy) -> Option<&'s T>,
+    ) -> Option<&'s T> {
+        let mut v = self.policy.and_then(|p| match port_level(p, port) {
+            Some(pl) => at(pl),
+            None => top(p),
+        });
         if let Some(sp) = subset.and_then(|s| s.traffic_policy.as_ref()) {
-            if sp.load_balancer.is_some() {
-                lb = sp.load_balancer.as_ref();
+            if let Some(x) = top(sp) {
+                v = Some(x);
             }
             if let Some(pl) = port_level(sp, port) {
-                lb = pl.load_balancer.as_ref();
+                v = at(pl);
             }
         }
-        lb.map(lb_policy).unwrap_or_default()
+        v
     }
 }
 
-fn port_level(p: &TrafficPolicy, port: u16) -> Option<&super::destination_rule::PortTrafficPolicy> {
+fn port_level(p: &TrafficPolicy, port: u16) -> Option<&PortTrafficPolicy> {
     p.port_level_settings
         .iter()
         .find(|pl| pl.port.is_some_and(|s| s.number == u32::from(port)))
-}
-
-fn at_port(p: &TrafficPolicy, port: u16) -> Option<&LoadBalancerSettings> {
-    match port_level(p, port) {
-        Some(pl) => pl.load_balancer.as_ref(),
-        None => p.load_balancer.as_ref(),
-    }
 }
 
 /// Settings -> policy (validated before: `check`). PASSTHROUGH and UNSPECIFIED are
@@ -237,6 +280,13 @@ fn check_policy(
     if let Some(lb) = &p.load_balancer {
         check_lb(lb, &format!("{at}.loadBalancer"), e, errors);
     }
+    super::upstream_policy::check(
+        p.connection_pool.as_ref(),
+        p.outlier_detection.as_ref(),
+        at,
+        e,
+        errors,
+    );
     let mut ports = BTreeMap::new();
     for (i, pl) in p.port_level_settings.iter().enumerate() {
         let pat = format!("{at}.portLevelSettings[{i}]");
@@ -261,6 +311,13 @@ fn check_policy(
         if let Some(lb) = &pl.load_balancer {
             check_lb(lb, &format!("{pat}.loadBalancer"), e, errors);
         }
+        super::upstream_policy::check(
+            pl.connection_pool.as_ref(),
+            pl.outlier_detection.as_ref(),
+            &pat,
+            e,
+            errors,
+        );
     }
 }
 

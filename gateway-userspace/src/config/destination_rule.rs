@@ -2,8 +2,9 @@
 //! the gateway does not act on are warnings, `config::warnings`).
 //!
 //! What the gateway implements: `host`, `exportTo`, `subsets` (`name`, `labels`,
-//! `trafficPolicy`), `trafficPolicy.loadBalancer` (`simple`, `consistentHash`) and
-//! `trafficPolicy.portLevelSettings[].loadBalancer`. Everything else is kept as raw YAML
+//! `trafficPolicy`), `trafficPolicy.loadBalancer` (`simple`, `consistentHash`),
+//! `connectionPool` (the circuit breakers), `outlierDetection`, at every level
+//! (top, `portLevelSettings[]`, subsets). Everything else is kept as raw YAML
 //! so that a config dump shows it as written.
 
 use std::collections::BTreeMap;
@@ -35,9 +36,9 @@ pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_pool: Option<Value>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<Value>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -58,9 +59,9 @@ pub struct PortTrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_pool: Option<Value>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<Value>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Value>,
 }
@@ -146,4 +147,81 @@ pub struct Subset {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `ConnectionPoolSettings`. The gateway acts on `tcp.maxConnections`,
+/// `http.http1MaxPendingRequests`, `http.http2MaxRequests` and `http.maxRetries`
+/// (Envoy's circuit breakers, `lb::pool`); the other fields are warnings (GW1061).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPoolSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<IstioDuration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http1_max_pending_requests: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_requests: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2_upgrade_policy: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_client_protocol: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<i64>,
+}
+
+/// `OutlierDetection` (Istio's field names; `consecutiveErrors` is the deprecated
+/// spelling of `consecutiveGatewayErrors`). Every field is acted on (`lb::outlier`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_external_local_origin_errors: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failures: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<i64>,
+    #[serde(
+        default,
+        rename = "consecutive5xxErrors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_5xx_errors: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_errors: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<i64>,
 }

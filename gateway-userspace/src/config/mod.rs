@@ -25,6 +25,7 @@ mod parse;
 mod resolve;
 pub mod snapshot;
 mod source;
+pub mod upstream_policy;
 mod validate;
 pub mod warnings;
 

@@ -11,6 +11,7 @@ use super::istio::{Destination, Resolution, ServiceEntry, ServicePort};
 use super::parse::Entry;
 use super::snapshot::Cluster;
 use super::source::Source;
+use super::upstream_policy;
 use super::warnings::Warning;
 
 /// Istio's cluster naming: `outbound|<port>|<subset>|<fqdn>`.
@@ -116,6 +117,12 @@ impl<'a> Resolver<'a> {
                     subset: sname.to_string(),
                     endpoints: eps,
                     lb: rule.map(|r| r.lb(port, subset)).unwrap_or_default(),
+                    circuit_breakers: rule
+                        .and_then(|r| r.connection_pool(port, subset))
+                        .map(upstream_policy::circuit_breakers),
+                    outlier: rule
+                        .and_then(|r| r.outlier_detection(port, subset))
+                        .map(upstream_policy::outlier_policy),
                     destination_rule: rule.map(|r| r.key.clone()),
                 },
             );

@@ -223,6 +223,10 @@ pub struct Cluster {
     pub endpoints: Vec<SocketAddr>,
     /// From the DestinationRule (Istio's default without one: LEAST_REQUEST).
     pub lb: super::dest_rules::LbPolicy,
+    /// `connectionPool`'s circuit breakers (`None`: no DestinationRule sets one, no limits).
+    pub circuit_breakers: Option<super::upstream_policy::CircuitBreakers>,
+    /// `outlierDetection` (`None`: no endpoint is ever ejected).
+    pub outlier: Option<super::upstream_policy::OutlierPolicy>,
     /// `namespace/name` of the DestinationRule that applies, if any.
     pub destination_rule: Option<String>,
 }

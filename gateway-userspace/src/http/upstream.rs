@@ -21,6 +21,7 @@ use super::{
     routing::{self, Route},
     upgrade,
 };
+use crate::lb::outlier::Outcome;
 use crate::server::Gateway;
 
 pub type UpstreamClient = Client<HttpConnector, Body>;
@@ -128,6 +129,8 @@ pub async fn forward(
         .unwrap_or_default();
     let mut last = None;
     let mut tried = Vec::new();
+    // The retry's slot of the cluster's `maxRetries`, held through its back-off.
+    let mut retry_slot = None;
     for attempt in 0..max_tries {
         if attempt > 0 {
             let pause = policy.backoff(attempt, fastrand::f64());
@@ -135,7 +138,13 @@ pub async fn forward(
                 break;
             }
             tokio::time::sleep(pause).await;
+            drop(retry_slot.take());
         }
+        // The cluster's circuit breakers (DestinationRule connectionPool), per try.
+        let admission = match admit(gw, cluster, deadline, log).await {
+            Ok(a) => a,
+            Err(resp) => return resp,
+        };
         let picked = match pick_untried(gw, cluster, lb_hash.hash, &tried) {
             crate::lb::Pick::Endpoint(p) => p,
             // Envoy's router for a route whose cluster does not exist (a subset no
@@ -192,6 +201,12 @@ pub async fn forward(
             Some(Err(e)) if e.is_connect() => TryOutcome::ConnectFailure(error_chain(&e)),
             Some(Err(e)) => TryOutcome::Reset(error_chain(&e)),
         };
+        // Outlier detection (`lb::outlier`).
+        picked.report(match &outcome {
+            TryOutcome::Response(r, _) => Outcome::Response(r.status().as_u16()),
+            TryOutcome::ConnectFailure(_) | TryOutcome::Reset(_) => Outcome::ConnectFailed,
+            TryOutcome::Timeout => Outcome::Timeout,
+        });
         // A streamed body that the client stopped sending: the upstream request was
         // abandoned because of it, whatever the upstream call reports.
         if !matches!(outcome, TryOutcome::Response(..))
@@ -215,6 +230,22 @@ pub async fn forward(
                 TryOutcome::ConnectFailure(_) => policy.retries_connect_failure(),
                 TryOutcome::Reset(_) | TryOutcome::Timeout => policy.retries_reset(),
             };
+        // The cluster's retry circuit breaker (`http.maxRetries`): no slot, no retry,
+        // and the response at hand goes out with `UO` (Envoy RetryStatus::NoOverflow).
+        let retry = retry && {
+            let pool = gw.balancers.get(cluster).and_then(|b| b.pool.as_ref());
+            match pool.map(|p| p.retry()) {
+                None => true,
+                Some(Some(slot)) => {
+                    retry_slot = Some(slot);
+                    true
+                }
+                Some(None) => {
+                    log.response_flags.push("UO");
+                    false
+                }
+            }
+        };
         if retry {
             tracing::debug!(target: "gateway::http", %endpoint, attempt, "retrying upstream request");
             last = Some(outcome);
@@ -229,7 +260,7 @@ pub async fn forward(
         let resp = respond_upstream(outcome, overall_expired, deadline, upgrade, log);
         return hold_until_done(
             resp,
-            picked,
+            (picked, admission),
             answered.then_some(lb_hash.set_cookie).flatten(),
         );
     }
@@ -238,6 +269,45 @@ pub async fn forward(
     match last {
         Some(outcome) => respond_upstream(outcome, true, deadline, None, log),
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+    }
+}
+
+/// Admission by the cluster's circuit breakers (`lb::pool`), waiting at most until the
+/// route's deadline. Overflow is Envoy's answer to a pool failure of reason Overflow
+/// (router `onUpstreamReset`): 503, flag `UO`, the reset reason "overflow".
+async fn admit(
+    gw: &Gateway,
+    cluster: &str,
+    deadline: Option<tokio::time::Instant>,
+    log: &mut RequestLog,
+) -> Result<Option<crate::lb::pool::Admission>, Response<Body>> {
+    let Some(pool) = gw.balancers.get(cluster).and_then(|b| b.pool.clone()) else {
+        return Ok(None);
+    };
+    let admitted = match deadline {
+        Some(at) => match tokio::time::timeout_at(at, pool.admit()).await {
+            Ok(r) => r,
+            Err(_) => {
+                log.response_flags.insert(0, "UT");
+                log.details = "upstream_response_timeout";
+                return Err(local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                ));
+            }
+        },
+        None => pool.admit().await,
+    };
+    match admitted {
+        Ok(a) => Ok(Some(a)),
+        Err(crate::lb::pool::Overflow) => {
+            log.response_flags.insert(0, "UO");
+            log.details = "upstream_reset_before_response_started{overflow}";
+            Err(local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ))
+        }
     }
 }
 
@@ -267,7 +337,7 @@ fn pick_untried(
 /// or dropped, and the consistent-hash cookie the gateway generated, if any.
 fn hold_until_done(
     resp: Response<Body>,
-    picked: crate::lb::Picked,
+    picked: (crate::lb::Picked, Option<crate::lb::pool::Admission>),
     set_cookie: Option<HeaderValue>,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();

@@ -134,3 +134,188 @@ fn ring_size_is_the_minimum_rounded_up() {
     assert_eq!(ring(&eps(3), 1024).len(), 342 * 3);
     assert_eq!(ring(&eps(1), 4).len(), 4);
 }
+
+fn outlier_policy(interval_ms: u64, base_ms: u64) -> crate::config::upstream_policy::OutlierPolicy {
+    crate::config::upstream_policy::OutlierPolicy {
+        consecutive_5xx: 3,
+        consecutive_gateway: 0,
+        interval: std::time::Duration::from_millis(interval_ms),
+        base_ejection_time: std::time::Duration::from_millis(base_ms),
+        max_ejection_time: std::time::Duration::from_secs(300),
+        max_ejection_percent: 100,
+        min_health_percent: 0,
+        split_local_origin: false,
+        consecutive_local_origin: 5,
+    }
+}
+
+fn with_outlier(
+    policy: LbPolicy,
+    n: u16,
+    p: crate::config::upstream_policy::OutlierPolicy,
+) -> Balancer {
+    let mut b = Balancer::new(policy, eps(n));
+    b.outlier = Some(Arc::new(outlier::Outlier::new(p, "c", &eps(n))));
+    b
+}
+
+#[test]
+fn consecutive_5xx_ejects_and_every_policy_skips_the_ejected() {
+    for policy in [
+        LbPolicy::RoundRobin,
+        LbPolicy::Random,
+        LbPolicy::LeastRequest,
+        LbPolicy::RingHash {
+            key: HashKey::SourceIp,
+            minimum_ring_size: 64,
+        },
+        LbPolicy::Maglev {
+            key: HashKey::SourceIp,
+            table_size: 251,
+        },
+    ] {
+        let b = with_outlier(policy.clone(), 3, outlier_policy(60_000, 60_000));
+        let o = b.outlier.clone().unwrap();
+        // Two 5xx, a success (zeroes the count), then three: ejected at the third.
+        for s in [500, 503, 200, 500, 502] {
+            o.report(1, outlier::Outcome::Response(s));
+        }
+        assert_eq!(o.ejected(), [false, false, false], "{policy:?}");
+        o.report(1, outlier::Outcome::Timeout);
+        assert_eq!(o.ejected(), [false, true, false], "{policy:?}");
+        let got = spread(&b, 300, |i| {
+            Some((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        });
+        assert!(!got.contains_key(&eps(3)[1]), "{policy:?}: {got:?}");
+        assert_eq!(got.len(), 2, "{policy:?}: {got:?}");
+    }
+}
+
+#[test]
+fn max_ejection_percent_panic_threshold_and_return() {
+    // 10%: with 3 endpoints even one ejection is above it (Envoy's check is
+    // 100 * (ejected + 1) / hosts <= max).
+    let mut p = outlier_policy(60_000, 60_000);
+    p.max_ejection_percent = 10;
+    let b = with_outlier(LbPolicy::RoundRobin, 3, p);
+    let o = b.outlier.clone().unwrap();
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
+    assert_eq!(o.ejected(), [false, false, false]);
+    // Every endpoint ejected and no panic threshold: nothing to pick (503 UH).
+    let b = with_outlier(LbPolicy::RoundRobin, 2, outlier_policy(60_000, 60_000));
+    let o = b.outlier.clone().unwrap();
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
+    (0..3).for_each(|_| o.report(1, outlier::Outcome::Response(500)));
+    assert_eq!(o.ejected(), [true, true]);
+    assert!(b.pick(None).is_none());
+    // minHealthPercent 60 with one of two ejected (50% healthy): panic, all used.
+    let mut p = outlier_policy(60_000, 60_000);
+    p.min_health_percent = 60;
+    let b = with_outlier(LbPolicy::RoundRobin, 2, p);
+    let o = b.outlier.clone().unwrap();
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
+    assert_eq!(o.ejected(), [true, false]);
+    assert_eq!(spread(&b, 4, |_| None).len(), 2);
+    // Back after base_ejection_time, at the next interval sweep.
+    let b = with_outlier(LbPolicy::RoundRobin, 2, outlier_policy(20, 100));
+    let o = b.outlier.clone().unwrap();
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
+    assert_eq!(o.ejected(), [true, false]);
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    assert_eq!(o.ejected(), [true, false]);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while o.ejected()[0] && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(o.ejected(), [false, false]);
+    // Ejected again at once: twice the base time (the multiplier).
+    (0..3).for_each(|_| o.report(0, outlier::Outcome::Response(500)));
+    let at = std::time::Instant::now();
+    while o.ejected()[0] && at.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        at.elapsed() >= std::time::Duration::from_millis(180),
+        "{:?}",
+        at.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn circuit_breakers_admit_queue_and_overflow() {
+    use crate::config::upstream_policy::CircuitBreakers;
+    let p = Arc::new(pool::Pool::new(CircuitBreakers {
+        max_connections: 1,
+        max_pending_requests: 1,
+        max_requests: u32::MAX,
+        max_retries: u32::MAX,
+    }));
+    let first = p.admit().await.unwrap();
+    // The second waits for the connection; the third overflows.
+    let waiting = tokio::spawn({
+        let p = p.clone();
+        async move { p.admit().await.is_ok() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(p.admit().await.is_err());
+    assert!(p.admit_connection().is_err());
+    drop(first);
+    assert!(waiting.await.unwrap());
+    assert_eq!(p.overflows.load(Ordering::Relaxed), 2);
+    // max_requests.
+    let p = pool::Pool::new(CircuitBreakers {
+        max_connections: u32::MAX,
+        max_pending_requests: u32::MAX,
+        max_requests: 2,
+        max_retries: 1,
+    });
+    let (_a, _b) = (p.admit().await.unwrap(), p.admit().await.unwrap());
+    assert!(p.admit().await.is_err());
+    // max_retries: one retry in back-off at a time.
+    let r = p.retry().expect("first retry");
+    assert!(p.retry().is_none());
+    drop(r);
+    assert!(p.retry().is_some());
+    assert_eq!(p.retry_overflows.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn local_origin_errors_count_as_503_504_or_apart_when_split() {
+    use outlier::Outcome::*;
+    // Not split: a connect failure is a 503 and a timeout a 504 (3 in a row eject);
+    // an HTTP answer's connect does not zero the count, a TCP connect does.
+    let b = with_outlier(LbPolicy::RoundRobin, 2, outlier_policy(60_000, 60_000));
+    let o = b.outlier.clone().unwrap();
+    for r in [
+        ConnectFailed,
+        Timeout,
+        Connected,
+        ConnectFailed,
+        Response(500),
+    ] {
+        o.report(0, r);
+    }
+    assert_eq!(o.ejected(), [false, false]);
+    o.report(0, Timeout);
+    assert_eq!(o.ejected(), [true, false]);
+    // Split: local failures count apart (threshold 2 here), an answer's connect zeroes
+    // them, and 5xx answers count only as 5xx.
+    let mut p = outlier_policy(60_000, 60_000);
+    p.split_local_origin = true;
+    p.consecutive_local_origin = 2;
+    let b = with_outlier(LbPolicy::RoundRobin, 2, p);
+    let o = b.outlier.clone().unwrap();
+    for r in [ConnectFailed, Response(500), Timeout, Response(500)] {
+        o.report(0, r);
+    }
+    assert_eq!(o.ejected(), [false, false]);
+    o.report(0, ConnectFailed);
+    assert_eq!(o.ejected(), [false, false]);
+    o.report(0, Timeout);
+    assert_eq!(o.ejected(), [true, false]);
+    // ... and three 5xx answers still eject on their own.
+    for _ in 0..3 {
+        o.report(1, Response(503));
+    }
+    assert_eq!(o.ejected(), [true, true]);
+}

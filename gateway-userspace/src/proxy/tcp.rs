@@ -206,6 +206,29 @@ pub async fn serve(
         .and_then(|b| b.policy.hash_key())
         .filter(|k| **k == crate::config::dest_rules::HashKey::SourceIp)
         .map(|_| crate::lb::hash(peer.ip().to_string().as_bytes()));
+    // The cluster's `tcp.maxConnections` (DestinationRule connectionPool): Envoy's
+    // tcp_proxy closes a connection beyond it with `UO` (upstream_cx_overflow).
+    // Held for the connection's life.
+    let _admission = match gw.balancers.get(&dest.cluster).and_then(|b| b.pool.clone()) {
+        None => None,
+        Some(pool) => match pool.admit_connection() {
+            Ok(a) => Some(a),
+            Err(crate::lb::pool::Overflow) => {
+                tracing::info!(%peer, port, cluster = %dest.cluster, "closing connection: circuit breaker maxConnections reached (UO)");
+                let up = (&dest.cluster, None, None);
+                refused(
+                    &gw,
+                    (start_time, started),
+                    peer,
+                    &down,
+                    sni.as_deref(),
+                    "UO",
+                    Some(up),
+                );
+                return close_cleanly(down).await;
+            }
+        },
+    };
     // Held for the connection's life: LEAST_REQUEST counts it as active.
     let picked = match gw.pick_endpoint(&dest.cluster, hash) {
         crate::lb::Pick::Endpoint(p) => p,
@@ -237,6 +260,13 @@ pub async fn serve(
     let endpoint = picked.addr;
     let connected =
         tokio::time::timeout(gw.opts.connect_timeout, TcpStream::connect(endpoint)).await;
+    // Outlier detection: Envoy's tcp_proxy reports the connect
+    // (LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL), its failure or its timeout.
+    picked.report(match &connected {
+        Ok(Ok(_)) => crate::lb::outlier::Outcome::Connected,
+        Ok(Err(_)) => crate::lb::outlier::Outcome::ConnectFailed,
+        Err(_) => crate::lb::outlier::Outcome::Timeout,
+    });
     let up = match connected {
         Ok(Ok(up)) => up,
         failed => {

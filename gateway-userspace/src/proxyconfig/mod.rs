@@ -9,6 +9,7 @@
 //! [`render`] holds istioctl's writers, [`tabwriter`] Go's text/tabwriter they print
 //! through; [`cli`] the `proxy-config` command line, shaped as istioctl's.
 pub mod cli;
+pub mod cluster_policy;
 pub mod render;
 pub mod tabwriter;
 
@@ -654,6 +655,7 @@ pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr], ports: &crate::server::Ist
                 "load_assignment": { "cluster_name": c.name, "endpoints": [{ "lb_endpoints": lb }] },
             });
             lb_policy_json(&c.lb, &mut cluster);
+            cluster_policy::add(c, &mut cluster);
             json!({ "cluster": cluster })
         })
         .collect();

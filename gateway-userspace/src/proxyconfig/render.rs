@@ -616,6 +616,8 @@ struct Host<'a> {
     port: u32,
     cluster: &'a str,
     status: &'a str,
+    /// Ejected by outlier detection (`/clusters` `failed_outlier_check`).
+    failed_outlier: bool,
     locality: String,
 }
 
@@ -644,6 +646,7 @@ fn hosts(dump: &Value) -> Vec<Host<'_>> {
                     cluster,
                     // core.HealthStatus_name; UNKNOWN when unset.
                     status: e["health_status"].as_str().unwrap_or("UNKNOWN"),
+                    failed_outlier: e["failed_outlier_check"].as_bool() == Some(true),
                     locality: locality.clone(),
                 });
             }
@@ -678,7 +681,10 @@ pub fn endpoint_summary(dump: &Value, filter: &EndpointFilter) -> String {
         } else {
             h.address.to_string()
         };
-        t += &format!("{ep}\t{}\tOK\t{}\n", h.status, h.cluster);
+        // clusters.go retrieveFailedOutlierCheck: FAILED or OK; STATUS stays the EDS
+        // health status.
+        let outlier = if h.failed_outlier { "FAILED" } else { "OK" };
+        t += &format!("{ep}\t{}\t{outlier}\t{}\n", h.status, h.cluster);
     }
     tabwriter::format(&t, 0, 5)
 }
@@ -697,9 +703,13 @@ pub fn endpoint_statuses(dump: &Value, filter: &EndpointFilter) -> Vec<Value> {
         let statuses: Vec<Value> = hs
             .iter()
             .map(|h| {
+                let mut health = json!({ "eds_health_status": h.status });
+                if h.failed_outlier {
+                    health["failed_outlier_check"] = true.into();
+                }
                 json!({
                     "address": { "socket_address": { "address": h.address, "port_value": h.port } },
-                    "health_status": { "eds_health_status": h.status },
+                    "health_status": health,
                     "weight": 1,
                 })
             })

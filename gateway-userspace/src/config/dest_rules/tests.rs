@@ -321,3 +321,121 @@ spec:
         "{e:?}"
     );
 }
+
+#[test]
+fn connection_pool_and_outlier_detection_merge_and_default_as_istio() {
+    use crate::config::upstream_policy::{CircuitBreakers, OutlierPolicy};
+    use std::time::Duration;
+    let s = snap(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: app, namespace: shop}
+spec:
+  host: app
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 3}
+      http: {http1MaxPendingRequests: 2, http2MaxRequests: 0}
+    outlierDetection: {baseEjectionTime: 2s, interval: 500ms, maxEjectionPercent: 100}
+    portLevelSettings:
+    - port: {number: 81}
+      loadBalancer: {simple: RANDOM}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      outlierDetection:
+        consecutiveErrors: 2
+        minHealthPercent: 50
+        splitExternalLocalOriginErrors: true
+        consecutiveLocalOriginFailures: 4
+",
+    );
+    let host = "app.shop.svc.cluster.local";
+    let c = |n: &str| &s.clusters[&format!("outbound|{n}|{host}")];
+    let limits = CircuitBreakers {
+        max_connections: 3,
+        max_pending_requests: 2,
+        // 0 is "not set": Istio's default, no limit.
+        max_requests: u32::MAX,
+        max_retries: u32::MAX,
+    };
+    assert_eq!(c("80|").circuit_breakers, Some(limits));
+    // Envoy's defaults for what the rule leaves out (consecutive_5xx 5).
+    let top = OutlierPolicy {
+        consecutive_5xx: 5,
+        consecutive_gateway: 0,
+        interval: Duration::from_millis(500),
+        base_ejection_time: Duration::from_secs(2),
+        max_ejection_time: Duration::from_secs(300),
+        max_ejection_percent: 100,
+        min_health_percent: 0,
+        split_local_origin: false,
+        consecutive_local_origin: 5,
+    };
+    assert_eq!(c("80|").outlier, Some(top));
+    assert_eq!(c("80|v1").outlier, Some(top));
+    assert_eq!(c("80|v1").circuit_breakers, Some(limits));
+    // The subset's outlierDetection replaces the top level's as a whole; the
+    // deprecated consecutiveErrors counts gateway errors only.
+    let v2 = OutlierPolicy {
+        consecutive_5xx: 0,
+        consecutive_gateway: 2,
+        interval: Duration::from_secs(10),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_time: Duration::from_secs(300),
+        max_ejection_percent: 10,
+        min_health_percent: 50,
+        split_local_origin: true,
+        consecutive_local_origin: 4,
+    };
+    assert_eq!(c("80|v2").outlier, Some(v2));
+    // Port 81 has a portLevelSettings entry: "port level policies do not inherit".
+    assert_eq!(c("81|").outlier, None);
+    assert_eq!(c("81|").circuit_breakers, None);
+    // No rule: nothing.
+    let none = snap("");
+    let c = &none.clusters[&format!("outbound|80||{host}")];
+    assert_eq!((c.outlier, c.circuit_breakers), (None, None));
+}
+
+#[test]
+fn invalid_connection_pool_and_outlier_detection_are_errors_with_positions() {
+    let e = errors(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bad, namespace: shop}
+spec:
+  host: app
+  trafficPolicy:
+    connectionPool: {}
+    outlierDetection: {consecutive5xxErrors: -1, maxEjectionPercent: 101, interval: 0s}
+    portLevelSettings:
+    - port: {number: 80}
+      connectionPool: {tcp: {maxConnections: -2}, http: {http1MaxPendingRequests: -1}}
+  subsets: [{name: v1, labels: {version: v1}}]
+",
+    );
+    assert_eq!(
+        e,
+        [
+            "dr.yaml:41:20: must set at least one of http or tcp",
+            "dr.yaml:42:46: outlier detection consecutive 5xx errors cannot be negative",
+            "dr.yaml:42:70: percentage 101 is not in range 0..100",
+            "dr.yaml:42:85: duration must be greater than 1ms",
+            "dr.yaml:45:46: max connections must be non-negative",
+            "dr.yaml:45:83: http1 max pending requests must be non-negative",
+        ]
+    );
+    let e = errors(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: shop}\nspec:\n  host: app\n  trafficPolicy: {outlierDetection: {consecutive5xx: 1}}\n",
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "dr.yaml:40:38: spec.trafficPolicy.outlierDetection: unknown field `consecutive5xx`"
+        )),
+        "{e:?}"
+    );
+}

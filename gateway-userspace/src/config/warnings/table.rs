@@ -103,13 +103,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1061",
-        "DestinationRule `trafficPolicy.connectionPool` (top level, `portLevelSettings[]`, `subsets[].trafficPolicy`)",
-        "ignored: no connection or request limits (no 503 `UO`); connect timeout is `--connect-timeout`, upstream connections idle out after 60 s",
-    ),
-    (
-        "GW1062",
-        "DestinationRule `trafficPolicy.outlierDetection` (every level)",
-        "ignored: no endpoint is ever ejected; every endpoint stays HEALTHY",
+        "DestinationRule `connectionPool.tcp.connectTimeout`, `tcpKeepalive`, `maxConnectionDuration`, `idleTimeout`; `connectionPool.http.maxRequestsPerConnection`, `idleTimeout`, `h2UpgradePolicy`, `useClientProtocol`, `maxConcurrentStreams` (every level)",
+        "ignored: the connect timeout is `--connect-timeout`, upstream connections idle out after 60 s and are reused without a request limit, no TCP keepalive; requests go upstream over HTTP/1.1",
     ),
     (
         "GW1063",
@@ -348,8 +343,39 @@ pub(super) const TRAFFIC_POLICY_AT: &[&str] = &[
 
 /// Fields of a traffic policy not acted on, relative to it.
 pub(super) const TRAFFIC_POLICY: &[Rule] = &[
-    rule("connectionPool", "GW1061", "not supported"),
-    rule("outlierDetection", "GW1062", "not supported"),
+    rule(
+        "connectionPool.tcp.connectTimeout",
+        "GW1061",
+        "not supported",
+    ),
+    rule("connectionPool.tcp.tcpKeepalive", "GW1061", "not supported"),
+    rule(
+        "connectionPool.tcp.maxConnectionDuration",
+        "GW1061",
+        "not supported",
+    ),
+    rule("connectionPool.tcp.idleTimeout", "GW1061", "not supported"),
+    rule(
+        "connectionPool.http.maxRequestsPerConnection",
+        "GW1061",
+        "not supported",
+    ),
+    rule("connectionPool.http.idleTimeout", "GW1061", "not supported"),
+    rule(
+        "connectionPool.http.h2UpgradePolicy",
+        "GW1061",
+        "not supported",
+    ),
+    rule(
+        "connectionPool.http.useClientProtocol",
+        "GW1061",
+        "not supported",
+    ),
+    rule(
+        "connectionPool.http.maxConcurrentStreams",
+        "GW1061",
+        "not supported",
+    ),
     Rule {
         pattern: "tls",
         code: "GW1063",

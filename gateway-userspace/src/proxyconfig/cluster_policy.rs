@@ -1,0 +1,91 @@
+//! A cluster's `circuit_breakers`, `outlier_detection` and `common_lb_config` in the
+//! config dump, as Istio writes them for a DestinationRule's `connectionPool` and
+//! `outlierDetection` (cluster_traffic_policy.go), and the live ejections overlaid on
+//! the dump's endpoints.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::config::snapshot::Cluster;
+
+/// protojson's Duration: seconds with 0, 3, 6 or 9 fractional digits.
+fn duration(d: Duration) -> String {
+    let (s, n) = (d.as_secs(), d.subsec_nanos());
+    if n == 0 {
+        format!("{s}s")
+    } else if n % 1_000_000 == 0 {
+        format!("{s}.{:03}s", n / 1_000_000)
+    } else if n % 1_000 == 0 {
+        format!("{s}.{:06}s", n / 1_000)
+    } else {
+        format!("{s}.{n:09}s")
+    }
+}
+
+pub(super) fn add(c: &Cluster, cluster: &mut Value) {
+    if let Some(t) = &c.circuit_breakers {
+        // getDefaultCircuitBreakerThresholds: u32::MAX is "no limit".
+        cluster["circuit_breakers"] = json!({ "thresholds": [{
+            "max_connections": t.max_connections,
+            "max_pending_requests": t.max_pending_requests,
+            "max_requests": t.max_requests,
+            "max_retries": t.max_retries,
+            "track_remaining": true,
+        }] });
+    }
+    if let Some(o) = &c.outlier {
+        let enforcing = |n: u32| if n > 0 { 100 } else { 0 };
+        cluster["outlier_detection"] = json!({
+            "consecutive_5xx": o.consecutive_5xx,
+            "interval": duration(o.interval),
+            "base_ejection_time": duration(o.base_ejection_time),
+            "max_ejection_percent": o.max_ejection_percent,
+            "enforcing_consecutive_5xx": enforcing(o.consecutive_5xx),
+            "consecutive_gateway_failure": if o.consecutive_gateway > 0 { o.consecutive_gateway } else { 5 },
+            "enforcing_consecutive_gateway_failure": enforcing(o.consecutive_gateway),
+        });
+        if o.split_local_origin {
+            cluster["outlier_detection"]["split_external_local_origin_errors"] = true.into();
+            cluster["outlier_detection"]["consecutive_local_origin_failure"] =
+                o.consecutive_local_origin.into();
+            cluster["outlier_detection"]["enforcing_local_origin_success_rate"] = 0.into();
+        }
+        cluster["common_lb_config"] =
+            json!({ "healthy_panic_threshold": { "value": o.min_health_percent } });
+    }
+}
+
+/// Marks the endpoints outlier detection has ejected now: `failed_outlier_check`
+/// (the name of the flag in Envoy's `/clusters` host health status), which
+/// `proxy-config endpoint` shows as OUTLIER CHECK FAILED.
+pub fn mark_ejected(dump: &mut Value, ejected: impl Fn(&str) -> Vec<bool>) {
+    let Some(configs) = dump["configs"].as_array_mut() else {
+        return;
+    };
+    for cfg in configs {
+        let Some(clusters) = cfg["dynamic_active_clusters"].as_array_mut() else {
+            continue;
+        };
+        for c in clusters {
+            let c = &mut c["cluster"];
+            let flags = ejected(c["name"].as_str().unwrap_or_default());
+            if !flags.contains(&true) {
+                continue;
+            }
+            let Some(groups) = c["load_assignment"]["endpoints"].as_array_mut() else {
+                continue;
+            };
+            for g in groups {
+                let Some(eps) = g["lb_endpoints"].as_array_mut() else {
+                    continue;
+                };
+                for (e, failed) in eps.iter_mut().zip(&flags) {
+                    if *failed {
+                        e["failed_outlier_check"] = true.into();
+                    }
+                }
+            }
+        }
+    }
+}
