@@ -24,7 +24,8 @@ use serde::Serialize;
 
 use super::ConfigError;
 use super::destination_rule::{
-    ConsistentHashLb, DestinationRule, LoadBalancerSettings, SimpleLb, Subset, TrafficPolicy,
+    ClientTlsSettings, ConsistentHashLb, DestinationRule, LoadBalancerSettings, SimpleLb, Subset,
+    TrafficPolicy,
 };
 use super::hosts;
 use super::parse::Entry;
@@ -118,6 +119,24 @@ impl Rule<'_> {
             }
         }
         lb.map(lb_policy).unwrap_or_default()
+    }
+
+    /// The TLS origination of cluster (`port`, `subset`), merged as [`Rule::lb`] (Istio's
+    /// `MergeTrafficPolicy` treats `tls` as it treats `loadBalancer`). None: plain TCP.
+    pub fn tls(&self, port: u16, subset: Option<&Subset>) -> Option<ClientTlsSettings> {
+        let mut tls = self.policy.and_then(|p| match port_level(p, port) {
+            Some(pl) => pl.tls.as_ref(),
+            None => p.tls.as_ref(),
+        });
+        if let Some(sp) = subset.and_then(|s| s.traffic_policy.as_ref()) {
+            if sp.tls.is_some() {
+                tls = sp.tls.as_ref();
+            }
+            if let Some(pl) = port_level(sp, port) {
+                tls = pl.tls.as_ref();
+            }
+        }
+        tls.filter(|t| t.originates()).cloned()
     }
 }
 
@@ -237,6 +256,9 @@ fn check_policy(
     if let Some(lb) = &p.load_balancer {
         check_lb(lb, &format!("{at}.loadBalancer"), e, errors);
     }
+    if let Some(tls) = &p.tls {
+        super::upstream_tls::check(tls, &format!("{at}.tls"), e, errors);
+    }
     let mut ports = BTreeMap::new();
     for (i, pl) in p.port_level_settings.iter().enumerate() {
         let pat = format!("{at}.portLevelSettings[{i}]");
@@ -260,6 +282,9 @@ fn check_policy(
         }
         if let Some(lb) = &pl.load_balancer {
             check_lb(lb, &format!("{pat}.loadBalancer"), e, errors);
+        }
+        if let Some(tls) = &pl.tls {
+            super::upstream_tls::check(tls, &format!("{pat}.tls"), e, errors);
         }
     }
 }

@@ -25,6 +25,7 @@ mod parse;
 mod resolve;
 pub mod snapshot;
 mod source;
+mod upstream_tls;
 mod validate;
 pub mod warnings;
 

@@ -116,6 +116,7 @@ impl<'a> Resolver<'a> {
                     subset: sname.to_string(),
                     endpoints: eps,
                     lb: rule.map(|r| r.lb(port, subset)).unwrap_or_default(),
+                    tls: rule.and_then(|r| r.tls(port, subset)),
                     destination_rule: rule.map(|r| r.key.clone()),
                 },
             );

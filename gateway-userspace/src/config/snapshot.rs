@@ -223,6 +223,8 @@ pub struct Cluster {
     pub endpoints: Vec<SocketAddr>,
     /// From the DestinationRule (Istio's default without one: LEAST_REQUEST).
     pub lb: super::dest_rules::LbPolicy,
+    /// TLS origination (DestinationRule `tls`, SIMPLE or MUTUAL); None: plain TCP.
+    pub tls: Option<super::destination_rule::ClientTlsSettings>,
     /// `namespace/name` of the DestinationRule that applies, if any.
     pub destination_rule: Option<String>,
 }

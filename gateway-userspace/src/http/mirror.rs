@@ -191,7 +191,11 @@ async fn send_one(gw: &Gateway, client: &UpstreamClient, cluster: &str, copy: &C
         }
     };
     let endpoint = picked.addr;
-    let Ok(uri) = format!("http://{endpoint}{}", copy.path_and_query).parse::<Uri>() else {
+    let Ok((client, scheme)) = client.for_cluster(cluster) else {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let Ok(uri) = format!("{scheme}://{endpoint}{}", copy.path_and_query).parse::<Uri>() else {
         stats.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };

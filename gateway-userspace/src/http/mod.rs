@@ -44,6 +44,7 @@ pub mod routing;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod upstream_tls;
 
 /// Envoy's default `max_request_headers_kb` (60 KiB); beyond it: 431.
 pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
@@ -233,7 +234,7 @@ pub async fn serve(
     let client = gw
         .http
         .client
-        .get_or_init(|| upstream::upstream_client(gw.opts.connect_timeout))
+        .get_or_init(|| upstream::UpstreamClient::new(gw.opts.connect_timeout, &gw.snapshot))
         .clone();
     let io = Prelude::new(prelude, stream);
 

@@ -9,10 +9,6 @@ use hyper::{
     body::{Body as HttpBody, Bytes, Incoming},
     header::{self, HeaderValue},
 };
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
 
 use super::{
     RequestLog,
@@ -23,23 +19,11 @@ use super::{
 };
 use crate::server::Gateway;
 
-pub type UpstreamClient = Client<HttpConnector, Body>;
+pub use super::upstream_tls::UpstreamClient;
 
 /// Request bodies up to this size are buffered so that a retry can resend them
 /// (Envoy buffers for retries too); larger or unsized bodies stream, without retries.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
-
-/// The pooled upstream client (HTTP/1.1 keep-alive, as Istio speaks to a plain HTTP
-/// service port).
-pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
-}
 
 /// A permitted upgrade offer on its way upstream.
 struct Upgrade {
@@ -150,7 +134,19 @@ pub async fn forward(
         let endpoint = picked.addr;
         tried.push(endpoint);
         log.upstream_host = Some(endpoint);
-        let uri: Uri = match format!("http://{endpoint}{path_and_query}").parse() {
+        let (client, scheme) = match conn.client.for_cluster(cluster) {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS origination is not set up: {why}");
+                log.response_flags.insert(0, "UF");
+                log.details = "upstream_reset_before_response_started{connection_failure}";
+                return local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                );
+            }
+        };
+        let uri: Uri = match format!("{scheme}://{endpoint}{path_and_query}").parse() {
             Ok(u) => u,
             Err(_) => {
                 log.details = "invalid_upstream_uri";
@@ -175,7 +171,7 @@ pub async fn forward(
             (None, d) => d,
         };
         let sent_at = Instant::now();
-        let call = conn.client.request(req);
+        let call = client.request(req);
         let result = match per_try {
             Some(at) => tokio::time::timeout_at(at, call).await.ok(),
             None => Some(call.await),
@@ -183,7 +179,14 @@ pub async fn forward(
         let outcome = match result {
             None => TryOutcome::Timeout,
             Some(Ok(resp)) => TryOutcome::Response(resp, sent_at.elapsed()),
-            Some(Err(e)) if e.is_connect() => TryOutcome::ConnectFailure(error_chain(&e)),
+            Some(Err(e)) if e.is_connect() => {
+                let why = error_chain(&e);
+                if scheme == "https" {
+                    // Envoy logs a TLS error (`TLS_error:...`) as the connection failure.
+                    tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS connection failed: {why}");
+                }
+                TryOutcome::ConnectFailure(why)
+            }
             Some(Err(e)) => TryOutcome::Reset(error_chain(&e)),
         };
         // A streamed body that the client stopped sending: the upstream request was

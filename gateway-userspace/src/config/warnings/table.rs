@@ -113,8 +113,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1063",
-        "DestinationRule `trafficPolicy.tls` with a mode other than DISABLE (every level)",
-        "ignored: the gateway connects to the endpoints in plain TCP (no TLS origination)",
+        "DestinationRule `tls.caCrl` (every level)",
+        "ignored: the server certificate's revocation is not checked",
     ),
     (
         "GW1064",
@@ -135,6 +135,11 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "GW1067",
         "DestinationRule `loadBalancer.simple: PASSTHROUGH`",
         "ignored: an ingress gateway has no original destination to pass through to (Istio's ORIGINAL_DST cluster would send the request back to the gateway itself); the cluster uses LEAST_REQUEST",
+    ),
+    (
+        "GW1068",
+        "DestinationRule `tls` (SIMPLE, MUTUAL) of a cluster a VirtualService `tcp` route goes to",
+        "ignored for TCP routes: the bytes go to the endpoints as they are (no TLS origination); HTTP routes to the cluster originate TLS",
     ),
     (
         "GW1070",
@@ -350,12 +355,7 @@ pub(super) const TRAFFIC_POLICY_AT: &[&str] = &[
 pub(super) const TRAFFIC_POLICY: &[Rule] = &[
     rule("connectionPool", "GW1061", "not supported"),
     rule("outlierDetection", "GW1062", "not supported"),
-    Rule {
-        pattern: "tls",
-        code: "GW1063",
-        what: "TLS origination is not supported",
-        when: Some(tls_not_disabled),
-    },
+    rule("tls.caCrl", "GW1063", "not supported (no revocation check)"),
     rule("loadBalancer.localityLbSetting", "GW1064", "not supported"),
     rule("loadBalancer.warmupDurationSecs", "GW1064", "not supported"),
     rule("loadBalancer.warmup", "GW1064", "not supported"),
@@ -407,14 +407,6 @@ fn h2_protocol(v: &Value) -> bool {
 }
 
 /// A `tls` block whose mode is not DISABLE (unset mode is DISABLE, as in Istio).
-fn tls_not_disabled(v: &Value) -> bool {
-    v.get("mode")
-        .and_then(Value::as_str)
-        .is_some_and(|m| m != "DISABLE")
-        || v.as_mapping()
-            .is_some_and(|m| m.keys().any(|k| k.as_str() != Some("mode")))
-}
-
 fn is_passthrough(v: &Value) -> bool {
     v.as_str() == Some("PASSTHROUGH")
 }

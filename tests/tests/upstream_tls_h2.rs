@@ -1,0 +1,270 @@
+//! TLS origination to upstreams (DestinationRule `tls`) through a real gateway to real
+//! rustls backends with a test CA: SIMPLE verifying the SNI (the destination host by
+//! default) or `subjectAltNames`, a wrong SAN failing closed (503 `UF` and a log line
+//! saying why), `insecureSkipVerify`, MUTUAL with the client certificate from a
+//! `credentialName` Secret or from files, and a backend that requires a client
+//! certificate refusing SIMPLE. The backends answer with the SNI they were sent and
+//! whether a client certificate was presented.
+mod http_common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use gateway_tests::netns::{NetNs, privileged};
+use http_body_util::Full;
+use http_common::*;
+use hyper::body::Bytes;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+/// SIMPLE backend (any client) and MUTUAL backend (a client certificate of the CA).
+const SIMPLE_PORT: u16 = 18443;
+const MUTUAL_PORT: u16 = 18444;
+
+/// A TLS backend (HTTP/1.1) answering `sni=<sni> client_cert=<bool>`; with `client_ca`
+/// it requires a client certificate signed by it.
+async fn tls_backend(addr: SocketAddr, cert: &Path, key: &Path, client_ca: Option<&Path>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let b = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).unwrap() {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            b.with_client_cert_verifier(v)
+        }
+        None => b.with_no_client_auth(),
+    };
+    let mut cfg = b.with_single_cert(chain, key).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), acceptor.accept(s))
+                        .await
+                else {
+                    return;
+                };
+                let (_, conn) = tls.get_ref();
+                let text = format!(
+                    "sni={} client_cert={}\n",
+                    conn.server_name().unwrap_or("-"),
+                    conn.peer_certificates().is_some_and(|c| !c.is_empty())
+                );
+                let svc = hyper::service::service_fn(move |_req| {
+                    let text = text.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(text),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// A ServiceEntry `host` (port 80, HTTP) on one endpoint, routed from the gateway's
+/// port 80 by that host, with a DestinationRule whose `trafficPolicy.tls` is `tls`.
+fn service(host: &str, port: u16, tls: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {host}}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {host}, namespace: istio-system}}
+spec:
+  hosts: [{host}]
+  gateways: [tls-gw]
+  http: [{{route: [{{destination: {{host: {host}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {host}}}
+spec:
+  host: {host}
+  trafficPolicy:
+    tls: {tls}
+"
+    )
+}
+
+#[test]
+fn tls_origination_simple_mutual_and_san_failures() {
+    if !privileged("tls_origination_simple_mutual_and_san_failures") {
+        return;
+    }
+    let ns = NetNs::new("uptls");
+    let dir = scratch(&ns);
+    let (ca, ca_key) = mint_ca(&dir, "upstream-ca");
+    let (srv, srv_key) = mint_cert(&dir, "upstream", "DNS:upstream.test", &ca, &ca_key);
+    let (cli, cli_key) = mint_cert(&dir, "gateway-client", "DNS:gateway.test", &ca, &ca_key);
+    let rt = ns.runtime();
+    let (srv2, srv_key2, ca2) = (srv.clone(), srv_key.clone(), ca.clone());
+    NetNs::block_on(&rt, async move {
+        tls_backend(([127, 0, 0, 1], SIMPLE_PORT).into(), &srv2, &srv_key2, None).await;
+        tls_backend(
+            ([127, 0, 0, 1], MUTUAL_PORT).into(),
+            &srv2,
+            &srv_key2,
+            Some(&ca2),
+        )
+        .await;
+    });
+    let (ca_s, cli_s, cli_key_s) = (
+        ca.display().to_string(),
+        cli.display().to_string(),
+        cli_key.display().to_string(),
+    );
+    let mut yaml = String::from(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tls-gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+",
+    );
+    yaml += &tls_secret_yaml("upstream-client", &cli, &cli_key, Some(&ca));
+    // SNI and the name verified: the destination host.
+    yaml += &service(
+        "upstream.test",
+        SIMPLE_PORT,
+        &format!("{{mode: SIMPLE, caCertificates: {ca_s}}}"),
+    );
+    yaml += &service(
+        "sans.test",
+        SIMPLE_PORT,
+        &format!(
+            "{{mode: SIMPLE, caCertificates: {ca_s}, sni: upstream.test, subjectAltNames: [nope.test, upstream.test]}}"
+        ),
+    );
+    yaml += &service(
+        "wrong-san.test",
+        SIMPLE_PORT,
+        &format!(
+            "{{mode: SIMPLE, caCertificates: {ca_s}, sni: upstream.test, subjectAltNames: [other.test]}}"
+        ),
+    );
+    // No SANs: the certificate must match the SNI, here the destination host.
+    yaml += &service(
+        "wrong-host.test",
+        SIMPLE_PORT,
+        &format!("{{mode: SIMPLE, caCertificates: {ca_s}}}"),
+    );
+    yaml += &service(
+        "insecure.test",
+        SIMPLE_PORT,
+        "{mode: SIMPLE, insecureSkipVerify: true, sni: whatever.test}",
+    );
+    yaml += &service(
+        "mutual-secret.test",
+        MUTUAL_PORT,
+        "{mode: MUTUAL, credentialName: upstream-client, sni: upstream.test}",
+    );
+    yaml += &service(
+        "mutual-files.test",
+        MUTUAL_PORT,
+        &format!(
+            "{{mode: MUTUAL, clientCertificate: {cli_s}, privateKey: {cli_key_s}, caCertificates: {ca_s}, subjectAltNames: [upstream.test]}}"
+        ),
+    );
+    yaml += &service(
+        "no-client-cert.test",
+        MUTUAL_PORT,
+        &format!("{{mode: SIMPLE, caCertificates: {ca_s}, sni: upstream.test}}"),
+    );
+    let cfg = dir.join("upstream-tls.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let gw = start_gateway(&ns, &[&cfg]);
+
+    let get = |host: &str, id: &str| {
+        curl(
+            &ns,
+            &[
+                "-H",
+                &format!("Host: {host}"),
+                "-H",
+                &format!("x-request-id: {id}"),
+                "http://127.0.0.1:80/",
+            ],
+        )
+    };
+    for (host, want) in [
+        ("upstream.test", "sni=upstream.test client_cert=false"),
+        ("sans.test", "sni=upstream.test client_cert=false"),
+        ("insecure.test", "sni=whatever.test client_cert=false"),
+        ("mutual-secret.test", "sni=upstream.test client_cert=true"),
+        (
+            "mutual-files.test",
+            "sni=mutual-files.test client_cert=true",
+        ),
+    ] {
+        let id = format!("ok-{host}");
+        let r = get(host, &id);
+        assert_eq!(r.status, 200, "{host}: {r:?}\n{}", gw.log());
+        assert_eq!(r.body.trim(), want, "{host}");
+        let line = log_line(&gw, &id);
+        assert!(line.contains("response_flags=- "), "{line}");
+    }
+    for (host, why) in [
+        (
+            "wrong-san.test",
+            "matches none of subjectAltNames [\"other.test\"]",
+        ),
+        ("wrong-host.test", "certificate not valid for name"),
+    ] {
+        let id = format!("fail-{host}");
+        let r = get(host, &id);
+        assert_eq!(r.status, 503, "{host}: {r:?}");
+        let line = log_line(&gw, &id);
+        assert!(line.contains("response_flags=UF"), "{line}");
+        let said = |log: &str| {
+            log.lines().any(|l| {
+                l.contains("upstream TLS connection failed") && l.contains(host) && l.contains(why)
+            })
+        };
+        let log = gw.wait_log(std::time::Duration::from_secs(5), said);
+        assert!(said(&log), "{host}: no log line with {why:?}:\n{log}");
+    }
+    // SIMPLE to a backend that requires a client certificate: with TLS 1.3 the client's
+    // side of the handshake completes before the server checks for a certificate, so
+    // the refusal (an alert) arrives as the request is sent: 503 `UC`, as Envoy.
+    let r = get("no-client-cert.test", "no-client-cert");
+    assert_eq!(r.status, 503, "{r:?}");
+    let line = log_line(&gw, "no-client-cert");
+    assert!(line.contains("response_flags=UC "), "{line}");
+    // TLS connections are pooled: a second request to a verified upstream works too.
+    assert_eq!(get("upstream.test", "again").status, 200);
+}
