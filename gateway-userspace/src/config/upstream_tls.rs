@@ -90,3 +90,6 @@ pub(crate) fn check(
         err("sni", format!("invalid sni \"{sni}\""));
     }
 }
+
+#[cfg(test)]
+mod tests;
