@@ -268,3 +268,250 @@ spec:
     // TLS connections are pooled: a second request to a verified upstream works too.
     assert_eq!(get("upstream.test", "again").status, 200);
 }
+
+/// A response body of the given frames (data, then trailers).
+struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// An HTTP/2-only backend (h2c prior knowledge, or TLS with ALPN h2). A gRPC request
+/// (`application/grpc`, one length-prefixed message) gets `echo:<message>` back with
+/// trailers `grpc-status: 0`, `grpc-message: echoed`; anything else gets
+/// `version=<v> authority=<:authority> te=<te>`.
+async fn h2_backend(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) {
+    use http_body_util::BodyExt;
+    let l = tokio::net::TcpListener::bind(addr).await.expect("bind h2");
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let grpc = req
+                            .headers()
+                            .get("content-type")
+                            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                        let seen = format!(
+                            "version={:?} authority={} te={}",
+                            req.version(),
+                            req.uri().authority().map(|a| a.as_str()).unwrap_or("-"),
+                            req.headers()
+                                .get("te")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-"),
+                        );
+                        let mut frames = std::collections::VecDeque::new();
+                        let mut resp = hyper::Response::builder().header("x-seen", seen.clone());
+                        if grpc {
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let msg = body.get(5..).unwrap_or_default();
+                            let mut out = b"echo:".to_vec();
+                            out.extend_from_slice(msg);
+                            let mut framed = vec![0u8];
+                            framed.extend_from_slice(&(out.len() as u32).to_be_bytes());
+                            framed.extend_from_slice(&out);
+                            frames.push_back(hyper::body::Frame::data(Bytes::from(framed)));
+                            let mut t = hyper::HeaderMap::new();
+                            t.insert("grpc-status", "0".parse().unwrap());
+                            t.insert("grpc-message", "echoed".parse().unwrap());
+                            frames.push_back(hyper::body::Frame::trailers(t));
+                            resp = resp.header("content-type", "application/grpc");
+                        } else {
+                            frames.push_back(hyper::body::Frame::data(Bytes::from(seen + "\n")));
+                        }
+                        Ok::<_, std::convert::Infallible>(resp.body(Frames(frames)).unwrap())
+                    },
+                );
+                let h2 =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = match acceptor {
+                    None => {
+                        h2.serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                            .await
+                    }
+                    Some(a) => match a.accept(s).await {
+                        Ok(t) => {
+                            h2.serve_connection(hyper_util::rt::TokioIo::new(t), svc)
+                                .await
+                        }
+                        Err(_) => return,
+                    },
+                };
+            });
+        }
+    });
+}
+
+const H2C_PORT: u16 = 18450;
+const H2_TLS_PORT: u16 = 18451;
+
+/// A ServiceEntry `host` whose port 80 has `protocol`, routed from the gateway by host.
+fn h2_service(host: &str, port: u16, protocol: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {host}}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: 80, name: p, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{p: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {host}, namespace: istio-system}}
+spec:
+  hosts: [{host}]
+  gateways: [tls-gw]
+  http: [{{route: [{{destination: {{host: {host}}}}}]}}]
+"
+    )
+}
+
+#[test]
+fn http2_and_grpc_upstreams() {
+    if !privileged("http2_and_grpc_upstreams") {
+        return;
+    }
+    let ns = NetNs::new("uph2");
+    let dir = scratch(&ns);
+    let (ca, ca_key) = mint_ca(&dir, "upstream-ca");
+    let (srv, srv_key) = mint_cert(&dir, "upstream", "DNS:upstream.test", &ca, &ca_key);
+    let rt = ns.runtime();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_file_iter(&srv)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            PrivateKeyDer::from_pem_file(&srv_key).unwrap(),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    NetNs::block_on(&rt, async move {
+        h2_backend(([127, 0, 0, 1], H2C_PORT).into(), None).await;
+        h2_backend(([127, 0, 0, 1], H2_TLS_PORT).into(), Some(Arc::new(tls))).await;
+    });
+    let mut yaml = String::from(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tls-gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+",
+    );
+    yaml += &h2_service("h2c.test", H2C_PORT, "HTTP2");
+    yaml += &h2_service("grpc.test", H2C_PORT, "GRPC");
+    yaml += &h2_service("h2tls.test", H2_TLS_PORT, "HTTP2");
+    yaml += &format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: h2tls}}
+spec:
+  host: h2tls.test
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {}, sni: upstream.test}}
+",
+        ca.display()
+    );
+    let cfg = dir.join("upstream-h2.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let gw = start_gateway(&ns, &[&cfg]);
+
+    // An HTTP/1.1 client; the upstream sees HTTP/2 with `:authority` the request's host.
+    for host in ["h2c.test", "h2tls.test"] {
+        let r = curl(
+            &ns,
+            &[
+                "--http1.1",
+                "-H",
+                &format!("Host: {host}"),
+                "http://127.0.0.1:80/",
+            ],
+        );
+        assert_eq!(r.status, 200, "{host}: {r:?}\n{}", gw.log());
+        assert_eq!(
+            r.body.trim(),
+            format!("version=HTTP/2.0 authority={host} te=-"),
+            "{host}"
+        );
+    }
+
+    // A gRPC unary call from an HTTP/2 client: the message, status and trailers pass
+    // through both HTTP/2 hops.
+    let (status, headers, body, trailers) = NetNs::block_on(&rt, async {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect("127.0.0.1:80")
+            .await
+            .expect("connect");
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut msg = vec![0u8, 0, 0, 0, 5];
+        msg.extend_from_slice(b"hello");
+        let req = hyper::Request::post("http://grpc.test/echo.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from(msg)))
+            .unwrap();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), send.send_request(req))
+            .await
+            .expect("gRPC call timed out")
+            .expect("gRPC call");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let collected = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            resp.into_body().collect(),
+        )
+        .await
+        .expect("body timed out")
+        .expect("body");
+        let trailers = collected.trailers().cloned();
+        (status, headers, collected.to_bytes(), trailers)
+    });
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("x-seen").and_then(|v| v.to_str().ok()),
+        Some("version=HTTP/2.0 authority=grpc.test te=trailers"),
+        "{headers:?}"
+    );
+    assert_eq!(&body[..], b"\0\0\0\0\x0aecho:hello");
+    let trailers = trailers.expect("no trailers");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert_eq!(
+        trailers.get("grpc-message").map(|v| v.as_bytes()),
+        Some(&b"echoed"[..])
+    );
+}

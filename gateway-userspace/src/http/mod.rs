@@ -44,6 +44,7 @@ pub mod routing;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod upstream_h2;
 pub mod upstream_tls;
 
 /// Envoy's default `max_request_headers_kb` (60 KiB); beyond it: 431.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::{
-    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    HeaderMap, Method, Request, Response, StatusCode, Version,
     body::{Body as HttpBody, Bytes, Incoming},
     header::{self, HeaderValue},
 };
@@ -134,8 +134,8 @@ pub async fn forward(
         let endpoint = picked.addr;
         tried.push(endpoint);
         log.upstream_host = Some(endpoint);
-        let (client, scheme) = match conn.client.for_cluster(cluster) {
-            Ok(c) => c,
+        let target = match conn.client.for_cluster(cluster) {
+            Ok(t) => t,
             Err(why) => {
                 tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS origination is not set up: {why}");
                 log.response_flags.insert(0, "UF");
@@ -146,13 +146,6 @@ pub async fn forward(
                 );
             }
         };
-        let uri: Uri = match format!("{scheme}://{endpoint}{path_and_query}").parse() {
-            Ok(u) => u,
-            Err(_) => {
-                log.details = "invalid_upstream_uri";
-                return local_reply(StatusCode::BAD_REQUEST, "invalid request path");
-            }
-        };
         let body = match (&replay, streaming.take()) {
             (Some(b), _) if b.is_empty() => empty(),
             (Some(b), _) => full(b.clone()),
@@ -161,9 +154,14 @@ pub async fn forward(
         };
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
-        *req.uri_mut() = uri;
         *req.headers_mut() = headers.clone();
-        *req.version_mut() = Version::HTTP_11;
+        let req = match target.request(endpoint, &path_and_query, req) {
+            Ok(r) => r,
+            Err(_) => {
+                log.details = "invalid_upstream_uri";
+                return local_reply(StatusCode::BAD_REQUEST, "invalid request path");
+            }
+        };
 
         let per_try = match (policy.per_try_timeout, deadline) {
             (Some(p), Some(d)) => Some((tokio::time::Instant::now() + p).min(d)),
@@ -171,7 +169,7 @@ pub async fn forward(
             (None, d) => d,
         };
         let sent_at = Instant::now();
-        let call = client.request(req);
+        let call = target.send(endpoint, req);
         let result = match per_try {
             Some(at) => tokio::time::timeout_at(at, call).await.ok(),
             None => Some(call.await),
@@ -179,15 +177,14 @@ pub async fn forward(
         let outcome = match result {
             None => TryOutcome::Timeout,
             Some(Ok(resp)) => TryOutcome::Response(resp, sent_at.elapsed()),
-            Some(Err(e)) if e.is_connect() => {
-                let why = error_chain(&e);
-                if scheme == "https" {
+            Some(Err(e)) if e.connect => {
+                if target.tls() {
                     // Envoy logs a TLS error (`TLS_error:...`) as the connection failure.
-                    tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS connection failed: {why}");
+                    tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS connection failed: {}", e.message);
                 }
-                TryOutcome::ConnectFailure(why)
+                TryOutcome::ConnectFailure(e.message)
             }
-            Some(Err(e)) => TryOutcome::Reset(error_chain(&e)),
+            Some(Err(e)) => TryOutcome::Reset(e.message),
         };
         // A streamed body that the client stopped sending: the upstream request was
         // abandoned because of it, whatever the upstream call reports.
@@ -426,7 +423,7 @@ fn unasked_switch(
     )
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

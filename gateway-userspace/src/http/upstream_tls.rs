@@ -1,6 +1,7 @@
 //! The upstream HTTP clients: one plain (HTTP/1.1 keep-alive, as Istio speaks to a
-//! plain HTTP service port) and one per cluster that originates TLS (DestinationRule
-//! `tls` SIMPLE or MUTUAL), built once per config.
+//! plain HTTP service port), one per cluster that originates TLS (DestinationRule
+//! `tls` SIMPLE or MUTUAL) and HTTP/2 connections per cluster whose port speaks HTTP/2
+//! (`http::upstream_h2`), built once per config.
 //!
 //! TLS origination as Envoy's `UpstreamTlsContext` from Istio (pilot/pkg/networking/
 //! core/cluster_tls.go):
@@ -15,7 +16,9 @@
 //!
 //! A cluster whose TLS cannot be set up (its Secret missing, say) fails closed: every
 //! request to it is 503 `UF`, with the reason logged.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::{Request, Response, Uri, Version, body::Incoming, header};
 
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::{
@@ -29,6 +32,7 @@ use rustls::{
 };
 
 use super::body::Body;
+use super::upstream_h2::{H2Pool, SendError};
 use crate::config::{
     Snapshot,
     destination_rule::{ClientTlsMode, ClientTlsSettings},
@@ -42,37 +46,123 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 pub struct UpstreamClient(Arc<Clients>);
 
 struct Clients {
+    /// Plain HTTP/1.1, every cluster not below.
     plain: HttpClient,
-    /// Clusters that originate TLS: their client, or why there is none.
-    tls: HashMap<String, Result<HttpClient, String>>,
+    /// Clusters that originate TLS or speak HTTP/2: their client, or why there is none.
+    special: HashMap<String, Result<Upstream, String>>,
+}
+
+enum Upstream {
+    /// HTTP/1.1 over TLS.
+    Tls(Box<HttpClient>),
+    /// HTTP/2, h2c or over TLS.
+    H2(H2Pool),
+}
+
+/// Where a request to a cluster goes: the HTTP/1.1 client and its URI scheme, or the
+/// cluster's HTTP/2 connections.
+pub enum Target<'a> {
+    Http1 {
+        client: &'a HttpClient,
+        scheme: &'static str,
+    },
+    H2(&'a H2Pool),
 }
 
 impl UpstreamClient {
     pub fn new(connect_timeout: Duration, snapshot: &Snapshot) -> UpstreamClient {
         let plain = build(connect_timeout, None);
-        let tls = snapshot
+        let special = snapshot
             .clusters
             .values()
-            .filter_map(|c| {
-                let t = c.tls.as_ref()?;
-                let client = client_config(t, c, snapshot)
-                    .map(|cfg| build(connect_timeout, Some(cfg)))
+            .filter(|c| c.tls.is_some() || c.http2)
+            .map(|c| {
+                let tls = match &c.tls {
+                    Some(t) => client_config(t, c, snapshot).map(Some),
+                    None => Ok(None),
+                };
+                let upstream = tls
+                    .map(|tls| match (c.http2, tls) {
+                        (true, tls) => Upstream::H2(H2Pool::new(connect_timeout, tls)),
+                        (false, tls) => Upstream::Tls(Box::new(build(connect_timeout, tls))),
+                    })
                     .inspect_err(|e| {
                         tracing::warn!(target: "gateway::http", cluster = %c.name, "TLS origination cannot be set up; requests to this cluster fail (503 UF): {e}");
                     });
-                Some((c.name.clone(), client))
+                (c.name.clone(), upstream)
             })
             .collect();
-        UpstreamClient(Arc::new(Clients { plain, tls }))
+        UpstreamClient(Arc::new(Clients { plain, special }))
     }
 
-    /// The client for `cluster` and the URI scheme to give it (`https` originates TLS).
-    /// Err: the cluster originates TLS but its client could not be built (why).
-    pub fn for_cluster(&self, cluster: &str) -> Result<(&HttpClient, &'static str), &str> {
-        match self.0.tls.get(cluster) {
-            None => Ok((&self.0.plain, "http")),
-            Some(Ok(c)) => Ok((c, "https")),
+    /// Where requests to `cluster` go. Err: the cluster originates TLS but its client
+    /// could not be built (why).
+    pub fn for_cluster(&self, cluster: &str) -> Result<Target<'_>, &str> {
+        match self.0.special.get(cluster) {
+            None => Ok(Target::Http1 {
+                client: &self.0.plain,
+                scheme: "http",
+            }),
+            Some(Ok(Upstream::Tls(client))) => Ok(Target::Http1 {
+                client,
+                scheme: "https",
+            }),
+            Some(Ok(Upstream::H2(pool))) => Ok(Target::H2(pool)),
             Some(Err(e)) => Err(e),
+        }
+    }
+}
+
+impl Target<'_> {
+    /// TLS to the endpoint.
+    pub fn tls(&self) -> bool {
+        match self {
+            Target::Http1 { scheme, .. } => *scheme == "https",
+            Target::H2(p) => p.tls(),
+        }
+    }
+
+    /// The request for `endpoint`: HTTP/1.1 to `scheme://endpoint`; HTTP/2 with
+    /// `:authority` from `Host` (which HTTP/2 does not carry), as Envoy sends it.
+    pub fn request(
+        &self,
+        endpoint: SocketAddr,
+        path_and_query: &str,
+        mut req: Request<Body>,
+    ) -> Result<Request<Body>, hyper::http::uri::InvalidUri> {
+        let (scheme, authority) = match self {
+            Target::Http1 { scheme, .. } => {
+                *req.version_mut() = Version::HTTP_11;
+                (*scheme, endpoint.to_string())
+            }
+            Target::H2(p) => {
+                *req.version_mut() = Version::HTTP_2;
+                let host = req
+                    .headers_mut()
+                    .remove(header::HOST)
+                    .and_then(|h| h.to_str().ok().map(str::to_string))
+                    .filter(|h| h.parse::<hyper::http::uri::Authority>().is_ok());
+                (
+                    if p.tls() { "https" } else { "http" },
+                    host.unwrap_or_else(|| endpoint.to_string()),
+                )
+            }
+        };
+        *req.uri_mut() = format!("{scheme}://{authority}{path_and_query}").parse::<Uri>()?;
+        Ok(req)
+    }
+
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match self {
+            Target::Http1 { client, .. } => client.request(req).await.map_err(|e| SendError {
+                connect: e.is_connect(),
+                message: super::upstream::error_chain(&e),
+            }),
+            Target::H2(pool) => pool.send(endpoint, req).await,
         }
     }
 }

@@ -129,3 +129,27 @@ spec:
         (ClientTlsMode::Mutual, Some("client"))
     );
 }
+
+#[test]
+fn http2_ports_by_protocol_or_name() {
+    use crate::config::istio::ServicePort;
+    let port = |protocol: Option<&str>, name: &str| ServicePort {
+        number: 80,
+        protocol: protocol.map(str::to_string),
+        name: Some(name.to_string()),
+        target_port: None,
+    };
+    let h2 = crate::config::resolve::speaks_h2;
+    assert!(h2(&port(Some("GRPC"), "x")));
+    assert!(h2(&port(Some("http2"), "x")));
+    assert!(h2(&port(Some("GRPC-WEB"), "x")));
+    assert!(
+        !h2(&port(Some("HTTP"), "grpc")),
+        "the protocol wins over the name"
+    );
+    assert!(h2(&port(None, "grpc-echo")));
+    assert!(h2(&port(None, "http2")));
+    assert!(h2(&port(None, "grpc-web")));
+    assert!(!h2(&port(None, "http-grpc")));
+    assert!(!h2(&port(None, "grpcx")));
+}

@@ -72,11 +72,6 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "ignored: endpoints are picked by the cluster's load balancer with equal weight, whatever their locality",
     ),
     (
-        "GW1022",
-        "ServiceEntry `ports[].protocol` HTTP2, GRPC or GRPC-WEB",
-        "ignored: requests go upstream over HTTP/1.1",
-    ),
-    (
         "GW1030",
         "Telemetry `metrics`",
         "ignored: Istio's standard metrics are always reported, with their standard labels",
@@ -331,12 +326,6 @@ pub(super) const SERVICE_ENTRY: &[Rule] = &[
         "GW1021",
         "not supported",
     ),
-    Rule {
-        pattern: "spec.ports[*].protocol",
-        code: "GW1022",
-        what: "HTTP/2 upstreams are not supported",
-        when: Some(h2_protocol),
-    },
 ];
 
 /// DestinationRule fields not acted on at the top level.
@@ -395,15 +384,6 @@ pub(super) const SECRET: &[Rule] = &[rule("immutable", "GW1050", "not supported"
 fn not_everywhere(v: &Value) -> bool {
     v.as_sequence()
         .is_none_or(|s| s.iter().any(|x| x.as_str() != Some("*")))
-}
-
-fn h2_protocol(v: &Value) -> bool {
-    v.as_str().is_some_and(|p| {
-        matches!(
-            p.to_ascii_uppercase().as_str(),
-            "HTTP2" | "GRPC" | "GRPC-WEB"
-        )
-    })
 }
 
 /// A `tls` block whose mode is not DISABLE (unset mode is DISABLE, as in Istio).

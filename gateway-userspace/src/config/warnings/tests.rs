@@ -54,8 +54,8 @@ fn every_kind_has_its_warnings() {
     let cases: &[(&str, &str, &str)] = &[
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [se.example.com]\n  ports: [{number: 80, name: grpc, protocol: GRPC}]\n  resolution: STATIC\n  exportTo: [\".\"]\n  endpoints: [{address: 127.0.0.1, weight: 3}]\n",
-            "GW1022 GW1010 GW1021",
-            "w.yaml:6:36",
+            "GW1010 GW1021",
+            "w.yaml:8:3",
         ),
         (
             "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  tracing: [{randomSamplingPercentage: 10}]\n  metrics: [{providers: [{name: prometheus}]}]\n",
