@@ -205,6 +205,11 @@ spec:
         MUTUAL_PORT,
         &format!("{{mode: SIMPLE, caCertificates: {ca_s}, sni: upstream.test}}"),
     );
+    yaml += &service(
+        "missing-secret.test",
+        MUTUAL_PORT,
+        "{mode: MUTUAL, credentialName: nope, sni: upstream.test}",
+    );
     let cfg = dir.join("upstream-tls.yaml");
     std::fs::write(&cfg, yaml).unwrap();
     let gw = start_gateway(&ns, &[&cfg]);
@@ -265,6 +270,24 @@ spec:
     assert_eq!(r.status, 503, "{r:?}");
     let line = log_line(&gw, "no-client-cert");
     assert!(line.contains("response_flags=UC "), "{line}");
+    // A credentialName Secret that does not exist: the cluster fails closed, and says
+    // why at start and on each request.
+    let r = get("missing-secret.test", "missing-secret");
+    assert_eq!(r.status, 503, "{r:?}");
+    let line = log_line(&gw, "missing-secret");
+    assert!(line.contains("response_flags=UF "), "{line}");
+    let why = "credentialName \"nope\": no Secret \"nope\" in namespace \"istio-system\"";
+    let log = gw.log();
+    for what in [
+        "TLS origination cannot be set up; requests to this cluster fail (503 UF)",
+        "upstream TLS origination is not set up",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(what) && l.contains(why) && l.contains("missing-secret.test")),
+            "no line with {what:?} and {why:?}:\n{log}"
+        );
+    }
     // TLS connections are pooled: a second request to a verified upstream works too.
     assert_eq!(get("upstream.test", "again").status, 200);
 }
