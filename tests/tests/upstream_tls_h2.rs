@@ -463,7 +463,18 @@ spec:
     );
     let cfg = dir.join("upstream-h2.yaml");
     std::fs::write(&cfg, yaml).unwrap();
-    let gw = start_gateway(&ns, &[&cfg]);
+    let access_log = dir.join("access.log");
+    let _ = std::fs::remove_file(&access_log);
+    let mesh = dir.join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        format!(
+            "accessLogFile: {}\naccessLogFormat: \"%REQ(:AUTHORITY)% %GRPC_STATUS% %GRPC_STATUS(NUMBER)%\\n\"\n",
+            access_log.display()
+        ),
+    )
+    .unwrap();
+    let gw = start_gateway_with(&ns, &[&cfg], &["--mesh-config", mesh.to_str().unwrap()]);
 
     // An HTTP/1.1 client; the upstream sees HTTP/2 with `:authority` the request's host.
     for host in ["h2c.test", "h2tls.test"] {
@@ -537,4 +548,19 @@ spec:
         trailers.get("grpc-message").map(|v| v.as_bytes()),
         Some(&b"echoed"[..])
     );
+    // %GRPC_STATUS% from the trailers; `-` for a response without one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let want = ["h2c.test - -", "h2tls.test - -", "grpc.test OK 0"];
+    loop {
+        let log = std::fs::read_to_string(&access_log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        if lines == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access log {lines:?}, want {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -525,6 +525,7 @@ fn log_connection_error(
         downstream_local_port: port,
         downstream_local: local,
         upstream_local: None,
+        grpc_status: None,
         sni: sni.map(str::to_string),
         user_agent: None,
         x_forwarded_for: None,
@@ -676,6 +677,8 @@ pub struct RequestLog {
     pub downstream_local: Option<SocketAddr>,
     /// The gateway's end of the upstream connection (`%UPSTREAM_LOCAL_ADDRESS%`).
     pub upstream_local: Option<SocketAddr>,
+    /// `grpc-status` of the response: its trailers, or its headers (trailers-only).
+    pub grpc_status: Option<u32>,
     pub sni: Option<String>,
     pub user_agent: Option<String>,
     pub x_forwarded_for: Option<String>,

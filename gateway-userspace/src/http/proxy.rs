@@ -306,6 +306,7 @@ async fn route_request(
         downstream_local_port: conn.port,
         downstream_local: conn.local,
         upstream_local: None,
+        grpc_status: None,
         sni: conn.sni.clone(),
         user_agent: header_str(&parts.headers, header::USER_AGENT),
         x_forwarded_for: header_str(&parts.headers, "x-forwarded-for"),

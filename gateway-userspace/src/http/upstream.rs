@@ -312,6 +312,7 @@ fn respond_upstream(
                 .extensions()
                 .get::<hyper_util::client::legacy::connect::HttpInfo>()
                 .map(|i| i.local_addr());
+            log.grpc_status = super::body::grpc_status(resp.headers());
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let accepted = resp.headers().get(header::UPGRADE).cloned();
             let tunnel = match upgrade {

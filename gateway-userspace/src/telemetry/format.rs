@@ -73,6 +73,8 @@ pub enum Op {
     RequestedServerName,
     RouteName,
     Hostname,
+    /// `GRPC_STATUS(CAMEL_STRING|SNAKE_STRING|NUMBER)`, CAMEL_STRING by default.
+    GrpcStatus(GrpcFormat),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +240,67 @@ fn header(name: &str, r: &LogRecord<'_>) -> Value {
     }
 }
 
+/// How `%GRPC_STATUS%` prints a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcFormat {
+    Camel,
+    Snake,
+    Number,
+}
+
+/// Envoy's `GrpcStatusFormatter`: the code's name (`Grpc::Utility::grpcStatusToString`
+/// spellings: `Canceled` in camel case, `CANCELLED` in snake case), its number for
+/// NUMBER or a code beyond 16.
+fn grpc_status(code: u32, f: GrpcFormat) -> Value {
+    const CAMEL: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    const SNAKE: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    let names = match f {
+        GrpcFormat::Number => return Value::Num(u64::from(code)),
+        GrpcFormat::Camel => &CAMEL,
+        GrpcFormat::Snake => &SNAKE,
+    };
+    match names.get(code as usize) {
+        Some(n) => Value::Str((*n).to_string()),
+        None => Value::Num(u64::from(code)),
+    }
+}
+
 fn value(op: &Op, r: &LogRecord<'_>) -> Value {
     match op {
         Op::StartTime => start_time(r.start),
@@ -266,6 +329,7 @@ fn value(op: &Op, r: &LogRecord<'_>) -> Value {
         Op::BytesSent => Value::Num(r.bytes_sent),
         Op::Duration => Value::Num(r.duration_ms),
         Op::UpstreamHost => addr(r.upstream_host),
+        Op::GrpcStatus(f) => r.grpc_status.map_or(Value::None, |c| grpc_status(c, *f)),
         Op::UpstreamCluster => opt(r.upstream_cluster),
         Op::UpstreamLocalAddress => addr(r.upstream_local),
         Op::DownstreamLocalAddress => addr(r.downstream_local),
@@ -393,6 +457,16 @@ fn operator(body: &str) -> Result<Token, String> {
         "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
         "ROUTE_NAME" => Op::RouteName,
         "HOSTNAME" => Op::Hostname,
+        "GRPC_STATUS" => Op::GrpcStatus(match arg.unwrap_or("") {
+            "" | "CAMEL_STRING" => GrpcFormat::Camel,
+            "SNAKE_STRING" => GrpcFormat::Snake,
+            "NUMBER" => GrpcFormat::Number,
+            other => {
+                return Err(format!(
+                    "%GRPC_STATUS({other})%: the format is CAMEL_STRING, SNAKE_STRING or NUMBER"
+                ));
+            }
+        }),
         other => return Err(format!("unsupported operator %{other}%")),
     };
     Ok(Token::Op(op, max))
@@ -488,6 +562,27 @@ mod tests {
         "requested_server_name",
         "route_name",
     ];
+
+    #[test]
+    fn grpc_status_as_envoy_prints_it() {
+        let f = Format::text(
+            "%GRPC_STATUS% %GRPC_STATUS(CAMEL_STRING)% %GRPC_STATUS(SNAKE_STRING)% %GRPC_STATUS(NUMBER)%",
+        )
+        .unwrap();
+        let rec = |c| LogRecord {
+            grpc_status: c,
+            ..http()
+        };
+        assert_eq!(f.render(&rec(None)), "- - - -\n");
+        assert_eq!(f.render(&rec(Some(0))), "OK OK OK 0\n");
+        assert_eq!(f.render(&rec(Some(1))), "Canceled Canceled CANCELLED 1\n");
+        assert_eq!(
+            f.render(&rec(Some(14))),
+            "Unavailable Unavailable UNAVAILABLE 14\n"
+        );
+        assert_eq!(f.render(&rec(Some(42))), "42 42 42 42\n");
+        assert!(Format::text("%GRPC_STATUS(HEX)%").is_err());
+    }
 
     #[test]
     fn custom_formats_and_errors() {

@@ -94,6 +94,7 @@ impl Telemetry {
             upstream_cluster: log.upstream_cluster.as_deref(),
             upstream_local: log.upstream_local,
             downstream_local: log.downstream_local,
+            grpc_status: log.grpc_status,
             sni: log.sni.as_deref(),
             route_name: log.route_name.as_deref(),
             ..LogRecord::empty(log.downstream_remote)
