@@ -108,8 +108,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1063",
-        "DestinationRule `tls.caCrl` (every level)",
-        "ignored: the server certificate's revocation is not checked",
+        "DestinationRule `tls.caCrl` (every level); `tls` with mode DISABLE and other settings",
+        "ignored: the server certificate's revocation is not checked; with DISABLE the endpoints get plain TCP whatever else is set",
     ),
     (
         "GW1064",
@@ -345,6 +345,12 @@ pub(super) const TRAFFIC_POLICY: &[Rule] = &[
     rule("connectionPool", "GW1061", "not supported"),
     rule("outlierDetection", "GW1062", "not supported"),
     rule("tls.caCrl", "GW1063", "not supported (no revocation check)"),
+    Rule {
+        pattern: "tls",
+        code: "GW1063",
+        what: "settings besides mode do nothing with mode DISABLE",
+        when: Some(disabled_with_settings),
+    },
     rule("loadBalancer.localityLbSetting", "GW1064", "not supported"),
     rule("loadBalancer.warmupDurationSecs", "GW1064", "not supported"),
     rule("loadBalancer.warmup", "GW1064", "not supported"),
@@ -387,6 +393,15 @@ fn not_everywhere(v: &Value) -> bool {
 }
 
 /// A `tls` block whose mode is not DISABLE (unset mode is DISABLE, as in Istio).
+/// A `tls` with mode DISABLE (or none) that sets something else.
+fn disabled_with_settings(v: &Value) -> bool {
+    v.get("mode")
+        .and_then(Value::as_str)
+        .is_none_or(|m| m == "DISABLE")
+        && v.as_mapping()
+            .is_some_and(|m| m.keys().any(|k| k.as_str() != Some("mode")))
+}
+
 fn is_passthrough(v: &Value) -> bool {
     v.as_str() == Some("PASSTHROUGH")
 }
