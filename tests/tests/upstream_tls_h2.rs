@@ -292,24 +292,44 @@ spec:
     assert_eq!(get("upstream.test", "again").status, 200);
 }
 
-/// A response body of the given frames (data, then trailers).
-struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+/// A response body of the frames sent on a channel (data, then trailers).
+struct Frames(tokio::sync::mpsc::Receiver<hyper::body::Frame<Bytes>>);
 
 impl hyper::body::Body for Frames {
     type Data = Bytes;
     type Error = std::convert::Infallible;
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
     }
+}
+
+/// The server-streaming call sends its second message only once the test has received
+/// the first through the gateway (so a gateway that buffered would never finish).
+static SECOND_MESSAGE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// A gRPC message: uncompressed flag, length, bytes.
+fn grpc_frame(msg: &[u8]) -> Bytes {
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(msg);
+    Bytes::from(framed)
+}
+
+fn grpc_ok_trailers() -> hyper::body::Frame<Bytes> {
+    let mut t = hyper::HeaderMap::new();
+    t.insert("grpc-status", "0".parse().unwrap());
+    t.insert("grpc-message", "echoed".parse().unwrap());
+    hyper::body::Frame::trailers(t)
 }
 
 /// An HTTP/2-only backend (h2c prior knowledge, or TLS with ALPN h2). A gRPC request
 /// (`application/grpc`, one length-prefixed message) gets `echo:<message>` back with
 /// trailers `grpc-status: 0`, `grpc-message: echoed`; anything else gets
-/// `version=<v> authority=<:authority> te=<te>`.
+/// `version=<v> authority=<:authority> te=<te>`. `.../Stream` (server streaming)
+/// answers `one`, then `two` once [`SECOND_MESSAGE`] is notified, then the trailers.
 async fn h2_backend(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) {
     use http_body_util::BodyExt;
     let l = tokio::net::TcpListener::bind(addr).await.expect("bind h2");
@@ -320,6 +340,7 @@ async fn h2_backend(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path().to_string();
                         let grpc = req
                             .headers()
                             .get("content-type")
@@ -333,7 +354,7 @@ async fn h2_backend(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("-"),
                         );
-                        let mut frames = std::collections::VecDeque::new();
+                        let (frames, rx) = tokio::sync::mpsc::channel(4);
                         let mut resp = hyper::Response::builder().header("x-seen", seen.clone());
                         if grpc {
                             let body = req
@@ -345,19 +366,25 @@ async fn h2_backend(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) {
                             let msg = body.get(5..).unwrap_or_default();
                             let mut out = b"echo:".to_vec();
                             out.extend_from_slice(msg);
-                            let mut framed = vec![0u8];
-                            framed.extend_from_slice(&(out.len() as u32).to_be_bytes());
-                            framed.extend_from_slice(&out);
-                            frames.push_back(hyper::body::Frame::data(Bytes::from(framed)));
-                            let mut t = hyper::HeaderMap::new();
-                            t.insert("grpc-status", "0".parse().unwrap());
-                            t.insert("grpc-message", "echoed".parse().unwrap());
-                            frames.push_back(hyper::body::Frame::trailers(t));
                             resp = resp.header("content-type", "application/grpc");
+                            if path.ends_with("/Stream") {
+                                tokio::spawn(async move {
+                                    let one = hyper::body::Frame::data(grpc_frame(b"one"));
+                                    let _ = frames.send(one).await;
+                                    SECOND_MESSAGE.notified().await;
+                                    let two = hyper::body::Frame::data(grpc_frame(b"two"));
+                                    let _ = frames.send(two).await;
+                                    let _ = frames.send(grpc_ok_trailers()).await;
+                                });
+                            } else {
+                                let _ = frames.try_send(hyper::body::Frame::data(grpc_frame(&out)));
+                                let _ = frames.try_send(grpc_ok_trailers());
+                            }
                         } else {
-                            frames.push_back(hyper::body::Frame::data(Bytes::from(seen + "\n")));
+                            let _ =
+                                frames.try_send(hyper::body::Frame::data(Bytes::from(seen + "\n")));
                         }
-                        Ok::<_, std::convert::Infallible>(resp.body(Frames(frames)).unwrap())
+                        Ok::<_, std::convert::Infallible>(resp.body(Frames(rx)).unwrap())
                     },
                 );
                 let h2 =
@@ -548,9 +575,69 @@ spec:
         trailers.get("grpc-message").map(|v| v.as_bytes()),
         Some(&b"echoed"[..])
     );
+    // A server-streaming call: the first message arrives before the backend sends the
+    // second (it waits for this side to have it), then the second, then the trailers.
+    let frames = NetNs::block_on(&rt, async {
+        use http_body_util::BodyExt;
+        let wait = std::time::Duration::from_secs(10);
+        let tcp = tokio::net::TcpStream::connect("127.0.0.1:80")
+            .await
+            .expect("connect");
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::post("http://grpc.test/echo.Echo/Stream")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(grpc_frame(b"hi")))
+            .unwrap();
+        let resp = tokio::time::timeout(wait, send.send_request(req))
+            .await
+            .expect("stream call timed out")
+            .expect("stream call");
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        for i in 0..3 {
+            let f = tokio::time::timeout(wait, body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("frame {i} did not arrive (buffered?) after {got:?}"))
+                .expect("a frame")
+                .expect("frame ok");
+            match f.into_data() {
+                Ok(d) => got.push(format!("data {:?}", &d[..])),
+                Err(f) => got.push(format!(
+                    "trailers grpc-status={:?}",
+                    f.into_trailers()
+                        .ok()
+                        .and_then(|t| t.get("grpc-status").cloned())
+                )),
+            }
+            if i == 0 {
+                SECOND_MESSAGE.notify_one();
+            }
+        }
+        got
+    });
+    assert_eq!(
+        frames,
+        [
+            "data [0, 0, 0, 0, 3, 111, 110, 101]",
+            "data [0, 0, 0, 0, 3, 116, 119, 111]",
+            "trailers grpc-status=Some(\"0\")",
+        ]
+    );
     // %GRPC_STATUS% from the trailers; `-` for a response without one.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let want = ["h2c.test - -", "h2tls.test - -", "grpc.test OK 0"];
+    let want = [
+        "h2c.test - -",
+        "h2tls.test - -",
+        "grpc.test OK 0",
+        "grpc.test OK 0",
+    ];
     loop {
         let log = std::fs::read_to_string(&access_log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
