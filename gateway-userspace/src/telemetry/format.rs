@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use crate::config::mesh::{AccessLogEncoding, LogFormat};
 
 use super::access_log::LogRecord;
+use super::grpc_status::{GrpcFormat, grpc_status};
 
 /// Istio's default TEXT format (MeshConfig `accessLogEncoding: TEXT`, no format).
 pub const ISTIO_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
@@ -240,67 +241,6 @@ fn header(name: &str, r: &LogRecord<'_>) -> Value {
     }
 }
 
-/// How `%GRPC_STATUS%` prints a code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrpcFormat {
-    Camel,
-    Snake,
-    Number,
-}
-
-/// Envoy's `GrpcStatusFormatter`: the code's name (`Grpc::Utility::grpcStatusToString`
-/// spellings: `Canceled` in camel case, `CANCELLED` in snake case), its number for
-/// NUMBER or a code beyond 16.
-fn grpc_status(code: u32, f: GrpcFormat) -> Value {
-    const CAMEL: [&str; 17] = [
-        "OK",
-        "Canceled",
-        "Unknown",
-        "InvalidArgument",
-        "DeadlineExceeded",
-        "NotFound",
-        "AlreadyExists",
-        "PermissionDenied",
-        "ResourceExhausted",
-        "FailedPrecondition",
-        "Aborted",
-        "OutOfRange",
-        "Unimplemented",
-        "Internal",
-        "Unavailable",
-        "DataLoss",
-        "Unauthenticated",
-    ];
-    const SNAKE: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    let names = match f {
-        GrpcFormat::Number => return Value::Num(u64::from(code)),
-        GrpcFormat::Camel => &CAMEL,
-        GrpcFormat::Snake => &SNAKE,
-    };
-    match names.get(code as usize) {
-        Some(n) => Value::Str((*n).to_string()),
-        None => Value::Num(u64::from(code)),
-    }
-}
-
 fn value(op: &Op, r: &LogRecord<'_>) -> Value {
     match op {
         Op::StartTime => start_time(r.start),
@@ -329,7 +269,12 @@ fn value(op: &Op, r: &LogRecord<'_>) -> Value {
         Op::BytesSent => Value::Num(r.bytes_sent),
         Op::Duration => Value::Num(r.duration_ms),
         Op::UpstreamHost => addr(r.upstream_host),
-        Op::GrpcStatus(f) => r.grpc_status.map_or(Value::None, |c| grpc_status(c, *f)),
+        Op::GrpcStatus(f) => r
+            .grpc_status
+            .map_or(Value::None, |c| match grpc_status(c, *f) {
+                Some(name) => Value::Str(name.to_string()),
+                None => Value::Num(u64::from(c)),
+            }),
         Op::UpstreamCluster => opt(r.upstream_cluster),
         Op::UpstreamLocalAddress => addr(r.upstream_local),
         Op::DownstreamLocalAddress => addr(r.downstream_local),

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod filter;
 pub mod format;
+pub mod grpc_status;
 pub mod istio_metrics;
 pub mod metrics;
 pub mod stderr_log;
