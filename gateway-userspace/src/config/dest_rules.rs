@@ -24,8 +24,8 @@ use serde::Serialize;
 
 use super::ConfigError;
 use super::destination_rule::{
-    ConnectionPoolSettings, ConsistentHashLb, DestinationRule, LoadBalancerSettings,
-    OutlierDetection, PortTrafficPolicy, SimpleLb, Subset, TrafficPolicy,
+    ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, DestinationRule,
+    LoadBalancerSettings, OutlierDetection, PortTrafficPolicy, SimpleLb, Subset, TrafficPolicy,
 };
 use super::hosts;
 use super::parse::Entry;
@@ -169,6 +169,24 @@ impl Rule<'_> {
         }
         v
     }
+
+    /// The TLS origination of cluster (`port`, `subset`), merged as [`Rule::lb`] (Istio's
+    /// `MergeTrafficPolicy` treats `tls` as it treats `loadBalancer`). None: plain TCP.
+    pub fn tls(&self, port: u16, subset: Option<&Subset>) -> Option<ClientTlsSettings> {
+        let mut tls = self.policy.and_then(|p| match port_level(p, port) {
+            Some(pl) => pl.tls.as_ref(),
+            None => p.tls.as_ref(),
+        });
+        if let Some(sp) = subset.and_then(|s| s.traffic_policy.as_ref()) {
+            if sp.tls.is_some() {
+                tls = sp.tls.as_ref();
+            }
+            if let Some(pl) = port_level(sp, port) {
+                tls = pl.tls.as_ref();
+            }
+        }
+        tls.filter(|t| t.originates()).cloned()
+    }
 }
 
 fn port_level(p: &TrafficPolicy, port: u16) -> Option<&PortTrafficPolicy> {
@@ -287,6 +305,9 @@ fn check_policy(
         e,
         errors,
     );
+    if let Some(tls) = &p.tls {
+        super::upstream_tls::check(tls, &format!("{at}.tls"), e, errors);
+    }
     let mut ports = BTreeMap::new();
     for (i, pl) in p.port_level_settings.iter().enumerate() {
         let pat = format!("{at}.portLevelSettings[{i}]");
@@ -318,6 +339,9 @@ fn check_policy(
             e,
             errors,
         );
+        if let Some(tls) = &pl.tls {
+            super::upstream_tls::check(tls, &format!("{pat}.tls"), e, errors);
+        }
     }
 }
 

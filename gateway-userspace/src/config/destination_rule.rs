@@ -3,8 +3,8 @@
 //!
 //! What the gateway implements: `host`, `exportTo`, `subsets` (`name`, `labels`,
 //! `trafficPolicy`), `trafficPolicy.loadBalancer` (`simple`, `consistentHash`),
-//! `connectionPool` (the circuit breakers), `outlierDetection`, at every level
-//! (top, `portLevelSettings[]`, subsets). Everything else is kept as raw YAML
+//! `connectionPool` (the circuit breakers), `outlierDetection` and `tls` (origination),
+//! at every level (top, `portLevelSettings[]`, subsets). Everything else is kept as raw YAML
 //! so that a config dump shows it as written.
 
 use std::collections::BTreeMap;
@@ -40,7 +40,7 @@ pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Value>,
+    pub tls: Option<ClientTlsSettings>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,7 +63,48 @@ pub struct PortTrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Value>,
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// `ClientTLSSettings`: TLS origination to the endpoints (`http::upstream_tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
+}
+
+impl ClientTlsSettings {
+    /// TLS is originated (SIMPLE or MUTUAL; ISTIO_MUTUAL is refused at validation).
+    pub fn originates(&self) -> bool {
+        matches!(self.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientTlsMode {
+    #[default]
+    Disable,
+    Simple,
+    Mutual,
+    IstioMutual,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

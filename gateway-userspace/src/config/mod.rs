@@ -26,6 +26,7 @@ mod resolve;
 pub mod snapshot;
 mod source;
 pub mod upstream_policy;
+mod upstream_tls;
 mod validate;
 pub mod warnings;
 

@@ -95,6 +95,7 @@ impl<'a> Resolver<'a> {
         host: &str,
         port: u16,
         rule: Option<&dest_rules::Rule<'_>>,
+        http2: bool,
         mut endpoints: impl FnMut(&mut Self, Option<&BTreeMap<String, String>>) -> Vec<SocketAddr>,
     ) {
         let mut subsets: Vec<Option<&crate::config::destination_rule::Subset>> = vec![None];
@@ -123,6 +124,8 @@ impl<'a> Resolver<'a> {
                     outlier: rule
                         .and_then(|r| r.outlier_detection(port, subset))
                         .map(upstream_policy::outlier_policy),
+                    tls: rule.and_then(|r| r.tls(port, subset)),
+                    http2,
                     destination_rule: rule.map(|r| r.key.clone()),
                 },
             );
@@ -186,9 +189,13 @@ impl<'a> Resolver<'a> {
             let name = cluster_name(port, subset, &se_host);
             let rule = self.rules.find(&se_host, Some(se.res.metadata.namespace()));
             if !self.clusters.contains_key(&name) {
-                self.add_clusters(&se_host, port, rule.as_ref(), |me, selector| {
-                    me.service_entry_endpoints(se, &se_host, sp, selector)
-                });
+                self.add_clusters(
+                    &se_host,
+                    port,
+                    rule.as_ref(),
+                    speaks_h2(sp),
+                    |me, selector| me.service_entry_endpoints(se, &se_host, sp, selector),
+                );
             }
             self.subset_defined(rule.as_ref(), subset, &se_host, src, path);
             Some(name)
@@ -221,7 +228,7 @@ impl<'a> Resolver<'a> {
                 let addrs = resolved.unwrap_or_default();
                 // The system resolver's addresses carry no labels: a subset selecting
                 // labels has no endpoints.
-                self.add_clusters(&host, port, rule.as_ref(), |_, selector| {
+                self.add_clusters(&host, port, rule.as_ref(), false, |_, selector| {
                     if selector.is_none_or(BTreeMap::is_empty) {
                         addrs.clone()
                     } else {
@@ -343,5 +350,26 @@ impl<'a> Resolver<'a> {
                 Err(e) => Err(e.to_string()),
             })
             .clone()
+    }
+}
+
+/// The service port speaks HTTP/2 (Istio's protocol `HTTP2`, `GRPC`, `GRPC-WEB`; with
+/// no `protocol`, a name `http2`, `grpc`, `grpc-web` or one of them followed by `-...`,
+/// as Istio's port-name convention): the gateway sends HTTP/2 to it (h2c prior
+/// knowledge on plain TCP, ALPN `h2` over TLS origination), as Envoy's cluster gets
+/// `http2_protocol_options` for such a port.
+pub(crate) fn speaks_h2(sp: &ServicePort) -> bool {
+    let h2 = |p: &str| {
+        matches!(
+            p.to_ascii_uppercase().as_str(),
+            "HTTP2" | "GRPC" | "GRPC-WEB"
+        )
+    };
+    match sp.protocol.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => h2(p),
+        None => sp
+            .name
+            .as_deref()
+            .is_some_and(|n| h2(n.split('-').next().unwrap_or_default())),
     }
 }

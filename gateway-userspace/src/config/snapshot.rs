@@ -227,6 +227,10 @@ pub struct Cluster {
     pub circuit_breakers: Option<super::upstream_policy::CircuitBreakers>,
     /// `outlierDetection` (`None`: no endpoint is ever ejected).
     pub outlier: Option<super::upstream_policy::OutlierPolicy>,
+    /// TLS origination (DestinationRule `tls`, SIMPLE or MUTUAL); None: plain TCP.
+    pub tls: Option<super::destination_rule::ClientTlsSettings>,
+    /// HTTP/2 to the endpoints (the ServiceEntry port's protocol HTTP2, GRPC, GRPC-WEB).
+    pub http2: bool,
     /// `namespace/name` of the DestinationRule that applies, if any.
     pub destination_rule: Option<String>,
 }

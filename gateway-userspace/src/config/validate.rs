@@ -106,12 +106,14 @@ pub(crate) fn build(
             dest_rules::Index::new(&p.destination_rules, &id.namespace, &id.root_namespace),
         ),
         cache: HashMap::new(),
+        warnings: Vec::new(),
     };
     routes.resolver.broken_rules = p.broken.iter().any(|b| b.starts_with("DestinationRule "));
     let listeners = servers_by_port
         .into_iter()
         .map(|(port, servers)| routes.listener(port, servers, &vss, errors))
         .collect();
+    p.warnings.append(&mut routes.warnings);
     let clusters = routes.resolver.clusters;
     missing.append(&mut routes.resolver.missing);
     let secret_names = p
@@ -773,6 +775,8 @@ struct RouteBuilder<'a> {
     /// Resolved destination lists by `vs-key#path`, so a route bound to
     /// several listeners is resolved (and its errors reported) once.
     cache: HashMap<String, Vec<WeightedCluster>>,
+    /// Fields read and not acted on that only resolution reveals (GW1068).
+    warnings: Vec<Warning>,
 }
 
 impl RouteBuilder<'_> {
@@ -826,6 +830,7 @@ impl RouteBuilder<'_> {
                         r.route.iter().map(|d| (&d.destination, d.weight)).collect();
                     let destinations =
                         self.resolve(b, &format!("spec.tcp[{i}].route"), &dests, errors);
+                    self.tcp_tls_warning(b, i, &destinations);
                     tcp = Some(TcpRoute {
                         name: b.vs.res.key(),
                         destinations,
@@ -963,6 +968,35 @@ impl RouteBuilder<'_> {
             }
         }
         out
+    }
+
+    /// A TCP route to a cluster that originates TLS: the splice forwards the bytes as
+    /// they are (no TLS origination on TCP routes yet), GW1068.
+    fn tcp_tls_warning(&mut self, b: &VsBinding, i: usize, dests: &[WeightedCluster]) {
+        for (j, d) in dests.iter().enumerate() {
+            let tls = self
+                .resolver
+                .clusters
+                .get(&d.cluster)
+                .is_some_and(|c| c.tls.is_some());
+            let path = format!("spec.tcp[{i}].route[{j}].destination");
+            if tls
+                && !self
+                    .warnings
+                    .iter()
+                    .any(|w| w.path == path && *w.subject == *b.vs.src.subject)
+            {
+                self.warnings.push(Warning::at(
+                    &b.vs.src,
+                    &path,
+                    "GW1068",
+                    &format!(
+                        "cluster {} originates TLS (DestinationRule tls), which TCP routes do not do",
+                        d.cluster
+                    ),
+                ));
+            }
+        }
     }
 
     /// Resolves a route's destination list (at `path`, e.g. `spec.tcp[0].route`)

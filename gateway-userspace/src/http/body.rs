@@ -187,6 +187,11 @@ impl HttpBody for WithToken {
     }
 }
 
+/// `grpc-status` of a header or trailer block.
+pub fn grpc_status(h: &hyper::HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
 /// The response body: counts bytes and writes the request's log line when it ends,
 /// fails, or is dropped early (the client went away: `DC`).
 pub struct LoggedBody {
@@ -226,6 +231,11 @@ impl HttpBody for LoggedBody {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     self.sent += d.len() as u64;
+                }
+                if let Some(code) = f.trailers_ref().and_then(grpc_status)
+                    && let Some(log) = self.log.as_mut()
+                {
+                    log.grpc_status = Some(code);
                 }
                 if self.inner.is_end_stream() {
                     self.emit(None);

@@ -30,7 +30,7 @@ use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use http_body_util::BodyExt;
 use hyper::{
-    HeaderMap, Method, Request, Uri, Version,
+    HeaderMap, Method, Request,
     body::Bytes,
     header::{self, HeaderValue},
 };
@@ -191,17 +191,19 @@ async fn send_one(gw: &Gateway, client: &UpstreamClient, cluster: &str, copy: &C
         }
     };
     let endpoint = picked.addr;
-    let Ok(uri) = format!("http://{endpoint}{}", copy.path_and_query).parse::<Uri>() else {
+    let Ok(target) = client.for_cluster(cluster) else {
         stats.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
     let mut req = Request::new(full(body));
     *req.method_mut() = copy.method.clone();
-    *req.uri_mut() = uri;
     *req.headers_mut() = copy.headers.clone();
-    *req.version_mut() = Version::HTTP_11;
+    let Ok(req) = target.request(endpoint, &copy.path_and_query, req) else {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
     let exchange = async {
-        let resp = client.request(req).await?;
+        let resp = target.send(endpoint, req).await.map_err(|e| e.message)?;
         let status = resp.status();
         // Read to the end so the connection can be reused; the bytes are dropped.
         resp.into_body().collect().await?;

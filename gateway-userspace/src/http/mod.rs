@@ -46,6 +46,8 @@ pub mod routing;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod upstream_h2;
+pub mod upstream_tls;
 
 /// Envoy's default `max_request_headers_kb` (60 KiB); beyond it: 431.
 pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
@@ -239,7 +241,7 @@ pub async fn serve(
     let client = gw
         .http
         .client
-        .get_or_init(|| upstream::upstream_client(gw.opts.connect_timeout))
+        .get_or_init(|| upstream::UpstreamClient::new(gw.opts.connect_timeout, &gw.snapshot))
         .clone();
     let io = Prelude::new(prelude, stream);
 
@@ -599,6 +601,7 @@ fn log_connection_error(
         downstream_local_port: port,
         downstream_local: local,
         upstream_local: None,
+        grpc_status: None,
         sni: sni.map(str::to_string),
         user_agent: None,
         x_forwarded_for: None,
@@ -754,6 +757,8 @@ pub struct RequestLog {
     pub downstream_local: Option<SocketAddr>,
     /// The gateway's end of the upstream connection (`%UPSTREAM_LOCAL_ADDRESS%`).
     pub upstream_local: Option<SocketAddr>,
+    /// `grpc-status` of the response: its trailers, or its headers (trailers-only).
+    pub grpc_status: Option<u32>,
     pub sni: Option<String>,
     pub user_agent: Option<String>,
     pub x_forwarded_for: Option<String>,

@@ -311,6 +311,7 @@ async fn route_request(
         downstream_local_port: conn.port,
         downstream_local: conn.local,
         upstream_local: None,
+        grpc_status: None,
         sni: conn.sni.clone(),
         user_agent: header_str(&parts.headers, header::USER_AGENT),
         x_forwarded_for: header_str(&parts.headers, "x-forwarded-for"),
@@ -539,7 +540,20 @@ async fn route_request(
                 Offer::Permitted(_) => parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
                 _ => None,
             };
+            // Envoy keeps `te: trailers` (gRPC needs it upstream) and drops any other
+            // TE value (`ConnectionManagerUtility::sanitizeTEHeader`).
+            let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+                v.to_str().is_ok_and(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                })
+            });
             strip_hop_by_hop(&mut parts.headers);
+            if te_trailers {
+                parts
+                    .headers
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
             if let Offer::Permitted(u) = &offer {
                 parts
                     .headers

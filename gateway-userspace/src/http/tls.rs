@@ -153,7 +153,7 @@ fn material(
 
 /// The Secret `name` in the gateway's namespace. Falls back to a unique Secret of
 /// that name in any namespace (config validation already checked the namespace).
-fn find_secret<'a>(
+pub(crate) fn find_secret<'a>(
     secrets: &'a BTreeMap<String, Secret>,
     namespace: &str,
     name: &str,
@@ -170,7 +170,7 @@ fn find_secret<'a>(
     }
 }
 
-fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let out = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{what}: not PEM certificates: {e}"))?;
@@ -180,7 +180,7 @@ fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(out)
 }
 
-fn key_of(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, String> {
+pub(crate) fn key_of(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_slice(pem)
         .map_err(|e| format!("{what}: no usable PEM private key: {e}"))
 }

@@ -5,13 +5,9 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::{
-    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    HeaderMap, Method, Request, Response, StatusCode, Version,
     body::{Body as HttpBody, Bytes, Incoming},
     header::{self, HeaderValue},
-};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
 };
 
 use super::{
@@ -24,23 +20,11 @@ use super::{
 use crate::lb::outlier::Outcome;
 use crate::server::Gateway;
 
-pub type UpstreamClient = Client<HttpConnector, Body>;
+pub use super::upstream_tls::UpstreamClient;
 
 /// Request bodies up to this size are buffered so that a retry can resend them
 /// (Envoy buffers for retries too); larger or unsized bodies stream, without retries.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
-
-/// The pooled upstream client (HTTP/1.1 keep-alive, as Istio speaks to a plain HTTP
-/// service port).
-pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
-}
 
 /// A permitted upgrade offer on its way upstream.
 struct Upgrade {
@@ -165,11 +149,16 @@ pub async fn forward(
         let endpoint = picked.addr;
         tried.push(endpoint);
         log.upstream_host = Some(endpoint);
-        let uri: Uri = match format!("http://{endpoint}{path_and_query}").parse() {
-            Ok(u) => u,
-            Err(_) => {
-                log.details = "invalid_upstream_uri";
-                return local_reply(StatusCode::BAD_REQUEST, "invalid request path");
+        let target = match conn.client.for_cluster(cluster) {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS origination is not set up: {why}");
+                log.response_flags.insert(0, "UF");
+                log.details = "upstream_reset_before_response_started{connection_failure}";
+                return local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                );
             }
         };
         let body = match (&replay, streaming.take()) {
@@ -180,9 +169,14 @@ pub async fn forward(
         };
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
-        *req.uri_mut() = uri;
         *req.headers_mut() = headers.clone();
-        *req.version_mut() = Version::HTTP_11;
+        let req = match target.request(endpoint, &path_and_query, req) {
+            Ok(r) => r,
+            Err(_) => {
+                log.details = "invalid_upstream_uri";
+                return local_reply(StatusCode::BAD_REQUEST, "invalid request path");
+            }
+        };
 
         let per_try = match (policy.per_try_timeout, deadline) {
             (Some(p), Some(d)) => Some((tokio::time::Instant::now() + p).min(d)),
@@ -190,7 +184,7 @@ pub async fn forward(
             (None, d) => d,
         };
         let sent_at = Instant::now();
-        let call = conn.client.request(req);
+        let call = target.send(endpoint, req);
         let result = match per_try {
             Some(at) => tokio::time::timeout_at(at, call).await.ok(),
             None => Some(call.await),
@@ -198,8 +192,14 @@ pub async fn forward(
         let outcome = match result {
             None => TryOutcome::Timeout,
             Some(Ok(resp)) => TryOutcome::Response(resp, sent_at.elapsed()),
-            Some(Err(e)) if e.is_connect() => TryOutcome::ConnectFailure(error_chain(&e)),
-            Some(Err(e)) => TryOutcome::Reset(error_chain(&e)),
+            Some(Err(e)) if e.connect => {
+                if target.tls() {
+                    // Envoy logs a TLS error (`TLS_error:...`) as the connection failure.
+                    tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS connection failed: {}", e.message);
+                }
+                TryOutcome::ConnectFailure(e.message)
+            }
+            Some(Err(e)) => TryOutcome::Reset(e.message),
         };
         // Outlier detection (`lb::outlier`).
         picked.report(match &outcome {
@@ -388,6 +388,7 @@ fn respond_upstream(
                 .extensions()
                 .get::<hyper_util::client::legacy::connect::HttpInfo>()
                 .map(|i| i.local_addr());
+            log.grpc_status = super::body::grpc_status(resp.headers());
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let accepted = resp.headers().get(header::UPGRADE).cloned();
             let tunnel = match upgrade {
@@ -507,7 +508,7 @@ fn unasked_switch(
     )
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

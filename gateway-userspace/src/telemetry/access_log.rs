@@ -61,6 +61,8 @@ pub struct LogRecord<'a> {
     pub downstream_remote: SocketAddr,
     pub sni: Option<&'a str>,
     pub route_name: Option<&'a str>,
+    /// `grpc-status` of the response (`%GRPC_STATUS%`).
+    pub grpc_status: Option<u32>,
 }
 
 impl<'a> LogRecord<'a> {
@@ -92,6 +94,7 @@ impl<'a> LogRecord<'a> {
             downstream_remote,
             sni: None,
             route_name: None,
+            grpc_status: None,
         }
     }
 }

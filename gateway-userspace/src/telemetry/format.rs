@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use crate::config::mesh::{AccessLogEncoding, LogFormat};
 
 use super::access_log::LogRecord;
+use super::grpc_status::{GrpcFormat, grpc_status};
 
 /// Istio's default TEXT format (MeshConfig `accessLogEncoding: TEXT`, no format).
 pub const ISTIO_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
@@ -73,6 +74,8 @@ pub enum Op {
     RequestedServerName,
     RouteName,
     Hostname,
+    /// `GRPC_STATUS(CAMEL_STRING|SNAKE_STRING|NUMBER)`, CAMEL_STRING by default.
+    GrpcStatus(GrpcFormat),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +269,12 @@ fn value(op: &Op, r: &LogRecord<'_>) -> Value {
         Op::BytesSent => Value::Num(r.bytes_sent),
         Op::Duration => Value::Num(r.duration_ms),
         Op::UpstreamHost => addr(r.upstream_host),
+        Op::GrpcStatus(f) => r
+            .grpc_status
+            .map_or(Value::None, |c| match grpc_status(c, *f) {
+                Some(name) => Value::Str(name.to_string()),
+                None => Value::Num(u64::from(c)),
+            }),
         Op::UpstreamCluster => opt(r.upstream_cluster),
         Op::UpstreamLocalAddress => addr(r.upstream_local),
         Op::DownstreamLocalAddress => addr(r.downstream_local),
@@ -393,6 +402,16 @@ fn operator(body: &str) -> Result<Token, String> {
         "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
         "ROUTE_NAME" => Op::RouteName,
         "HOSTNAME" => Op::Hostname,
+        "GRPC_STATUS" => Op::GrpcStatus(match arg.unwrap_or("") {
+            "" | "CAMEL_STRING" => GrpcFormat::Camel,
+            "SNAKE_STRING" => GrpcFormat::Snake,
+            "NUMBER" => GrpcFormat::Number,
+            other => {
+                return Err(format!(
+                    "%GRPC_STATUS({other})%: the format is CAMEL_STRING, SNAKE_STRING or NUMBER"
+                ));
+            }
+        }),
         other => return Err(format!("unsupported operator %{other}%")),
     };
     Ok(Token::Op(op, max))
@@ -488,6 +507,27 @@ mod tests {
         "requested_server_name",
         "route_name",
     ];
+
+    #[test]
+    fn grpc_status_as_envoy_prints_it() {
+        let f = Format::text(
+            "%GRPC_STATUS% %GRPC_STATUS(CAMEL_STRING)% %GRPC_STATUS(SNAKE_STRING)% %GRPC_STATUS(NUMBER)%",
+        )
+        .unwrap();
+        let rec = |c| LogRecord {
+            grpc_status: c,
+            ..http()
+        };
+        assert_eq!(f.render(&rec(None)), "- - - -\n");
+        assert_eq!(f.render(&rec(Some(0))), "OK OK OK 0\n");
+        assert_eq!(f.render(&rec(Some(1))), "Canceled Canceled CANCELLED 1\n");
+        assert_eq!(
+            f.render(&rec(Some(14))),
+            "Unavailable Unavailable UNAVAILABLE 14\n"
+        );
+        assert_eq!(f.render(&rec(Some(42))), "42 42 42 42\n");
+        assert!(Format::text("%GRPC_STATUS(HEX)%").is_err());
+    }
 
     #[test]
     fn custom_formats_and_errors() {

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod filter;
 pub mod format;
+pub mod grpc_status;
 pub mod istio_metrics;
 pub mod metrics;
 pub mod stderr_log;
@@ -101,6 +102,7 @@ impl Telemetry {
             upstream_cluster: log.upstream_cluster.as_deref(),
             upstream_local: log.upstream_local,
             downstream_local: log.downstream_local,
+            grpc_status: log.grpc_status,
             sni: log.sni.as_deref(),
             route_name: log.route_name.as_deref(),
             ..LogRecord::empty(log.downstream_remote)

@@ -72,11 +72,6 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "ignored: endpoints are picked by the cluster's load balancer with equal weight, whatever their locality",
     ),
     (
-        "GW1022",
-        "ServiceEntry `ports[].protocol` HTTP2, GRPC or GRPC-WEB",
-        "ignored: requests go upstream over HTTP/1.1",
-    ),
-    (
         "GW1030",
         "Telemetry `metrics`",
         "ignored: Istio's standard metrics are always reported, with their standard labels",
@@ -108,8 +103,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1063",
-        "DestinationRule `trafficPolicy.tls` with a mode other than DISABLE (every level)",
-        "ignored: the gateway connects to the endpoints in plain TCP (no TLS origination)",
+        "DestinationRule `tls.caCrl` (every level); `tls` with mode DISABLE and other settings",
+        "ignored: the server certificate's revocation is not checked; with DISABLE the endpoints get plain TCP whatever else is set",
     ),
     (
         "GW1064",
@@ -130,6 +125,11 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "GW1067",
         "DestinationRule `loadBalancer.simple: PASSTHROUGH`",
         "ignored: an ingress gateway has no original destination to pass through to (Istio's ORIGINAL_DST cluster would send the request back to the gateway itself); the cluster uses LEAST_REQUEST",
+    ),
+    (
+        "GW1068",
+        "DestinationRule `tls` (SIMPLE, MUTUAL) of a cluster a VirtualService `tcp` route goes to",
+        "ignored for TCP routes: the bytes go to the endpoints as they are (no TLS origination); HTTP routes to the cluster originate TLS",
     ),
     (
         "GW1070",
@@ -321,12 +321,6 @@ pub(super) const SERVICE_ENTRY: &[Rule] = &[
         "GW1021",
         "not supported",
     ),
-    Rule {
-        pattern: "spec.ports[*].protocol",
-        code: "GW1022",
-        what: "HTTP/2 upstreams are not supported",
-        when: Some(h2_protocol),
-    },
 ];
 
 /// DestinationRule fields not acted on at the top level.
@@ -376,11 +370,12 @@ pub(super) const TRAFFIC_POLICY: &[Rule] = &[
         "GW1061",
         "not supported",
     ),
+    rule("tls.caCrl", "GW1063", "not supported (no revocation check)"),
     Rule {
         pattern: "tls",
         code: "GW1063",
-        what: "TLS origination is not supported",
-        when: Some(tls_not_disabled),
+        what: "settings besides mode do nothing with mode DISABLE",
+        when: Some(disabled_with_settings),
     },
     rule("loadBalancer.localityLbSetting", "GW1064", "not supported"),
     rule("loadBalancer.warmupDurationSecs", "GW1064", "not supported"),
@@ -423,21 +418,13 @@ fn not_everywhere(v: &Value) -> bool {
         .is_none_or(|s| s.iter().any(|x| x.as_str() != Some("*")))
 }
 
-fn h2_protocol(v: &Value) -> bool {
-    v.as_str().is_some_and(|p| {
-        matches!(
-            p.to_ascii_uppercase().as_str(),
-            "HTTP2" | "GRPC" | "GRPC-WEB"
-        )
-    })
-}
-
 /// A `tls` block whose mode is not DISABLE (unset mode is DISABLE, as in Istio).
-fn tls_not_disabled(v: &Value) -> bool {
+/// A `tls` with mode DISABLE (or none) that sets something else.
+fn disabled_with_settings(v: &Value) -> bool {
     v.get("mode")
         .and_then(Value::as_str)
-        .is_some_and(|m| m != "DISABLE")
-        || v.as_mapping()
+        .is_none_or(|m| m == "DISABLE")
+        && v.as_mapping()
             .is_some_and(|m| m.keys().any(|k| k.as_str() != Some("mode")))
 }
 

@@ -54,8 +54,8 @@ fn every_kind_has_its_warnings() {
     let cases: &[(&str, &str, &str)] = &[
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [se.example.com]\n  ports: [{number: 80, name: grpc, protocol: GRPC}]\n  resolution: STATIC\n  exportTo: [\".\"]\n  endpoints: [{address: 127.0.0.1, weight: 3}]\n",
-            "GW1022 GW1010 GW1021",
-            "w.yaml:6:36",
+            "GW1010 GW1021",
+            "w.yaml:8:3",
         ),
         (
             "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  tracing: [{randomSamplingPercentage: 10}]\n  metrics: [{providers: [{name: prometheus}]}]\n",
@@ -73,13 +73,13 @@ fn every_kind_has_its_warnings() {
             "w.yaml:4:1",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  trafficPolicy: {tls: {mode: SIMPLE}}\n",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true, caCrl: /crl.pem}}\n",
             "GW1063",
-            "w.yaml:6:19",
+            "w.yaml:6:65",
         ),
         (
-            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  workloadSelector: {matchLabels: {a: b}}\n  trafficPolicy:\n    tls: {mode: DISABLE}\n    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s}}\n    loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n    portLevelSettings:\n    - port: {number: 80}\n      outlierDetection: {consecutive5xxErrors: 1}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      tunnel: {targetHost: a, targetPort: 1}\n      loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: 1s, attributes: [{name: a}]}}}\n",
-            "GW1066 GW1061 GW1067 GW1064 GW1065 GW1065",
+            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  workloadSelector: {matchLabels: {a: b}}\n  trafficPolicy:\n    tls: {mode: DISABLE, sni: x.test}\n    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s}}\n    loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n    portLevelSettings:\n    - port: {number: 80}\n      outlierDetection: {consecutive5xxErrors: 1}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      tunnel: {targetHost: a, targetPort: 1}\n      loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: 1s, attributes: [{name: a}]}}}\n",
+            "GW1066 GW1063 GW1061 GW1067 GW1064 GW1065 GW1065",
             "w.yaml:6:3",
         ),
     ];

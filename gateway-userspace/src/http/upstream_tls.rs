@@ -1,0 +1,408 @@
+//! The upstream HTTP clients: one plain (HTTP/1.1 keep-alive, as Istio speaks to a
+//! plain HTTP service port), one per cluster that originates TLS (DestinationRule
+//! `tls` SIMPLE or MUTUAL) and HTTP/2 connections per cluster whose port speaks HTTP/2
+//! (`http::upstream_h2`), built once per config.
+//!
+//! TLS origination as Envoy's `UpstreamTlsContext` from Istio (pilot/pkg/networking/
+//! core/cluster_tls.go):
+//! - SNI: `sni`, else the destination host (what Istio's auto SNI sends for a request
+//!   whose Host is the service host).
+//! - Verification: the chain against `caCertificates` (or `ca.crt`/`cacert` of the
+//!   `credentialName` Secret); the name against `subjectAltNames` (any of them) if set,
+//!   else against the SNI (Istio's `VERIFY_CERTIFICATE_AT_CLIENT`, auto SAN validation).
+//!   `insecureSkipVerify: true` accepts any certificate.
+//! - MUTUAL: the client certificate from the Secret (`tls.crt`/`tls.key`, or
+//!   `cert`/`key`) or from `clientCertificate`/`privateKey`.
+//!
+//! A cluster whose TLS cannot be set up (its Secret missing, say) fails closed: every
+//! request to it is 503 `UF`, with the reason logged.
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::{Request, Response, Uri, Version, body::Incoming, header};
+
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+};
+
+use super::body::Body;
+use super::upstream_h2::{H2Pool, SendError};
+use crate::config::{
+    Snapshot,
+    destination_rule::{ClientTlsMode, ClientTlsSettings},
+    snapshot::Cluster,
+};
+
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// The clients, by cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient(Arc<Clients>);
+
+struct Clients {
+    /// Plain HTTP/1.1, every cluster not below.
+    plain: HttpClient,
+    /// Clusters that originate TLS or speak HTTP/2: their client, or why there is none.
+    special: HashMap<String, Result<Upstream, String>>,
+}
+
+enum Upstream {
+    /// HTTP/1.1 over TLS.
+    Tls(Box<HttpClient>),
+    /// HTTP/2, h2c or over TLS.
+    H2(H2Pool),
+}
+
+/// Where a request to a cluster goes: the HTTP/1.1 client and its URI scheme, or the
+/// cluster's HTTP/2 connections.
+pub enum Target<'a> {
+    Http1 {
+        client: &'a HttpClient,
+        scheme: &'static str,
+    },
+    H2(&'a H2Pool),
+}
+
+impl UpstreamClient {
+    pub fn new(connect_timeout: Duration, snapshot: &Snapshot) -> UpstreamClient {
+        let plain = build(connect_timeout, None);
+        let special = snapshot
+            .clusters
+            .values()
+            .filter(|c| c.tls.is_some() || c.http2)
+            .map(|c| {
+                let tls = match &c.tls {
+                    Some(t) => client_config(t, c, snapshot).map(Some),
+                    None => Ok(None),
+                };
+                let upstream = tls
+                    .map(|tls| match (c.http2, tls) {
+                        (true, tls) => Upstream::H2(H2Pool::new(connect_timeout, tls)),
+                        (false, tls) => Upstream::Tls(Box::new(build(connect_timeout, tls))),
+                    })
+                    .inspect_err(|e| {
+                        tracing::warn!(target: "gateway::http", cluster = %c.name, "TLS origination cannot be set up; requests to this cluster fail (503 UF): {e}");
+                    });
+                (c.name.clone(), upstream)
+            })
+            .collect();
+        UpstreamClient(Arc::new(Clients { plain, special }))
+    }
+
+    /// Where requests to `cluster` go. Err: the cluster originates TLS but its client
+    /// could not be built (why).
+    pub fn for_cluster(&self, cluster: &str) -> Result<Target<'_>, &str> {
+        match self.0.special.get(cluster) {
+            None => Ok(Target::Http1 {
+                client: &self.0.plain,
+                scheme: "http",
+            }),
+            Some(Ok(Upstream::Tls(client))) => Ok(Target::Http1 {
+                client,
+                scheme: "https",
+            }),
+            Some(Ok(Upstream::H2(pool))) => Ok(Target::H2(pool)),
+            Some(Err(e)) => Err(e),
+        }
+    }
+}
+
+impl Target<'_> {
+    /// TLS to the endpoint.
+    pub fn tls(&self) -> bool {
+        match self {
+            Target::Http1 { scheme, .. } => *scheme == "https",
+            Target::H2(p) => p.tls(),
+        }
+    }
+
+    /// The request for `endpoint`: HTTP/1.1 to `scheme://endpoint`; HTTP/2 with
+    /// `:authority` from `Host` (which HTTP/2 does not carry), as Envoy sends it.
+    pub fn request(
+        &self,
+        endpoint: SocketAddr,
+        path_and_query: &str,
+        mut req: Request<Body>,
+    ) -> Result<Request<Body>, hyper::http::uri::InvalidUri> {
+        let (scheme, authority) = match self {
+            Target::Http1 { scheme, .. } => {
+                *req.version_mut() = Version::HTTP_11;
+                (*scheme, endpoint.to_string())
+            }
+            Target::H2(p) => {
+                *req.version_mut() = Version::HTTP_2;
+                let host = req
+                    .headers_mut()
+                    .remove(header::HOST)
+                    .and_then(|h| h.to_str().ok().map(str::to_string))
+                    .filter(|h| h.parse::<hyper::http::uri::Authority>().is_ok());
+                (
+                    if p.tls() { "https" } else { "http" },
+                    host.unwrap_or_else(|| endpoint.to_string()),
+                )
+            }
+        };
+        *req.uri_mut() = format!("{scheme}://{authority}{path_and_query}").parse::<Uri>()?;
+        Ok(req)
+    }
+
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match self {
+            Target::Http1 { client, .. } => client.request(req).await.map_err(|e| SendError {
+                connect: e.is_connect(),
+                message: super::upstream::error_chain(&e),
+            }),
+            Target::H2(pool) => pool.send(endpoint, req).await,
+        }
+    }
+}
+
+fn build(
+    connect_timeout: Duration,
+    tls: Option<(rustls::ClientConfig, ServerName<'static>)>,
+) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = match tls {
+        Some((cfg, sni)) => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(cfg)
+            .https_or_http()
+            .with_server_name_resolver(FixedServerNameResolver::new(sni))
+            .enable_http1()
+            .wrap_connector(http),
+        // Only `http://` URIs go to the plain client; its TLS config refuses every
+        // certificate, should an `https://` one ever reach it.
+        None => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                config(Verifier::reject_all(), None).expect("no client certificate to refuse"),
+            )
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http),
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn config(
+    verifier: Verifier,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<rustls::ClientConfig, String> {
+    let b = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    match client {
+        Some((chain, key)) => b
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("client certificate/key: {e}")),
+        None => Ok(b.with_no_client_auth()),
+    }
+}
+
+/// The rustls client config and SNI of a cluster that originates TLS.
+fn client_config(
+    t: &ClientTlsSettings,
+    c: &Cluster,
+    snap: &Snapshot,
+) -> Result<(rustls::ClientConfig, ServerName<'static>), String> {
+    use crate::http::tls::{certs, find_secret, key_of};
+    let sni_name = t.sni.clone().unwrap_or_else(|| c.host.clone());
+    let sni = ServerName::try_from(sni_name.clone())
+        .map_err(|_| format!("SNI \"{sni_name}\" is not a valid server name"))?;
+    let read = |p: &str| std::fs::read(p).map_err(|e| format!("cannot read {p}: {e}"));
+    let mut ca = None;
+    let mut client = None;
+    if let Some(cred) = &t.credential_name {
+        let name = cred.strip_prefix("kubernetes://").unwrap_or(cred);
+        let secret = find_secret(&snap.secrets, &snap.namespace, name).ok_or_else(|| {
+            format!(
+                "credentialName \"{cred}\": no Secret \"{name}\" in namespace \"{}\"",
+                snap.namespace
+            )
+        })?;
+        let get = |keys: &[&str]| keys.iter().find_map(|k| secret.data.get(*k));
+        // Istio: `ca.crt`/`cacert` in the Secret, else a `<name>-cacert` Secret.
+        let ca_pem = get(&["ca.crt", "cacert"]).or_else(|| {
+            find_secret(&snap.secrets, &snap.namespace, &format!("{name}-cacert"))
+                .and_then(|s| s.data.get("ca.crt").or_else(|| s.data.get("cacert")))
+        });
+        if let Some(pem) = ca_pem {
+            ca = Some(certs(pem, &format!("Secret {} ca.crt", secret.name))?);
+        }
+        if t.mode == ClientTlsMode::Mutual {
+            let crt = get(&["tls.crt", "cert"])
+                .ok_or_else(|| format!("Secret {} has no tls.crt (or cert)", secret.name))?;
+            let key = get(&["tls.key", "key"])
+                .ok_or_else(|| format!("Secret {} has no tls.key (or key)", secret.name))?;
+            client = Some((
+                certs(crt, &format!("Secret {} tls.crt", secret.name))?,
+                key_of(key, &format!("Secret {} tls.key", secret.name))?,
+            ));
+        }
+    } else {
+        if let Some(p) = &t.ca_certificates {
+            ca = Some(certs(&read(p)?, p)?);
+        }
+        if t.mode == ClientTlsMode::Mutual
+            && let (Some(crt), Some(key)) = (&t.client_certificate, &t.private_key)
+        {
+            client = Some((certs(&read(crt)?, crt)?, key_of(&read(key)?, key)?));
+        }
+    }
+    let verifier = if t.insecure_skip_verify == Some(true) {
+        Verifier::insecure()
+    } else {
+        let ca = ca.ok_or("no CA to verify the server certificate with (caCertificates, or ca.crt in the credentialName Secret)")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in ca {
+            roots
+                .add(cert)
+                .map_err(|e| format!("CA certificate: {e}"))?;
+        }
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| format!("CA certificates: {e}"))?;
+        let sans = t
+            .subject_alt_names
+            .iter()
+            .map(|s| {
+                ServerName::try_from(s.clone())
+                    .map_err(|_| format!("subjectAltNames \"{s}\" is not a DNS name or IP address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Verifier {
+            inner: Some(inner),
+            sans,
+            insecure: false,
+        }
+    };
+    // ALPN is set by the connector (`http/1.1`).
+    Ok((config(verifier, client)?, sni))
+}
+
+/// Verifies the server's certificate: the chain by `inner`, the name against the SANs
+/// (any of them) if given, else against the SNI.
+#[derive(Debug)]
+struct Verifier {
+    /// None and not insecure: refuses every certificate.
+    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    sans: Vec<ServerName<'static>>,
+    insecure: bool,
+}
+
+impl Verifier {
+    fn reject_all() -> Verifier {
+        Verifier {
+            inner: None,
+            sans: Vec::new(),
+            insecure: false,
+        }
+    }
+
+    fn insecure() -> Verifier {
+        Verifier {
+            inner: None,
+            sans: Vec::new(),
+            insecure: true,
+        }
+    }
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.insecure {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let Some(inner) = &self.inner else {
+            return Err(rustls::Error::General(
+                "no TLS origination configured".into(),
+            ));
+        };
+        if self.sans.is_empty() {
+            return inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        }
+        // Envoy's `match_typed_subject_alt_names`: any of the names. The chain is checked
+        // with each; a failure other than the name ends the check.
+        for san in &self.sans {
+            match inner.verify_server_cert(end_entity, intermediates, san, ocsp, now) {
+                Ok(v) => return Ok(v),
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. },
+                )) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(rustls::Error::General(format!(
+            "the server certificate matches none of subjectAltNames {:?}",
+            self.sans
+                .iter()
+                .map(|s| s.to_str().into_owned())
+                .collect::<Vec<_>>()
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
