@@ -50,12 +50,12 @@ fn read_response(s: &mut TcpStream) -> String {
     let mut buf = [0u8; 1024];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            if got.len() >= end + 4 + 6 {
-                let rest = got.split_off(end + 4 + 6);
-                assert!(rest.is_empty(), "bytes past one response: {rest:?}");
-                return String::from_utf8_lossy(&got).into_owned();
-            }
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+            && got.len() >= end + 4 + 6
+        {
+            let rest = got.split_off(end + 4 + 6);
+            assert!(rest.is_empty(), "bytes past one response: {rest:?}");
+            return String::from_utf8_lossy(&got).into_owned();
         }
         assert!(
             Instant::now() < deadline,

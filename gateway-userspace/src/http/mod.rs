@@ -461,7 +461,7 @@ where
             tokio::select! {
                 biased;
                 r = served => Some(r),
-                () = gw.drain.closing() => return None,
+                () = gw.drain.closing() => None,
             }
         }
         _ = conn.abusive.notified() => {
@@ -477,7 +477,7 @@ where
             );
             served.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), served).await;
-            return None;
+            None
         }
         _ = &mut idle => {
             // Envoy: at idle_timeout an HTTP/2 downstream connection is drained
@@ -485,7 +485,7 @@ where
             tracing::debug!(target: "gateway::http", %peer, port, "closing idle HTTP/2 connection (idle timeout)");
             served.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(H2_DRAIN_TIMEOUT, served).await;
-            return None;
+            None
         }
     }
 }
