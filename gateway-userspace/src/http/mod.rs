@@ -37,6 +37,7 @@ use crate::{
 pub mod body;
 pub mod cors;
 mod drain;
+pub mod grpc;
 pub mod h1;
 pub mod hash_policy;
 pub mod mirror;

@@ -22,7 +22,7 @@ use hyper::{
 use super::{
     RequestLog,
     body::{Body, CountingBody, LoggedBody, empty, full},
-    cors, mirror, normalize,
+    cors, grpc, mirror, normalize,
     routing::{self, Action, RequestView, RouteTable},
     upgrade::{self, Offer},
     upstream::{self, UpstreamClient},
@@ -323,16 +323,22 @@ async fn route_request(
     let close_after = offer.closes_unless_tunnelled();
     // The CORS filter's response headers, once it has seen the request (`cors`).
     let cors_out: OnceLock<cors::Decoration> = OnceLock::new();
-    let done = |log: RequestLog, mut resp: Response<Body>| -> Result<Response<Body>, Infallible> {
-        if let Some(d) = cors_out.get() {
-            d.apply(resp.headers_mut());
-        }
-        if close_after && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        Ok(finish(log, resp, started, received.clone(), conn.clone()))
-    };
+    // A gRPC client gets the gateway's own answers as gRPC trailers-only responses.
+    let grpc_request = grpc::is_grpc(&parts.headers);
+    let done =
+        |mut log: RequestLog, mut resp: Response<Body>| -> Result<Response<Body>, Infallible> {
+            if grpc_request && let Some(status) = grpc::to_trailers_only(&mut resp) {
+                log.grpc_status = Some(status);
+            }
+            if let Some(d) = cors_out.get() {
+                d.apply(resp.headers_mut());
+            }
+            if close_after && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(finish(log, resp, started, received.clone(), conn.clone()))
+        };
 
     // Istio's request normalization (issue 15), before anything reads the request:
     // routing, AuthorizationPolicy, rewrites, the access log and metrics all see the
@@ -671,6 +677,7 @@ pub(super) fn local_reply(status: StatusCode, body: &'static str) -> Response<Bo
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.extensions_mut().insert(grpc::LocalReply(body));
     resp
 }
 
@@ -678,6 +685,7 @@ pub(super) fn local_reply(status: StatusCode, body: &'static str) -> Response<Bo
 fn empty_reply(status: StatusCode) -> Response<Body> {
     let mut resp = Response::new(empty());
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(grpc::LocalReply(""));
     resp
 }
 

@@ -62,7 +62,10 @@ pub async fn forward(
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     log: &mut RequestLog,
 ) -> Response<Body> {
-    let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
+    // A gRPC request's `grpc-timeout`, capped by the route's timeout (Envoy's
+    // max_grpc_timeout as Istio sets it), else the route's.
+    let deadline = super::grpc::request_timeout(route.timeout, &headers)
+        .map(|t| tokio::time::Instant::now() + t);
     // What the tunnel needs if the upstream switches protocols: the client's half of
     // the connection, the type it asked for, the idle timeout.
     let upgrade = on_upgrade.map(|down| Upgrade {
