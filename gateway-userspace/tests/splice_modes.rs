@@ -341,9 +341,11 @@ fn slow_reader_bounds_sender_lead_and_memory_in_every_mode() {
             "slow readers in every mode: MemAvailable fell by at most {} MiB",
             fell >> 20
         );
-        // Host-wide and so noisy (other tests, compilers); the defect this guards against
-        // queued without limit (3 GiB in 8 s).
-        assert!(fell < 512 << 20, "MemAvailable fell by {} MiB", fell >> 20);
+        // Host-wide and so noisy (other tests, compilers: a fresh-clone CI run beside two
+        // rustc builds saw 696 MiB); the per-flow bound is the sender lead above. The
+        // defect this guards against queued without limit: 3 GiB in 8 s, so half of that
+        // still catches it.
+        assert!(fell < 1536 << 20, "MemAvailable fell by {} MiB", fell >> 20);
     });
 }
 
