@@ -58,8 +58,10 @@ fn matches_merge_with_every_root_match_they_fit() {
     assert_eq!(merged[0].headers.len(), 1);
 
     // A delegate match without uri takes each root match's uri.
-    let mut m = HttpMatchRequest::default();
-    m.method = Some(exact("GET"));
+    let m = HttpMatchRequest {
+        method: Some(exact("GET")),
+        ..HttpMatchRequest::default()
+    };
     let merged = merge_matches(&root, &[m]).expect("no conflict");
     assert_eq!(merged.len(), 2);
     assert_eq!(merged[1].uri, Some(prefix("/v2")));
