@@ -213,3 +213,41 @@ spec:
         "{e}"
     );
 }
+
+#[test]
+fn a_delegate_not_exported_to_the_root_is_not_found() {
+    let yaml = YAML.replace(
+        "metadata: {name: api, namespace: team}\nspec:\n",
+        "metadata: {name: api, namespace: team}\nspec:\n  exportTo: [\".\"]\n",
+    );
+    let run = load_str_with(
+        "d.yaml",
+        &yaml,
+        &GatewayIdentity::default(),
+        Missing::Isolate,
+    );
+    let w: Vec<String> = run.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        w.iter().any(|w| w.contains("warning[GW2005]")
+            && w.contains("delegate virtual service \"team/api\" is not exported to namespace \"istio-system\"")),
+        "{w:#?}"
+    );
+    let snap = run.result.expect("loads");
+    // Only the catch-all is left.
+    assert_eq!(snap.listeners[0].http[0].routes.len(), 1);
+    // Exported to the root's namespace by name: found.
+    let yaml = YAML.replace(
+        "metadata: {name: api, namespace: team}\nspec:\n",
+        "metadata: {name: api, namespace: team}\nspec:\n  exportTo: [istio-system]\n",
+    );
+    let run = load_str_with(
+        "d.yaml",
+        &yaml,
+        &GatewayIdentity::default(),
+        Missing::Isolate,
+    );
+    assert_eq!(
+        run.result.expect("loads").listeners[0].http[0].routes.len(),
+        2
+    );
+}

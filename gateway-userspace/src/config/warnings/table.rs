@@ -39,7 +39,7 @@ pub const CODES: &[(&str, &str, &str)] = &[
     (
         "GW1010",
         "`exportTo` (VirtualService, ServiceEntry)",
-        "ignored: the resource is visible to this gateway whatever `exportTo` says",
+        "ignored: the resource is visible to this gateway whatever `exportTo` says (a delegate VirtualService's `exportTo` does decide which roots may use it)",
     ),
     (
         "GW1011",
