@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod delegate;
 pub mod dest_rules;
 pub mod destination_rule;
 pub mod host_map;

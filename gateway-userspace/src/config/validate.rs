@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use base64::Engine as _;
 
+use super::delegate::{self, Delegates};
 use super::dest_rules;
 use super::hosts;
 use super::istio::{self, Gateway, Resolution, StringMatch, TlsMode, VirtualService};
@@ -107,6 +108,9 @@ pub(crate) fn build(
         ),
         cache: HashMap::new(),
         warnings: Vec::new(),
+        delegates: Delegates::new(&p.virtual_services),
+        merged: HashMap::new(),
+        missing: Vec::new(),
     };
     routes.resolver.broken_rules = p.broken.iter().any(|b| b.starts_with("DestinationRule "));
     let listeners = servers_by_port
@@ -116,6 +120,7 @@ pub(crate) fn build(
     p.warnings.append(&mut routes.warnings);
     let clusters = routes.resolver.clusters;
     missing.append(&mut routes.resolver.missing);
+    missing.append(&mut routes.missing);
     let secret_names = p
         .secrets
         .iter()
@@ -529,8 +534,36 @@ fn validate_virtual_service(vs: &Entry<VirtualService>, errors: &mut Vec<ConfigE
         }
     }
 
+    // Istio: a VirtualService without hosts is a delegate: http routes only, and
+    // those must not delegate further; a root route has no route or redirect.
+    let is_delegate = spec.hosts.is_empty();
+    if is_delegate && !spec.tls.is_empty() {
+        errors.push(src.error(
+            "spec.tls",
+            "delegate virtual service must have no tls route specified",
+        ));
+    }
+    if is_delegate && !spec.tcp.is_empty() {
+        errors.push(src.error(
+            "spec.tcp",
+            "delegate virtual service must have no tcp route specified",
+        ));
+    }
     for (i, route) in spec.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
+        if route.delegate.is_some() {
+            if is_delegate {
+                errors.push(src.error(
+                    &format!("{at}.delegate"),
+                    "delegate HTTP route cannot contain delegate",
+                ));
+            } else if !route.route.is_empty() || route.redirect.is_some() {
+                errors.push(src.error(
+                    &format!("{at}.delegate"),
+                    "root HTTP route (with delegate) must not specify route or redirect",
+                ));
+            }
+        }
         for (j, m) in route.matches.iter().enumerate() {
             let mat = format!("{at}.match[{j}]");
             for (field, sm) in [
@@ -775,11 +808,28 @@ struct RouteBuilder<'a> {
     /// Resolved destination lists by `vs-key#path`, so a route bound to
     /// several listeners is resolved (and its errors reported) once.
     cache: HashMap<String, Vec<WeightedCluster>>,
-    /// Fields read and not acted on that only resolution reveals (GW1068).
+    /// Fields read and not acted on that only resolution reveals (GW1068, GW1009).
     warnings: Vec<Warning>,
+    /// Delegate VirtualServices (no hosts) by key.
+    delegates: Delegates<'a>,
+    /// A root `http[]` entry's delegate routes merged with it, by `root-key#i`: built
+    /// (and their problems reported) once however many listeners the root binds to.
+    merged: HashMap<String, Vec<Delegated<'a>>>,
+    /// Delegates not found (GW2005).
+    missing: Vec<Warning>,
 }
 
-impl RouteBuilder<'_> {
+/// One delegate route merged with its root entry.
+#[derive(Clone)]
+struct Delegated<'a> {
+    route: std::sync::Arc<istio::HttpRoute>,
+    /// The delegate VirtualService and its `http[]` index: its destinations are
+    /// resolved in its namespace and reported at its positions.
+    vs: &'a Entry<VirtualService>,
+    index: usize,
+}
+
+impl<'a> RouteBuilder<'a> {
     fn listener(
         &mut self,
         port: u16,
@@ -891,15 +941,27 @@ impl RouteBuilder<'_> {
                 .collect();
             if !http_idx.is_empty() {
                 let mut routes = Vec::with_capacity(spec.http.len());
-                for (i, r) in spec.http.iter().enumerate() {
-                    let applies = r.matches.is_empty()
+                let applies = |r: &istio::HttpRoute| {
+                    r.matches.is_empty()
                         || r.matches.iter().any(|m| {
                             port_ok(m.port, port)
                                 && http_idx
                                     .iter()
                                     .any(|&s| b.match_allows(&m.gateways, &servers[s]))
-                        });
-                    if !applies {
+                        })
+                };
+                for (i, r) in spec.http.iter().enumerate() {
+                    if let Some(d) = &r.delegate {
+                        // Merged before the gateway/port filter, as Istio merges the
+                        // VirtualService before building routes from it.
+                        for dr in self.delegated(b, i, r, d) {
+                            if applies(&dr.route) {
+                                routes.push(self.delegated_entry(b, i, dr, errors));
+                            }
+                        }
+                        continue;
+                    }
+                    if !applies(r) {
                         continue;
                     }
                     let dests: Vec<_> =
@@ -931,6 +993,94 @@ impl RouteBuilder<'_> {
             tcp,
             tls,
             http,
+        }
+    }
+
+    /// Root entry `spec.http[i]` of `b` (with `delegate`) merged with each route of its
+    /// delegate ([`delegate`]); a missing delegate is GW2005, a delegate route whose
+    /// match is not within the root's is left out with GW1009.
+    fn delegated(
+        &mut self,
+        b: &VsBinding,
+        i: usize,
+        root: &istio::HttpRoute,
+        d: &istio::Delegate,
+    ) -> Vec<Delegated<'a>> {
+        let key = format!("{}#spec.http[{i}]", b.vs.res.key());
+        if let Some(hit) = self.merged.get(&key) {
+            return hit.clone();
+        }
+        let mut out = Vec::new();
+        match self
+            .delegates
+            .find(&b.vs.res, &d.name, d.namespace.as_deref())
+        {
+            Err(problem) => self.missing.push(Warning::missing(
+                &b.vs.src,
+                &format!("spec.http[{i}].delegate"),
+                "GW2005",
+                &problem,
+            )),
+            Ok(dvs) => {
+                for (k, leaf) in dvs.res.spec.http.iter().enumerate() {
+                    // A delegate of a delegate is refused by validation.
+                    if leaf.delegate.is_some() {
+                        continue;
+                    }
+                    match delegate::merge_route(root, leaf) {
+                        Some(m) => out.push(Delegated {
+                            route: std::sync::Arc::new(m),
+                            vs: dvs,
+                            index: k,
+                        }),
+                        None => self.warnings.push(Warning::at(
+                            &dvs.src,
+                            &format!("spec.http[{k}].match"),
+                            "GW1009",
+                            &format!(
+                                "not within the match of the root route delegating to it ({} spec.http[{i}] at {})",
+                                b.vs.src.subject,
+                                b.vs.src.loc(&format!("spec.http[{i}].match"))
+                            ),
+                        )),
+                    }
+                }
+            }
+        }
+        self.merged.insert(key, out.clone());
+        out
+    }
+
+    /// The route entry of a merged delegate route: its destinations are the delegate's
+    /// (resolved in its namespace); its mirrors the delegate's own or else the root's.
+    fn delegated_entry(
+        &mut self,
+        root: &VsBinding,
+        i: usize,
+        dr: Delegated<'a>,
+        errors: &mut Vec<ConfigError>,
+    ) -> HttpRouteEntry {
+        let db = VsBinding {
+            vs: dr.vs,
+            gateways: Vec::new(),
+        };
+        let dests: Vec<_> = dr
+            .route
+            .route
+            .iter()
+            .map(|d| (&d.destination, d.weight))
+            .collect();
+        let at = format!("spec.http[{}].route", dr.index);
+        let destinations = self.resolve(&db, &at, &dests, errors);
+        let mirrors = if delegate::own_mirror(&dr.vs.res.spec.http[dr.index]) {
+            self.resolve_mirrors(&db, dr.index, &dr.route, errors)
+        } else {
+            self.resolve_mirrors(root, i, &dr.route, errors)
+        };
+        HttpRouteEntry {
+            route: dr.route,
+            destinations,
+            mirrors,
         }
     }
 

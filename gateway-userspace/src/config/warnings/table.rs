@@ -7,11 +7,6 @@ use serde_yaml::Value;
 /// "Warnings" table.
 pub const CODES: &[(&str, &str, &str)] = &[
     (
-        "GW1003",
-        "VirtualService `http[].delegate`",
-        "ignored: the delegate's routes are not included; requests this entry matches get 404 (NR)",
-    ),
-    (
         "GW1004",
         "VirtualService `match[].sourceLabels`, `match[].sourceNamespace` (http, tcp, tls)",
         "ignored: the match applies as if they were unset (Istio would compare them with the gateway's labels and namespace)",
@@ -37,9 +32,14 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "ignored: the redirect keeps the request's path (or `redirect.uri`)",
     ),
     (
+        "GW1009",
+        "a delegate VirtualService's `http[]` route whose match is not within the match of the root route delegating to it (Istio's `mergeHTTPRoute` conflict)",
+        "that delegate route is left out of the root's routes; the delegate's other routes apply",
+    ),
+    (
         "GW1010",
         "`exportTo` (VirtualService, ServiceEntry)",
-        "ignored: the resource is visible to this gateway whatever `exportTo` says",
+        "ignored: the resource is visible to this gateway whatever `exportTo` says (a delegate VirtualService's `exportTo` does decide which roots may use it)",
     ),
     (
         "GW1011",
@@ -156,6 +156,11 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "a route `destination.subset` that the host's DestinationRule does not define (or no DestinationRule applies to the host)",
         "the route's cluster does not exist, as in Envoy: requests get 503 (NC, `cluster_not_found`) and TCP/TLS connections are closed",
     ),
+    (
+        "GW2005",
+        "VirtualService `http[].delegate` names a VirtualService that does not exist, has `hosts` (is not a delegate) or is not exported to the root's namespace",
+        "that root route is left out, as Istio does: requests it would match go on to the VirtualService's next routes (404, NR, if none matches)",
+    ),
 ];
 
 /// What happens instead, for a code.
@@ -168,7 +173,7 @@ pub fn effect(code: &str) -> &'static str {
 
 /// A field of one kind that is accepted and not acted on.
 pub(super) struct Rule {
-    /// `spec.http[*].delegate`: `[*]` is every item of a sequence.
+    /// `spec.http[*].mirror`: `[*]` is every item of a sequence.
     pub pattern: &'static str,
     pub code: &'static str,
     /// What the field is, for the message.
@@ -193,7 +198,6 @@ pub(super) const VIRTUAL_SERVICE: &[Rule] = &[
         what: "not supported",
         when: Some(not_everywhere),
     },
-    rule("spec.http[*].delegate", "GW1003", "not supported"),
     rule(
         "spec.http[*].match[*].sourceLabels",
         "GW1004",
