@@ -116,7 +116,8 @@ impl hyper::rt::Write for Conn {
 }
 
 /// Sends `req` on `client`; with a request limit, the connection that reaches it is
-/// poisoned (the pool drops it once this response is done).
+/// poisoned as soon as it is picked for this request (before hyper can put it back in
+/// the pool), so the pool closes it once this response is done.
 pub async fn send_limited<C>(
     client: &hyper_util::client::legacy::Client<C, super::body::Body>,
     mut req: Request<super::body::Body>,
@@ -128,13 +129,21 @@ where
     let Some(max) = max_requests else {
         return client.request(req).await;
     };
-    let captured = capture_connection(&mut req);
-    let resp = client.request(req).await?;
-    if let Some(uses) = resp.extensions().get::<Uses>()
-        && uses.0.fetch_add(1, Ordering::Relaxed) + 1 >= max
-        && let Some(conn) = captured.connection_metadata().as_ref()
-    {
-        conn.poison();
-    }
-    Ok(resp)
+    let mut captured = capture_connection(&mut req);
+    let count = async {
+        // None: no connection was had (the connect failed).
+        let conn = captured.wait_for_connection_metadata().await;
+        if let Some(conn) = conn.as_ref() {
+            let mut extras = hyper::http::Extensions::new();
+            conn.get_extras(&mut extras);
+            if extras
+                .get::<Uses>()
+                .is_some_and(|u| u.0.fetch_add(1, Ordering::Relaxed) + 1 >= max)
+            {
+                conn.poison();
+            }
+        }
+    };
+    let (resp, ()) = tokio::join!(client.request(req), count);
+    resp
 }
