@@ -1,6 +1,6 @@
 //! DestinationRule `connectionPool` connection settings through a real gateway and
 //! real backends (issue 13):
-//! - `tcp.connectTimeout: 500ms` to an endpoint whose SYNs vanish (an address routed to
+//! - `tcp.connectTimeout: 500ms` to an endpoint whose SYNs vanish (an address on
 //!   the namespace's loopback, dropped by nftables in the namespace): 503 `UF` after about 0.5 s, not the
 //!   gateway's `--connect-timeout` (10 s);
 //! - `http.maxRequestsPerConnection: 2`: six sequential requests open exactly three
@@ -9,7 +9,9 @@
 //!   seconds (the default, 60 s, keeps it);
 //! - `tcp.tcpKeepalive`: the pooled upstream socket has a keepalive timer (`ss -o`);
 //! - `http.h2UpgradePolicy: UPGRADE`: an HTTP port's h2c-only backend is reached over
-//!   HTTP/2.
+//!   HTTP/2;
+//! - on TCP routes: the connect timeout closes the client's connection after ~0.5 s,
+//!   and the upstream socket has the keepalive timer.
 mod http_common;
 
 use std::net::SocketAddr;
@@ -173,6 +175,22 @@ spec:
   servers:
   - port: {number: 80, name: http, protocol: HTTP}
     hosts: [\"*\"]
+  - port: {number: 9000, name: tcp-bh, protocol: TCP}
+    hosts: [\"*\"]
+  - port: {number: 9001, name: tcp-ka, protocol: TCP}
+    hosts: [\"*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp, namespace: istio-system}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  tcp:
+  - match: [{port: 9000}]
+    route: [{destination: {host: blackhole.test, port: {number: 80}}}]
+  - match: [{port: 9001}]
+    route: [{destination: {host: keepalive.test, port: {number: 80}}}]
 ",
     );
     yaml += &service(
@@ -254,6 +272,9 @@ spec:
         closed_after >= Duration::from_millis(500),
         "{closed_after:?}"
     );
+    eprintln!(
+        "measured: UF after {took:?} (connectTimeout 500ms); idle connection closed {closed_after:?} after its response (idleTimeout 1s)"
+    );
     // The default (60 s) kept reused.test's connection all along.
     assert_eq!(reused.closed.load(Ordering::SeqCst), 0);
 
@@ -273,6 +294,44 @@ spec:
     let plain = ss(18302);
     assert!(plain.contains("127.0.0.1:18302"), "{plain}");
     assert!(!plain.contains("keepalive"), "{plain}");
+
+    // TCP routes: the cluster's connectTimeout closes the client's connection after
+    // ~0.5 s (UF); the upstream socket of a spliced connection has the keepalive timer.
+    let tcp_closed_after = NetNs::block_on(&rt, async {
+        use tokio::io::AsyncReadExt;
+        let start = Instant::now();
+        let mut c = tokio::net::TcpStream::connect("127.0.0.1:9000")
+            .await
+            .expect("connect 9000");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+        start.elapsed()
+    });
+    assert!(
+        tcp_closed_after >= Duration::from_millis(450) && tcp_closed_after < Duration::from_secs(3),
+        "{tcp_closed_after:?}"
+    );
+    let log = gw.wait_log(Duration::from_secs(5), |l| {
+        l.lines()
+            .any(|l| l.contains("blackhole.test") && l.contains("connect timeout"))
+    });
+    assert!(
+        log.lines()
+            .any(|l| l.contains("blackhole.test") && l.contains("connect timeout")),
+        "{log}"
+    );
+    let held = NetNs::block_on(&rt, async {
+        tokio::net::TcpStream::connect("127.0.0.1:9001")
+            .await
+            .expect("connect 9001")
+    });
+    // The pooled HTTP connection and the TCP route's, both with keepalive.
+    let both = poll(Duration::from_secs(5), || {
+        ss(18304).matches("timer:(keepalive,").count() == 2
+    });
+    assert!(both.is_some(), "{}", ss(18304));
+    drop(held);
 
     // h2UpgradePolicy: UPGRADE -> HTTP/2 to the h2c-only backend.
     let r = get(&ns, "h2.test", "h2-1");
