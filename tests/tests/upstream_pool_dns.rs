@@ -9,7 +9,8 @@
 //!   seconds (the default, 60 s, keeps it);
 //! - `tcp.tcpKeepalive`: the pooled upstream socket has a keepalive timer (`ss -o`);
 //! - `http.h2UpgradePolicy: UPGRADE`: an HTTP port's h2c-only backend is reached over
-//!   HTTP/2;
+//!   HTTP/2, where `maxRequestsPerConnection: 2` makes four requests take two
+//!   connections and `idleTimeout: 1s` closes the last;
 //! - on TCP routes: the connect timeout closes the client's connection after ~0.5 s,
 //!   and the upstream socket has the keepalive timer.
 mod http_common;
@@ -56,11 +57,16 @@ async fn counting_backend(addr: SocketAddr) -> Arc<Counts> {
     counts
 }
 
-/// An h2c-only backend (prior knowledge) answering with the request's version.
-async fn h2c_backend(addr: SocketAddr) {
+/// An h2c-only backend (prior knowledge) answering with the request's version,
+/// counting its connections.
+async fn h2c_backend(addr: SocketAddr) -> Arc<Counts> {
+    let counts = Arc::new(Counts::default());
     let l = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let c = counts.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
+            c.accepted.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: hyper::Request<_>| async move {
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
@@ -71,9 +77,11 @@ async fn h2c_backend(addr: SocketAddr) {
                     hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                         .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                         .await;
+                c.closed.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
+    counts
 }
 
 /// ServiceEntry `host` on `endpoint`, routed from port 80 without retries, with a
@@ -158,13 +166,13 @@ fn connection_pool_connection_settings() {
     let dir = scratch(&ns);
     let rt = ns.runtime();
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    let (limited, reused, idle, _keepalive) = NetNs::block_on(&rt, async move {
+    let (limited, reused, idle, _keepalive, h2) = NetNs::block_on(&rt, async move {
         let limited = counting_backend(at(18301)).await;
         let reused = counting_backend(at(18302)).await;
         let idle = counting_backend(at(18303)).await;
         let keepalive = counting_backend(at(18304)).await;
-        h2c_backend(at(18305)).await;
-        (limited, reused, idle, keepalive)
+        let h2 = h2c_backend(at(18305)).await;
+        (limited, reused, idle, keepalive, h2)
     });
     let mut yaml = String::from(
         "apiVersion: networking.istio.io/v1
@@ -217,7 +225,7 @@ spec:
         "h2.test",
         "127.0.0.1",
         18305,
-        "{http: {h2UpgradePolicy: UPGRADE}}",
+        "{http: {h2UpgradePolicy: UPGRADE, maxRequestsPerConnection: 2, idleTimeout: 1s}}",
     );
     let cfg = dir.join("upstream-pool.yaml");
     std::fs::write(&cfg, yaml).unwrap();
@@ -226,6 +234,41 @@ spec:
         !gw.log().contains("GW1061"),
         "the settings are not warned:\n{}",
         gw.log()
+    );
+
+    // /config_dump shows the settings as Istio writes them for Envoy.
+    let dump: serde_json::Value =
+        serde_json::from_str(&gw.admin_get("/config_dump")).expect("config_dump JSON");
+    let cluster = |name: &str| {
+        dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["dynamic_active_clusters"].as_array())
+            .flatten()
+            .map(|c| &c["cluster"])
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no cluster {name} in {dump}"))
+            .clone()
+    };
+    assert_eq!(
+        cluster("outbound|80||blackhole.test")["connect_timeout"],
+        "0.500s"
+    );
+    let http_opts = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    assert_eq!(
+        cluster("outbound|80||limited.test")["typed_extension_protocol_options"][http_opts]["common_http_protocol_options"]
+            ["max_requests_per_connection"],
+        2
+    );
+    assert_eq!(
+        cluster("outbound|80||idle.test")["typed_extension_protocol_options"][http_opts]["common_http_protocol_options"]
+            ["idle_timeout"],
+        "1s"
+    );
+    assert_eq!(
+        cluster("outbound|80||keepalive.test")["upstream_connection_options"]["tcp_keepalive"],
+        serde_json::json!({"keepalive_time": 7, "keepalive_interval": 3, "keepalive_probes": 2})
     );
 
     // connectTimeout: UF after the cluster's 500 ms, not --connect-timeout's 10 s.
@@ -334,8 +377,20 @@ spec:
     drop(held);
 
     // h2UpgradePolicy: UPGRADE -> HTTP/2 to the h2c-only backend.
-    let r = get(&ns, "h2.test", "h2-1");
-    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
-    assert_eq!(r.body.trim(), "version=HTTP/2.0");
+    // With maxRequestsPerConnection: 2, four requests take two HTTP/2 connections; the
+    // spent one is closed, the other once idle for 1 s.
+    for i in 0..4 {
+        let r = get(&ns, "h2.test", &format!("h2-{i}"));
+        assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+        assert_eq!(r.body.trim(), "version=HTTP/2.0");
+    }
+    assert_eq!(h2.accepted.load(Ordering::SeqCst), 2);
+    assert!(
+        poll(Duration::from_secs(6), || h2.closed.load(Ordering::SeqCst)
+            == 2)
+        .is_some(),
+        "closed: {}",
+        h2.closed.load(Ordering::SeqCst)
+    );
     drop(rt);
 }

@@ -107,7 +107,12 @@ pub fn conn_settings(cp: &ConnectionPoolSettings) -> ConnSettings {
     if let Some(h) = &cp.http {
         c.max_requests_per_connection = positive(h.max_requests_per_connection);
         c.idle_timeout = h.idle_timeout.as_ref().map(|d| d.duration);
-        c.h2_upgrade = h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade);
+        // Istio's `shouldH2Upgrade` (pilot/pkg/networking/core/cluster_builder.go):
+        // `useClientProtocol` (GW1061 here) prevents the upgrade; UPGRADE makes it,
+        // the user vouching the port speaks HTTP; DEFAULT is the mesh's
+        // `h2UpgradePolicy`, DO_NOT_UPGRADE by default.
+        c.h2_upgrade = h.use_client_protocol != Some(true)
+            && h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade);
     }
     c
 }
