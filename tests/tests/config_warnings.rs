@@ -81,7 +81,7 @@ spec:
   host: web.internal
   trafficPolicy:
     loadBalancer: {simple: LEAST_REQUEST}
-    connectionPool: {tcp: {maxConnections: 10, connectTimeout: 5s}}
+    connectionPool: {tcp: {maxConnections: 10, connectTimeout: 5s, maxConnectionDuration: 1h}}
 "#;
 
 const MESH: &str = "accessLogFile: /dev/stdout\nenableTracing: true\n";
@@ -95,7 +95,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GW1050", "immutable:"),
     ("GW1031", "tracing:"),
     ("GW1040", "action: AUDIT"),
-    ("GW1061", "connectTimeout:"),
+    ("GW1061", "maxConnectionDuration:"),
 ];
 
 /// `file:line:col` of the first occurrence of `needle` in `text` (1-based; col of its

@@ -192,7 +192,10 @@ pub struct Subset {
 
 /// `ConnectionPoolSettings`. The gateway acts on `tcp.maxConnections`,
 /// `http.http1MaxPendingRequests`, `http.http2MaxRequests` and `http.maxRetries`
-/// (Envoy's circuit breakers, `lb::pool`); the other fields are warnings (GW1061).
+/// (Envoy's circuit breakers, `lb::pool`), and on `tcp.connectTimeout`,
+/// `tcp.tcpKeepalive`, `http.maxRequestsPerConnection`, `http.idleTimeout` and
+/// `http.h2UpgradePolicy` (the cluster's upstream connections,
+/// `upstream_policy::ConnSettings`); the other fields are warnings (GW1061).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPoolSettings {
@@ -210,11 +213,35 @@ pub struct TcpSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<IstioDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_keepalive: Option<Value>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_duration: Option<IstioDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<IstioDuration>,
+}
+
+/// `ConnectionPoolSettings.TCPSettings.TcpKeepalive`: SO_KEEPALIVE with the fields set
+/// (the others are the system's `net.ipv4.tcp_keepalive_*`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IstioDuration>,
+}
+
+/// `ConnectionPoolSettings.HTTPSettings.H2UpgradePolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum H2UpgradePolicy {
+    /// The mesh's `h2UpgradePolicy` (MeshConfig default DO_NOT_UPGRADE).
+    #[default]
+    Default,
+    DoNotUpgrade,
+    Upgrade,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -231,7 +258,7 @@ pub struct HttpSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<IstioDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub h2_upgrade_policy: Option<Value>,
+    pub h2_upgrade_policy: Option<H2UpgradePolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_client_protocol: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -109,6 +109,10 @@ impl<'a> Resolver<'a> {
                 continue;
             }
             let eps = endpoints(self, subset.map(|s| &s.labels));
+            let conn: upstream_policy::ConnSettings = rule
+                .and_then(|r| r.connection_pool(port, subset))
+                .map(upstream_policy::conn_settings)
+                .unwrap_or_default();
             self.clusters.insert(
                 name.clone(),
                 Cluster {
@@ -121,11 +125,14 @@ impl<'a> Resolver<'a> {
                     circuit_breakers: rule
                         .and_then(|r| r.connection_pool(port, subset))
                         .map(upstream_policy::circuit_breakers),
+                    conn,
                     outlier: rule
                         .and_then(|r| r.outlier_detection(port, subset))
                         .map(upstream_policy::outlier_policy),
                     tls: rule.and_then(|r| r.tls(port, subset)),
-                    http2,
+                    // Istio's `shouldH2Upgrade`: UPGRADE makes the cluster HTTP/2 (the
+                    // user vouches the port speaks HTTP); a TCP route never uses it.
+                    http2: http2 || conn.h2_upgrade,
                     destination_rule: rule.map(|r| r.key.clone()),
                 },
             );

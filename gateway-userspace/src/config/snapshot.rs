@@ -225,11 +225,15 @@ pub struct Cluster {
     pub lb: super::dest_rules::LbPolicy,
     /// `connectionPool`'s circuit breakers (`None`: no DestinationRule sets one, no limits).
     pub circuit_breakers: Option<super::upstream_policy::CircuitBreakers>,
+    /// `connectionPool`'s connection settings (connect timeout, keepalive, reuse, idle,
+    /// HTTP/2 upgrade); default: the gateway's own.
+    pub conn: super::upstream_policy::ConnSettings,
     /// `outlierDetection` (`None`: no endpoint is ever ejected).
     pub outlier: Option<super::upstream_policy::OutlierPolicy>,
     /// TLS origination (DestinationRule `tls`, SIMPLE or MUTUAL); None: plain TCP.
     pub tls: Option<super::destination_rule::ClientTlsSettings>,
-    /// HTTP/2 to the endpoints (the ServiceEntry port's protocol HTTP2, GRPC, GRPC-WEB).
+    /// HTTP/2 to the endpoints (the ServiceEntry port's protocol HTTP2, GRPC, GRPC-WEB,
+    /// or `h2UpgradePolicy: UPGRADE` on an HTTP port).
     pub http2: bool,
     /// `namespace/name` of the DestinationRule that applies, if any.
     pub destination_rule: Option<String>,

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::ConfigError;
-use super::destination_rule::{ConnectionPoolSettings, DestinationRule, OutlierDetection};
+use super::destination_rule::{
+    ConnectionPoolSettings, DestinationRule, H2UpgradePolicy, OutlierDetection,
+};
 use super::parse::Entry;
 
 /// Envoy's cluster circuit breakers (`circuit_breakers.thresholds[0]`). Istio starts
@@ -37,6 +39,82 @@ impl Default for CircuitBreakers {
             max_retries: u32::MAX,
         }
     }
+}
+
+/// How the cluster's upstream connections are made and kept (`http::upstream_tls`
+/// builds one client per distinct value; `proxy::tcp` uses the TCP fields). Default:
+/// the gateway's own (`--connect-timeout`, no keepalive, no request limit, 60 s idle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub struct ConnSettings {
+    /// `tcp.connectTimeout` (Envoy's cluster `connect_timeout`).
+    pub connect_timeout: Option<Duration>,
+    /// `tcp.tcpKeepalive` (Envoy's `upstream_connection_options.tcp_keepalive`).
+    pub keepalive: Option<Keepalive>,
+    /// `http.maxRequestsPerConnection` above 0 (Envoy's `max_requests_per_connection`).
+    pub max_requests_per_connection: Option<u32>,
+    /// `http.idleTimeout` (Envoy's `common_http_protocol_options.idle_timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// `http.h2UpgradePolicy: UPGRADE`: HTTP/2 to an HTTP port's endpoints.
+    pub h2_upgrade: bool,
+}
+
+/// TCP keepalive; `None` fields are the system's defaults, as Envoy leaves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub struct Keepalive {
+    /// TCP_KEEPIDLE.
+    pub time: Option<Duration>,
+    /// TCP_KEEPINTVL.
+    pub interval: Option<Duration>,
+    /// TCP_KEEPCNT.
+    pub probes: Option<u32>,
+}
+
+impl Keepalive {
+    /// SO_KEEPALIVE and the fields set, on an upstream socket.
+    pub fn apply(&self, sock: socket2::SockRef<'_>) -> std::io::Result<()> {
+        let mut k = socket2::TcpKeepalive::new();
+        if let Some(t) = self.time {
+            k = k.with_time(t);
+        }
+        if let Some(i) = self.interval {
+            k = k.with_interval(i);
+        }
+        if let Some(n) = self.probes {
+            k = k.with_retries(n);
+        }
+        sock.set_tcp_keepalive(&k)
+    }
+}
+
+/// Istio's `applyConnectionPool` for the connection settings
+/// (pilot/pkg/networking/core/cluster_traffic_policy.go): each field only when set,
+/// `maxRequestsPerConnection` only above 0, `tcpKeepalive` fields in whole seconds
+/// (Envoy's `TcpKeepalive` takes seconds; Istio rounds down, at least 1 s).
+pub fn conn_settings(cp: &ConnectionPoolSettings) -> ConnSettings {
+    let mut c = ConnSettings::default();
+    if let Some(t) = &cp.tcp {
+        c.connect_timeout = t.connect_timeout.as_ref().map(|d| d.duration);
+        c.keepalive = t.tcp_keepalive.as_ref().map(|k| {
+            let secs =
+                |d: &super::istio::IstioDuration| Duration::from_secs(d.duration.as_secs().max(1));
+            Keepalive {
+                time: k.time.as_ref().map(secs),
+                interval: k.interval.as_ref().map(secs),
+                probes: k.probes.filter(|n| *n > 0),
+            }
+        });
+    }
+    if let Some(h) = &cp.http {
+        c.max_requests_per_connection = positive(h.max_requests_per_connection);
+        c.idle_timeout = h.idle_timeout.as_ref().map(|d| d.duration);
+        // Istio's `shouldH2Upgrade` (pilot/pkg/networking/core/cluster_builder.go):
+        // `useClientProtocol` (GW1061 here) prevents the upgrade; UPGRADE makes it,
+        // the user vouching the port speaks HTTP; DEFAULT is the mesh's
+        // `h2UpgradePolicy`, DO_NOT_UPGRADE by default.
+        c.h2_upgrade = h.use_client_protocol != Some(true)
+            && h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade);
+    }
+    c
 }
 
 /// Envoy's `OutlierDetection` as Istio fills it; a threshold of 0 is not enforced.
@@ -190,6 +268,25 @@ pub(crate) fn check(
         }
         if let Some(t) = &cp.tcp {
             non_negative("tcp.maxConnections", t.max_connections, "max connections");
+        }
+        // ValidateDuration: at least 1 ms.
+        let durations = [
+            (
+                "tcp.connectTimeout",
+                cp.tcp.as_ref().and_then(|t| t.connect_timeout.as_ref()),
+            ),
+            (
+                "http.idleTimeout",
+                cp.http.as_ref().and_then(|h| h.idle_timeout.as_ref()),
+            ),
+        ];
+        for (field, d) in durations {
+            if d.is_some_and(|d| d.duration < Duration::from_millis(1)) {
+                err(
+                    format!("{at}.{field}"),
+                    "duration must be greater than 1ms".into(),
+                );
+            }
         }
     }
     if let Some(o) = od {

@@ -47,6 +47,7 @@ pub mod routing;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod upstream_conn;
 pub mod upstream_h2;
 pub mod upstream_tls;
 

@@ -3,14 +3,25 @@
 //! knowledge on plain TCP, ALPN `h2` over TLS origination (Envoy's cluster with
 //! `http2_protocol_options`). hyper's connection API rather than the pooled client, so
 //! that `:authority` is the request's host while the connection goes to the endpoint
-//! (Envoy turns `Host` into `:authority`).
-use std::{collections::HashMap, net::SocketAddr, sync::Mutex, time::Duration};
+//! (Envoy turns `Host` into `:authority`). Also the clusters of an HTTP port with
+//! `h2UpgradePolicy: UPGRADE`. The cluster's `connectionPool` connection settings
+//! apply: connect timeout, TCP keepalive, streams per connection, idle timeout.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use hyper::{Request, Response, body::Incoming, client::conn::http2::SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 
 use super::body::Body;
+use crate::config::upstream_policy::{ConnSettings, Keepalive};
 
 /// Why a request did not get a response: `connect` for a connection (or TLS handshake)
 /// that failed, else the stream or connection was reset.
@@ -22,24 +33,42 @@ pub struct SendError {
 pub struct H2Pool {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
-    conns: Mutex<HashMap<SocketAddr, SendRequest<Body>>>,
+    keepalive: Option<Keepalive>,
+    /// `http.maxRequestsPerConnection`: streams a connection carries before a new one
+    /// is opened (the old one closes once its streams are done).
+    max_requests: Option<u32>,
+    /// `http.idleTimeout`.
+    idle_timeout: Duration,
+    conns: Arc<Mutex<HashMap<SocketAddr, Pooled>>>,
+}
+
+/// An endpoint's connection: its sender, streams sent on it, when it last sent one.
+struct Pooled {
+    sender: SendRequest<Body>,
+    id: u64,
+    streams: u32,
+    last_used: Instant,
 }
 
 impl H2Pool {
+    /// `connect_timeout`: `--connect-timeout`, unless `conn` has `tcp.connectTimeout`.
     pub fn new(
         connect_timeout: Duration,
+        conn: &ConnSettings,
         tls: Option<(rustls::ClientConfig, ServerName<'static>)>,
     ) -> H2Pool {
         H2Pool {
             tls: tls.map(|(mut cfg, sni)| {
                 cfg.alpn_protocols = vec![b"h2".to_vec()];
-                (
-                    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)),
-                    sni,
-                )
+                (tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni)
             }),
-            connect_timeout,
-            conns: Mutex::new(HashMap::new()),
+            connect_timeout: conn.connect_timeout.unwrap_or(connect_timeout),
+            keepalive: conn.keepalive,
+            max_requests: conn.max_requests_per_connection,
+            idle_timeout: conn
+                .idle_timeout
+                .unwrap_or(super::upstream_tls::DEFAULT_IDLE_TIMEOUT),
+            conns: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -61,14 +90,19 @@ impl H2Pool {
 
     /// The endpoint's open connection, or a new one.
     async fn sender(&self, endpoint: SocketAddr) -> Result<SendRequest<Body>, SendError> {
-        if let Some(s) = self
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&endpoint)
-            .filter(|s| !s.is_closed())
         {
-            return Ok(s.clone());
+            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = conns.get_mut(&endpoint) {
+                let spent = self.max_requests.is_some_and(|max| p.streams >= max);
+                if !p.sender.is_closed() && !spent {
+                    p.streams += 1;
+                    p.last_used = Instant::now();
+                    return Ok(p.sender.clone());
+                }
+                // Dropping the pool's sender lets hyper close the connection once
+                // its streams are done.
+                conns.remove(&endpoint);
+            }
         }
         let fail = |message: String| SendError {
             connect: true,
@@ -82,6 +116,11 @@ impl H2Pool {
         .map_err(|_| fail("connect timeout".into()))?
         .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        if let Some(k) = self.keepalive
+            && let Err(e) = k.apply(socket2::SockRef::from(&tcp))
+        {
+            tracing::debug!(target: "gateway::http", "upstream TCP keepalive not set: {e}");
+        }
         let sender = match &self.tls {
             None => handshake(TokioIo::new(tcp)).await,
             Some((connector, sni)) => {
@@ -94,12 +133,51 @@ impl H2Pool {
             }
         }
         .map_err(|e| fail(super::upstream::error_chain(&e)))?;
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(endpoint, sender.clone());
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            endpoint,
+            Pooled {
+                sender: sender.clone(),
+                id,
+                streams: 1,
+                last_used: Instant::now(),
+            },
+        );
+        reap_when_idle(Arc::downgrade(&self.conns), endpoint, id, self.idle_timeout);
         Ok(sender)
     }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// `http.idleTimeout` for an HTTP/2 connection: once no stream has been started on it
+/// for the idle time, the pool lets it go (hyper closes it when its last stream ends).
+/// Envoy counts idleness from the end of the last stream; here it is from the start of
+/// the last one, so a stream longer than the timeout lets a new connection open.
+fn reap_when_idle(
+    conns: std::sync::Weak<Mutex<HashMap<SocketAddr, Pooled>>>,
+    endpoint: SocketAddr,
+    id: u64,
+    idle: Duration,
+) {
+    tokio::spawn(async move {
+        let mut at = Instant::now() + idle;
+        loop {
+            tokio::time::sleep_until(at.into()).await;
+            let Some(conns) = conns.upgrade() else { return };
+            let mut conns = conns.lock().unwrap_or_else(|p| p.into_inner());
+            match conns.get(&endpoint) {
+                Some(p) if p.id == id && !p.sender.is_closed() => {
+                    if p.last_used.elapsed() >= idle {
+                        conns.remove(&endpoint);
+                        return;
+                    }
+                    at = p.last_used + idle;
+                }
+                _ => return,
+            }
+        }
+    });
 }
 
 async fn handshake<T>(io: T) -> hyper::Result<SendRequest<Body>>

@@ -1,7 +1,11 @@
 //! The upstream HTTP clients: one plain (HTTP/1.1 keep-alive, as Istio speaks to a
 //! plain HTTP service port), one per cluster that originates TLS (DestinationRule
 //! `tls` SIMPLE or MUTUAL) and HTTP/2 connections per cluster whose port speaks HTTP/2
-//! (`http::upstream_h2`), built once per config.
+//! (`http::upstream_h2`), built once per config. A cluster whose DestinationRule sets
+//! connection settings (`connectionPool.tcp.connectTimeout`, `tcpKeepalive`,
+//! `http.maxRequestsPerConnection`, `idleTimeout`, `h2UpgradePolicy`) gets a client
+//! built with them: plain HTTP/1.1 clients are shared by the clusters whose settings
+//! are equal (a map keyed by the settings), TLS and HTTP/2 ones are per cluster.
 //!
 //! TLS origination as Envoy's `UpstreamTlsContext` from Istio (pilot/pkg/networking/
 //! core/cluster_tls.go):
@@ -32,29 +36,36 @@ use rustls::{
 };
 
 use super::body::Body;
+use super::upstream_conn::{Connector, send_limited};
 use super::upstream_h2::{H2Pool, SendError};
 use crate::config::{
     Snapshot,
     destination_rule::{ClientTlsMode, ClientTlsSettings},
     snapshot::Cluster,
+    upstream_policy::ConnSettings,
 };
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type HttpClient = Client<HttpsConnector<Connector>, Body>;
 
 /// The clients, by cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct UpstreamClient(Arc<Clients>);
 
 struct Clients {
-    /// Plain HTTP/1.1, every cluster not below.
+    /// Plain HTTP/1.1 with the gateway's own connection settings: every cluster not below.
     plain: HttpClient,
-    /// Clusters that originate TLS or speak HTTP/2: their client, or why there is none.
+    /// Clusters that originate TLS, speak HTTP/2 or have their own connection settings
+    /// (DestinationRule `connectionPool`): their client, or why there is none.
     special: HashMap<String, Result<Upstream, String>>,
 }
 
 enum Upstream {
-    /// HTTP/1.1 over TLS.
-    Tls(Box<HttpClient>),
+    /// HTTP/1.1, plain (shared by the clusters with the same settings) or over TLS.
+    Http1 {
+        client: Box<HttpClient>,
+        tls: bool,
+        max_requests: Option<u32>,
+    },
     /// HTTP/2, h2c or over TLS.
     H2(H2Pool),
 }
@@ -65,17 +76,22 @@ pub enum Target<'a> {
     Http1 {
         client: &'a HttpClient,
         scheme: &'static str,
+        /// `http.maxRequestsPerConnection`.
+        max_requests: Option<u32>,
     },
     H2(&'a H2Pool),
 }
 
 impl UpstreamClient {
+    /// `connect_timeout`: `--connect-timeout`, for clusters without `tcp.connectTimeout`.
     pub fn new(connect_timeout: Duration, snapshot: &Snapshot) -> UpstreamClient {
-        let plain = build(connect_timeout, None);
+        let plain = build(connect_timeout, &ConnSettings::default(), None);
+        // One plain client per distinct connection settings.
+        let mut plain_by: HashMap<ConnSettings, HttpClient> = HashMap::new();
         let special = snapshot
             .clusters
             .values()
-            .filter(|c| c.tls.is_some() || c.http2)
+            .filter(|c| c.tls.is_some() || c.http2 || c.conn != ConnSettings::default())
             .map(|c| {
                 let tls = match &c.tls {
                     Some(t) => client_config(t, c, snapshot).map(Some),
@@ -83,8 +99,22 @@ impl UpstreamClient {
                 };
                 let upstream = tls
                     .map(|tls| match (c.http2, tls) {
-                        (true, tls) => Upstream::H2(H2Pool::new(connect_timeout, tls)),
-                        (false, tls) => Upstream::Tls(Box::new(build(connect_timeout, tls))),
+                        (true, tls) => Upstream::H2(H2Pool::new(connect_timeout, &c.conn, tls)),
+                        (false, Some(tls)) => Upstream::Http1 {
+                            client: Box::new(build(connect_timeout, &c.conn, Some(tls))),
+                            tls: true,
+                            max_requests: c.conn.max_requests_per_connection,
+                        },
+                        (false, None) => Upstream::Http1 {
+                            client: Box::new(
+                                plain_by
+                                    .entry(c.conn)
+                                    .or_insert_with(|| build(connect_timeout, &c.conn, None))
+                                    .clone(),
+                            ),
+                            tls: false,
+                            max_requests: c.conn.max_requests_per_connection,
+                        },
                     })
                     .inspect_err(|e| {
                         tracing::warn!(target: "gateway::http", cluster = %c.name, "TLS origination cannot be set up; requests to this cluster fail (503 UF): {e}");
@@ -102,10 +132,16 @@ impl UpstreamClient {
             None => Ok(Target::Http1 {
                 client: &self.0.plain,
                 scheme: "http",
+                max_requests: None,
             }),
-            Some(Ok(Upstream::Tls(client))) => Ok(Target::Http1 {
+            Some(Ok(Upstream::Http1 {
                 client,
-                scheme: "https",
+                tls,
+                max_requests,
+            })) => Ok(Target::Http1 {
+                client,
+                scheme: if *tls { "https" } else { "http" },
+                max_requests: *max_requests,
             }),
             Some(Ok(Upstream::H2(pool))) => Ok(Target::H2(pool)),
             Some(Err(e)) => Err(e),
@@ -158,23 +194,39 @@ impl Target<'_> {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
         match self {
-            Target::Http1 { client, .. } => client.request(req).await.map_err(|e| SendError {
-                connect: e.is_connect(),
-                message: super::upstream::error_chain(&e),
-            }),
+            Target::Http1 {
+                client,
+                max_requests,
+                ..
+            } => send_limited(client, req, *max_requests)
+                .await
+                .map_err(|e| SendError {
+                    connect: e.is_connect(),
+                    message: super::upstream::error_chain(&e),
+                }),
             Target::H2(pool) => pool.send(endpoint, req).await,
         }
     }
 }
 
+/// Envoy's (and so Istio's) default upstream idle timeout is 1 h; the gateway has
+/// closed pooled connections idle for 60 s since before DestinationRules, and keeps
+/// that when `http.idleTimeout` is not set.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn build(
     connect_timeout: Duration,
+    conn: &ConnSettings,
     tls: Option<(rustls::ClientConfig, ServerName<'static>)>,
 ) -> HttpClient {
     let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(conn.connect_timeout.unwrap_or(connect_timeout)));
     http.set_nodelay(true);
     http.enforce_http(false);
+    let http = Connector {
+        http,
+        keepalive: conn.keepalive,
+    };
     let connector = match tls {
         Some((cfg, sni)) => hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(cfg)
@@ -194,7 +246,7 @@ fn build(
     };
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(conn.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT))
         .build(connector)
 }
 

@@ -258,8 +258,16 @@ pub async fn serve(
         }
     };
     let endpoint = picked.addr;
-    let connected =
-        tokio::time::timeout(gw.opts.connect_timeout, TcpStream::connect(endpoint)).await;
+    // The cluster's `tcp.connectTimeout` and `tcp.tcpKeepalive` (DestinationRule
+    // connectionPool), as Envoy's cluster `connect_timeout` and upstream socket options.
+    let conn = gw
+        .snapshot
+        .clusters
+        .get(&dest.cluster)
+        .map(|c| c.conn)
+        .unwrap_or_default();
+    let connect_timeout = conn.connect_timeout.unwrap_or(gw.opts.connect_timeout);
+    let connected = tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await;
     // Outlier detection: Envoy's tcp_proxy reports the connect
     // (LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL), its failure or its timeout.
     picked.report(match &connected {
@@ -290,6 +298,11 @@ pub async fn serve(
     };
     let _ = down.set_nodelay(true);
     let _ = up.set_nodelay(true);
+    if let Some(k) = conn.keepalive
+        && let Err(e) = k.apply(socket2::SockRef::from(&up))
+    {
+        tracing::debug!(%peer, cluster = %dest.cluster, "upstream TCP keepalive not set: {e}");
+    }
     let upstream_local = up.local_addr().ok();
     let downstream_local = down.local_addr().ok();
     gw.telemetry.tcp_opened(&dest.cluster, endpoint);

@@ -34,6 +34,7 @@ pub(super) fn add(c: &Cluster, cluster: &mut Value) {
             "track_remaining": true,
         }] });
     }
+    conn_settings(c, cluster);
     if let Some(o) = &c.outlier {
         let enforcing = |n: u32| if n > 0 { 100 } else { 0 };
         cluster["outlier_detection"] = json!({
@@ -53,6 +54,48 @@ pub(super) fn add(c: &Cluster, cluster: &mut Value) {
         }
         cluster["common_lb_config"] =
             json!({ "healthy_panic_threshold": { "value": o.min_health_percent } });
+    }
+}
+
+/// The cluster's connection settings as Istio's `applyConnectionPool` writes them:
+/// `connect_timeout`, `upstream_connection_options.tcp_keepalive` (whole seconds) and
+/// the `HttpProtocolOptions` extension (`idle_timeout`, `max_requests_per_connection`,
+/// HTTP/2 for an upgraded cluster). Only what a DestinationRule set.
+fn conn_settings(c: &Cluster, cluster: &mut Value) {
+    let s = &c.conn;
+    if let Some(t) = s.connect_timeout {
+        cluster["connect_timeout"] = duration(t).into();
+    }
+    if let Some(k) = &s.keepalive {
+        let mut ka = json!({});
+        if let Some(n) = k.probes {
+            ka["keepalive_probes"] = n.into();
+        }
+        if let Some(t) = k.time {
+            ka["keepalive_time"] = t.as_secs().into();
+        }
+        if let Some(i) = k.interval {
+            ka["keepalive_interval"] = i.as_secs().into();
+        }
+        cluster["upstream_connection_options"] = json!({ "tcp_keepalive": ka });
+    }
+    let mut common = json!({});
+    if let Some(t) = s.idle_timeout {
+        common["idle_timeout"] = duration(t).into();
+    }
+    if let Some(n) = s.max_requests_per_connection {
+        common["max_requests_per_connection"] = n.into();
+    }
+    if common.as_object().is_some_and(|o| !o.is_empty()) || s.h2_upgrade {
+        let mut opts = json!({
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": common,
+        });
+        if s.h2_upgrade {
+            opts["explicit_http_config"] = json!({ "http2_protocol_options": {} });
+        }
+        cluster["typed_extension_protocol_options"] =
+            json!({ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts });
     }
 }
 

@@ -98,8 +98,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1061",
-        "DestinationRule `connectionPool.tcp.connectTimeout`, `tcpKeepalive`, `maxConnectionDuration`, `idleTimeout`; `connectionPool.http.maxRequestsPerConnection`, `idleTimeout`, `h2UpgradePolicy`, `useClientProtocol`, `maxConcurrentStreams` (every level)",
-        "ignored: the connect timeout is `--connect-timeout`, upstream connections idle out after 60 s and are reused without a request limit, no TCP keepalive; requests go upstream over HTTP/1.1",
+        "DestinationRule `connectionPool.tcp.maxConnectionDuration`, `idleTimeout`; `connectionPool.http.useClientProtocol`, `maxConcurrentStreams` (every level)",
+        "ignored: upstream connections live as long as they are used; a TCP route's connection has no idle timeout; requests go upstream over the cluster's protocol whatever the client spoke; HTTP/2 streams per connection are not capped",
     ),
     (
         "GW1063",
@@ -342,28 +342,11 @@ pub(super) const TRAFFIC_POLICY_AT: &[&str] = &[
 /// Fields of a traffic policy not acted on, relative to it.
 pub(super) const TRAFFIC_POLICY: &[Rule] = &[
     rule(
-        "connectionPool.tcp.connectTimeout",
-        "GW1061",
-        "not supported",
-    ),
-    rule("connectionPool.tcp.tcpKeepalive", "GW1061", "not supported"),
-    rule(
         "connectionPool.tcp.maxConnectionDuration",
         "GW1061",
         "not supported",
     ),
     rule("connectionPool.tcp.idleTimeout", "GW1061", "not supported"),
-    rule(
-        "connectionPool.http.maxRequestsPerConnection",
-        "GW1061",
-        "not supported",
-    ),
-    rule("connectionPool.http.idleTimeout", "GW1061", "not supported"),
-    rule(
-        "connectionPool.http.h2UpgradePolicy",
-        "GW1061",
-        "not supported",
-    ),
     rule(
         "connectionPool.http.useClientProtocol",
         "GW1061",

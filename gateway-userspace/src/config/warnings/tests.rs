@@ -78,7 +78,7 @@ fn every_kind_has_its_warnings() {
             "w.yaml:6:65",
         ),
         (
-            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  workloadSelector: {matchLabels: {a: b}}\n  trafficPolicy:\n    tls: {mode: DISABLE, sni: x.test}\n    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s}}\n    loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n    portLevelSettings:\n    - port: {number: 80}\n      outlierDetection: {consecutive5xxErrors: 1}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      tunnel: {targetHost: a, targetPort: 1}\n      loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: 1s, attributes: [{name: a}]}}}\n",
+            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  workloadSelector: {matchLabels: {a: b}}\n  trafficPolicy:\n    tls: {mode: DISABLE, sni: x.test}\n    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s, idleTimeout: 1s}}\n    loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n    portLevelSettings:\n    - port: {number: 80}\n      outlierDetection: {consecutive5xxErrors: 1}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      tunnel: {targetHost: a, targetPort: 1}\n      loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: 1s, attributes: [{name: a}]}}}\n",
             "GW1066 GW1063 GW1061 GW1067 GW1064 GW1065 GW1065",
             "w.yaml:6:3",
         ),
@@ -298,4 +298,42 @@ fn the_readme_table_lists_every_code() {
             assert!(!effect(r.code).is_empty(), "{}", r.code);
         }
     }
+}
+
+/// The connection settings the gateway acts on (`upstream_policy::ConnSettings`) are
+/// not warned, and reach the cluster as Istio's `applyConnectionPool` sets them.
+#[test]
+fn connection_pool_connection_settings_are_acted_on() {
+    use crate::config::upstream_policy::{ConnSettings, Keepalive};
+    use std::time::Duration;
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [svc.test]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: svc.test\n  trafficPolicy:\n    connectionPool:\n      tcp: {connectTimeout: 250ms, tcpKeepalive: {time: 1500ms, interval: 3s, probes: 4}}\n      http: {maxRequestsPerConnection: 2, idleTimeout: 5s, h2UpgradePolicy: UPGRADE}\n  subsets:\n  - name: v1\n    trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 0, h2UpgradePolicy: DO_NOT_UPGRADE}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [web.example.com]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: svc.test, subset: v1}}]\n";
+    let gw = GW_YAML.replace(", targetPort: 80", "");
+    let l = load(&format!("{gw}---\n{yaml}"), Missing::Isolate);
+    let snap = match &l.result {
+        Ok(s) => s,
+        Err(e) => panic!("errors: {e}"),
+    };
+    let w: Vec<String> = l.warnings.iter().map(ToString::to_string).collect();
+    assert!(w.is_empty(), "{w:#?}");
+    let whole = &snap.clusters["outbound|80||svc.test"];
+    assert_eq!(
+        whole.conn,
+        ConnSettings {
+            connect_timeout: Some(Duration::from_millis(250)),
+            // Envoy's TcpKeepalive is in whole seconds.
+            keepalive: Some(Keepalive {
+                time: Some(Duration::from_secs(1)),
+                interval: Some(Duration::from_secs(3)),
+                probes: Some(4),
+            }),
+            max_requests_per_connection: Some(2),
+            idle_timeout: Some(Duration::from_secs(5)),
+            h2_upgrade: true,
+        }
+    );
+    assert!(whole.http2, "UPGRADE makes the HTTP port's cluster HTTP/2");
+    // A subset's connectionPool replaces the top level's (Istio's MergeTrafficPolicy).
+    let v1 = &snap.clusters["outbound|80|v1|svc.test"];
+    assert_eq!(v1.conn.max_requests_per_connection, None);
+    assert!(!v1.http2);
 }
