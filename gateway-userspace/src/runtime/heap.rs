@@ -23,13 +23,10 @@ use std::{
 /// Free bytes below which a trim is not worth a walk over the arenas.
 pub const MIN_FREE: u64 = 8 << 20;
 
-/// What the trimmer did, for `/stats/prometheus`.
+/// What the trimmer did, for `/stats/prometheus` (the arenas' free and in-use bytes are
+/// read at scrape, [`usage`]).
 #[derive(Debug, Default)]
 pub struct HeapStats {
-    /// Bytes the arenas held free at the last look.
-    pub free_bytes: AtomicU64,
-    /// Bytes in use (allocated and not freed) at the last look.
-    pub in_use_bytes: AtomicU64,
     pub trims: AtomicU64,
     /// Time spent in malloc_trim, summed.
     pub trim_micros: AtomicU64,
@@ -71,12 +68,10 @@ pub fn trim() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim() {}
 
-/// One look: records the arenas' usage and trims when worth it. Returns the free bytes
+/// One look: reads the arenas' usage and trims when worth it. Returns the free bytes
 /// trimmed, if it trimmed.
 pub fn look(stats: &HeapStats) -> Option<u64> {
     let (free, in_use) = usage();
-    stats.free_bytes.store(free, Ordering::Relaxed);
-    stats.in_use_bytes.store(in_use, Ordering::Relaxed);
     if !worth_trimming(free, in_use) {
         return None;
     }
@@ -87,8 +82,6 @@ pub fn look(stats: &HeapStats) -> Option<u64> {
         .trim_micros
         .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
     stats.trimmed_bytes.fetch_add(free, Ordering::Relaxed);
-    let (after, _) = usage();
-    stats.free_bytes.store(after, Ordering::Relaxed);
     tracing::debug!(
         free_mib = free >> 20,
         in_use_mib = in_use >> 20,
