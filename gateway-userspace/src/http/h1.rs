@@ -25,7 +25,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -36,7 +36,9 @@ use hyper::{body::Incoming, service::HttpService};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{HEADER_READ_TIMEOUT, MAX_REQUEST_HEADERS_BYTES, MAX_REQUEST_HEADERS_COUNT, proxy};
+use super::{
+    Counted, HEADER_READ_TIMEOUT, MAX_REQUEST_HEADERS_BYTES, MAX_REQUEST_HEADERS_COUNT, proxy,
+};
 use crate::{server::Gateway, telemetry::metrics::Stats};
 
 /// How long a keep-alive connection must sit quiet (no request open, no byte read since
@@ -70,9 +72,11 @@ where
     let drain = &gw.drain;
     let hold = Arc::new(AtomicBool::new(false));
     let mut io = ClientIo {
-        inner: io,
+        inner: Counted {
+            inner: io,
+            count: conn.bytes_in.clone(),
+        },
         pending: Bytes::new(),
-        count: conn.bytes_in.clone(),
         hold_shutdown: hold.clone(),
     };
     loop {
@@ -133,10 +137,7 @@ where
                     let _ = tokio::time::timeout(Duration::from_secs(1), io.inner.shutdown()).await;
                     return Ended::ClosedParked;
                 }
-                Ok(Ok(n)) => {
-                    io.count.fetch_add(n as u64, Ordering::Relaxed);
-                    io.unread(Bytes::copy_from_slice(&first[..n]));
-                }
+                Ok(Ok(n)) => io.unread(Bytes::copy_from_slice(&first[..n])),
                 Err(_) => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), io.inner.shutdown()).await;
                     return Ended::IdleParked;
@@ -178,12 +179,11 @@ impl Drop for Parked<'_> {
 }
 
 /// The client socket as hyper sees it on HTTP/1.1: bytes handed back by a finished hyper
-/// connection are read first; reads are counted (for [`proxy::ConnCtx::idle`]); while
-/// parking, shutdown is a no-op so the socket stays open.
+/// connection are read first; reads are counted by [`Counted`] (for
+/// [`proxy::ConnCtx::idle`]); while parking, shutdown is a no-op so the socket stays open.
 struct ClientIo<IO> {
-    inner: IO,
+    inner: Counted<IO>,
     pending: Bytes,
-    count: Arc<AtomicU64>,
     hold_shutdown: Arc<AtomicBool>,
 }
 
@@ -216,11 +216,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ClientIo<IO> {
             self.pending.advance(n);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        polled
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 

@@ -512,9 +512,9 @@ async fn idle_watch(conn: &proxy::ConnCtx, idle: Option<Duration>) {
 }
 
 /// Counts the bytes read from the client (for telling idle from slow connections).
-struct Counted<IO> {
-    inner: IO,
-    count: Arc<std::sync::atomic::AtomicU64>,
+pub(super) struct Counted<IO> {
+    pub(super) inner: IO,
+    pub(super) count: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
