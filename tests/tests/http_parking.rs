@@ -46,20 +46,32 @@ fn config_file() -> PathBuf {
 
 /// Reads one `200 hello\n` response (head and its 6-byte body) from `s`.
 fn read_response(s: &mut TcpStream) -> String {
+    read_responses(s, 1).remove(0)
+}
+
+/// Reads `k` `200 hello\n` responses from `s` (pipelined answers may come in one
+/// segment); no byte may follow the last one.
+fn read_responses(s: &mut TcpStream, k: usize) -> Vec<String> {
     let mut got = Vec::new();
+    let mut out = Vec::new();
     let mut buf = [0u8; 1024];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+        while out.len() < k
+            && let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
             && got.len() >= end + 4 + 6
         {
             let rest = got.split_off(end + 4 + 6);
-            assert!(rest.is_empty(), "bytes past one response: {rest:?}");
-            return String::from_utf8_lossy(&got).into_owned();
+            out.push(String::from_utf8_lossy(&got).into_owned());
+            got = rest;
+        }
+        if out.len() == k {
+            assert!(got.is_empty(), "bytes past {k} response(s): {got:?}");
+            return out;
         }
         assert!(
             Instant::now() < deadline,
-            "no full response in 10 s: {got:?}"
+            "no {k} full response(s) in 10 s: {out:?} {got:?}"
         );
         let n = s.read(&mut buf).expect("read");
         assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
@@ -177,8 +189,9 @@ fn idle_keepalive_connections_park_small_and_resume() {
         b"GET /p1 HTTP/1.1\r\nHost: parking.test\r\n\r\nGET /p2 HTTP/1.1\r\nHost: parking.test\r\n\r\n",
     )
     .unwrap();
-    assert!(read_response(s).starts_with("HTTP/1.1 200"));
-    assert!(read_response(s).starts_with("HTTP/1.1 200"));
+    for r in read_responses(s, 2) {
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
     // And a request trickled in a byte at a time into a parked connection.
     wait_metric(
         &gw,
