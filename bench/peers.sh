@@ -71,6 +71,12 @@ PEERS=${PEERS:-"haproxy nginx envoy $GATEWAY_PEERS"}
 TESTS=${TESTS:-"iperf1 iperf4 conn tls tlshs tlsbulk http http512 h2 https hsk"}
 UNPINNED_TESTS=${UNPINNED_TESTS-"iperf1 iperf4 conn tls"}  # L4 tests run again unpinned
 MEM_TESTS=${MEM_TESTS:-"mem_l4 mem_http"}
+# Seconds between opening idle connections and reading RSS, the same for every peer: a
+# steady state rather than the moment of opening (the gateway parks an idle HTTP/1.1
+# connection after 1 s and returns freed heap every 5 s; HAProxy frees idle buffers at
+# once). Below every peer's keep-alive timeout (HAProxy 60 s, nginx 120 s, Envoy and the
+# gateway 1 h).
+MEM_SETTLE=${MEM_SETTLE:-7}
 SLOW_SECS=${SLOW_SECS:-10}        # slow-reader row: seconds of sending (0 = no slow-reader row)
 SLOW_RATE=${SLOW_RATE:-4000000}   # slow-reader row: the upstream reads this many bytes/s
 SLOW_PORT=5202
@@ -85,7 +91,7 @@ Options: --install --check-only --quick --runs N --dur S --workers 1|default --n
          --mem-tests "mem_l4 mem_http" (or "") --idle-conns N --out FILE
 Peers:   haproxy haproxy_splice nginx socat envoy gateway_auto gateway_ebpf gateway_splice gateway_uring
 Env:     RUN_DIR (=$RUN) OUT RUNS DUR CONN_DUR TLS_DUR WARM WORKERS PIN EP_CPUS PX_CPUS ZC WRK_T WRK_C
-         PEERS TESTS UNPINNED_TESTS MEM_TESTS SLOW_SECS SLOW_RATE IDLE_N ENVOY_BIN GATEWAY_BIN
+         PEERS TESTS UNPINNED_TESTS MEM_TESTS MEM_SETTLE SLOW_SECS SLOW_RATE IDLE_N ENVOY_BIN GATEWAY_BIN
          QUIET_PCT QUIET_MAX OTHER_FLAG_PCT NOISY_RETRIES
 EOF
 }
@@ -94,7 +100,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --install) DO_INSTALL=1 ;;
     --check-only) CHECK_ONLY=1 ;;
-    --quick) DUR=1; CONN_DUR=1; TLS_DUR=1; RUNS=1; WARM=0; IDLE_N=1000; SLOW_SECS=2
+    --quick) DUR=1; CONN_DUR=1; TLS_DUR=1; RUNS=1; WARM=0; IDLE_N=1000; SLOW_SECS=2; MEM_SETTLE=${MEM_SETTLE_QUICK:-1}
              QUIET_MAX=${QUIET_MAX:-0}; NOISY_RETRIES=${NOISY_RETRIES:-0}; SETTLE=${SETTLE:-0.2} ;;
     --runs) RUNS=$2; shift ;;
     --mem-tests) MEM_TESTS=$2; shift ;;
@@ -815,7 +821,7 @@ meta v_curl "$(curl --version | head -1 | cut -d' ' -f1-3)"
 meta v_h2load "$(h2load --version 2>/dev/null | head -1 || echo absent)"
 meta v_gateway "$([ -x "$GATEWAY_BIN" ] && echo "$GATEWAY_BIN $(stat -c '%y' "$GATEWAY_BIN" | cut -d. -f1) git $(git -C "$HERE" rev-parse --short HEAD 2>/dev/null)$(git -C "$HERE" status --porcelain -- ../gateway-userspace ../gateway-ebpf ../gateway-common 2>/dev/null | grep -q . && echo '+dirty')" || echo absent)"
 meta gateway_log "RUST_LOG=$GATEWAY_LOG"
-meta idle_conns "$IDLE_N"; meta rlimit_nofile "$NOFILE"; meta mem_tests "$MEM_TESTS"
+meta idle_conns "$IDLE_N"; meta mem_settle_s "$MEM_SETTLE"; meta rlimit_nofile "$NOFILE"; meta mem_tests "$MEM_TESTS"
 meta v_envoy "$([ -n "$ENVOY_BIN" ] && "$ENVOY_BIN" --version 2>/dev/null | grep -o 'version: .*' || echo absent)"
 meta envoy_bin "${ENVOY_BIN:-absent}"
 meta debs "$(dpkg-query -W -f='${Package}=${Version} ' iperf3 wrk haproxy nginx libnginx-mod-stream socat openssl curl nghttp2-client 2>/dev/null)"
@@ -1151,13 +1157,13 @@ mem_measure() { # test target port
     --ready "$ready" --go "$go" --stop "$stop" --hold 90 > "$RUN/raw/mem_${test}_${target}.txt" 2>&1 &
   pid=$!
   for i in $(seq 1 900); do grep -q '^1 ' "$ready" 2>/dev/null && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
-  sleep 0.5
+  sleep "$MEM_SETTLE"
   rss1=$(cg_rss_kb "$target"); sk1=$(sock_pages)
   held1=$(ss -tnH state established "( sport = :$port )" | wc -l); line1=$(cat "$ready" 2>/dev/null)
   : > "$go"
   for i in $(seq 1 900); do grep -q '^2 ' "$ready" 2>/dev/null && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
   t1=$(date +%s%N)
-  sleep 0.5
+  sleep "$MEM_SETTLE"
   rss2=$(cg_rss_kb "$target"); sk2=$(sock_pages)
   held2=$(ss -tnH state established "( sport = :$port )" | wc -l); line2=$(cat "$ready" 2>/dev/null)
   : > "$stop"; wait $pid 2>/dev/null

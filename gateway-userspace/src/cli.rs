@@ -168,8 +168,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub stream_idle_timeout: Duration,
     /// An HTTP/2 connection with no open stream for this long gets GOAWAY and is
-    /// closed (Envoy's HTTP idle_timeout, 1 h). 0: never. HTTP/1.1 keep-alive
-    /// connections close after 10 s idle.
+    /// closed, an HTTP/1.1 keep-alive connection idle this long since its last response
+    /// is closed (Envoy's HTTP idle_timeout, 1 h). 0: never.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub http_idle_timeout: Duration,
     /// Send an HTTP/2 PING this often on every downstream HTTP/2 connection and close

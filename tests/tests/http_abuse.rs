@@ -17,13 +17,16 @@ fn env(ns: &NetNs) -> (Backends, gateway_tests::gateway::GatewayProc) {
         ns,
         vec![App::Http(18080, "webapp"), App::Http(18081, "catalog")],
     );
-    let gw = start_gateway(
+    // The keep-alive idle limit is Envoy's hour by default; 10 s here, so the idle
+    // client of `slowloris_clients_are_closed` is closed beside the slow ones.
+    let gw = start_gateway_with(
         ns,
         &[
             &config("coolstore-gateway.yaml"),
             &config("secrets.yaml"),
             &config("service-entries.yaml"),
         ],
+        &["--http-idle-timeout", "10s"],
     );
     (b, gw)
 }

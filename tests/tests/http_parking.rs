@@ -38,8 +38,9 @@ spec:
 /// Connections held idle for the memory check.
 const IDLE: usize = 500;
 
-fn config_file() -> PathBuf {
-    let p = std::env::temp_dir().join(format!("gw-parking-{}.yaml", std::process::id()));
+/// The config in a file of this test's own (`tag`): tests run in parallel.
+fn config_file(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("gw-parking-{tag}-{}.yaml", std::process::id()));
     std::fs::write(&p, CONFIG).expect("write config");
     p
 }
@@ -110,7 +111,7 @@ fn idle_keepalive_connections_park_small_and_resume() {
         return;
     }
     let ns = NetNs::new("park");
-    let cfg = config_file();
+    let cfg = config_file("park");
     let gw = GatewayProc::start(
         &ns,
         &[&cfg],
@@ -133,9 +134,7 @@ fn idle_keepalive_connections_park_small_and_resume() {
 
     // IDLE connections, one request each, then held: each is parked about a second
     // after its response.
-    // (Sockets made in the namespace stay in it whichever thread uses them.) The
-    // gateway closes a keep-alive connection idle for 10 s, so the whole round trip of
-    // this check stays well inside that.
+    // (Sockets made in the namespace stay in it whichever thread uses them.)
     let t = Instant::now();
     let mut conns = ns.run(|| {
         (0..IDLE)
@@ -218,6 +217,62 @@ fn idle_keepalive_connections_park_small_and_resume() {
         "gateway_http_parked_connections",
         0,
         Duration::from_secs(10),
+    );
+    let _ = std::fs::remove_file(cfg);
+}
+
+/// The keep-alive idle limit is `--http-idle-timeout` (Envoy's `idle_timeout`, 1 h by
+/// default), counted from the last response: a parked connection with the default is
+/// still answered after 12 s of silence (it closed at 10 s before), and one under
+/// `--http-idle-timeout 3s` is closed ~3 s after its response, with a FIN.
+#[test]
+fn keepalive_idle_limit_is_http_idle_timeout() {
+    if !privileged("keepalive_idle_limit_is_http_idle_timeout") {
+        return;
+    }
+    let cfg = config_file("idle");
+    let ns = NetNs::new("parkidle");
+    let gw = GatewayProc::start(
+        &ns,
+        &[&cfg],
+        &["--status-port", "off", "--prometheus-port", "off"],
+    );
+    ns.run(|| {
+        let mut s = TcpStream::connect("127.0.0.1:80").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(ask(&mut s, "/before").starts_with("HTTP/1.1 200"));
+        std::thread::sleep(Duration::from_secs(12));
+        let r = ask(&mut s, "/after-12s");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    });
+    drop(gw);
+
+    let ns = NetNs::new("parkidle3");
+    let _gw = GatewayProc::start(
+        &ns,
+        &[&cfg],
+        &[
+            "--status-port",
+            "off",
+            "--prometheus-port",
+            "off",
+            "--http-idle-timeout",
+            "3s",
+        ],
+    );
+    let took = ns.run(|| {
+        let mut s = TcpStream::connect("127.0.0.1:80").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert!(ask(&mut s, "/once").starts_with("HTTP/1.1 200"));
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).expect("a FIN, not a reset or a timeout");
+        assert_eq!(n, 0, "bytes instead of a close: {:?}", &buf[..n]);
+        t.elapsed()
+    });
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(8),
+        "closed {took:?} after the response (want ~3 s)"
     );
     let _ = std::fs::remove_file(cfg);
 }

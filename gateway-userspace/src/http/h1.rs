@@ -11,8 +11,9 @@
 //! socket and whatever bytes hyper had read but not parsed. The parked connection is the
 //! socket and a few words until the client sends again, when a new hyper connection
 //! starts on it with those bytes first. To the client this is one keep-alive connection:
-//! no byte is written, none lost, and the idle limit ([`super::HEADER_READ_TIMEOUT`]
-//! since the last response ended) is kept by the parking wait.
+//! no byte is written, none lost, and the idle limit (`--http-idle-timeout`, Envoy's
+//! `common_http_protocol_options.idle_timeout`, 1 h by default, counted from the end of
+//! the last response) is kept by the parking wait.
 //!
 //! A busy connection never parks (the quiet check runs once per [`PARK_AFTER`], not per
 //! request), so the hot keep-alive path is untouched.
@@ -50,7 +51,7 @@ pub enum Ended {
     /// hyper finished the connection (client closed, `Connection: close`, an upgrade
     /// handed the socket on) or failed with this error.
     Hyper(Result<(), hyper::Error>),
-    /// Parked, and the client sent nothing more within the idle limit: closed.
+    /// Parked, and the client sent nothing more within `--http-idle-timeout`: closed.
     IdleParked,
     /// Parked, and the client closed or the socket failed, or the drain started.
     ClosedParked,
@@ -58,8 +59,15 @@ pub enum Ended {
     Dropped,
 }
 
-/// Serves HTTP/1.1 on `io` until the connection ends, parking it while idle.
-pub async fn serve<IO, S>(gw: &Gateway, conn: &proxy::ConnCtx, io: IO, svc: S) -> Ended
+/// Serves HTTP/1.1 on `io` until the connection ends, parking it while idle; a
+/// connection idle for `idle_timeout` since its last response is closed (None: never).
+pub async fn serve<IO, S>(
+    gw: &Gateway,
+    conn: &proxy::ConnCtx,
+    io: IO,
+    svc: S,
+    idle_timeout: Option<Duration>,
+) -> Ended
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming> + Clone + Unpin + Send + 'static,
@@ -125,11 +133,13 @@ where
         drop(parts.service);
         if io.pending.is_empty() {
             let _parked = Parked::enter(&gw.stats);
-            let idle = HEADER_READ_TIMEOUT.saturating_sub(conn.quiet_for().unwrap_or_default());
+            let quiet = conn.quiet_for().unwrap_or_default();
+            let idle_left = idle_timeout.map(|t| t.saturating_sub(quiet));
             // A small first read: the rest of the request goes to hyper's own buffer.
             let mut first = [0u8; 128];
             let read = tokio::select! {
-                r = tokio::time::timeout(idle, io.inner.read(&mut first)) => r,
+                r = io.inner.read(&mut first) => Ok(r),
+                () = sleep_or_never(idle_left) => Err(()),
                 () = drain.draining() => Ok(Ok(0)),
             };
             match read {
@@ -144,6 +154,14 @@ where
                 }
             }
         }
+    }
+}
+
+/// Sleeps `d`, or forever when None.
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -79,8 +79,8 @@ pub struct HttpOptions {
     /// a client that stops sending it gets 408 `SI`. None: off.
     pub stream_idle_timeout: Option<Duration>,
     /// Envoy's `common_http_protocol_options.idle_timeout` (1 h by default): an
-    /// HTTP/2 connection without an open stream this long gets GOAWAY and is closed.
-    /// (HTTP/1.1 keep-alive connections close after [`HEADER_READ_TIMEOUT`] idle.)
+    /// HTTP/2 connection without an open stream this long gets GOAWAY and is closed; an
+    /// HTTP/1.1 keep-alive connection idle this long since its last response is closed.
     pub idle_timeout: Option<Duration>,
     /// HTTP/2 PING every this often (Envoy's `connection_keepalive.interval`; unset by
     /// default, as in Istio); a PING unanswered after `http2_keepalive_timeout` closes
@@ -395,7 +395,7 @@ where
             None => return,
         }
     } else {
-        match h1::serve(&gw, &conn, io, svc).await {
+        match h1::serve(&gw, &conn, io, svc, opts.idle_timeout).await {
             h1::Ended::Hyper(r) => r,
             h1::Ended::Dropped | h1::Ended::ClosedParked => return,
             h1::Ended::IdleParked => {
