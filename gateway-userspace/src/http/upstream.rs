@@ -166,11 +166,14 @@ pub async fn forward(
         let body = match (&replay, streaming.take()) {
             (Some(b), _) if b.is_empty() => empty(),
             (Some(b), _) => full(b.clone()),
-            (None, Some(s)) => {
+            // A body of unknown length is recorded for a retry; one known to be
+            // larger than the buffer could never be resent, and is not.
+            (None, Some(s)) if s.size_hint().upper().is_none() => {
                 let (tee, rec) = super::replay::tee(s, RETRY_BUFFER_LIMIT as usize);
                 recording = Some(rec);
                 tee.map_err(BoxError::from).boxed_unsync()
             }
+            (None, Some(s)) => s.map_err(BoxError::from).boxed_unsync(),
             // A retry of a streamed body (only when it was recorded whole: `more`).
             (None, None) => recording
                 .as_ref()
