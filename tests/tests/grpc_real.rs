@@ -285,11 +285,14 @@ fn real_grpc_client_and_server_through_the_gateway() {
     assert_eq!(r.trailing["x-why"], "missing", "{}", ctx(&r));
 
     // The access log: %GRPC_STATUS% from headers (trailers-only) and from trailers.
-    // The deadline: whichever of the client (a reset, DC) and the gateway's
-    // grpc-timeout (504 UT, sent as UNAVAILABLE) acts first; both at 300 ms.
+    // The deadline: whichever acts first of the client (a reset: DC), the gateway's
+    // grpc-timeout (504 UT, sent as UNAVAILABLE) and the server's own deadline (the
+    // gateway passes `grpc-timeout` on, as Envoy does: DEADLINE_EXCEEDED from
+    // upstream); all at about 300 ms.
     let slow = [
         "grpc.test /test.Echo/Slow 0 - - DC",
         "grpc.test /test.Echo/Slow 200 Unavailable 14 UT",
+        "grpc.test /test.Echo/Slow 200 DeadlineExceeded 4 -",
     ];
     let want = [
         "grpc.test /test.Echo/Unary 200 OK 0 -",
