@@ -34,6 +34,8 @@ const DEB_PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "nftables",
     "bpftool",
+    // A real gRPC client and server (the C-core) for tests/grpc/echo.py.
+    "python3-grpcio",
 ];
 /// Installed when the configured apt sources have them, skipped with a note otherwise.
 const OPTIONAL_DEB_PACKAGES: &[&str] = &["bpftool"];

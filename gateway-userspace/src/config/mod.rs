@@ -7,7 +7,8 @@
 //!
 //! Module map: [`istio`] serde types, `source` document splitting and node
 //! positions, `parse` document -> typed resource, `validate` Istio rules and
-//! snapshot assembly, `resolve` destinations -> clusters, `hosts` host-name
+//! snapshot assembly (`source_match`: `sourceLabels` against the gateway itself),
+//! `resolve` destinations -> clusters, `hosts` host-name
 //! rules, [`host_map`] the host lookup the data path uses, [`snapshot`] the output
 //! types.
 
@@ -26,6 +27,7 @@ mod parse;
 mod resolve;
 pub mod snapshot;
 mod source;
+mod source_match;
 pub mod upstream_policy;
 mod upstream_tls;
 mod validate;

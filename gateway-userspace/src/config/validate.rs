@@ -15,6 +15,7 @@ use super::snapshot::{
     Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsRoute, WeightedCluster,
 };
 use super::source::Source;
+use super::source_match::{self, source_ok};
 use super::warnings::Warning;
 use super::{ConfigError, GatewayIdentity};
 
@@ -102,6 +103,7 @@ pub(crate) fn build(
         dest_rules::check(dr, errors);
     }
     let mut routes = RouteBuilder {
+        id,
         resolver: Resolver::new(
             &p.service_entries,
             dest_rules::Index::new(&p.destination_rules, &id.namespace, &id.root_namespace),
@@ -804,6 +806,8 @@ fn port_ok(match_port: Option<u32>, port: u16) -> bool {
 }
 
 struct RouteBuilder<'a> {
+    /// The gateway itself: `sourceLabels`/`sourceNamespace` are compared with it.
+    id: &'a GatewayIdentity,
     resolver: Resolver<'a>,
     /// Resolved destination lists by `vs-key#path`, so a route bound to
     /// several listeners is resolved (and its errors reported) once.
@@ -863,6 +867,7 @@ impl<'a> RouteBuilder<'a> {
                     .collect()
             };
             let spec = &b.vs.res.spec;
+            let id = self.id;
 
             // TCP: the first (VS namespace/name order, then tcp[] order)
             // matching route wins; Envoy has a single TCP proxy per chain.
@@ -872,6 +877,7 @@ impl<'a> RouteBuilder<'a> {
                     r.matches.is_empty()
                         || r.matches.iter().any(|m| {
                             port_ok(m.port, port)
+                                && source_ok(&m.source_labels, m.source_namespace.as_deref(), id)
                                 && tcp_servers.iter().any(|s| b.match_allows(&m.gateways, s))
                         })
                 });
@@ -897,7 +903,10 @@ impl<'a> RouteBuilder<'a> {
                             .iter()
                             .filter(|s| b.match_allows(&m.gateways, s))
                             .collect();
-                        if !port_ok(m.port, port) || allowed.is_empty() {
+                        if !port_ok(m.port, port)
+                            || !source_ok(&m.source_labels, m.source_namespace.as_deref(), id)
+                            || allowed.is_empty()
+                        {
                             continue;
                         }
                         for sni in &m.sni_hosts {
@@ -952,15 +961,25 @@ impl<'a> RouteBuilder<'a> {
                 };
                 for (i, r) in spec.http.iter().enumerate() {
                     if let Some(d) = &r.delegate {
-                        // Merged before the gateway/port filter, as Istio merges the
-                        // VirtualService before building routes from it.
-                        for dr in self.delegated(b, i, r, d) {
+                        // Merged before the gateway/port/source filter, as Istio merges
+                        // the VirtualService before building routes from it.
+                        for mut dr in self.delegated(b, i, r, d) {
+                            let Some(route) = source_match::http_route_for(&dr.route, id) else {
+                                continue;
+                            };
+                            dr.route = route;
                             if applies(&dr.route) {
                                 routes.push(self.delegated_entry(b, i, dr, errors));
                             }
                         }
                         continue;
                     }
+                    // Blocks whose source is not this gateway are gone before anything
+                    // else looks at the route.
+                    let Some(r) = source_match::http_route_for(r, id) else {
+                        continue;
+                    };
+                    let r = &r;
                     if !applies(r) {
                         continue;
                     }

@@ -1,6 +1,6 @@
 //! Every field the gateway reads but does not act on, said out loud.
 //!
-//! Istio's API has fields this gateway does not implement (`sourceLabels`, Telemetry `tracing`, ...). Kubernetes (structural CRD schemas,
+//! Istio's API has fields this gateway does not implement (`statPrefix`, Telemetry `tracing`, ...). Kubernetes (structural CRD schemas,
 //! `kubectl apply`'s strict field validation) accepts them, so the loader does too,
 //! but never silently: each one set (not null, empty, `false` or its default) gives a
 //! [`Warning`] with its position, its path, a stable code (`GW1xxx`, as `istioctl

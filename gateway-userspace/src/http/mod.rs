@@ -43,6 +43,7 @@ pub mod hash_policy;
 pub mod mirror;
 pub mod normalize;
 pub mod proxy;
+pub mod replay;
 pub mod routing;
 pub mod tls;
 pub mod upgrade;

@@ -536,6 +536,10 @@ impl RetryPolicy {
     }
 
     /// Whether a response with this status (and `grpc-status`) is worth another try.
+    /// `grpc_status` is the response headers' (a trailers-only answer): Envoy's
+    /// `RetryStateImpl::wouldRetryFromHeaders` (source/common/router/retry_state_impl.cc)
+    /// reads `Grpc::Common::getGrpcStatus(response_headers)` only; a status in trailers
+    /// comes after the response has gone downstream and is never retried.
     pub fn retries_status(&self, status: u16, grpc_status: Option<u32>) -> bool {
         let on = &self.on;
         (on.five_xx && status >= 500)

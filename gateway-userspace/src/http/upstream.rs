@@ -23,7 +23,8 @@ use crate::server::Gateway;
 pub use super::upstream_tls::UpstreamClient;
 
 /// Request bodies up to this size are buffered so that a retry can resend them
-/// (Envoy buffers for retries too); larger or unsized bodies stream, without retries.
+/// (Envoy buffers for retries too); larger or unsized bodies stream, recorded up to
+/// this size ([`super::replay`]): a retry resends one that ended within it.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// A permitted upgrade offer on its way upstream.
@@ -99,11 +100,9 @@ pub async fn forward(
         (None, Some(body))
     };
     let policy = &route.retry;
-    let max_tries = if replay.is_some() {
-        1 + policy.retries
-    } else {
-        1
-    };
+    let max_tries = 1 + policy.retries;
+    // The streamed body's copy, for a retry (`None` until it starts streaming).
+    let mut recording: Option<super::replay::Recording> = None;
 
     // Consistent hashing: the request's hash, once (retries hash the same).
     let lb_hash = gw
@@ -167,8 +166,19 @@ pub async fn forward(
         let body = match (&replay, streaming.take()) {
             (Some(b), _) if b.is_empty() => empty(),
             (Some(b), _) => full(b.clone()),
+            // A body of unknown length is recorded for a retry; one known to be
+            // larger than the buffer could never be resent, and is not.
+            (None, Some(s)) if s.size_hint().upper().is_none() => {
+                let (tee, rec) = super::replay::tee(s, RETRY_BUFFER_LIMIT as usize);
+                recording = Some(rec);
+                tee.map_err(BoxError::from).boxed_unsync()
+            }
             (None, Some(s)) => s.map_err(BoxError::from).boxed_unsync(),
-            (None, None) => empty(),
+            // A retry of a streamed body (only when it was recorded whole: `more`).
+            (None, None) => recording
+                .as_ref()
+                .and_then(super::replay::Recording::replay)
+                .map_or_else(empty, full),
         };
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
@@ -217,19 +227,18 @@ pub async fn forward(
         {
             return stream_idle_timeout(log);
         }
-        let more = attempt + 1 < max_tries;
+        // A streamed body can be sent again only if it ended and fit the buffer.
+        let more = attempt + 1 < max_tries
+            && (replay.is_some()
+                || recording
+                    .as_ref()
+                    .is_some_and(super::replay::Recording::replayable));
         let overall_expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         let retry = more
             && !overall_expired
             && match &outcome {
-                TryOutcome::Response(r, _) => {
-                    let grpc = r
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok());
-                    policy.retries_status(r.status().as_u16(), grpc)
-                }
+                TryOutcome::Response(r, _) => policy
+                    .retries_status(r.status().as_u16(), super::body::grpc_status(r.headers())),
                 TryOutcome::ConnectFailure(_) => policy.retries_connect_failure(),
                 TryOutcome::Reset(_) | TryOutcome::Timeout => policy.retries_reset(),
             };
@@ -371,7 +380,9 @@ fn stream_idle_timeout(log: &mut RequestLog) -> Response<Body> {
 
 fn retriable(policy: &routing::RetryPolicy, outcome: &TryOutcome) -> bool {
     match outcome {
-        TryOutcome::Response(r, _) => policy.retries_status(r.status().as_u16(), None),
+        TryOutcome::Response(r, _) => {
+            policy.retries_status(r.status().as_u16(), super::body::grpc_status(r.headers()))
+        }
         TryOutcome::ConnectFailure(_) => policy.retries_connect_failure(),
         TryOutcome::Reset(_) | TryOutcome::Timeout => policy.retries_reset(),
     }

@@ -7,11 +7,6 @@ use serde_yaml::Value;
 /// "Warnings" table.
 pub const CODES: &[(&str, &str, &str)] = &[
     (
-        "GW1004",
-        "VirtualService `match[].sourceLabels`, `match[].sourceNamespace` (http, tcp, tls)",
-        "ignored: the match applies as if they were unset (Istio would compare them with the gateway's labels and namespace)",
-    ),
-    (
         "GW1005",
         "VirtualService `tcp[].match[].destinationSubnets`, `sourceSubnet`, `tls[].match[].destinationSubnets`",
         "ignored: the match applies to every address",
@@ -198,36 +193,6 @@ pub(super) const VIRTUAL_SERVICE: &[Rule] = &[
         what: "not supported",
         when: Some(not_everywhere),
     },
-    rule(
-        "spec.http[*].match[*].sourceLabels",
-        "GW1004",
-        "not supported",
-    ),
-    rule(
-        "spec.http[*].match[*].sourceNamespace",
-        "GW1004",
-        "not supported",
-    ),
-    rule(
-        "spec.tcp[*].match[*].sourceLabels",
-        "GW1004",
-        "not supported",
-    ),
-    rule(
-        "spec.tcp[*].match[*].sourceNamespace",
-        "GW1004",
-        "not supported",
-    ),
-    rule(
-        "spec.tls[*].match[*].sourceLabels",
-        "GW1004",
-        "not supported",
-    ),
-    rule(
-        "spec.tls[*].match[*].sourceNamespace",
-        "GW1004",
-        "not supported",
-    ),
     rule(
         "spec.tcp[*].match[*].destinationSubnets",
         "GW1005",

@@ -32,7 +32,7 @@ spec:
   http:
   - match:
     - uri: {prefix: /}
-      sourceLabels: {app: x}
+      statPrefix: x
     route:
     - destination: {host: 127.0.0.1, port: {number: 9}}
 ";
@@ -44,7 +44,7 @@ fn one_warning_per_unsupported_field_with_the_key_position() {
         w,
         [
             "w.yaml:7:54: warning[GW1011]: Gateway istio-system/gw: spec.servers[0].port.targetPort: not supported; ignored: the port listens on `--bind`'s addresses, on `port.number`",
-            "w.yaml:19:7: warning[GW1004]: VirtualService default/web: spec.http[0].match[0].sourceLabels: not supported; ignored: the match applies as if they were unset (Istio would compare them with the gateway's labels and namespace)",
+            "w.yaml:19:7: warning[GW1006]: VirtualService default/web: spec.http[0].match[0].statPrefix: not supported; ignored: no per-route statistics are emitted",
         ]
     );
 }
@@ -107,7 +107,7 @@ fn defaults_and_empty_values_are_not_warned() {
             "  - mirror:\n      {host: 127.0.0.1, subset: v1, port: {number: 9}}\n    match:",
             "  - corsPolicy: {}\n    match:",
         )
-        .replace("sourceLabels: {app: x}", "sourceNamespace: \"\"")
+        .replace("statPrefix: x", "sourceNamespace: \"\"")
         .replace(
             "  hosts: [web.example.com]",
             "  hosts: [web.example.com]\n  exportTo: [\"*\"]",
@@ -268,7 +268,7 @@ fn metric_counts_per_code() {
         "{out}"
     );
     assert!(
-        out.contains("gateway_config_warnings{code=\"GW1004\"} 1\n"),
+        out.contains("gateway_config_warnings{code=\"GW1006\"} 1\n"),
         "{out}"
     );
     let mut none = String::new();
