@@ -798,3 +798,23 @@ fn gateways_for_other_workloads_are_ignored() {
     assert_eq!(ports, [80]);
     assert_eq!(snap.listeners[0].protocol, ListenerProtocol::Tcp);
 }
+
+/// The README's first example ("Config reference by example") loads as `gateway validate`
+/// loads it: no error, no missing reference (a reader pastes it first).
+#[test]
+fn readme_config_reference_example_loads() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split_once("## Config reference by example")
+        .expect("README has the section")
+        .1;
+    let yaml = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a yaml block")
+        .0;
+    let loaded = load_str_with("README.md", yaml, &id(), Missing::Error);
+    if let Err(e) = loaded.result {
+        panic!("the README's config reference example does not load:\n{e}");
+    }
+}
