@@ -860,7 +860,7 @@ for p in $PEERS; do
       mode=(); [ $p = gateway_auto ] || mode=(--splice "${p#gateway_}")
       start_proc $p "$PX_CPU" "$RUN/$p/gateway.log" env RUST_LOG="$GATEWAY_LOG" "${wk[@]}" "$GATEWAY_BIN" run \
         --config "$RUN/$p/gateway.yaml" "${mode[@]}" --admin-addr 127.0.0.1:$(( ${BASE[$p]} + 9 )) \
-        --bind 127.0.0.1 --status-port off --prometheus-port off
+        --bind 127.0.0.1 --status-port off --prometheus-port off --max-connections "$MAXCONN"
       GW_PID[$p]=$LAST_PID ;;
   esac
   ports=""; for o in ${ROLES[$p]}; do ports="$ports $(( ${BASE[$p]} + o ))"; done
