@@ -23,7 +23,7 @@ mod hosts;
 pub mod istio;
 pub mod mesh;
 mod parse;
-mod resolve;
+pub(crate) mod resolve;
 pub mod snapshot;
 mod source;
 pub mod upstream_policy;
