@@ -222,7 +222,11 @@ impl Set {
         };
         let edf = (matches!(policy, LbPolicy::RoundRobin | LbPolicy::LeastRequest)
             && weighted::unequal(&weights))
-        .then(|| Mutex::new(weighted::Edf::new(endpoints.len(), |i| f64::from(weights[i]))));
+        .then(|| {
+            Mutex::new(weighted::Edf::new(endpoints.len(), |i| {
+                f64::from(weights[i])
+            }))
+        });
         Set {
             endpoints,
             weights,

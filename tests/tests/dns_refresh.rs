@@ -38,8 +38,11 @@ impl EtcNetns {
     /// Rewrites the hosts file in place (the bind mount follows the inode, so the
     /// file is truncated and written, never replaced).
     fn hosts(&self, lines: &str) {
-        std::fs::write(self.0.join("hosts"), format!("127.0.0.1 localhost\n{lines}"))
-            .expect("write hosts");
+        std::fs::write(
+            self.0.join("hosts"),
+            format!("127.0.0.1 localhost\n{lines}"),
+        )
+        .expect("write hosts");
     }
 }
 
@@ -153,8 +156,13 @@ fn dns_clusters_follow_the_resolver() {
     // The name moves: HTTP and TCP routes follow within a few refreshes.
     etc.hosts("127.0.0.3 svc.example.test\n");
     let moved = Instant::now();
-    wait_for(&gw, Duration::from_secs(15), "b", || backend_of(&ns, "svc.test"));
-    eprintln!("svc.test moved to b {:?} after the hosts file changed", moved.elapsed());
+    wait_for(&gw, Duration::from_secs(15), "b", || {
+        backend_of(&ns, "svc.test")
+    });
+    eprintln!(
+        "svc.test moved to b {:?} after the hosts file changed",
+        moved.elapsed()
+    );
     wait_for(&gw, Duration::from_secs(5), "b", || tcp_backend(&ns));
     assert_eq!(dumped_endpoints(&gw, SVC), ["127.0.0.3:18400"]);
     for _ in 0..10 {
@@ -179,13 +187,18 @@ fn dns_clusters_follow_the_resolver() {
         gw.log()
     );
     assert!(metric(&gw, "gateway_dns_refreshes_total", SVC).unwrap() >= 2);
-    wait_for(&gw, Duration::from_secs(15), "c", || backend_of(&ns, "late.test"));
+    wait_for(&gw, Duration::from_secs(15), "c", || {
+        backend_of(&ns, "late.test")
+    });
     for _ in 0..10 {
         assert_eq!(backend_of(&ns, "svc.test"), "b", "{}", gw.log());
     }
     assert_eq!(tcp_backend(&ns), "b");
     assert_eq!(dumped_endpoints(&gw, SVC), ["127.0.0.3:18400"]);
-    assert!(gw.log().contains("DNS refresh failed; keeping the last addresses"));
+    assert!(
+        gw.log()
+            .contains("DNS refresh failed; keeping the last addresses")
+    );
     drop(gw);
     drop(etc);
 }
@@ -198,7 +211,11 @@ fn spread(ns: &NetNs, host: &str, url: &str) -> std::collections::BTreeMap<Strin
         .args(["-H", &format!("host: {host}"), url])
         .output()
         .expect("run curl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut m = std::collections::BTreeMap::new();
     for l in String::from_utf8_lossy(&out.stdout).lines() {
         if let Some(v) = l.strip_prefix("x-backend: ") {
@@ -241,7 +258,8 @@ fn endpoint_weights() {
     // proxy-config shows the weights (Envoy's load_balancing_weight).
     let dump = gw.admin_get("/config_dump");
     assert!(
-        dump.contains("\"load_balancing_weight\": 3") || dump.contains("\"load_balancing_weight\":3"),
+        dump.contains("\"load_balancing_weight\": 3")
+            || dump.contains("\"load_balancing_weight\":3"),
         "{dump}"
     );
 }

@@ -281,6 +281,26 @@ pub(crate) fn validate_telemetry(
     }
 }
 
+/// A protobuf Duration as YAML/JSON writes it (`"60s"`, `"0.5s"`), or a humantime one
+/// (`"1m"`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    if let Some(secs) = t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
+        return std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("\"{text}\" is not a duration"));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("\"{text}\" is not a duration: {e}"))
+}
+
+impl MeshConfig {
+    /// `dnsRefreshRate`, if set (checked by [`parse`]).
+    pub fn dns_refresh_rate(&self) -> Option<std::time::Duration> {
+        self.dns_refresh_rate
+            .as_deref()
+            .and_then(|r| parse_duration(r).ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,24 +393,21 @@ mod tests {
                 .to_string();
         assert!(e.contains("unknown field `disable`"), "{e}");
     }
-}
 
-/// A protobuf Duration as YAML/JSON writes it (`"60s"`, `"0.5s"`), or a humantime one
-/// (`"1m"`).
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    if let Some(secs) = t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
-        return std::time::Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("\"{text}\" is not a duration"));
-    }
-    humantime::parse_duration(t).map_err(|e| format!("\"{text}\" is not a duration: {e}"))
-}
-
-impl MeshConfig {
-    /// `dnsRefreshRate`, if set (checked by [`parse`]).
-    pub fn dns_refresh_rate(&self) -> Option<std::time::Duration> {
-        self.dns_refresh_rate
-            .as_deref()
-            .and_then(|r| parse_duration(r).ok())
+    #[test]
+    fn dns_refresh_rate_is_a_duration() {
+        let p = std::path::Path::new("m.yaml");
+        let m = parse(p, "dnsRefreshRate: 5s\n").unwrap();
+        assert_eq!(
+            m.dns_refresh_rate(),
+            Some(std::time::Duration::from_secs(5))
+        );
+        let m = parse(p, "dnsRefreshRate: 0.5s\n").unwrap();
+        assert_eq!(
+            m.dns_refresh_rate(),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert!(parse(p, "dnsRefreshRate: soon\n").is_err());
+        assert!(super::super::warnings::scan_mesh(p, "dnsRefreshRate: 5s\n").is_empty());
     }
 }

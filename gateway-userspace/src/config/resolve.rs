@@ -112,7 +112,11 @@ impl<'a> Resolver<'a> {
             let refresh = DnsRefresh { targets };
             let (eps, weights) = refresh.endpoints();
             // Only names are looked up again; fixed addresses never change.
-            let dns = refresh.targets.iter().any(|t| t.name.is_some()).then_some(refresh);
+            let dns = refresh
+                .targets
+                .iter()
+                .any(|t| t.name.is_some())
+                .then_some(refresh);
             let conn: upstream_policy::ConnSettings = rule
                 .and_then(|r| r.connection_pool(port, subset))
                 .map(upstream_policy::conn_settings)
@@ -241,7 +245,10 @@ impl<'a> Resolver<'a> {
                 // A name (not an IP literal) is looked up again every refresh, so a
                 // name that failed here serves once it resolves.
                 let target = DnsTarget {
-                    name: written.parse::<IpAddr>().is_err().then(|| written.to_string()),
+                    name: written
+                        .parse::<IpAddr>()
+                        .is_err()
+                        .then(|| written.to_string()),
                     port,
                     weight: 1,
                     first_only: false,
@@ -376,7 +383,12 @@ impl<'a> Resolver<'a> {
     }
 
     /// System resolver, memoized per load so a name is looked up once.
-    fn lookup(&mut self, host: &str, port: u16, first_only: bool) -> Result<Vec<SocketAddr>, String> {
+    fn lookup(
+        &mut self,
+        host: &str,
+        port: u16,
+        first_only: bool,
+    ) -> Result<Vec<SocketAddr>, String> {
         self.dns
             .entry((host.to_ascii_lowercase(), port))
             .or_insert_with(|| system_lookup(host, port))

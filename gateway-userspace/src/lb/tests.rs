@@ -59,7 +59,13 @@ fn least_request_avoids_the_busy_endpoint() {
     drop(held);
     drop(busy);
     // Every guard dropped: counters back to zero, so the spread is even again.
-    assert!(b.set.load().active.iter().all(|a| a.load(Ordering::Relaxed) == 0));
+    assert!(
+        b.set
+            .load()
+            .active
+            .iter()
+            .all(|a| a.load(Ordering::Relaxed) == 0)
+    );
 }
 
 #[test]
@@ -342,7 +348,10 @@ fn weighted_least_request_divides_weight_by_load() {
         .take(3)
         .collect();
     let m = spread(&b, 100, |_| None);
-    assert!(m[&eps(2)[0]] > m.get(&eps(2)[1]).copied().unwrap_or(0), "{m:?}");
+    assert!(
+        m[&eps(2)[0]] > m.get(&eps(2)[1]).copied().unwrap_or(0),
+        "{m:?}"
+    );
     drop(held);
 }
 

@@ -172,7 +172,11 @@ impl Edf {
 
     /// Picks the earliest usable endpoint and adds every endpoint it passed (the picked
     /// one and skipped unusable ones) back with `weight(i)` (`pickAndAdd`).
-    pub fn pick(&mut self, usable: impl Fn(usize) -> bool, weight: impl Fn(usize) -> f64) -> Option<usize> {
+    pub fn pick(
+        &mut self,
+        usable: impl Fn(usize) -> bool,
+        weight: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
         for _ in 0..self.heap.len() {
             let e = self.heap.pop()?;
             self.current = e.deadline;

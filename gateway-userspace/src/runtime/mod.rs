@@ -1,5 +1,5 @@
 //! Process-wide services of a running gateway (see DESIGN.md, "Architecture": the
 //! runtime owns what lives as long as the process does).
-pub mod drain;
 pub mod dns;
+pub mod drain;
 pub mod heap;
