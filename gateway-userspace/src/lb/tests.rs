@@ -404,3 +404,16 @@ fn update_keeps_the_state_of_endpoints_that_stay() {
     drop(held);
     assert_eq!(b.endpoints(), [(eps(3)[1], 1), (eps(3)[2], 1)]);
 }
+
+#[test]
+fn weighted_round_robin_skips_an_ejected_heavy_endpoint() {
+    let mut p = outlier_policy(10_000, 30_000);
+    p.consecutive_5xx = 1;
+    let mut b = Balancer::weighted(LbPolicy::RoundRobin, eps(2), vec![1000, 1]);
+    let o = Arc::new(outlier::Outlier::new(p, "c", &eps(2)));
+    b.outlier = Some(o.clone());
+    o.report(0, outlier::Outcome::Response(500));
+    for _ in 0..10 {
+        assert_eq!(b.pick(None).unwrap().addr, eps(2)[1]);
+    }
+}

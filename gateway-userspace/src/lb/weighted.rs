@@ -170,22 +170,32 @@ impl Edf {
         self.order += 1;
     }
 
-    /// Picks the earliest usable endpoint and adds every endpoint it passed (the picked
-    /// one and skipped unusable ones) back with `weight(i)` (`pickAndAdd`).
+    /// Picks the earliest usable endpoint and adds it back with `weight(i)`
+    /// (`pickAndAdd`). Unusable (ejected) endpoints passed on the way are added back
+    /// as if new, due `1 / weight` from now, as Envoy's scheduler rebuilt over the
+    /// healthy hosts would have them; each is passed at most once per pick.
     pub fn pick(
         &mut self,
         usable: impl Fn(usize) -> bool,
         weight: impl Fn(usize) -> f64,
     ) -> Option<usize> {
-        for _ in 0..self.heap.len() {
-            let e = self.heap.pop()?;
-            self.current = e.deadline;
+        let mut skipped = Vec::new();
+        let mut found = None;
+        while let Some(e) = self.heap.pop() {
             let i = e.index as usize;
-            self.add(i, weight(i));
             if usable(i) {
-                return Some(i);
+                self.current = e.deadline;
+                found = Some(i);
+                break;
             }
+            skipped.push(i);
         }
-        None
+        if let Some(i) = found {
+            self.add(i, weight(i));
+        }
+        for i in skipped {
+            self.add(i, weight(i));
+        }
+        found
     }
 }
