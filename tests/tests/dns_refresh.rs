@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gateway_tests::backends;
-use gateway_tests::gateway::GatewayProc;
+use gateway_tests::gateway::{GatewayProc, gateway_bin};
 use gateway_tests::netns::{NetNs, privileged};
 use http_common::*;
 
@@ -100,27 +100,28 @@ fn metric(gw: &GatewayProc, name: &str, cluster: &str) -> Option<u64> {
         .map(|v| v.trim().parse().expect("metric value"))
 }
 
-/// The endpoint addresses `/config_dump` shows for `cluster`.
-fn dumped_endpoints(gw: &GatewayProc, cluster: &str) -> Vec<String> {
-    let dump = gw.admin_json("/config_dump");
-    let clusters = dump["configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|c| c["dynamic_active_clusters"].as_array())
-        .expect("clusters in the dump");
-    let c = clusters
-        .iter()
-        .find(|c| c["cluster"]["name"] == cluster)
-        .unwrap_or_else(|| panic!("no cluster {cluster}"));
-    c["cluster"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let a = &e["endpoint"]["address"]["socket_address"];
-            format!("{}:{}", a["address"].as_str().unwrap(), a["port_value"])
-        })
+/// The ENDPOINT column of `gateway proxy-config endpoint --cluster <cluster>`.
+fn shown_endpoints(ns: &NetNs, cluster: &str) -> Vec<String> {
+    let out = ns
+        .cmd(gateway_bin().to_str().unwrap())
+        .args([
+            "proxy-config",
+            "endpoint",
+            "--admin-addr",
+            "127.0.0.1:15000",
+        ])
+        .args(["--cluster", cluster])
+        .output()
+        .expect("proxy-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect()
 }
 
@@ -152,6 +153,7 @@ fn dns_clusters_follow_the_resolver() {
     assert_eq!(backend_of(&ns, "late.test"), "503");
     assert_eq!(backend_of(&ns, "svc.test"), "a");
     assert_eq!(tcp_backend(&ns), "a");
+    assert_eq!(shown_endpoints(&ns, SVC), ["127.0.0.2:18400"]);
 
     // The name moves: HTTP and TCP routes follow within a few refreshes.
     etc.hosts("127.0.0.3 svc.example.test\n");
@@ -164,7 +166,7 @@ fn dns_clusters_follow_the_resolver() {
         moved.elapsed()
     );
     wait_for(&gw, Duration::from_secs(5), "b", || tcp_backend(&ns));
-    assert_eq!(dumped_endpoints(&gw, SVC), ["127.0.0.3:18400"]);
+    assert_eq!(shown_endpoints(&ns, SVC), ["127.0.0.3:18400"]);
     for _ in 0..10 {
         assert_eq!(backend_of(&ns, "svc.test"), "b", "{}", gw.log());
     }
@@ -194,7 +196,7 @@ fn dns_clusters_follow_the_resolver() {
         assert_eq!(backend_of(&ns, "svc.test"), "b", "{}", gw.log());
     }
     assert_eq!(tcp_backend(&ns), "b");
-    assert_eq!(dumped_endpoints(&gw, SVC), ["127.0.0.3:18400"]);
+    assert_eq!(shown_endpoints(&ns, SVC), ["127.0.0.3:18400"]);
     assert!(
         gw.log()
             .contains("DNS refresh failed; keeping the last addresses")
