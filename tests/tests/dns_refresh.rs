@@ -1,7 +1,8 @@
 //! Endpoints that change, through a real gateway: DNS clusters re-resolved every
 //! `--dns-refresh-rate` (the namespace's /etc/hosts is rewritten: `ip netns exec`,
 //! which starts the gateway, bind-mounts /etc/netns/<ns>/hosts over /etc/hosts, and
-//! glibc reads it on every lookup), for HTTP and TCP routes; a name that stops
+//! glibc reads it on every lookup), for HTTP and TCP routes and `proxy-config endpoint`
+//! (a request in flight to the old address finishes there); a name that stops
 //! resolving keeps its last addresses and is counted; a name absent at start serves
 //! once it resolves. And ServiceEntry endpoint weights under ROUND_ROBIN and ring hash.
 //! Config: tests/fixtures/http/dns_refresh.yaml.
@@ -155,6 +156,27 @@ fn dns_clusters_follow_the_resolver() {
     assert_eq!(tcp_backend(&ns), "a");
     assert_eq!(shown_endpoints(&ns, SVC), ["127.0.0.2:18400"]);
 
+    // A slow request in flight to a while the name moves: it finishes there.
+    let ns_name = ns.name.clone();
+    let slow = std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns_name,
+                "curl",
+                "-sS",
+                "-i",
+                "--max-time",
+                "20",
+            ])
+            .args(["-H", "host: svc.test", "http://127.0.0.1/delay/2500"])
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
     // The name moves: HTTP and TCP routes follow within a few refreshes.
     etc.hosts("127.0.0.3 svc.example.test\n");
     let moved = Instant::now();
@@ -170,6 +192,9 @@ fn dns_clusters_follow_the_resolver() {
     for _ in 0..10 {
         assert_eq!(backend_of(&ns, "svc.test"), "b", "{}", gw.log());
     }
+    let slow = slow.join().expect("slow request thread");
+    assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
+    assert!(slow.to_ascii_lowercase().contains("x-backend: a"), "{slow}");
 
     // The name stops resolving: counted, and the last list keeps serving. The name
     // absent at start appears and serves.
