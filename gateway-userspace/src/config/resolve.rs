@@ -352,7 +352,8 @@ impl<'a> Resolver<'a> {
             let Ok(port) = u16::try_from(number) else {
                 continue;
             };
-            // Istio sends an unset (or 0) weight as Envoy's default, 1.
+            // Istio's `IstioEndpoint.GetLoadBalancingWeight` (pilot/pkg/model/service.go):
+            // an unset or 0 weight is 1.
             let weight = ep.weight.filter(|w| *w > 0).unwrap_or(1);
             let mut target = DnsTarget {
                 name: None,
