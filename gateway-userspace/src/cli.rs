@@ -197,6 +197,11 @@ pub struct RunArgs {
     /// arenas hold a lot of it free (after connections close; `runtime::heap`). 0: never.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub heap_trim_interval: Duration,
+    /// How often DNS clusters (ServiceEntry `resolution: DNS` / `DNS_ROUND_ROBIN`,
+    /// hostname endpoints) are resolved again (Istio's MeshConfig `dnsRefreshRate`;
+    /// default: the `--mesh-config`'s, else 60 s). 0: resolve once at start.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub dns_refresh_rate: Option<Duration>,
 }
 
 /// A port, or none (`0`, `off`).
@@ -529,6 +534,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         ));
     }
+    let dns_rate = args
+        .dns_refresh_rate
+        .or(mesh.dns_refresh_rate())
+        .unwrap_or(crate::runtime::dns::DEFAULT_REFRESH_RATE);
+    tokio::spawn(crate::runtime::dns::run(gw.clone(), dns_rate));
     let accept_loops = listeners
         .into_iter()
         .map(|(l, sock)| tokio::spawn(listener::accept_loop(gw.clone(), l, sock)))

@@ -4,6 +4,9 @@
 //! - LEAST_REQUEST (Istio's default): two random endpoints, the one with fewer active
 //!   requests (Envoy `LeastRequestLoadBalancer`, `choice_count` 2; ties: the first).
 //! - ROUND_ROBIN, RANDOM.
+//! - With unequal endpoint weights (ServiceEntry `endpoints[].weight`), ROUND_ROBIN
+//!   and LEAST_REQUEST use Envoy's EDF scheduler and the hash tables give each endpoint
+//!   a share by weight ([`weighted`]); RANDOM ignores weights, as Envoy's does.
 //! - RING_HASH: each endpoint hashed onto a ring `ceil(minimum_ring_size / n)` times
 //!   (xxHash64 of `"<ip:port>_<i>"`), the request's hash takes the first entry at or
 //!   after it (Envoy `RingHashLoadBalancer`).
@@ -11,7 +14,8 @@
 //!   address hashed with seed 1), looked up at hash mod M.
 //!
 //! A request without a hash (the header absent, say) takes a random one, as Envoy does.
-//! The tables are built once per config, never per request.
+//! The tables are built once per endpoint list, never per request: a DNS refresh
+//! ([`Balancer::update`]) swaps in a new list and its tables atomically.
 //!
 //! Endpoints ejected by outlier detection ([`outlier`]) are skipped by every policy:
 //! ROUND_ROBIN, RANDOM and LEAST_REQUEST choose among the others; RING_HASH takes the
@@ -21,11 +25,14 @@
 
 pub mod outlier;
 pub mod pool;
+pub mod weighted;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use xxhash_rust::xxh64::xxh64;
 
@@ -48,11 +55,13 @@ impl Balancers {
                 .clusters
                 .values()
                 .map(|c| {
-                    let mut b = Balancer::new(c.lb.clone(), c.endpoints.clone());
+                    let mut b =
+                        Balancer::weighted(c.lb.clone(), c.endpoints.clone(), c.weights.clone());
                     b.outlier = c
                         .outlier
                         .map(|p| Arc::new(outlier::Outlier::new(p, &c.name, &c.endpoints)));
                     b.pool = c.circuit_breakers.map(|l| Arc::new(pool::Pool::new(l)));
+                    b.dns = c.dns.as_ref().map(|_| DnsStats::default());
                     (c.name.clone(), b)
                 })
                 .collect(),
@@ -63,12 +72,17 @@ impl Balancers {
         self.0.get(cluster)
     }
 
-    /// Whether each endpoint of `cluster` is ejected now (empty: no outlier detection).
-    pub fn ejected(&self, cluster: &str) -> Vec<bool> {
-        self.get(cluster)
-            .and_then(|b| b.outlier.as_ref())
-            .map(|o| o.ejected())
-            .unwrap_or_default()
+    /// A cluster's endpoints now: (address, weight, ejected), for `proxy-config`.
+    pub fn live(&self, cluster: &str) -> Option<Vec<(SocketAddr, u32, bool)>> {
+        let b = self.get(cluster)?;
+        let ejected = b.ejected();
+        Some(
+            b.endpoints()
+                .into_iter()
+                .zip(ejected)
+                .map(|((a, w), e)| (a, w, e))
+                .collect(),
+        )
     }
 
     /// The clusters' outlier and circuit-breaker metrics (Envoy's
@@ -123,6 +137,18 @@ impl Balancers {
             "Requests and TCP connections refused by the cluster's circuit breakers (503 UO).",
             &|b| b.pool.as_ref().map(|p| p.overflows.load(Ordering::Relaxed)),
         );
+        rows(
+            "gateway_dns_refreshes_total",
+            "counter",
+            "DNS re-resolutions of the cluster's names (Envoy's update_attempt).",
+            &|b| b.dns.as_ref().map(|d| d.refreshes.load(Ordering::Relaxed)),
+        );
+        rows(
+            "gateway_dns_refresh_failures_total",
+            "counter",
+            "DNS re-resolutions where a name did not resolve; the last good addresses were kept (Envoy's update_failure).",
+            &|b| b.dns.as_ref().map(|d| d.failures.load(Ordering::Relaxed)),
+        );
     }
 }
 
@@ -140,71 +166,174 @@ pub enum Pick {
 #[derive(Debug)]
 pub struct Picked {
     pub addr: SocketAddr,
-    active: Arc<[AtomicU32]>,
-    index: usize,
+    active: Arc<AtomicU32>,
     outlier: Option<Arc<outlier::Outlier>>,
 }
 
 impl Picked {
-    /// The result of a try on this endpoint, for outlier detection.
+    /// The result of a try on this endpoint, for outlier detection (by address: the
+    /// endpoint list may have changed since the pick).
     pub fn report(&self, outcome: outlier::Outcome) {
         if let Some(o) = &self.outlier {
-            o.report(self.index, outcome);
+            o.report_addr(self.addr, outcome);
         }
     }
 }
 
 impl Drop for Picked {
     fn drop(&mut self) {
-        self.active[self.index].fetch_sub(1, Ordering::Relaxed);
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One endpoint list and the tables built over it; replaced whole when DNS changes it.
+#[derive(Debug)]
+struct Set {
+    endpoints: Vec<SocketAddr>,
+    weights: Vec<u32>,
+    /// Active requests per endpoint, shared with the next set for endpoints that stay.
+    active: Vec<Arc<AtomicU32>>,
+    /// ROUND_ROBIN / LEAST_REQUEST with unequal weights: Envoy's EDF scheduler.
+    edf: Option<Mutex<weighted::Edf>>,
+    /// RING_HASH: (hash, endpoint) sorted by hash. MAGLEV: endpoint per slot.
+    ring: Vec<(u64, u32)>,
+    maglev: Vec<u32>,
+}
+
+impl Set {
+    fn new(
+        policy: &LbPolicy,
+        endpoints: Vec<SocketAddr>,
+        weights: Vec<u32>,
+        active: Vec<Arc<AtomicU32>>,
+    ) -> Set {
+        let (ring, maglev) = match policy {
+            LbPolicy::RingHash {
+                minimum_ring_size, ..
+            } => (
+                weighted::ring(&endpoints, &weights, *minimum_ring_size),
+                Vec::new(),
+            ),
+            LbPolicy::Maglev { table_size, .. } => (
+                Vec::new(),
+                weighted::maglev(&endpoints, &weights, *table_size),
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let edf = (matches!(policy, LbPolicy::RoundRobin | LbPolicy::LeastRequest)
+            && weighted::unequal(&weights))
+        .then(|| {
+            Mutex::new(weighted::Edf::new(endpoints.len(), |i| {
+                f64::from(weights[i])
+            }))
+        });
+        Set {
+            endpoints,
+            weights,
+            active,
+            edf,
+            ring,
+            maglev,
+        }
     }
 }
 
 #[derive(Debug)]
 pub struct Balancer {
     pub policy: LbPolicy,
-    endpoints: Vec<SocketAddr>,
-    active: Arc<[AtomicU32]>,
+    set: ArcSwap<Set>,
     rr: AtomicUsize,
-    /// RING_HASH: (hash, endpoint) sorted by hash. MAGLEV: endpoint per slot.
-    ring: Vec<(u64, u32)>,
-    maglev: Vec<u32>,
     pub outlier: Option<Arc<outlier::Outlier>>,
     pub pool: Option<Arc<pool::Pool>>,
+    /// DNS clusters: refreshes done and failed (`runtime::dns`).
+    pub dns: Option<DnsStats>,
+}
+
+/// A DNS cluster's refresh counters.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    pub refreshes: AtomicU64,
+    pub failures: AtomicU64,
 }
 
 impl Balancer {
+    /// Every endpoint with weight 1.
     pub fn new(policy: LbPolicy, endpoints: Vec<SocketAddr>) -> Balancer {
-        let (ring, maglev) = match &policy {
-            LbPolicy::RingHash {
-                minimum_ring_size, ..
-            } => (ring(&endpoints, *minimum_ring_size), Vec::new()),
-            LbPolicy::Maglev { table_size, .. } => (Vec::new(), maglev(&endpoints, *table_size)),
-            _ => (Vec::new(), Vec::new()),
-        };
+        let weights = vec![1; endpoints.len()];
+        Balancer::weighted(policy, endpoints, weights)
+    }
+
+    /// `weights[i]` is endpoint `i`'s (Envoy's `load_balancing_weight`, at least 1).
+    pub fn weighted(policy: LbPolicy, endpoints: Vec<SocketAddr>, weights: Vec<u32>) -> Balancer {
+        let active = endpoints.iter().map(|_| Arc::default()).collect();
+        let set = Set::new(&policy, endpoints, weights, active);
         Balancer {
-            active: (0..endpoints.len()).map(|_| AtomicU32::new(0)).collect(),
             policy,
-            endpoints,
+            set: ArcSwap::from_pointee(set),
             rr: AtomicUsize::new(0),
-            ring,
-            maglev,
             outlier: None,
             pool: None,
+            dns: None,
         }
+    }
+
+    /// The endpoints now, with their weights.
+    pub fn endpoints(&self) -> Vec<(SocketAddr, u32)> {
+        let set = self.set.load();
+        set.endpoints
+            .iter()
+            .copied()
+            .zip(set.weights.iter().copied())
+            .collect()
+    }
+
+    /// Whether each endpoint (of [`endpoints`](Self::endpoints)) is ejected now.
+    pub fn ejected(&self) -> Vec<bool> {
+        let set = self.set.load();
+        match &self.outlier {
+            Some(o) => o.ejected_for(&set.endpoints),
+            None => vec![false; set.endpoints.len()],
+        }
+    }
+
+    /// Replaces the endpoint list (a DNS refresh). Endpoints that stay keep their
+    /// active-request counts and outlier state; new ones start fresh; removed ones get
+    /// no new requests (requests in flight to them finish: their [`Picked`] holds its
+    /// own counter). The tables are rebuilt over the new list. Returns whether it
+    /// changed.
+    pub fn update(&self, endpoints: Vec<SocketAddr>, weights: Vec<u32>) -> bool {
+        let old = self.set.load();
+        if old.endpoints == endpoints && old.weights == weights {
+            return false;
+        }
+        let active = endpoints
+            .iter()
+            .map(|e| match old.endpoints.iter().position(|o| o == e) {
+                Some(i) => old.active[i].clone(),
+                None => Arc::default(),
+            })
+            .collect();
+        if let Some(o) = &self.outlier {
+            o.set_endpoints(&endpoints);
+        }
+        self.set
+            .store(Arc::new(Set::new(&self.policy, endpoints, weights, active)));
+        true
     }
 
     /// Picks an endpoint; `hash` is the request's (consistent-hash policies only).
     pub fn pick(&self, hash: Option<u64>) -> Option<Picked> {
-        match &self.outlier {
-            None => self.pick_among(hash, None),
-            Some(o) => o.with_usable(|usable| self.pick_among(hash, usable)),
-        }
+        let set = self.set.load();
+        let usable = self
+            .outlier
+            .as_ref()
+            .and_then(|o| o.usable_for(&set.endpoints));
+        self.pick_among(&set, hash, usable.as_deref())
     }
 
     /// `usable`: which endpoints may be taken (`None`: all).
-    fn pick_among(&self, hash: Option<u64>, usable: Option<&[bool]>) -> Option<Picked> {
-        let n = self.endpoints.len();
+    fn pick_among(&self, set: &Set, hash: Option<u64>, usable: Option<&[bool]>) -> Option<Picked> {
+        let n = set.endpoints.len();
         let ok = |i: usize| usable.is_none_or(|u| u[i]);
         let count = usable.map_or(n, |u| u.iter().filter(|x| **x).count());
         if count == 0 {
@@ -215,96 +344,48 @@ impl Balancer {
             None => k,
             Some(u) => (0..n).filter(|i| u[*i]).nth(k).unwrap_or(0),
         };
-        let index = match &self.policy {
-            LbPolicy::RoundRobin => nth(self.rr.fetch_add(1, Ordering::Relaxed) % count),
-            LbPolicy::Random => nth(fastrand::usize(..count)),
-            LbPolicy::LeastRequest => {
+        let load = |i: usize| set.active[i].load(Ordering::Relaxed);
+        let index = match (&self.policy, &set.edf) {
+            (LbPolicy::RoundRobin, Some(edf)) => edf
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pick(ok, |i| f64::from(set.weights[i]))?,
+            // Envoy's `hostWeight`: weight / (active_requests + 1)^1.0.
+            (LbPolicy::LeastRequest, Some(edf)) => edf
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pick(ok, |i| f64::from(set.weights[i]) / f64::from(load(i) + 1))?,
+            (LbPolicy::RoundRobin, None) => nth(self.rr.fetch_add(1, Ordering::Relaxed) % count),
+            (LbPolicy::Random, _) => nth(fastrand::usize(..count)),
+            (LbPolicy::LeastRequest, None) => {
                 let a = nth(fastrand::usize(..count));
                 let b = nth(fastrand::usize(..count));
-                let load = |i: usize| self.active[i].load(Ordering::Relaxed);
                 if load(b) < load(a) { b } else { a }
             }
-            LbPolicy::RingHash { .. } => {
+            (LbPolicy::RingHash { .. }, _) => {
                 let h = hash.unwrap_or_else(|| fastrand::u64(..));
-                let at = self.ring.partition_point(|(x, _)| *x < h);
-                let len = self.ring.len();
+                let at = set.ring.partition_point(|(x, _)| *x < h);
+                let len = set.ring.len();
                 (0..len)
-                    .map(|k| self.ring[(at + k) % len].1 as usize)
+                    .map(|k| set.ring[(at + k) % len].1 as usize)
                     .find(|i| ok(*i))?
             }
-            LbPolicy::Maglev { .. } => {
+            (LbPolicy::Maglev { .. }, _) => {
                 let h = hash.unwrap_or_else(|| fastrand::u64(..));
-                let len = self.maglev.len();
+                let len = set.maglev.len();
                 let at = (h % len as u64) as usize;
                 (0..len)
-                    .map(|k| self.maglev[(at + k) % len] as usize)
+                    .map(|k| set.maglev[(at + k) % len] as usize)
                     .find(|i| ok(*i))?
             }
         };
-        self.active[index].fetch_add(1, Ordering::Relaxed);
+        set.active[index].fetch_add(1, Ordering::Relaxed);
         Some(Picked {
-            addr: self.endpoints[index],
-            active: self.active.clone(),
-            index,
+            addr: set.endpoints[index],
+            active: set.active[index].clone(),
             outlier: self.outlier.clone(),
         })
     }
-}
-
-/// Envoy's ring: every endpoint `ceil(min / n)` times (equal weights), sorted.
-fn ring(endpoints: &[SocketAddr], min: u64) -> Vec<(u64, u32)> {
-    if endpoints.is_empty() {
-        return Vec::new();
-    }
-    let per_host = min.div_ceil(endpoints.len() as u64).max(1);
-    let mut ring = Vec::with_capacity((per_host as usize) * endpoints.len());
-    for (i, e) in endpoints.iter().enumerate() {
-        let address = e.to_string();
-        for k in 0..per_host {
-            ring.push((hash(format!("{address}_{k}").as_bytes()), i as u32));
-        }
-    }
-    ring.sort_unstable();
-    ring
-}
-
-/// Maglev's population (Eisenbud et al., §3.4; Envoy `MaglevTable`): every endpoint in
-/// turn takes the next free slot of its permutation until the table is full.
-fn maglev(endpoints: &[SocketAddr], size: u64) -> Vec<u32> {
-    let n = endpoints.len();
-    if n == 0 || size < 2 {
-        return Vec::new();
-    }
-    let m = size as usize;
-    let perms: Vec<(u64, u64)> = endpoints
-        .iter()
-        .map(|e| {
-            let a = e.to_string();
-            let offset = xxh64(a.as_bytes(), 0) % size;
-            let skip = xxh64(a.as_bytes(), 1) % (size - 1) + 1;
-            (offset, skip)
-        })
-        .collect();
-    let mut next = vec![0u64; n];
-    let mut table = vec![u32::MAX; m];
-    let mut filled = 0;
-    'fill: loop {
-        for i in 0..n {
-            let (offset, skip) = perms[i];
-            let mut c = ((offset + next[i] * skip) % size) as usize;
-            while table[c] != u32::MAX {
-                next[i] += 1;
-                c = ((offset + next[i] * skip) % size) as usize;
-            }
-            table[c] = i as u32;
-            next[i] += 1;
-            filled += 1;
-            if filled == m {
-                break 'fill;
-            }
-        }
-    }
-    table
 }
 
 #[cfg(test)]

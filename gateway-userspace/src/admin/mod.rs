@@ -151,8 +151,8 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
                 &gw.listen_addrs(),
                 &gw.opts.istio_ports,
             );
-            crate::proxyconfig::cluster_policy::mark_ejected(&mut dump, |c| {
-                gw.balancers.ejected(c)
+            crate::proxyconfig::cluster_policy::live_endpoints(&mut dump, |c| {
+                gw.balancers.live(c)
             });
             json(dump)
         }

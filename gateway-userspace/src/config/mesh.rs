@@ -34,6 +34,10 @@ pub struct MeshConfig {
     /// How request paths are normalized before routing and authorization.
     #[serde(default)]
     pub path_normalization: ProxyPathNormalization,
+    /// How often DNS clusters are re-resolved (a protobuf Duration, `"60s"`; Istio's
+    /// default 60 s); `--dns-refresh-rate` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh_rate: Option<String>,
     /// Every other MeshConfig field, accepted as written.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml::Value>,
@@ -210,6 +214,11 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         })?
     };
     let mut errors = Vec::new();
+    if let Some(r) = &mesh.dns_refresh_rate
+        && let Err(e) = parse_duration(r)
+    {
+        errors.push(at(1, 1, format!("dnsRefreshRate: {e}")));
+    }
     // Whole MeshConfigs are accepted, so unknown fields can't be refused; a misspelt
     // access-log or path-normalization field would silently leave logs off or paths
     // unnormalized, so those are.
@@ -269,6 +278,26 @@ pub(crate) fn validate_telemetry(
                 format!("unsupported filter expression: {e}"),
             ));
         }
+    }
+}
+
+/// A protobuf Duration as YAML/JSON writes it (`"60s"`, `"0.5s"`), or a humantime one
+/// (`"1m"`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    if let Some(secs) = t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
+        return std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("\"{text}\" is not a duration"));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("\"{text}\" is not a duration: {e}"))
+}
+
+impl MeshConfig {
+    /// `dnsRefreshRate`, if set (checked by [`parse`]).
+    pub fn dns_refresh_rate(&self) -> Option<std::time::Duration> {
+        self.dns_refresh_rate
+            .as_deref()
+            .and_then(|r| parse_duration(r).ok())
     }
 }
 
@@ -363,5 +392,22 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(e.contains("unknown field `disable`"), "{e}");
+    }
+
+    #[test]
+    fn dns_refresh_rate_is_a_duration() {
+        let p = std::path::Path::new("m.yaml");
+        let m = parse(p, "dnsRefreshRate: 5s\n").unwrap();
+        assert_eq!(
+            m.dns_refresh_rate(),
+            Some(std::time::Duration::from_secs(5))
+        );
+        let m = parse(p, "dnsRefreshRate: 0.5s\n").unwrap();
+        assert_eq!(
+            m.dns_refresh_rate(),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert!(parse(p, "dnsRefreshRate: soon\n").is_err());
+        assert!(super::super::warnings::scan_mesh(p, "dnsRefreshRate: 5s\n").is_empty());
     }
 }

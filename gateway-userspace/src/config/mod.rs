@@ -24,7 +24,7 @@ mod hosts;
 pub mod istio;
 pub mod mesh;
 mod parse;
-mod resolve;
+pub(crate) mod resolve;
 pub mod snapshot;
 mod source;
 mod source_match;

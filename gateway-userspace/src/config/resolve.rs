@@ -9,7 +9,7 @@ use super::dest_rules;
 use super::hosts;
 use super::istio::{Destination, Resolution, ServiceEntry, ServicePort};
 use super::parse::Entry;
-use super::snapshot::Cluster;
+use super::snapshot::{Cluster, DnsRefresh, DnsTarget};
 use super::source::Source;
 use super::upstream_policy;
 use super::warnings::Warning;
@@ -96,7 +96,7 @@ impl<'a> Resolver<'a> {
         port: u16,
         rule: Option<&dest_rules::Rule<'_>>,
         http2: bool,
-        mut endpoints: impl FnMut(&mut Self, Option<&BTreeMap<String, String>>) -> Vec<SocketAddr>,
+        mut endpoints: impl FnMut(&mut Self, Option<&BTreeMap<String, String>>) -> Vec<DnsTarget>,
     ) {
         let mut subsets: Vec<Option<&crate::config::destination_rule::Subset>> = vec![None];
         if let Some(r) = rule {
@@ -108,7 +108,15 @@ impl<'a> Resolver<'a> {
             if self.clusters.contains_key(&name) {
                 continue;
             }
-            let eps = endpoints(self, subset.map(|s| &s.labels));
+            let targets = endpoints(self, subset.map(|s| &s.labels));
+            let refresh = DnsRefresh { targets };
+            let (eps, weights) = refresh.endpoints();
+            // Only names are looked up again; fixed addresses never change.
+            let dns = refresh
+                .targets
+                .iter()
+                .any(|t| t.name.is_some())
+                .then_some(refresh);
             let conn: upstream_policy::ConnSettings = rule
                 .and_then(|r| r.connection_pool(port, subset))
                 .map(upstream_policy::conn_settings)
@@ -121,6 +129,8 @@ impl<'a> Resolver<'a> {
                     port,
                     subset: sname.to_string(),
                     endpoints: eps,
+                    weights,
+                    dns,
                     lb: rule.map(|r| r.lb(port, subset)).unwrap_or_default(),
                     circuit_breakers: rule
                         .and_then(|r| r.connection_pool(port, subset))
@@ -219,7 +229,7 @@ impl<'a> Resolver<'a> {
             // A name nobody can find is a missing reference (GW2003), reported where
             // each route names it; the cluster is kept with no endpoints (Envoy's DNS
             // cluster that resolves to nothing). Lookups are memoized.
-            let resolved = self.lookup(written, port);
+            let resolved = self.lookup(written, port, false);
             if let Err(e) = &resolved {
                 self.missing.push(Warning::missing(
                     src,
@@ -232,12 +242,23 @@ impl<'a> Resolver<'a> {
             }
             let rule = self.rules.find(&fqdn, dest_rules::namespace_of_fqdn(&fqdn));
             if !self.clusters.contains_key(&name) {
-                let addrs = resolved.unwrap_or_default();
+                // A name (not an IP literal) is looked up again every refresh, so a
+                // name that failed here serves once it resolves.
+                let target = DnsTarget {
+                    name: written
+                        .parse::<IpAddr>()
+                        .is_err()
+                        .then(|| written.to_string()),
+                    port,
+                    weight: 1,
+                    first_only: false,
+                    addrs: resolved.unwrap_or_default(),
+                };
                 // The system resolver's addresses carry no labels: a subset selecting
                 // labels has no endpoints.
                 self.add_clusters(&host, port, rule.as_ref(), false, |_, selector| {
                     if selector.is_none_or(BTreeMap::is_empty) {
-                        addrs.clone()
+                        vec![target.clone()]
                     } else {
                         Vec::new()
                     }
@@ -271,7 +292,7 @@ impl<'a> Resolver<'a> {
         se_host: &str,
         sp: &ServicePort,
         selector: Option<&BTreeMap<String, String>>,
-    ) -> Vec<SocketAddr> {
+    ) -> Vec<DnsTarget> {
         let spec = &se.res.spec;
         // A subset selecting labels: only the `endpoints` carrying them.
         let labelled = selector.is_some_and(|s| !s.is_empty());
@@ -286,8 +307,16 @@ impl<'a> Resolver<'a> {
                 // gateway cannot do; resolving the host is the useful reading.
                 Resolution::Dns | Resolution::DnsRoundRobin | Resolution::None => {
                     let port = u16::try_from(default_port).unwrap_or(0);
-                    match self.lookup(se_host, port) {
-                        Ok(addrs) => out = addrs,
+                    let first_only = spec.resolution == Resolution::DnsRoundRobin;
+                    let mut target = DnsTarget {
+                        name: Some(se_host.to_string()),
+                        port,
+                        weight: 1,
+                        first_only,
+                        addrs: Vec::new(),
+                    };
+                    match self.lookup(se_host, port, first_only) {
+                        Ok(addrs) => target.addrs = addrs,
                         Err(e) => {
                             let i = spec
                                 .hosts
@@ -302,6 +331,7 @@ impl<'a> Resolver<'a> {
                             ));
                         }
                     }
+                    out.push(target);
                 }
             }
         }
@@ -322,11 +352,24 @@ impl<'a> Resolver<'a> {
             let Ok(port) = u16::try_from(number) else {
                 continue;
             };
+            // Istio's `IstioEndpoint.GetLoadBalancingWeight` (pilot/pkg/model/service.go):
+            // an unset or 0 weight is 1.
+            let weight = ep.weight.filter(|w| *w > 0).unwrap_or(1);
+            let mut target = DnsTarget {
+                name: None,
+                port,
+                weight,
+                first_only: spec.resolution == Resolution::DnsRoundRobin,
+                addrs: Vec::new(),
+            };
             if let Ok(ip) = address.parse::<IpAddr>() {
-                out.push(SocketAddr::new(ip, port));
+                target.addrs.push(SocketAddr::new(ip, port));
+                out.push(target);
             } else if spec.resolution != Resolution::Static && !address.starts_with("unix://") {
-                match self.lookup(address, port) {
-                    Ok(addrs) => out.extend(addrs),
+                target.name = Some(address.to_string());
+                let first_only = target.first_only;
+                match self.lookup(address, port, first_only) {
+                    Ok(addrs) => target.addrs = addrs,
                     Err(e) => self.missing.push(Warning::missing(
                         &se.src,
                         &format!("spec.endpoints[{k}].address"),
@@ -334,30 +377,58 @@ impl<'a> Resolver<'a> {
                         &format!("endpoint address \"{address}\" cannot be resolved by the system resolver: {e}"),
                     )),
                 }
+                out.push(target);
             }
         }
         out
     }
 
     /// System resolver, memoized per load so a name is looked up once.
-    fn lookup(&mut self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    fn lookup(
+        &mut self,
+        host: &str,
+        port: u16,
+        first_only: bool,
+    ) -> Result<Vec<SocketAddr>, String> {
         self.dns
             .entry((host.to_ascii_lowercase(), port))
-            .or_insert_with(|| match (host, port).to_socket_addrs() {
-                Ok(addrs) => {
-                    let mut addrs: Vec<_> = addrs.collect();
-                    addrs.sort();
-                    addrs.dedup();
-                    if addrs.is_empty() {
-                        Err("no addresses".to_string())
-                    } else {
-                        Ok(addrs)
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-            })
+            .or_insert_with(|| system_lookup(host, port))
             .clone()
+            .map(|addrs| take(addrs, first_only))
     }
+}
+
+/// The system resolver (getaddrinfo, so /etc/hosts and resolv.conf as configured):
+/// the addresses in its order, duplicates dropped; an empty answer is an error.
+pub(crate) fn system_lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    match (host, port).to_socket_addrs() {
+        Ok(found) => {
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            for a in found {
+                if !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
+            if addrs.is_empty() {
+                Err("no addresses".to_string())
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What a cluster takes of an answer: Envoy's LOGICAL_DNS (`DNS_ROUND_ROBIN`) only the
+/// first address; STRICT_DNS (`DNS`) every address, here sorted so the list (and the
+/// hash tables built over it) does not change with the resolver's order.
+pub(crate) fn take(mut addrs: Vec<SocketAddr>, first_only: bool) -> Vec<SocketAddr> {
+    if first_only {
+        addrs.truncate(1);
+    } else {
+        addrs.sort();
+    }
+    addrs
 }
 
 /// The service port speaks HTTP/2 (Istio's protocol `HTTP2`, `GRPC`, `GRPC-WEB`; with

@@ -221,6 +221,12 @@ pub struct Cluster {
     /// The DestinationRule subset (`""`: the whole service).
     pub subset: String,
     pub endpoints: Vec<SocketAddr>,
+    /// Each endpoint's weight (ServiceEntry `endpoints[].weight`, Envoy's
+    /// `load_balancing_weight`; 1 when unset), parallel to `endpoints`.
+    pub weights: Vec<u32>,
+    /// A DNS cluster: the names to look up again every `--dns-refresh-rate`
+    /// (`runtime::dns`); `None`: the endpoints are fixed addresses.
+    pub dns: Option<DnsRefresh>,
     /// From the DestinationRule (Istio's default without one: LEAST_REQUEST).
     pub lb: super::dest_rules::LbPolicy,
     /// `connectionPool`'s circuit breakers (`None`: no DestinationRule sets one, no limits).
@@ -237,6 +243,39 @@ pub struct Cluster {
     pub http2: bool,
     /// `namespace/name` of the DestinationRule that applies, if any.
     pub destination_rule: Option<String>,
+}
+
+/// How a DNS cluster's endpoint list is rebuilt (Envoy's STRICT_DNS / LOGICAL_DNS
+/// clusters, `resolution: DNS` / `DNS_ROUND_ROBIN`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsRefresh {
+    /// In order: each gives its addresses, all with its weight.
+    pub targets: Vec<DnsTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsTarget {
+    /// The name to resolve (`None`: `addrs` is a fixed IP endpoint).
+    pub name: Option<String>,
+    pub port: u16,
+    pub weight: u32,
+    /// LOGICAL_DNS (`DNS_ROUND_ROBIN`): only the first address of each answer is used.
+    pub first_only: bool,
+    /// The addresses of the last lookup that succeeded (at load: the load's).
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl DnsRefresh {
+    /// The endpoint list and weights the targets give.
+    pub fn endpoints(&self) -> (Vec<SocketAddr>, Vec<u32>) {
+        let mut eps = Vec::new();
+        let mut weights = Vec::new();
+        for t in &self.targets {
+            eps.extend(&t.addrs);
+            weights.extend(std::iter::repeat_n(t.weight, t.addrs.len()));
+        }
+        (eps, weights)
+    }
 }
 
 /// Decoded Secret data (`tls.crt`, `tls.key`, `ca.crt`, ...).

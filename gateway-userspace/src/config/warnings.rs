@@ -182,6 +182,7 @@ pub(crate) fn refused(kind: &str, value: &Value, src: &Source, errors: &mut Vec<
 
 /// MeshConfig keys the gateway uses; every other key set gives GW1070.
 const MESH_USED: &[&str] = &[
+    "dnsRefreshRate",
     "accessLogFile",
     "accessLogEncoding",
     "accessLogFormat",

@@ -33,7 +33,6 @@ use crate::config::upstream_policy::OutlierPolicy;
 pub struct Outlier {
     pub policy: OutlierPolicy,
     cluster: String,
-    endpoints: Vec<SocketAddr>,
     state: Mutex<State>,
     /// Ejections enforced since start (Envoy `ejections_enforced_total`).
     pub ejections_total: AtomicU64,
@@ -41,6 +40,8 @@ pub struct Outlier {
 
 #[derive(Debug)]
 struct State {
+    /// The cluster's endpoints now (a DNS refresh replaces them, [`Outlier::set_endpoints`]).
+    endpoints: Vec<SocketAddr>,
     hosts: Vec<Host>,
     /// Whether each endpoint is ejected (what the balancers read).
     ejected: Vec<bool>,
@@ -61,6 +62,15 @@ pub enum Outcome {
     Timeout,
 }
 
+impl State {
+    fn is_ejected(&self, addr: SocketAddr) -> bool {
+        self.endpoints
+            .iter()
+            .position(|e| *e == addr)
+            .is_some_and(|i| self.ejected[i])
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Host {
     consecutive_5xx: u32,
@@ -79,8 +89,8 @@ impl Outlier {
         let n = endpoints.len();
         Outlier {
             cluster: cluster.to_string(),
-            endpoints: endpoints.to_vec(),
             state: Mutex::new(State {
+                endpoints: endpoints.to_vec(),
                 hosts: vec![Host::default(); n],
                 ejected: vec![false; n],
                 next_sweep: Instant::now() + policy.interval.max(Duration::from_millis(1)),
@@ -98,27 +108,64 @@ impl Outlier {
         s
     }
 
-    /// Runs `f` with which endpoints may be picked: `None` when all may (nothing
-    /// ejected, or panic mode).
-    pub fn with_usable<R>(&self, f: impl FnOnce(Option<&[bool]>) -> R) -> R {
+    /// Which of `endpoints` may be picked: `None` when all may (nothing ejected, or
+    /// panic mode). An endpoint this detector does not know is usable.
+    pub fn usable_for(&self, endpoints: &[SocketAddr]) -> Option<Vec<bool>> {
         let s = self.lock();
         let n = s.ejected.len();
         let ejected = s.ejected.iter().filter(|e| **e).count();
         if ejected == 0 || n == 0 {
-            return f(None);
+            return None;
         }
         let healthy_percent = 100 * (n - ejected) / n;
         if (healthy_percent as u32) < self.policy.min_health_percent {
-            return f(None);
+            return None;
         }
-        let usable: Vec<bool> = s.ejected.iter().map(|e| !e).collect();
-        drop(s);
-        f(Some(&usable))
+        Some(endpoints.iter().map(|e| !s.is_ejected(*e)).collect())
     }
 
-    /// Which endpoints are ejected now (for `proxy-config endpoint`).
+    /// Whether each endpoint is ejected now (for `proxy-config endpoint`).
     pub fn ejected(&self) -> Vec<bool> {
         self.lock().ejected.clone()
+    }
+
+    /// Whether each of `endpoints` is ejected now.
+    pub fn ejected_for(&self, endpoints: &[SocketAddr]) -> Vec<bool> {
+        let s = self.lock();
+        endpoints.iter().map(|e| s.is_ejected(*e)).collect()
+    }
+
+    /// The cluster's endpoints changed (DNS): those that stay keep their counts and
+    /// ejection, new ones start clean (Envoy keeps a host's detector state while the
+    /// host stays in the cluster and drops it when the host is removed).
+    pub fn set_endpoints(&self, endpoints: &[SocketAddr]) {
+        let mut s = self.lock();
+        let mut hosts = Vec::with_capacity(endpoints.len());
+        let mut ejected = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            match s.endpoints.iter().position(|o| o == e) {
+                Some(i) => {
+                    hosts.push(s.hosts[i].clone());
+                    ejected.push(s.ejected[i]);
+                }
+                None => {
+                    hosts.push(Host::default());
+                    ejected.push(false);
+                }
+            }
+        }
+        s.endpoints = endpoints.to_vec();
+        s.hosts = hosts;
+        s.ejected = ejected;
+    }
+
+    /// The result of a try on the endpoint at `addr` (ignored if it has left the
+    /// cluster since it was picked).
+    pub fn report_addr(&self, addr: SocketAddr, outcome: Outcome) {
+        let index = self.lock().endpoints.iter().position(|e| *e == addr);
+        if let Some(i) = index {
+            self.report(i, outcome);
+        }
     }
 
     /// The result of a try on endpoint `index`.
@@ -194,7 +241,7 @@ impl Outlier {
         let active = s.ejected.iter().filter(|e| **e).count();
         let percent = 100.0 * (active + 1) as f64 / n as f64;
         if percent > f64::from(self.policy.max_ejection_percent) {
-            tracing::debug!(target: "gateway::outlier", cluster = %self.cluster, endpoint = %self.endpoints[index], why, "not ejected: max_ejection_percent reached");
+            tracing::debug!(target: "gateway::outlier", cluster = %self.cluster, endpoint = %s.endpoints[index], why, "not ejected: max_ejection_percent reached");
             return;
         }
         let now = Instant::now();
@@ -208,7 +255,7 @@ impl Outlier {
         s.ejected[index] = true;
         self.ejections_total.fetch_add(1, Ordering::Relaxed);
         let ms = self.ejection_time(multiplier).as_millis() as u64;
-        tracing::info!(target: "gateway::outlier", cluster = %self.cluster, endpoint = %self.endpoints[index], why, ejection_time_ms = ms, "endpoint ejected");
+        tracing::info!(target: "gateway::outlier", cluster = %self.cluster, endpoint = %s.endpoints[index], why, ejection_time_ms = ms, "endpoint ejected");
     }
 
     fn max_ejection_time(&self) -> Duration {
@@ -236,7 +283,7 @@ impl Outlier {
                     {
                         h.ejected_at = None;
                         s.ejected[i] = false;
-                        tracing::info!(target: "gateway::outlier", cluster = %self.cluster, endpoint = %self.endpoints[i], "endpoint returned from ejection");
+                        tracing::info!(target: "gateway::outlier", cluster = %self.cluster, endpoint = %s.endpoints[i], "endpoint returned from ejection");
                     }
                     Some(_) => {}
                     None => h.multiplier = h.multiplier.saturating_sub(1),

@@ -59,7 +59,13 @@ fn least_request_avoids_the_busy_endpoint() {
     drop(held);
     drop(busy);
     // Every guard dropped: counters back to zero, so the spread is even again.
-    assert!(b.active.iter().all(|a| a.load(Ordering::Relaxed) == 0));
+    assert!(
+        b.set
+            .load()
+            .active
+            .iter()
+            .all(|a| a.load(Ordering::Relaxed) == 0)
+    );
 }
 
 #[test]
@@ -120,7 +126,7 @@ fn hashing_moves_few_keys_when_an_endpoint_goes() {
 
 #[test]
 fn maglev_table_is_full_and_even() {
-    let t = maglev(&eps(3), 65537);
+    let t = weighted::maglev(&eps(3), &[1; 3], 65537);
     assert_eq!(t.len(), 65537);
     let mut n = [0usize; 3];
     for i in t {
@@ -131,8 +137,8 @@ fn maglev_table_is_full_and_even() {
 
 #[test]
 fn ring_size_is_the_minimum_rounded_up() {
-    assert_eq!(ring(&eps(3), 1024).len(), 342 * 3);
-    assert_eq!(ring(&eps(1), 4).len(), 4);
+    assert_eq!(weighted::ring(&eps(3), &[1; 3], 1024).len(), 342 * 3);
+    assert_eq!(weighted::ring(&eps(1), &[1], 4).len(), 4);
 }
 
 fn outlier_policy(interval_ms: u64, base_ms: u64) -> crate::config::upstream_policy::OutlierPolicy {
@@ -318,4 +324,96 @@ fn local_origin_errors_count_as_503_504_or_apart_when_split() {
         o.report(1, Response(503));
     }
     assert_eq!(o.ejected(), [true, true]);
+}
+
+#[test]
+fn weighted_round_robin_follows_the_weights() {
+    let b = Balancer::weighted(LbPolicy::RoundRobin, eps(2), vec![1, 3]);
+    let m = spread(&b, 400, |_| None);
+    assert_eq!(m.values().copied().collect::<Vec<_>>(), [100, 300]);
+    // Envoy's EDF interleaves: no run longer than the weight ratio.
+    let seq: Vec<u16> = (0..8).map(|_| b.pick(None).unwrap().addr.port()).collect();
+    assert_eq!(seq.iter().filter(|p| **p == 8000).count(), 2, "{seq:?}");
+}
+
+#[test]
+fn weighted_least_request_divides_weight_by_load() {
+    let b = Balancer::weighted(LbPolicy::LeastRequest, eps(2), vec![1, 3]);
+    // Sequential (nothing in flight): the weights alone.
+    let m = spread(&b, 400, |_| None);
+    assert_eq!(m.values().copied().collect::<Vec<_>>(), [100, 300]);
+    // Three requests held on the heavy endpoint: its weight 3 / 4 is below 1 / 1.
+    let held: Vec<_> = std::iter::from_fn(|| b.pick(None))
+        .filter(|p| p.addr.port() == 8001)
+        .take(3)
+        .collect();
+    let m = spread(&b, 100, |_| None);
+    assert!(
+        m[&eps(2)[0]] > m.get(&eps(2)[1]).copied().unwrap_or(0),
+        "{m:?}"
+    );
+    drop(held);
+}
+
+#[test]
+fn hash_tables_share_by_weight() {
+    for p in [
+        LbPolicy::RingHash {
+            key: HashKey::SourceIp,
+            minimum_ring_size: 1024,
+        },
+        LbPolicy::Maglev {
+            key: HashKey::SourceIp,
+            table_size: 65537,
+        },
+    ] {
+        let b = Balancer::weighted(p.clone(), eps(2), vec![1, 3]);
+        let m = spread(&b, 20_000, |i| Some(hash(i.to_string().as_bytes())));
+        let light = m[&eps(2)[0]] as f64 / 20_000.0;
+        assert!((light - 0.25).abs() < 0.05, "{p:?}: {m:?}");
+    }
+}
+
+#[test]
+fn equal_weights_build_the_same_ring_as_before() {
+    let r = weighted::ring(&eps(3), &[1, 1, 1], 1024);
+    assert_eq!(r.len(), 3 * 342);
+}
+
+#[test]
+fn update_keeps_the_state_of_endpoints_that_stay() {
+    let mut p = outlier_policy(10_000, 30_000);
+    p.consecutive_5xx = 1;
+    let mut b = Balancer::new(LbPolicy::RoundRobin, eps(2));
+    let o = Arc::new(outlier::Outlier::new(p, "c", &eps(2)));
+    b.outlier = Some(o.clone());
+    let held = b.pick(None).unwrap();
+    assert_eq!(held.addr, eps(2)[0]);
+    o.report_addr(eps(2)[1], outlier::Outcome::Response(500));
+    assert_eq!(b.ejected(), [false, true]);
+    // 8001 stays (still ejected), 8000 leaves, 8002 comes.
+    let new = vec![eps(3)[1], eps(3)[2]];
+    assert!(b.update(new.clone(), vec![1, 1]));
+    assert!(!b.update(new.clone(), vec![1, 1]));
+    assert_eq!(b.ejected(), [true, false]);
+    for _ in 0..4 {
+        assert_eq!(b.pick(None).unwrap().addr, eps(3)[2]);
+    }
+    // The request in flight to the removed endpoint finishes; its report is ignored.
+    held.report(outlier::Outcome::Response(500));
+    drop(held);
+    assert_eq!(b.endpoints(), [(eps(3)[1], 1), (eps(3)[2], 1)]);
+}
+
+#[test]
+fn weighted_round_robin_skips_an_ejected_heavy_endpoint() {
+    let mut p = outlier_policy(10_000, 30_000);
+    p.consecutive_5xx = 1;
+    let mut b = Balancer::weighted(LbPolicy::RoundRobin, eps(2), vec![1000, 1]);
+    let o = Arc::new(outlier::Outlier::new(p, "c", &eps(2)));
+    b.outlier = Some(o.clone());
+    o.report(0, outlier::Outcome::Response(500));
+    for _ in 0..10 {
+        assert_eq!(b.pick(None).unwrap().addr, eps(2)[1]);
+    }
 }

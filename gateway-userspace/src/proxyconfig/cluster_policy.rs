@@ -99,10 +99,15 @@ fn conn_settings(c: &Cluster, cluster: &mut Value) {
     }
 }
 
-/// Marks the endpoints outlier detection has ejected now: `failed_outlier_check`
-/// (the name of the flag in Envoy's `/clusters` host health status), which
-/// `proxy-config endpoint` shows as OUTLIER CHECK FAILED.
-pub fn mark_ejected(dump: &mut Value, ejected: impl Fn(&str) -> Vec<bool>) {
+/// Writes each cluster's endpoints as its balancer has them now (`live(cluster)`:
+/// address, weight, ejected): a DNS refresh may have changed the list since load, and
+/// outlier detection marks ejected ones `failed_outlier_check` (the flag in Envoy's
+/// `/clusters` host health status), which `proxy-config endpoint` shows as OUTLIER
+/// CHECK FAILED. A weight other than 1 is Envoy's `load_balancing_weight`.
+pub fn live_endpoints(
+    dump: &mut Value,
+    live: impl Fn(&str) -> Option<Vec<(std::net::SocketAddr, u32, bool)>>,
+) {
     let Some(configs) = dump["configs"].as_array_mut() else {
         return;
     };
@@ -112,23 +117,26 @@ pub fn mark_ejected(dump: &mut Value, ejected: impl Fn(&str) -> Vec<bool>) {
         };
         for c in clusters {
             let c = &mut c["cluster"];
-            let flags = ejected(c["name"].as_str().unwrap_or_default());
-            if !flags.contains(&true) {
-                continue;
-            }
-            let Some(groups) = c["load_assignment"]["endpoints"].as_array_mut() else {
+            let Some(eps) = live(c["name"].as_str().unwrap_or_default()) else {
                 continue;
             };
-            for g in groups {
-                let Some(eps) = g["lb_endpoints"].as_array_mut() else {
-                    continue;
-                };
-                for (e, failed) in eps.iter_mut().zip(&flags) {
-                    if *failed {
+            let lb: Vec<Value> = eps
+                .iter()
+                .map(|(a, w, ejected)| {
+                    let mut e = json!({
+                        "endpoint": { "address": { "socket_address": { "address": a.ip().to_string(), "port_value": a.port() } } },
+                        "health_status": "HEALTHY",
+                    });
+                    if *w != 1 {
+                        e["load_balancing_weight"] = (*w).into();
+                    }
+                    if *ejected {
                         e["failed_outlier_check"] = true.into();
                     }
-                }
-            }
+                    e
+                })
+                .collect();
+            c["load_assignment"]["endpoints"] = json!([{ "lb_endpoints": lb }]);
         }
     }
 }

@@ -633,10 +633,17 @@ pub fn config_dump(snap: &Snapshot, addrs: &[IpAddr], ports: &crate::server::Ist
             let lb: Vec<Value> = c
                 .endpoints
                 .iter()
-                .map(|e| json!({
-                    "endpoint": { "address": { "socket_address": { "address": e.ip().to_string(), "port_value": e.port() } } },
-                    "health_status": "HEALTHY",
-                }))
+                .zip(&c.weights)
+                .map(|(e, w)| {
+                    let mut ep = json!({
+                        "endpoint": { "address": { "socket_address": { "address": e.ip().to_string(), "port_value": e.port() } } },
+                        "health_status": "HEALTHY",
+                    });
+                    if *w != 1 {
+                        ep["load_balancing_weight"] = (*w).into();
+                    }
+                    ep
+                })
                 .collect();
             let mut istio = json!({ "services": [{ "host": c.host, "namespace": c.host.split('.').nth(1).unwrap_or("default") }], "port": c.port });
             // Istio's cluster metadata (pilot/pkg/networking/util AddConfigInfoMetadata,

@@ -284,7 +284,6 @@ pub(super) const SERVICE_ENTRY: &[Rule] = &[
     rule("spec.workloadSelector", "GW1020", "not supported"),
     rule("spec.endpoints[*].network", "GW1021", "not supported"),
     rule("spec.endpoints[*].locality", "GW1021", "not supported"),
-    rule("spec.endpoints[*].weight", "GW1021", "not supported"),
     rule(
         "spec.endpoints[*].serviceAccount",
         "GW1021",

@@ -53,7 +53,7 @@ fn one_warning_per_unsupported_field_with_the_key_position() {
 fn every_kind_has_its_warnings() {
     let cases: &[(&str, &str, &str)] = &[
         (
-            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [se.example.com]\n  ports: [{number: 80, name: grpc, protocol: GRPC}]\n  resolution: STATIC\n  exportTo: [\".\"]\n  endpoints: [{address: 127.0.0.1, weight: 3}]\n",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [se.example.com]\n  ports: [{number: 80, name: grpc, protocol: GRPC}]\n  resolution: STATIC\n  exportTo: [\".\"]\n  endpoints: [{address: 127.0.0.1, weight: 3, locality: r1}]\n",
             "GW1010 GW1021",
             "w.yaml:8:3",
         ),
