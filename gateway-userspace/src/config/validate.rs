@@ -246,6 +246,9 @@ fn classify(protocol: &str, mode: TlsMode) -> Option<ServerKind> {
             TlsMode::Passthrough | TlsMode::AutoPassthrough => ServerKind::TlsPassthrough,
             _ => ServerKind::HttpsTerminate,
         },
+        // Istio's createGatewayTCPFilterChainOpts: a TLS server that is not passthrough
+        // is "TCP with TLS termination and forwarding" (its `tcp` routes).
+        "TLS" if terminates(mode) => ServerKind::TlsTerminate,
         "TLS" => ServerKind::TlsPassthrough,
         "TCP" | "MONGO" | "MYSQL" | "REDIS" => ServerKind::Tcp,
         _ => return None,
@@ -850,6 +853,7 @@ impl<'a> RouteBuilder<'a> {
 
         let mut tcp = None;
         let mut tls = Vec::new();
+        let mut terminated_tcp: Vec<(usize, TcpRoute)> = Vec::new();
         let mut http = Vec::new();
         for b in vss {
             let bound: Vec<usize> = (0..servers.len())
@@ -885,6 +889,37 @@ impl<'a> RouteBuilder<'a> {
                         name: b.vs.res.key(),
                         destinations,
                     });
+                }
+            }
+
+            // TLS termination: per server, the first tcp route bound to it
+            // (Istio's buildGatewayNetworkFiltersFromTCPRoutes for that server).
+            for &idx in &bound {
+                let s = &servers[idx];
+                if s.kind != ServerKind::TlsTerminate
+                    || terminated_tcp.iter().any(|(i, _)| *i == idx)
+                {
+                    continue;
+                }
+                let found = spec.tcp.iter().enumerate().find(|(_, r)| {
+                    r.matches.is_empty()
+                        || r.matches
+                            .iter()
+                            .any(|m| port_ok(m.port, port) && b.match_allows(&m.gateways, s))
+                });
+                if let Some((i, r)) = found {
+                    let dests: Vec<_> =
+                        r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+                    let destinations =
+                        self.resolve(b, &format!("spec.tcp[{i}].route"), &dests, errors);
+                    self.tcp_tls_warning(b, i, &destinations);
+                    terminated_tcp.push((
+                        idx,
+                        TcpRoute {
+                            name: b.vs.res.key(),
+                            destinations,
+                        },
+                    ));
                 }
             }
 
@@ -992,6 +1027,7 @@ impl<'a> RouteBuilder<'a> {
             servers,
             tcp,
             tls,
+            terminated_tcp,
             http,
         }
     }

@@ -47,7 +47,7 @@ pub fn server_config(
     let tls = server
         .tls
         .as_ref()
-        .ok_or_else(|| format!("{what}: HTTPS server without tls settings"))?;
+        .ok_or_else(|| format!("{what}: TLS-terminating server without tls settings"))?;
     let mode = tls.mode.unwrap_or_default();
     let m = material(tls, secrets, namespace, mode, &what)?;
     let provider = Arc::new(provider_for(tls).map_err(|e| format!("{what}: {e}"))?);
@@ -90,7 +90,9 @@ pub fn server_config(
     let mut cfg = builder
         .with_single_cert(m.chain, m.key)
         .map_err(|e| format!("{what}: certificate/key: {e}"))?;
-    // Istio's HTTPS servers offer h2 and http/1.1.
+    // Istio's HTTPS servers offer h2 and http/1.1, and so do its TLS-terminating TCP
+    // servers (listener.go `BuildListenerTLSContext`: `util.ALPNHttp` unless QUIC or
+    // ISTIO_MUTUAL).
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
