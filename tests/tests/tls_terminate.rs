@@ -28,10 +28,65 @@ const PORT: u16 = 31400;
 const SIMPLE_HOST: &str = "webapp.istioinaction.io";
 const MUTUAL_HOST: &str = "catalog.istioinaction.io";
 const PASS_HOST: &str = "simple-sni-1.istioinaction.io";
+const CRL_HOST: &str = "simple-sni-2.istioinaction.io";
 
-fn config_yaml(dir: &Path) -> PathBuf {
+/// A CA minted with rcgen, two client certificates it signs, and a CRL revoking the
+/// second: `(ca, good, revoked, crl)` paths.
+fn crl_material(dir: &Path) -> (PathBuf, (PathBuf, PathBuf), (PathBuf, PathBuf), PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+        ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+        RevokedCertParams, SerialNumber, date_time_ymd,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.distinguished_name.push(DnType::CommonName, "crl-test-ca");
+    let ca = p.self_signed(&ca_key).unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let leaf = |name: &str, serial: u64| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![format!("{name}.client.test")]).unwrap();
+        p.serial_number = Some(SerialNumber::from(serial));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        (
+            write(&format!("{name}.crt"), cert.pem()),
+            write(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let good = leaf("crl-good", 1001);
+    let revoked = leaf("crl-revoked", 1002);
+    let crl = CertificateRevocationListParams {
+        this_update: date_time_ymd(2024, 1, 1),
+        next_update: date_time_ymd(2099, 1, 1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![RevokedCertParams {
+            serial_number: SerialNumber::from(1002u64),
+            revocation_time: date_time_ymd(2024, 1, 1),
+            reason_code: Some(RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca, &ca_key)
+    .unwrap();
+    let crl = write("ca.crl.pem", crl.pem().unwrap());
+    (write("crl-ca.crt", ca.pem()), good, revoked, crl)
+}
+
+fn config_yaml(dir: &Path, crl_ca: &Path, crl: &Path) -> PathBuf {
     let (wc, wk) = demo_cert(SIMPLE_HOST);
     let (cc, ck) = demo_cert(MUTUAL_HOST);
+    let (sc, sk) = demo_cert(CRL_HOST);
+    let (sc, sk, crl_ca, crl) = (sc.display(), sk.display(), crl_ca.display(), crl.display());
     let mut y = format!(
         r#"apiVersion: networking.istio.io/v1alpha3
 kind: Gateway
@@ -48,12 +103,20 @@ spec:
   - port: {{number: {PORT}, name: tls-pass, protocol: TLS}}
     tls: {{mode: PASSTHROUGH}}
     hosts: [{PASS_HOST}]
+  - port: {{number: {PORT}, name: tls-crl, protocol: TLS}}
+    tls:
+      mode: MUTUAL
+      serverCertificate: {sc}
+      privateKey: {sk}
+      caCertificates: {crl_ca}
+      caCrl: {crl}
+    hosts: [{CRL_HOST}]
 ---
 apiVersion: networking.istio.io/v1alpha3
 kind: VirtualService
 metadata: {{name: echo-terminated}}
 spec:
-  hosts: [{SIMPLE_HOST}, {MUTUAL_HOST}]
+  hosts: [{SIMPLE_HOST}, {MUTUAL_HOST}, {CRL_HOST}]
   gateways: [tls-term-gw]
   tcp:
   - route:
@@ -147,7 +210,8 @@ fn tls_terminated_tcp_routes() {
         backends::tcp_echo(SocketAddr::from(([127, 0, 0, 1], 2701))).await
     })
     .expect("tcp echo");
-    let cfg = config_yaml(&dir);
+    let (crl_ca, crl_good, crl_revoked, crl) = crl_material(&dir);
+    let cfg = config_yaml(&dir, &crl_ca, &crl);
     let gw = start_gateway(&ns, &[&cfg, &config("service-entries.yaml")]);
 
     // SIMPLE: a line echoed byte-exact, then a 16 MiB payload both ways with a
@@ -250,6 +314,45 @@ fn tls_terminated_tcp_routes() {
         }
     });
     assert_eq!(got.expect("MUTUAL echo"), b"mutual ok\n", "{}", gw.log());
+
+    // caCrl: a certificate the CRL does not list works, the revoked one is refused.
+    let got = NetNs::block_on(&rt, {
+        let c = client_config(Some(&crl_good));
+        async move {
+            let tls = connect(CRL_HOST, c).await?;
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                echo_through(tls, Arc::new(b"not revoked\n".to_vec())),
+            )
+            .await
+            .map_err(std::io::Error::other)?
+        }
+    });
+    assert_eq!(
+        got.expect("caCrl, good certificate"),
+        b"not revoked\n",
+        "{}",
+        gw.log()
+    );
+    let got = NetNs::block_on(&rt, {
+        let c = client_config(Some(&crl_revoked));
+        async move {
+            let tls = connect(CRL_HOST, c).await?;
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                echo_through(tls, Arc::new(b"revoked\n".to_vec())),
+            )
+            .await
+            .map_err(std::io::Error::other)?
+        }
+    });
+    assert!(got.is_err(), "a revoked certificate was accepted: {got:?}");
+    let log = gw.wait_log(Duration::from_secs(10), |l| l.contains("Revoked"));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("TLS handshake failed") && l.contains("Revoked")),
+        "{log}"
+    );
 
     // The PASSTHROUGH server on the same port: its backend's own certificate answers.
     let resolve = format!("{PASS_HOST}:{PORT}:127.0.0.1");

@@ -48,8 +48,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1012",
-        "Gateway `tls.caCrl`, `tls.verifyCertificateSpki`, `tls.verifyCertificateHash`, `tls.insecureSkipVerify`",
-        "ignored: client certificates are checked against the CA and `subjectAltNames` only (no revocation list, no pinning)",
+        "Gateway `tls.verifyCertificateSpki`, `tls.verifyCertificateHash`, `tls.insecureSkipVerify`",
+        "ignored: client certificates are checked against the CA, `caCrl` and `subjectAltNames` only (no pinning)",
     ),
     (
         "GW1013",
@@ -273,7 +273,6 @@ pub(super) const GATEWAY: &[Rule] = &[
         "not supported (sidecars only)",
     ),
     rule("spec.servers[*].port.targetPort", "GW1011", "not supported"),
-    rule("spec.servers[*].tls.caCrl", "GW1012", "not supported"),
     rule(
         "spec.servers[*].tls.verifyCertificateSpki",
         "GW1012",
