@@ -811,7 +811,7 @@ struct RouteBuilder<'a> {
     /// Resolved destination lists by `vs-key#path`, so a route bound to
     /// several listeners is resolved (and its errors reported) once.
     cache: HashMap<String, Vec<WeightedCluster>>,
-    /// Fields read and not acted on that only resolution reveals (GW1068, GW1009).
+    /// Fields read and not acted on that only resolution reveals (GW1009).
     warnings: Vec<Warning>,
     /// Delegate VirtualServices (no hosts) by key.
     delegates: Delegates<'a>,
@@ -884,7 +884,6 @@ impl<'a> RouteBuilder<'a> {
                         r.route.iter().map(|d| (&d.destination, d.weight)).collect();
                     let destinations =
                         self.resolve(b, &format!("spec.tcp[{i}].route"), &dests, errors);
-                    self.tcp_tls_warning(b, i, &destinations);
                     tcp = Some(TcpRoute {
                         name: b.vs.res.key(),
                         destinations,
@@ -912,7 +911,6 @@ impl<'a> RouteBuilder<'a> {
                         r.route.iter().map(|d| (&d.destination, d.weight)).collect();
                     let destinations =
                         self.resolve(b, &format!("spec.tcp[{i}].route"), &dests, errors);
-                    self.tcp_tls_warning(b, i, &destinations);
                     terminated_tcp.push((
                         idx,
                         TcpRoute {
@@ -1154,35 +1152,6 @@ impl<'a> RouteBuilder<'a> {
             }
         }
         out
-    }
-
-    /// A TCP route to a cluster that originates TLS: the splice forwards the bytes as
-    /// they are (no TLS origination on TCP routes yet), GW1068.
-    fn tcp_tls_warning(&mut self, b: &VsBinding, i: usize, dests: &[WeightedCluster]) {
-        for (j, d) in dests.iter().enumerate() {
-            let tls = self
-                .resolver
-                .clusters
-                .get(&d.cluster)
-                .is_some_and(|c| c.tls.is_some());
-            let path = format!("spec.tcp[{i}].route[{j}].destination");
-            if tls
-                && !self
-                    .warnings
-                    .iter()
-                    .any(|w| w.path == path && *w.subject == *b.vs.src.subject)
-            {
-                self.warnings.push(Warning::at(
-                    &b.vs.src,
-                    &path,
-                    "GW1068",
-                    &format!(
-                        "cluster {} originates TLS (DestinationRule tls), which TCP routes do not do",
-                        d.cluster
-                    ),
-                ));
-            }
-        }
     }
 
     /// Resolves a route's destination list (at `path`, e.g. `spec.tcp[0].route`)

@@ -227,7 +227,20 @@ pub async fn serve(
     };
     let _ = down.set_nodelay(true);
     let span = tracing::debug_span!("flow", %peer);
-    let report = tracing::Instrument::instrument(gw.splicer.splice(down, stream), span).await;
+    let report = match gw.tcp_tls.get(&up.cluster) {
+        None => tracing::Instrument::instrument(gw.splicer.splice(down, stream), span).await,
+        // The cluster originates TLS (DestinationRule `tls`): a userspace copy.
+        Some(origin) => {
+            let timeout = gw.opts.connect_timeout;
+            let Some(tls) = super::tls_origin::originate(&ctx, &up, origin, stream, timeout).await
+            else {
+                return close_cleanly(down).await;
+            };
+            let (idle, closing) = (gw.splicer.idle_timeout(), gw.splicer.closing().clone());
+            let copied = super::l4_copy::copy(down, tls, idle, closing.cancelled_owned());
+            tracing::Instrument::instrument(copied, span).await
+        }
+    };
     flow_closed(&ctx, &up, route_name, &report);
 }
 

@@ -103,8 +103,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1063",
-        "DestinationRule `tls.caCrl` (every level); `tls` with mode DISABLE and other settings",
-        "ignored: the server certificate's revocation is not checked; with DISABLE the endpoints get plain TCP whatever else is set",
+        "DestinationRule `tls` with mode DISABLE and other settings",
+        "ignored: with DISABLE the endpoints get plain TCP whatever else is set",
     ),
     (
         "GW1064",
@@ -125,11 +125,6 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "GW1067",
         "DestinationRule `loadBalancer.simple: PASSTHROUGH`",
         "ignored: an ingress gateway has no original destination to pass through to (Istio's ORIGINAL_DST cluster would send the request back to the gateway itself); the cluster uses LEAST_REQUEST",
-    ),
-    (
-        "GW1068",
-        "DestinationRule `tls` (SIMPLE, MUTUAL) of a cluster a VirtualService `tcp` route goes to",
-        "ignored for TCP routes: the bytes go to the endpoints as they are (no TLS origination); HTTP routes to the cluster originate TLS",
     ),
     (
         "GW1070",
@@ -356,7 +351,6 @@ pub(super) const TRAFFIC_POLICY: &[Rule] = &[
         "GW1061",
         "not supported",
     ),
-    rule("tls.caCrl", "GW1063", "not supported (no revocation check)"),
     Rule {
         pattern: "tls",
         code: "GW1063",
