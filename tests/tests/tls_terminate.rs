@@ -212,7 +212,12 @@ fn tls_terminated_tcp_routes() {
     .expect("tcp echo");
     let (crl_ca, crl_good, crl_revoked, crl) = crl_material(&dir);
     let cfg = config_yaml(&dir, &crl_ca, &crl);
-    let gw = start_gateway(&ns, &[&cfg, &config("service-entries.yaml")]);
+    // A short idle timeout, checked at the end (every other flow here keeps moving).
+    let gw = start_gateway_with(
+        &ns,
+        &[&cfg, &config("service-entries.yaml")],
+        &["--tcp-idle-timeout", "2s"],
+    );
 
     // SIMPLE: a line echoed byte-exact, then a 16 MiB payload both ways with a
     // half-close at the end (the client's close_notify/FIN reaches the echo, which
@@ -353,6 +358,43 @@ fn tls_terminated_tcp_routes() {
             .any(|l| l.contains("TLS handshake failed") && l.contains("Revoked")),
         "{log}"
     );
+
+    // --tcp-idle-timeout: a terminated flow in which nothing moves is closed (a FIN, so
+    // the client reads EOF) after 2 s, and logged as such.
+    let waited = NetNs::block_on(&rt, {
+        let c = simple.clone();
+        async move {
+            let mut tls = connect(SIMPLE_HOST, c).await?;
+            tls.write_all(b"x").await?;
+            let mut one = [0u8; 1];
+            tls.read_exact(&mut one).await?;
+            let t0 = std::time::Instant::now();
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest))
+                .await
+                .map_err(std::io::Error::other)?;
+            // The gateway ends the flow with a FIN, not a close_notify: EOF either way.
+            if let Err(e) = read {
+                assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+            }
+            assert!(rest.is_empty(), "{rest:?}");
+            Ok::<_, std::io::Error>(t0.elapsed())
+        }
+    })
+    .expect("idle flow");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "closed after {waited:?}"
+    );
+    let log = gw.wait_log(Duration::from_secs(5), |l| {
+        l.contains("termination=idle_timeout")
+    });
+    assert!(
+        log.lines()
+            .any(|l| l.contains("termination=idle_timeout") && l.contains(SIMPLE_HOST)),
+        "{log}"
+    );
+    eprintln!("measured: idle TLS-terminated flow closed after {waited:?} (--tcp-idle-timeout 2s)");
 
     // The PASSTHROUGH server on the same port: its backend's own certificate answers.
     let resolve = format!("{PASS_HOST}:{PORT}:127.0.0.1");

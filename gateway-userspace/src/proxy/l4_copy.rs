@@ -42,19 +42,11 @@ impl Stream for tokio_rustls::client::TlsStream<TcpStream> {
 /// How one direction of the copy ended.
 enum End {
     /// EOF (close_notify or FIN); the other side's write was shut.
-    Fin(u64),
+    Fin,
     /// The reader reset or failed: the writer's side must be reset.
-    ReaderReset(u64),
+    ReaderReset,
     /// Writing failed (the peer went away): the reader's side must be reset.
-    WriterFailed(u64),
-}
-
-impl End {
-    fn bytes(&self) -> u64 {
-        match *self {
-            End::Fin(n) | End::ReaderReset(n) | End::WriterFailed(n) => n,
-        }
-    }
+    WriterFailed,
 }
 
 /// Per-flow activity for the idle timeout: milliseconds since `base` of the last byte.
@@ -94,31 +86,29 @@ async fn pipe(
     dir: usize,
 ) -> End {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut total = 0u64;
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) => {
                 let _ = to.shutdown().await;
-                return End::Fin(total);
+                return End::Fin;
             }
             Ok(n) => n,
             // A TCP FIN without close_notify: Envoy treats it as the end of the stream
             // (a half-close), not as a reset.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 let _ = to.shutdown().await;
-                return End::Fin(total);
+                return End::Fin;
             }
-            Err(_) => return End::ReaderReset(total),
+            Err(_) => return End::ReaderReset,
         };
         activity.touch();
         if to.write_all(&buf[..n]).await.is_err() {
-            return End::WriterFailed(total);
+            return End::WriterFailed;
         }
         if to.flush().await.is_err() {
-            return End::WriterFailed(total);
+            return End::WriterFailed;
         }
         activity.moved[dir].fetch_add(n as u64, Ordering::Relaxed);
-        total += n as u64;
     }
 }
 
@@ -150,15 +140,15 @@ pub async fn copy(
             pipe(&mut ur, &mut dw, &activity, 1),
         );
         tokio::pin!(d2u, u2d);
-        let bad = |e: &End| !matches!(e, End::Fin(_));
+        let bad = |e: &End| !matches!(e, End::Fin);
         // A reset ends the flow at once; a FIN lets the other direction finish.
         tokio::select! {
             a = &mut d2u => {
-                let b = if bad(&a) { End::Fin(0) } else { u2d.await };
+                let b = if bad(&a) { End::Fin } else { u2d.await };
                 Ok((a, b))
             }
             b = &mut u2d => {
-                let a = if bad(&b) { End::Fin(0) } else { d2u.await };
+                let a = if bad(&b) { End::Fin } else { d2u.await };
                 Ok((a, b))
             }
             () = activity.expired(idle) => Err(Termination::IdleTimeout),
@@ -189,20 +179,22 @@ pub async fn copy(
     // d2u reads the client: its reset, or u2d failing to write to it, resets the
     // upstream; the other way round resets the client.
     let termination = match (&a, &b) {
-        (End::ReaderReset(_), _) | (_, End::WriterFailed(_)) => {
+        (End::ReaderReset, _) | (_, End::WriterFailed) => {
             reset(up);
             Termination::DownstreamReset
         }
-        (End::WriterFailed(_), _) | (_, End::ReaderReset(_)) => {
+        (End::WriterFailed, _) | (_, End::ReaderReset) => {
             reset(down);
             Termination::UpstreamReset
         }
         _ => Termination::Closed,
     };
+    // What was written each way (a direction cut short by a reset still counts).
+    let moved = |i: usize| activity.moved[i].load(Ordering::Relaxed);
     FlowReport {
-        downstream_to_upstream: a.bytes(),
-        upstream_to_downstream: b.bytes(),
-        userspace_bytes: a.bytes() + b.bytes(),
+        downstream_to_upstream: moved(0),
+        upstream_to_downstream: moved(1),
+        userspace_bytes: moved(0) + moved(1),
         path: Path::Copy,
         termination,
         ..Default::default()
