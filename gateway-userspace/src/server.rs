@@ -141,6 +141,8 @@ pub struct Gateway {
     pub readiness: Readiness,
     /// Each cluster's load balancer (DestinationRule `loadBalancer`).
     pub balancers: crate::lb::Balancers,
+    /// TLS origination of TCP flows, per cluster (DestinationRule `tls`).
+    pub tcp_tls: crate::proxy::tls_origin::TcpOrigination,
     /// SIGTERM's drain, as accept loops and connections see it.
     pub drain: crate::runtime::drain::Drain,
 }
@@ -156,6 +158,7 @@ impl Gateway {
         let authz = Arc::new(crate::authz::Enforcer::new(&snapshot));
         let sni_routes = crate::tls::routes::SniRoutes::new(&snapshot);
         let balancers = crate::lb::Balancers::new(&snapshot);
+        let tcp_tls = crate::proxy::tls_origin::TcpOrigination::new(&snapshot);
         Gateway {
             snapshot: Arc::new(snapshot),
             http,
@@ -169,6 +172,7 @@ impl Gateway {
             sni_routes,
             readiness: Readiness::default(),
             balancers,
+            tcp_tls,
             drain: crate::runtime::drain::Drain::default(),
         }
     }

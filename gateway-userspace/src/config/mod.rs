@@ -35,6 +35,8 @@ pub mod warnings;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_server_tests;
 
 pub use host_map::{HostMap, Semantics as HostSemantics};
 pub use snapshot::{

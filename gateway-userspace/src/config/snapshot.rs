@@ -90,6 +90,9 @@ pub enum ServerKind {
     HttpsTerminate,
     /// TLS, or HTTPS with PASSTHROUGH / AUTO_PASSTHROUGH.
     TlsPassthrough,
+    /// TLS with SIMPLE / MUTUAL / OPTIONAL_MUTUAL: terminated here, the plaintext sent
+    /// by the VirtualService `tcp` route (Istio's "TCP with TLS termination").
+    TlsTerminate,
     /// TCP and TCP-based protocols (MONGO, MYSQL, REDIS).
     Tcp,
 }
@@ -124,6 +127,11 @@ pub struct Listener {
     pub tcp: Option<TcpRoute>,
     /// SNI routes, in VS namespace/name order then `tls[]` order.
     pub tls: Vec<TlsRoute>,
+    /// The TCP route of each TLS-terminating server (`ServerKind::TlsTerminate`; index
+    /// in `servers`), chosen as `tcp` is but among the routes bound to that server.
+    /// A terminating server without one refuses its connections (Istio builds no
+    /// filter chain for it).
+    pub terminated_tcp: Vec<(usize, TcpRoute)>,
     /// Virtual services bound to the HTTP / HTTPS-terminating servers.
     pub http: Vec<HttpVirtualHost>,
 }

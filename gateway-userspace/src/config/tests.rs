@@ -343,6 +343,7 @@ fn route_sni_prefers_exact_then_longest_wildcard_then_star() {
         protocol: ListenerProtocol::Tls,
         servers: vec![],
         tcp: None,
+        terminated_tcp: vec![],
         tls: vec![
             route("star", "*"),
             route("wild", "*.example.com"),

@@ -248,6 +248,9 @@ fn classify(protocol: &str, mode: TlsMode) -> Option<ServerKind> {
             TlsMode::Passthrough | TlsMode::AutoPassthrough => ServerKind::TlsPassthrough,
             _ => ServerKind::HttpsTerminate,
         },
+        // Istio's createGatewayTCPFilterChainOpts: a TLS server that is not passthrough
+        // is "TCP with TLS termination and forwarding" (its `tcp` routes).
+        "TLS" if terminates(mode) => ServerKind::TlsTerminate,
         "TLS" => ServerKind::TlsPassthrough,
         "TCP" | "MONGO" | "MYSQL" | "REDIS" => ServerKind::Tcp,
         _ => return None,
@@ -812,7 +815,7 @@ struct RouteBuilder<'a> {
     /// Resolved destination lists by `vs-key#path`, so a route bound to
     /// several listeners is resolved (and its errors reported) once.
     cache: HashMap<String, Vec<WeightedCluster>>,
-    /// Fields read and not acted on that only resolution reveals (GW1068, GW1009).
+    /// Fields read and not acted on that only resolution reveals (GW1009).
     warnings: Vec<Warning>,
     /// Delegate VirtualServices (no hosts) by key.
     delegates: Delegates<'a>,
@@ -854,6 +857,7 @@ impl<'a> RouteBuilder<'a> {
 
         let mut tcp = None;
         let mut tls = Vec::new();
+        let mut terminated_tcp: Vec<(usize, TcpRoute)> = Vec::new();
         let mut http = Vec::new();
         for b in vss {
             let bound: Vec<usize> = (0..servers.len())
@@ -886,11 +890,40 @@ impl<'a> RouteBuilder<'a> {
                         r.route.iter().map(|d| (&d.destination, d.weight)).collect();
                     let destinations =
                         self.resolve(b, &format!("spec.tcp[{i}].route"), &dests, errors);
-                    self.tcp_tls_warning(b, i, &destinations);
                     tcp = Some(TcpRoute {
                         name: b.vs.res.key(),
                         destinations,
                     });
+                }
+            }
+
+            // TLS termination: per server, the first tcp route bound to it
+            // (Istio's buildGatewayNetworkFiltersFromTCPRoutes for that server).
+            for &idx in &bound {
+                let s = &servers[idx];
+                if s.kind != ServerKind::TlsTerminate
+                    || terminated_tcp.iter().any(|(i, _)| *i == idx)
+                {
+                    continue;
+                }
+                let found = spec.tcp.iter().enumerate().find(|(_, r)| {
+                    r.matches.is_empty()
+                        || r.matches
+                            .iter()
+                            .any(|m| port_ok(m.port, port) && b.match_allows(&m.gateways, s))
+                });
+                if let Some((i, r)) = found {
+                    let dests: Vec<_> =
+                        r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+                    let destinations =
+                        self.resolve(b, &format!("spec.tcp[{i}].route"), &dests, errors);
+                    terminated_tcp.push((
+                        idx,
+                        TcpRoute {
+                            name: b.vs.res.key(),
+                            destinations,
+                        },
+                    ));
                 }
             }
 
@@ -1011,6 +1044,7 @@ impl<'a> RouteBuilder<'a> {
             servers,
             tcp,
             tls,
+            terminated_tcp,
             http,
         }
     }
@@ -1137,35 +1171,6 @@ impl<'a> RouteBuilder<'a> {
             }
         }
         out
-    }
-
-    /// A TCP route to a cluster that originates TLS: the splice forwards the bytes as
-    /// they are (no TLS origination on TCP routes yet), GW1068.
-    fn tcp_tls_warning(&mut self, b: &VsBinding, i: usize, dests: &[WeightedCluster]) {
-        for (j, d) in dests.iter().enumerate() {
-            let tls = self
-                .resolver
-                .clusters
-                .get(&d.cluster)
-                .is_some_and(|c| c.tls.is_some());
-            let path = format!("spec.tcp[{i}].route[{j}].destination");
-            if tls
-                && !self
-                    .warnings
-                    .iter()
-                    .any(|w| w.path == path && *w.subject == *b.vs.src.subject)
-            {
-                self.warnings.push(Warning::at(
-                    &b.vs.src,
-                    &path,
-                    "GW1068",
-                    &format!(
-                        "cluster {} originates TLS (DestinationRule tls), which TCP routes do not do",
-                        d.cluster
-                    ),
-                ));
-            }
-        }
     }
 
     /// Resolves a route's destination list (at `path`, e.g. `spec.tcp[0].route`)

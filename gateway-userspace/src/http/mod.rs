@@ -140,6 +140,9 @@ struct ListenerHttp {
     /// Per HTTPS-terminating server (index in `Listener::servers`): its own table and
     /// rustls config, as Istio gives each HTTPS server its own route config and chain.
     servers: HashMap<usize, HttpsServer>,
+    /// Per TLS-terminating server of protocol TLS: its rustls config (the plaintext
+    /// goes to its `tcp` route, proxy::tls_terminate).
+    tcp_servers: HashMap<usize, Arc<ServerConfig>>,
     /// Which of them an SNI selects.
     by_sni: routing::TlsServers,
 }
@@ -164,7 +167,13 @@ impl HttpState {
                 routing::RouteTable::default()
             };
             let mut servers = HashMap::new();
+            let mut tcp_servers = HashMap::new();
             for (i, s) in l.servers.iter().enumerate() {
+                if s.kind == ServerKind::TlsTerminate {
+                    let cfg = tls::server_config(s, &snapshot.secrets, &snapshot.namespace)?;
+                    tcp_servers.insert(i, cfg);
+                    continue;
+                }
                 if s.kind != ServerKind::HttpsTerminate {
                     continue;
                 }
@@ -177,12 +186,16 @@ impl HttpState {
                     },
                 );
             }
-            if l.protocol == ListenerProtocol::Http || !servers.is_empty() {
+            if l.protocol == ListenerProtocol::Http
+                || !servers.is_empty()
+                || !tcp_servers.is_empty()
+            {
                 listeners.insert(
                     l.port,
                     Arc::new(ListenerHttp {
                         merged: Arc::new(merged),
                         servers,
+                        tcp_servers,
                         by_sni: routing::TlsServers::new(l),
                     }),
                 );
@@ -199,10 +212,28 @@ impl HttpState {
         let Some(lh) = self.listeners.get(&listener.port) else {
             return false;
         };
+        let https = |i: usize| lh.servers.contains_key(&i);
         match sni {
-            Some(_) => lh.by_sni.get(sni).is_some(),
-            None => listener.tcp.is_none() && lh.by_sni.get(None).is_some(),
+            Some(_) => lh.by_sni.get(sni).is_some_and(https),
+            None => listener.tcp.is_none() && lh.by_sni.get(None).is_some_and(https),
         }
+    }
+
+    /// The TLS-terminating server of protocol TLS this SNI selects, with its rustls
+    /// config: `(index in Listener::servers, config)`. Without SNI only a server with
+    /// host `*`, and only when no plain TCP route takes the connection, as
+    /// [`HttpState::terminates`].
+    pub fn terminates_tcp(
+        &self,
+        listener: &Listener,
+        sni: Option<&str>,
+    ) -> Option<(usize, Arc<ServerConfig>)> {
+        let lh = self.listeners.get(&listener.port)?;
+        if sni.is_none() && listener.tcp.is_some() {
+            return None;
+        }
+        let i = lh.by_sni.get(sni)?;
+        lh.tcp_servers.get(&i).map(|c| (i, c.clone()))
     }
 }
 
@@ -213,9 +244,12 @@ impl HttpState {
 /// route would take it (the port's match-all TCP chain). A scan of the servers; the
 /// data path asks [`HttpState::terminates`].
 pub fn terminates(listener: &Listener, sni: Option<&str>) -> bool {
+    let https = |i: usize| listener.servers[i].kind == ServerKind::HttpsTerminate;
     match sni {
-        Some(_) => routing::tls_server_for(listener, sni).is_some(),
-        None => listener.tcp.is_none() && routing::tls_server_for(listener, None).is_some(),
+        Some(_) => routing::tls_server_for(listener, sni).is_some_and(https),
+        None => {
+            listener.tcp.is_none() && routing::tls_server_for(listener, None).is_some_and(https)
+        }
     }
 }
 

@@ -129,7 +129,13 @@ pub fn server_hosts(server: &ServerRef) -> Vec<String> {
         .collect()
 }
 
-/// The HTTPS-terminating server a TLS connection with this SNI belongs to, as Envoy's
+/// Servers whose TLS is terminated here: HTTPS ones (routed by `http`) and TLS ones
+/// (routed by `tcp`).
+pub fn terminating(kind: ServerKind) -> bool {
+    matches!(kind, ServerKind::HttpsTerminate | ServerKind::TlsTerminate)
+}
+
+/// The TLS-terminating server a TLS connection with this SNI belongs to, as Envoy's
 /// filter-chain match picks among the chains Istio builds for the port's servers.
 ///
 /// Istio gives each HTTPS server a filter chain whose `server_names` are its hosts,
@@ -143,22 +149,26 @@ pub fn server_hosts(server: &ServerRef) -> Vec<String> {
 /// server with host `*`. Otherwise no chain matches and Envoy closes the connection
 /// (no certificate is served). Ties go to the first server.
 ///
+/// TLS-terminating servers of protocol TLS ([`ServerKind::TlsTerminate`]) take part:
+/// Istio gives them a filter chain with the same `server_names` on the same listener,
+/// so the caller looks at the kind of the server picked.
+///
 /// A scan of every server: the data path asks [`TlsServers`], built once per port,
 /// which answers the same; this stays as its reference.
 pub fn tls_server_for(listener: &Listener, sni: Option<&str>) -> Option<usize> {
-    let mut terminating = listener
+    let mut candidates = listener
         .servers
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.kind == ServerKind::HttpsTerminate);
+        .filter(|(_, s)| terminating(s.kind));
     let Some(sni) = sni else {
-        return terminating
+        return candidates
             .find(|(_, s)| server_hosts(s).iter().any(|h| h == "*"))
             .map(|(i, _)| i);
     };
     let sni = normalize_host(sni);
     let mut best: Option<((u8, usize), usize)> = None;
-    for (i, s) in terminating {
+    for (i, s) in candidates {
         for h in server_hosts(s) {
             if let Some(score) = host_score(&h, &sni)
                 && best.is_none_or(|(b, _)| score > b)
@@ -212,7 +222,7 @@ impl TlsServers {
         let mut by_name = HostMap::new(HostSemantics::Host);
         let mut catch_all = None;
         for (i, s) in listener.servers.iter().enumerate() {
-            if s.kind != ServerKind::HttpsTerminate {
+            if !terminating(s.kind) {
                 continue;
             }
             for h in server_hosts(s) {

@@ -11,7 +11,9 @@ use rustls::{
     SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
     client::danger::HandshakeSignatureValid,
     crypto::{CryptoProvider, ring},
-    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    pki_types::{
+        CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime, pem::PemObject,
+    },
     server::{
         WebPkiClientVerifier,
         danger::{ClientCertVerified, ClientCertVerifier},
@@ -26,6 +28,9 @@ struct Material {
     key: PrivateKeyDer<'static>,
     /// Trust anchors for client certificates (MUTUAL / OPTIONAL_MUTUAL).
     ca: Option<Vec<CertificateDer<'static>>>,
+    /// Revocation lists for client certificates (`caCrl`, or the credential Secret's
+    /// `ca.crl`).
+    crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 /// Builds the rustls config of one HTTPS-terminating server. `secrets` are the
@@ -47,7 +52,7 @@ pub fn server_config(
     let tls = server
         .tls
         .as_ref()
-        .ok_or_else(|| format!("{what}: HTTPS server without tls settings"))?;
+        .ok_or_else(|| format!("{what}: TLS-terminating server without tls settings"))?;
     let mode = tls.mode.unwrap_or_default();
     let m = material(tls, secrets, namespace, mode, &what)?;
     let provider = Arc::new(provider_for(tls).map_err(|e| format!("{what}: {e}"))?);
@@ -68,7 +73,10 @@ pub fn server_config(
                     .add(c)
                     .map_err(|e| format!("{what}: bad CA certificate: {e}"))?;
             }
-            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            // With CRLs, rustls checks every certificate of the chain and refuses one
+            // whose issuer has no CRL, as Envoy's `crl` (X509_V_FLAG_CRL_CHECK_ALL).
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(m.crls);
             if mode == TlsMode::OptionalMutual {
                 v = v.allow_unauthenticated();
             }
@@ -90,7 +98,9 @@ pub fn server_config(
     let mut cfg = builder
         .with_single_cert(m.chain, m.key)
         .map_err(|e| format!("{what}: certificate/key: {e}"))?;
-    // Istio's HTTPS servers offer h2 and http/1.1.
+    // Istio's HTTPS servers offer h2 and http/1.1, and so do its TLS-terminating TCP
+    // servers (listener.go `BuildListenerTLSContext`: `util.ALPNHttp` unless QUIC or
+    // ISTIO_MUTUAL).
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -126,10 +136,19 @@ fn material(
         } else {
             None
         };
+        // Istio's secret controller reads a CRL from `ca.crl` (kubernetes.io/tls) or
+        // `crl` (generic) next to the CA (pilot/pkg/credentials/kube/secrets.go
+        // `TLSSecretCrl`, `GenericScrtCRL`); `caCrl` (a file) when the Secret has none.
+        let crls = match (mutual, get(&["ca.crl", "crl"])) {
+            (false, _) => Vec::new(),
+            (true, Some(pem)) => crls_of(pem, &format!("{what}: {} ca.crl", secret.name))?,
+            (true, None) => crl_file(tls, what)?,
+        };
         return Ok(Material {
             chain: certs(cert, &format!("{what}: {} tls.crt", secret.name))?,
             key: key_of(key, &format!("{what}: {} tls.key", secret.name))?,
             ca,
+            crls,
         });
     }
     // Istio's legacy file-mounted certificates.
@@ -148,7 +167,38 @@ fn material(
         chain: certs(&read(cert)?, &format!("{what}: {cert}"))?,
         key: key_of(&read(key)?, &format!("{what}: {key}"))?,
         ca,
+        crls: if mutual {
+            crl_file(tls, what)?
+        } else {
+            Vec::new()
+        },
     })
+}
+
+/// The CRLs of `tls.caCrl` (a PEM file), if set.
+fn crl_file(
+    tls: &ServerTlsSettings,
+    what: &str,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let Some(path) = tls.ca_crl.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("{what}: cannot read caCrl {path}: {e}"))?;
+    crls_of(&pem, &format!("{what}: caCrl {path}"))
+}
+
+/// Every `X509 CRL` block of a PEM file; none is an error.
+pub(crate) fn crls_of(
+    pem: &[u8],
+    what: &str,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}: bad CRL PEM: {e}"))?;
+    if crls.is_empty() {
+        return Err(format!("{what}: no X509 CRL found"));
+    }
+    Ok(crls)
 }
 
 /// The Secret `name` in the gateway's namespace. Falls back to a unique Secret of

@@ -271,8 +271,9 @@ fn config(
     }
 }
 
-/// The rustls client config and SNI of a cluster that originates TLS.
-fn client_config(
+/// The rustls client config and SNI of a cluster that originates TLS (HTTP routes
+/// here, TCP routes in proxy::tls_origin).
+pub(crate) fn client_config(
     t: &ClientTlsSettings,
     c: &Cluster,
     snap: &Snapshot,
@@ -284,6 +285,7 @@ fn client_config(
     let read = |p: &str| std::fs::read(p).map_err(|e| format!("cannot read {p}: {e}"));
     let mut ca = None;
     let mut client = None;
+    let mut crls = Vec::new();
     if let Some(cred) = &t.credential_name {
         let name = cred.strip_prefix("kubernetes://").unwrap_or(cred);
         let secret = find_secret(&snap.secrets, &snap.namespace, name).ok_or_else(|| {
@@ -300,6 +302,10 @@ fn client_config(
         });
         if let Some(pem) = ca_pem {
             ca = Some(certs(pem, &format!("Secret {} ca.crt", secret.name))?);
+        }
+        // The Secret's CRL (Istio's `ca.crl` / `crl` keys, as for Gateway servers).
+        if let Some(pem) = get(&["ca.crl", "crl"]) {
+            crls = crate::http::tls::crls_of(pem, &format!("Secret {} ca.crl", secret.name))?;
         }
         if t.mode == ClientTlsMode::Mutual {
             let crt = get(&["tls.crt", "cert"])
@@ -321,6 +327,13 @@ fn client_config(
             client = Some((certs(&read(crt)?, crt)?, key_of(&read(key)?, key)?));
         }
     }
+    // `caCrl` (a PEM file) when no Secret gave one: Envoy's `crl` in the validation
+    // context; the whole chain is checked, an issuer without a CRL refused.
+    if crls.is_empty()
+        && let Some(p) = &t.ca_crl
+    {
+        crls = crate::http::tls::crls_of(&read(p)?, &format!("caCrl {p}"))?;
+    }
     let verifier = if t.insecure_skip_verify == Some(true) {
         Verifier::insecure()
     } else {
@@ -335,6 +348,7 @@ fn client_config(
             Arc::new(roots),
             provider(),
         )
+        .with_crls(crls)
         .build()
         .map_err(|e| format!("CA certificates: {e}"))?;
         let sans = t

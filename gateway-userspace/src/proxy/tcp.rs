@@ -12,7 +12,7 @@ use tokio::{io::Interest, net::TcpStream};
 
 use crate::{
     config::{Listener, WeightedCluster},
-    kernel::splice::{Termination, sockopt},
+    kernel::splice::{FlowReport, Termination, sockopt},
     server::Gateway,
     telemetry::metrics::HelloOutcome,
     tls::sni::{MAX_CLIENT_HELLO, Sniff, sniff},
@@ -120,7 +120,7 @@ pub async fn serve(
     let terminating = listener
         .servers
         .iter()
-        .any(|s| s.kind == crate::config::ServerKind::HttpsTerminate);
+        .any(|s| crate::http::routing::terminating(s.kind));
     let (hello, route) = if listener.tls.is_empty() && !terminating {
         (
             None,
@@ -157,6 +157,22 @@ pub async fn serve(
             return crate::http::serve(gw.clone(), listener.clone(), down, peer, vec![], true)
                 .await;
         }
+        if tls.is_none()
+            && is_tls
+            && let Some(server) = gw.http.terminates_tcp(&listener, hello.sni.as_deref())
+        {
+            // A TLS server with SIMPLE/MUTUAL: terminate, then its `tcp` route.
+            let sni = hello.sni.clone();
+            return super::tls_terminate::serve(
+                gw.clone(),
+                listener.clone(),
+                down,
+                peer,
+                sni,
+                server,
+            )
+            .await;
+        }
         let route = match tls {
             Some(r) => Some((r.name.as_str(), r.destinations.as_slice())),
             None if hello.outcome == HelloOutcome::ClientGone => None,
@@ -191,12 +207,82 @@ pub async fn serve(
         };
         tracing::info!(%peer, port, "closing connection: {why}");
         let sni = hello.as_ref().and_then(|h| h.sni.as_deref());
-        refused(&gw, (start_time, started), peer, &down, sni, "NR", None);
+        let local = down.local_addr().ok();
+        refused(&gw, (start_time, started), peer, local, sni, "NR", None);
         return close_cleanly(down).await;
+    };
+    let ctx = FlowCtx {
+        gw: &gw,
+        peer,
+        port,
+        start: (start_time, started),
+        local: down.local_addr().ok(),
+        sni: sni.as_deref(),
+    };
+    let Some(mut up) = open_upstream(&ctx, route_name, destinations).await else {
+        return close_cleanly(down).await;
+    };
+    let Some(stream) = up.stream.take() else {
+        return;
+    };
+    let _ = down.set_nodelay(true);
+    let span = tracing::debug_span!("flow", %peer);
+    let report = match gw.tcp_tls.get(&up.cluster) {
+        None => tracing::Instrument::instrument(gw.splicer.splice(down, stream), span).await,
+        // The cluster originates TLS (DestinationRule `tls`): a userspace copy.
+        Some(origin) => {
+            let timeout = gw.opts.connect_timeout;
+            let Some(tls) = super::tls_origin::originate(&ctx, &up, origin, stream, timeout).await
+            else {
+                return close_cleanly(down).await;
+            };
+            let (idle, closing) = (gw.splicer.idle_timeout(), gw.splicer.closing().clone());
+            let copied = super::l4_copy::copy(down, tls, idle, closing.cancelled_owned());
+            tracing::Instrument::instrument(copied, span).await
+        }
+    };
+    flow_closed(&ctx, &up, route_name, &report);
+}
+
+/// What every L4 flow's refusals and access log need to know about it.
+pub(super) struct FlowCtx<'a> {
+    pub gw: &'a Gateway,
+    pub peer: SocketAddr,
+    pub port: u16,
+    pub start: (std::time::SystemTime, Instant),
+    /// The downstream socket's local address.
+    pub local: Option<SocketAddr>,
+    pub sni: Option<&'a str>,
+}
+
+/// The upstream connection of a routed flow, with what it holds for its life.
+pub(super) struct Upstream {
+    /// Taken by the copy.
+    pub stream: Option<TcpStream>,
+    pub endpoint: SocketAddr,
+    pub cluster: String,
+    pub local: Option<SocketAddr>,
+    /// The cluster's `tcp.maxConnections` slot.
+    _admission: Option<crate::lb::pool::Admission>,
+    /// LEAST_REQUEST counts the connection as active while this lives.
+    _picked: crate::lb::Picked,
+}
+
+/// Picks the destination and endpoint of a routed flow and connects to it. On a
+/// refusal (UO, NC, UH, UF) writes its access-log line and returns None: the caller
+/// closes the downstream.
+pub(super) async fn open_upstream(
+    ctx: &FlowCtx<'_>,
+    route_name: &str,
+    destinations: &[WeightedCluster],
+) -> Option<Upstream> {
+    let (gw, peer, port, sni) = (ctx.gw, ctx.peer, ctx.port, ctx.sni);
+    let refuse = |flags: &str, up: Option<(&String, Option<SocketAddr>, Option<String>)>| {
+        refused(gw, ctx.start, peer, ctx.local, sni, flags, up)
     };
     let Some(dest) = pick(destinations) else {
         tracing::info!(%peer, port, route = route_name, "closing connection: route has no destinations");
-        return close_cleanly(down).await;
+        return None;
     };
     // Consistent hashing on L4 has only the source address (Envoy's tcp_proxy
     // `hash_policy.source_ip`); other keys hash nothing, so the pick is random.
@@ -209,23 +295,14 @@ pub async fn serve(
     // The cluster's `tcp.maxConnections` (DestinationRule connectionPool): Envoy's
     // tcp_proxy closes a connection beyond it with `UO` (upstream_cx_overflow).
     // Held for the connection's life.
-    let _admission = match gw.balancers.get(&dest.cluster).and_then(|b| b.pool.clone()) {
+    let admission = match gw.balancers.get(&dest.cluster).and_then(|b| b.pool.clone()) {
         None => None,
         Some(pool) => match pool.admit_connection() {
             Ok(a) => Some(a),
             Err(crate::lb::pool::Overflow) => {
                 tracing::info!(%peer, port, cluster = %dest.cluster, "closing connection: circuit breaker maxConnections reached (UO)");
-                let up = (&dest.cluster, None, None);
-                refused(
-                    &gw,
-                    (start_time, started),
-                    peer,
-                    &down,
-                    sni.as_deref(),
-                    "UO",
-                    Some(up),
-                );
-                return close_cleanly(down).await;
+                refuse("UO", Some((&dest.cluster, None, None)));
+                return None;
             }
         },
     };
@@ -244,17 +321,8 @@ pub async fn serve(
                 .upstream_connect_failures
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, port, cluster = %dest.cluster, "closing connection: {why}");
-            let up = (&dest.cluster, None, None);
-            refused(
-                &gw,
-                (start_time, started),
-                peer,
-                &down,
-                sni.as_deref(),
-                flag,
-                Some(up),
-            );
-            return close_cleanly(down).await;
+            refuse(flag, Some((&dest.cluster, None, None)));
+            return None;
         }
     };
     let endpoint = picked.addr;
@@ -282,33 +350,32 @@ pub async fn serve(
                 Ok(Err(e)) => e.to_string(),
                 _ => "connect timeout".to_string(),
             };
-            connect_failed(&gw, peer, port, &dest.cluster, endpoint, &why);
-            let up = (&dest.cluster, Some(endpoint), Some(why));
-            refused(
-                &gw,
-                (start_time, started),
-                peer,
-                &down,
-                sni.as_deref(),
-                "UF",
-                Some(up),
-            );
-            return close_cleanly(down).await;
+            connect_failed(gw, peer, port, &dest.cluster, endpoint, &why);
+            refuse("UF", Some((&dest.cluster, Some(endpoint), Some(why))));
+            return None;
         }
     };
-    let _ = down.set_nodelay(true);
     let _ = up.set_nodelay(true);
     if let Some(k) = conn.keepalive
         && let Err(e) = k.apply(socket2::SockRef::from(&up))
     {
         tracing::debug!(%peer, cluster = %dest.cluster, "upstream TCP keepalive not set: {e}");
     }
-    let upstream_local = up.local_addr().ok();
-    let downstream_local = down.local_addr().ok();
     gw.telemetry.tcp_opened(&dest.cluster, endpoint);
-    let span = tracing::debug_span!("flow", %peer);
-    let report = tracing::Instrument::instrument(gw.splicer.splice(down, up), span).await;
+    Some(Upstream {
+        local: up.local_addr().ok(),
+        stream: Some(up),
+        endpoint,
+        cluster: dest.cluster.clone(),
+        _admission: admission,
+        _picked: picked,
+    })
+}
 
+/// Counts a finished flow and writes its log line and access-log record.
+pub(super) fn flow_closed(ctx: &FlowCtx<'_>, up: &Upstream, route_name: &str, report: &FlowReport) {
+    let (gw, peer) = (ctx.gw, ctx.peer);
+    let (start_time, started) = ctx.start;
     let received = report.downstream_to_upstream;
     let sent = report.upstream_to_downstream;
     let s = &gw.stats;
@@ -328,12 +395,12 @@ pub async fn serve(
     tracing::info!(
         target: "gateway::flow",
         %peer,
-        downstream_local = ?downstream_local,
-        upstream = %endpoint,
-        upstream_local = ?upstream_local,
-        cluster = %dest.cluster,
+        downstream_local = ?ctx.local,
+        upstream = %up.endpoint,
+        upstream_local = ?up.local,
+        cluster = %up.cluster,
         route = route_name,
-        sni = sni.as_deref().unwrap_or("-"),
+        sni = ctx.sni.unwrap_or("-"),
         bytes_received = received,
         bytes_sent = sent,
         in_kernel = report.in_kernel(),
@@ -346,11 +413,11 @@ pub async fn serve(
         start: start_time,
         duration: started.elapsed(),
         peer,
-        downstream_local,
-        upstream: Some(endpoint),
-        upstream_local,
-        cluster: Some(&dest.cluster),
-        sni: sni.as_deref(),
+        downstream_local: ctx.local,
+        upstream: Some(up.endpoint),
+        upstream_local: up.local,
+        cluster: Some(&up.cluster),
+        sni: ctx.sni,
         received,
         sent,
         flags: "",
@@ -366,11 +433,11 @@ pub async fn serve(
 /// matching filter chain, UH/UF for the upstream): `upstream` is (cluster, endpoint,
 /// failure reason).
 #[allow(clippy::too_many_arguments)]
-fn refused(
+pub(super) fn refused(
     gw: &Gateway,
     (start, started): (std::time::SystemTime, Instant),
     peer: SocketAddr,
-    down: &TcpStream,
+    local: Option<SocketAddr>,
     sni: Option<&str>,
     flags: &str,
     upstream: Option<(&String, Option<SocketAddr>, Option<String>)>,
@@ -383,7 +450,7 @@ fn refused(
         start,
         duration: started.elapsed(),
         peer,
-        downstream_local: down.local_addr().ok(),
+        downstream_local: local,
         upstream: endpoint,
         upstream_local: None,
         cluster,

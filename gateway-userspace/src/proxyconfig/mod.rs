@@ -102,8 +102,16 @@ fn listener_json(snap: &Snapshot, l: &Listener, addrs: &[IpAddr]) -> Value {
             "metadata": vs_metadata(&t.name),
         }));
     }
-    for s in &l.servers {
-        if s.kind != ServerKind::HttpsTerminate {
+    for (i, s) in l.servers.iter().enumerate() {
+        // A TLS-terminating TLS server: its chain is the tcp_proxy of its `tcp` route
+        // (none without one, as Istio builds none).
+        let tcp_route = l
+            .terminated_tcp
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, r)| r);
+        let terminates_tcp = s.kind == ServerKind::TlsTerminate && tcp_route.is_some();
+        if s.kind != ServerKind::HttpsTerminate && !terminates_tcp {
             continue;
         }
         let secret = s
@@ -122,7 +130,10 @@ fn listener_json(snap: &Snapshot, l: &Listener, addrs: &[IpAddr]) -> Value {
                 }
             },
             // Istio (gateway.go): an HTTPS server's `name` is its HCM's stat prefix.
-            "filters": [hcm(&https_route_name(snap, l.port, s), s.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(&stat))],
+            "filters": match tcp_route {
+                Some(r) if terminates_tcp => json!([tcp_proxy(&r.destinations, &stat)]),
+                _ => json!([hcm(&https_route_name(snap, l.port, s), s.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(&stat))]),
+            },
         }));
     }
     if l.servers.iter().any(|s| s.kind == ServerKind::Http) {

@@ -43,8 +43,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1012",
-        "Gateway `tls.caCrl`, `tls.verifyCertificateSpki`, `tls.verifyCertificateHash`, `tls.insecureSkipVerify`",
-        "ignored: client certificates are checked against the CA and `subjectAltNames` only (no revocation list, no pinning)",
+        "Gateway `tls.verifyCertificateSpki`, `tls.verifyCertificateHash`, `tls.insecureSkipVerify`",
+        "ignored: client certificates are checked against the CA, `caCrl` and `subjectAltNames` only (no pinning)",
     ),
     (
         "GW1013",
@@ -98,8 +98,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1063",
-        "DestinationRule `tls.caCrl` (every level); `tls` with mode DISABLE and other settings",
-        "ignored: the server certificate's revocation is not checked; with DISABLE the endpoints get plain TCP whatever else is set",
+        "DestinationRule `tls` with mode DISABLE and other settings",
+        "ignored: with DISABLE the endpoints get plain TCP whatever else is set",
     ),
     (
         "GW1064",
@@ -120,11 +120,6 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "GW1067",
         "DestinationRule `loadBalancer.simple: PASSTHROUGH`",
         "ignored: an ingress gateway has no original destination to pass through to (Istio's ORIGINAL_DST cluster would send the request back to the gateway itself); the cluster uses LEAST_REQUEST",
-    ),
-    (
-        "GW1068",
-        "DestinationRule `tls` (SIMPLE, MUTUAL) of a cluster a VirtualService `tcp` route goes to",
-        "ignored for TCP routes: the bytes go to the endpoints as they are (no TLS origination); HTTP routes to the cluster originate TLS",
     ),
     (
         "GW1070",
@@ -238,7 +233,6 @@ pub(super) const GATEWAY: &[Rule] = &[
         "not supported (sidecars only)",
     ),
     rule("spec.servers[*].port.targetPort", "GW1011", "not supported"),
-    rule("spec.servers[*].tls.caCrl", "GW1012", "not supported"),
     rule(
         "spec.servers[*].tls.verifyCertificateSpki",
         "GW1012",
@@ -321,7 +315,6 @@ pub(super) const TRAFFIC_POLICY: &[Rule] = &[
         "GW1061",
         "not supported",
     ),
-    rule("tls.caCrl", "GW1063", "not supported (no revocation check)"),
     Rule {
         pattern: "tls",
         code: "GW1063",

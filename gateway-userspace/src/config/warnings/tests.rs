@@ -73,9 +73,9 @@ fn every_kind_has_its_warnings() {
             "w.yaml:4:1",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true, caCrl: /crl.pem}}\n",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  trafficPolicy: {tls: {mode: DISABLE, caCrl: /crl.pem}}\n",
             "GW1063",
-            "w.yaml:6:65",
+            "w.yaml:6:19",
         ),
         (
             "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  workloadSelector: {matchLabels: {a: b}}\n  trafficPolicy:\n    tls: {mode: DISABLE, sni: x.test}\n    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s, idleTimeout: 1s}}\n    loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n    portLevelSettings:\n    - port: {number: 80}\n      outlierDetection: {consecutive5xxErrors: 1}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      tunnel: {targetHost: a, targetPort: 1}\n      loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: 1s, attributes: [{name: a}]}}}\n",

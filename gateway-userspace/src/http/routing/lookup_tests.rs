@@ -103,6 +103,7 @@ fn https_server_index_answers_what_a_scan_answers() {
             protocol: crate::config::ListenerProtocol::Tls,
             servers,
             tcp: None,
+            terminated_tcp: vec![],
             tls: vec![],
             http: vec![],
         };

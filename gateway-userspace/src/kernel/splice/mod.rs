@@ -368,6 +368,18 @@ impl Splicer {
         &self.0.paths
     }
 
+    /// `--tcp-idle-timeout`, for L4 copies made outside the splices (TLS-terminated
+    /// flows, proxy::tls_terminate).
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        self.0.idle
+    }
+
+    /// Cancelled when the drain deadline passes ([`Splicer::close_all`]): copies made
+    /// outside the splices end their flows on it as the splices do.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.0.closing
+    }
+
     /// Moves bytes both ways until both sides are done, then closes both sockets.
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
         let inner = &*self.0;

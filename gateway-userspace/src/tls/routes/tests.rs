@@ -26,6 +26,7 @@ fn sni_table_answers_what_a_scan_answers() {
             protocol: ListenerProtocol::Tls,
             servers: vec![],
             tcp: None,
+            terminated_tcp: vec![],
             tls,
             http: vec![],
         };
