@@ -52,7 +52,9 @@ pub struct ConnSettings {
     pub keepalive: Option<Keepalive>,
     /// `http.maxRequestsPerConnection` above 0 (Envoy's `max_requests_per_connection`).
     pub max_requests_per_connection: Option<u32>,
-    /// `http.idleTimeout` (Envoy's `common_http_protocol_options.idle_timeout`).
+    /// `http.idleTimeout`, else `tcp.idleTimeout` (Envoy's
+    /// `common_http_protocol_options.idle_timeout`); `Some(ZERO)`: never (a
+    /// `tcp.idleTimeout: 0s`, which Envoy reads as "disabled").
     pub idle_timeout: Option<Duration>,
     /// `http.h2UpgradePolicy: UPGRADE`: HTTP/2 to an HTTP port's endpoints.
     pub h2_upgrade: bool,
@@ -114,7 +116,20 @@ pub fn conn_settings(cp: &ConnectionPoolSettings) -> ConnSettings {
         c.h2_upgrade = h.use_client_protocol != Some(true)
             && h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade);
     }
+    // `applyConnectionPool`: "if idleTimeout == nil { idleTimeout = settings.Tcp.IdleTimeout }"
+    // — the TCP idle timeout also closes the cluster's idle HTTP connections.
+    if c.idle_timeout.is_none() {
+        c.idle_timeout = tcp_idle_timeout(cp);
+    }
     c
+}
+
+/// `tcp.idleTimeout` (`Some(ZERO)`: disabled, as Envoy reads a zero).
+pub fn tcp_idle_timeout(cp: &ConnectionPoolSettings) -> Option<Duration> {
+    cp.tcp
+        .as_ref()
+        .and_then(|t| t.idle_timeout.as_ref())
+        .map(|d| d.duration)
 }
 
 /// Envoy's `OutlierDetection` as Istio fills it; a threshold of 0 is not enforced.
@@ -278,6 +293,14 @@ pub(crate) fn check(
             (
                 "http.idleTimeout",
                 cp.http.as_ref().and_then(|h| h.idle_timeout.as_ref()),
+            ),
+            // 0s is allowed: it disables the timeout (Istio skips the check for it).
+            (
+                "tcp.idleTimeout",
+                cp.tcp
+                    .as_ref()
+                    .and_then(|t| t.idle_timeout.as_ref())
+                    .filter(|d| !d.duration.is_zero()),
             ),
         ];
         for (field, d) in durations {

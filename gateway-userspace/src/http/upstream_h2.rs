@@ -143,7 +143,10 @@ impl H2Pool {
                 last_used: Instant::now(),
             },
         );
-        reap_when_idle(Arc::downgrade(&self.conns), endpoint, id, self.idle_timeout);
+        // A zero (`tcp.idleTimeout: 0s`) is Envoy's "disabled": never reaped for idleness.
+        if !self.idle_timeout.is_zero() {
+            reap_when_idle(Arc::downgrade(&self.conns), endpoint, id, self.idle_timeout);
+        }
         Ok(sender)
     }
 }

@@ -246,7 +246,10 @@ fn build(
     };
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(conn.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT))
+        // A zero (`tcp.idleTimeout: 0s`) is Envoy's "disabled": no pool idle timeout.
+        .pool_idle_timeout(
+            Some(conn.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero()),
+        )
         .build(connector)
 }
 

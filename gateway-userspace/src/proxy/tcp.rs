@@ -307,7 +307,19 @@ pub async fn serve(
     let downstream_local = down.local_addr().ok();
     gw.telemetry.tcp_opened(&dest.cluster, endpoint);
     let span = tracing::debug_span!("flow", %peer);
-    let report = tracing::Instrument::instrument(gw.splicer.splice(down, up), span).await;
+    // Istio gives the tcp_proxy the idle timeout of the DestinationRule of the route's
+    // first destination (networkfilter.go `buildOutboundNetworkFilters`: one rule for
+    // the whole route, weighted or not), its top-level `connectionPool.tcp.idleTimeout`;
+    // 0s disables it; unset: `--tcp-idle-timeout`.
+    let idle = destinations
+        .first()
+        .and_then(|d| gw.snapshot.clusters.get(&d.cluster))
+        .and_then(|c| c.tcp_idle_timeout)
+        .map_or(gw.splicer.idle_timeout(), |d| {
+            Some(d).filter(|d| !d.is_zero())
+        });
+    let report =
+        tracing::Instrument::instrument(gw.splicer.splice_idle(down, up, idle), span).await;
 
     let received = report.downstream_to_upstream;
     let sent = report.upstream_to_downstream;

@@ -98,8 +98,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1061",
-        "DestinationRule `connectionPool.tcp.maxConnectionDuration`, `idleTimeout`; `connectionPool.http.useClientProtocol`, `maxConcurrentStreams` (every level)",
-        "ignored: upstream connections live as long as they are used; a TCP route's connection has no idle timeout; requests go upstream over the cluster's protocol whatever the client spoke; HTTP/2 streams per connection are not capped",
+        "DestinationRule `connectionPool.tcp.maxConnectionDuration`; `connectionPool.http.useClientProtocol`, `maxConcurrentStreams` (every level)",
+        "ignored: upstream connections live as long as they are used; requests go upstream over the cluster's protocol whatever the client spoke; HTTP/2 streams per connection are not capped",
     ),
     (
         "GW1063",
@@ -346,7 +346,6 @@ pub(super) const TRAFFIC_POLICY: &[Rule] = &[
         "GW1061",
         "not supported",
     ),
-    rule("connectionPool.tcp.idleTimeout", "GW1061", "not supported"),
     rule(
         "connectionPool.http.useClientProtocol",
         "GW1061",
