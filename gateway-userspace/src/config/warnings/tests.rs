@@ -306,7 +306,7 @@ fn the_readme_table_lists_every_code() {
 fn connection_pool_connection_settings_are_acted_on() {
     use crate::config::upstream_policy::{ConnSettings, Keepalive};
     use std::time::Duration;
-    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [svc.test]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: svc.test\n  trafficPolicy:\n    connectionPool:\n      tcp: {connectTimeout: 250ms, tcpKeepalive: {time: 1500ms, interval: 3s, probes: 4}}\n      http: {maxRequestsPerConnection: 2, idleTimeout: 5s, h2UpgradePolicy: UPGRADE}\n  subsets:\n  - name: v1\n    trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 0, h2UpgradePolicy: DO_NOT_UPGRADE}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [web.example.com]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: svc.test, subset: v1}}]\n";
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [svc.test]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: svc.test\n  trafficPolicy:\n    connectionPool:\n      tcp: {connectTimeout: 250ms, tcpKeepalive: {time: 1500ms, interval: 3s, probes: 4}}\n      http: {maxRequestsPerConnection: 2, idleTimeout: 5s, h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 3}\n  subsets:\n  - name: v1\n    trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 0, h2UpgradePolicy: DO_NOT_UPGRADE, useClientProtocol: true}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [web.example.com]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: svc.test, subset: v1}}]\n";
     let gw = GW_YAML.replace(", targetPort: 80", "");
     let l = load(&format!("{gw}---\n{yaml}"), Missing::Isolate);
     let snap = match &l.result {
@@ -329,6 +329,8 @@ fn connection_pool_connection_settings_are_acted_on() {
             max_requests_per_connection: Some(2),
             idle_timeout: Some(Duration::from_secs(5)),
             h2_upgrade: true,
+            max_concurrent_streams: Some(3),
+            use_client_protocol: false,
         }
     );
     assert!(whole.http2, "UPGRADE makes the HTTP port's cluster HTTP/2");
@@ -336,6 +338,15 @@ fn connection_pool_connection_settings_are_acted_on() {
     let v1 = &snap.clusters["outbound|80|v1|svc.test"];
     assert_eq!(v1.conn.max_requests_per_connection, None);
     assert!(!v1.http2);
+    assert!(v1.conn.use_client_protocol);
+    // Istio's validation: useClientProtocol with UPGRADE is refused.
+    let bad = yaml.replace("DO_NOT_UPGRADE, useClientProtocol", "UPGRADE, useClientProtocol");
+    let l = load(&format!("{gw}---\n{bad}"), Missing::Isolate);
+    let e = l.result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        e.contains("use client protocol must not be true when H2UpgradePolicy is UPGRADE"),
+        "{e}"
+    );
 }
 
 /// `tcp.idleTimeout` is acted on, as Istio gives it out: the top level's to a TCP
