@@ -500,8 +500,7 @@ spec:
             .clone()
     };
     assert_eq!(
-        opts("outbound|80||capped.test")["explicit_http_config"]["http2_protocol_options"]
-            ["max_concurrent_streams"],
+        opts("outbound|80||capped.test")["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"],
         2
     );
     assert!(
@@ -518,7 +517,9 @@ spec:
             let hs: Vec<_> = (0..4)
                 .map(|i| s.spawn(move || get(ns, host, &format!("{host}-{i}"))))
                 .collect();
-            hs.into_iter().map(|h| h.join().expect("curl thread")).collect()
+            hs.into_iter()
+                .map(|h| h.join().expect("curl thread"))
+                .collect()
         });
         for r in &rs {
             assert_eq!(r.status, 200, "{host}: {r:?}\n{}", gw.log());

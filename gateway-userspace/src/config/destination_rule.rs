@@ -194,7 +194,8 @@ pub struct Subset {
 /// `http.http1MaxPendingRequests`, `http.http2MaxRequests` and `http.maxRetries`
 /// (Envoy's circuit breakers, `lb::pool`), and on `tcp.connectTimeout`,
 /// `tcp.tcpKeepalive`, `tcp.idleTimeout`, `http.maxRequestsPerConnection`,
-/// `http.idleTimeout` and `http.h2UpgradePolicy` (the cluster's upstream connections,
+/// `http.idleTimeout`, `http.h2UpgradePolicy`, `http.maxConcurrentStreams` and
+/// `http.useClientProtocol` (the cluster's upstream connections,
 /// `upstream_policy::ConnSettings`; `tcp.idleTimeout` also TCP routes' flows,
 /// `Cluster::tcp_idle_timeout`); the other fields are warnings (GW1061).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

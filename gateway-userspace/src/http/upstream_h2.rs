@@ -1,11 +1,13 @@
 //! HTTP/2 to the endpoints of a cluster whose port speaks it (ServiceEntry protocol
-//! HTTP2, GRPC, GRPC-WEB): one multiplexed connection per endpoint, h2c with prior
+//! HTTP2, GRPC, GRPC-WEB): multiplexed connections per endpoint (one, unless
+//! `http.maxConcurrentStreams` makes a busy one spill over to more), h2c with prior
 //! knowledge on plain TCP, ALPN `h2` over TLS origination (Envoy's cluster with
 //! `http2_protocol_options`). hyper's connection API rather than the pooled client, so
 //! that `:authority` is the request's host while the connection goes to the endpoint
 //! (Envoy turns `Host` into `:authority`). Also the clusters of an HTTP port with
 //! `h2UpgradePolicy: UPGRADE`. The cluster's `connectionPool` connection settings
-//! apply: connect timeout, TCP keepalive, streams per connection, idle timeout.
+//! apply: connect timeout, TCP keepalive, streams per connection, concurrent streams,
+//! idle timeout. Also a `useClientProtocol` cluster's requests from HTTP/2 clients.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -166,7 +168,7 @@ impl H2Pool {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(&endpoint)?;
         list.retain(|p| {
-            !p.sender.is_closed() && !self.max_requests.is_some_and(|max| p.streams >= max)
+            !p.sender.is_closed() && self.max_requests.is_none_or(|max| p.streams < max)
         });
         let p = list.iter_mut().find(|p| {
             self.max_concurrent
@@ -175,7 +177,10 @@ impl H2Pool {
         p.streams += 1;
         p.last_used = Instant::now();
         p.active.fetch_add(1, Ordering::Relaxed);
-        Some((p.sender.clone(), OpenStream(Arc::new(StreamSlot(p.active.clone())))))
+        Some((
+            p.sender.clone(),
+            OpenStream(Arc::new(StreamSlot(p.active.clone()))),
+        ))
     }
 
     async fn connect(&self, endpoint: SocketAddr) -> Result<SendRequest<Body>, SendError> {

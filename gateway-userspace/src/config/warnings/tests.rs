@@ -340,7 +340,10 @@ fn connection_pool_connection_settings_are_acted_on() {
     assert!(!v1.http2);
     assert!(v1.conn.use_client_protocol);
     // Istio's validation: useClientProtocol with UPGRADE is refused.
-    let bad = yaml.replace("DO_NOT_UPGRADE, useClientProtocol", "UPGRADE, useClientProtocol");
+    let bad = yaml.replace(
+        "DO_NOT_UPGRADE, useClientProtocol",
+        "UPGRADE, useClientProtocol",
+    );
     let l = load(&format!("{gw}---\n{bad}"), Missing::Isolate);
     let e = l.result.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
