@@ -155,6 +155,24 @@ fn destination_rule_tcp_idle_timeout_every_mode() {
             &[&dir.write("l4.yaml", CONFIG)],
             &["--splice", mode, "--mesh-config", mesh.to_str().unwrap()],
         );
+        // /config_dump: the rule's idleTimeout on the port's tcp_proxy, as Istio sets it;
+        // none on the other port (Envoy's default there).
+        let dump = gw.admin_json("/config_dump");
+        let tcp_proxy = |port: u16| {
+            dump["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["dynamic_listeners"].as_array())
+                .flatten()
+                .map(|l| &l["active_state"]["listener"])
+                .find(|l| l["address"]["socket_address"]["port_value"] == port)
+                .and_then(|l| l["filter_chains"][0]["filters"][0].get("typed_config"))
+                .cloned()
+                .unwrap_or_else(|| panic!("{mode}: no tcp_proxy for port {port} in {dump}"))
+        };
+        assert_eq!(tcp_proxy(9000)["idle_timeout"], "1s", "{mode}");
+        assert!(tcp_proxy(9001).get("idle_timeout").is_none(), "{mode}");
         let idle = NetNs::block_on(&rt, async move {
             let mut s = TcpStream::connect("127.0.0.1:9000").await.expect("connect");
             if mode == "auto" {

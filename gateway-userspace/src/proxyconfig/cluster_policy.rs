@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::config::snapshot::Cluster;
 
 /// protojson's Duration: seconds with 0, 3, 6 or 9 fractional digits.
-fn duration(d: Duration) -> String {
+pub(super) fn duration(d: Duration) -> String {
     let (s, n) = (d.as_secs(), d.subsec_nanos());
     if n == 0 {
         format!("{s}s")
