@@ -137,7 +137,8 @@ pub struct RunArgs {
     pub connect_timeout: Duration,
     /// Close an L4 flow (TCP, TLS passthrough) in which no byte moved either way for this
     /// long (Istio's TCP idleTimeout, 1 h by default): a FIN each way, or a reset when
-    /// bytes were still waiting for a stalled reader. 0: never.
+    /// bytes were still waiting for a stalled reader. 0: never. A DestinationRule's
+    /// `connectionPool.tcp.idleTimeout` overrides it for the routes to its service.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub tcp_idle_timeout: Duration,
     /// Downstream connections open at once, all listeners together; past it new ones are

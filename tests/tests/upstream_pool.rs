@@ -12,7 +12,13 @@
 //!   HTTP/2, where `maxRequestsPerConnection: 2` makes four requests take two
 //!   connections and `idleTimeout: 1s` closes the last;
 //! - on TCP routes: the connect timeout closes the client's connection after ~0.5 s,
-//!   and the upstream socket has the keepalive timer.
+//!   and the upstream socket has the keepalive timer;
+//! - `http.maxConcurrentStreams: 2` on an HTTP/2 cluster: four concurrent slow
+//!   requests take two upstream connections (without it: one);
+//! - `http.useClientProtocol: true`: an HTTP/2 client's request reaches a backend that
+//!   speaks both as HTTP/2, an HTTP/1.1 client's as HTTP/1.1 (without it: HTTP/1.1).
+//!
+//! (`tcp.idleTimeout` on TCP routes: `upstream_pool_tcp.rs`.)
 mod http_common;
 
 use std::net::SocketAddr;
@@ -60,6 +66,11 @@ async fn counting_backend(addr: SocketAddr) -> Arc<Counts> {
 /// An h2c-only backend (prior knowledge) answering with the request's version,
 /// counting its connections.
 async fn h2c_backend(addr: SocketAddr) -> Arc<Counts> {
+    h2c_backend_slow(addr, Duration::ZERO).await
+}
+
+/// As [`h2c_backend`], answering each request after `delay`.
+async fn h2c_backend_slow(addr: SocketAddr, delay: Duration) -> Arc<Counts> {
     let counts = Arc::new(Counts::default());
     let l = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let c = counts.clone();
@@ -68,7 +79,8 @@ async fn h2c_backend(addr: SocketAddr) -> Arc<Counts> {
             c.accepted.fetch_add(1, Ordering::SeqCst);
             let c = c.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<_>| async move {
+                    tokio::time::sleep(delay).await;
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
                         format!("version={:?}\n", req.version()),
                     ))))
@@ -392,5 +404,144 @@ spec:
         "closed: {}",
         h2.closed.load(Ordering::SeqCst)
     );
+    drop(rt);
+}
+
+/// A backend speaking HTTP/1.1 and h2c (prior knowledge) on one port, answering with
+/// the request's version.
+async fn h1_and_h2c_backend(addr: SocketAddr) {
+    let l = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        format!("version={:?}\n", req.version()),
+                    ))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+}
+
+#[test]
+fn connection_pool_streams_and_client_protocol() {
+    if !privileged("connection_pool_streams_and_client_protocol") {
+        return;
+    }
+    let ns = NetNs::new("uppool2");
+    let dir = scratch(&ns);
+    let rt = ns.runtime();
+    let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    const SLOW: Duration = Duration::from_secs(2);
+    let (capped, uncapped) = NetNs::block_on(&rt, async move {
+        let capped = h2c_backend_slow(at(18311), SLOW).await;
+        let uncapped = h2c_backend_slow(at(18312), SLOW).await;
+        h1_and_h2c_backend(at(18313)).await;
+        h1_and_h2c_backend(at(18314)).await;
+        (capped, uncapped)
+    });
+    let mut yaml = String::from(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+",
+    );
+    yaml += &service(
+        "capped.test",
+        "127.0.0.1",
+        18311,
+        "{http: {h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 2}}",
+    );
+    yaml += &service(
+        "uncapped.test",
+        "127.0.0.1",
+        18312,
+        "{http: {h2UpgradePolicy: UPGRADE}}",
+    );
+    yaml += &service(
+        "client.test",
+        "127.0.0.1",
+        18313,
+        "{http: {useClientProtocol: true}}",
+    );
+    yaml += &service("port.test", "127.0.0.1", 18314, "");
+    let cfg = dir.join("upstream-pool-2.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let gw = start_gateway(&ns, &[&cfg]);
+    assert!(
+        !gw.log().contains("GW1061"),
+        "the settings are not warned:\n{}",
+        gw.log()
+    );
+    let dump: serde_json::Value =
+        serde_json::from_str(&gw.admin_get("/config_dump")).expect("config_dump JSON");
+    let opts = |name: &str| {
+        dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["dynamic_active_clusters"].as_array())
+            .flatten()
+            .map(|c| &c["cluster"])
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no cluster {name} in {dump}"))
+            ["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            .clone()
+    };
+    assert_eq!(
+        opts("outbound|80||capped.test")["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"],
+        2
+    );
+    assert!(
+        opts("outbound|80||client.test")["use_downstream_protocol_config"].is_object(),
+        "{}",
+        opts("outbound|80||client.test")
+    );
+
+    // maxConcurrentStreams: 2 -> four concurrent slow requests, two HTTP/2 connections;
+    // without the cap all four share one.
+    for (host, counts, want) in [("capped.test", &capped, 2), ("uncapped.test", &uncapped, 1)] {
+        let rs: Vec<Resp> = std::thread::scope(|s| {
+            let ns = &ns;
+            let hs: Vec<_> = (0..4)
+                .map(|i| s.spawn(move || get(ns, host, &format!("{host}-{i}"))))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("curl thread"))
+                .collect()
+        });
+        for r in &rs {
+            assert_eq!(r.status, 200, "{host}: {r:?}\n{}", gw.log());
+            assert_eq!(r.body.trim(), "version=HTTP/2.0", "{host}");
+        }
+        assert_eq!(counts.accepted.load(Ordering::SeqCst), want, "{host}");
+    }
+
+    // useClientProtocol: the client's protocol upstream; without it, the port's (HTTP/1.1).
+    for (host, h2_client, want) in [
+        ("client.test", true, "version=HTTP/2.0"),
+        ("client.test", false, "version=HTTP/1.1"),
+        ("port.test", true, "version=HTTP/1.1"),
+    ] {
+        let host_h = format!("Host: {host}");
+        let mut args = vec!["-H", host_h.as_str(), "http://127.0.0.1/x"];
+        if h2_client {
+            args.insert(0, "--http2-prior-knowledge");
+        }
+        let r = curl(&ns, &args);
+        assert_eq!(r.status, 200, "{host} h2={h2_client}: {r:?}\n{}", gw.log());
+        assert_eq!(r.body.trim(), want, "{host} h2={h2_client}");
+    }
     drop(rt);
 }

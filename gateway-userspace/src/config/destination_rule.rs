@@ -193,9 +193,11 @@ pub struct Subset {
 /// `ConnectionPoolSettings`. The gateway acts on `tcp.maxConnections`,
 /// `http.http1MaxPendingRequests`, `http.http2MaxRequests` and `http.maxRetries`
 /// (Envoy's circuit breakers, `lb::pool`), and on `tcp.connectTimeout`,
-/// `tcp.tcpKeepalive`, `http.maxRequestsPerConnection`, `http.idleTimeout` and
-/// `http.h2UpgradePolicy` (the cluster's upstream connections,
-/// `upstream_policy::ConnSettings`); the other fields are warnings (GW1061).
+/// `tcp.tcpKeepalive`, `tcp.idleTimeout`, `http.maxRequestsPerConnection`,
+/// `http.idleTimeout`, `http.h2UpgradePolicy`, `http.maxConcurrentStreams` and
+/// `http.useClientProtocol` (the cluster's upstream connections,
+/// `upstream_policy::ConnSettings`; `tcp.idleTimeout` also TCP routes' flows,
+/// `Cluster::tcp_idle_timeout`); the other fields are warnings (GW1061).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPoolSettings {

@@ -136,6 +136,10 @@ impl<'a> Resolver<'a> {
                         .and_then(|r| r.connection_pool(port, subset))
                         .map(upstream_policy::circuit_breakers),
                     conn,
+                    tcp_idle_timeout: rule
+                        .and_then(|r| r.policy)
+                        .and_then(|p| p.connection_pool.as_ref())
+                        .and_then(upstream_policy::tcp_idle_timeout),
                     outlier: rule
                         .and_then(|r| r.outlier_detection(port, subset))
                         .map(upstream_policy::outlier_policy),

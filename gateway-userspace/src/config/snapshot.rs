@@ -242,6 +242,12 @@ pub struct Cluster {
     /// `connectionPool`'s connection settings (connect timeout, keepalive, reuse, idle,
     /// HTTP/2 upgrade); default: the gateway's own.
     pub conn: super::upstream_policy::ConnSettings,
+    /// The idle timeout of a TCP/TLS route to this service (Envoy's tcp_proxy
+    /// `idle_timeout`): the DestinationRule's top-level `connectionPool.tcp.idleTimeout`,
+    /// as Istio's `buildOutboundNetworkFiltersWithSingleDestination` reads it (subset and
+    /// port levels do not reach the tcp_proxy). `Some(ZERO)`: never; `None`:
+    /// `--tcp-idle-timeout`.
+    pub tcp_idle_timeout: Option<std::time::Duration>,
     /// `outlierDetection` (`None`: no endpoint is ever ejected).
     pub outlier: Option<super::upstream_policy::OutlierPolicy>,
     /// TLS origination (DestinationRule `tls`, SIMPLE or MUTUAL); None: plain TCP.

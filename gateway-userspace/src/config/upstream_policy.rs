@@ -52,10 +52,19 @@ pub struct ConnSettings {
     pub keepalive: Option<Keepalive>,
     /// `http.maxRequestsPerConnection` above 0 (Envoy's `max_requests_per_connection`).
     pub max_requests_per_connection: Option<u32>,
-    /// `http.idleTimeout` (Envoy's `common_http_protocol_options.idle_timeout`).
+    /// `http.idleTimeout`, else `tcp.idleTimeout` (Envoy's
+    /// `common_http_protocol_options.idle_timeout`); `Some(ZERO)`: never (a
+    /// `tcp.idleTimeout: 0s`, which Envoy reads as "disabled").
     pub idle_timeout: Option<Duration>,
     /// `http.h2UpgradePolicy: UPGRADE`: HTTP/2 to an HTTP port's endpoints.
     pub h2_upgrade: bool,
+    /// `http.maxConcurrentStreams` above 0: streams at once on one HTTP/2 connection
+    /// (Envoy's `http2_protocol_options.max_concurrent_streams`, which Istio sets only
+    /// on a cluster that speaks HTTP/2 — and not with `useClientProtocol`).
+    pub max_concurrent_streams: Option<u32>,
+    /// `http.useClientProtocol`: requests go upstream over the protocol the client
+    /// spoke, HTTP/2 or HTTP/1.1 (Envoy's `use_downstream_protocol_config`).
+    pub use_client_protocol: bool,
 }
 
 /// TCP keepalive; `None` fields are the system's defaults, as Envoy leaves them.
@@ -108,13 +117,30 @@ pub fn conn_settings(cp: &ConnectionPoolSettings) -> ConnSettings {
         c.max_requests_per_connection = positive(h.max_requests_per_connection);
         c.idle_timeout = h.idle_timeout.as_ref().map(|d| d.duration);
         // Istio's `shouldH2Upgrade` (pilot/pkg/networking/core/cluster_builder.go):
-        // `useClientProtocol` (GW1061 here) prevents the upgrade; UPGRADE makes it,
+        // `useClientProtocol` prevents the upgrade; UPGRADE makes it,
         // the user vouching the port speaks HTTP; DEFAULT is the mesh's
         // `h2UpgradePolicy`, DO_NOT_UPGRADE by default.
         c.h2_upgrade = h.use_client_protocol != Some(true)
             && h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade);
+        c.max_concurrent_streams = positive(h.max_concurrent_streams);
+        // `setUseDownstreamProtocol`, applied last: it replaces the cluster's explicit
+        // protocol, an HTTP2/GRPC port's included.
+        c.use_client_protocol = h.use_client_protocol == Some(true);
+    }
+    // `applyConnectionPool`: "if idleTimeout == nil { idleTimeout = settings.Tcp.IdleTimeout }"
+    // — the TCP idle timeout also closes the cluster's idle HTTP connections.
+    if c.idle_timeout.is_none() {
+        c.idle_timeout = tcp_idle_timeout(cp);
     }
     c
+}
+
+/// `tcp.idleTimeout` (`Some(ZERO)`: disabled, as Envoy reads a zero).
+pub fn tcp_idle_timeout(cp: &ConnectionPoolSettings) -> Option<Duration> {
+    cp.tcp
+        .as_ref()
+        .and_then(|t| t.idle_timeout.as_ref())
+        .map(|d| d.duration)
 }
 
 /// Envoy's `OutlierDetection` as Istio fills it; a threshold of 0 is not enforced.
@@ -235,6 +261,15 @@ pub(crate) fn check(
         if cp.http.is_none() && cp.tcp.is_none() {
             err(at.clone(), "must set at least one of http or tcp".into());
         }
+        if let Some(h) = &cp.http
+            && h.use_client_protocol == Some(true)
+            && h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade)
+        {
+            err(
+                format!("{at}.http.useClientProtocol"),
+                "use client protocol must not be true when H2UpgradePolicy is UPGRADE".into(),
+            );
+        }
         let mut non_negative = |field: &str, v: Option<i64>, what: &str| {
             if v.is_some_and(|n| n < 0) {
                 err(
@@ -278,6 +313,14 @@ pub(crate) fn check(
             (
                 "http.idleTimeout",
                 cp.http.as_ref().and_then(|h| h.idle_timeout.as_ref()),
+            ),
+            // 0s is allowed: it disables the timeout (Istio skips the check for it).
+            (
+                "tcp.idleTimeout",
+                cp.tcp
+                    .as_ref()
+                    .and_then(|t| t.idle_timeout.as_ref())
+                    .filter(|d| !d.duration.is_zero()),
             ),
         ];
         for (field, d) in durations {

@@ -140,6 +140,8 @@ pub struct Copy {
     pub headers: HeaderMap,
     pub path_and_query: String,
     pub timeout: Option<Duration>,
+    /// The client spoke HTTP/2 (for a cluster with `useClientProtocol`).
+    pub client_h2: bool,
 }
 
 /// Sends the copy to each cluster in the background; nothing here reaches the
@@ -191,7 +193,7 @@ async fn send_one(gw: &Gateway, client: &UpstreamClient, cluster: &str, copy: &C
         }
     };
     let endpoint = picked.addr;
-    let Ok(target) = client.for_cluster(cluster) else {
+    let Ok(target) = client.for_cluster(cluster, copy.client_h2) else {
         stats.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };

@@ -625,6 +625,7 @@ async fn route_request(
                     headers: parts.headers.clone(),
                     path_and_query: path_and_query.clone(),
                     timeout: route.timeout,
+                    client_h2: parts.version == Version::HTTP_2,
                 };
                 let copied = body.tee(mirror::BUFFER_LIMIT);
                 mirror::spawn(gw.clone(), conn.client.clone(), mirrors, copy, copied);
@@ -634,7 +635,7 @@ async fn route_request(
                 &gw,
                 &conn,
                 &route,
-                &dest.cluster,
+                (&dest.cluster, parts.version == Version::HTTP_2),
                 parts.method.clone(),
                 parts.headers,
                 path_and_query,

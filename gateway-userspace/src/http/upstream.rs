@@ -55,7 +55,7 @@ pub async fn forward(
     gw: &std::sync::Arc<Gateway>,
     conn: &ConnCtx,
     route: &Route,
-    cluster: &str,
+    (cluster, client_h2): (&str, bool),
     method: Method,
     headers: HeaderMap,
     path_and_query: String,
@@ -151,7 +151,7 @@ pub async fn forward(
         let endpoint = picked.addr;
         tried.push(endpoint);
         log.upstream_host = Some(endpoint);
-        let target = match conn.client.for_cluster(cluster) {
+        let target = match conn.client.for_cluster(cluster, client_h2) {
             Ok(t) => t,
             Err(why) => {
                 tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS origination is not set up: {why}");
@@ -416,6 +416,9 @@ fn respond_upstream(
             }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // An HTTP/2 stream stays counted against its connection's
+            // `maxConcurrentStreams` until the body is done or dropped.
+            let open = parts.extensions.remove::<super::upstream_h2::OpenStream>();
             if let Some((down, up, idle, gw, port)) = tunnel {
                 if let Some(u) = accepted {
                     parts
@@ -437,7 +440,13 @@ fn respond_upstream(
             if let Ok(v) = HeaderValue::from_str(&took.as_millis().to_string()) {
                 parts.headers.insert("x-envoy-upstream-service-time", v);
             }
-            let body = body.map_err(BoxError::from).boxed_unsync();
+            let body = body
+                .map_err(BoxError::from)
+                .map_frame(move |f| {
+                    let _open = &open;
+                    f
+                })
+                .boxed_unsync();
             let body = match deadline {
                 // Envoy's route timeout lasts until the response is complete.
                 Some(at) => DeadlineBody {

@@ -68,6 +68,13 @@ enum Upstream {
     },
     /// HTTP/2, h2c or over TLS.
     H2(H2Pool),
+    /// `useClientProtocol`: HTTP/2 for a client that spoke HTTP/2, else HTTP/1.1.
+    ClientProtocol {
+        h1: Box<HttpClient>,
+        tls: bool,
+        max_requests: Option<u32>,
+        h2: H2Pool,
+    },
 }
 
 /// Where a request to a cluster goes: the HTTP/1.1 client and its URI scheme, or the
@@ -99,7 +106,17 @@ impl UpstreamClient {
                 };
                 let upstream = tls
                     .map(|tls| match (c.http2, tls) {
-                        (true, tls) => Upstream::H2(H2Pool::new(connect_timeout, &c.conn, tls)),
+                        // Istio's `setUseDownstreamProtocol` replaces the cluster's
+                        // protocol, whatever the port says.
+                        (_, tls) if c.conn.use_client_protocol => Upstream::ClientProtocol {
+                            h1: Box::new(build(connect_timeout, &c.conn, tls.clone())),
+                            tls: tls.is_some(),
+                            max_requests: c.conn.max_requests_per_connection,
+                            h2: H2Pool::new(connect_timeout, &c.conn, tls, false),
+                        },
+                        (true, tls) => {
+                            Upstream::H2(H2Pool::new(connect_timeout, &c.conn, tls, true))
+                        }
                         (false, Some(tls)) => Upstream::Http1 {
                             client: Box::new(build(connect_timeout, &c.conn, Some(tls))),
                             tls: true,
@@ -125,9 +142,10 @@ impl UpstreamClient {
         UpstreamClient(Arc::new(Clients { plain, special }))
     }
 
-    /// Where requests to `cluster` go. Err: the cluster originates TLS but its client
+    /// Where requests to `cluster` go; `client_h2`: the client spoke HTTP/2 (for a
+    /// cluster with `useClientProtocol`). Err: the cluster originates TLS but its client
     /// could not be built (why).
-    pub fn for_cluster(&self, cluster: &str) -> Result<Target<'_>, &str> {
+    pub fn for_cluster(&self, cluster: &str, client_h2: bool) -> Result<Target<'_>, &str> {
         match self.0.special.get(cluster) {
             None => Ok(Target::Http1 {
                 client: &self.0.plain,
@@ -144,6 +162,17 @@ impl UpstreamClient {
                 max_requests: *max_requests,
             }),
             Some(Ok(Upstream::H2(pool))) => Ok(Target::H2(pool)),
+            Some(Ok(Upstream::ClientProtocol { h2, .. })) if client_h2 => Ok(Target::H2(h2)),
+            Some(Ok(Upstream::ClientProtocol {
+                h1,
+                tls,
+                max_requests,
+                ..
+            })) => Ok(Target::Http1 {
+                client: h1,
+                scheme: if *tls { "https" } else { "http" },
+                max_requests: *max_requests,
+            }),
             Some(Err(e)) => Err(e),
         }
     }
@@ -246,7 +275,10 @@ fn build(
     };
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(conn.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT))
+        // A zero (`tcp.idleTimeout: 0s`) is Envoy's "disabled": no pool idle timeout.
+        .pool_idle_timeout(
+            Some(conn.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero()),
+        )
         .build(connector)
 }
 

@@ -227,8 +227,12 @@ pub async fn serve(
     };
     let _ = down.set_nodelay(true);
     let span = tracing::debug_span!("flow", %peer);
+    let idle = flow_idle_timeout(&gw, destinations);
     let report = match gw.tcp_tls.get(&up.cluster) {
-        None => tracing::Instrument::instrument(gw.splicer.splice(down, stream), span).await,
+        None => {
+            let spliced = gw.splicer.splice_idle(down, stream, idle);
+            tracing::Instrument::instrument(spliced, span).await
+        }
         // The cluster originates TLS (DestinationRule `tls`): a userspace copy.
         Some(origin) => {
             let timeout = gw.opts.connect_timeout;
@@ -236,12 +240,28 @@ pub async fn serve(
             else {
                 return close_cleanly(down).await;
             };
-            let (idle, closing) = (gw.splicer.idle_timeout(), gw.splicer.closing().clone());
+            let closing = gw.splicer.closing().clone();
             let copied = super::l4_copy::copy(down, tls, idle, closing.cancelled_owned());
             tracing::Instrument::instrument(copied, span).await
         }
     };
     flow_closed(&ctx, &up, route_name, &report);
+}
+
+/// The idle timeout of a flow on a route to `destinations`. Istio gives the tcp_proxy
+/// the idle timeout of the DestinationRule of the route's first destination
+/// (networkfilter.go `buildOutboundNetworkFilters`: one rule for the whole route,
+/// weighted or not), its top-level `connectionPool.tcp.idleTimeout`; 0s disables it;
+/// unset: `--tcp-idle-timeout`.
+pub(super) fn flow_idle_timeout(
+    gw: &Gateway,
+    destinations: &[WeightedCluster],
+) -> Option<std::time::Duration> {
+    destinations
+        .first()
+        .and_then(|d| gw.snapshot.clusters.get(&d.cluster))
+        .and_then(|c| c.tcp_idle_timeout)
+        .map_or(gw.splicer.idle_timeout(), |d| Some(d).filter(|d| !d.is_zero()))
 }
 
 /// What every L4 flow's refusals and access log need to know about it.

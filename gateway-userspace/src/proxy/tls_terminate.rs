@@ -85,7 +85,7 @@ pub async fn serve(
     let Some(stream) = up.stream.take() else {
         return;
     };
-    let idle = gw.splicer.idle_timeout();
+    let idle = super::tcp::flow_idle_timeout(&gw, &route.destinations);
     let closing = gw.splicer.closing().clone();
     let span = tracing::debug_span!("flow", %peer);
     let report = match gw.tcp_tls.get(&up.cluster) {

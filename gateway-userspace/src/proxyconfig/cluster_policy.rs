@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::config::snapshot::Cluster;
 
 /// protojson's Duration: seconds with 0, 3, 6 or 9 fractional digits.
-fn duration(d: Duration) -> String {
+pub(super) fn duration(d: Duration) -> String {
     let (s, n) = (d.as_secs(), d.subsec_nanos());
     if n == 0 {
         format!("{s}s")
@@ -60,7 +60,8 @@ pub(super) fn add(c: &Cluster, cluster: &mut Value) {
 /// The cluster's connection settings as Istio's `applyConnectionPool` writes them:
 /// `connect_timeout`, `upstream_connection_options.tcp_keepalive` (whole seconds) and
 /// the `HttpProtocolOptions` extension (`idle_timeout`, `max_requests_per_connection`,
-/// HTTP/2 for an upgraded cluster). Only what a DestinationRule set.
+/// HTTP/2 for an upgraded cluster with `max_concurrent_streams`, the downstream
+/// protocol for `useClientProtocol`). Only what a DestinationRule set.
 fn conn_settings(c: &Cluster, cluster: &mut Value) {
     let s = &c.conn;
     if let Some(t) = s.connect_timeout {
@@ -86,13 +87,29 @@ fn conn_settings(c: &Cluster, cluster: &mut Value) {
     if let Some(n) = s.max_requests_per_connection {
         common["max_requests_per_connection"] = n.into();
     }
-    if common.as_object().is_some_and(|o| !o.is_empty()) || s.h2_upgrade {
+    // `maxConcurrentStreams` reaches only a cluster that speaks HTTP/2 (Istio sets it
+    // on the explicit HTTP/2 options, which `useClientProtocol` replaces).
+    let streams = s
+        .max_concurrent_streams
+        .filter(|_| c.http2 && !s.use_client_protocol);
+    if common.as_object().is_some_and(|o| !o.is_empty())
+        || s.h2_upgrade
+        || streams.is_some()
+        || s.use_client_protocol
+    {
         let mut opts = json!({
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "common_http_protocol_options": common,
         });
-        if s.h2_upgrade {
-            opts["explicit_http_config"] = json!({ "http2_protocol_options": {} });
+        if s.use_client_protocol {
+            opts["use_downstream_protocol_config"] =
+                json!({ "http_protocol_options": {}, "http2_protocol_options": {} });
+        } else if s.h2_upgrade || streams.is_some() {
+            let mut h2 = json!({});
+            if let Some(n) = streams {
+                h2["max_concurrent_streams"] = n.into();
+            }
+            opts["explicit_http_config"] = json!({ "http2_protocol_options": h2 });
         }
         cluster["typed_extension_protocol_options"] =
             json!({ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts });

@@ -58,11 +58,20 @@ fn cluster_action(dests: &[WeightedCluster]) -> Value {
     }
 }
 
-fn tcp_proxy(dests: &[WeightedCluster], stat: &str) -> Value {
+fn tcp_proxy(snap: &Snapshot, dests: &[WeightedCluster], stat: &str) -> Value {
     let mut cfg = cluster_action(dests);
     cfg["@type"] =
         "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy".into();
     cfg["stat_prefix"] = stat.into();
+    // The first destination's DestinationRule's `tcp.idleTimeout`, as Istio sets it
+    // (networkfilter.go); only when a rule sets it.
+    if let Some(t) = dests
+        .first()
+        .and_then(|d| snap.clusters.get(&d.cluster))
+        .and_then(|c| c.tcp_idle_timeout)
+    {
+        cfg["idle_timeout"] = cluster_policy::duration(t).into();
+    }
     json!({ "name": "envoy.filters.network.tcp_proxy", "typed_config": cfg })
 }
 
@@ -98,7 +107,7 @@ fn listener_json(snap: &Snapshot, l: &Listener, addrs: &[IpAddr]) -> Value {
     for t in &l.tls {
         chains.push(json!({
             "filter_chain_match": server_names(&t.sni_hosts),
-            "filters": [tcp_proxy(&t.destinations, &stat)],
+            "filters": [tcp_proxy(snap, &t.destinations, &stat)],
             "metadata": vs_metadata(&t.name),
         }));
     }
@@ -141,7 +150,7 @@ fn listener_json(snap: &Snapshot, l: &Listener, addrs: &[IpAddr]) -> Value {
     }
     if let Some(t) = &l.tcp {
         chains.push(json!({
-            "filters": [tcp_proxy(&t.destinations, &stat)],
+            "filters": [tcp_proxy(snap, &t.destinations, &stat)],
             "metadata": vs_metadata(&t.name),
         }));
     }

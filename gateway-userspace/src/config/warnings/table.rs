@@ -93,8 +93,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         "GW1061",
-        "DestinationRule `connectionPool.tcp.maxConnectionDuration`, `idleTimeout`; `connectionPool.http.useClientProtocol`, `maxConcurrentStreams` (every level)",
-        "ignored: upstream connections live as long as they are used; a TCP route's connection has no idle timeout; requests go upstream over the cluster's protocol whatever the client spoke; HTTP/2 streams per connection are not capped",
+        "DestinationRule `connectionPool.tcp.maxConnectionDuration` (every level)",
+        "ignored: upstream connections (and TCP routes' flows) live as long as they are used",
     ),
     (
         "GW1063",
@@ -301,17 +301,6 @@ pub(super) const TRAFFIC_POLICY_AT: &[&str] = &[
 pub(super) const TRAFFIC_POLICY: &[Rule] = &[
     rule(
         "connectionPool.tcp.maxConnectionDuration",
-        "GW1061",
-        "not supported",
-    ),
-    rule("connectionPool.tcp.idleTimeout", "GW1061", "not supported"),
-    rule(
-        "connectionPool.http.useClientProtocol",
-        "GW1061",
-        "not supported",
-    ),
-    rule(
-        "connectionPool.http.maxConcurrentStreams",
         "GW1061",
         "not supported",
     ),

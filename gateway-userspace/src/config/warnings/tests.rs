@@ -78,7 +78,7 @@ fn every_kind_has_its_warnings() {
             "w.yaml:6:19",
         ),
         (
-            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  workloadSelector: {matchLabels: {a: b}}\n  trafficPolicy:\n    tls: {mode: DISABLE, sni: x.test}\n    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s, idleTimeout: 1s}}\n    loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n    portLevelSettings:\n    - port: {number: 80}\n      outlierDetection: {consecutive5xxErrors: 1}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      tunnel: {targetHost: a, targetPort: 1}\n      loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: 1s, attributes: [{name: a}]}}}\n",
+            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  workloadSelector: {matchLabels: {a: b}}\n  trafficPolicy:\n    tls: {mode: DISABLE, sni: x.test}\n    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s, idleTimeout: 1s, maxConnectionDuration: 1s}}\n    loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n    portLevelSettings:\n    - port: {number: 80}\n      outlierDetection: {consecutive5xxErrors: 1}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      tunnel: {targetHost: a, targetPort: 1}\n      loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: 1s, attributes: [{name: a}]}}}\n",
             "GW1066 GW1063 GW1061 GW1067 GW1064 GW1065 GW1065",
             "w.yaml:6:3",
         ),
@@ -306,7 +306,7 @@ fn the_readme_table_lists_every_code() {
 fn connection_pool_connection_settings_are_acted_on() {
     use crate::config::upstream_policy::{ConnSettings, Keepalive};
     use std::time::Duration;
-    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [svc.test]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: svc.test\n  trafficPolicy:\n    connectionPool:\n      tcp: {connectTimeout: 250ms, tcpKeepalive: {time: 1500ms, interval: 3s, probes: 4}}\n      http: {maxRequestsPerConnection: 2, idleTimeout: 5s, h2UpgradePolicy: UPGRADE}\n  subsets:\n  - name: v1\n    trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 0, h2UpgradePolicy: DO_NOT_UPGRADE}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [web.example.com]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: svc.test, subset: v1}}]\n";
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [svc.test]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: svc.test\n  trafficPolicy:\n    connectionPool:\n      tcp: {connectTimeout: 250ms, tcpKeepalive: {time: 1500ms, interval: 3s, probes: 4}}\n      http: {maxRequestsPerConnection: 2, idleTimeout: 5s, h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 3}\n  subsets:\n  - name: v1\n    trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 0, h2UpgradePolicy: DO_NOT_UPGRADE, useClientProtocol: true}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [web.example.com]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: svc.test, subset: v1}}]\n";
     let gw = GW_YAML.replace(", targetPort: 80", "");
     let l = load(&format!("{gw}---\n{yaml}"), Missing::Isolate);
     let snap = match &l.result {
@@ -329,6 +329,8 @@ fn connection_pool_connection_settings_are_acted_on() {
             max_requests_per_connection: Some(2),
             idle_timeout: Some(Duration::from_secs(5)),
             h2_upgrade: true,
+            max_concurrent_streams: Some(3),
+            use_client_protocol: false,
         }
     );
     assert!(whole.http2, "UPGRADE makes the HTTP port's cluster HTTP/2");
@@ -336,4 +338,58 @@ fn connection_pool_connection_settings_are_acted_on() {
     let v1 = &snap.clusters["outbound|80|v1|svc.test"];
     assert_eq!(v1.conn.max_requests_per_connection, None);
     assert!(!v1.http2);
+    assert!(v1.conn.use_client_protocol);
+    // Istio's validation: useClientProtocol with UPGRADE is refused.
+    let bad = yaml.replace(
+        "DO_NOT_UPGRADE, useClientProtocol",
+        "UPGRADE, useClientProtocol",
+    );
+    let l = load(&format!("{gw}---\n{bad}"), Missing::Isolate);
+    let e = l.result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        e.contains("use client protocol must not be true when H2UpgradePolicy is UPGRADE"),
+        "{e}"
+    );
+}
+
+/// `tcp.idleTimeout` is acted on, as Istio gives it out: the top level's to a TCP
+/// route's tcp_proxy (`Cluster::tcp_idle_timeout`), and every level's to the cluster's
+/// HTTP connections when `http.idleTimeout` is unset (`applyConnectionPool`).
+#[test]
+fn tcp_idle_timeout_is_acted_on() {
+    use std::time::Duration;
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [svc.test]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: svc.test\n  trafficPolicy:\n    connectionPool:\n      tcp: {idleTimeout: 7s}\n  subsets:\n  - name: v1\n    trafficPolicy: {connectionPool: {tcp: {idleTimeout: 0s}}}\n  - name: v2\n    trafficPolicy: {connectionPool: {tcp: {idleTimeout: 9s}, http: {idleTimeout: 2s}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [web.example.com]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: svc.test, subset: v1}}, {destination: {host: svc.test, subset: v2}}]\n";
+    let gw = GW_YAML.replace(", targetPort: 80", "");
+    let l = load(&format!("{gw}---\n{yaml}"), Missing::Isolate);
+    let snap = match &l.result {
+        Ok(s) => s,
+        Err(e) => panic!("errors: {e}"),
+    };
+    let w: Vec<String> = l.warnings.iter().map(ToString::to_string).collect();
+    assert!(w.is_empty(), "{w:#?}");
+    let c = |n: &str| &snap.clusters[n];
+    let whole = c("outbound|80||svc.test");
+    assert_eq!(whole.conn.idle_timeout, Some(Duration::from_secs(7)));
+    assert_eq!(whole.tcp_idle_timeout, Some(Duration::from_secs(7)));
+    // 0s: disabled (Envoy), for the HTTP connections too.
+    assert_eq!(
+        c("outbound|80|v1|svc.test").conn.idle_timeout,
+        Some(Duration::ZERO)
+    );
+    // http.idleTimeout wins over tcp.idleTimeout.
+    let v2 = c("outbound|80|v2|svc.test");
+    assert_eq!(v2.conn.idle_timeout, Some(Duration::from_secs(2)));
+    // The tcp_proxy reads the rule's top level only (networkfilter.go).
+    for n in ["outbound|80|v1|svc.test", "outbound|80|v2|svc.test"] {
+        assert_eq!(c(n).tcp_idle_timeout, Some(Duration::from_secs(7)), "{n}");
+    }
+    // Istio's ValidateDuration (at least 1 ms), skipped for 0s.
+    let bad = yaml.replace("idleTimeout: 7s", "idleTimeout: 500us");
+    let l = load(&format!("{gw}---\n{bad}"), Missing::Isolate);
+    let e = l.result.err().map(|e| e.to_string()).unwrap_or_default();
+    // The error points at the value (line 26 of the joined file, after `idleTimeout: `).
+    assert!(
+        e.contains(":26:26: duration must be greater than 1ms"),
+        "{e}"
+    );
 }

@@ -368,8 +368,7 @@ impl Splicer {
         &self.0.paths
     }
 
-    /// `--tcp-idle-timeout`, for L4 copies made outside the splices (TLS-terminated
-    /// flows, proxy::tls_terminate).
+    /// `--tcp-idle-timeout` (None: never), for flows without a rule's own.
     pub fn idle_timeout(&self) -> Option<std::time::Duration> {
         self.0.idle
     }
@@ -382,13 +381,28 @@ impl Splicer {
 
     /// Moves bytes both ways until both sides are done, then closes both sockets.
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
+        self.splice_idle(down, up, self.0.idle).await
+    }
+
+    /// As [`splice`](Self::splice), with this flow's own idle timeout (a
+    /// DestinationRule's `connectionPool.tcp.idleTimeout`; None: never), on every path.
+    pub async fn splice_idle(
+        &self,
+        down: TcpStream,
+        up: TcpStream,
+        idle: Option<std::time::Duration>,
+    ) -> FlowReport {
         let inner = &*self.0;
         let r = match (inner.mode, &inner.kernel, &inner.pipe, &inner.uring) {
-            (SpliceMode::Ebpf, Some(k), _, _) => k.splice(down, up).await,
+            (SpliceMode::Ebpf, Some(k), _, _) => {
+                k.splice_from_idle(down, up, ebpf::Prior::default(), idle)
+                    .await
+            }
             (SpliceMode::Auto, Some(k), Some(p), _) => {
                 let outcome = {
                     let _active = inner.paths.splice.enter();
-                    p.splice_until_bulk(down, up, &inner.offload).await
+                    p.splice_until_bulk_idle(down, up, &inner.offload, idle)
+                        .await
                 };
                 match outcome {
                     pipe::PipeOutcome::Done(r) => r,
@@ -407,21 +421,21 @@ impl Splicer {
                             downstream_to_upstream: down_to_upstream,
                             upstream_to_downstream,
                         };
-                        k.splice_from(down, up, prior).await
+                        k.splice_from_idle(down, up, prior, idle).await
                     }
                 }
             }
             (_, _, Some(p), _) => {
                 let _active = inner.paths.splice.enter();
-                p.splice(down, up).await
+                p.splice_idle(down, up, idle).await
             }
             (_, _, _, Some(u)) => {
                 let _active = inner.paths.uring.enter();
-                u.splice(down, up).await
+                u.splice_idle(down, up, idle).await
             }
             _ => {
                 let _active = inner.paths.copy.enter();
-                copy::copy(down, up, inner.idle, &inner.closing).await
+                copy::copy(down, up, idle, &inner.closing).await
             }
         };
         inner.paths.ended(&r);

@@ -269,7 +269,18 @@ impl PipeSplicer {
 
     /// Moves bytes both ways until both sides are done, then closes both sockets.
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
-        match self.run(down, up, None).await {
+        self.splice_idle(down, up, self.idle).await
+    }
+
+    /// As [`splice`](Self::splice), closing the flow after `idle` without a byte (this
+    /// flow's own idle timeout; None: never).
+    pub(crate) async fn splice_idle(
+        &self,
+        down: TcpStream,
+        up: TcpStream,
+        idle: Option<std::time::Duration>,
+    ) -> FlowReport {
+        match self.run(down, up, None, idle).await {
             PipeOutcome::Done(r) => r,
             // run() hands over only when given a policy; never reached.
             PipeOutcome::Handover { down, up, .. } => {
@@ -292,7 +303,19 @@ impl PipeSplicer {
         up: TcpStream,
         policy: &OffloadPolicy,
     ) -> PipeOutcome {
-        self.run(down, up, Some(policy)).await
+        self.run(down, up, Some(policy), self.idle).await
+    }
+
+    /// As [`splice_until_bulk`](Self::splice_until_bulk) with this flow's own idle
+    /// timeout.
+    pub(crate) async fn splice_until_bulk_idle(
+        &self,
+        down: TcpStream,
+        up: TcpStream,
+        policy: &OffloadPolicy,
+        idle: Option<std::time::Duration>,
+    ) -> PipeOutcome {
+        self.run(down, up, Some(policy), idle).await
     }
 
     async fn run(
@@ -300,12 +323,13 @@ impl PipeSplicer {
         down: TcpStream,
         up: TcpStream,
         policy: Option<&OffloadPolicy>,
+        idle: Option<std::time::Duration>,
     ) -> PipeOutcome {
         let mut d2u = Dir::new(&self.pool, &up);
         let mut u2d = Dir::new(&self.pool, &down);
         let ended = tokio::select! {
             biased;
-            e = drive(&down, &up, &mut d2u, &mut u2d, policy, self.idle) => e,
+            e = drive(&down, &up, &mut d2u, &mut u2d, policy, idle) => e,
             () = self.closing.cancelled() => Drive::Idle {
                 pending: d2u.in_pipe + u2d.in_pipe > 0,
                 why: Termination::DrainTimeout,

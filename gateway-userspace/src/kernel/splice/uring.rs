@@ -82,6 +82,17 @@ impl UringSplicer {
     }
 
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
+        self.splice_idle(down, up, self.idle).await
+    }
+
+    /// As [`splice`](Self::splice), closing the flow after `idle` without a byte (this
+    /// flow's own idle timeout; None: never).
+    pub(crate) async fn splice_idle(
+        &self,
+        down: TcpStream,
+        up: TcpStream,
+        idle: Option<Duration>,
+    ) -> FlowReport {
         // io_uring honours O_NONBLOCK: a read on a non-blocking socket completes with
         // EAGAIN instead of waiting, so the sockets tokio made non-blocking go back to
         // blocking mode for the ring.
@@ -99,7 +110,7 @@ impl UringSplicer {
         let job = Job {
             down,
             up,
-            idle: self.idle,
+            idle,
             closing: self.closing.clone(),
             done,
         };
