@@ -140,7 +140,7 @@ fn listener_json(snap: &Snapshot, l: &Listener, addrs: &[IpAddr]) -> Value {
             },
             // Istio (gateway.go): an HTTPS server's `name` is its HCM's stat prefix.
             "filters": match tcp_route {
-                Some(r) if terminates_tcp => json!([tcp_proxy(&r.destinations, &stat)]),
+                Some(r) if terminates_tcp => json!([tcp_proxy(snap, &r.destinations, &stat)]),
                 _ => json!([hcm(&https_route_name(snap, l.port, s), s.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(&stat))]),
             },
         }));
