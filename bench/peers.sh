@@ -829,8 +829,8 @@ meta default_workers_haproxy "nbthread default = CPUs available ($(haproxy -vv 2
 meta default_workers_nginx "built-in worker_processes 1; Debian /etc/nginx/nginx.conf ships 'auto' (= $(nproc))"
 meta default_workers_envoy "--concurrency defaults to hardware threads (= $(nproc)); +1 main thread"
 meta default_workers_socat "no workers: fork per accepted connection (fork option); default -b 8192 byte buffer"
-meta default_workers_gateway "tokio worker_threads default = CPUs available (= $(nproc)), io_uring splice threads likewise; eBPF splice has no threads"
-meta config_workers "$([ "$WORKERS" = 1 ] && echo 'haproxy nbthread 1; nginx worker_processes 1; envoy --concurrency 1; socat fork/conn; gateway TOKIO_WORKER_THREADS=1 (+1 io_uring thread when pinned to one CPU)' || echo 'haproxy nbthread default; nginx worker_processes auto; envoy default concurrency; socat fork/conn; gateway default threads')"
+meta default_workers_gateway "--workers default = CPUs available (= $(nproc)): one current-thread event loop each with its own SO_REUSEPORT sockets; io_uring splice threads likewise; eBPF splice has no threads"
+meta config_workers "$([ "$WORKERS" = 1 ] && echo 'haproxy nbthread 1; nginx worker_processes 1; envoy --concurrency 1; socat fork/conn; gateway --workers 1 (+1 io_uring thread when pinned to one CPU)' || echo 'haproxy nbthread default; nginx worker_processes auto; envoy default concurrency; socat fork/conn; gateway default threads')"
 
 # ---------------------------------------------------------------- start
 log "starting endpoints (iperf3 :5201, nginx upstream :8081 :8082 :8083 :8443 :8444)"
@@ -856,10 +856,10 @@ for p in $PEERS; do
         --disable-hot-restart -l warning ;;
     gateway_*)
       # gateway_auto runs without --splice: what it measures is the default
-      wk=(); [ "$WORKERS" = 1 ] && wk=(TOKIO_WORKER_THREADS=1)
+      wk=(); [ "$WORKERS" = 1 ] && wk=(--workers 1)
       mode=(); [ $p = gateway_auto ] || mode=(--splice "${p#gateway_}")
-      start_proc $p "$PX_CPU" "$RUN/$p/gateway.log" env RUST_LOG="$GATEWAY_LOG" "${wk[@]}" "$GATEWAY_BIN" run \
-        --config "$RUN/$p/gateway.yaml" "${mode[@]}" --admin-addr 127.0.0.1:$(( ${BASE[$p]} + 9 )) \
+      start_proc $p "$PX_CPU" "$RUN/$p/gateway.log" env RUST_LOG="$GATEWAY_LOG" "$GATEWAY_BIN" run \
+        --config "$RUN/$p/gateway.yaml" "${mode[@]}" "${wk[@]}" --admin-addr 127.0.0.1:$(( ${BASE[$p]} + 9 )) \
         --bind 127.0.0.1 --status-port off --prometheus-port off --max-connections "$MAXCONN"
       GW_PID[$p]=$LAST_PID ;;
   esac

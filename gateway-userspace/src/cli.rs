@@ -198,6 +198,11 @@ pub struct RunArgs {
     /// arenas hold a lot of it free (after connections close; `runtime::heap`). 0: never.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub heap_trim_interval: Duration,
+    /// Worker threads, each with its own event loop and its own SO_REUSEPORT socket of
+    /// every Gateway port; a connection stays on the worker that accepted it (Envoy's
+    /// --concurrency). Default: the CPUs this process may run on.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     /// How often DNS clusters (ServiceEntry `resolution: DNS` / `DNS_ROUND_ROBIN`,
     /// hostname endpoints) are resolved again (Istio's MeshConfig `dnsRefreshRate`;
     /// default: the `--mesh-config`'s, else 60 s). 0: resolve once at start.
@@ -498,7 +503,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let gw = Arc::new(gw);
     gw.authz.start(&args.xdp_iface);
     let ports: Vec<u16> = gw.snapshot.listeners.iter().map(|l| l.port).collect();
-    let listeners = listener::bind_all(&gw).context("binding the Gateway ports")?;
+    let workers = args
+        .workers
+        .map_or_else(crate::runtime::workers::default_count, usize::from);
+    let listeners = listener::bind_all(&gw, workers).context("binding the Gateway ports")?;
     let admin = admin::bind(args.admin_addr)
         .await
         .context("binding the admin API")?;
@@ -540,15 +548,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .or(mesh.dns_refresh_rate())
         .unwrap_or(crate::runtime::dns::DEFAULT_REFRESH_RATE);
     tokio::spawn(crate::runtime::dns::run(gw.clone(), dns_rate));
-    let accept_loops = listeners
-        .into_iter()
-        .map(|(l, sock)| tokio::spawn(listener::accept_loop(gw.clone(), l, sock)))
-        .collect();
+    let runtimes = crate::runtime::workers::start(workers).context("starting the workers")?;
+    let per_worker = (0..workers).map(|_| Default::default()).collect();
+    let _ = gw.stats.worker_accepted.set(per_worker);
+    let mut accept_loops = vec![];
+    for (worker, (rt, socks)) in runtimes.iter().zip(listeners).enumerate() {
+        // Registered with the worker's own reactor: its connections are polled there.
+        let _in_worker = rt.enter();
+        for (l, sock) in socks {
+            let sock = tokio::net::TcpListener::from_std(sock)?;
+            let accept = listener::accept_loop(gw.clone(), l, sock, worker);
+            accept_loops.push(rt.spawn(accept));
+        }
+    }
     gw.readiness.set(crate::server::ReadyState::Serving);
     tracing::info!(
         splice = gw.splicer.name(),
         admin = %args.admin_addr,
         ports = ?ports,
+        workers,
         status_port = ?gw.opts.istio_ports.status,
         prometheus_port = ?gw.opts.istio_ports.prometheus,
         "gateway ready"

@@ -37,7 +37,8 @@ fn main() -> anyhow::Result<()> {
             cli::proxy_config(&args);
             Ok(())
         }
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+        // The main runtime is worker 0 (runtime::workers starts the others).
+        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(cli::run(args)),

@@ -410,7 +410,7 @@ fn start_gateway(ns: &NetNs, bin: &Path, config: &Path, dir: &Path, addr: &str) 
         .arg("--config")
         .arg(config)
         .args(["--bind", addr, "--admin-addr", &format!("{addr}:15000")])
-        .env("TOKIO_WORKER_THREADS", "1")
+        .args(["--workers", "1"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup"))
@@ -611,7 +611,7 @@ pub fn to_json(rows: &[Row], s: &Settings) -> serde_json::Value {
         "unit": unit,
         "secs": s.secs,
         "runs": s.runs,
-        "topology": format!("netns; nginx + {load} on CPU 0, gateway (TOKIO_WORKER_THREADS=1) on CPU 1"),
+        "topology": format!("netns; nginx + {load} on CPU 0, gateway (--workers 1) on CPU 1"),
         "rows": rows,
     })
 }

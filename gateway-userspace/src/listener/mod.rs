@@ -10,29 +10,52 @@ use crate::{
     telemetry::metrics::ListenerStats,
 };
 
+/// One worker's listening sockets: every Gateway port on every address.
+pub type WorkerSockets = Vec<(Arc<Listener>, std::net::TcpListener)>;
+
 /// Binds every port first, so a port that can't be bound fails the start before any
 /// traffic is served. Dual stack (no `--bind`): an IPv4 socket on 0.0.0.0 and an
 /// IPv6-only one on [::] per port, so IPv4 clients keep arriving on AF_INET sockets
 /// (no v4-mapped addresses for the splice, the access log or AuthorizationPolicy); a
 /// host without IPv6 keeps the IPv4 socket, with a warning.
-pub fn bind_all(gw: &Gateway) -> std::io::Result<Vec<(Arc<Listener>, TcpListener)>> {
-    let mut out = vec![];
+///
+/// With several workers ([`crate::runtime::workers`]) each gets its own socket of every
+/// port, bound with `SO_REUSEPORT` (the kernel spreads connections over them by their
+/// addresses' hash, as for Envoy's and HAProxy's threads): `out[w]` are worker `w`'s.
+/// The sockets are std ones, registered with a runtime by whoever accepts on them.
+pub fn bind_all(gw: &Gateway, workers: usize) -> std::io::Result<Vec<WorkerSockets>> {
+    let reuse_port = workers > 1;
+    let mut out: Vec<Vec<_>> = (0..workers.max(1)).map(|_| vec![]).collect();
     for l in &gw.snapshot.listeners {
         let l = Arc::new(l.clone());
-        for sock in bind_port(gw, l.port)? {
-            out.push((l.clone(), sock));
+        for worker in &mut out {
+            for sock in bind_port_std(gw, l.port, reuse_port)? {
+                worker.push((l.clone(), sock));
+            }
         }
     }
     Ok(out)
 }
 
 /// One port on every address the Gateway ports listen on ([`Gateway::listen_addrs`]),
-/// as [`bind_all`] binds them: also the status and Prometheus ports.
+/// as [`bind_all`] binds them: also the status and Prometheus ports (served by the main
+/// runtime, so registered with it here).
 pub fn bind_port(gw: &Gateway, port: u16) -> std::io::Result<Vec<TcpListener>> {
+    bind_port_std(gw, port, false)?
+        .into_iter()
+        .map(TcpListener::from_std)
+        .collect()
+}
+
+fn bind_port_std(
+    gw: &Gateway,
+    port: u16,
+    reuse_port: bool,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut out = vec![];
     for (i, ip) in gw.listen_addrs().into_iter().enumerate() {
         let addr = SocketAddr::new(ip, port);
-        match bind_one(addr, i > 0) {
+        match bind_one(addr, i > 0, reuse_port) {
             Ok(sock) => out.push(sock),
             Err(e) if i > 0 => tracing::warn!("IPv6 not served on port {port}: {e}"),
             Err(e) => return Err(e),
@@ -41,7 +64,11 @@ pub fn bind_port(gw: &Gateway, port: u16) -> std::io::Result<Vec<TcpListener>> {
     Ok(out)
 }
 
-fn bind_one(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
+fn bind_one(
+    addr: SocketAddr,
+    v6_only: bool,
+    reuse_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -53,16 +80,25 @@ fn bind_one(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
         sock.set_only_v6(true)?;
     }
     sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())
         .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     sock.listen(4096)?;
-    TcpListener::from_std(sock.into())
+    Ok(sock.into())
 }
 
 /// Accepts until the drain starts (then the listening socket is closed, so a new
 /// connect is refused); each connection is served on its own task.
-pub async fn accept_loop(gw: Arc<Gateway>, listener: Arc<Listener>, sock: TcpListener) {
+/// `worker` is the accepting worker's index ([`crate::runtime::workers`]).
+pub async fn accept_loop(
+    gw: Arc<Gateway>,
+    listener: Arc<Listener>,
+    sock: TcpListener,
+    worker: usize,
+) {
     let port = listener.port;
     let mut errors = ErrorLog::default();
     loop {
@@ -102,6 +138,7 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: Arc<Listener>, sock: TcpLis
             drop(conn);
             continue;
         }
+        gw.stats.worker_accepted(worker);
         let active = Active::enter(&gw, port);
         let gw = gw.clone();
         let listener = listener.clone();

@@ -261,7 +261,9 @@ pub(super) fn flow_idle_timeout(
         .first()
         .and_then(|d| gw.snapshot.clusters.get(&d.cluster))
         .and_then(|c| c.tcp_idle_timeout)
-        .map_or(gw.splicer.idle_timeout(), |d| Some(d).filter(|d| !d.is_zero()))
+        .map_or(gw.splicer.idle_timeout(), |d| {
+            Some(d).filter(|d| !d.is_zero())
+        })
 }
 
 /// What every L4 flow's refusals and access log need to know about it.

@@ -3,3 +3,4 @@
 pub mod dns;
 pub mod drain;
 pub mod heap;
+pub mod workers;

@@ -75,6 +75,9 @@ pub struct Stats {
     /// (`crate::http::h1`).
     pub http_parked: AtomicU64,
     pub http_parks: AtomicU64,
+    /// Connections accepted per worker thread (`crate::runtime::workers`); sized once
+    /// the worker count is known.
+    pub worker_accepted: std::sync::OnceLock<Box<[AtomicU64]>>,
 }
 
 /// What became of the copies `mirror`/`mirrors` asked for.
@@ -104,6 +107,13 @@ impl Stats {
 
     pub fn listener(&self, port: u16) -> Option<&ListenerStats> {
         self.listeners.get(&port)
+    }
+
+    /// Counts a connection accepted by `worker`.
+    pub fn worker_accepted(&self, worker: usize) {
+        if let Some(a) = self.worker_accepted.get().and_then(|w| w.get(worker)) {
+            a.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn hello(&self, outcome: HelloOutcome) {
@@ -177,6 +187,20 @@ impl Stats {
             "counter",
             "Upstream connects that failed or timed out.",
             &plain(&self.upstream_connect_failures),
+        );
+        let workers: Vec<_> = self
+            .worker_accepted
+            .get()
+            .map(|w| w.iter().enumerate())
+            .into_iter()
+            .flatten()
+            .map(|(i, a)| (format!("{{worker=\"{i}\"}}"), get(a)))
+            .collect();
+        family(
+            "gateway_worker_downstream_cx_total",
+            "counter",
+            "Connections accepted per worker thread (--workers; each has its own SO_REUSEPORT sockets).",
+            &workers,
         );
         family(
             "gateway_http_parked_connections",
