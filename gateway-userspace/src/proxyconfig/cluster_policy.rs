@@ -60,9 +60,9 @@ pub(super) fn add(c: &Cluster, cluster: &mut Value) {
 /// The cluster's connection settings as Istio's `applyConnectionPool` writes them:
 /// `connect_timeout`, `upstream_connection_options.tcp_keepalive` (whole seconds) and
 /// the `HttpProtocolOptions` extension (`idle_timeout`, `max_requests_per_connection`,
-/// `max_connection_duration`,
-/// HTTP/2 for an upgraded cluster with `max_concurrent_streams`, the downstream
-/// protocol for `useClientProtocol`). Only what a DestinationRule set.
+/// `max_connection_duration`, HTTP/2 for an upgraded cluster with
+/// `max_concurrent_streams`, the downstream protocol for `useClientProtocol`). Only
+/// what a DestinationRule set.
 fn conn_settings(c: &Cluster, cluster: &mut Value) {
     let s = &c.conn;
     if let Some(t) = s.connect_timeout {

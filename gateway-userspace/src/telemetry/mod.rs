@@ -207,7 +207,8 @@ pub struct TcpFlow<'a> {
     pub sni: Option<&'a str>,
     pub received: u64,
     pub sent: u64,
-    /// Envoy response flags: empty, or NR (no route), UH (no endpoint), UF (connect failed).
+    /// Envoy response flags: empty, or NR (no route), UH (no endpoint), UF (connect
+    /// failed), DT (closed at the cluster's `maxConnectionDuration`).
     pub flags: &'a str,
     pub failure: Option<&'a str>,
     pub termination: Option<&'a Termination>,

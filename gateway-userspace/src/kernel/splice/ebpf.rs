@@ -364,8 +364,8 @@ impl EbpfSplicer {
             .await
     }
 
-    /// As [`splice_from`](Self::splice_from), closing the flow after `idle` without a
-    /// byte (this flow's own idle timeout; None: never).
+    /// As [`splice_from`](Self::splice_from), with this flow's own limits (its idle
+    /// timeout and `maxConnectionDuration` deadline; the driver's sweeps enforce them).
     pub(crate) async fn splice_from_idle(
         &self,
         down: TcpStream,

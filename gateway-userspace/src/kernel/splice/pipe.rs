@@ -272,8 +272,8 @@ impl PipeSplicer {
         self.splice_idle(down, up, self.idle.into()).await
     }
 
-    /// As [`splice`](Self::splice), closing the flow after `idle` without a byte (this
-    /// flow's own idle timeout; None: never).
+    /// As [`splice`](Self::splice), with this flow's own limits: closed after its idle
+    /// timeout without a byte, or at its `maxConnectionDuration` deadline.
     pub(crate) async fn splice_idle(
         &self,
         down: TcpStream,
