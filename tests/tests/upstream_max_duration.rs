@@ -10,7 +10,7 @@
 //!   `termination=max_connection_duration_reached` and the access log
 //!   `connection_termination_details` the same with flag `DT` (Envoy's tcp_proxy
 //!   `max_downstream_connection_duration`); a flow on a route without the setting
-//!   outlives it;
+//!   outlives it; a TLS-terminated flow (the userspace copy) is closed the same way;
 //! - `/config_dump`: the cluster's `common_http_protocol_options.max_connection_duration`
 //!   and the tcp_proxy's `max_downstream_connection_duration`.
 mod http_common;
@@ -436,4 +436,116 @@ fn max_connection_duration_tcp_every_mode() {
             });
         }
     }
+}
+
+/// The TLS-terminated flows' userspace copy (`proxy/l4_copy.rs`) honours the deadline
+/// too: a SIMPLE TLS server's tcp route to a service with `maxConnectionDuration: 1s`.
+#[test]
+fn max_connection_duration_tls_terminated() {
+    use rustls::{
+        ClientConfig, RootCertStore,
+        pki_types::{CertificateDer, ServerName, pem::PemObject},
+    };
+    if !privileged("max_connection_duration_tls_terminated") {
+        return;
+    }
+    const HOST: &str = "webapp.istioinaction.io";
+    let ns = NetNs::new("maxdur-tls");
+    let dir = scratch(&ns);
+    let rt = ns.runtime();
+    let _echo =
+        NetNs::block_on(&rt, tcp_echo("127.0.0.1:2703".parse().unwrap())).expect("echo backend");
+    let (cert, key) = gateway_tests::backends::demo_cert(HOST);
+    let mut yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tls-gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 31400, name: tls-simple, protocol: TLS}}
+    tls: {{mode: SIMPLE, credentialName: webapp-cred}}
+    hosts: [{HOST}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: dur}}
+spec:
+  hosts: [dur.test]
+  ports: [{{number: 2703, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tls-dur, namespace: istio-system}}
+spec:
+  hosts: [{HOST}]
+  gateways: [tls-gw]
+  tcp: [{{route: [{{destination: {{host: dur.test, port: {{number: 2703}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: dur}}
+spec:
+  host: dur.test
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnectionDuration: 1s}}}}}}
+"
+    );
+    yaml += &tls_secret_yaml("webapp-cred", &cert, &key, None);
+    let cfg = dir.join("tls-dur.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let gw = start_gateway(&ns, &[&cfg]);
+
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(gateway_tests::backends::demo_ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let ended = NetNs::block_on(&rt, async move {
+        let opened = Instant::now();
+        let tcp = TcpStream::connect("127.0.0.1:31400")
+            .await
+            .expect("connect");
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(ServerName::try_from(HOST).unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        // A byte each way every 50 ms until the gateway ends the flow (at most 10 s).
+        let mut one = [0u8; 1];
+        while opened.elapsed() < Duration::from_secs(10) {
+            let ok = tls.write_all(b"x").await.is_ok()
+                && matches!(
+                    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut one)).await,
+                    Ok(Ok(_))
+                );
+            if !ok {
+                return Some(opened.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    });
+    eprintln!("tls: the steady terminated flow ended {ended:?} after it opened");
+    let t = ended.unwrap_or_else(|| panic!("still open after 10 s\n{}", gw.log()));
+    assert!(
+        t >= Duration::from_millis(950) && t < Duration::from_secs(3),
+        "closed {t:?} after it opened, not ~1 s"
+    );
+    let log = gw.wait_log(Duration::from_secs(5), |l| {
+        l.contains("termination=max_connection_duration_reached")
+    });
+    assert!(
+        log.lines().any(|l| l.contains("flow closed")
+            && l.contains("termination=max_connection_duration_reached")
+            && l.contains("dur.test")),
+        "{log}"
+    );
 }
