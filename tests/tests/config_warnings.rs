@@ -80,7 +80,7 @@ metadata: {name: web-dr}
 spec:
   host: web.internal
   trafficPolicy:
-    loadBalancer: {simple: LEAST_REQUEST}
+    loadBalancer: {simple: LEAST_REQUEST, warmupDurationSecs: 10s}
     connectionPool: {tcp: {maxConnections: 10, connectTimeout: 5s, maxConnectionDuration: 1h}}
 "#;
 
@@ -95,7 +95,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GW1050", "immutable:"),
     ("GW1031", "tracing:"),
     ("GW1040", "action: AUDIT"),
-    ("GW1061", "maxConnectionDuration:"),
+    ("GW1064", "warmupDurationSecs:"),
 ];
 
 /// `file:line:col` of the first occurrence of `needle` in `text` (1-based; col of its
@@ -182,7 +182,7 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
         "{out}"
     );
     assert!(
-        out.contains("[GW1006]") && out.contains("[GW1061]"),
+        out.contains("[GW1006]") && out.contains("[GW1064]"),
         "{out}"
     );
     assert!(!out.contains("config OK"), "{out}");
@@ -255,7 +255,7 @@ fn unsupported_fields_warn_at_validate_and_run_and_strict_fails() {
         "{metrics}"
     );
     for code in [
-        "GW1006", "GW1011", "GW1021", "GW1031", "GW1040", "GW1050", "GW1061", "GW1070",
+        "GW1006", "GW1011", "GW1021", "GW1031", "GW1040", "GW1050", "GW1064", "GW1070",
     ] {
         assert!(
             metrics.contains(&format!("gateway_config_warnings{{code=\"{code}\"}} 1\n")),

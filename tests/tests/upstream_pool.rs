@@ -243,7 +243,7 @@ spec:
     std::fs::write(&cfg, yaml).unwrap();
     let gw = start_gateway(&ns, &[&cfg]);
     assert!(
-        !gw.log().contains("GW1061"),
+        !gw.log().contains("GW106"),
         "the settings are not warned:\n{}",
         gw.log()
     );
@@ -480,7 +480,7 @@ spec:
     std::fs::write(&cfg, yaml).unwrap();
     let gw = start_gateway(&ns, &[&cfg]);
     assert!(
-        !gw.log().contains("GW1061"),
+        !gw.log().contains("GW106"),
         "the settings are not warned:\n{}",
         gw.log()
     );

@@ -194,10 +194,11 @@ pub struct Subset {
 /// `http.http1MaxPendingRequests`, `http.http2MaxRequests` and `http.maxRetries`
 /// (Envoy's circuit breakers, `lb::pool`), and on `tcp.connectTimeout`,
 /// `tcp.tcpKeepalive`, `tcp.idleTimeout`, `http.maxRequestsPerConnection`,
-/// `http.idleTimeout`, `http.h2UpgradePolicy`, `http.maxConcurrentStreams` and
-/// `http.useClientProtocol` (the cluster's upstream connections,
-/// `upstream_policy::ConnSettings`; `tcp.idleTimeout` also TCP routes' flows,
-/// `Cluster::tcp_idle_timeout`); the other fields are warnings (GW1061).
+/// `http.idleTimeout`, `http.h2UpgradePolicy`, `http.maxConcurrentStreams`,
+/// `http.useClientProtocol` and `tcp.maxConnectionDuration` (the cluster's upstream
+/// connections, `upstream_policy::ConnSettings`; `tcp.idleTimeout` and
+/// `tcp.maxConnectionDuration` also TCP routes' flows, `Cluster::tcp_idle_timeout`,
+/// `Cluster::tcp_max_duration`). Every field is acted on.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPoolSettings {

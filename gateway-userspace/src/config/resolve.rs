@@ -140,6 +140,10 @@ impl<'a> Resolver<'a> {
                         .and_then(|r| r.policy)
                         .and_then(|p| p.connection_pool.as_ref())
                         .and_then(upstream_policy::tcp_idle_timeout),
+                    tcp_max_duration: rule
+                        .and_then(|r| r.policy)
+                        .and_then(|p| p.connection_pool.as_ref())
+                        .and_then(upstream_policy::max_connection_duration),
                     outlier: rule
                         .and_then(|r| r.outlier_detection(port, subset))
                         .map(upstream_policy::outlier_policy),

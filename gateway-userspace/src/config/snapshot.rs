@@ -248,6 +248,11 @@ pub struct Cluster {
     /// port levels do not reach the tcp_proxy). `Some(ZERO)`: never; `None`:
     /// `--tcp-idle-timeout`.
     pub tcp_idle_timeout: Option<std::time::Duration>,
+    /// The longest a TCP/TLS route's flow to this service lives (Envoy's tcp_proxy
+    /// `max_downstream_connection_duration`): the same rule's top-level
+    /// `connectionPool.tcp.maxConnectionDuration` (networkfilter.go, as
+    /// `tcp_idle_timeout`). None: no limit.
+    pub tcp_max_duration: Option<std::time::Duration>,
     /// `outlierDetection` (`None`: no endpoint is ever ejected).
     pub outlier: Option<super::upstream_policy::OutlierPolicy>,
     /// TLS origination (DestinationRule `tls`, SIMPLE or MUTUAL); None: plain TCP.

@@ -65,6 +65,11 @@ pub struct ConnSettings {
     /// `http.useClientProtocol`: requests go upstream over the protocol the client
     /// spoke, HTTP/2 or HTTP/1.1 (Envoy's `use_downstream_protocol_config`).
     pub use_client_protocol: bool,
+    /// `tcp.maxConnectionDuration` (Envoy's
+    /// `common_http_protocol_options.max_connection_duration`): an upstream HTTP
+    /// connection older than this takes no new request and closes once its requests
+    /// are done.
+    pub max_connection_duration: Option<Duration>,
 }
 
 /// TCP keepalive; `None` fields are the system's defaults, as Envoy leaves them.
@@ -112,6 +117,7 @@ pub fn conn_settings(cp: &ConnectionPoolSettings) -> ConnSettings {
                 probes: k.probes.filter(|n| *n > 0),
             }
         });
+        c.max_connection_duration = max_connection_duration(cp);
     }
     if let Some(h) = &cp.http {
         c.max_requests_per_connection = positive(h.max_requests_per_connection);
@@ -133,6 +139,17 @@ pub fn conn_settings(cp: &ConnectionPoolSettings) -> ConnSettings {
         c.idle_timeout = tcp_idle_timeout(cp);
     }
     c
+}
+
+/// `tcp.maxConnectionDuration`. Istio's `applyConnectionPool`
+/// (cluster_traffic_policy.go) copies it to the cluster's
+/// `common_http_protocol_options.max_connection_duration` as given; a TCP route's
+/// tcp_proxy takes the top-level rule's (`max_downstream_connection_duration`).
+pub fn max_connection_duration(cp: &ConnectionPoolSettings) -> Option<Duration> {
+    cp.tcp
+        .as_ref()
+        .and_then(|t| t.max_connection_duration.as_ref())
+        .map(|d| d.duration)
 }
 
 /// `tcp.idleTimeout` (`Some(ZERO)`: disabled, as Envoy reads a zero).
@@ -313,6 +330,12 @@ pub(crate) fn check(
             (
                 "http.idleTimeout",
                 cp.http.as_ref().and_then(|h| h.idle_timeout.as_ref()),
+            ),
+            (
+                "tcp.maxConnectionDuration",
+                cp.tcp
+                    .as_ref()
+                    .and_then(|t| t.max_connection_duration.as_ref()),
             ),
             // 0s is allowed: it disables the timeout (Istio skips the check for it).
             (

@@ -2,15 +2,18 @@
 //! `tcp.tcpKeepalive` on each new socket, and a request count carried by each
 //! connection so that `http.maxRequestsPerConnection` can retire it
 //! (Envoy's `max_requests_per_connection`: the connection is closed once it has served
-//! that many requests, never reused for one more).
+//! that many requests, never reused for one more), and its birth so that
+//! `tcp.maxConnectionDuration` can retire it (Envoy's `max_connection_duration`: past
+//! it the connection takes no new request, and closes once the one in flight is done).
 use std::{
     future::Future,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use hyper::{Request, Response, Uri, body::Incoming};
@@ -29,10 +32,35 @@ pub struct Connector {
     pub keepalive: Option<Keepalive>,
 }
 
-/// Requests sent on one upstream connection (a `Connected` extra, so that it reaches
-/// each response's extensions).
-#[derive(Clone, Default)]
-pub struct Uses(Arc<AtomicU32>);
+/// Requests sent on one upstream connection and when it was made (a `Connected` extra,
+/// so that it reaches each response's extensions).
+#[derive(Clone)]
+pub struct Uses(Arc<ConnLife>);
+
+struct ConnLife {
+    requests: AtomicU32,
+    born: Instant,
+    /// Whether the `maxConnectionDuration` timer was started for this connection.
+    timed: AtomicBool,
+}
+
+impl Default for Uses {
+    fn default() -> Uses {
+        Uses(Arc::new(ConnLife {
+            requests: AtomicU32::new(0),
+            born: Instant::now(),
+            timed: AtomicBool::new(false),
+        }))
+    }
+}
+
+/// How long an upstream HTTP/1.1 connection serves: `http.maxRequestsPerConnection` and
+/// `tcp.maxConnectionDuration` (None: no limit).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reuse {
+    pub max_requests: Option<u32>,
+    pub max_duration: Option<Duration>,
+}
 
 pub struct Conn {
     io: TokioIo<TcpStream>,
@@ -117,30 +145,49 @@ impl hyper::rt::Write for Conn {
 
 /// Sends `req` on `client`; with a request limit, the connection that reaches it is
 /// poisoned as soon as it is picked for this request (before hyper can put it back in
-/// the pool), so the pool closes it once this response is done.
+/// the pool), so the pool closes it once this response is done. With a duration limit,
+/// the first request on a connection starts a timer that poisons it once it is that
+/// old: the pool then never hands it out again, and drops it when the request in flight
+/// on it (if any) is done, or at its idle sweep (at most the duration later, see
+/// `upstream_tls::build`).
 pub async fn send_limited<C>(
     client: &hyper_util::client::legacy::Client<C, super::body::Body>,
     mut req: Request<super::body::Body>,
-    max_requests: Option<u32>,
+    reuse: Reuse,
 ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    let Some(max) = max_requests else {
+    if reuse.max_requests.is_none() && reuse.max_duration.is_none() {
         return client.request(req).await;
-    };
+    }
     let mut captured = capture_connection(&mut req);
+    let timer = captured.clone();
     let count = async {
         // None: no connection was had (the connect failed).
         let conn = captured.wait_for_connection_metadata().await;
-        if let Some(conn) = conn.as_ref() {
-            let mut extras = hyper::http::Extensions::new();
-            conn.get_extras(&mut extras);
-            if extras
-                .get::<Uses>()
-                .is_some_and(|u| u.0.fetch_add(1, Ordering::Relaxed) + 1 >= max)
-            {
+        let Some(conn) = conn.as_ref() else { return };
+        let mut extras = hyper::http::Extensions::new();
+        conn.get_extras(&mut extras);
+        let Some(life) = extras.get::<Uses>().map(|u| u.0.clone()) else {
+            return;
+        };
+        if let Some(max) = reuse.max_requests
+            && life.requests.fetch_add(1, Ordering::Relaxed) + 1 >= max
+        {
+            conn.poison();
+        }
+        if let Some(max) = reuse.max_duration {
+            let at = life.born + max;
+            if Instant::now() >= at {
                 conn.poison();
+            } else if !life.timed.swap(true, Ordering::Relaxed) {
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    if let Some(conn) = timer.connection_metadata().as_ref() {
+                        conn.poison();
+                    }
+                });
             }
         }
     };

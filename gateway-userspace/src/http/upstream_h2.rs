@@ -45,6 +45,10 @@ pub struct H2Pool {
     max_concurrent: Option<u32>,
     /// `http.idleTimeout` (ZERO: never).
     idle_timeout: Duration,
+    /// `tcp.maxConnectionDuration`: a connection that old takes no new stream; the pool
+    /// lets it go and hyper closes it (GOAWAY) once its streams are done (Envoy's
+    /// `max_connection_duration` drains it).
+    max_duration: Option<Duration>,
     conns: Arc<Mutex<HashMap<SocketAddr, Vec<Pooled>>>>,
     /// One connect at a time per endpoint, so that requests waiting for room share the
     /// connection the first of them opens rather than each opening one.
@@ -58,6 +62,7 @@ struct Pooled {
     id: u64,
     streams: u32,
     last_used: Instant,
+    born: Instant,
     active: Arc<AtomicU32>,
 }
 
@@ -96,6 +101,7 @@ impl H2Pool {
             idle_timeout: conn
                 .idle_timeout
                 .unwrap_or(super::upstream_tls::DEFAULT_IDLE_TIMEOUT),
+            max_duration: conn.max_connection_duration,
             conns: Arc::new(Mutex::new(HashMap::new())),
             connecting: Mutex::new(HashMap::new()),
         }
@@ -152,11 +158,15 @@ impl H2Pool {
                 id,
                 streams: 1,
                 last_used: Instant::now(),
+                born: Instant::now(),
                 active: active.clone(),
             });
         // A zero (`tcp.idleTimeout: 0s`) is Envoy's "disabled": never reaped for idleness.
         if !self.idle_timeout.is_zero() {
             reap_when_idle(Arc::downgrade(&self.conns), endpoint, id, self.idle_timeout);
+        }
+        if let Some(max) = self.max_duration {
+            retire_at(Arc::downgrade(&self.conns), endpoint, id, max);
         }
         Ok((sender, OpenStream(Arc::new(StreamSlot(active)))))
     }
@@ -168,7 +178,9 @@ impl H2Pool {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(&endpoint)?;
         list.retain(|p| {
-            !p.sender.is_closed() && self.max_requests.is_none_or(|max| p.streams < max)
+            !p.sender.is_closed()
+                && self.max_requests.is_none_or(|max| p.streams < max)
+                && self.max_duration.is_none_or(|max| p.born.elapsed() < max)
         });
         let p = list.iter_mut().find(|p| {
             self.max_concurrent
@@ -247,6 +259,25 @@ fn reap_when_idle(
                 }
                 _ => return,
             }
+        }
+    });
+}
+
+/// `tcp.maxConnectionDuration` for an HTTP/2 connection: at that age the pool lets it
+/// go (no new stream goes to it; hyper sends GOAWAY and closes it once its streams are
+/// done, or at once when it has none).
+fn retire_at(
+    conns: std::sync::Weak<Mutex<HashMap<SocketAddr, Vec<Pooled>>>>,
+    endpoint: SocketAddr,
+    id: u64,
+    max: Duration,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(max).await;
+        let Some(conns) = conns.upgrade() else { return };
+        let mut conns = conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = conns.get_mut(&endpoint) {
+            list.retain(|p| p.id != id);
         }
     });
 }

@@ -36,7 +36,7 @@ use rustls::{
 };
 
 use super::body::Body;
-use super::upstream_conn::{Connector, send_limited};
+use super::upstream_conn::{Connector, Reuse, send_limited};
 use super::upstream_h2::{H2Pool, SendError};
 use crate::config::{
     Snapshot,
@@ -64,7 +64,7 @@ enum Upstream {
     Http1 {
         client: Box<HttpClient>,
         tls: bool,
-        max_requests: Option<u32>,
+        reuse: Reuse,
     },
     /// HTTP/2, h2c or over TLS.
     H2(H2Pool),
@@ -72,7 +72,7 @@ enum Upstream {
     ClientProtocol {
         h1: Box<HttpClient>,
         tls: bool,
-        max_requests: Option<u32>,
+        reuse: Reuse,
         h2: H2Pool,
     },
 }
@@ -83,8 +83,8 @@ pub enum Target<'a> {
     Http1 {
         client: &'a HttpClient,
         scheme: &'static str,
-        /// `http.maxRequestsPerConnection`.
-        max_requests: Option<u32>,
+        /// `http.maxRequestsPerConnection`, `tcp.maxConnectionDuration`.
+        reuse: Reuse,
     },
     H2(&'a H2Pool),
 }
@@ -111,7 +111,7 @@ impl UpstreamClient {
                         (_, tls) if c.conn.use_client_protocol => Upstream::ClientProtocol {
                             h1: Box::new(build(connect_timeout, &c.conn, tls.clone())),
                             tls: tls.is_some(),
-                            max_requests: c.conn.max_requests_per_connection,
+                            reuse: reuse(&c.conn),
                             h2: H2Pool::new(connect_timeout, &c.conn, tls, false),
                         },
                         (true, tls) => {
@@ -120,7 +120,7 @@ impl UpstreamClient {
                         (false, Some(tls)) => Upstream::Http1 {
                             client: Box::new(build(connect_timeout, &c.conn, Some(tls))),
                             tls: true,
-                            max_requests: c.conn.max_requests_per_connection,
+                            reuse: reuse(&c.conn),
                         },
                         (false, None) => Upstream::Http1 {
                             client: Box::new(
@@ -130,7 +130,7 @@ impl UpstreamClient {
                                     .clone(),
                             ),
                             tls: false,
-                            max_requests: c.conn.max_requests_per_connection,
+                            reuse: reuse(&c.conn),
                         },
                     })
                     .inspect_err(|e| {
@@ -150,28 +150,19 @@ impl UpstreamClient {
             None => Ok(Target::Http1 {
                 client: &self.0.plain,
                 scheme: "http",
-                max_requests: None,
+                reuse: Reuse::default(),
             }),
-            Some(Ok(Upstream::Http1 {
-                client,
-                tls,
-                max_requests,
-            })) => Ok(Target::Http1 {
+            Some(Ok(Upstream::Http1 { client, tls, reuse })) => Ok(Target::Http1 {
                 client,
                 scheme: if *tls { "https" } else { "http" },
-                max_requests: *max_requests,
+                reuse: *reuse,
             }),
             Some(Ok(Upstream::H2(pool))) => Ok(Target::H2(pool)),
             Some(Ok(Upstream::ClientProtocol { h2, .. })) if client_h2 => Ok(Target::H2(h2)),
-            Some(Ok(Upstream::ClientProtocol {
-                h1,
-                tls,
-                max_requests,
-                ..
-            })) => Ok(Target::Http1 {
+            Some(Ok(Upstream::ClientProtocol { h1, tls, reuse, .. })) => Ok(Target::Http1 {
                 client: h1,
                 scheme: if *tls { "https" } else { "http" },
-                max_requests: *max_requests,
+                reuse: *reuse,
             }),
             Some(Err(e)) => Err(e),
         }
@@ -223,16 +214,14 @@ impl Target<'_> {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
         match self {
-            Target::Http1 {
-                client,
-                max_requests,
-                ..
-            } => send_limited(client, req, *max_requests)
-                .await
-                .map_err(|e| SendError {
-                    connect: e.is_connect(),
-                    message: super::upstream::error_chain(&e),
-                }),
+            Target::Http1 { client, reuse, .. } => {
+                send_limited(client, req, *reuse)
+                    .await
+                    .map_err(|e| SendError {
+                        connect: e.is_connect(),
+                        message: super::upstream::error_chain(&e),
+                    })
+            }
             Target::H2(pool) => pool.send(endpoint, req).await,
         }
     }
@@ -242,6 +231,14 @@ impl Target<'_> {
 /// closed pooled connections idle for 60 s since before DestinationRules, and keeps
 /// that when `http.idleTimeout` is not set.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the cluster's HTTP/1.1 connections serve.
+fn reuse(conn: &ConnSettings) -> Reuse {
+    Reuse {
+        max_requests: conn.max_requests_per_connection,
+        max_duration: conn.max_connection_duration,
+    }
+}
 
 fn build(
     connect_timeout: Duration,
@@ -276,8 +273,17 @@ fn build(
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         // A zero (`tcp.idleTimeout: 0s`) is Envoy's "disabled": no pool idle timeout.
+        // With `maxConnectionDuration` the pool's idle sweep (which also drops the
+        // connections it retired, `send_limited`) runs at least that often: a connection
+        // idle that long is older than that anyway.
         .pool_idle_timeout(
-            Some(conn.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero()),
+            [
+                Some(conn.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero()),
+                conn.max_connection_duration,
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         )
         .build(connector)
 }

@@ -14,7 +14,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::kernel::splice::{FlowReport, Path, Termination};
+use crate::kernel::splice::{FlowLimits, FlowReport, Path, Termination};
 
 /// A stream over one TCP socket: plain, or TLS (either side).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
@@ -118,14 +118,21 @@ fn reset(s: &TcpStream) {
 }
 
 /// Copies both ways between the client's stream and the upstream's until both
-/// directions are done, a reset, `idle` without a byte, or `closing` (the drain
-/// deadline).
+/// directions are done, a reset, the idle timeout without a byte, the flow's deadline
+/// (`maxConnectionDuration`), or `closing` (the drain deadline).
 pub async fn copy(
     down: impl Stream,
     up: impl Stream,
-    idle: Option<Duration>,
+    limits: FlowLimits,
     closing: impl std::future::Future<Output = ()>,
 ) -> FlowReport {
+    let idle = limits.idle;
+    let deadline = async {
+        match limits.deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
     let activity = Activity {
         base: Instant::now(),
         last: AtomicU64::new(0),
@@ -152,6 +159,7 @@ pub async fn copy(
                 Ok((a, b))
             }
             () = activity.expired(idle) => Err(Termination::IdleTimeout),
+            () = deadline => Err(Termination::MaxDuration),
             () = &mut closing => Err(Termination::DrainTimeout),
         }
     };

@@ -12,7 +12,7 @@ use tokio::{io::Interest, net::TcpStream};
 
 use crate::{
     config::{Listener, WeightedCluster},
-    kernel::splice::{FlowReport, Termination, sockopt},
+    kernel::splice::{FlowLimits, FlowReport, Termination, sockopt},
     server::Gateway,
     telemetry::metrics::HelloOutcome,
     tls::sni::{MAX_CLIENT_HELLO, Sniff, sniff},
@@ -227,10 +227,10 @@ pub async fn serve(
     };
     let _ = down.set_nodelay(true);
     let span = tracing::debug_span!("flow", %peer);
-    let idle = flow_idle_timeout(&gw, destinations);
+    let limits = flow_limits(&gw, destinations, started);
     let report = match gw.tcp_tls.get(&up.cluster) {
         None => {
-            let spliced = gw.splicer.splice_idle(down, stream, idle);
+            let spliced = gw.splicer.splice_idle(down, stream, limits);
             tracing::Instrument::instrument(spliced, span).await
         }
         // The cluster originates TLS (DestinationRule `tls`): a userspace copy.
@@ -241,29 +241,38 @@ pub async fn serve(
                 return close_cleanly(down).await;
             };
             let closing = gw.splicer.closing().clone();
-            let copied = super::l4_copy::copy(down, tls, idle, closing.cancelled_owned());
+            let copied = super::l4_copy::copy(down, tls, limits, closing.cancelled_owned());
             tracing::Instrument::instrument(copied, span).await
         }
     };
     flow_closed(&ctx, &up, route_name, &report);
 }
 
-/// The idle timeout of a flow on a route to `destinations`. Istio gives the tcp_proxy
-/// the idle timeout of the DestinationRule of the route's first destination
-/// (networkfilter.go `buildOutboundNetworkFilters`: one rule for the whole route,
-/// weighted or not), its top-level `connectionPool.tcp.idleTimeout`; 0s disables it;
-/// unset: `--tcp-idle-timeout`.
-pub(super) fn flow_idle_timeout(
+/// The idle timeout and deadline of a flow on a route to `destinations`, accepted at
+/// `started`. Istio gives the tcp_proxy the DestinationRule of the route's first
+/// destination (networkfilter.go `buildOutboundNetworkFilters`: one rule for the whole
+/// route, weighted or not), its top-level `connectionPool.tcp`: `idleTimeout` (0s
+/// disables it; unset: `--tcp-idle-timeout`) and `maxConnectionDuration` (Envoy's
+/// `max_downstream_connection_duration`, counted from the downstream connection's
+/// start; unset: none).
+pub(super) fn flow_limits(
     gw: &Gateway,
     destinations: &[WeightedCluster],
-) -> Option<std::time::Duration> {
-    destinations
+    started: Instant,
+) -> FlowLimits {
+    let cluster = destinations
         .first()
-        .and_then(|d| gw.snapshot.clusters.get(&d.cluster))
-        .and_then(|c| c.tcp_idle_timeout)
-        .map_or(gw.splicer.idle_timeout(), |d| {
-            Some(d).filter(|d| !d.is_zero())
-        })
+        .and_then(|d| gw.snapshot.clusters.get(&d.cluster));
+    FlowLimits {
+        idle: cluster
+            .and_then(|c| c.tcp_idle_timeout)
+            .map_or(gw.splicer.idle_timeout(), |d| {
+                Some(d).filter(|d| !d.is_zero())
+            }),
+        deadline: cluster
+            .and_then(|c| c.tcp_max_duration)
+            .map(|d| started + d),
+    }
 }
 
 /// What every L4 flow's refusals and access log need to know about it.
@@ -442,7 +451,13 @@ pub(super) fn flow_closed(ctx: &FlowCtx<'_>, up: &Upstream, route_name: &str, re
         sni: ctx.sni,
         received,
         sent,
-        flags: "",
+        // Envoy's tcp_proxy sets DurationTimeout (DT) when it closes a flow at
+        // `max_downstream_connection_duration`.
+        flags: if report.termination == Termination::MaxDuration {
+            "DT"
+        } else {
+            ""
+        },
         failure: match &report.termination {
             Termination::Error(e) => Some(e.as_str()),
             _ => None,

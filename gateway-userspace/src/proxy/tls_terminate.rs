@@ -85,12 +85,12 @@ pub async fn serve(
     let Some(stream) = up.stream.take() else {
         return;
     };
-    let idle = super::tcp::flow_idle_timeout(&gw, &route.destinations);
+    let limits = super::tcp::flow_limits(&gw, &route.destinations, ctx.start.1);
     let closing = gw.splicer.closing().clone();
     let span = tracing::debug_span!("flow", %peer);
     let report = match gw.tcp_tls.get(&up.cluster) {
         None => {
-            let copied = copy(tls, stream, idle, closing.cancelled_owned());
+            let copied = copy(tls, stream, limits, closing.cancelled_owned());
             tracing::Instrument::instrument(copied, span).await
         }
         // The route's cluster originates TLS too (DestinationRule `tls`).
@@ -99,7 +99,7 @@ pub async fn serve(
             let Some(up_tls) = originate(&ctx, &up, origin, stream, timeout).await else {
                 return close_tls(tls).await;
             };
-            let copied = copy(tls, up_tls, idle, closing.cancelled_owned());
+            let copied = copy(tls, up_tls, limits, closing.cancelled_owned());
             tracing::Instrument::instrument(copied, span).await
         }
     };

@@ -60,8 +60,9 @@ pub(super) fn add(c: &Cluster, cluster: &mut Value) {
 /// The cluster's connection settings as Istio's `applyConnectionPool` writes them:
 /// `connect_timeout`, `upstream_connection_options.tcp_keepalive` (whole seconds) and
 /// the `HttpProtocolOptions` extension (`idle_timeout`, `max_requests_per_connection`,
-/// HTTP/2 for an upgraded cluster with `max_concurrent_streams`, the downstream
-/// protocol for `useClientProtocol`). Only what a DestinationRule set.
+/// `max_connection_duration`, HTTP/2 for an upgraded cluster with
+/// `max_concurrent_streams`, the downstream protocol for `useClientProtocol`). Only
+/// what a DestinationRule set.
 fn conn_settings(c: &Cluster, cluster: &mut Value) {
     let s = &c.conn;
     if let Some(t) = s.connect_timeout {
@@ -86,6 +87,9 @@ fn conn_settings(c: &Cluster, cluster: &mut Value) {
     }
     if let Some(n) = s.max_requests_per_connection {
         common["max_requests_per_connection"] = n.into();
+    }
+    if let Some(t) = s.max_connection_duration {
+        common["max_connection_duration"] = duration(t).into();
     }
     // `maxConcurrentStreams` reaches only a cluster that speaks HTTP/2 (Istio sets it
     // on the explicit HTTP/2 options, which `useClientProtocol` replaces).

@@ -63,14 +63,15 @@ fn tcp_proxy(snap: &Snapshot, dests: &[WeightedCluster], stat: &str) -> Value {
     cfg["@type"] =
         "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy".into();
     cfg["stat_prefix"] = stat.into();
-    // The first destination's DestinationRule's `tcp.idleTimeout`, as Istio sets it
-    // (networkfilter.go); only when a rule sets it.
-    if let Some(t) = dests
-        .first()
-        .and_then(|d| snap.clusters.get(&d.cluster))
-        .and_then(|c| c.tcp_idle_timeout)
-    {
+    // The first destination's DestinationRule's `tcp.idleTimeout` and
+    // `tcp.maxConnectionDuration`, as Istio sets them (networkfilter.go); only when a
+    // rule sets them.
+    let first = dests.first().and_then(|d| snap.clusters.get(&d.cluster));
+    if let Some(t) = first.and_then(|c| c.tcp_idle_timeout) {
         cfg["idle_timeout"] = cluster_policy::duration(t).into();
+    }
+    if let Some(t) = first.and_then(|c| c.tcp_max_duration) {
+        cfg["max_downstream_connection_duration"] = cluster_policy::duration(t).into();
     }
     json!({ "name": "envoy.filters.network.tcp_proxy", "typed_config": cfg })
 }

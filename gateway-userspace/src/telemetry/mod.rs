@@ -116,10 +116,11 @@ impl Telemetry {
     }
 
     /// An L4 flow ended (or was refused: `flags` NR/UH/UF, no cluster). Byte counts are
-    /// the splice's: for the kernel splice, its per-flow counters.
+    /// the splice's: for the kernel splice, its per-flow counters. A flow closed at its
+    /// `maxConnectionDuration` (DT) was opened, so its close counts too.
     pub fn tcp_closed(&self, flow: &TcpFlow<'_>) {
         if let Some(c) = flow.cluster
-            && flow.flags.is_empty()
+            && matches!(flow.flags, "" | "DT")
         {
             self.istio
                 .tcp_closed(c, flow.upstream, flow.received, flow.sent);
@@ -132,6 +133,8 @@ impl Telemetry {
             Some(Termination::UpstreamReset) => Some("upstream_reset"),
             Some(Termination::IdleTimeout) => Some("idle_timeout"),
             Some(Termination::DrainTimeout) => Some("drain_timeout"),
+            // Envoy's LocalCloseReasons::MaxConnectionDurationReached.
+            Some(Termination::MaxDuration) => Some("max_connection_duration_reached"),
             _ => None,
         };
         let record = LogRecord {
@@ -204,7 +207,8 @@ pub struct TcpFlow<'a> {
     pub sni: Option<&'a str>,
     pub received: u64,
     pub sent: u64,
-    /// Envoy response flags: empty, or NR (no route), UH (no endpoint), UF (connect failed).
+    /// Envoy response flags: empty, or NR (no route), UH (no endpoint), UF (connect
+    /// failed), DT (closed at the cluster's `maxConnectionDuration`).
     pub flags: &'a str,
     pub failure: Option<&'a str>,
     pub termination: Option<&'a Termination>,

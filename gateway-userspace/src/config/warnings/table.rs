@@ -92,11 +92,6 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "ignored: a Kubernetes API-server setting",
     ),
     (
-        "GW1061",
-        "DestinationRule `connectionPool.tcp.maxConnectionDuration` (every level)",
-        "ignored: upstream connections (and TCP routes' flows) live as long as they are used",
-    ),
-    (
         "GW1063",
         "DestinationRule `tls` with mode DISABLE and other settings",
         "ignored: with DISABLE the endpoints get plain TCP whatever else is set",
@@ -299,11 +294,6 @@ pub(super) const TRAFFIC_POLICY_AT: &[&str] = &[
 
 /// Fields of a traffic policy not acted on, relative to it.
 pub(super) const TRAFFIC_POLICY: &[Rule] = &[
-    rule(
-        "connectionPool.tcp.maxConnectionDuration",
-        "GW1061",
-        "not supported",
-    ),
     Rule {
         pattern: "tls",
         code: "GW1063",

@@ -79,7 +79,7 @@ fn every_kind_has_its_warnings() {
         ),
         (
             "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: x\n  workloadSelector: {matchLabels: {a: b}}\n  trafficPolicy:\n    tls: {mode: DISABLE, sni: x.test}\n    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s, idleTimeout: 1s, maxConnectionDuration: 1s}}\n    loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n    portLevelSettings:\n    - port: {number: 80}\n      outlierDetection: {consecutive5xxErrors: 1}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      tunnel: {targetHost: a, targetPort: 1}\n      loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: 1s, attributes: [{name: a}]}}}\n",
-            "GW1066 GW1063 GW1061 GW1067 GW1064 GW1065 GW1065",
+            "GW1066 GW1063 GW1067 GW1064 GW1065 GW1065",
             "w.yaml:6:3",
         ),
     ];
@@ -331,6 +331,7 @@ fn connection_pool_connection_settings_are_acted_on() {
             h2_upgrade: true,
             max_concurrent_streams: Some(3),
             use_client_protocol: false,
+            max_connection_duration: None,
         }
     );
     assert!(whole.http2, "UPGRADE makes the HTTP port's cluster HTTP/2");
@@ -392,4 +393,47 @@ fn tcp_idle_timeout_is_acted_on() {
         e.contains(":26:26: duration must be greater than 1ms"),
         "{e}"
     );
+}
+
+/// `tcp.maxConnectionDuration` is acted on, as Istio gives it out: every level's to the
+/// cluster's HTTP connections (`applyConnectionPool`), the top level's to a TCP route's
+/// tcp_proxy (`Cluster::tcp_max_duration`, networkfilter.go); at least 1 ms.
+#[test]
+fn max_connection_duration_is_acted_on() {
+    use std::time::Duration;
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [svc.test]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec:\n  host: svc.test\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnectionDuration: 7s}\n  subsets:\n  - name: v1\n    trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 2s}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [web.example.com]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: svc.test, subset: v1}}]\n";
+    let gw = GW_YAML.replace(", targetPort: 80", "");
+    let l = load(&format!("{gw}---\n{yaml}"), Missing::Isolate);
+    let snap = match &l.result {
+        Ok(s) => s,
+        Err(e) => panic!("errors: {e}"),
+    };
+    let w: Vec<String> = l.warnings.iter().map(ToString::to_string).collect();
+    assert!(w.is_empty(), "{w:#?}");
+    let whole = &snap.clusters["outbound|80||svc.test"];
+    assert_eq!(
+        whole.conn.max_connection_duration,
+        Some(Duration::from_secs(7))
+    );
+    assert_eq!(whole.tcp_max_duration, Some(Duration::from_secs(7)));
+    let v1 = &snap.clusters["outbound|80|v1|svc.test"];
+    assert_eq!(
+        v1.conn.max_connection_duration,
+        Some(Duration::from_secs(2))
+    );
+    // The tcp_proxy reads the rule's top level only.
+    assert_eq!(v1.tcp_max_duration, Some(Duration::from_secs(7)));
+    // Istio's ValidateDuration: at least 1 ms, 0s included.
+    for bad in ["500us", "0s"] {
+        let y = yaml.replace(
+            "maxConnectionDuration: 7s",
+            &format!("maxConnectionDuration: {bad}"),
+        );
+        let l = load(&format!("{gw}---\n{y}"), Missing::Isolate);
+        let e = l.result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.contains("duration must be greater than 1ms"),
+            "{bad}: {e}"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     DirEnd, FlowReport, Termination, Victim, ending,
-    idle::{Activity, expired},
+    idle::{Activity, FlowLimits, deadline, expired},
 };
 
 async fn pipe(
@@ -40,14 +40,15 @@ async fn pipe(
     }
 }
 
-/// Copies both ways until both sides are done (or nothing moved for `idle`, or `closing`
-/// is cancelled).
+/// Copies both ways until both sides are done (or nothing moved for the idle timeout,
+/// the flow's deadline passed, or `closing` is cancelled).
 pub async fn copy(
     mut down: TcpStream,
     mut up: TcpStream,
-    idle: Option<Duration>,
+    limits: impl Into<FlowLimits>,
     closing: &CancellationToken,
 ) -> FlowReport {
+    let limits = limits.into();
     let activity = Activity::new();
     let ended = {
         let (dr, dw) = down.split();
@@ -67,7 +68,8 @@ pub async fn copy(
                 let a = if ending(false, &b).is_some() { DirEnd::Fin(0) } else { d2u.await };
                 Ok((a, b))
             }
-            () = expired(&activity, idle) => Err(Termination::IdleTimeout),
+            () = expired(&activity, limits.idle) => Err(Termination::IdleTimeout),
+            () = deadline(limits.deadline) => Err(Termination::MaxDuration),
             () = closing.cancelled() => Err(Termination::DrainTimeout),
         }
     };

@@ -128,6 +128,8 @@ pub(crate) struct NewFlow {
     pub(crate) prior: [u64; 2],
     /// Close the flow after this long without a byte (None: never).
     pub(crate) idle: Option<Duration>,
+    /// Close the flow at this instant (`maxConnectionDuration`; None: never).
+    pub(crate) deadline: Option<Instant>,
     pub(crate) done: oneshot::Sender<FlowReport>,
 }
 
@@ -226,6 +228,8 @@ struct Flow {
     active_at: Instant,
     /// This flow's idle timeout (`--tcp-idle-timeout` or its cluster's).
     idle: Option<Duration>,
+    /// When this flow's `maxConnectionDuration` runs out.
+    deadline: Option<Instant>,
 }
 
 /// How a flow ends early.
@@ -256,6 +260,8 @@ pub(crate) struct Driver {
     early: Vec<(Instant, SpliceEvent)>,
     /// When the next idle-timeout sweep is due.
     next_sweep: Instant,
+    /// The earliest flow deadline (`maxConnectionDuration`), if any flow has one.
+    next_deadline: Option<Instant>,
 }
 
 /// How often flows with idle timeout `idle` are checked: a quarter of it, from the
@@ -303,6 +309,7 @@ impl Driver {
             events_lost: 0,
             early: Vec::new(),
             next_sweep: Instant::now(),
+            next_deadline: None,
         })
     }
 
@@ -388,6 +395,7 @@ impl Driver {
                 _ = lost_check.tick() => {
                     self.check_lost();
                     self.sweep_idle();
+                    self.sweep_deadlines();
                 }
                 () = closing.cancelled(), if !closed => closed = true,
             }
@@ -424,7 +432,11 @@ impl Driver {
             activity: 0,
             active_at: Instant::now(),
             idle: nf.idle,
+            deadline: nf.deadline,
         };
+        if let Some(at) = nf.deadline {
+            self.next_deadline = Some(self.next_deadline.map_or(at, |n| n.min(at)));
+        }
         // A flow with a shorter idle timeout than any before it sets the sweep's pace.
         if let Some(idle) = nf.idle {
             self.next_sweep = self.next_sweep.min(Instant::now() + sweep_pace(idle));
@@ -666,6 +678,38 @@ impl Driver {
         // The sweep runs on the 250 ms tick, which fires a little before `now + pace`
         // when `now` was late: half a tick of slack keeps the pace from doubling.
         self.next_sweep = now + pace - LOST_CHECK / 2;
+    }
+
+    /// `maxConnectionDuration`: on the 250 ms tick once the earliest deadline has
+    /// passed, every flow past its own is closed as an idle one is (Envoy's tcp_proxy
+    /// `onMaxDownstreamConnectionDuration`); a flow is closed at most one tick late.
+    fn sweep_deadlines(&mut self) {
+        let now = Instant::now();
+        if self.next_deadline.is_none_or(|at| now < at) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        for slot in 0..self.flows.len() {
+            let Some(Some(flow)) = self.flows.get(slot) else {
+                continue;
+            };
+            let Some(at) = flow.deadline else {
+                continue;
+            };
+            if at > now {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                continue;
+            }
+            let pending = pending(flow);
+            self.finish(
+                slot,
+                Err(End::Idle {
+                    pending,
+                    why: Termination::MaxDuration,
+                }),
+            );
+        }
+        self.next_deadline = next;
     }
 
     /// The drain deadline: every flow is closed as an idle one is.

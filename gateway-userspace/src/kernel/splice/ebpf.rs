@@ -360,18 +360,18 @@ impl EbpfSplicer {
     /// drained it), because once a socket enters the sockhash tcp_read_skb hands the
     /// verdict whole skbs, including any part userspace already read.
     pub async fn splice_from(&self, down: TcpStream, up: TcpStream, prior: Prior) -> FlowReport {
-        self.splice_from_idle(down, up, prior, self.kernel.idle)
+        self.splice_from_idle(down, up, prior, self.kernel.idle.into())
             .await
     }
 
-    /// As [`splice_from`](Self::splice_from), closing the flow after `idle` without a
-    /// byte (this flow's own idle timeout; None: never).
+    /// As [`splice_from`](Self::splice_from), with this flow's own limits (its idle
+    /// timeout and `maxConnectionDuration` deadline; the driver's sweeps enforce them).
     pub(crate) async fn splice_from_idle(
         &self,
         down: TcpStream,
         up: TcpStream,
         prior: Prior,
-        idle: Option<Duration>,
+        limits: super::FlowLimits,
     ) -> FlowReport {
         let paths = &self.kernel.paths;
         let fallback = |reason: Fallback| {
@@ -386,14 +386,14 @@ impl EbpfSplicer {
         if !sockopt::is_established(&down) || !sockopt::is_established(&up) {
             fallback(Fallback::NotEstablished);
             return with_prior(
-                super::copy::copy(down, up, idle, &self.kernel.closing).await,
+                super::copy::copy(down, up, limits, &self.kernel.closing).await,
                 prior,
             );
         }
         let Ok(start) = driver::Start::pair(&down, &up) else {
             fallback(Fallback::SocketState);
             return with_prior(
-                super::copy::copy(down, up, idle, &self.kernel.closing).await,
+                super::copy::copy(down, up, limits, &self.kernel.closing).await,
                 prior,
             );
         };
@@ -413,7 +413,7 @@ impl EbpfSplicer {
                 fallback(reason);
                 return match (TcpStream::from_std(down), TcpStream::from_std(up)) {
                     (Ok(d), Ok(u)) => with_prior(
-                        super::copy::copy(d, u, idle, &self.kernel.closing).await,
+                        super::copy::copy(d, u, limits, &self.kernel.closing).await,
                         prior,
                     ),
                     _ => error_report("re-registering the sockets".into()),
@@ -436,7 +436,8 @@ impl EbpfSplicer {
             start,
             spliced,
             prior: [prior.downstream_to_upstream, prior.upstream_to_downstream],
-            idle,
+            idle: limits.idle,
+            deadline: limits.deadline.map(Into::into),
             done,
         };
         if let Err(mpsc::error::SendError(flow)) = self.driver.send(flow) {

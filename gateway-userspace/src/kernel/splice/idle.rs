@@ -80,3 +80,33 @@ pub(crate) async fn expired(a: &Activity, idle: Option<Duration>) {
         tokio::time::sleep(idle - since).await;
     }
 }
+
+/// A flow's own limits: its idle timeout and the instant its
+/// `connectionPool.tcp.maxConnectionDuration` runs out (Envoy's tcp_proxy
+/// `idle_timeout` and `max_downstream_connection_duration`). Every splice path races
+/// [`FlowLimits::reached`] against its work; the kernel path's driver checks the
+/// deadline at its sweep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// Close after this long without a byte (None: never).
+    pub idle: Option<Duration>,
+    /// Close at this instant whatever moves (None: never).
+    pub deadline: Option<Instant>,
+}
+
+impl From<Option<Duration>> for FlowLimits {
+    fn from(idle: Option<Duration>) -> FlowLimits {
+        FlowLimits {
+            idle,
+            deadline: None,
+        }
+    }
+}
+
+/// Completes once the flow's deadline has passed (never when it has none).
+pub(crate) async fn deadline(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -22,6 +22,8 @@ pub mod pipe;
 pub(crate) mod sockopt;
 pub mod uring;
 
+pub use idle::FlowLimits;
+
 use std::{
     fmt,
     sync::{
@@ -90,6 +92,10 @@ pub enum Termination {
     /// The gateway's drain deadline (`--drain-duration` after SIGTERM) passed with the
     /// flow still open: closed as the idle timeout closes a flow.
     DrainTimeout,
+    /// The flow's cluster's `connectionPool.tcp.maxConnectionDuration` passed (Envoy's
+    /// tcp_proxy `max_downstream_connection_duration`: flag DT, close reason
+    /// `max_connection_duration_reached`): closed as the idle timeout closes a flow.
+    MaxDuration,
 }
 
 impl fmt::Display for Termination {
@@ -101,6 +107,7 @@ impl fmt::Display for Termination {
             Termination::Error(e) => write!(f, "error: {e}"),
             Termination::IdleTimeout => f.write_str("idle_timeout"),
             Termination::DrainTimeout => f.write_str("drain_timeout"),
+            Termination::MaxDuration => f.write_str("max_connection_duration_reached"),
         }
     }
 }
@@ -384,24 +391,25 @@ impl Splicer {
         self.splice_idle(down, up, self.0.idle).await
     }
 
-    /// As [`splice`](Self::splice), with this flow's own idle timeout (a
-    /// DestinationRule's `connectionPool.tcp.idleTimeout`; None: never), on every path.
+    /// As [`splice`](Self::splice), with this flow's own limits (a DestinationRule's
+    /// `connectionPool.tcp.idleTimeout` and `maxConnectionDuration`), on every path.
     pub async fn splice_idle(
         &self,
         down: TcpStream,
         up: TcpStream,
-        idle: Option<std::time::Duration>,
+        limits: impl Into<FlowLimits>,
     ) -> FlowReport {
+        let limits = limits.into();
         let inner = &*self.0;
         let r = match (inner.mode, &inner.kernel, &inner.pipe, &inner.uring) {
             (SpliceMode::Ebpf, Some(k), _, _) => {
-                k.splice_from_idle(down, up, ebpf::Prior::default(), idle)
+                k.splice_from_idle(down, up, ebpf::Prior::default(), limits)
                     .await
             }
             (SpliceMode::Auto, Some(k), Some(p), _) => {
                 let outcome = {
                     let _active = inner.paths.splice.enter();
-                    p.splice_until_bulk_idle(down, up, &inner.offload, idle)
+                    p.splice_until_bulk_idle(down, up, &inner.offload, limits)
                         .await
                 };
                 match outcome {
@@ -421,21 +429,21 @@ impl Splicer {
                             downstream_to_upstream: down_to_upstream,
                             upstream_to_downstream,
                         };
-                        k.splice_from_idle(down, up, prior, idle).await
+                        k.splice_from_idle(down, up, prior, limits).await
                     }
                 }
             }
             (_, _, Some(p), _) => {
                 let _active = inner.paths.splice.enter();
-                p.splice_idle(down, up, idle).await
+                p.splice_idle(down, up, limits).await
             }
             (_, _, _, Some(u)) => {
                 let _active = inner.paths.uring.enter();
-                u.splice_idle(down, up, idle).await
+                u.splice_idle(down, up, limits).await
             }
             _ => {
                 let _active = inner.paths.copy.enter();
-                copy::copy(down, up, idle, &inner.closing).await
+                copy::copy(down, up, limits, &inner.closing).await
             }
         };
         inner.paths.ended(&r);

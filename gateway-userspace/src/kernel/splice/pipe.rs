@@ -269,18 +269,18 @@ impl PipeSplicer {
 
     /// Moves bytes both ways until both sides are done, then closes both sockets.
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
-        self.splice_idle(down, up, self.idle).await
+        self.splice_idle(down, up, self.idle.into()).await
     }
 
-    /// As [`splice`](Self::splice), closing the flow after `idle` without a byte (this
-    /// flow's own idle timeout; None: never).
+    /// As [`splice`](Self::splice), with this flow's own limits: closed after its idle
+    /// timeout without a byte, or at its `maxConnectionDuration` deadline.
     pub(crate) async fn splice_idle(
         &self,
         down: TcpStream,
         up: TcpStream,
-        idle: Option<std::time::Duration>,
+        limits: super::FlowLimits,
     ) -> FlowReport {
-        match self.run(down, up, None, idle).await {
+        match self.run(down, up, None, limits).await {
             PipeOutcome::Done(r) => r,
             // run() hands over only when given a policy; never reached.
             PipeOutcome::Handover { down, up, .. } => {
@@ -303,7 +303,7 @@ impl PipeSplicer {
         up: TcpStream,
         policy: &OffloadPolicy,
     ) -> PipeOutcome {
-        self.run(down, up, Some(policy), self.idle).await
+        self.run(down, up, Some(policy), self.idle.into()).await
     }
 
     /// As [`splice_until_bulk`](Self::splice_until_bulk) with this flow's own idle
@@ -313,9 +313,9 @@ impl PipeSplicer {
         down: TcpStream,
         up: TcpStream,
         policy: &OffloadPolicy,
-        idle: Option<std::time::Duration>,
+        limits: super::FlowLimits,
     ) -> PipeOutcome {
-        self.run(down, up, Some(policy), idle).await
+        self.run(down, up, Some(policy), limits).await
     }
 
     async fn run(
@@ -323,16 +323,20 @@ impl PipeSplicer {
         down: TcpStream,
         up: TcpStream,
         policy: Option<&OffloadPolicy>,
-        idle: Option<std::time::Duration>,
+        limits: super::FlowLimits,
     ) -> PipeOutcome {
         let mut d2u = Dir::new(&self.pool, &up);
         let mut u2d = Dir::new(&self.pool, &down);
         let ended = tokio::select! {
             biased;
-            e = drive(&down, &up, &mut d2u, &mut u2d, policy, idle) => e,
+            e = drive(&down, &up, &mut d2u, &mut u2d, policy, limits.idle) => e,
             () = self.closing.cancelled() => Drive::Idle {
                 pending: d2u.in_pipe + u2d.in_pipe > 0,
                 why: Termination::DrainTimeout,
+            },
+            () = super::idle::deadline(limits.deadline) => Drive::Idle {
+                pending: d2u.in_pipe + u2d.in_pipe > 0,
+                why: Termination::MaxDuration,
             },
         };
         let (d, u) = (d2u.moved, u2d.moved);

@@ -37,7 +37,7 @@ use super::{
 struct Job {
     down: std::net::TcpStream,
     up: std::net::TcpStream,
-    idle: Option<Duration>,
+    limits: super::FlowLimits,
     closing: tokio_util::sync::CancellationToken,
     done: oneshot::Sender<FlowReport>,
 }
@@ -82,16 +82,16 @@ impl UringSplicer {
     }
 
     pub async fn splice(&self, down: TcpStream, up: TcpStream) -> FlowReport {
-        self.splice_idle(down, up, self.idle).await
+        self.splice_idle(down, up, self.idle.into()).await
     }
 
-    /// As [`splice`](Self::splice), closing the flow after `idle` without a byte (this
-    /// flow's own idle timeout; None: never).
+    /// As [`splice`](Self::splice), with this flow's own limits: closed after its idle
+    /// timeout without a byte, or at its `maxConnectionDuration` deadline.
     pub(crate) async fn splice_idle(
         &self,
         down: TcpStream,
         up: TcpStream,
-        idle: Option<Duration>,
+        limits: super::FlowLimits,
     ) -> FlowReport {
         // io_uring honours O_NONBLOCK: a read on a non-blocking socket completes with
         // EAGAIN instead of waiting, so the sockets tokio made non-blocking go back to
@@ -110,7 +110,7 @@ impl UringSplicer {
         let job = Job {
             down,
             up,
-            idle,
+            limits,
             closing: self.closing.clone(),
             done,
         };
@@ -200,7 +200,7 @@ async fn run(job: Job) {
     let Job {
         down,
         up,
-        idle: job_idle,
+        limits,
         closing,
         done,
     } = job;
@@ -231,7 +231,8 @@ async fn run(job: Job) {
         }
         why = async {
             tokio::select! {
-                () = expired(&activity, job_idle) => Termination::IdleTimeout,
+                () = expired(&activity, limits.idle) => Termination::IdleTimeout,
+                () = super::idle::deadline(limits.deadline) => Termination::MaxDuration,
                 () = closing.cancelled() => Termination::DrainTimeout,
             }
         } => {
