@@ -127,12 +127,7 @@ pub async fn copy(
     closing: impl std::future::Future<Output = ()>,
 ) -> FlowReport {
     let idle = limits.idle;
-    let deadline = async {
-        match limits.deadline {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = crate::kernel::splice::flow_deadline(limits.deadline);
     let activity = Activity {
         base: Instant::now(),
         last: AtomicU64::new(0),

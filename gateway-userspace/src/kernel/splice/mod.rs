@@ -23,6 +23,8 @@ pub(crate) mod sockopt;
 pub mod uring;
 
 pub use idle::FlowLimits;
+/// A flow's `maxConnectionDuration` deadline, for the copies outside the splices.
+pub(crate) use idle::deadline as flow_deadline;
 
 use std::{
     fmt,
