@@ -57,7 +57,7 @@ pub enum Command {
 
 pub use crate::proxyconfig::cli::ProxyConfigArgs;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
     /// YAML files or directories of them (multi-document, as for `kubectl apply -f`).
     #[arg(long, short = 'c', required = true, num_args = 1..)]
@@ -266,14 +266,11 @@ impl ConfigArgs {
         id
     }
 
-    /// Loads and validates; on failure prints every error and exits 64, binding nothing.
-    /// Warnings (the MeshConfig's too) go to `report`, or with `--strict` are errors.
-    /// `missing`: what references to missing things are (errors for `validate`).
-    pub fn load_or_exit(
-        &self,
-        missing: config::Missing,
-        report: impl Fn(&config::Warning),
-    ) -> config::Snapshot {
+    /// Loads and validates: the snapshot with its warnings, or every line to print (the
+    /// warnings, then every error with its `file:line:col`, then a count). Warnings
+    /// (the MeshConfig's too) are errors with `--strict`. `missing`: what references to
+    /// missing things are (errors for `validate`).
+    pub fn load(&self, missing: config::Missing) -> Result<config::Snapshot, Vec<String>> {
         let loaded = config::load_with(&self.config, &self.identity(), missing);
         let mut warnings = loaded.warnings;
         if let Some(p) = &self.mesh_config {
@@ -282,32 +279,47 @@ impl ConfigArgs {
         let mut snap = match loaded.result {
             Ok(s) => s,
             Err(errors) => {
-                for w in &warnings {
-                    eprintln!("{w}");
-                }
-                eprintln!("{errors}");
-                eprintln!(
-                    "{} configuration error(s); nothing was started",
-                    errors.0.len()
-                );
-                std::process::exit(EXIT_BAD_CONFIG);
+                let mut lines: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+                lines.extend(errors.0.iter().map(ToString::to_string));
+                lines.push(format!("{} configuration error(s)", errors.0.len()));
+                return Err(lines);
             }
         };
         if self.strict && !warnings.is_empty() {
-            for w in &warnings {
-                eprintln!("{}", w.to_error());
-            }
-            eprintln!(
-                "{} warning(s), errors with --strict; nothing was started",
+            let mut lines: Vec<String> =
+                warnings.iter().map(|w| w.to_error().to_string()).collect();
+            lines.push(format!(
+                "{} warning(s), errors with --strict",
                 warnings.len()
-            );
-            std::process::exit(EXIT_BAD_CONFIG);
-        }
-        for w in &warnings {
-            report(w);
+            ));
+            return Err(lines);
         }
         snap.warnings = warnings;
-        snap
+        Ok(snap)
+    }
+
+    /// [`ConfigArgs::load`]; on failure prints every line and exits 64, binding nothing.
+    /// Warnings go to `report`.
+    pub fn load_or_exit(
+        &self,
+        missing: config::Missing,
+        report: impl Fn(&config::Warning),
+    ) -> config::Snapshot {
+        match self.load(missing) {
+            Ok(snap) => {
+                for w in &snap.warnings {
+                    report(w);
+                }
+                snap
+            }
+            Err(lines) => {
+                for l in &lines {
+                    eprintln!("{l}");
+                }
+                eprintln!("nothing was started");
+                std::process::exit(EXIT_BAD_CONFIG);
+            }
+        }
     }
 }
 
@@ -493,20 +505,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             prometheus: args.prometheus_port.0,
         },
     };
-    let http = crate::http::HttpState::build(&snapshot).unwrap_or_else(|e| {
+    let plan = crate::plan::Plan::compile(snapshot, 1).unwrap_or_else(|e| {
         eprintln!("{e}\nconfiguration error; nothing was started");
         std::process::exit(EXIT_BAD_CONFIG);
     });
-    let mut gw = Gateway::new(snapshot, http, splicer, opts);
+    let mut gw = Gateway::new(plan, splicer, opts);
     telemetry.install();
     gw.telemetry = telemetry;
     let gw = Arc::new(gw);
-    gw.authz.start(&args.xdp_iface);
-    let ports: Vec<u16> = gw.snapshot.listeners.iter().map(|l| l.port).collect();
+    gw.plan().authz.start(&args.xdp_iface);
+    let ports: Vec<u16> = gw.plan().ports().collect();
     let workers = args
         .workers
         .map_or_else(crate::runtime::workers::default_count, usize::from);
-    let listeners = listener::bind_all(&gw, workers).context("binding the Gateway ports")?;
+    let listeners = listener::bind_all(&gw, ports.iter().copied(), workers)
+        .context("binding the Gateway ports")?;
     let admin = admin::bind(args.admin_addr)
         .await
         .context("binding the admin API")?;
@@ -551,16 +564,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let runtimes = crate::runtime::workers::start(workers).context("starting the workers")?;
     let per_worker = (0..workers).map(|_| Default::default()).collect();
     let _ = gw.stats.worker_accepted.set(per_worker);
-    let mut accept_loops = vec![];
-    for (worker, (rt, socks)) in runtimes.iter().zip(listeners).enumerate() {
-        // Registered with the worker's own reactor: its connections are polled there.
-        let _in_worker = rt.enter();
-        for (l, sock) in socks {
-            let sock = tokio::net::TcpListener::from_std(sock)?;
-            let accept = listener::accept_loop(gw.clone(), l, sock, worker);
-            accept_loops.push(rt.spawn(accept));
-        }
+    gw.ports.set_workers(runtimes);
+    for (port, socks) in listeners {
+        gw.ports.start(&gw, port, socks)?;
     }
+    let reload = crate::runtime::reload::Source {
+        config: args.config.clone(),
+        drain_duration: args.drain_duration,
+    };
+    tokio::spawn(crate::runtime::reload::run(gw.clone(), reload));
     gw.readiness.set(crate::server::ReadyState::Serving);
     tracing::info!(
         splice = gw.splicer.name(),
@@ -571,7 +583,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         prometheus_port = ?gw.opts.istio_ports.prometheus,
         "gateway ready"
     );
-    crate::runtime::drain::on_signals(gw.clone(), signals, accept_loops, args.drain_duration).await;
+    crate::runtime::drain::on_signals(gw.clone(), signals, args.drain_duration).await;
     // Access-log lines of the last connections, before the process exits.
     gw.telemetry.flush(std::time::Duration::from_secs(2));
     tracing::info!("exiting");

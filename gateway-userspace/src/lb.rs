@@ -46,7 +46,7 @@ pub fn hash(key: &[u8]) -> u64 {
 
 /// Every cluster's balancer.
 #[derive(Debug, Default)]
-pub struct Balancers(HashMap<String, Balancer>);
+pub struct Balancers(HashMap<String, Arc<Balancer>>);
 
 impl Balancers {
     pub fn new(snapshot: &Snapshot) -> Balancers {
@@ -62,14 +62,29 @@ impl Balancers {
                         .map(|p| Arc::new(outlier::Outlier::new(p, &c.name, &c.endpoints)));
                     b.pool = c.circuit_breakers.map(|l| Arc::new(pool::Pool::new(l)));
                     b.dns = c.dns.as_ref().map(|_| DnsStats::default());
-                    (c.name.clone(), b)
+                    (c.name.clone(), Arc::new(b))
                 })
                 .collect(),
         )
     }
 
     pub fn get(&self, cluster: &str) -> Option<&Balancer> {
-        self.0.get(cluster)
+        self.0.get(cluster).map(|b| &**b)
+    }
+
+    /// Takes `old`'s balancer for every cluster `new` defines exactly as `old` did, so
+    /// its state lives on through a reload (see `Plan::carry_from`).
+    pub fn carry_from(&mut self, old: &Balancers, old_snap: &Snapshot, new: &Snapshot) {
+        for (name, b) in &mut self.0 {
+            if let (Some(was), Some(is), Some(kept)) = (
+                old_snap.clusters.get(name),
+                new.clusters.get(name),
+                old.0.get(name),
+            ) && was == is
+            {
+                *b = kept.clone();
+            }
+        }
     }
 
     /// A cluster's endpoints now: (address, weight, ejected), for `proxy-config`.

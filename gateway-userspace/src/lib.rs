@@ -14,6 +14,7 @@ pub mod http;
 pub mod kernel;
 pub mod lb;
 pub mod listener;
+pub mod plan;
 pub mod proxy;
 pub mod proxyconfig;
 pub mod runtime;

@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use crate::{config::Snapshot, kernel::splice::Splicer, telemetry::metrics::Stats};
+use arc_swap::ArcSwap;
+
+use crate::{kernel::splice::Splicer, plan::Plan, telemetry::metrics::Stats};
 
 /// Runtime knobs from the command line.
 #[derive(Debug, Clone)]
@@ -125,65 +127,51 @@ impl Default for Options {
 }
 
 pub struct Gateway {
-    pub snapshot: Arc<Snapshot>,
-    /// Route tables, certificates and pools of the HTTP listeners.
-    pub http: crate::http::HttpState,
+    /// The compiled config; a reload swaps it whole (`runtime::reload`).
+    plan: ArcSwap<Plan>,
     pub splicer: Splicer,
     pub stats: Stats,
     /// Access logs and Istio metrics (logs off until `cli::run` sets them up).
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     pub opts: Options,
-    /// AuthorizationPolicy enforcement; `cli::run` attaches the XDP guard to it.
-    pub authz: Arc<crate::authz::Enforcer>,
-    /// TLS passthrough routes by SNI, per port.
-    pub sni_routes: crate::tls::routes::SniRoutes,
     /// What `/healthz/ready` answers.
     pub readiness: Readiness,
-    /// Each cluster's load balancer (DestinationRule `loadBalancer`).
-    pub balancers: crate::lb::Balancers,
-    /// TLS origination of TCP flows, per cluster (DestinationRule `tls`).
-    pub tcp_tls: crate::proxy::tls_origin::TcpOrigination,
     /// SIGTERM's drain, as accept loops and connections see it.
     pub drain: crate::runtime::drain::Drain,
+    /// The ports accepting now, and the drains of their connections.
+    pub ports: crate::runtime::ports::Ports,
 }
 
 impl Gateway {
-    pub fn new(
-        snapshot: Snapshot,
-        http: crate::http::HttpState,
-        splicer: Splicer,
-        opts: Options,
-    ) -> Gateway {
-        let stats = Stats::new(snapshot.listeners.iter().map(|l| l.port));
-        let authz = Arc::new(crate::authz::Enforcer::new(&snapshot));
-        let sni_routes = crate::tls::routes::SniRoutes::new(&snapshot);
-        let balancers = crate::lb::Balancers::new(&snapshot);
-        let tcp_tls = crate::proxy::tls_origin::TcpOrigination::new(&snapshot);
+    pub fn new(plan: Plan, splicer: Splicer, opts: Options) -> Gateway {
+        let stats = Stats::new(plan.ports());
+        let drain = crate::runtime::drain::Drain::default();
         Gateway {
-            snapshot: Arc::new(snapshot),
-            http,
+            ports: crate::runtime::ports::Ports::new(&drain),
+            plan: ArcSwap::from_pointee(plan),
             splicer,
             stats,
             telemetry: Arc::new(crate::telemetry::Telemetry::off(
                 &crate::config::GatewayIdentity::default(),
             )),
             opts,
-            authz,
-            sni_routes,
             readiness: Readiness::default(),
-            balancers,
-            tcp_tls,
-            drain: crate::runtime::drain::Drain::default(),
+            drain,
         }
     }
 
-    /// An endpoint of `cluster` by its load balancer; `hash` for consistent hashing.
-    pub fn pick_endpoint(&self, cluster: &str, hash: Option<u64>) -> crate::lb::Pick {
-        use crate::lb::Pick;
-        match self.balancers.get(cluster) {
-            None => Pick::NoCluster,
-            Some(b) => b.pick(hash).map_or(Pick::NoHealthy, Pick::Endpoint),
+    /// The Plan serving now. A connection takes it once, and a request on a keep-alive
+    /// connection again, so each sees one config from start to end.
+    pub fn plan(&self) -> Arc<Plan> {
+        self.plan.load_full()
+    }
+
+    /// Makes `plan` the one new connections and requests see; returns the old one.
+    pub fn swap_plan(&self, plan: Arc<Plan>) -> Arc<Plan> {
+        for port in plan.ports() {
+            self.stats.add_listener(port);
         }
+        self.plan.swap(plan)
     }
 
     /// The addresses every Gateway port listens on: `--bind`, and `::` when dual-stack.

@@ -117,8 +117,11 @@ pub fn prometheus_text(gw: &Gateway) -> String {
         .stats
         .render_prometheus(&gw.splicer, &gw.opts.bind.to_string());
     gw.telemetry.render_prometheus(&mut out);
-    gw.balancers.render_prometheus(&mut out);
-    crate::config::warnings::render_prometheus(&gw.snapshot.warnings, &mut out);
+    let plan = gw.plan();
+    plan.balancers.render_prometheus(&mut out);
+    crate::config::warnings::render_prometheus(&plan.snapshot.warnings, &mut out);
+    plan.authz.prometheus(&mut out);
+    crate::runtime::reload::render_prometheus(gw, &mut out);
     gw.readiness.render_prometheus(&mut out);
     out
 }
@@ -146,20 +149,21 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
             prometheus_text(gw),
         ),
         "/config_dump" => {
+            let plan = gw.plan();
             let mut dump = crate::proxyconfig::config_dump(
-                &gw.snapshot,
+                &plan.snapshot,
                 &gw.listen_addrs(),
                 &gw.opts.istio_ports,
             );
             crate::proxyconfig::cluster_policy::live_endpoints(&mut dump, |c| {
-                gw.balancers.live(c)
+                plan.balancers.live(c)
             });
             json(dump)
         }
         // Envoy's /logging, read-only: the levels come from RUST_LOG at start.
         "/logging" => reply(StatusCode::OK, "text/plain", crate::proxyconfig::active_loggers()),
         "/debug/kernel_log" => kernel_log(gw, &req),
-        "/xdp" => json(gw.authz.rules_view()),
+        "/xdp" => json(gw.plan().authz.rules_view()),
         "/debug/splice/fault" if req.method() == hyper::Method::POST => splice_fault(gw, &req),
         "/debug/splice" => json(splice_view(&gw.splicer)),
         _ => reply(

@@ -295,6 +295,17 @@ impl DnsRefresh {
         }
         (eps, weights)
     }
+
+    /// The same names, ports, weights and modes (the addresses aside).
+    pub fn same_targets(&self, other: &DnsRefresh) -> bool {
+        let key = |t: &DnsTarget| (t.name.clone(), t.port, t.weight, t.first_only);
+        self.targets.len() == other.targets.len()
+            && self
+                .targets
+                .iter()
+                .map(key)
+                .eq(other.targets.iter().map(key))
+    }
 }
 
 /// Decoded Secret data (`tls.crt`, `tls.key`, `ca.crt`, ...).

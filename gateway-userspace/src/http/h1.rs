@@ -77,7 +77,7 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let drain = &gw.drain;
+    let drain = &conn.drain;
     let hold = Arc::new(AtomicBool::new(false));
     let mut io = ClientIo {
         inner: Counted {

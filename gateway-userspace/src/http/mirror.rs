@@ -35,9 +35,9 @@ use hyper::{
     header::{self, HeaderValue},
 };
 
-use super::{body::full, upstream::UpstreamClient};
+use super::body::full;
 use crate::config::istio::{Destination, HttpRoute};
-use crate::server::Gateway;
+use crate::{plan::Plan, server::Gateway};
 
 /// The most request body copied for the mirrors: Envoy's default connection buffer
 /// limit (`per_connection_buffer_limit_bytes`, 1 MiB), which bounds its shadow buffer.
@@ -148,7 +148,7 @@ pub struct Copy {
 /// primary request.
 pub fn spawn(
     gw: Arc<Gateway>,
-    client: UpstreamClient,
+    plan: Arc<Plan>,
     clusters: Vec<String>,
     mut copy: Copy,
     body: tokio::sync::oneshot::Receiver<Bytes>,
@@ -173,18 +173,18 @@ pub fn spawn(
             return;
         };
         for cluster in clusters {
-            let (gw, client, copy, body) = (gw.clone(), client.clone(), copy.clone(), body.clone());
-            tokio::spawn(async move { send_one(&gw, &client, &cluster, &copy, body).await });
+            let (gw, plan, copy, body) = (gw.clone(), plan.clone(), copy.clone(), body.clone());
+            tokio::spawn(async move { send_one(&gw, &plan, &cluster, &copy, body).await });
         }
     });
 }
 
-async fn send_one(gw: &Gateway, client: &UpstreamClient, cluster: &str, copy: &Copy, body: Bytes) {
+async fn send_one(gw: &Gateway, plan: &Plan, cluster: &str, copy: &Copy, body: Bytes) {
     let stats = &gw.stats.mirror;
     // The mirror cluster's own load balancer (its DestinationRule's policy; a hash
     // policy has no key here, so a hashing cluster picks at random). The pick counts
     // as an active request (LEAST_REQUEST) until the copy is done.
-    let picked = match gw.pick_endpoint(cluster, None) {
+    let picked = match plan.pick_endpoint(cluster, None) {
         crate::lb::Pick::Endpoint(p) => p,
         crate::lb::Pick::NoCluster | crate::lb::Pick::NoHealthy => {
             tracing::debug!(target: "gateway::mirror", cluster, "mirror cluster has no endpoint");
@@ -193,6 +193,7 @@ async fn send_one(gw: &Gateway, client: &UpstreamClient, cluster: &str, copy: &C
         }
     };
     let endpoint = picked.addr;
+    let client = plan.http.client(gw.opts.connect_timeout, &plan.snapshot);
     let Ok(target) = client.for_cluster(cluster, copy.client_h2) else {
         stats.failed.fetch_add(1, Ordering::Relaxed);
         return;

@@ -31,6 +31,7 @@ use tokio::{
 
 use crate::{
     config::{Listener, ListenerProtocol, ServerKind, Snapshot},
+    plan::Plan,
     server::Gateway,
 };
 
@@ -207,6 +208,37 @@ impl HttpState {
         })
     }
 
+    /// The upstream client (its connection pools), built on first use.
+    pub fn client(
+        &self,
+        connect_timeout: Duration,
+        snapshot: &Snapshot,
+    ) -> &upstream::UpstreamClient {
+        self.client
+            .get_or_init(|| upstream::UpstreamClient::new(connect_timeout, snapshot))
+    }
+
+    /// Keeps `old`'s upstream client, pools included (see `Plan::carry_from`).
+    pub fn carry_client_from(&mut self, old: &HttpState) {
+        if let Some(c) = old.client.get() {
+            self.client = OnceLock::from(c.clone());
+        }
+    }
+
+    /// The route table of `port` (an HTTP port's merged one), or of its HTTPS server
+    /// `server`.
+    pub fn route_table(
+        &self,
+        port: u16,
+        server: Option<usize>,
+    ) -> Option<Arc<routing::RouteTable>> {
+        let lh = self.listeners.get(&port)?;
+        match server {
+            None => Some(lh.merged.clone()),
+            Some(i) => lh.servers.get(&i).map(|s| s.table.clone()),
+        }
+    }
+
     /// [`terminates`], from the port's SNI table built with this state.
     pub fn terminates(&self, listener: &Listener, sni: Option<&str>) -> bool {
         let Some(lh) = self.listeners.get(&listener.port) else {
@@ -258,6 +290,7 @@ pub fn terminates(listener: &Listener, sni: Option<&str>) -> bool {
 /// ClientHello on a port shared with TLS passthrough); they come before the socket's.
 pub async fn serve(
     gw: Arc<Gateway>,
+    plan: Arc<Plan>,
     listener: Arc<Listener>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -265,7 +298,9 @@ pub async fn serve(
     tls: bool,
 ) {
     let port = listener.port;
-    let Some(lh) = gw.http.listeners.get(&port).cloned() else {
+    let drain = gw.ports.drain_of(port);
+    let generation = plan.generation;
+    let Some(lh) = plan.http.listeners.get(&port).cloned() else {
         tracing::warn!(target: "gateway::http", %peer, port, "no HTTP state for this port; closing");
         return;
     };
@@ -275,18 +310,15 @@ pub async fn serve(
     // Bytes the client sent before its request is served; a connection with none when
     // the drain starts is closed.
     let read = Arc::new(std::sync::atomic::AtomicU64::new(prelude.len() as u64));
-    let client = gw
-        .http
-        .client
-        .get_or_init(|| upstream::UpstreamClient::new(gw.opts.connect_timeout, &gw.snapshot))
-        .clone();
+    // Requests look the Plan up again; the connection does not hold it.
+    drop(plan);
     let io = Prelude::new(prelude, stream);
 
     if !tls {
         let detected = tokio::select! {
             biased;
             d = detect_h2(io, &read) => d,
-            () = drain::closes_unused(&gw.drain, fd, &read) => {
+            () = drain::closes_unused(&drain, fd, &read) => {
                 tracing::debug!(target: "gateway::http", %peer, port, "closing a connection without a request: draining");
                 return;
             }
@@ -298,14 +330,16 @@ pub async fn serve(
                 return;
             }
         };
-        let mut conn = proxy::ConnCtx::new(peer, port, None, None, lh.merged.clone(), client);
+        let table = (generation, lh.merged.clone());
+        let mut conn = proxy::ConnCtx::new(peer, port, None, None, table, drain);
         conn.local = local;
         let conn = Arc::new(conn);
         return serve_http(gw, conn, io, h2).await;
     }
     // Boxed: the handshake and the TLS stream are large, and a task's future is as big
     // as its largest state, so inline they would cost every plain connection too.
-    Box::pin(serve_tls(gw, lh, io, read, fd, peer, port, local, client)).await
+    let at = (peer, port, local);
+    Box::pin(serve_tls(gw, (generation, lh), io, read, fd, at, drain)).await
 }
 
 /// An HTTPS connection: reads the ClientHello (prelude first), picks the server by SNI,
@@ -313,14 +347,12 @@ pub async fn serve(
 #[allow(clippy::too_many_arguments)]
 async fn serve_tls(
     gw: Arc<Gateway>,
-    lh: Arc<ListenerHttp>,
+    (generation, lh): (u64, Arc<ListenerHttp>),
     io: Prelude<TcpStream>,
     read: Arc<std::sync::atomic::AtomicU64>,
     fd: std::os::fd::RawFd,
-    peer: SocketAddr,
-    port: u16,
-    local: Option<SocketAddr>,
-    client: upstream::UpstreamClient,
+    (peer, port, local): (SocketAddr, u16, Option<SocketAddr>),
+    drain: Arc<crate::runtime::drain::Drain>,
 ) {
     let io = Counted {
         inner: io,
@@ -347,7 +379,7 @@ async fn serve_tls(
     let handshaken = tokio::select! {
         biased;
         h = handshake => h,
-        () = drain::closes_unused(&gw.drain, fd, &read) => {
+        () = drain::closes_unused(&drain, fd, &read) => {
             tracing::debug!(target: "gateway::http", %peer, port, "closing a connection without a ClientHello: draining");
             return;
         }
@@ -380,8 +412,8 @@ async fn serve_tls(
         port,
         sni,
         Some((index, server.hosts.clone())),
-        server.table.clone(),
-        client,
+        (generation, server.table.clone()),
+        drain,
     );
     conn.local = local;
     conn.client_cert = stream
@@ -425,7 +457,7 @@ where
     let result = if h2 {
         // Boxed: hyper's HTTP/2 connection is large, and HTTP/1.1 connections (parked
         // ones above all) should not carry its space in their task.
-        match Box::pin(serve_h2(&gw, &conn, io, svc, &opts)).await {
+        match Box::pin(serve_h2(&conn, io, svc, &opts)).await {
             Some(r) => r,
             None => return,
         }
@@ -452,7 +484,6 @@ where
 /// Runs hyper's HTTP/2 server on one connection; None when we closed it (abusive
 /// client, idle timeout, drain deadline), else how hyper ended.
 async fn serve_h2<IO, S>(
-    gw: &Gateway,
     conn: &proxy::ConnCtx,
     io: IO,
     svc: S,
@@ -491,14 +522,14 @@ where
     tokio::select! {
         biased;
         r = served.as_mut() => Some(r),
-        () = gw.drain.draining() => {
+        () = conn.drain.draining() => {
             // GOAWAY; the open streams finish (or are cut at the drain deadline).
             tracing::debug!(target: "gateway::http", %peer, port, "draining: GOAWAY");
             served.as_mut().graceful_shutdown();
             tokio::select! {
                 biased;
                 r = served => Some(r),
-                () = gw.drain.closing() => None,
+                () = conn.drain.closing() => None,
             }
         }
         _ = conn.abusive.notified() => {

@@ -25,9 +25,9 @@ use super::{
     cors, grpc, mirror, normalize,
     routing::{self, Action, RequestView, RouteTable},
     upgrade::{self, Offer},
-    upstream::{self, UpstreamClient},
+    upstream,
 };
-use crate::server::Gateway;
+use crate::{plan::Plan, server::Gateway};
 
 /// What the service knows about the connection a request came on.
 pub struct ConnCtx {
@@ -39,8 +39,12 @@ pub struct ConnCtx {
     pub server: Option<usize>,
     /// Host patterns of that server, for the 421 check.
     pub server_hosts: Option<Arc<routing::ServerHosts>>,
+    /// The route table when the connection was accepted, and that Plan's generation:
+    /// a request under a newer Plan looks its table up again ([`ConnCtx::table_in`]).
     pub table: Arc<RouteTable>,
-    pub client: UpstreamClient,
+    pub generation: u64,
+    /// The listener's drain (SIGTERM's, or a reload removing the listener).
+    pub drain: Arc<crate::runtime::drain::Drain>,
     /// Requests seen on this connection, and those the client abandoned early.
     pub streams: AtomicU64,
     pub resets: AtomicU64,
@@ -86,13 +90,26 @@ impl Drop for OpenStream {
 pub const PREMATURE_RESET_MIN_STREAMS: u64 = 500;
 
 impl ConnCtx {
+    /// The route table a request under `plan` uses: the connection's own while the Plan
+    /// is the one it was accepted under, else the table of the same port and server in
+    /// `plan` (Envoy's RDS update: open connections route their next request by the
+    /// new routes), or the connection's own if `plan` no longer has that server.
+    pub fn table_in(&self, plan: &Plan) -> Arc<RouteTable> {
+        if plan.generation == self.generation {
+            return self.table.clone();
+        }
+        plan.http
+            .route_table(self.port, self.server)
+            .unwrap_or_else(|| self.table.clone())
+    }
+
     pub fn new(
         peer: SocketAddr,
         port: u16,
         sni: Option<String>,
         server: Option<(usize, Arc<routing::ServerHosts>)>,
-        table: Arc<RouteTable>,
-        client: UpstreamClient,
+        (generation, table): (u64, Arc<RouteTable>),
+        drain: Arc<crate::runtime::drain::Drain>,
     ) -> ConnCtx {
         let (server, server_hosts) = match server {
             Some((i, hosts)) => (Some(i), Some(hosts)),
@@ -106,7 +123,8 @@ impl ConnCtx {
             server,
             server_hosts,
             table,
-            client,
+            generation,
+            drain,
             streams: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             abusive: tokio::sync::Notify::new(),
@@ -247,6 +265,8 @@ async fn route_request(
     guard: &mut CancelGuard,
 ) -> Result<Response<Body>, Infallible> {
     let (mut parts, body) = req.into_parts();
+    // This request's config, start to end: routes, policies, clusters.
+    let plan = gw.plan();
     // The upgrade offer is settled before anything reads the headers: an h2c offer is
     // stripped here, and the request goes on as plain HTTP/1.1.
     let offer = upgrade::classify(
@@ -388,7 +408,7 @@ async fn route_request(
         headers: &parts.headers,
         sni: conn.sni.as_deref(),
     };
-    if let crate::authz::Decision::Deny(why) = gw.authz.check_http(conn.peer, conn.port, authz) {
+    if let crate::authz::Decision::Deny(why) = plan.authz.check_http(conn.peer, conn.port, authz) {
         log.response_flags.push("RBAC");
         log.details = match why {
             crate::authz::DenyReason::NoAllowMatch => "rbac_access_denied_matched_policy[none]",
@@ -410,7 +430,8 @@ async fn route_request(
             local_reply(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n"),
         );
     }
-    let Some(vhost) = routing::find_vhost(&conn.table, &host) else {
+    let table = conn.table_in(&plan);
+    let Some(vhost) = routing::find_vhost(&table, &host) else {
         log.response_flags.push("NR");
         log.details = "route_not_found";
         return done(log, empty_reply(StatusCode::NOT_FOUND));
@@ -628,11 +649,11 @@ async fn route_request(
                     client_h2: parts.version == Version::HTTP_2,
                 };
                 let copied = body.tee(mirror::BUFFER_LIMIT);
-                mirror::spawn(gw.clone(), conn.client.clone(), mirrors, copy, copied);
+                mirror::spawn(gw.clone(), plan.clone(), mirrors, copy, copied);
             }
 
             let up = upstream::forward(
-                &gw,
+                (&gw, &plan),
                 &conn,
                 &route,
                 (&dest.cluster, parts.version == Version::HTTP_2),

@@ -18,7 +18,7 @@ use super::{
     upgrade,
 };
 use crate::lb::outlier::Outcome;
-use crate::server::Gateway;
+use crate::{plan::Plan, server::Gateway};
 
 pub use super::upstream_tls::UpstreamClient;
 
@@ -38,6 +38,8 @@ struct Upgrade {
     /// (whose gauges count it).
     gw: std::sync::Arc<Gateway>,
     port: u16,
+    /// The listener's drain, whose deadline closes the tunnel.
+    drain: std::sync::Arc<crate::runtime::drain::Drain>,
 }
 
 /// How one try ended.
@@ -52,7 +54,7 @@ enum TryOutcome {
 /// within the route's timeout. Returns the response to send downstream.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
-    gw: &std::sync::Arc<Gateway>,
+    (gw, plan): (&std::sync::Arc<Gateway>, &Plan),
     conn: &ConnCtx,
     route: &Route,
     (cluster, client_h2): (&str, bool),
@@ -75,6 +77,7 @@ pub async fn forward(
         idle: gw.opts.http.upgrade_idle_timeout,
         gw: gw.clone(),
         port: conn.port,
+        drain: conn.drain.clone(),
     });
     let body_timed_out = body.timed_out.clone();
     // Buffer small bodies so they can be replayed on retry.
@@ -105,7 +108,7 @@ pub async fn forward(
     let mut recording: Option<super::replay::Recording> = None;
 
     // Consistent hashing: the request's hash, once (retries hash the same).
-    let lb_hash = gw
+    let lb_hash = plan
         .balancers
         .get(cluster)
         .and_then(|b| b.policy.hash_key())
@@ -127,11 +130,11 @@ pub async fn forward(
             drop(retry_slot.take());
         }
         // The cluster's circuit breakers (DestinationRule connectionPool), per try.
-        let admission = match admit(gw, cluster, deadline, log).await {
+        let admission = match admit(plan, cluster, deadline, log).await {
             Ok(a) => a,
             Err(resp) => return resp,
         };
-        let picked = match pick_untried(gw, cluster, lb_hash.hash, &tried) {
+        let picked = match pick_untried(plan, cluster, lb_hash.hash, &tried) {
             crate::lb::Pick::Endpoint(p) => p,
             // Envoy's router for a route whose cluster does not exist (a subset no
             // DestinationRule defines): 503, empty body, NC, `cluster_not_found`.
@@ -151,7 +154,11 @@ pub async fn forward(
         let endpoint = picked.addr;
         tried.push(endpoint);
         log.upstream_host = Some(endpoint);
-        let target = match conn.client.for_cluster(cluster, client_h2) {
+        let target = match plan
+            .http
+            .client(gw.opts.connect_timeout, &plan.snapshot)
+            .for_cluster(cluster, client_h2)
+        {
             Ok(t) => t,
             Err(why) => {
                 tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS origination is not set up: {why}");
@@ -245,7 +252,7 @@ pub async fn forward(
         // The cluster's retry circuit breaker (`http.maxRetries`): no slot, no retry,
         // and the response at hand goes out with `UO` (Envoy RetryStatus::NoOverflow).
         let retry = retry && {
-            let pool = gw.balancers.get(cluster).and_then(|b| b.pool.as_ref());
+            let pool = plan.balancers.get(cluster).and_then(|b| b.pool.as_ref());
             match pool.map(|p| p.retry()) {
                 None => true,
                 Some(Some(slot)) => {
@@ -288,12 +295,12 @@ pub async fn forward(
 /// route's deadline. Overflow is Envoy's answer to a pool failure of reason Overflow
 /// (router `onUpstreamReset`): 503, flag `UO`, the reset reason "overflow".
 async fn admit(
-    gw: &Gateway,
+    plan: &Plan,
     cluster: &str,
     deadline: Option<tokio::time::Instant>,
     log: &mut RequestLog,
 ) -> Result<Option<crate::lb::pool::Admission>, Response<Body>> {
-    let Some(pool) = gw.balancers.get(cluster).and_then(|b| b.pool.clone()) else {
+    let Some(pool) = plan.balancers.get(cluster).and_then(|b| b.pool.clone()) else {
         return Ok(None);
     };
     let admitted = match deadline {
@@ -328,16 +335,16 @@ async fn admit(
 /// pilot/pkg/networking/core/route/retry): a retry re-picks up to 5 times to find an
 /// endpoint not tried yet, then takes the last pick.
 fn pick_untried(
-    gw: &Gateway,
+    plan: &Plan,
     cluster: &str,
     hash: Option<u64>,
     tried: &[std::net::SocketAddr],
 ) -> crate::lb::Pick {
-    let mut pick = gw.pick_endpoint(cluster, hash);
+    let mut pick = plan.pick_endpoint(cluster, hash);
     for _ in 0..5 {
         match &pick {
             crate::lb::Pick::Endpoint(p) if tried.contains(&p.addr) => {
-                pick = gw.pick_endpoint(cluster, hash);
+                pick = plan.pick_endpoint(cluster, hash);
             }
             _ => break,
         }
@@ -406,9 +413,13 @@ fn respond_upstream(
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let accepted = resp.headers().get(header::UPGRADE).cloned();
             let tunnel = match upgrade {
-                Some(u) if switched && same_token(u.asked.as_ref(), accepted.as_ref()) => {
-                    Some((u.down, hyper::upgrade::on(&mut resp), u.idle, u.gw, u.port))
-                }
+                Some(u) if switched && same_token(u.asked.as_ref(), accepted.as_ref()) => Some((
+                    u.down,
+                    hyper::upgrade::on(&mut resp),
+                    u.idle,
+                    u.gw,
+                    (u.port, u.drain),
+                )),
                 _ => None,
             };
             if switched && tunnel.is_none() {
@@ -419,7 +430,7 @@ fn respond_upstream(
             // An HTTP/2 stream stays counted against its connection's
             // `maxConcurrentStreams` until the body is done or dropped.
             let open = parts.extensions.remove::<super::upstream_h2::OpenStream>();
-            if let Some((down, up, idle, gw, port)) = tunnel {
+            if let Some((down, up, idle, gw, (port, drain))) = tunnel {
                 if let Some(u) = accepted {
                     parts
                         .headers
@@ -429,7 +440,7 @@ fn respond_upstream(
                 // The client's connection lives on in the tunnel: it stays counted
                 // (gauges, caps, the drain), and is closed at the drain deadline.
                 let held = crate::listener::Active::hold(&gw, port);
-                let closing = gw.drain.closing_token();
+                let closing = drain.closing_token();
                 let id = log.request_id.clone();
                 tokio::spawn(async move {
                     let _held = held;

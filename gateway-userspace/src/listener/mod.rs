@@ -4,14 +4,8 @@ use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration};
 use tokio::net::TcpListener;
 
 use crate::{
-    config::{Listener, ListenerProtocol},
-    http, proxy,
-    server::Gateway,
-    telemetry::metrics::ListenerStats,
+    config::ListenerProtocol, http, proxy, server::Gateway, telemetry::metrics::ListenerStats,
 };
-
-/// One worker's listening sockets: every Gateway port on every address.
-pub type WorkerSockets = Vec<(Arc<Listener>, std::net::TcpListener)>;
 
 /// Binds every port first, so a port that can't be bound fails the start before any
 /// traffic is served. Dual stack (no `--bind`): an IPv4 socket on 0.0.0.0 and an
@@ -22,17 +16,20 @@ pub type WorkerSockets = Vec<(Arc<Listener>, std::net::TcpListener)>;
 /// With several workers ([`crate::runtime::workers`]) each gets its own socket of every
 /// port, bound with `SO_REUSEPORT` (the kernel spreads connections over them by their
 /// addresses' hash, as for Envoy's and HAProxy's threads): `out[w]` are worker `w`'s.
-/// The sockets are std ones, registered with a runtime by whoever accepts on them.
-pub fn bind_all(gw: &Gateway, workers: usize) -> std::io::Result<Vec<WorkerSockets>> {
+/// The sockets are std ones, registered with a runtime by whoever accepts on them
+/// ([`crate::runtime::ports::Ports::start`]): `out[port][w]` are worker `w`'s.
+pub fn bind_all(
+    gw: &Gateway,
+    ports: impl IntoIterator<Item = u16>,
+    workers: usize,
+) -> std::io::Result<Vec<(u16, Vec<Vec<std::net::TcpListener>>)>> {
     let reuse_port = workers > 1;
-    let mut out: Vec<Vec<_>> = (0..workers.max(1)).map(|_| vec![]).collect();
-    for l in &gw.snapshot.listeners {
-        let l = Arc::new(l.clone());
-        for worker in &mut out {
-            for sock in bind_port_std(gw, l.port, reuse_port)? {
-                worker.push((l.clone(), sock));
-            }
-        }
+    let mut out = vec![];
+    for port in ports {
+        let per_worker = (0..workers.max(1))
+            .map(|_| bind_port_std(gw, port, reuse_port))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        out.push((port, per_worker));
     }
     Ok(out)
 }
@@ -90,21 +87,22 @@ fn bind_one(
     Ok(sock.into())
 }
 
-/// Accepts until the drain starts (then the listening socket is closed, so a new
-/// connect is refused); each connection is served on its own task.
+/// Accepts until the port's drain starts (SIGTERM, or a reload removing the port;
+/// then the listening socket is closed, so a new connect is refused); each connection
+/// is served on its own task, by the Plan serving when it was accepted.
 /// `worker` is the accepting worker's index ([`crate::runtime::workers`]).
 pub async fn accept_loop(
     gw: Arc<Gateway>,
-    listener: Arc<Listener>,
+    port: u16,
     sock: TcpListener,
     worker: usize,
+    drain: Arc<crate::runtime::drain::Drain>,
 ) {
-    let port = listener.port;
     let mut errors = ErrorLog::default();
     loop {
         let accepted = tokio::select! {
             biased;
-            () = gw.drain.draining() => {
+            () = drain.draining() => {
                 tracing::debug!(port, "listener closed: draining");
                 return;
             }
@@ -123,8 +121,14 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let plan = gw.plan();
+        let Some(listener) = plan.listener(port).cloned() else {
+            // The port is being removed by a reload: as if it were already closed.
+            let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+            continue;
+        };
         // AuthorizationPolicy address rules: closed before any byte is read.
-        if !gw.authz.allow_accept(peer, port) {
+        if !plan.authz.allow_accept(peer, port) {
             drop(conn);
             continue;
         }
@@ -141,18 +145,17 @@ pub async fn accept_loop(
         gw.stats.worker_accepted(worker);
         let active = Active::enter(&gw, port);
         let gw = gw.clone();
-        let listener = listener.clone();
         // One task per connection, spawned per protocol: a task's future is as large as
         // its largest state, so an HTTP connection must not carry the L4 path's.
         match listener.protocol {
             ListenerProtocol::Tcp | ListenerProtocol::Tls => tokio::spawn(async move {
                 let _active = active;
-                proxy::tcp::serve(gw, listener, conn, peer).await
+                proxy::tcp::serve(gw, plan, listener, conn, peer).await
             }),
             ListenerProtocol::Http | ListenerProtocol::Https => tokio::spawn(async move {
                 let _active = active;
                 let tls = listener.protocol == ListenerProtocol::Https;
-                http::serve(gw, listener, conn, peer, vec![], tls).await
+                http::serve(gw, plan, listener, conn, peer, vec![], tls).await
             }),
         };
     }

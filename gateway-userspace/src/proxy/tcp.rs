@@ -13,6 +13,7 @@ use tokio::{io::Interest, net::TcpStream};
 use crate::{
     config::{Listener, WeightedCluster},
     kernel::splice::{FlowLimits, FlowReport, Termination, sockopt},
+    plan::Plan,
     server::Gateway,
     telemetry::metrics::HelloOutcome,
     tls::sni::{MAX_CLIENT_HELLO, Sniff, sniff},
@@ -104,8 +105,12 @@ fn pick(destinations: &[WeightedCluster]) -> Option<&WeightedCluster> {
 }
 
 /// Serves one accepted connection on an L4 listener.
+/// `plan` is the Plan serving at accept and `listener` its config of the port; the flow
+/// lets go of the Plan once its upstream is connected (a long flow must not keep every
+/// config it outlived alive), and keeps its route's name.
 pub async fn serve(
     gw: Arc<Gateway>,
+    plan: Arc<Plan>,
     listener: Arc<Listener>,
     mut down: TcpStream,
     peer: SocketAddr,
@@ -149,22 +154,23 @@ pub async fn serve(
         let tls = hello
             .sni
             .as_deref()
-            .and_then(|s| gw.sni_routes.route(&listener, s));
+            .and_then(|s| plan.sni_routes.route(&listener, s));
         let is_tls = matches!(hello.outcome, HelloOutcome::SniFound | HelloOutcome::NoSni);
-        if tls.is_none() && is_tls && gw.http.terminates(&listener, hello.sni.as_deref()) {
+        if tls.is_none() && is_tls && plan.http.terminates(&listener, hello.sni.as_deref()) {
             // An HTTPS server on this port terminates this SNI: hand over, ClientHello
             // included.
-            return crate::http::serve(gw.clone(), listener.clone(), down, peer, vec![], true)
-                .await;
+            let l = listener.clone();
+            return crate::http::serve(gw.clone(), plan.clone(), l, down, peer, vec![], true).await;
         }
         if tls.is_none()
             && is_tls
-            && let Some(server) = gw.http.terminates_tcp(&listener, hello.sni.as_deref())
+            && let Some(server) = plan.http.terminates_tcp(&listener, hello.sni.as_deref())
         {
             // A TLS server with SIMPLE/MUTUAL: terminate, then its `tcp` route.
             let sni = hello.sni.clone();
             return super::tls_terminate::serve(
                 gw.clone(),
+                plan.clone(),
                 listener.clone(),
                 down,
                 peer,
@@ -185,7 +191,7 @@ pub async fn serve(
     };
     let sni = hello.as_ref().and_then(|h| h.sni.clone());
     // AuthorizationPolicy for a TCP/TLS flow: Istio's TCP rules, `connection.sni`.
-    if !gw.authz.allow_flow(peer, port, sni.as_deref()) {
+    if !plan.authz.allow_flow(peer, port, sni.as_deref()) {
         return close_cleanly(down).await;
     }
     let Some((route_name, destinations)) = route else {
@@ -219,7 +225,7 @@ pub async fn serve(
         local: down.local_addr().ok(),
         sni: sni.as_deref(),
     };
-    let Some(mut up) = open_upstream(&ctx, route_name, destinations).await else {
+    let Some(mut up) = open_upstream(&ctx, &plan, route_name, destinations).await else {
         return close_cleanly(down).await;
     };
     let Some(stream) = up.stream.take() else {
@@ -227,12 +233,9 @@ pub async fn serve(
     };
     let _ = down.set_nodelay(true);
     let span = tracing::debug_span!("flow", %peer);
-    let limits = flow_limits(&gw, destinations, started);
-    let report = match gw.tcp_tls.get(&up.cluster) {
-        None => {
-            let spliced = gw.splicer.splice_idle(down, stream, limits);
-            tracing::Instrument::instrument(spliced, span).await
-        }
+    let limits = flow_limits(&gw, &plan, destinations, started);
+    let upstream = match plan.tcp_tls.get(&up.cluster) {
+        None => UpstreamIo::Plain(stream),
         // The cluster originates TLS (DestinationRule `tls`): a userspace copy.
         Some(origin) => {
             let timeout = gw.opts.connect_timeout;
@@ -240,12 +243,29 @@ pub async fn serve(
             else {
                 return close_cleanly(down).await;
             };
+            UpstreamIo::Tls(Box::new(tls))
+        }
+    };
+    let route_name = route_name.to_owned();
+    drop(plan);
+    let report = match upstream {
+        UpstreamIo::Plain(stream) => {
+            let spliced = gw.splicer.splice_idle(down, stream, limits);
+            tracing::Instrument::instrument(spliced, span).await
+        }
+        UpstreamIo::Tls(tls) => {
             let closing = gw.splicer.closing().clone();
-            let copied = super::l4_copy::copy(down, tls, limits, closing.cancelled_owned());
+            let copied = super::l4_copy::copy(down, *tls, limits, closing.cancelled_owned());
             tracing::Instrument::instrument(copied, span).await
         }
     };
-    flow_closed(&ctx, &up, route_name, &report);
+    flow_closed(&ctx, &up, &route_name, &report);
+}
+
+/// A routed flow's upstream side once connected.
+enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// The idle timeout and deadline of a flow on a route to `destinations`, accepted at
@@ -257,12 +277,13 @@ pub async fn serve(
 /// start; unset: none).
 pub(super) fn flow_limits(
     gw: &Gateway,
+    plan: &Plan,
     destinations: &[WeightedCluster],
     started: Instant,
 ) -> FlowLimits {
     let cluster = destinations
         .first()
-        .and_then(|d| gw.snapshot.clusters.get(&d.cluster));
+        .and_then(|d| plan.snapshot.clusters.get(&d.cluster));
     FlowLimits {
         idle: cluster
             .and_then(|c| c.tcp_idle_timeout)
@@ -304,6 +325,7 @@ pub(super) struct Upstream {
 /// closes the downstream.
 pub(super) async fn open_upstream(
     ctx: &FlowCtx<'_>,
+    plan: &Plan,
     route_name: &str,
     destinations: &[WeightedCluster],
 ) -> Option<Upstream> {
@@ -317,7 +339,7 @@ pub(super) async fn open_upstream(
     };
     // Consistent hashing on L4 has only the source address (Envoy's tcp_proxy
     // `hash_policy.source_ip`); other keys hash nothing, so the pick is random.
-    let hash = gw
+    let hash = plan
         .balancers
         .get(&dest.cluster)
         .and_then(|b| b.policy.hash_key())
@@ -326,7 +348,11 @@ pub(super) async fn open_upstream(
     // The cluster's `tcp.maxConnections` (DestinationRule connectionPool): Envoy's
     // tcp_proxy closes a connection beyond it with `UO` (upstream_cx_overflow).
     // Held for the connection's life.
-    let admission = match gw.balancers.get(&dest.cluster).and_then(|b| b.pool.clone()) {
+    let admission = match plan
+        .balancers
+        .get(&dest.cluster)
+        .and_then(|b| b.pool.clone())
+    {
         None => None,
         Some(pool) => match pool.admit_connection() {
             Ok(a) => Some(a),
@@ -338,7 +364,7 @@ pub(super) async fn open_upstream(
         },
     };
     // Held for the connection's life: LEAST_REQUEST counts it as active.
-    let picked = match gw.pick_endpoint(&dest.cluster, hash) {
+    let picked = match plan.pick_endpoint(&dest.cluster, hash) {
         crate::lb::Pick::Endpoint(p) => p,
         miss => {
             let (flag, why) = match miss {
@@ -359,7 +385,7 @@ pub(super) async fn open_upstream(
     let endpoint = picked.addr;
     // The cluster's `tcp.connectTimeout` and `tcp.tcpKeepalive` (DestinationRule
     // connectionPool), as Envoy's cluster `connect_timeout` and upstream socket options.
-    let conn = gw
+    let conn = plan
         .snapshot
         .clusters
         .get(&dest.cluster)

@@ -30,12 +30,13 @@ use super::{
     tcp::{FlowCtx, flow_closed, open_upstream, refused},
     tls_origin::originate,
 };
-use crate::{config::Listener, server::Gateway};
+use crate::{config::Listener, plan::Plan, server::Gateway};
 
 /// Serves a connection whose ClientHello selected the TLS-terminating server `index`
 /// of `listener` (`cfg` its rustls config).
 pub async fn serve(
     gw: Arc<Gateway>,
+    plan: Arc<Plan>,
     listener: Arc<Listener>,
     down: TcpStream,
     peer: SocketAddr,
@@ -54,7 +55,7 @@ pub async fn serve(
         sni: sni.as_deref(),
     };
     // AuthorizationPolicy for a TCP/TLS flow, before anything is spent on it.
-    if !gw.authz.allow_flow(peer, port, sni.as_deref()) {
+    if !plan.authz.allow_flow(peer, port, sni.as_deref()) {
         return;
     }
     let _ = down.set_nodelay(true);
@@ -79,16 +80,19 @@ pub async fn serve(
         refused(&gw, ctx.start, peer, ctx.local, ctx.sni, "NR", None);
         return close_tls(tls).await;
     };
-    let Some(mut up) = open_upstream(&ctx, &route.name, &route.destinations).await else {
+    let Some(mut up) = open_upstream(&ctx, &plan, &route.name, &route.destinations).await else {
         return close_tls(tls).await;
     };
     let Some(stream) = up.stream.take() else {
         return;
     };
-    let limits = super::tcp::flow_limits(&gw, &route.destinations, ctx.start.1);
+    let limits = super::tcp::flow_limits(&gw, &plan, &route.destinations, ctx.start.1);
     let closing = gw.splicer.closing().clone();
     let span = tracing::debug_span!("flow", %peer);
-    let report = match gw.tcp_tls.get(&up.cluster) {
+    // The flow lets go of the Plan before its copy (see tcp::serve).
+    let origin = plan.tcp_tls.get(&up.cluster).cloned();
+    drop(plan);
+    let report = match origin.as_ref() {
         None => {
             let copied = copy(tls, stream, limits, closing.cancelled_owned());
             tracing::Instrument::instrument(copied, span).await

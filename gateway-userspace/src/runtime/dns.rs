@@ -30,30 +30,52 @@ pub const DEFAULT_REFRESH_RATE: Duration = Duration::from_secs(60);
 
 type Answers = HashMap<(String, u16), Result<Vec<SocketAddr>, String>>;
 
-/// Refreshes the DNS clusters of `gw` every `every`, for the life of the process.
+/// Refreshes the DNS clusters of `gw` every `every`, for the life of the process: those
+/// of the Plan serving at each round (a reload's new clusters join, removed ones leave;
+/// a cluster the reload kept keeps its last good addresses).
 pub async fn run(gw: Arc<Gateway>, every: Duration) {
-    let mut clusters: Vec<(String, DnsRefresh)> = gw
-        .snapshot
-        .clusters
-        .values()
-        .filter_map(|c| c.dns.clone().map(|d| (c.name.clone(), d)))
-        .collect();
-    if clusters.is_empty() || every.is_zero() {
+    if every.is_zero() {
         return;
     }
-    tracing::info!(
-        clusters = clusters.len(),
-        every = ?every,
-        "DNS clusters are re-resolved periodically"
-    );
+    let mut generation = 0;
+    let mut clusters: Vec<(String, DnsRefresh)> = vec![];
     let start = tokio::time::Instant::now() + every;
     let mut tick = tokio::time::interval_at(start, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let plan = gw.plan();
+        if plan.generation != generation {
+            generation = plan.generation;
+            clusters = plan
+                .snapshot
+                .clusters
+                .values()
+                .filter_map(|c| {
+                    let fresh = c.dns.clone()?;
+                    let kept = clusters
+                        .iter()
+                        .find(|(n, r)| *n == c.name && r.same_targets(&fresh))
+                        .map(|(_, r)| r.clone());
+                    Some((c.name.clone(), kept.unwrap_or(fresh)))
+                })
+                .collect();
+            if !clusters.is_empty() {
+                tracing::info!(
+                    clusters = clusters.len(),
+                    every = ?every,
+                    "DNS clusters are re-resolved periodically"
+                );
+            }
+        }
+        drop(plan);
         tick.tick().await;
+        if clusters.is_empty() {
+            continue;
+        }
         let answers = lookup_all(&clusters).await;
+        let plan = gw.plan();
         for (cluster, refresh) in &mut clusters {
-            apply(&gw, cluster, refresh, &answers);
+            apply(&plan.balancers, cluster, refresh, &answers);
         }
     }
 }
@@ -83,7 +105,12 @@ async fn lookup_all(clusters: &[(String, DnsRefresh)]) -> Answers {
 
 /// One cluster's round: new addresses for the names that resolved, the last good ones
 /// for those that did not; the balancer gets the list if it changed.
-fn apply(gw: &Gateway, cluster: &str, refresh: &mut DnsRefresh, answers: &Answers) {
+fn apply(
+    balancers: &crate::lb::Balancers,
+    cluster: &str,
+    refresh: &mut DnsRefresh,
+    answers: &Answers,
+) {
     let mut failed = false;
     for t in &mut refresh.targets {
         let Some(name) = &t.name else { continue };
@@ -102,7 +129,7 @@ fn apply(gw: &Gateway, cluster: &str, refresh: &mut DnsRefresh, answers: &Answer
             None => failed = true,
         }
     }
-    let Some(b) = gw.balancers.get(cluster) else {
+    let Some(b) = balancers.get(cluster) else {
         return;
     };
     if let Some(d) = &b.dns {

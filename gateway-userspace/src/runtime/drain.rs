@@ -25,7 +25,6 @@ use std::{
 
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    task::JoinHandle,
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -81,6 +80,15 @@ impl Drain {
         self.closing.cancelled()
     }
 
+    /// A drain of its own for one listener, started by this one too: a listener
+    /// removed by a reload drains alone ([`crate::runtime::ports`]), SIGTERM drains all.
+    pub fn child(&self) -> Drain {
+        Drain {
+            draining: self.draining.child_token(),
+            closing: self.closing.child_token(),
+        }
+    }
+
     /// The deadline's token, for tasks that outlive a borrow of the gateway (tunnels).
     pub fn closing_token(&self) -> CancellationToken {
         self.closing.clone()
@@ -114,15 +122,10 @@ impl Signals {
 /// Waits for the first signal, drains, and returns when the process may exit: every
 /// connection gone, or the deadline passed and what remained closed. A second signal
 /// while draining returns at once.
-pub async fn on_signals(
-    gw: Arc<Gateway>,
-    mut signals: Signals,
-    accept_loops: Vec<JoinHandle<()>>,
-    duration: Duration,
-) {
+pub async fn on_signals(gw: Arc<Gateway>, mut signals: Signals, duration: Duration) {
     let first = signals.next().await;
     tokio::select! {
-        () = drain(&gw, accept_loops, duration, first) => {}
+        () = drain(&gw, duration, first) => {}
         second = signals.next() => {
             tracing::warn!(
                 signal = second,
@@ -137,7 +140,7 @@ fn active(gw: &Gateway) -> u64 {
     gw.stats.active_total.load(Ordering::Relaxed)
 }
 
-async fn drain(gw: &Gateway, accept_loops: Vec<JoinHandle<()>>, duration: Duration, sig: &str) {
+async fn drain(gw: &Gateway, duration: Duration, sig: &str) {
     gw.readiness.set(ReadyState::Draining);
     tracing::info!(
         signal = sig,
@@ -147,7 +150,7 @@ async fn drain(gw: &Gateway, accept_loops: Vec<JoinHandle<()>>, duration: Durati
     );
     let deadline = Instant::now() + duration;
     gw.drain.start();
-    for l in accept_loops {
+    for l in gw.ports.take_loops() {
         let _ = l.await;
     }
     tracing::info!(
@@ -205,5 +208,19 @@ mod tests {
         assert!(!d.closing.is_cancelled());
         d.close();
         d.closing().await;
+    }
+
+    #[tokio::test]
+    async fn a_listener_drains_alone_and_with_the_process() {
+        let all = Drain::default();
+        let (a, b) = (all.child(), all.child());
+        a.start();
+        a.close();
+        a.closing().await;
+        assert!(!all.is_draining() && !b.is_draining());
+        all.start();
+        b.draining().await;
+        all.close();
+        b.closing().await;
     }
 }

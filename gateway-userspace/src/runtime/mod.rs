@@ -3,4 +3,6 @@
 pub mod dns;
 pub mod drain;
 pub mod heap;
+pub mod ports;
+pub mod reload;
 pub mod workers;

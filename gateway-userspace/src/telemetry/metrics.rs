@@ -55,7 +55,9 @@ pub struct ListenerStats {
 
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub listeners: BTreeMap<u16, ListenerStats>,
+    /// Per Gateway port, every port any Plan served (a reload adds ports, and the
+    /// counters of a removed one stay, as Prometheus counters must).
+    listeners: arc_swap::ArcSwap<BTreeMap<u16, &'static ListenerStats>>,
     hello: [AtomicU64; 6],
     pub upstream_connect_failures: AtomicU64,
     pub flows_closed: AtomicU64,
@@ -96,17 +98,26 @@ pub struct MirrorStats {
 
 impl Stats {
     pub fn new(ports: impl IntoIterator<Item = u16>) -> Stats {
-        Stats {
-            listeners: ports
-                .into_iter()
-                .map(|p| (p, ListenerStats::default()))
-                .collect(),
-            ..Default::default()
+        let s = Stats::default();
+        for p in ports {
+            s.add_listener(p);
         }
+        s
     }
 
-    pub fn listener(&self, port: u16) -> Option<&ListenerStats> {
-        self.listeners.get(&port)
+    /// Counters for `port` from now on (kept if it had them).
+    pub fn add_listener(&self, port: u16) {
+        self.listeners.rcu(|m| {
+            let mut m = BTreeMap::clone(m);
+            // Leaked on purpose: once per distinct port for the life of the process
+            // (at most 65,535 of 40 bytes), so the data path borrows them for free.
+            m.entry(port).or_insert_with(|| Box::leak(Box::default()));
+            m
+        });
+    }
+
+    pub fn listener(&self, port: u16) -> Option<&'static ListenerStats> {
+        self.listeners.load().get(&port).copied()
     }
 
     /// Counts a connection accepted by `worker`.
@@ -136,6 +147,7 @@ impl Stats {
         };
         let per_listener = |f: fn(&ListenerStats) -> &AtomicU64| -> Vec<(String, u64)> {
             self.listeners
+                .load()
                 .iter()
                 .map(|(p, s)| (format!("{{listener=\"{bind}_{p}\"}}"), get(f(s))))
                 .collect()
@@ -411,9 +423,6 @@ impl Stats {
             "# HELP gateway_heap_trim_seconds_total Time spent in malloc_trim by the heap trimmer.\n# TYPE gateway_heap_trim_seconds_total counter\ngateway_heap_trim_seconds_total {:.6}",
             get(&self.heap.trim_micros) as f64 / 1e6
         );
-        if let Some(a) = crate::authz::installed() {
-            a.prometheus(&mut out);
-        }
         out
     }
 }

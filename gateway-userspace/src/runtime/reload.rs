@@ -1,0 +1,230 @@
+//! Changing config while running: SIGHUP, or a change to a `--config` path (inotify,
+//! debounced), compiles a new [`Plan`] completely (every file parsed, certificates
+//! loaded, new ports bound) and swaps it in at once; anything wrong rejects the whole
+//! reload, logs every error with its `file:line:col`, counts it, and leaves the running
+//! Plan (and `/config_dump`) as they were.
+//!
+//! What a swap changes (Envoy's LDS/RDS/CDS update, as Istio pushes one): new
+//! connections and every new request use the new Plan, including the next request on
+//! an open keep-alive or HTTP/2 connection; requests in flight finish on the Plan they
+//! started with; spliced flows and tunnels keep going (their sockets and sockhash
+//! entries are not touched). New TLS handshakes use the new certificates. Ports are
+//! added and removed by [`crate::runtime::ports::Ports`]. Clusters defined the same keep
+//! their balancers and upstream pools ([`Plan::carry_from`]).
+//!
+//! Not reloaded (read at start only; a change is logged): the command line, the
+//! MeshConfig file, and the access-log and metrics setup of Telemetry resources.
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{cli::ConfigArgs, config, plan::Plan, server::Gateway};
+
+/// How long the config paths must be quiet after a change before the reload runs
+/// (an editor or `kubectl cp` writes a file in several steps).
+pub const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Reload outcomes, for `/stats/prometheus`.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub applied: AtomicU64,
+    pub rejected: AtomicU64,
+    pub unchanged: AtomicU64,
+}
+
+static STATS: ReloadStats = ReloadStats {
+    applied: AtomicU64::new(0),
+    rejected: AtomicU64::new(0),
+    unchanged: AtomicU64::new(0),
+};
+
+/// `gateway_config_reloads_total{result}` and `gateway_config_generation`.
+pub fn render_prometheus(gw: &Gateway, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP gateway_config_reloads_total Config reloads (SIGHUP or a changed --config file) by result: applied, rejected (the running config kept), unchanged.\n# TYPE gateway_config_reloads_total counter"
+    );
+    for (result, c) in [
+        ("applied", &STATS.applied),
+        ("rejected", &STATS.rejected),
+        ("unchanged", &STATS.unchanged),
+    ] {
+        let _ = writeln!(
+            out,
+            "gateway_config_reloads_total{{result=\"{result}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gateway_config_generation The serving config's generation: 1 at start, +1 per applied reload.\n# TYPE gateway_config_generation gauge\ngateway_config_generation {}",
+        gw.plan().generation
+    );
+}
+
+/// What a reload needs besides the gateway.
+pub struct Source {
+    pub config: ConfigArgs,
+    /// How long a removed listener's connections drain (`--drain-duration`).
+    pub drain_duration: Duration,
+}
+
+/// Reloads on SIGHUP and on changes to the config paths, for the life of the process.
+pub async fn run(gw: Arc<Gateway>, source: Source) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("SIGHUP does not reload: {e}");
+            None
+        }
+    };
+    let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let _watcher = match watch(&source.config.config, tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("config files are not watched ({e}); send SIGHUP to reload");
+            None
+        }
+    };
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+            Some(()) = changed.recv() => {
+                // Debounce: wait until the paths are quiet.
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, changed.recv()).await {}
+                "config file changed"
+            }
+        };
+        reload(&gw, &source, why).await;
+    }
+}
+
+/// Watches every config path: a directory and what is in it, a file through its
+/// directory (editors and Kubernetes' ConfigMap volumes replace files by renaming, which
+/// a watch on the file itself would miss).
+fn watch(
+    paths: &[PathBuf],
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let files: BTreeSet<PathBuf> = paths.iter().filter(|p| !p.is_dir()).cloned().collect();
+    let dirs: Vec<PathBuf> = paths.iter().filter(|p| p.is_dir()).cloned().collect();
+    let wanted = {
+        let (files, dirs) = (files.clone(), dirs.clone());
+        move |p: &std::path::Path| files.contains(p) || dirs.iter().any(|d| p.starts_with(d))
+    };
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        if ev.paths.iter().any(|p| wanted(p)) {
+            let _ = tx.send(());
+        }
+    })?;
+    for d in &dirs {
+        w.watch(d, RecursiveMode::NonRecursive)?;
+    }
+    let parents: BTreeSet<PathBuf> = files
+        .iter()
+        .map(|f| match f.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect();
+    for p in &parents {
+        w.watch(p, RecursiveMode::NonRecursive)?;
+    }
+    Ok(w)
+}
+
+/// One reload: compile (off the workers: a large config takes a while), bind, swap,
+/// or reject with every error.
+pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
+    let old = gw.plan();
+    let compiled = {
+        let (config, old) = (source.config.clone(), old.clone());
+        tokio::task::spawn_blocking(move || compile(&config, &old)).await
+    };
+    let mut plan = match compiled {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => {
+            STATS.unchanged.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(target: "gateway::reload", reason = why, generation = old.generation, "reload: config unchanged");
+            return;
+        }
+        Ok(Err(lines)) => return rejected(&old, why, &lines),
+        Err(e) => return rejected(&old, why, &[format!("the config compiler failed: {e}")]),
+    };
+    plan.carry_from(&old);
+    // New ports are bound before anything changes: a port in use rejects the reload.
+    let served: BTreeSet<u16> = gw.ports.served().into_iter().collect();
+    let wanted: BTreeSet<u16> = plan.ports().collect();
+    let added: Vec<u16> = wanted.difference(&served).copied().collect();
+    let removed: Vec<u16> = served.difference(&wanted).copied().collect();
+    let bound = match crate::listener::bind_all(gw, added.iter().copied(), gw.ports.worker_count())
+    {
+        Ok(b) => b,
+        Err(e) => return rejected(&old, why, &[format!("binding a new Gateway port: {e}")]),
+    };
+    let generation = plan.generation;
+    let plan = Arc::new(plan);
+    gw.swap_plan(plan.clone());
+    for (port, socks) in bound {
+        if let Err(e) = gw.ports.start(gw, port, socks) {
+            tracing::error!(target: "gateway::reload", port, "new listener not started: {e}");
+        }
+    }
+    for port in &removed {
+        gw.ports.remove(*port, source.drain_duration);
+    }
+    STATS.applied.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        target: "gateway::reload",
+        reason = why,
+        generation,
+        ports = ?wanted,
+        added = ?added,
+        removed = ?removed,
+        "config reloaded"
+    );
+}
+
+/// Loads and compiles the config; None when it is the running one.
+fn compile(config: &ConfigArgs, old: &Plan) -> Result<Option<Plan>, Vec<String>> {
+    let snapshot = config.load(config::Missing::Isolate)?;
+    if snapshot == *old.snapshot {
+        return Ok(None);
+    }
+    for w in &snapshot.warnings {
+        tracing::warn!("{w}");
+    }
+    if snapshot.resources.telemetry != old.snapshot.resources.telemetry {
+        tracing::warn!(target: "gateway::reload", "Telemetry resources changed: access-log and metrics settings take effect at the next start");
+    }
+    Plan::compile(snapshot, old.generation + 1)
+        .map(Some)
+        .map_err(|e| vec![e])
+}
+
+fn rejected(old: &Plan, why: &str, lines: &[String]) {
+    STATS.rejected.fetch_add(1, Ordering::Relaxed);
+    for l in lines {
+        tracing::error!(target: "gateway::reload", "{l}");
+    }
+    tracing::error!(
+        target: "gateway::reload",
+        reason = why,
+        generation = old.generation,
+        "reload rejected: the running config is kept"
+    );
+}
