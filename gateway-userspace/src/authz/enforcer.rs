@@ -9,9 +9,11 @@ use std::{
     },
 };
 
+use arc_swap::ArcSwapOption;
+
 use crate::{
     config::{ListenerProtocol, ServerKind, Snapshot},
-    xdp::{Compiled, XdpGuard},
+    xdp::{Compiled, UpdateStats, XdpError, XdpGuard},
 };
 
 use super::{Cidr, Decision, HttpAttrs, L7, PortKind, PortKinds, Request};
@@ -29,18 +31,22 @@ pub struct Enforcer {
     /// The compiled (port, prefix) verdicts: what XDP applies, and the meaning of the
     /// address rules everywhere.
     pub compiled: Compiled,
-    /// Attached by [`Enforcer::start`] when `--xdp-iface` was given and it loaded.
-    pub xdp: OnceLock<XdpGuard>,
+    /// Attached by [`Enforcer::start`] when `--xdp-iface` was given and it loaded, or
+    /// taken over from the previous enforcer by [`Enforcer::adopt_guard`] (shared:
+    /// the predecessor keeps a handle until it is dropped).
+    pub xdp: OnceLock<Arc<XdpGuard>>,
     /// (stage, port) -> connections/requests refused in userspace.
-    denied: BTreeMap<(&'static str, u16), AtomicU64>,
+    /// Shared with a reload's successor for the keys both have
+    /// ([`Enforcer::carry_counters`]): the series never go backwards.
+    denied: BTreeMap<(&'static str, u16), Arc<AtomicU64>>,
     logged: AtomicU64,
 }
 
-static INSTALLED: OnceLock<Arc<Enforcer>> = OnceLock::new();
+static INSTALLED: ArcSwapOption<Enforcer> = ArcSwapOption::const_empty();
 
 /// The running gateway's enforcer, for code that has no `Gateway` at hand (metrics).
-pub fn installed() -> Option<&'static Arc<Enforcer>> {
-    INSTALLED.get()
+pub fn installed() -> Option<Arc<Enforcer>> {
+    INSTALLED.load_full()
 }
 
 /// Detailed logs for the first refusals only: a flood must not flood the log too.
@@ -71,7 +77,11 @@ impl Enforcer {
         let compiled = crate::xdp::compile(&policies, &kinds);
         let denied = STAGES
             .iter()
-            .flat_map(|s| kinds.keys().map(move |p| ((*s, *p), AtomicU64::new(0))))
+            .flat_map(|s| {
+                kinds
+                    .keys()
+                    .map(move |p| ((*s, *p), Arc::new(AtomicU64::new(0))))
+            })
             .collect();
         Enforcer {
             index: PolicyIndex::new(&policies),
@@ -92,7 +102,7 @@ impl Enforcer {
         if !ifaces.is_empty() {
             match XdpGuard::attach(ifaces, self.compiled.clone()) {
                 Ok(g) => {
-                    let _ = self.xdp.set(g);
+                    let _ = self.xdp.set(Arc::new(g));
                 }
                 Err(e) => tracing::warn!(
                     target: "gateway::authz",
@@ -105,9 +115,50 @@ impl Enforcer {
         self.install();
     }
 
+    /// Shares `from`'s `gateway_authz_denied_total` counters for every (stage, port)
+    /// both serve, so a reload doesn't reset them (refusals counted by either while
+    /// both run land in the same counter); ports new to this one start at zero.
+    pub fn carry_counters(mut self, from: &Enforcer) -> Enforcer {
+        for (k, c) in self.denied.iter_mut() {
+            if let Some(prev) = from.denied.get(k) {
+                *c = prev.clone();
+            }
+        }
+        self
+    }
+
     /// Makes this the enforcer [`installed`] returns (first call wins).
     pub fn install(self: &Arc<Self>) {
-        let _ = INSTALLED.set(self.clone());
+        let none: Option<Arc<Enforcer>> = None;
+        INSTALLED.compare_and_swap(&none, Some(self.clone()));
+    }
+
+    /// Makes this the enforcer [`installed`] returns, replacing the one installed
+    /// before (a reload's successor, after [`Enforcer::adopt_guard`]).
+    pub fn reinstall(self: &Arc<Self>) {
+        INSTALLED.store(Some(self.clone()));
+    }
+
+    /// Takes over `from`'s XDP guard, if it has one, rewriting its maps in place for
+    /// this enforcer's rules ([`XdpGuard::update`]): the program stays attached and
+    /// every packet keeps getting a verdict, the old one or the new one. `Ok(None)`:
+    /// `from` had no guard (nothing to do). On `Err` (this policy overflows the maps,
+    /// a map write failed) the kernel still applies `from`'s verdicts and this
+    /// enforcer has no guard: the caller should keep `from` serving (reject the
+    /// reload), as XDP would otherwise drop by the old rules.
+    pub fn adopt_guard(&self, from: &Enforcer) -> Result<Option<UpdateStats>, XdpError> {
+        let Some(guard) = from.xdp.get() else {
+            return Ok(None);
+        };
+        if self.xdp.get().is_some() {
+            return Err(XdpError::AlreadyAttached);
+        }
+        let stats = guard.update(self.compiled.clone())?;
+        self.xdp
+            .set(guard.clone())
+            .map_err(|_| XdpError::AlreadyAttached)?;
+        tracing::info!(target: "gateway::authz", "{}", self.describe());
+        Ok(Some(stats))
     }
 
     fn kind(&self, port: u16) -> PortKind {

@@ -248,6 +248,40 @@ fn enforcer_counts_refusals() {
     );
 }
 
+/// A reload's successor shares the refusal counters of the ports both serve (the
+/// series don't go back to 0), and becomes what `installed()` returns on reinstall.
+#[test]
+fn a_successor_carries_the_refusal_counters_and_reinstalls() {
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: istio-system}\nspec: {action: DENY, rules: [{from: [{source: {remoteIpBlocks: [10.5.0.0/16]}}]}]}\n";
+    let snap = |yaml: &str| {
+        load_str(
+            "p.yaml",
+            &format!("{GW}---\n{yaml}"),
+            &GatewayIdentity::default(),
+        )
+        .unwrap()
+    };
+    let peer: SocketAddr = "10.5.1.1:5555".parse().unwrap();
+    let old = std::sync::Arc::new(Enforcer::new(&snap(deny)));
+    assert!(!old.allow_accept(peer, 80));
+    let new = std::sync::Arc::new(Enforcer::new(&snap(deny)).carry_counters(&old));
+    // The old one still serves a moment; both count into the same series.
+    assert!(!old.allow_accept(peer, 80));
+    assert!(!new.allow_accept(peer, 80));
+    let line = "gateway_authz_denied_total{stage=\"accept\",port=\"80\"} 3\n";
+    for e in [&old, &new] {
+        let mut out = String::new();
+        e.prometheus(&mut out);
+        assert!(out.contains(line), "{out}");
+    }
+    old.reinstall();
+    assert!(std::sync::Arc::ptr_eq(&installed().unwrap(), &old));
+    new.install(); // first call wins: not replaced
+    assert!(std::sync::Arc::ptr_eq(&installed().unwrap(), &old));
+    new.reinstall();
+    assert!(std::sync::Arc::ptr_eq(&installed().unwrap(), &new));
+}
+
 #[test]
 fn invalid_values_are_reported_with_positions() {
     let text = format!(

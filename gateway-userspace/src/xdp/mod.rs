@@ -1,29 +1,29 @@
 //! The XDP ingress guard, userspace side: compiles the AuthorizationPolicies into
 //! (port, source prefix) verdicts ([`compile`]), loads the `xdp_guard` program,
 //! fills its maps, attaches it to each `--xdp-iface` (native mode, else generic with
-//! the reason logged), and reads its per-CPU counters.
-use std::{fmt::Write as _, net::IpAddr, sync::Mutex};
+//! the reason logged), rewrites the maps in place when the policy changes
+//! ([`XdpGuard::update`], [`update`]), and reads its per-CPU counters.
+use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        HashMap, MapData, PerCpuArray,
-        lpm_trie::{Key, LpmTrie},
-    },
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use gateway_common::{
-    FLOWS_MAP, PEERS_MAP, SPLICED_MAP, XDP_GUARD_PROG, XDP_KEY_PORT_BITS, XDP_PORT_STATS_MAP,
-    XDP_PORTS_MAP, XDP_RULE_STATS_MAP, XDP_V4_MAP, XDP_V6_MAP, XdpCounters, XdpKeyV4, XdpKeyV6,
-    XdpPort, XdpVerdict,
+    FLOWS_MAP, PEERS_MAP, SPLICED_MAP, XDP_GUARD_PROG, XDP_MAX_PORTS, XDP_MAX_RULES,
+    XDP_PORT_STATS_MAP, XDP_PORTS_MAP, XDP_RULE_STATS_MAP, XDP_V4_MAP, XDP_V6_MAP, XdpCounters,
 };
 use serde_json::json;
 
 mod compile;
 #[cfg(test)]
 mod tests;
+mod update;
 
 pub use compile::{Compiled, RULE_DEFAULT_DENY, RULE_NONE, RULE_USERSPACE, action_name, compile};
+pub use update::UpdateStats;
+use update::{GuardMaps, RuleKey, Stats, Tables, Zero};
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
@@ -41,6 +41,10 @@ pub enum XdpError {
     Map(#[from] aya::maps::MapError),
     #[error("XDP program: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("XDP counters: {0}")]
+    Counters(std::io::Error),
+    #[error("this enforcer already has an XDP guard")]
+    AlreadyAttached,
     #[error("attaching XDP to {iface}: {err}")]
     Attach {
         iface: String,
@@ -48,28 +52,107 @@ pub enum XdpError {
     },
 }
 
-struct Stats {
-    rules: PerCpuArray<MapData, XdpCounters>,
-    ports: PerCpuArray<MapData, XdpCounters>,
+/// The maps and what they hold now, behind one lock: an update and a scrape never
+/// interleave, so counters are always read with the slot numbering that wrote them.
+struct State {
+    maps: GuardMaps,
+    stats: Stats,
+    compiled: Compiled,
+    /// Kernel counter index of each (rule, port, action) and each port of `compiled`
+    /// (the compile's own slot numbers restart at 0 each time; these stay put).
+    rules: BTreeMap<RuleKey, u32>,
+    ports: BTreeMap<u16, u32>,
+    /// `compiled` as written to the maps.
+    tables: Tables,
 }
-
-/// The guard's LPM tries (IPv4, IPv6) and port map.
-type GuardMaps = (
-    LpmTrie<MapData, XdpKeyV4, XdpVerdict>,
-    LpmTrie<MapData, XdpKeyV6, XdpVerdict>,
-    HashMap<MapData, u32, XdpPort>,
-);
 
 /// The attached program and its maps; detached when dropped.
 pub struct XdpGuard {
-    compiled: Compiled,
     /// (interface, "driver" | "skb").
     attached: Vec<(String, &'static str)>,
-    stats: Mutex<Stats>,
-    /// Kept for a future reload, which would rewrite them in place.
-    _maps: GuardMaps,
+    state: Mutex<State>,
     /// Owns the program (detached when dropped); [`XdpGuard::test_run`] runs it.
     ebpf: Mutex<Ebpf>,
+}
+
+impl State {
+    /// Makes the maps hold `compiled` (see [`update`] for the order and what a packet
+    /// sees meanwhile). On error the maps hold the previous set again (restored when
+    /// a write failed half-way) and `self` is unchanged.
+    fn install(&mut self, compiled: Compiled) -> Result<UpdateStats, XdpError> {
+        if let Some(why) = &compiled.overflow {
+            return Err(XdpError::Overflow(why.clone()));
+        }
+        let rules = update::assign(&self.rules, compiled.slots.iter().cloned(), XDP_MAX_RULES)
+            .map_err(XdpError::Overflow)?;
+        let ports = update::assign(&self.ports, compiled.ports.keys().copied(), XDP_MAX_PORTS)
+            .map_err(XdpError::Overflow)?;
+        let tables = Tables::new(&compiled, &rules.by_key, &ports.by_key);
+        let before = Zero {
+            rules: rules.zero_before,
+            ports: ports.zero_before,
+        };
+        let after = Zero {
+            rules: rules.zero_after,
+            ports: ports.zero_after,
+        };
+        match update::apply(
+            &mut self.maps,
+            &mut self.stats,
+            &self.tables,
+            &tables,
+            &before,
+            &after,
+        ) {
+            Ok(mut s) => {
+                s.counters_kept = rules.kept + ports.kept;
+                s.counters_new = rules.by_key.len() + ports.by_key.len() - s.counters_kept;
+                self.compiled = compiled;
+                self.rules = rules.by_key;
+                self.ports = ports.by_key;
+                self.tables = tables;
+                Ok(s)
+            }
+            Err(e) => {
+                if let Err(r) = update::restore(&mut self.maps, &self.tables, &tables) {
+                    tracing::error!(
+                        target: "gateway::authz",
+                        "XDP guard: restoring the previous maps after a failed update ({e}) failed too: {r}"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Counters per slot of `compiled` and per port, summed over CPUs.
+    fn counters(&self) -> (Vec<XdpCounters>, Vec<(u16, XdpCounters)>) {
+        let sum = |map: &PerCpuArray<MapData, XdpCounters>, i: Option<&u32>| -> XdpCounters {
+            let mut t = XdpCounters::default();
+            if let Some(Ok(vals)) = i.map(|i| map.get(i, 0)) {
+                for c in vals.iter() {
+                    t.pass_packets += c.pass_packets;
+                    t.pass_bytes += c.pass_bytes;
+                    t.drop_packets += c.drop_packets;
+                    t.drop_bytes += c.drop_bytes;
+                }
+            }
+            t
+        };
+        let slots = self
+            .compiled
+            .slots
+            .iter()
+            .map(|k| sum(&self.stats.rules, self.rules.get(k)))
+            .collect();
+        let ports = self
+            .compiled
+            .ports
+            .keys()
+            .map(|p| (*p, sum(&self.stats.ports, self.ports.get(p))))
+            .collect();
+        (slots, ports)
+    }
 }
 
 impl XdpGuard {
@@ -90,44 +173,24 @@ impl XdpGuard {
             .map_max_entries(FLOWS_MAP, 1)
             .load(object)?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(XdpError::MissingMap(name));
-        let mut v4: LpmTrie<MapData, XdpKeyV4, XdpVerdict> = LpmTrie::try_from(take(XDP_V4_MAP)?)?;
-        let mut v6: LpmTrie<MapData, XdpKeyV6, XdpVerdict> = LpmTrie::try_from(take(XDP_V6_MAP)?)?;
-        let mut ports: HashMap<MapData, u32, XdpPort> = HashMap::try_from(take(XDP_PORTS_MAP)?)?;
-        let rules = PerCpuArray::try_from(take(XDP_RULE_STATS_MAP)?)?;
-        let port_stats = PerCpuArray::try_from(take(XDP_PORT_STATS_MAP)?)?;
-        for (port, c, v) in &compiled.entries {
-            let port_be = port.to_be_bytes();
-            let len = XDP_KEY_PORT_BITS + c.len as u32;
-            match c.addr {
-                IpAddr::V4(a) => v4.insert(
-                    &Key::new(
-                        len,
-                        XdpKeyV4 {
-                            port: port_be,
-                            _pad: [0; 2],
-                            addr: a.octets(),
-                        },
-                    ),
-                    *v,
-                    0,
-                )?,
-                IpAddr::V6(a) => v6.insert(
-                    &Key::new(
-                        len,
-                        XdpKeyV6 {
-                            port: port_be,
-                            _pad: [0; 2],
-                            addr: a.octets(),
-                        },
-                    ),
-                    *v,
-                    0,
-                )?,
-            }
-        }
-        for (port, (_, entry)) in &compiled.ports {
-            ports.insert(*port as u32, *entry, 0)?;
-        }
+        let maps = GuardMaps {
+            v4: LpmTrie::try_from(take(XDP_V4_MAP)?)?,
+            v6: LpmTrie::try_from(take(XDP_V6_MAP)?)?,
+            ports: HashMap::try_from(take(XDP_PORTS_MAP)?)?,
+        };
+        let stats = Stats {
+            rules: PerCpuArray::try_from(take(XDP_RULE_STATS_MAP)?)?,
+            ports: PerCpuArray::try_from(take(XDP_PORT_STATS_MAP)?)?,
+        };
+        let mut state = State {
+            maps,
+            stats,
+            compiled: Compiled::default(),
+            rules: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            tables: Tables::default(),
+        };
+        state.install(compiled)?;
         let prog: &mut Xdp = ebpf
             .program_mut(XDP_GUARD_PROG)
             .ok_or(XdpError::MissingMap(XDP_GUARD_PROG))?
@@ -153,15 +216,21 @@ impl XdpGuard {
             attached.push((iface.clone(), mode));
         }
         Ok(XdpGuard {
-            compiled,
             attached,
-            _maps: (v4, v6, ports),
-            stats: Mutex::new(Stats {
-                rules,
-                ports: port_stats,
-            }),
+            state: Mutex::new(state),
             ebpf: Mutex::new(ebpf),
         })
+    }
+
+    /// Rewrites the maps in place for `compiled` while the program stays attached: no
+    /// detach, no moment without verdicts (the order, and what a packet in flight
+    /// sees, are in [`update`]'s module comment). Counters of the (rule, port, action)
+    /// triples and ports both sets have carry on; new ones start at zero. An
+    /// overflowing `compiled` is refused before anything is touched, and a failed
+    /// write puts the previous set back: on `Err` the old verdicts still apply.
+    pub fn update(&self, compiled: Compiled) -> Result<UpdateStats, XdpError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.install(compiled)
     }
 
     /// Runs the loaded program once on `frame` through `BPF_PROG_TEST_RUN`, outside any
@@ -192,37 +261,41 @@ impl XdpGuard {
             .join(", ")
     }
 
-    /// Counters per (rule, port) slot and per port, summed over CPUs.
+    /// Counters per slot of the current [`Compiled`] (its `slots` order) and per
+    /// port, summed over CPUs.
     pub fn counters(&self) -> (Vec<XdpCounters>, Vec<(u16, XdpCounters)>) {
-        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let sum = |map: &PerCpuArray<MapData, XdpCounters>, i: u32| -> XdpCounters {
-            let mut t = XdpCounters::default();
-            if let Ok(vals) = map.get(&i, 0) {
-                for c in vals.iter() {
-                    t.pass_packets += c.pass_packets;
-                    t.pass_bytes += c.pass_bytes;
-                    t.drop_packets += c.drop_packets;
-                    t.drop_bytes += c.drop_bytes;
-                }
-            }
-            t
-        };
-        let slots = (0..self.compiled.slots.len() as u32)
-            .map(|i| sum(&stats.rules, i))
-            .collect();
-        let ports = self
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counters()
+    }
+
+    /// The counters of one (rule, port, action), summed over CPUs (None: no such slot
+    /// in the current set).
+    pub fn counter(&self, rule: &str, port: u16, action: u32) -> Option<XdpCounters> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let i = st
             .compiled
-            .ports
+            .slots
             .iter()
-            .map(|(p, (_, e))| (*p, sum(&stats.ports, e.slot)))
-            .collect();
-        (slots, ports)
+            .position(|(r, p, a)| r == rule && *p == port && *a == action)?;
+        st.counters().0.get(i).copied()
+    }
+
+    /// A copy of the set the maps hold now.
+    pub fn compiled(&self) -> Compiled {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .compiled
+            .clone()
     }
 
     /// `gateway_xdp_packets_total` / `gateway_xdp_bytes_total` by rule, port and
     /// action, and `gateway_xdp_port_*` per port.
     pub fn prometheus(&self, out: &mut String) {
-        let (slots, ports) = self.counters();
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (slots, ports) = st.counters();
         for (family, what, pick) in [
             (
                 "gateway_xdp_packets_total",
@@ -239,7 +312,7 @@ impl XdpGuard {
                 out,
                 "# HELP {family} {what}, by rule, port and action.\n# TYPE {family} counter"
             );
-            for (i, (rule, port, action)) in self.compiled.slots.iter().enumerate() {
+            for (i, (rule, port, action)) in st.compiled.slots.iter().enumerate() {
                 let c = slots.get(i).copied().unwrap_or_default();
                 let v = if *action == gateway_common::XDP_ACT_DROP {
                     // A drop slot only ever counts drops, a pass slot only passes.
@@ -294,8 +367,9 @@ impl XdpGuard {
 
     /// The compiled rules, interfaces and counters as JSON (admin `/xdp`).
     pub fn rules_view(&self) -> serde_json::Value {
-        let (slots, ports) = self.counters();
-        let mut v = self.compiled.view();
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (slots, ports) = st.counters();
+        let mut v = st.compiled.view();
         v["mode"] = "xdp".into();
         v["interfaces"] = self
             .attached
@@ -303,7 +377,7 @@ impl XdpGuard {
             .map(|(i, m)| json!({"name": i, "mode": m}))
             .collect();
         v["counters"] = json!({
-            "rules": self.compiled.slots.iter().zip(slots).map(|((r, p, a), c)| json!({
+            "rules": st.compiled.slots.iter().zip(slots).map(|((r, p, a), c)| json!({
                 "rule": r, "port": p, "action": action_name(*a),
                 "pass_packets": c.pass_packets, "pass_bytes": c.pass_bytes,
                 "drop_packets": c.drop_packets, "drop_bytes": c.drop_bytes,
