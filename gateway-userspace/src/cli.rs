@@ -311,6 +311,20 @@ impl ConfigArgs {
     }
 }
 
+/// The route tables and TLS configs of the snapshot; on failure prints every error
+/// (certificates, keys, CAs, CRLs: `file:line:col` of the Secret key or Gateway field)
+/// and exits 64, as for config errors.
+pub fn http_or_exit(snap: &config::Snapshot) -> crate::http::HttpState {
+    crate::http::HttpState::build(snap).unwrap_or_else(|errors| {
+        eprintln!("{errors}");
+        eprintln!(
+            "{} configuration error(s); nothing was started",
+            errors.0.len()
+        );
+        std::process::exit(EXIT_BAD_CONFIG);
+    })
+}
+
 pub fn validate(args: &ConfigArgs) {
     let snap = args.load_or_exit(config::Missing::Error, |w| eprintln!("{w}"));
     if let Some(p) = &args.mesh_config
@@ -319,11 +333,8 @@ pub fn validate(args: &ConfigArgs) {
         eprintln!("{errors}\nconfiguration error(s)");
         std::process::exit(EXIT_BAD_CONFIG);
     }
-    // Certificates, keys and CAs are loaded the way `run` loads them.
-    if let Err(e) = crate::http::HttpState::build(&snap) {
-        eprintln!("{e}");
-        std::process::exit(EXIT_BAD_CONFIG);
-    }
+    // Certificates, keys, CAs and CRLs are loaded the way `run` loads them.
+    http_or_exit(&snap);
     if !snap.warnings.is_empty() {
         eprintln!(
             "{} warning(s): see above (--strict makes them errors)",
@@ -493,10 +504,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             prometheus: args.prometheus_port.0,
         },
     };
-    let http = crate::http::HttpState::build(&snapshot).unwrap_or_else(|e| {
-        eprintln!("{e}\nconfiguration error; nothing was started");
-        std::process::exit(EXIT_BAD_CONFIG);
-    });
+    let http = http_or_exit(&snapshot);
     let mut gw = Gateway::new(snapshot, http, splicer, opts);
     telemetry.install();
     gw.telemetry = telemetry;
