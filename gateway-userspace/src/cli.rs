@@ -313,16 +313,25 @@ impl ConfigArgs {
 
 /// The route tables and TLS configs of the snapshot; on failure prints every error
 /// (certificates, keys, CAs, CRLs: `file:line:col` of the Secret key or Gateway field)
-/// and exits 64, as for config errors.
-pub fn http_or_exit(snap: &config::Snapshot) -> crate::http::HttpState {
-    crate::http::HttpState::build(snap).unwrap_or_else(|errors| {
-        eprintln!("{errors}");
-        eprintln!(
-            "{} configuration error(s); nothing was started",
-            errors.0.len()
-        );
-        std::process::exit(EXIT_BAD_CONFIG);
-    })
+/// and exits 64, as for config errors. With [`config::Missing::Error`] (`validate`) a
+/// DestinationRule `tls` whose material does not load is an error too; `run` serves
+/// without that cluster's TLS (its requests fail closed, 503 UF).
+pub fn http_or_exit(snap: &config::Snapshot, missing: config::Missing) -> crate::http::HttpState {
+    let (http, mut errors) = match crate::http::HttpState::build(snap) {
+        Ok(http) => (Some(http), Vec::new()),
+        Err(errors) => (None, errors.0),
+    };
+    if missing == config::Missing::Error {
+        errors.extend(crate::http::tls_client::problems(snap));
+    }
+    if let (Some(http), true) = (http, errors.is_empty()) {
+        return http;
+    }
+    errors.sort_by(|a, b| a.loc.cmp(&b.loc));
+    let n = errors.len();
+    eprintln!("{}", config::ConfigErrors(errors));
+    eprintln!("{n} configuration error(s); nothing was started");
+    std::process::exit(EXIT_BAD_CONFIG);
 }
 
 pub fn validate(args: &ConfigArgs) {
@@ -334,7 +343,7 @@ pub fn validate(args: &ConfigArgs) {
         std::process::exit(EXIT_BAD_CONFIG);
     }
     // Certificates, keys, CAs and CRLs are loaded the way `run` loads them.
-    http_or_exit(&snap);
+    http_or_exit(&snap, config::Missing::Error);
     if !snap.warnings.is_empty() {
         eprintln!(
             "{} warning(s): see above (--strict makes them errors)",
@@ -504,7 +513,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             prometheus: args.prometheus_port.0,
         },
     };
-    let http = http_or_exit(&snapshot);
+    let http = http_or_exit(&snapshot, config::Missing::Isolate);
     let mut gw = Gateway::new(snapshot, http, splicer, opts);
     telemetry.install();
     gw.telemetry = telemetry;

@@ -227,3 +227,138 @@ fn bad_ca_and_crl_of_mutual_servers_are_located() {
         "{out}"
     );
 }
+
+/// DestinationRule `tls` (TLS origination) at three levels: top-level with a missing
+/// Secret, a subset's port level with a Secret whose CA, certificate and key are not
+/// PEM, a subset's with a missing Secret, and an unreadable `caCrl`. `run` serves
+/// without such a cluster (503 UF, tests/upstream_tls_h2.rs); `validate` says where.
+const DR_BAD: &str = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: a.test, port: {number: 443}}}]
+  - match: [{uri: {prefix: /b}}]
+    route:
+    - destination: {host: b.test, port: {number: 443}, subset: v1}
+    - destination: {host: b.test, port: {number: 443}, subset: v2}
+  - route: [{destination: {host: c.test, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: se, namespace: istio-system}
+spec:
+  hosts: [a.test, b.test, c.test]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: istio-system}
+spec:
+  host: a.test
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: nope}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: b, namespace: istio-system}
+spec:
+  host: b.test
+  subsets:
+  - name: v1
+    labels: {}
+    trafficPolicy:
+      portLevelSettings:
+      - port: {number: 443}
+        tls: {mode: MUTUAL, credentialName: badca}
+  - name: v2
+    labels: {}
+    trafficPolicy:
+      tls: {mode: SIMPLE, credentialName: missing2}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: c, namespace: istio-system}
+spec:
+  host: c.test
+  trafficPolicy:
+    tls: {mode: SIMPLE, insecureSkipVerify: true, caCrl: /nonexistent/c.crl}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: badca, namespace: istio-system}
+stringData: {ca.crt: not-a-ca, tls.crt: not-a-cert, tls.key: not-a-key}
+"#;
+
+#[test]
+fn destination_rule_tls_material_is_located_at_validate() {
+    let dir = scratch_dir("dr");
+    let file = dir.join("dr.yaml");
+    std::fs::write(&file, DR_BAD).unwrap();
+    let (code, out) = validate(&[&file]);
+    assert_eq!(code, 64, "validate:\n{out}");
+    let at = |needle: &str| pos(&file, DR_BAD, needle, 0);
+    let v1 = "cluster outbound|443|v1|b.test";
+    let expected = [
+        (
+            at("nope}"),
+            r#"credentialName "nope": no Secret "nope" in namespace "istio-system""#.to_string(),
+            "cluster outbound|443||a.test",
+        ),
+        (
+            at("missing2}"),
+            r#"credentialName "missing2": no Secret "missing2" in namespace "istio-system""#
+                .to_string(),
+            "cluster outbound|443|v2|b.test",
+        ),
+        (
+            at("/nonexistent/c.crl"),
+            "caCrl: cannot read /nonexistent/c.crl: No such file or directory (os error 2)"
+                .to_string(),
+            "cluster outbound|443||c.test",
+        ),
+        (
+            at("not-a-ca"),
+            "Secret istio-system/badca ca.crt: no PEM certificate found".to_string(),
+            v1,
+        ),
+        (
+            at("not-a-cert"),
+            "Secret istio-system/badca tls.crt: no PEM certificate found".to_string(),
+            v1,
+        ),
+        (
+            at("not-a-key"),
+            "Secret istio-system/badca tls.key: no usable PEM private key: no items found"
+                .to_string(),
+            v1,
+        ),
+    ];
+    let lines = error_lines(&out, &file);
+    assert_eq!(lines.len(), expected.len(), "{out}");
+    for (line, (at, what, cluster)) in lines.iter().zip(&expected) {
+        assert_eq!(
+            *line,
+            format!("{at}: {what}; the TLS of {cluster} cannot be set up"),
+            "\n{out}"
+        );
+    }
+    assert!(
+        out.contains("6 configuration error(s); nothing was started"),
+        "{out}"
+    );
+}

@@ -136,6 +136,18 @@ impl Origin {
         }
     }
 
+    /// The part `field` below this one (`tls`, `portLevelSettings[0]`).
+    pub fn child(&self, field: &str) -> Origin {
+        Origin {
+            src: self.src.clone(),
+            path: if self.path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{}.{field}", self.path)
+            },
+        }
+    }
+
     /// Where `field` (a path below this part: `tls.credentialName`, `data.tls.crt`) is
     /// written, or its nearest ancestor that is. A part built in code, not loaded from a
     /// file, has the position `<unknown>:1:1`.
@@ -309,6 +321,9 @@ pub struct Cluster {
     pub outlier: Option<super::upstream_policy::OutlierPolicy>,
     /// TLS origination (DestinationRule `tls`, SIMPLE or MUTUAL); None: plain TCP.
     pub tls: Option<super::destination_rule::ClientTlsSettings>,
+    /// Where that `tls` is written, for the errors found when its certificates load.
+    #[serde(skip)]
+    pub tls_at: Origin,
     /// HTTP/2 to the endpoints (the ServiceEntry port's protocol HTTP2, GRPC, GRPC-WEB,
     /// or `h2UpgradePolicy: UPGRADE` on an HTTP port).
     pub http2: bool,

@@ -46,6 +46,7 @@ pub mod proxy;
 pub mod replay;
 pub mod routing;
 pub mod tls;
+pub mod tls_client;
 pub mod tls_server;
 pub mod upgrade;
 pub mod upstream;

@@ -28,24 +28,35 @@ use crate::config::{ConfigError, Loc, Secret, ServerRef, TlsMode, istio::ServerT
 /// The problems found while building the TLS configs: by where and what, with the
 /// servers each one stops.
 #[derive(Debug, Default)]
-pub struct Problems(BTreeMap<(Loc, String), BTreeSet<String>>);
+pub struct Problems {
+    by: BTreeMap<(Loc, String), BTreeSet<String>>,
+    /// Every push, a repeat too: whether one server had a problem is a change of it.
+    pushed: usize,
+}
 
 impl Problems {
-    fn push(&mut self, loc: Loc, what: String, server: &str) {
-        self.0
+    /// `what` is wrong at `loc`, which leaves `server` (or cluster) without TLS.
+    pub(crate) fn push(&mut self, loc: Loc, what: String, server: &str) {
+        self.pushed += 1;
+        self.by
             .entry((loc, what))
             .or_default()
             .insert(server.to_string());
     }
 
+    /// How many problems were pushed so far (repeats included).
+    pub(crate) fn pushed(&self) -> usize {
+        self.pushed
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.by.is_empty()
     }
 
     /// One error per problem, sorted by file then position, saying which servers it
     /// leaves without TLS.
     pub fn into_errors(self) -> Vec<ConfigError> {
-        self.0
+        self.by
             .into_iter()
             .map(|((loc, what), servers)| ConfigError {
                 loc,
@@ -93,7 +104,7 @@ pub fn server_config(
         );
         return None;
     };
-    let before = problems.0.len();
+    let before = problems.pushed();
     let mut fail = |loc: Loc, what: String| problems.push(loc, what, &who);
     let mode = tls.mode.unwrap_or_default();
     let mutual = matches!(mode, TlsMode::Mutual | TlsMode::OptionalMutual);
@@ -125,15 +136,18 @@ pub fn server_config(
     );
     let (cert, key, ca, crl) = from_secret.unwrap_or_else(|| files.pems());
     let crl = crl.or_else(|| files.get("caCrl"));
+    // Each parsed piece with the Pem it came from, for the messages below.
     let chain = cert.as_ref().and_then(|p| {
         certs(p.bytes, &p.what)
             .map_err(|e| fail(p.loc.clone(), e))
             .ok()
+            .map(|c| (c, p))
     });
     let key_der = key.as_ref().and_then(|p| {
         key_of(p.bytes, &p.what)
             .map_err(|e| fail(p.loc.clone(), e))
             .ok()
+            .map(|k| (k, p))
     });
     let roots = ca.as_ref().and_then(|p| {
         let list = certs(p.bytes, &p.what)
@@ -149,7 +163,7 @@ pub fn server_config(
                 return None;
             }
         }
-        Some(roots)
+        Some((roots, p))
     });
     let crls: Option<Vec<CertificateRevocationListDer<'static>>> = match &crl {
         Some(p) => crls_of(p.bytes, &p.what)
@@ -159,21 +173,21 @@ pub fn server_config(
     };
     // The key, and that it is the certificate's.
     let signer = match (&provider, key_der) {
-        (Some(provider), Some(k)) => provider
+        (Some(provider), Some((k, p))) => provider
             .key_provider
             .load_private_key(k)
             .map_err(|e| {
-                let p = key.as_ref().expect("a key was read");
                 fail(
                     p.loc.clone(),
                     format!("{}: unusable private key: {e}", p.what),
                 )
             })
-            .ok(),
+            .ok()
+            .map(|s| (s, p)),
         _ => None,
     };
     let certified = match (chain, signer) {
-        (Some(chain), Some(signer)) => {
+        (Some((chain, c)), Some((signer, k))) => {
             let ck = CertifiedKey::new(chain, signer);
             match ck.keys_match() {
                 // Unknown: the key type cannot say; rustls accepts that too.
@@ -182,7 +196,6 @@ pub fn server_config(
                     Some(ck)
                 }
                 Err(rustls::Error::InconsistentKeys(_)) => {
-                    let (k, c) = (key.as_ref().expect("a key"), cert.as_ref().expect("a cert"));
                     fail(
                         k.loc.clone(),
                         format!(
@@ -193,7 +206,6 @@ pub fn server_config(
                     None
                 }
                 Err(e) => {
-                    let c = cert.as_ref().expect("a cert");
                     fail(c.loc.clone(), format!("{}: bad certificate: {e}", c.what));
                     None
                 }
@@ -219,7 +231,7 @@ pub fn server_config(
         None
     } else {
         match (roots, crls, &provider) {
-            (Some(roots), Some(crls), Some(provider)) => {
+            (Some((roots, ca)), Some(crls), Some(provider)) => {
                 // With CRLs, rustls checks every certificate of the chain and refuses
                 // one whose issuer has no CRL, as Envoy's `crl`
                 // (X509_V_FLAG_CRL_CHECK_ALL).
@@ -238,7 +250,7 @@ pub fn server_config(
                     Err(e) => {
                         let p = match (&e, &crl) {
                             (VerifierBuilderError::InvalidCrl(_), Some(p)) => p,
-                            _ => ca.as_ref().expect("a CA"),
+                            _ => ca,
                         };
                         fail(p.loc.clone(), format!("{}: {e}", p.what));
                         None
@@ -248,7 +260,7 @@ pub fn server_config(
             _ => None,
         }
     };
-    if problems.0.len() > before {
+    if problems.pushed() > before {
         return None;
     }
     let (Some(provider), Some(versions), Some(certified), Some(verifier)) =
@@ -411,3 +423,6 @@ fn mode_name(mode: TlsMode) -> &'static str {
         _ => "SIMPLE",
     }
 }
+
+#[cfg(test)]
+mod tests;
