@@ -4,7 +4,7 @@
 //! Istio (pilot/pkg/networking/core/cluster_tls.go); see http::upstream_tls for what
 //! is verified. Every problem is collected with where it is written: the Secret's data
 //! key for its contents, the DestinationRule's `tls` field for a file or a setting.
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use rustls::{
     DigitallySignedStruct, SignatureScheme,
@@ -12,7 +12,7 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
 };
 
-use super::tls_server::Problems;
+use super::tls_server::{Problems, Where};
 use crate::config::{
     Loc, Secret, Snapshot,
     destination_rule::{ClientTlsMode, ClientTlsSettings},
@@ -100,12 +100,19 @@ fn client_config_into(
         })
         .ok();
     // (bytes, where, how a message names it) of each piece of material.
-    type Pem = (Vec<u8>, Loc, String);
-    let read = |field: &str, p: &str, fail: &mut dyn FnMut(Loc, String)| -> Option<Pem> {
+    // Where is looked up only for an error (indexing a document costs a YAML parse).
+    type Pem<'a> = (Cow<'a, [u8]>, Where<'a>, String);
+    let read = |field: &'static str, p: &str, fail: &mut dyn FnMut(Loc, String)| {
         std::fs::read(p)
             .map_err(|e| fail(at(field), format!("{field}: cannot read {p}: {e}")))
             .ok()
-            .map(|b| (b, at(field), format!("{field} {p}")))
+            .map(|b| -> Pem<'_> {
+                (
+                    Cow::Owned(b),
+                    Where::Field(&c.tls_at, field),
+                    format!("{field} {p}"),
+                )
+            })
     };
     let (mut ca, mut crl, mut cert, mut key): (Option<Pem>, Option<Pem>, Option<Pem>, Option<Pem>) =
         (None, None, None, None);
@@ -123,13 +130,14 @@ fn client_config_into(
             ),
             Some(secret) => {
                 no_secret = false;
-                let pem = |s: &Secret, keys: &[&str]| {
+                fn pem<'a>(s: &'a Secret, keys: &[&str]) -> Option<Pem<'a>> {
                     keys.iter().find_map(|k| {
                         s.data.get_key_value(*k).map(|(k, v)| {
-                            (v.clone(), s.key_loc(k), format!("Secret {} {k}", s.name))
+                            let what = format!("Secret {} {k}", s.name);
+                            (Cow::Borrowed(v.as_slice()), Where::Key(s, k), what)
                         })
                     })
-                };
+                }
                 // Istio: `ca.crt`/`cacert` in the Secret, else a `<name>-cacert` Secret.
                 ca = pem(secret, &["ca.crt", "cacert"]).or_else(|| {
                     find_secret(&snap.secrets, &snap.namespace, &format!("{name}-cacert"))
@@ -176,15 +184,15 @@ fn client_config_into(
     }
     let parsed = |pem: &Option<Pem>, fail: &mut dyn FnMut(Loc, String)| {
         pem.as_ref()
-            .and_then(|(b, loc, what)| certs(b, what).map_err(|e| fail(loc.clone(), e)).ok())
+            .and_then(|(b, at, what)| certs(b, what).map_err(|e| fail(at.loc(), e)).ok())
     };
     let chain = parsed(&cert, &mut fail);
     let key_der = key
         .as_ref()
-        .and_then(|(b, loc, what)| key_of(b, what).map_err(|e| fail(loc.clone(), e)).ok());
+        .and_then(|(b, at, what)| key_of(b, what).map_err(|e| fail(at.loc(), e)).ok());
     let client = chain.zip(key_der);
     let crls = match &crl {
-        Some((b, loc, what)) => crls_of(b, what).map_err(|e| fail(loc.clone(), e)).ok(),
+        Some((b, at, what)) => crls_of(b, what).map_err(|e| fail(at.loc(), e)).ok(),
         None => Some(Vec::new()),
     };
     let verifier = if t.insecure_skip_verify == Some(true) {
@@ -196,10 +204,7 @@ fn client_config_into(
             let mut roots = rustls::RootCertStore::empty();
             for cert in list {
                 if let Err(e) = roots.add(cert) {
-                    fail(
-                        ca_loc.clone(),
-                        format!("{ca_what}: bad CA certificate: {e}"),
-                    );
+                    fail(ca_loc.loc(), format!("{ca_what}: bad CA certificate: {e}"));
                     return None;
                 }
             }
@@ -242,7 +247,7 @@ fn client_config_into(
                             ) => (l, w),
                             _ => (ca_loc, ca_what),
                         };
-                        fail(loc.clone(), format!("{what}: {e}"));
+                        fail(loc.loc(), format!("{what}: {e}"));
                         None
                     }
                 }
@@ -277,7 +282,7 @@ fn client_config_into(
         Ok(cfg) => Some((cfg, sni)),
         Err(e) => {
             let (loc, what) = key.as_ref().map_or((at(""), String::new()), |(_, l, w)| {
-                (l.clone(), format!("{w}: "))
+                (l.loc(), format!("{w}: "))
             });
             problems.push(loc, format!("{what}{e}"), &who);
             None

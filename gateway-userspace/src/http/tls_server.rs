@@ -23,7 +23,9 @@ use rustls::{
 use super::tls::{
     SanVerifier, certs, crls_of, find_secret, key_of, protocol_versions, provider_for,
 };
-use crate::config::{ConfigError, Loc, Secret, ServerRef, TlsMode, istio::ServerTlsSettings};
+use crate::config::{
+    ConfigError, Loc, Origin, Secret, ServerRef, TlsMode, istio::ServerTlsSettings,
+};
 
 /// The problems found while building the TLS configs: by where and what, with the
 /// servers each one stops.
@@ -69,13 +71,38 @@ impl Problems {
     }
 }
 
+/// Where a piece of material is written. Looked up only for an error: the first
+/// position asked of a document indexes it, which costs a YAML parse of it.
+#[derive(Clone, Copy)]
+pub(crate) enum Where<'a> {
+    /// A data key of a Secret.
+    Key(&'a Secret, &'a str),
+    /// A field below a part of the config (`tls.caCrl` of a Gateway server).
+    Field(&'a Origin, &'static str),
+}
+
+impl Where<'_> {
+    pub(crate) fn loc(&self) -> Loc {
+        match self {
+            Where::Key(s, k) => s.key_loc(k),
+            Where::Field(o, f) => o.loc(f),
+        }
+    }
+}
+
 /// A piece of key material and where it is written.
 struct Pem<'a> {
     bytes: &'a [u8],
-    loc: Loc,
+    at: Where<'a>,
     /// How a message names it: `Secret istio-system/cred tls.crt`, `serverCertificate
     /// /etc/certs/a.pem`.
     what: String,
+}
+
+impl Pem<'_> {
+    fn loc(&self) -> Loc {
+        self.at.loc()
+    }
 }
 
 /// The rustls config of one TLS-terminating server on `port`, or None with its
@@ -131,44 +158,37 @@ pub fn server_config(
         tls,
         mutual,
         from_secret.as_ref().map(|m| m.3.is_some()),
-        &at,
+        &server.origin,
         &mut fail,
     );
     let (cert, key, ca, crl) = from_secret.unwrap_or_else(|| files.pems());
-    let crl = crl.or_else(|| files.get("caCrl"));
+    let crl = crl.or_else(|| files.get("tls.caCrl"));
     // Each parsed piece with the Pem it came from, for the messages below.
     let chain = cert.as_ref().and_then(|p| {
         certs(p.bytes, &p.what)
-            .map_err(|e| fail(p.loc.clone(), e))
+            .map_err(|e| fail(p.loc(), e))
             .ok()
             .map(|c| (c, p))
     });
     let key_der = key.as_ref().and_then(|p| {
         key_of(p.bytes, &p.what)
-            .map_err(|e| fail(p.loc.clone(), e))
+            .map_err(|e| fail(p.loc(), e))
             .ok()
             .map(|k| (k, p))
     });
     let roots = ca.as_ref().and_then(|p| {
-        let list = certs(p.bytes, &p.what)
-            .map_err(|e| fail(p.loc.clone(), e))
-            .ok()?;
+        let list = certs(p.bytes, &p.what).map_err(|e| fail(p.loc(), e)).ok()?;
         let mut roots = RootCertStore::empty();
         for c in list {
             if let Err(e) = roots.add(c) {
-                fail(
-                    p.loc.clone(),
-                    format!("{}: bad CA certificate: {e}", p.what),
-                );
+                fail(p.loc(), format!("{}: bad CA certificate: {e}", p.what));
                 return None;
             }
         }
         Some((roots, p))
     });
     let crls: Option<Vec<CertificateRevocationListDer<'static>>> = match &crl {
-        Some(p) => crls_of(p.bytes, &p.what)
-            .map_err(|e| fail(p.loc.clone(), e))
-            .ok(),
+        Some(p) => crls_of(p.bytes, &p.what).map_err(|e| fail(p.loc(), e)).ok(),
         None => Some(Vec::new()),
     };
     // The key, and that it is the certificate's.
@@ -176,12 +196,7 @@ pub fn server_config(
         (Some(provider), Some((k, p))) => provider
             .key_provider
             .load_private_key(k)
-            .map_err(|e| {
-                fail(
-                    p.loc.clone(),
-                    format!("{}: unusable private key: {e}", p.what),
-                )
-            })
+            .map_err(|e| fail(p.loc(), format!("{}: unusable private key: {e}", p.what)))
             .ok()
             .map(|s| (s, p)),
         _ => None,
@@ -197,7 +212,7 @@ pub fn server_config(
                 }
                 Err(rustls::Error::InconsistentKeys(_)) => {
                     fail(
-                        k.loc.clone(),
+                        k.loc(),
                         format!(
                             "{}: the private key is not the one of the certificate ({})",
                             k.what, c.what
@@ -206,7 +221,7 @@ pub fn server_config(
                     None
                 }
                 Err(e) => {
-                    fail(c.loc.clone(), format!("{}: bad certificate: {e}", c.what));
+                    fail(c.loc(), format!("{}: bad certificate: {e}", c.what));
                     None
                 }
             }
@@ -252,7 +267,7 @@ pub fn server_config(
                             (VerifierBuilderError::InvalidCrl(_), Some(p)) => p,
                             _ => ca,
                         };
-                        fail(p.loc.clone(), format!("{}: {e}", p.what));
+                        fail(p.loc(), format!("{}: {e}", p.what));
                         None
                     }
                 }
@@ -318,7 +333,7 @@ fn material<'a>(
         keys.iter().find_map(|k| {
             s.data.get_key_value(*k).map(|(k, v)| Pem {
                 bytes: v,
-                loc: s.key_loc(k),
+                at: Where::Key(s, k),
                 what: format!("Secret {} {k}", s.name),
             })
         })
@@ -352,65 +367,73 @@ fn material<'a>(
 
 /// Istio's legacy file-mounted certificates (and `caCrl`, also read beside a Secret
 /// without a CRL), read up front.
-struct FileMaterial {
-    /// (field, path, contents, where the field is written)
-    files: Vec<(&'static str, String, Vec<u8>, Loc)>,
+struct FileMaterial<'a> {
+    /// (field, path, contents)
+    files: Vec<(&'static str, String, Vec<u8>)>,
+    /// The server, where the fields are written.
+    server: &'a Origin,
 }
 
-impl FileMaterial {
+impl<'a> FileMaterial<'a> {
     /// `secret`: None when the server names no `credentialName` (every file is read),
     /// else whether its Secret has a CRL (if not, `caCrl` is read).
     fn read(
         tls: &ServerTlsSettings,
         mutual: bool,
         secret: Option<bool>,
-        at: &dyn Fn(&str) -> Loc,
+        server: &'a Origin,
         fail: &mut dyn FnMut(Loc, String),
-    ) -> FileMaterial {
+    ) -> FileMaterial<'a> {
         let mut files = Vec::new();
         let files_only = secret.is_none();
         if files_only && (tls.server_certificate.is_none() || tls.private_key.is_none()) {
             fail(
-                at("tls"),
+                server.loc("tls"),
                 "needs credentialName, or serverCertificate and privateKey".into(),
             );
         }
         let fields = [
-            ("serverCertificate", &tls.server_certificate, files_only),
-            ("privateKey", &tls.private_key, files_only),
-            ("caCertificates", &tls.ca_certificates, files_only && mutual),
-            ("caCrl", &tls.ca_crl, mutual && secret != Some(true)),
+            ("tls.serverCertificate", &tls.server_certificate, files_only),
+            ("tls.privateKey", &tls.private_key, files_only),
+            (
+                "tls.caCertificates",
+                &tls.ca_certificates,
+                files_only && mutual,
+            ),
+            ("tls.caCrl", &tls.ca_crl, mutual && secret != Some(true)),
         ];
         for (field, path, wanted) in fields {
             let (Some(path), true) = (path, wanted) else {
                 continue;
             };
-            let loc = at(&format!("tls.{field}"));
             match std::fs::read(path) {
-                Ok(bytes) => files.push((field, path.clone(), bytes, loc)),
-                Err(e) => fail(loc, format!("{field}: cannot read {path}: {e}")),
+                Ok(bytes) => files.push((field, path.clone(), bytes)),
+                Err(e) => fail(
+                    server.loc(field),
+                    format!("{}: cannot read {path}: {e}", &field[4..]),
+                ),
             }
         }
-        FileMaterial { files }
+        FileMaterial { files, server }
     }
 
     fn get(&self, field: &str) -> Option<Pem<'_>> {
         self.files
             .iter()
             .find(|(f, ..)| *f == field)
-            .map(|(f, path, bytes, loc)| Pem {
+            .map(|(f, path, bytes)| Pem {
                 bytes,
-                loc: loc.clone(),
-                what: format!("{f} {path}"),
+                at: Where::Field(self.server, f),
+                what: format!("{} {path}", &f[4..]),
             })
     }
 
     fn pems(&self) -> Pems<'_> {
         (
-            self.get("serverCertificate"),
-            self.get("privateKey"),
-            self.get("caCertificates"),
-            self.get("caCrl"),
+            self.get("tls.serverCertificate"),
+            self.get("tls.privateKey"),
+            self.get("tls.caCertificates"),
+            self.get("tls.caCrl"),
         )
     }
 }
