@@ -232,6 +232,18 @@ pub fn server_config(
     let verifier: Option<Option<Arc<dyn ClientCertVerifier>>> = if !mutual {
         Some(None)
     } else if ca.is_none() {
+        // A missing Secret is the one problem: no "needs a CA" after it.
+        let no_secret = tls.credential_name.as_deref().is_some_and(|c| {
+            find_secret(
+                secrets,
+                namespace,
+                c.strip_prefix("kubernetes://").unwrap_or(c),
+            )
+            .is_none()
+        });
+        if no_secret {
+            return None;
+        }
         fail(
             at(if tls.credential_name.is_some() {
                 "tls.credentialName"
