@@ -323,6 +323,34 @@ impl ConfigArgs {
     }
 }
 
+/// The route tables and TLS configs of the snapshot; on failure prints every error
+/// (certificates, keys, CAs, CRLs: `file:line:col` of the Secret key or Gateway field)
+/// and exits 64, as for config errors. With [`config::Missing::Error`] (`validate`) a
+/// DestinationRule `tls` whose material does not load is an error too; `run` serves
+/// without that cluster's TLS (its requests fail closed, 503 UF).
+pub fn http_or_exit(snap: &config::Snapshot, missing: config::Missing) -> crate::http::HttpState {
+    let (http, mut errors) = match crate::http::HttpState::build(snap) {
+        Ok(http) => (Some(http), Vec::new()),
+        Err(errors) => (None, errors.0),
+    };
+    if missing == config::Missing::Error {
+        errors.extend(crate::http::tls_client::problems(snap));
+    }
+    if let (Some(http), true) = (http, errors.is_empty()) {
+        return http;
+    }
+    exit_config_errors(errors)
+}
+
+/// Prints every error sorted by file and position, then the count; exits 64.
+fn exit_config_errors(mut errors: Vec<config::ConfigError>) -> ! {
+    errors.sort_by(|a, b| a.loc.cmp(&b.loc));
+    let n = errors.len();
+    eprintln!("{}", config::ConfigErrors(errors));
+    eprintln!("{n} configuration error(s); nothing was started");
+    std::process::exit(EXIT_BAD_CONFIG);
+}
+
 pub fn validate(args: &ConfigArgs) {
     let snap = args.load_or_exit(config::Missing::Error, |w| eprintln!("{w}"));
     if let Some(p) = &args.mesh_config
@@ -331,11 +359,8 @@ pub fn validate(args: &ConfigArgs) {
         eprintln!("{errors}\nconfiguration error(s)");
         std::process::exit(EXIT_BAD_CONFIG);
     }
-    // Certificates, keys and CAs are loaded the way `run` loads them.
-    if let Err(e) = crate::http::HttpState::build(&snap) {
-        eprintln!("{e}");
-        std::process::exit(EXIT_BAD_CONFIG);
-    }
+    // Certificates, keys, CAs and CRLs are loaded the way `run` loads them.
+    http_or_exit(&snap, config::Missing::Error);
     if !snap.warnings.is_empty() {
         eprintln!(
             "{} warning(s): see above (--strict makes them errors)",
@@ -505,10 +530,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             prometheus: args.prometheus_port.0,
         },
     };
-    let plan = crate::plan::Plan::compile(snapshot, 1).unwrap_or_else(|e| {
-        eprintln!("{e}\nconfiguration error; nothing was started");
-        std::process::exit(EXIT_BAD_CONFIG);
-    });
+    let plan = crate::plan::Plan::compile(snapshot, 1).unwrap_or_else(|e| exit_config_errors(e.0));
     let mut gw = Gateway::new(plan, splicer, opts);
     telemetry.install();
     gw.telemetry = telemetry;

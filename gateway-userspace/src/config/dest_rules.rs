@@ -97,6 +97,10 @@ pub(crate) struct Rule<'a> {
     pub key: String,
     pub policy: Option<&'a TrafficPolicy>,
     pub subsets: Vec<&'a Subset>,
+    /// Where `policy` is written (`spec.trafficPolicy` of its rule).
+    pub policy_at: super::Origin,
+    /// Where each of `subsets` is written (`spec.subsets[i]` of its rule).
+    pub subsets_at: Vec<super::Origin>,
 }
 
 impl Rule<'_> {
@@ -186,6 +190,33 @@ impl Rule<'_> {
             }
         }
         tls.filter(|t| t.originates()).cloned()
+    }
+
+    /// Where the `tls` that [`Rule::tls`] picks is written.
+    pub fn tls_at(&self, port: u16, subset: Option<&Subset>) -> super::Origin {
+        let level = |p: &TrafficPolicy| {
+            p.port_level_settings
+                .iter()
+                .position(|pl| pl.port.is_some_and(|s| s.number == u32::from(port)))
+                .map(|i| format!("portLevelSettings[{i}].tls"))
+        };
+        let mut at = self.policy.map(|p| match level(p) {
+            Some(pl) => self.policy_at.child(&pl),
+            None => self.policy_at.child("tls"),
+        });
+        let sub = subset.and_then(|s| self.subsets.iter().position(|x| x.name == s.name));
+        if let Some(i) = sub
+            && let Some(sp) = self.subsets[i].traffic_policy.as_ref()
+        {
+            let origin = self.subsets_at[i].child("trafficPolicy");
+            if sp.tls.is_some() {
+                at = Some(origin.child("tls"));
+            }
+            if let Some(pl) = level(sp) {
+                at = Some(origin.child(&pl));
+            }
+        }
+        at.unwrap_or_default()
     }
 }
 
@@ -509,19 +540,24 @@ impl<'a> Index<'a> {
         let (_, rules) = best?;
         let first = rules[0];
         let mut subsets: Vec<&Subset> = Vec::new();
+        let mut subsets_at = Vec::new();
         for e in &rules {
-            for s in &e.res.spec.subsets {
+            for (i, s) in e.res.spec.subsets.iter().enumerate() {
                 if !subsets.iter().any(|x| x.name == s.name) {
                     subsets.push(s);
+                    subsets_at.push(super::Origin::new(&e.src, &format!("spec.subsets[{i}]")));
                 }
             }
         }
+        let with_policy = rules.iter().find(|e| e.res.spec.traffic_policy.is_some());
         Some(Rule {
             key: first.res.key(),
-            policy: rules
-                .iter()
-                .find_map(|e| e.res.spec.traffic_policy.as_ref()),
+            policy: with_policy.and_then(|e| e.res.spec.traffic_policy.as_ref()),
             subsets,
+            policy_at: with_policy
+                .map(|e| super::Origin::new(&e.src, "spec.trafficPolicy"))
+                .unwrap_or_default(),
+            subsets_at,
         })
     }
 }

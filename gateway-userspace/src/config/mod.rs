@@ -41,8 +41,8 @@ mod tls_server_tests;
 pub use host_map::{HostMap, Semantics as HostSemantics};
 pub use snapshot::{
     Cluster, HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol,
-    MirrorCluster, Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsMode, TlsRoute,
-    WeightedCluster,
+    MirrorCluster, Origin, Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsMode,
+    TlsRoute, WeightedCluster,
 };
 pub use warnings::Warning;
 

@@ -148,6 +148,7 @@ impl<'a> Resolver<'a> {
                         .and_then(|r| r.outlier_detection(port, subset))
                         .map(upstream_policy::outlier_policy),
                     tls: rule.and_then(|r| r.tls(port, subset)),
+                    tls_at: rule.map(|r| r.tls_at(port, subset)).unwrap_or_default(),
                     // Istio's `shouldH2Upgrade`: UPGRADE makes the cluster HTTP/2 (the
                     // user vouches the port speaks HTTP); a TCP route never uses it.
                     http2: http2 || conn.h2_upgrade,

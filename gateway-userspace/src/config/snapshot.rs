@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use super::istio;
 pub use super::istio::TlsMode;
+use super::{Loc, istio};
 
 /// Everything the data plane needs, built once and never mutated.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +112,71 @@ pub struct ServerRef {
     pub kind: ServerKind,
     pub bind: Option<String>,
     pub tls: Option<istio::ServerTlsSettings>,
+    /// Where the server is written (`spec.servers[i]` of its Gateway), for the errors
+    /// found when its certificates are loaded.
+    #[serde(skip)]
+    pub origin: Origin,
 }
+
+/// Where a resource, or a part of one, is written: for errors found after loading
+/// (certificates, keys and CRLs are parsed when the TLS configs are built). The file's
+/// positions are indexed only when a location is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    src: Option<super::source::Source>,
+    /// The node path of the part (`spec.servers[1]`; empty: the whole document).
+    path: String,
+}
+
+impl Origin {
+    pub(crate) fn new(src: &super::source::Source, path: &str) -> Origin {
+        Origin {
+            src: Some(src.clone()),
+            path: path.to_string(),
+        }
+    }
+
+    /// The part `field` below this one (`tls`, `portLevelSettings[0]`).
+    pub fn child(&self, field: &str) -> Origin {
+        Origin {
+            src: self.src.clone(),
+            path: if self.path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{}.{field}", self.path)
+            },
+        }
+    }
+
+    /// Where `field` (a path below this part: `tls.credentialName`, `data.tls.crt`) is
+    /// written, or its nearest ancestor that is. A part built in code, not loaded from a
+    /// file, has the position `<unknown>:1:1`.
+    pub fn loc(&self, field: &str) -> Loc {
+        let path = match (self.path.is_empty(), field.is_empty()) {
+            (_, true) => self.path.clone(),
+            (true, false) => field.to_string(),
+            (false, false) => format!("{}.{field}", self.path),
+        };
+        match &self.src {
+            Some(src) => src.loc(&path),
+            None => Loc {
+                file: "<unknown>".into(),
+                line: 1,
+                col: 1,
+            },
+        }
+    }
+}
+
+/// Equal when they name the same part of the same file.
+impl PartialEq for Origin {
+    fn eq(&self, other: &Origin) -> bool {
+        self.path == other.path
+            && self.src.as_ref().map(|s| &s.file) == other.src.as_ref().map(|s| &s.file)
+    }
+}
+
+impl Eq for Origin {}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
@@ -257,6 +321,9 @@ pub struct Cluster {
     pub outlier: Option<super::upstream_policy::OutlierPolicy>,
     /// TLS origination (DestinationRule `tls`, SIMPLE or MUTUAL); None: plain TCP.
     pub tls: Option<super::destination_rule::ClientTlsSettings>,
+    /// Where that `tls` is written, for the errors found when its certificates load.
+    #[serde(skip)]
+    pub tls_at: Origin,
     /// HTTP/2 to the endpoints (the ServiceEntry port's protocol HTTP2, GRPC, GRPC-WEB,
     /// or `h2UpgradePolicy: UPGRADE` on an HTTP port).
     pub http2: bool,
@@ -315,6 +382,24 @@ pub struct Secret {
     pub name: String,
     pub type_: Option<String>,
     pub data: BTreeMap<String, Vec<u8>>,
+    /// The Secret's document.
+    pub origin: Origin,
+    /// The keys of `data` that came from `stringData` (which Kubernetes merges over
+    /// `data`).
+    pub string_data_keys: std::collections::BTreeSet<String>,
+}
+
+impl Secret {
+    /// Where the value of data key `key` is written (`data.<key>` or
+    /// `stringData.<key>`), or the document when it has no such key.
+    pub fn key_loc(&self, key: &str) -> Loc {
+        let field = if self.string_data_keys.contains(key) {
+            "stringData"
+        } else {
+            "data"
+        };
+        self.origin.loc(&format!("{field}.{key}"))
+    }
 }
 
 /// Never prints key material.

@@ -12,7 +12,8 @@ use super::parse::{Entry, Parsed};
 use super::resolve::Resolver;
 use super::snapshot::{
     HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol, MirrorCluster,
-    Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsRoute, WeightedCluster,
+    Origin, Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsRoute,
+    WeightedCluster,
 };
 use super::source::Source;
 use super::source_match::{self, source_ok};
@@ -235,6 +236,8 @@ fn build_secrets(p: &Parsed, errors: &mut Vec<ConfigError>) -> BTreeMap<String, 
                 name,
                 type_: e.res.type_.clone(),
                 data,
+                origin: Origin::new(&e.src, ""),
+                string_data_keys: e.res.string_data.keys().cloned().collect(),
             },
         );
     }
@@ -464,6 +467,7 @@ fn merge_servers(
                 kind,
                 bind: s.bind.clone(),
                 tls: s.tls.clone(),
+                origin: Origin::new(&gw.src, &format!("spec.servers[{i}]")),
             });
         }
     }

@@ -30,7 +30,7 @@ use tokio::{
 };
 
 use crate::{
-    config::{Listener, ListenerProtocol, ServerKind, Snapshot},
+    config::{ConfigError, ConfigErrors, Listener, ListenerProtocol, ServerKind, Snapshot},
     plan::Plan,
     server::Gateway,
 };
@@ -47,6 +47,8 @@ pub mod proxy;
 pub mod replay;
 pub mod routing;
 pub mod tls;
+pub mod tls_client;
+pub mod tls_server;
 pub mod upgrade;
 pub mod upstream;
 pub mod upstream_conn;
@@ -156,33 +158,67 @@ struct HttpsServer {
 }
 
 impl HttpState {
-    pub fn build(snapshot: &Snapshot) -> Result<HttpState, String> {
+    /// Builds the route tables and the TLS config of every terminating server, or
+    /// returns every problem found (every certificate, key, CA and CRL of every server
+    /// is read), sorted by file then position.
+    pub fn build(snapshot: &Snapshot) -> Result<HttpState, ConfigErrors> {
+        let mut tls_problems = tls_server::Problems::default();
+        let mut errors = Vec::new();
+        // A route table that does not compile: where its port's first server is.
+        let mut table = |l: &Listener, only: Option<usize>| {
+            routing::build_table(l, only)
+                .map_err(|message| {
+                    let at = only.unwrap_or(0);
+                    errors.push(ConfigError {
+                        loc: l
+                            .servers
+                            .get(at)
+                            .map(|s| &s.origin)
+                            .cloned()
+                            .unwrap_or_default()
+                            .loc(""),
+                        message,
+                    })
+                })
+                .unwrap_or_default()
+        };
         let mut listeners = HashMap::new();
         for l in &snapshot.listeners {
             if matches!(l.protocol, ListenerProtocol::Tcp) {
                 continue;
             }
             let merged = if l.protocol == ListenerProtocol::Http {
-                routing::build_table(l, None)?
+                table(l, None)
             } else {
                 routing::RouteTable::default()
             };
             let mut servers = HashMap::new();
             let mut tcp_servers = HashMap::new();
             for (i, s) in l.servers.iter().enumerate() {
+                if !matches!(
+                    s.kind,
+                    ServerKind::TlsTerminate | ServerKind::HttpsTerminate
+                ) {
+                    continue;
+                }
+                let cfg = tls_server::server_config(
+                    s,
+                    l.port,
+                    &snapshot.secrets,
+                    &snapshot.namespace,
+                    &mut tls_problems,
+                );
                 if s.kind == ServerKind::TlsTerminate {
-                    let cfg = tls::server_config(s, &snapshot.secrets, &snapshot.namespace)?;
-                    tcp_servers.insert(i, cfg);
+                    tcp_servers.extend(cfg.map(|cfg| (i, cfg)));
                     continue;
                 }
-                if s.kind != ServerKind::HttpsTerminate {
-                    continue;
-                }
+                let t = table(l, Some(i));
+                let Some(cfg) = cfg else { continue };
                 servers.insert(
                     i,
                     HttpsServer {
-                        table: Arc::new(routing::build_table(l, Some(i))?),
-                        tls: tls::server_config(s, &snapshot.secrets, &snapshot.namespace)?,
+                        table: Arc::new(t),
+                        tls: cfg,
                         hosts: Arc::new(routing::ServerHosts::new(&routing::server_hosts(s))),
                     },
                 );
@@ -201,6 +237,13 @@ impl HttpState {
                     }),
                 );
             }
+        }
+        errors.extend(tls_problems.into_errors());
+        if !errors.is_empty() {
+            // Stable: keeps discovery order for errors at the same place.
+            errors.sort_by(|a, b| a.loc.cmp(&b.loc));
+            errors.dedup();
+            return Err(ConfigErrors(errors));
         }
         Ok(HttpState {
             listeners,

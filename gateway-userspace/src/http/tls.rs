@@ -1,191 +1,23 @@
-//! rustls server configs for HTTPS-terminating Gateway servers: one config per server,
-//! built once from its `credentialName` Secret (or file paths), with the server's client
-//! certificate policy (SIMPLE / MUTUAL / OPTIONAL_MUTUAL + `subjectAltNames`), protocol
-//! versions and cipher suites. The SNI picks the server (routing::tls_server_for), and
-//! the connection is then handshaken with that server's config, so each server keeps
-//! its own certificate *and* its own client-auth policy on a shared port.
+//! TLS pieces of the HTTPS-terminating Gateway servers: PEM reading, protocol versions
+//! and cipher suites, the `subjectAltNames` client verifier, `x-forwarded-client-cert`.
+//! Each server gets its own rustls config (http::tls_server); the SNI picks the server
+//! (routing::tls_server_for), and the connection is then handshaken with that server's
+//! config, so each server keeps its own certificate *and* its own client-auth policy on
+//! a shared port.
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use rustls::{
-    DigitallySignedStruct, DistinguishedName, Error as TlsError, RootCertStore, ServerConfig,
-    SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
+    DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme,
+    SupportedCipherSuite, SupportedProtocolVersion,
     client::danger::HandshakeSignatureValid,
     crypto::{CryptoProvider, ring},
     pki_types::{
         CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime, pem::PemObject,
     },
-    server::{
-        WebPkiClientVerifier,
-        danger::{ClientCertVerified, ClientCertVerifier},
-    },
+    server::danger::{ClientCertVerified, ClientCertVerifier},
 };
 
-use crate::config::{Secret, ServerRef, TlsMode, istio::ServerTlsSettings};
-
-/// Key material of one server, as found in the config.
-struct Material {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    /// Trust anchors for client certificates (MUTUAL / OPTIONAL_MUTUAL).
-    ca: Option<Vec<CertificateDer<'static>>>,
-    /// Revocation lists for client certificates (`caCrl`, or the credential Secret's
-    /// `ca.crl`).
-    crls: Vec<CertificateRevocationListDer<'static>>,
-}
-
-/// Builds the rustls config of one HTTPS-terminating server. `secrets` are the
-/// snapshot's (`namespace/name` keys); `namespace` is the gateway's own, where Istio
-/// looks `credentialName` up.
-pub fn server_config(
-    server: &ServerRef,
-    secrets: &BTreeMap<String, Secret>,
-    namespace: &str,
-) -> Result<Arc<ServerConfig>, String> {
-    let what = format!(
-        "gateway {} server {}",
-        server.gateway,
-        server
-            .name
-            .clone()
-            .unwrap_or_else(|| server.index.to_string())
-    );
-    let tls = server
-        .tls
-        .as_ref()
-        .ok_or_else(|| format!("{what}: TLS-terminating server without tls settings"))?;
-    let mode = tls.mode.unwrap_or_default();
-    let m = material(tls, secrets, namespace, mode, &what)?;
-    let provider = Arc::new(provider_for(tls).map_err(|e| format!("{what}: {e}"))?);
-    let versions = protocol_versions(tls).map_err(|e| format!("{what}: {e}"))?;
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|e| format!("{what}: {e}"))?;
-    let builder = match mode {
-        TlsMode::Mutual | TlsMode::OptionalMutual => {
-            let ca = m.ca.ok_or_else(|| {
-                format!(
-                    "{what}: {mode:?} TLS needs a CA: `ca.crt` or `cacert` in the credential Secret, or a `<credentialName>-cacert` Secret"
-                )
-            })?;
-            let mut roots = RootCertStore::empty();
-            for c in ca {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{what}: bad CA certificate: {e}"))?;
-            }
-            // With CRLs, rustls checks every certificate of the chain and refuses one
-            // whose issuer has no CRL, as Envoy's `crl` (X509_V_FLAG_CRL_CHECK_ALL).
-            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .with_crls(m.crls);
-            if mode == TlsMode::OptionalMutual {
-                v = v.allow_unauthenticated();
-            }
-            let inner = v
-                .build()
-                .map_err(|e| format!("{what}: client verifier: {e}"))?;
-            let verifier: Arc<dyn ClientCertVerifier> = if tls.subject_alt_names.is_empty() {
-                inner
-            } else {
-                Arc::new(SanVerifier {
-                    inner,
-                    allowed: tls.subject_alt_names.clone(),
-                })
-            };
-            builder.with_client_cert_verifier(verifier)
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    let mut cfg = builder
-        .with_single_cert(m.chain, m.key)
-        .map_err(|e| format!("{what}: certificate/key: {e}"))?;
-    // Istio's HTTPS servers offer h2 and http/1.1, and so do its TLS-terminating TCP
-    // servers (listener.go `BuildListenerTLSContext`: `util.ALPNHttp` unless QUIC or
-    // ISTIO_MUTUAL).
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-fn material(
-    tls: &ServerTlsSettings,
-    secrets: &BTreeMap<String, Secret>,
-    namespace: &str,
-    mode: TlsMode,
-    what: &str,
-) -> Result<Material, String> {
-    let mutual = matches!(mode, TlsMode::Mutual | TlsMode::OptionalMutual);
-    if let Some(cred) = tls.credential_name.as_deref() {
-        let name = cred.strip_prefix("kubernetes://").unwrap_or(cred);
-        let secret = find_secret(secrets, namespace, name)
-            .ok_or_else(|| format!("{what}: credential {cred:?}: no Secret {name:?}"))?;
-        let get = |keys: &[&str]| keys.iter().find_map(|k| secret.data.get(*k));
-        let cert = get(&["tls.crt", "cert"])
-            .ok_or_else(|| format!("{what}: Secret {} has no tls.crt (or cert)", secret.name))?;
-        let key = get(&["tls.key", "key"])
-            .ok_or_else(|| format!("{what}: Secret {} has no tls.key (or key)", secret.name))?;
-        let ca = if mutual {
-            // Istio: `ca.crt`/`cacert` in the same Secret, else `<name>-cacert`.
-            let own = get(&["ca.crt", "cacert"]);
-            let other = || {
-                find_secret(secrets, namespace, &format!("{name}-cacert"))
-                    .and_then(|s| s.data.get("ca.crt").or_else(|| s.data.get("cacert")))
-            };
-            match own.or_else(other) {
-                Some(pem) => Some(certs(pem, &format!("{what}: CA of {}", secret.name))?),
-                None => None,
-            }
-        } else {
-            None
-        };
-        // Istio's secret controller reads a CRL from `ca.crl` (kubernetes.io/tls) or
-        // `crl` (generic) next to the CA (pilot/pkg/credentials/kube/secrets.go
-        // `TLSSecretCrl`, `GenericScrtCRL`); `caCrl` (a file) when the Secret has none.
-        let crls = match (mutual, get(&["ca.crl", "crl"])) {
-            (false, _) => Vec::new(),
-            (true, Some(pem)) => crls_of(pem, &format!("{what}: {} ca.crl", secret.name))?,
-            (true, None) => crl_file(tls, what)?,
-        };
-        return Ok(Material {
-            chain: certs(cert, &format!("{what}: {} tls.crt", secret.name))?,
-            key: key_of(key, &format!("{what}: {} tls.key", secret.name))?,
-            ca,
-            crls,
-        });
-    }
-    // Istio's legacy file-mounted certificates.
-    let read =
-        |path: &str| std::fs::read(path).map_err(|e| format!("{what}: cannot read {path}: {e}"));
-    let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
-        return Err(format!(
-            "{what}: needs credentialName, or serverCertificate and privateKey"
-        ));
-    };
-    let ca = match (&tls.ca_certificates, mutual) {
-        (Some(p), true) => Some(certs(&read(p)?, &format!("{what}: {p}"))?),
-        _ => None,
-    };
-    Ok(Material {
-        chain: certs(&read(cert)?, &format!("{what}: {cert}"))?,
-        key: key_of(&read(key)?, &format!("{what}: {key}"))?,
-        ca,
-        crls: if mutual {
-            crl_file(tls, what)?
-        } else {
-            Vec::new()
-        },
-    })
-}
-
-/// The CRLs of `tls.caCrl` (a PEM file), if set.
-fn crl_file(
-    tls: &ServerTlsSettings,
-    what: &str,
-) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let Some(path) = tls.ca_crl.as_deref() else {
-        return Ok(Vec::new());
-    };
-    let pem = std::fs::read(path).map_err(|e| format!("{what}: cannot read caCrl {path}: {e}"))?;
-    crls_of(&pem, &format!("{what}: caCrl {path}"))
-}
+use crate::config::{Secret, istio::ServerTlsSettings};
 
 /// Every `X509 CRL` block of a PEM file; none is an error.
 pub(crate) fn crls_of(
@@ -386,9 +218,9 @@ pub fn check_settings(tls: &ServerTlsSettings) -> Result<(), (&'static str, Stri
 
 /// Enforces `subjectAltNames` (Envoy's `match_subject_alt_names`, exact) after the
 /// chain has been verified by webpki.
-struct SanVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    allowed: Vec<String>,
+pub(crate) struct SanVerifier {
+    pub(crate) inner: Arc<dyn ClientCertVerifier>,
+    pub(crate) allowed: Vec<String>,
 }
 
 impl fmt::Debug for SanVerifier {

@@ -29,21 +29,14 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
-use rustls::{
-    DigitallySignedStruct, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
-};
+use rustls::pki_types::ServerName;
 
 use super::body::Body;
+/// TCP routes (proxy::tls_origin) build their client config here too.
+pub(crate) use super::tls_client::client_config;
 use super::upstream_conn::{Connector, Reuse, send_limited};
 use super::upstream_h2::{H2Pool, SendError};
-use crate::config::{
-    Snapshot,
-    destination_rule::{ClientTlsMode, ClientTlsSettings},
-    snapshot::Cluster,
-    upstream_policy::ConnSettings,
-};
+use crate::config::{Snapshot, upstream_policy::ConnSettings};
 
 pub type HttpClient = Client<HttpsConnector<Connector>, Body>;
 
@@ -263,9 +256,7 @@ fn build(
         // Only `http://` URIs go to the plain client; its TLS config refuses every
         // certificate, should an `https://` one ever reach it.
         None => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(
-                config(Verifier::reject_all(), None).expect("no client certificate to refuse"),
-            )
+            .with_tls_config(super::tls_client::reject_all())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http),
@@ -286,227 +277,4 @@ fn build(
             .min(),
         )
         .build(connector)
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn config(
-    verifier: Verifier,
-    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-) -> Result<rustls::ClientConfig, String> {
-    let b = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier));
-    match client {
-        Some((chain, key)) => b
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("client certificate/key: {e}")),
-        None => Ok(b.with_no_client_auth()),
-    }
-}
-
-/// The rustls client config and SNI of a cluster that originates TLS (HTTP routes
-/// here, TCP routes in proxy::tls_origin).
-pub(crate) fn client_config(
-    t: &ClientTlsSettings,
-    c: &Cluster,
-    snap: &Snapshot,
-) -> Result<(rustls::ClientConfig, ServerName<'static>), String> {
-    use crate::http::tls::{certs, find_secret, key_of};
-    let sni_name = t.sni.clone().unwrap_or_else(|| c.host.clone());
-    let sni = ServerName::try_from(sni_name.clone())
-        .map_err(|_| format!("SNI \"{sni_name}\" is not a valid server name"))?;
-    let read = |p: &str| std::fs::read(p).map_err(|e| format!("cannot read {p}: {e}"));
-    let mut ca = None;
-    let mut client = None;
-    let mut crls = Vec::new();
-    if let Some(cred) = &t.credential_name {
-        let name = cred.strip_prefix("kubernetes://").unwrap_or(cred);
-        let secret = find_secret(&snap.secrets, &snap.namespace, name).ok_or_else(|| {
-            format!(
-                "credentialName \"{cred}\": no Secret \"{name}\" in namespace \"{}\"",
-                snap.namespace
-            )
-        })?;
-        let get = |keys: &[&str]| keys.iter().find_map(|k| secret.data.get(*k));
-        // Istio: `ca.crt`/`cacert` in the Secret, else a `<name>-cacert` Secret.
-        let ca_pem = get(&["ca.crt", "cacert"]).or_else(|| {
-            find_secret(&snap.secrets, &snap.namespace, &format!("{name}-cacert"))
-                .and_then(|s| s.data.get("ca.crt").or_else(|| s.data.get("cacert")))
-        });
-        if let Some(pem) = ca_pem {
-            ca = Some(certs(pem, &format!("Secret {} ca.crt", secret.name))?);
-        }
-        // The Secret's CRL (Istio's `ca.crl` / `crl` keys, as for Gateway servers).
-        if let Some(pem) = get(&["ca.crl", "crl"]) {
-            crls = crate::http::tls::crls_of(pem, &format!("Secret {} ca.crl", secret.name))?;
-        }
-        if t.mode == ClientTlsMode::Mutual {
-            let crt = get(&["tls.crt", "cert"])
-                .ok_or_else(|| format!("Secret {} has no tls.crt (or cert)", secret.name))?;
-            let key = get(&["tls.key", "key"])
-                .ok_or_else(|| format!("Secret {} has no tls.key (or key)", secret.name))?;
-            client = Some((
-                certs(crt, &format!("Secret {} tls.crt", secret.name))?,
-                key_of(key, &format!("Secret {} tls.key", secret.name))?,
-            ));
-        }
-    } else {
-        if let Some(p) = &t.ca_certificates {
-            ca = Some(certs(&read(p)?, p)?);
-        }
-        if t.mode == ClientTlsMode::Mutual
-            && let (Some(crt), Some(key)) = (&t.client_certificate, &t.private_key)
-        {
-            client = Some((certs(&read(crt)?, crt)?, key_of(&read(key)?, key)?));
-        }
-    }
-    // `caCrl` (a PEM file) when no Secret gave one: Envoy's `crl` in the validation
-    // context; the whole chain is checked, an issuer without a CRL refused.
-    if crls.is_empty()
-        && let Some(p) = &t.ca_crl
-    {
-        crls = crate::http::tls::crls_of(&read(p)?, &format!("caCrl {p}"))?;
-    }
-    let verifier = if t.insecure_skip_verify == Some(true) {
-        Verifier::insecure()
-    } else {
-        let ca = ca.ok_or("no CA to verify the server certificate with (caCertificates, or ca.crt in the credentialName Secret)")?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in ca {
-            roots
-                .add(cert)
-                .map_err(|e| format!("CA certificate: {e}"))?;
-        }
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider(),
-        )
-        .with_crls(crls)
-        .build()
-        .map_err(|e| format!("CA certificates: {e}"))?;
-        let sans = t
-            .subject_alt_names
-            .iter()
-            .map(|s| {
-                ServerName::try_from(s.clone())
-                    .map_err(|_| format!("subjectAltNames \"{s}\" is not a DNS name or IP address"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Verifier {
-            inner: Some(inner),
-            sans,
-            insecure: false,
-        }
-    };
-    // ALPN is set by the connector (`http/1.1`).
-    Ok((config(verifier, client)?, sni))
-}
-
-/// Verifies the server's certificate: the chain by `inner`, the name against the SANs
-/// (any of them) if given, else against the SNI.
-#[derive(Debug)]
-struct Verifier {
-    /// None and not insecure: refuses every certificate.
-    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
-    sans: Vec<ServerName<'static>>,
-    insecure: bool,
-}
-
-impl Verifier {
-    fn reject_all() -> Verifier {
-        Verifier {
-            inner: None,
-            sans: Vec::new(),
-            insecure: false,
-        }
-    }
-
-    fn insecure() -> Verifier {
-        Verifier {
-            inner: None,
-            sans: Vec::new(),
-            insecure: true,
-        }
-    }
-}
-
-impl ServerCertVerifier for Verifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.insecure {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let Some(inner) = &self.inner else {
-            return Err(rustls::Error::General(
-                "no TLS origination configured".into(),
-            ));
-        };
-        if self.sans.is_empty() {
-            return inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        }
-        // Envoy's `match_typed_subject_alt_names`: any of the names. The chain is checked
-        // with each; a failure other than the name ends the check.
-        for san in &self.sans {
-            match inner.verify_server_cert(end_entity, intermediates, san, ocsp, now) {
-                Ok(v) => return Ok(v),
-                Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForName
-                    | rustls::CertificateError::NotValidForNameContext { .. },
-                )) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Err(rustls::Error::General(format!(
-            "the server certificate matches none of subjectAltNames {:?}",
-            self.sans
-                .iter()
-                .map(|s| s.to_str().into_owned())
-                .collect::<Vec<_>>()
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

@@ -13,7 +13,7 @@
 //! state that must survive it is carried from the old Plan by [`Plan::carry_from`].
 use std::{collections::BTreeMap, sync::Arc};
 
-use crate::config::{Listener, Snapshot};
+use crate::config::{ConfigErrors, Listener, Snapshot};
 
 pub struct Plan {
     /// 1 for the config the process started with, +1 per reload that was applied.
@@ -36,7 +36,7 @@ pub struct Plan {
 impl Plan {
     /// Compiles everything `snapshot` needs to serve; certificates and keys that do
     /// not load are errors (the old Plan keeps serving on a reload).
-    pub fn compile(snapshot: Snapshot, generation: u64) -> Result<Plan, String> {
+    pub fn compile(snapshot: Snapshot, generation: u64) -> Result<Plan, ConfigErrors> {
         let http = crate::http::HttpState::build(&snapshot)?;
         let listeners = snapshot
             .listeners
@@ -60,7 +60,12 @@ impl Plan {
     /// (its LEAST_REQUEST counts, outlier ejections, circuit-breaker admission and
     /// DNS-refreshed endpoints), and the upstream connection pools when no cluster and
     /// no Secret changed (a changed cluster's connections are not reused).
+    ///
+    /// The AuthorizationPolicy refusal counters carry over too (Prometheus counters
+    /// never go back); the XDP guard moves over in [`Plan::adopt_kernel_state`].
     pub fn carry_from(&mut self, old: &Plan) {
+        self.authz =
+            Arc::new(crate::authz::Enforcer::new(&self.snapshot).carry_counters(&old.authz));
         self.balancers
             .carry_from(&old.balancers, &old.snapshot, &self.snapshot);
         if old.snapshot.clusters == self.snapshot.clusters
@@ -68,6 +73,17 @@ impl Plan {
         {
             self.http.carry_client_from(&old.http);
         }
+    }
+
+    /// Takes over `old`'s XDP guard, its maps rewritten in place with this Plan's
+    /// verdicts while the program stays attached (`xdp::XdpGuard::update`). The last
+    /// step that can fail before a reload's swap: on an error the guard still holds
+    /// `old`'s verdicts, which keep serving with `old`.
+    pub fn adopt_kernel_state(&self, old: &Plan) -> Result<(), crate::xdp::XdpError> {
+        if let Some(stats) = self.authz.adopt_guard(&old.authz)? {
+            tracing::info!(target: "gateway::reload", ?stats, "XDP guard maps rewritten in place");
+        }
+        Ok(())
     }
 
     /// An endpoint of `cluster` by its load balancer; `hash` for consistent hashing.

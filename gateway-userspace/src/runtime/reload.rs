@@ -176,9 +176,19 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
         Ok(b) => b,
         Err(e) => return rejected(&old, why, &[format!("binding a new Gateway port: {e}")]),
     };
+    if let Err(e) = plan.adopt_kernel_state(&old) {
+        return rejected(
+            &old,
+            why,
+            &[format!(
+                "the XDP guard's maps cannot take the new policies: {e}"
+            )],
+        );
+    }
     let generation = plan.generation;
     let plan = Arc::new(plan);
     gw.swap_plan(plan.clone());
+    plan.authz.reinstall();
     for (port, socks) in bound {
         if let Err(e) = gw.ports.start(gw, port, socks) {
             tracing::error!(target: "gateway::reload", port, "new listener not started: {e}");
@@ -213,7 +223,13 @@ fn compile(config: &ConfigArgs, old: &Plan) -> Result<Option<Plan>, Vec<String>>
     }
     Plan::compile(snapshot, old.generation + 1)
         .map(Some)
-        .map_err(|e| vec![e])
+        .map_err(|mut e| {
+            e.0.sort_by(|a, b| a.loc.cmp(&b.loc));
+            let n = e.0.len();
+            let mut lines: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+            lines.push(format!("{n} configuration error(s)"));
+            lines
+        })
 }
 
 fn rejected(old: &Plan, why: &str, lines: &[String]) {

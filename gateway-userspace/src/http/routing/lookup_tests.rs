@@ -68,6 +68,7 @@ fn server(kind: ServerKind, hosts: Vec<String>) -> ServerRef {
         kind,
         bind: None,
         tls: None,
+        origin: Default::default(),
     }
 }
 
