@@ -313,10 +313,15 @@ impl ConfigArgs {
                 snap
             }
             Err(lines) => {
-                for l in &lines {
+                // The last line is the count: "...; nothing was started".
+                let (count, rest) = match lines.split_last() {
+                    Some((c, rest)) => (c.as_str(), rest),
+                    None => ("configuration error(s)", &[][..]),
+                };
+                for l in rest {
                     eprintln!("{l}");
                 }
-                eprintln!("nothing was started");
+                eprintln!("{count}; nothing was started");
                 std::process::exit(EXIT_BAD_CONFIG);
             }
         }
@@ -591,7 +596,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         gw.ports.start(&gw, port, socks)?;
     }
     let reload = crate::runtime::reload::Source {
-        config: args.config.clone(),
+        config: Arc::new(crate::runtime::reload::Files(args.config.clone())),
         drain_duration: args.drain_duration,
     };
     tokio::spawn(crate::runtime::reload::run(gw.clone(), reload));

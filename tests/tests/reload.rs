@@ -204,7 +204,7 @@ fn reload_swaps_routes_keeps_connections_and_rejects_broken_files() {
     assert_eq!((code, backend.as_str()), (200, "v2"), "{}", gw.log());
     assert_ne!(connection, "close");
     echo_exact(&mut flow, 7, 1 << 20, 1 << 20);
-    let log = gw.log();
+    let log = gw.wait_log(Duration::from_secs(5), |l| l.contains("config reloaded"));
     assert!(log.contains("config reloaded"), "{log}");
 
     // A broken file: rejected, every error located, nothing changes.
@@ -337,9 +337,12 @@ fn a_removed_listener_drains_then_closes() {
         closed_after >= Duration::from_millis(1900) && closed_after < Duration::from_secs(4),
         "closed {closed_after:?} after the removal, not at the 2 s drain deadline"
     );
-    let log = gw.log();
-    assert!(log.contains("listener removed by reload"), "{log}");
+    // The log is written by a background writer: polled, not read once.
+    let log = gw.wait_log(Duration::from_secs(5), |l| {
+        l.contains("removed listener's drain deadline")
+    });
     assert!(log.contains("removed listener's drain deadline"), "{log}");
+    assert!(log.contains("listener removed by reload"), "{log}");
     // The other ports never noticed.
     let mut c = keep_alive(80);
     assert_eq!(get(&mut c, "app.test", "/").1, "v1");

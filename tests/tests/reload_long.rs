@@ -223,7 +223,17 @@ fn long_lived_connections_survive_20_reloads() {
 
     let iperf = ns
         .cmd("iperf3")
-        .args(["-c", "127.0.0.1", "-p", "31400", "-t", "60", "-b", "4G", "-J"])
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            "31400",
+            "-t",
+            "60",
+            "-b",
+            "4G",
+            "-J",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -588,9 +588,8 @@ fn a_reload_adds_and_removes_a_deny_with_the_guard_attached() {
     assert_eq!(xdp_prog_id(&n.gw, "veth-gw").as_ref(), Some(&prog));
     let view = gw.admin_json("/xdp");
     assert_eq!(view["mode"], "xdp", "{view:#}");
-    assert!(
-        gw.log().contains("XDP guard maps rewritten in place"),
-        "{}",
-        gw.log()
-    );
+    let log = gw.wait_log(Duration::from_secs(5), |l| {
+        l.contains("XDP guard maps rewritten in place")
+    });
+    assert!(log.contains("XDP guard maps rewritten in place"), "{log}");
 }

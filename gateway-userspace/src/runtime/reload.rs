@@ -71,9 +71,48 @@ pub fn render_prometheus(gw: &Gateway, out: &mut String) {
     );
 }
 
+/// Where config comes from, and says when it changed: files today ([`Files`]); a
+/// Kubernetes watch of Istio's CRDs (kube-rs) can implement it later. N gateway hosts
+/// then follow one cluster's config as Istio's gateways do: each host watches the API
+/// server itself (list+watch of Gateway, VirtualService, DestinationRule, ServiceEntry,
+/// AuthorizationPolicy, Telemetry and the Secrets of its namespace, filtered by its
+/// own `--label`s as `selector`s are), and compiles and swaps its own Plan; no host
+/// depends on another, and a bad push is rejected by each host with the running config
+/// kept, as here.
+pub trait ConfigSource: Send + Sync + 'static {
+    /// The whole config now: the snapshot, or every line to log (each error with its
+    /// location, then a count).
+    fn load(&self) -> Result<config::Snapshot, Vec<String>>;
+    /// Starts sending on `changed` whenever the config may have changed; watching lasts
+    /// as long as the returned value lives.
+    fn watch(
+        &self,
+        changed: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Result<Box<dyn Send>, String>;
+}
+
+/// `--config` files and directories (and `--namespace`, `--label`, `--mesh-config`'s
+/// root namespace, `--strict`, as at start).
+pub struct Files(pub ConfigArgs);
+
+impl ConfigSource for Files {
+    fn load(&self) -> Result<config::Snapshot, Vec<String>> {
+        self.0.load(config::Missing::Isolate)
+    }
+
+    fn watch(
+        &self,
+        changed: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Result<Box<dyn Send>, String> {
+        watch(&self.0.config, changed)
+            .map(|w| Box::new(w) as Box<dyn Send>)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// What a reload needs besides the gateway.
 pub struct Source {
-    pub config: ConfigArgs,
+    pub config: Arc<dyn ConfigSource>,
     /// How long a removed listener's connections drain (`--drain-duration`).
     pub drain_duration: Duration,
 }
@@ -88,7 +127,7 @@ pub async fn run(gw: Arc<Gateway>, source: Source) {
         }
     };
     let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
-    let _watcher = match watch(&source.config.config, tx) {
+    let _watcher = match source.config.watch(tx) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!("config files are not watched ({e}); send SIGHUP to reload");
@@ -153,7 +192,7 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     let old = gw.plan();
     let compiled = {
         let (config, old) = (source.config.clone(), old.clone());
-        tokio::task::spawn_blocking(move || compile(&config, &old)).await
+        tokio::task::spawn_blocking(move || compile(&*config, &old)).await
     };
     let mut plan = match compiled {
         Ok(Ok(Some(p))) => p,
@@ -210,8 +249,8 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
 }
 
 /// Loads and compiles the config; None when it is the running one.
-fn compile(config: &ConfigArgs, old: &Plan) -> Result<Option<Plan>, Vec<String>> {
-    let snapshot = config.load(config::Missing::Isolate)?;
+fn compile(source: &dyn ConfigSource, old: &Plan) -> Result<Option<Plan>, Vec<String>> {
+    let snapshot = source.load()?;
     if snapshot == *old.snapshot {
         return Ok(None);
     }
