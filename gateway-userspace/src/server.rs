@@ -140,6 +140,8 @@ pub struct Gateway {
     pub drain: crate::runtime::drain::Drain,
     /// The ports accepting now, and the drains of their connections.
     pub ports: crate::runtime::ports::Ports,
+    /// Reload outcomes (`gateway_config_reloads_total`).
+    pub reloads: crate::runtime::reload::ReloadStats,
 }
 
 impl Gateway {
@@ -156,6 +158,7 @@ impl Gateway {
             )),
             opts,
             readiness: Readiness::default(),
+            reloads: Default::default(),
             drain,
         }
     }

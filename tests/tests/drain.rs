@@ -36,18 +36,6 @@ fn http_gateway(ns: &NetNs, extra: &[&str]) -> (Backends, GatewayProc) {
     (b, gw)
 }
 
-/// Connections the gateway has established to the backend on `port` (requests it has
-/// forwarded and not yet been answered, since the test's requests are slow).
-fn upstream_conns(ns: &NetNs, port: u16) -> usize {
-    let out = ns
-        .cmd("ss")
-        .args(["-Htn", "state", "established"])
-        .arg(format!("( dport = :{port} )"))
-        .output()
-        .expect("run ss");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 /// Waits until `n` requests are at the backend on :18080 (polled, 10 s).
 fn wait_upstream(ns: &NetNs, gw: &GatewayProc, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);

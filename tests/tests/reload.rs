@@ -348,17 +348,6 @@ fn a_removed_listener_drains_then_closes() {
     assert_eq!(get(&mut c, "app.test", "/").1, "v1");
 }
 
-/// Connections established to the backend on `port` (requests the gateway forwarded).
-fn upstream_conns(ns: &NetNs, port: u16) -> usize {
-    let out = ns
-        .cmd("ss")
-        .args(["-Htn", "state", "established"])
-        .arg(format!("( dport = :{port} )"))
-        .output()
-        .expect("run ss");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 /// The serial of the certificate the gateway presents for `sni` on :443 now (a new
 /// handshake, openssl s_client).
 fn served_serial(ns: &NetNs, sni: &str) -> String {

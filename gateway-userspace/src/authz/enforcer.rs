@@ -9,8 +9,6 @@ use std::{
     },
 };
 
-use arc_swap::ArcSwapOption;
-
 use crate::{
     config::{ListenerProtocol, ServerKind, Snapshot},
     xdp::{Compiled, UpdateStats, XdpError, XdpGuard},
@@ -40,13 +38,6 @@ pub struct Enforcer {
     /// ([`Enforcer::carry_counters`]): the series never go backwards.
     denied: BTreeMap<(&'static str, u16), Arc<AtomicU64>>,
     logged: AtomicU64,
-}
-
-static INSTALLED: ArcSwapOption<Enforcer> = ArcSwapOption::const_empty();
-
-/// The running gateway's enforcer, for code that has no `Gateway` at hand (metrics).
-pub fn installed() -> Option<Arc<Enforcer>> {
-    INSTALLED.load_full()
 }
 
 /// Detailed logs for the first refusals only: a flood must not flood the log too.
@@ -112,7 +103,6 @@ impl Enforcer {
             }
         }
         tracing::info!(target: "gateway::authz", "{}", self.describe());
-        self.install();
     }
 
     /// Shares `from`'s `gateway_authz_denied_total` counters for every (stage, port)
@@ -125,18 +115,6 @@ impl Enforcer {
             }
         }
         self
-    }
-
-    /// Makes this the enforcer [`installed`] returns (first call wins).
-    pub fn install(self: &Arc<Self>) {
-        let none: Option<Arc<Enforcer>> = None;
-        INSTALLED.compare_and_swap(&none, Some(self.clone()));
-    }
-
-    /// Makes this the enforcer [`installed`] returns, replacing the one installed
-    /// before (a reload's successor, after [`Enforcer::adopt_guard`]).
-    pub fn reinstall(self: &Arc<Self>) {
-        INSTALLED.store(Some(self.clone()));
     }
 
     /// Takes over `from`'s XDP guard, if it has one, rewriting its maps in place for

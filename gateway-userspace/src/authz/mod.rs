@@ -41,7 +41,7 @@ mod index;
 #[cfg(test)]
 mod tests;
 
-pub use enforcer::{Enforcer, installed};
+pub use enforcer::Enforcer;
 pub use eval::{Decision, DenyReason, HttpAttrs, L7, PortKind, Request, Tri};
 pub use index::PolicyIndex;
 

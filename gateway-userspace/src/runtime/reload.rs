@@ -40,12 +40,6 @@ pub struct ReloadStats {
     pub unchanged: AtomicU64,
 }
 
-static STATS: ReloadStats = ReloadStats {
-    applied: AtomicU64::new(0),
-    rejected: AtomicU64::new(0),
-    unchanged: AtomicU64::new(0),
-};
-
 /// `gateway_config_reloads_total{result}` and `gateway_config_generation`.
 pub fn render_prometheus(gw: &Gateway, out: &mut String) {
     use std::fmt::Write as _;
@@ -54,9 +48,9 @@ pub fn render_prometheus(gw: &Gateway, out: &mut String) {
         "# HELP gateway_config_reloads_total Config reloads (SIGHUP or a changed --config file) by result: applied, rejected (the running config kept), unchanged.\n# TYPE gateway_config_reloads_total counter"
     );
     for (result, c) in [
-        ("applied", &STATS.applied),
-        ("rejected", &STATS.rejected),
-        ("unchanged", &STATS.unchanged),
+        ("applied", &gw.reloads.applied),
+        ("rejected", &gw.reloads.rejected),
+        ("unchanged", &gw.reloads.unchanged),
     ] {
         let _ = writeln!(
             out,
@@ -197,12 +191,12 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     let mut plan = match compiled {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => {
-            STATS.unchanged.fetch_add(1, Ordering::Relaxed);
+            gw.reloads.unchanged.fetch_add(1, Ordering::Relaxed);
             tracing::info!(target: "gateway::reload", reason = why, generation = old.generation, "reload: config unchanged");
             return;
         }
-        Ok(Err(lines)) => return rejected(&old, why, &lines),
-        Err(e) => return rejected(&old, why, &[format!("the config compiler failed: {e}")]),
+        Ok(Err(lines)) => return rejected(gw, &old, why, &lines),
+        Err(e) => return rejected(gw, &old, why, &[format!("the config compiler failed: {e}")]),
     };
     plan.carry_from(&old);
     // New ports are bound before anything changes: a port in use rejects the reload.
@@ -213,10 +207,11 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     let bound = match crate::listener::bind_all(gw, added.iter().copied(), gw.ports.worker_count())
     {
         Ok(b) => b,
-        Err(e) => return rejected(&old, why, &[format!("binding a new Gateway port: {e}")]),
+        Err(e) => return rejected(gw, &old, why, &[format!("binding a new Gateway port: {e}")]),
     };
     if let Err(e) = plan.adopt_kernel_state(&old) {
         return rejected(
+            gw,
             &old,
             why,
             &[format!(
@@ -227,7 +222,6 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     let generation = plan.generation;
     let plan = Arc::new(plan);
     gw.swap_plan(plan.clone());
-    plan.authz.reinstall();
     for (port, socks) in bound {
         if let Err(e) = gw.ports.start(gw, port, socks) {
             tracing::error!(target: "gateway::reload", port, "new listener not started: {e}");
@@ -236,7 +230,7 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     for port in &removed {
         gw.ports.remove(*port, source.drain_duration);
     }
-    STATS.applied.fetch_add(1, Ordering::Relaxed);
+    gw.reloads.applied.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         target: "gateway::reload",
         reason = why,
@@ -271,8 +265,8 @@ fn compile(source: &dyn ConfigSource, old: &Plan) -> Result<Option<Plan>, Vec<St
         })
 }
 
-fn rejected(old: &Plan, why: &str, lines: &[String]) {
-    STATS.rejected.fetch_add(1, Ordering::Relaxed);
+fn rejected(gw: &Gateway, old: &Plan, why: &str, lines: &[String]) {
+    gw.reloads.rejected.fetch_add(1, Ordering::Relaxed);
     for l in lines {
         tracing::error!(target: "gateway::reload", "{l}");
     }

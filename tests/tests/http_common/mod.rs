@@ -564,3 +564,15 @@ impl Drop for GoodClient {
         }
     }
 }
+
+/// Connections established in `ns` to a backend on `port`: requests the gateway has
+/// forwarded there and not yet seen answered (the tests' slow requests).
+pub fn upstream_conns(ns: &NetNs, port: u16) -> usize {
+    let out = ns
+        .cmd("ss")
+        .args(["-Htn", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
