@@ -468,3 +468,83 @@ spec:
     let backend = NetNs::block_on(&rt, async move { tls_get(&mut tls).await });
     assert_eq!(backend, "v1");
 }
+
+/// A TCP port (31402 → the echo on :19000) on its own Gateway.
+const PORT_31402: &str = r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: side-tcp, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31402, name: tcp-side, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: side-tcp, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [side-tcp]
+  tcp: [{route: [{destination: {host: 127.0.0.1, port: {number: 19000}}}]}]
+"#;
+
+/// 4 of the must-show for L4, in every splice mode: a flow on a TCP port a reload
+/// removes keeps echoing through the drain, and is closed at `--drain-duration`
+/// (termination `drain_timeout`), while a flow on a port that stays is untouched.
+#[test]
+fn a_removed_tcp_listener_closes_its_flows_at_the_deadline() {
+    if !privileged("a_removed_tcp_listener_closes_its_flows_at_the_deadline") {
+        return;
+    }
+    let ns = NetNs::new("reload-l4");
+    let rt = ns.runtime();
+    let _echo = NetNs::block_on(&rt, async {
+        tcp_echo("127.0.0.1:19000".parse().unwrap())
+            .await
+            .expect("echo")
+    });
+    let dir = scratch(&ns);
+    ns.enter();
+    for mode in ["ebpf", "splice", "uring", "auto"] {
+        let file = dir.join(format!("gateway-{mode}.yaml"));
+        write_config(&file, &config(18080, PORT_31402));
+        let gw = GatewayProc::start(&ns, &[&file], &["--splice", mode, "--drain-duration", "2s"]);
+        let mut gone = TcpStream::connect("127.0.0.1:31402").expect("connect 31402");
+        let mut stays = TcpStream::connect("127.0.0.1:31400").expect("connect 31400");
+        for f in [&gone, &stays] {
+            f.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        echo_exact(&mut gone, 21, 0, 256 << 10);
+        echo_exact(&mut stays, 22, 0, 256 << 10);
+        let removed = Instant::now();
+        write_config(&file, &config(18080, ""));
+        wait_metric(&gw, "gateway_config_generation", 2);
+        // Through the drain the flow still works.
+        echo_exact(&mut gone, 21, 256 << 10, 64 << 10);
+        let mut rest = Vec::new();
+        let _ = gone.read_to_end(&mut rest);
+        let closed_after = removed.elapsed();
+        eprintln!("{mode}: the removed port's flow closed {closed_after:?} after the removal");
+        assert!(
+            rest.is_empty()
+                && closed_after >= Duration::from_millis(1900)
+                && closed_after < Duration::from_secs(4),
+            "{mode}: the removed port's flow closed {closed_after:?} after the removal ({} bytes after): not at the 2 s deadline\n{}",
+            rest.len(),
+            gw.log()
+        );
+        let log = gw.wait_log(Duration::from_secs(5), |l| {
+            l.contains("termination=drain_timeout")
+        });
+        assert!(log.contains("termination=drain_timeout"), "{mode}: {log}");
+        echo_exact(&mut stays, 22, 256 << 10, 256 << 10);
+        stays.shutdown(Shutdown::Write).unwrap();
+        let mut end = Vec::new();
+        stays
+            .read_to_end(&mut end)
+            .unwrap_or_else(|e| panic!("{mode}: the other flow was harmed: {e}"));
+        assert!(end.is_empty());
+        drop(gw);
+    }
+}

@@ -156,6 +156,7 @@ pub async fn copy(
             () = activity.expired(idle) => Err(Termination::IdleTimeout),
             () = deadline => Err(Termination::MaxDuration),
             () = &mut closing => Err(Termination::DrainTimeout),
+            () = crate::kernel::splice::flow_closing(limits.closing.as_ref()) => Err(Termination::DrainTimeout),
         }
     };
     let (down, up) = (dr.unsplit(dw), ur.unsplit(uw));

@@ -233,7 +233,7 @@ pub async fn serve(
     };
     let _ = down.set_nodelay(true);
     let span = tracing::debug_span!("flow", %peer);
-    let limits = flow_limits(&gw, &plan, destinations, started);
+    let limits = flow_limits(&gw, &plan, (port, destinations), started);
     let upstream = match plan.tcp_tls.get(&up.cluster) {
         None => UpstreamIo::Plain(stream),
         // The cluster originates TLS (DestinationRule `tls`): a userspace copy.
@@ -278,7 +278,7 @@ enum UpstreamIo {
 pub(super) fn flow_limits(
     gw: &Gateway,
     plan: &Plan,
-    destinations: &[WeightedCluster],
+    (port, destinations): (u16, &[WeightedCluster]),
     started: Instant,
 ) -> FlowLimits {
     let cluster = destinations
@@ -293,6 +293,8 @@ pub(super) fn flow_limits(
         deadline: cluster
             .and_then(|c| c.tcp_max_duration)
             .map(|d| started + d),
+        // A reload removing the listener closes the flow at its drain deadline.
+        closing: Some(gw.ports.drain_of(port).closing_token()),
     }
 }
 

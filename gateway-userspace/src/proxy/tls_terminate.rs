@@ -86,7 +86,7 @@ pub async fn serve(
     let Some(stream) = up.stream.take() else {
         return;
     };
-    let limits = super::tcp::flow_limits(&gw, &plan, &route.destinations, ctx.start.1);
+    let limits = super::tcp::flow_limits(&gw, &plan, (port, &route.destinations), ctx.start.1);
     let closing = gw.splicer.closing().clone();
     let span = tracing::debug_span!("flow", %peer);
     // The flow lets go of the Plan before its copy (see tcp::serve).

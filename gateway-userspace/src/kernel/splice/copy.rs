@@ -71,6 +71,7 @@ pub async fn copy(
             () = expired(&activity, limits.idle) => Err(Termination::IdleTimeout),
             () = deadline(limits.deadline) => Err(Termination::MaxDuration),
             () = closing.cancelled() => Err(Termination::DrainTimeout),
+            () = super::idle::closing(limits.closing.as_ref()) => Err(Termination::DrainTimeout),
         }
     };
     let (a, b) = match ended {

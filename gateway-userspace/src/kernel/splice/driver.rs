@@ -130,6 +130,8 @@ pub(crate) struct NewFlow {
     pub(crate) idle: Option<Duration>,
     /// Close the flow at this instant (`maxConnectionDuration`; None: never).
     pub(crate) deadline: Option<Instant>,
+    /// Close the flow once cancelled (its listener's drain deadline; None: never).
+    pub(crate) closing: Option<tokio_util::sync::CancellationToken>,
     pub(crate) done: oneshot::Sender<FlowReport>,
 }
 
@@ -230,6 +232,8 @@ struct Flow {
     idle: Option<Duration>,
     /// When this flow's `maxConnectionDuration` runs out.
     deadline: Option<Instant>,
+    /// Its listener's drain deadline (`FlowLimits::closing`), checked every tick.
+    closing: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// How a flow ends early.
@@ -396,6 +400,7 @@ impl Driver {
                     self.check_lost();
                     self.sweep_idle();
                     self.sweep_deadlines();
+                    self.sweep_closing();
                 }
                 () = closing.cancelled(), if !closed => closed = true,
             }
@@ -433,6 +438,7 @@ impl Driver {
             active_at: Instant::now(),
             idle: nf.idle,
             deadline: nf.deadline,
+            closing: nf.closing,
         };
         if let Some(at) = nf.deadline {
             self.next_deadline = Some(self.next_deadline.map_or(at, |n| n.min(at)));
@@ -710,6 +716,27 @@ impl Driver {
             );
         }
         self.next_deadline = next;
+    }
+
+    /// Flows whose listener's drain deadline passed (a reload removed it): closed as at
+    /// the process drain's, on the 250 ms tick.
+    fn sweep_closing(&mut self) {
+        for slot in 0..self.flows.len() {
+            let Some(Some(flow)) = self.flows.get(slot) else {
+                continue;
+            };
+            if !flow.closing.as_ref().is_some_and(|t| t.is_cancelled()) {
+                continue;
+            }
+            let pending = pending(flow);
+            self.finish(
+                slot,
+                Err(End::Idle {
+                    pending,
+                    why: Termination::DrainTimeout,
+                }),
+            );
+        }
     }
 
     /// The drain deadline: every flow is closed as an idle one is.

@@ -438,6 +438,7 @@ impl EbpfSplicer {
             prior: [prior.downstream_to_upstream, prior.upstream_to_downstream],
             idle: limits.idle,
             deadline: limits.deadline.map(Into::into),
+            closing: limits.closing.clone(),
             done,
         };
         if let Err(mpsc::error::SendError(flow)) = self.driver.send(flow) {

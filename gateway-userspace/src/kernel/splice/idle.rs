@@ -86,20 +86,32 @@ pub(crate) async fn expired(a: &Activity, idle: Option<Duration>) {
 /// `idle_timeout` and `max_downstream_connection_duration`). Every splice path races
 /// [`FlowLimits::reached`] against its work; the kernel path's driver checks the
 /// deadline at its sweep.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct FlowLimits {
     /// Close after this long without a byte (None: never).
     pub idle: Option<Duration>,
     /// Close at this instant whatever moves (None: never).
     pub deadline: Option<Instant>,
+    /// Close once this is cancelled, as at the process drain's deadline (termination
+    /// `drain_timeout`): the deadline of the flow's listener when a reload removed it
+    /// (`runtime::ports`). None: only the process drain closes it.
+    pub closing: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl From<Option<Duration>> for FlowLimits {
     fn from(idle: Option<Duration>) -> FlowLimits {
         FlowLimits {
             idle,
-            deadline: None,
+            ..FlowLimits::default()
         }
+    }
+}
+
+/// Completes once the flow's own closing token is cancelled (never without one).
+pub(crate) async fn closing(token: Option<&tokio_util::sync::CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

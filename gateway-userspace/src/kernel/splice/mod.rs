@@ -24,7 +24,7 @@ pub mod uring;
 
 pub use idle::FlowLimits;
 /// A flow's `maxConnectionDuration` deadline, for the copies outside the splices.
-pub(crate) use idle::deadline as flow_deadline;
+pub(crate) use idle::{closing as flow_closing, deadline as flow_deadline};
 
 use std::{
     fmt,
@@ -411,7 +411,7 @@ impl Splicer {
             (SpliceMode::Auto, Some(k), Some(p), _) => {
                 let outcome = {
                     let _active = inner.paths.splice.enter();
-                    p.splice_until_bulk_idle(down, up, &inner.offload, limits)
+                    p.splice_until_bulk_idle(down, up, &inner.offload, limits.clone())
                         .await
                 };
                 match outcome {

@@ -338,6 +338,10 @@ impl PipeSplicer {
                 pending: d2u.in_pipe + u2d.in_pipe > 0,
                 why: Termination::MaxDuration,
             },
+            () = super::idle::closing(limits.closing.as_ref()) => Drive::Idle {
+                pending: d2u.in_pipe + u2d.in_pipe > 0,
+                why: Termination::DrainTimeout,
+            },
         };
         let (d, u) = (d2u.moved, u2d.moved);
         // Pipes back to the pool (or closed, holding bytes of a reset flow) before the

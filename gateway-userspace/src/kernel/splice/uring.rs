@@ -234,6 +234,7 @@ async fn run(job: Job) {
                 () = expired(&activity, limits.idle) => Termination::IdleTimeout,
                 () = super::idle::deadline(limits.deadline) => Termination::MaxDuration,
                 () = closing.cancelled() => Termination::DrainTimeout,
+                () = super::idle::closing(limits.closing.as_ref()) => Termination::DrainTimeout,
             }
         } => {
             // The idle timeout (or the drain deadline): a FIN each way when nothing read
