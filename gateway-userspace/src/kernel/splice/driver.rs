@@ -721,30 +721,24 @@ impl Driver {
     /// Flows whose listener's drain deadline passed (a reload removed it): closed as at
     /// the process drain's, on the 250 ms tick.
     fn sweep_closing(&mut self) {
-        for slot in 0..self.flows.len() {
-            let Some(Some(flow)) = self.flows.get(slot) else {
-                continue;
-            };
-            if !flow.closing.as_ref().is_some_and(|t| t.is_cancelled()) {
-                continue;
-            }
-            let pending = pending(flow);
-            self.finish(
-                slot,
-                Err(End::Idle {
-                    pending,
-                    why: Termination::DrainTimeout,
-                }),
-            );
-        }
+        self.drain_close(|f| f.closing.as_ref().is_some_and(|t| t.is_cancelled()));
     }
 
     /// The drain deadline: every flow is closed as an idle one is.
     fn close_all(&mut self) {
+        self.drain_close(|_| true);
+    }
+
+    /// Closes the flows `which` picks as the drain deadline closes them: a FIN each way,
+    /// or a reset each way if bytes were still waiting (`drain_timeout`).
+    fn drain_close(&mut self, which: impl Fn(&Flow) -> bool) {
         for slot in 0..self.flows.len() {
             let Some(Some(flow)) = self.flows.get(slot) else {
                 continue;
             };
+            if !which(flow) {
+                continue;
+            }
             let pending = pending(flow);
             self.finish(
                 slot,
