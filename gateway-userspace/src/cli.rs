@@ -280,8 +280,7 @@ impl ConfigArgs {
             Ok(s) => s,
             Err(errors) => {
                 let mut lines: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-                lines.extend(errors.0.iter().map(ToString::to_string));
-                lines.push(format!("{} configuration error(s)", errors.0.len()));
+                lines.extend(errors.lines());
                 return Err(lines);
             }
         };
@@ -312,20 +311,22 @@ impl ConfigArgs {
                 }
                 snap
             }
-            Err(lines) => {
-                // The last line is the count: "...; nothing was started".
-                let (count, rest) = match lines.split_last() {
-                    Some((c, rest)) => (c.as_str(), rest),
-                    None => ("configuration error(s)", &[][..]),
-                };
-                for l in rest {
-                    eprintln!("{l}");
-                }
-                eprintln!("{count}; nothing was started");
-                std::process::exit(EXIT_BAD_CONFIG);
-            }
+            Err(lines) => exit_with(&lines),
         }
     }
+}
+
+/// Prints `lines` (the last is the count: "...; nothing was started") and exits 64.
+fn exit_with(lines: &[String]) -> ! {
+    let (count, rest) = match lines.split_last() {
+        Some((c, rest)) => (c.as_str(), rest),
+        None => ("configuration error(s)", &[][..]),
+    };
+    for l in rest {
+        eprintln!("{l}");
+    }
+    eprintln!("{count}; nothing was started");
+    std::process::exit(EXIT_BAD_CONFIG);
 }
 
 /// The route tables and TLS configs of the snapshot; on failure prints every error
@@ -348,12 +349,8 @@ pub fn http_or_exit(snap: &config::Snapshot, missing: config::Missing) -> crate:
 }
 
 /// Prints every error sorted by file and position, then the count; exits 64.
-fn exit_config_errors(mut errors: Vec<config::ConfigError>) -> ! {
-    errors.sort_by(|a, b| a.loc.cmp(&b.loc));
-    let n = errors.len();
-    eprintln!("{}", config::ConfigErrors(errors));
-    eprintln!("{n} configuration error(s); nothing was started");
-    std::process::exit(EXIT_BAD_CONFIG);
+fn exit_config_errors(errors: Vec<config::ConfigError>) -> ! {
+    exit_with(&config::ConfigErrors(errors).lines())
 }
 
 pub fn validate(args: &ConfigArgs) {

@@ -108,13 +108,12 @@ impl Enforcer {
     /// Shares `from`'s `gateway_authz_denied_total` counters for every (stage, port)
     /// both serve, so a reload doesn't reset them (refusals counted by either while
     /// both run land in the same counter); ports new to this one start at zero.
-    pub fn carry_counters(mut self, from: &Enforcer) -> Enforcer {
+    pub fn carry_counters(&mut self, from: &Enforcer) {
         for (k, c) in self.denied.iter_mut() {
             if let Some(prev) = from.denied.get(k) {
                 *c = prev.clone();
             }
         }
-        self
     }
 
     /// Takes over `from`'s XDP guard, if it has one, rewriting its maps in place for

@@ -264,7 +264,9 @@ fn a_successor_carries_the_refusal_counters() {
     let peer: SocketAddr = "10.5.1.1:5555".parse().unwrap();
     let old = std::sync::Arc::new(Enforcer::new(&snap(deny)));
     assert!(!old.allow_accept(peer, 80));
-    let new = std::sync::Arc::new(Enforcer::new(&snap(deny)).carry_counters(&old));
+    let mut new = Enforcer::new(&snap(deny));
+    new.carry_counters(&old);
+    let new = std::sync::Arc::new(new);
     // The old one still serves a moment; both count into the same series.
     assert!(!old.allow_accept(peer, 80));
     assert!(!new.allow_accept(peer, 80));

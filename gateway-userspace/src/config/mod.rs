@@ -96,6 +96,18 @@ pub struct ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
+impl ConfigErrors {
+    /// What to print or log: every error on its own line, sorted by file then
+    /// position, then the count (`N configuration error(s)`).
+    pub fn lines(mut self) -> Vec<String> {
+        self.0.sort_by(|a, b| a.loc.cmp(&b.loc));
+        let n = self.0.len();
+        let mut lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        lines.push(format!("{n} configuration error(s)"));
+        lines
+    }
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, e) in self.0.iter().enumerate() {

@@ -64,8 +64,10 @@ impl Plan {
     /// The AuthorizationPolicy refusal counters carry over too (Prometheus counters
     /// never go back); the XDP guard moves over in [`Plan::adopt_kernel_state`].
     pub fn carry_from(&mut self, old: &Plan) {
-        self.authz =
-            Arc::new(crate::authz::Enforcer::new(&self.snapshot).carry_counters(&old.authz));
+        // Not shared yet: the Plan was compiled for this reload and is swapped in after.
+        if let Some(authz) = Arc::get_mut(&mut self.authz) {
+            authz.carry_counters(&old.authz);
+        }
         self.balancers
             .carry_from(&old.balancers, &old.snapshot, &self.snapshot);
         if old.snapshot.clusters == self.snapshot.clusters

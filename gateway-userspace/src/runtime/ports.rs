@@ -1,9 +1,9 @@
 //! The Gateway ports the process listens on, as Plans come and go: each port's accept
 //! loops (one per worker) and its drain.
 //!
-//! A reload ([`super::reload`]) calls [`Ports::apply`] with the new Plan's ports:
-//! a port new to it is bound on every worker and starts accepting; a port the new Plan
-//! lacks stops accepting at once (its sockets close, a new connect is refused) and its
+//! A reload ([`super::reload`]) compares the new Plan's ports with [`Ports::served`]:
+//! a port new to it is bound on every worker and starts accepting ([`Ports::start`]);
+//! a port the new Plan lacks ([`Ports::remove`]) stops accepting at once (its sockets close, a new connect is refused) and its
 //! connections drain as Envoy drains a removed listener (`ListenerManagerImpl::
 //! drainListener`: the listener stops, its connections get the drain sequence, then are
 //! closed when `--drain-duration` ends): HTTP/1.1 answers the request in flight with

@@ -256,13 +256,7 @@ fn compile(source: &dyn ConfigSource, old: &Plan) -> Result<Option<Plan>, Vec<St
     }
     Plan::compile(snapshot, old.generation + 1)
         .map(Some)
-        .map_err(|mut e| {
-            e.0.sort_by(|a, b| a.loc.cmp(&b.loc));
-            let n = e.0.len();
-            let mut lines: Vec<String> = e.0.iter().map(ToString::to_string).collect();
-            lines.push(format!("{n} configuration error(s)"));
-            lines
-        })
+        .map_err(config::ConfigErrors::lines)
 }
 
 fn rejected(gw: &Gateway, old: &Plan, why: &str, lines: &[String]) {
