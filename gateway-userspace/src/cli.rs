@@ -195,7 +195,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
     pub drain_duration: Duration,
     /// Look this often at the heap and give freed memory back to the kernel when the
-    /// arenas hold a lot of it free (after connections close; `runtime::heap`). 0: never.
+    /// arenas hold a lot of it free (after connections close; `sys::heap`). 0: never.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub heap_trim_interval: Duration,
     /// Worker threads, each with its own event loop and its own SO_REUSEPORT socket of
@@ -340,7 +340,7 @@ pub fn http_or_exit(snap: &config::Snapshot, missing: config::Missing) -> crate:
         Err(errors) => (None, errors.0),
     };
     if missing == config::Missing::Error {
-        errors.extend(crate::http::tls_client::problems(snap));
+        errors.extend(crate::plan::tls_client::problems(snap));
     }
     if let (Some(http), true) = (http, errors.is_empty()) {
         return http;
@@ -459,8 +459,8 @@ fn http_options(args: &RunArgs) -> crate::http::HttpOptions {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // From here on SIGTERM and SIGINT start the drain instead of killing the process.
-    let signals =
-        crate::runtime::drain::Signals::install().context("installing SIGTERM/SIGINT handlers")?;
+    let signals = crate::runtime::shutdown::Signals::install()
+        .context("installing SIGTERM/SIGINT handlers")?;
     // Istio's failure isolation: a reference to something missing leaves that server or
     // route inactive, with a warning, and the rest is served.
     let snapshot = args
@@ -541,7 +541,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ports: Vec<u16> = gw.plan().ports().collect();
     let workers = args
         .workers
-        .map_or_else(crate::runtime::workers::default_count, usize::from);
+        .map_or_else(crate::sys::workers::default_count, usize::from);
     let listeners = listener::bind_all(&gw, ports.iter().copied(), workers)
         .context("binding the Gateway ports")?;
     let admin = admin::bind(args.admin_addr)
@@ -573,19 +573,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(admin::serve(gw.clone(), admin));
     if !args.heap_trim_interval.is_zero() {
         let g = gw.clone();
-        tokio::spawn(crate::runtime::heap::run(
-            args.heap_trim_interval,
-            move || {
-                crate::runtime::heap::look(&g.stats.heap);
-            },
-        ));
+        tokio::spawn(crate::sys::heap::run(args.heap_trim_interval, move || {
+            crate::sys::heap::look(&g.stats.heap);
+        }));
     }
     let dns_rate = args
         .dns_refresh_rate
         .or(mesh.dns_refresh_rate())
         .unwrap_or(crate::runtime::dns::DEFAULT_REFRESH_RATE);
     tokio::spawn(crate::runtime::dns::run(gw.clone(), dns_rate));
-    let runtimes = crate::runtime::workers::start(workers).context("starting the workers")?;
+    let runtimes = crate::sys::workers::start(workers).context("starting the workers")?;
     let per_worker = (0..workers).map(|_| Default::default()).collect();
     let _ = gw.stats.worker_accepted.set(per_worker);
     gw.ports.set_workers(runtimes);
@@ -607,7 +604,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         prometheus_port = ?gw.opts.istio_ports.prometheus,
         "gateway ready"
     );
-    crate::runtime::drain::on_signals(gw.clone(), signals, args.drain_duration).await;
+    crate::runtime::shutdown::on_signals(gw.clone(), signals, args.drain_duration).await;
     // Access-log lines of the last connections, before the process exits.
     gw.telemetry.flush(std::time::Duration::from_secs(2));
     tracing::info!("exiting");
@@ -696,7 +693,7 @@ mod tests {
     fn drain_duration() {
         assert_eq!(
             run_args(&[]).drain_duration,
-            crate::runtime::drain::DEFAULT_DRAIN_DURATION
+            crate::sys::drain::DEFAULT_DRAIN_DURATION
         );
         assert_eq!(
             run_args(&["--drain-duration", "5s"]).drain_duration,

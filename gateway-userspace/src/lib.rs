@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod proxyconfig;
 pub mod runtime;
 pub mod server;
+pub mod sys;
 pub mod telemetry;
 pub mod tls;
 pub mod xdp;

@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
             cli::proxy_config(&args);
             Ok(())
         }
-        // The main runtime is worker 0 (runtime::workers starts the others).
+        // The main runtime is worker 0 (sys::workers starts the others).
         Command::Run(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -68,7 +68,7 @@ pub enum ReadyState {
     Starting = 0,
     /// The config serves: every Gateway port accepts.
     Serving = 1,
-    /// Shutting down (`runtime::drain` sets this first, so load balancers stop sending
+    /// Shutting down (`sys::drain` sets this first, so load balancers stop sending
     /// before the listeners close).
     Draining = 2,
 }
@@ -137,7 +137,7 @@ pub struct Gateway {
     /// What `/healthz/ready` answers.
     pub readiness: Readiness,
     /// SIGTERM's drain, as accept loops and connections see it.
-    pub drain: crate::runtime::drain::Drain,
+    pub drain: crate::sys::drain::Drain,
     /// The ports accepting now, and the drains of their connections.
     pub ports: crate::runtime::ports::Ports,
     /// Reload outcomes (`gateway_config_reloads_total`).
@@ -147,7 +147,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(plan: Plan, splicer: Splicer, opts: Options) -> Gateway {
         let stats = Stats::new(plan.ports());
-        let drain = crate::runtime::drain::Drain::default();
+        let drain = crate::sys::drain::Drain::default();
         Gateway {
             ports: crate::runtime::ports::Ports::new(&drain),
             plan: ArcSwap::from_pointee(plan),

@@ -230,7 +230,7 @@ fn splice_fault(gw: &Gateway, req: &Request<hyper::body::Incoming>) -> Response<
     let want = req
         .uri()
         .query()
-        .and_then(|q| crate::http::routing::query_value(Some(q), "redirect"));
+        .and_then(|q| crate::plan::routing::query_value(Some(q), "redirect"));
     let on = match want {
         Some("fail") => true,
         Some("off") => false,
@@ -275,7 +275,7 @@ fn kernel_log(gw: &Gateway, req: &Request<hyper::body::Incoming>) -> Response<Fu
         let want = req
             .uri()
             .query()
-            .and_then(|q| crate::http::routing::query_value(Some(q), "redirects"));
+            .and_then(|q| crate::plan::routing::query_value(Some(q), "redirects"));
         let on = match want {
             Some("on" | "1" | "true") => true,
             Some("off" | "0" | "false") => false,

@@ -64,7 +64,10 @@ impl Enforcer {
                 (l.port, kind)
             })
             .collect();
-        let policies = snapshot.authorization.clone();
+        let policies = super::Policies::build(
+            &snapshot.resources.authorization_policies,
+            &snapshot.identity,
+        );
         let compiled = crate::xdp::compile(&policies, &kinds);
         let denied = STAGES
             .iter()

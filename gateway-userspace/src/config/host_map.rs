@@ -9,7 +9,7 @@ use std::collections::HashMap;
 /// How a pattern is scored against a host, after the two scans this replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Semantics {
-    /// Virtual hosts and HTTPS server names ([`crate::http::routing::host_score`]): `*`
+    /// Virtual hosts and HTTPS server names ([`crate::plan::routing::host_score`]): `*`
     /// and `*x` are always wildcards, and `*.x` needs at least one character before
     /// `.x`.
     Host,

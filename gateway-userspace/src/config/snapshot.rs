@@ -20,8 +20,9 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Cluster>,
     /// `"namespace/name"` -> decoded data. Deliberately not in `resources`.
     pub secrets: BTreeMap<String, Secret>,
-    /// The AuthorizationPolicies that apply to this gateway, ready to evaluate.
-    pub authorization: crate::authz::Policies,
+    /// Who this gateway is (namespace, labels, MeshConfig root namespace): which
+    /// AuthorizationPolicies apply to it is decided from this when the Plan compiles them.
+    pub identity: super::GatewayIdentity,
     /// The raw typed resources, for later milestones and config_dump.
     pub resources: Resources,
     /// Fields read and not acted on, and (at `run`) references to missing things:

@@ -86,11 +86,11 @@ fn tls_servers_terminate_into_tcp_routes() {
     assert_eq!(l.tcp, None);
     // The SNI picks terminating servers of both kinds; only HTTPS ones go to HTTP.
     assert_eq!(
-        crate::http::routing::tls_server_for(l, Some("b.test")),
+        crate::plan::routing::tls_server_for(l, Some("b.test")),
         Some(1)
     );
     assert_eq!(
-        crate::http::routing::tls_server_for(l, Some("p.test")),
+        crate::plan::routing::tls_server_for(l, Some("p.test")),
         None
     );
     assert!(!crate::http::terminates(l, Some("a.test")));

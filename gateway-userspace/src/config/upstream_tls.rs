@@ -61,17 +61,17 @@ pub(crate) fn check(
     }
     let read = |path: &str| std::fs::read(path).map_err(|x| format!("cannot read {path}: {x}"));
     if let Some(p) = &tls.client_certificate
-        && let Err(m) = read(p).and_then(|b| crate::http::tls::certs(&b, p).map(drop))
+        && let Err(m) = read(p).and_then(|b| super::pem::certs(&b, p).map(drop))
     {
         err("clientCertificate", m);
     }
     if let Some(p) = &tls.private_key
-        && let Err(m) = read(p).and_then(|b| crate::http::tls::key_of(&b, p).map(drop))
+        && let Err(m) = read(p).and_then(|b| super::pem::key_of(&b, p).map(drop))
     {
         err("privateKey", m);
     }
     if let Some(p) = &tls.ca_certificates
-        && let Err(m) = read(p).and_then(|b| crate::http::tls::certs(&b, p).map(drop))
+        && let Err(m) = read(p).and_then(|b| super::pem::certs(&b, p).map(drop))
     {
         err("caCertificates", m);
     }

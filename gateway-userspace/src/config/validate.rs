@@ -41,7 +41,7 @@ pub(crate) fn build(
         validate_service_entry(se, errors);
     }
     for ap in &p.authorization_policies {
-        for (path, msg) in crate::authz::problems(&ap.res.spec) {
+        for (path, msg) in super::authz::problems(&ap.res.spec) {
             errors.push(ap.src.error(&path, msg));
         }
     }
@@ -145,7 +145,7 @@ pub(crate) fn build(
         listeners,
         clusters,
         secrets,
-        authorization: crate::authz::Policies::build(&authorization_policies, id),
+        identity: id.clone(),
         resources: Resources {
             gateways: p.gateways.into_iter().map(|e| e.res).collect(),
             virtual_services: p.virtual_services.into_iter().map(|e| e.res).collect(),
@@ -320,7 +320,7 @@ fn validate_gateway(gw: &Entry<Gateway>, errors: &mut Vec<ConfigError>) {
                 // rustls offers TLS 1.2/1.3 and the ECDHE AEAD suites only: say so here
                 // rather than silently narrowing what the user asked for. The same check
                 // the data path uses, so validation and serving can't drift.
-                if let Err((field, message)) = crate::http::tls::check_settings(tls) {
+                if let Err((field, message)) = super::tls_settings::check_settings(tls) {
                     errors.push(src.error(&format!("{at}.tls.{field}"), message));
                 }
             }
@@ -622,14 +622,14 @@ fn validate_virtual_service(vs: &Entry<VirtualService>, errors: &mut Vec<ConfigE
         }
         // Everything else the route table would refuse (header names and values,
         // rewrites, redirect codes, bodies, faults), reported here with a position.
-        for (path, e) in crate::http::routing::problems(route) {
+        for (path, e) in crate::plan::routing::problems(route) {
             errors.push(src.error(&format!("{at}.{path}"), e));
         }
-        for (path, e) in crate::http::mirror::problems(route) {
+        for (path, e) in super::mirror::problems(route) {
             errors.push(src.error(&format!("{at}.{path}"), e));
         }
         if let Some(cors) = &route.cors_policy {
-            for (path, e) in crate::http::cors::problems(cors) {
+            for (path, e) in super::cors::problems(cors) {
                 errors.push(src.error(&format!("{at}.{path}"), e));
             }
         }
@@ -694,7 +694,7 @@ fn check_string_match(
         ));
     }
     if let Some(re) = &sm.regex
-        && let Err(e) = crate::http::routing::compile_regex(re, "regex")
+        && let Err(e) = super::regex::compile(re, "regex")
     {
         errors.push(src.error(&format!("{path}.regex"), e));
     }
@@ -1141,7 +1141,7 @@ impl<'a> RouteBuilder<'a> {
         }
     }
 
-    /// Resolves `spec.http[i]`'s mirror destinations (`crate::http::mirror::policies`).
+    /// Resolves `spec.http[i]`'s mirror destinations (`super::mirror::policies`).
     fn resolve_mirrors(
         &mut self,
         b: &VsBinding,
@@ -1150,7 +1150,7 @@ impl<'a> RouteBuilder<'a> {
         errors: &mut Vec<ConfigError>,
     ) -> Vec<MirrorCluster> {
         let mut out = Vec::new();
-        for (path, dest, per_million) in crate::http::mirror::policies(r) {
+        for (path, dest, per_million) in super::mirror::policies(r) {
             let at = format!("spec.http[{i}].{path}");
             let key = format!("{}#{at}", b.vs.res.key());
             let cluster = match self.cache.get(&key) {

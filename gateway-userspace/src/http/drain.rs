@@ -1,4 +1,4 @@
-//! The HTTP side of the drain ([`crate::runtime::drain`]): a connection that has sent
+//! The HTTP side of the drain ([`crate::sys::drain`]): a connection that has sent
 //! nothing when the drain starts is closed at once (as hyper closes an idle keep-alive
 //! connection); one that is serving is asked to shut down gracefully (HTTP/1.1: the
 //! request in flight is answered with `Connection: close`, see [`super::h1`]; HTTP/2:
@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use crate::runtime::drain::Drain;
+use crate::sys::drain::Drain;
 
 /// A socket's fd, borrowed for one ioctl while its owner is busy elsewhere.
 struct Fd(RawFd);

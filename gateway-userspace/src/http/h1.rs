@@ -18,7 +18,7 @@
 //! A busy connection never parks (the quiet check runs once per [`PARK_AFTER`], not per
 //! request), so the hot keep-alive path is untouched.
 //!
-//! The drain ([`crate::runtime::drain`]) sees a parked connection as the idle keep-alive
+//! The drain ([`crate::sys::drain`]) sees a parked connection as the idle keep-alive
 //! connection it is and closes it at once; a served one gets hyper's graceful shutdown
 //! (the request in flight answered with `Connection: close`) as before.
 use std::{

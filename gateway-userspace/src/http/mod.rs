@@ -31,24 +31,17 @@ use tokio::{
 
 use crate::{
     config::{ConfigError, ConfigErrors, Listener, ListenerProtocol, ServerKind, Snapshot},
-    plan::Plan,
+    plan::{Plan, routing, tls, tls_server},
     server::Gateway,
 };
 
 pub mod body;
-pub mod cors;
 mod drain;
 pub mod grpc;
 pub mod h1;
-pub mod hash_policy;
 pub mod mirror;
-pub mod normalize;
 pub mod proxy;
 pub mod replay;
-pub mod routing;
-pub mod tls;
-pub mod tls_client;
-pub mod tls_server;
 pub mod upgrade;
 pub mod upstream;
 pub mod upstream_conn;
@@ -395,7 +388,7 @@ async fn serve_tls(
     read: Arc<std::sync::atomic::AtomicU64>,
     fd: std::os::fd::RawFd,
     (peer, port, local): (SocketAddr, u16, Option<SocketAddr>),
-    drain: Arc<crate::runtime::drain::Drain>,
+    drain: Arc<crate::sys::drain::Drain>,
 ) {
     let io = Counted {
         inner: io,

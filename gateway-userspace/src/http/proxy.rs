@@ -22,12 +22,17 @@ use hyper::{
 use super::{
     RequestLog,
     body::{Body, CountingBody, LoggedBody, empty, full},
-    cors, grpc, mirror, normalize,
-    routing::{self, Action, RequestView, RouteTable},
+    grpc, mirror,
     upgrade::{self, Offer},
     upstream,
 };
-use crate::{plan::Plan, server::Gateway};
+use crate::{
+    plan::{
+        Plan, cors, normalize,
+        routing::{self, Action, RequestView, RouteTable},
+    },
+    server::Gateway,
+};
 
 /// What the service knows about the connection a request came on.
 pub struct ConnCtx {
@@ -44,7 +49,7 @@ pub struct ConnCtx {
     pub table: Arc<RouteTable>,
     pub generation: u64,
     /// The listener's drain (SIGTERM's, or a reload removing the listener).
-    pub drain: Arc<crate::runtime::drain::Drain>,
+    pub drain: Arc<crate::sys::drain::Drain>,
     /// Requests seen on this connection, and those the client abandoned early.
     pub streams: AtomicU64,
     pub resets: AtomicU64,
@@ -109,7 +114,7 @@ impl ConnCtx {
         sni: Option<String>,
         server: Option<(usize, Arc<routing::ServerHosts>)>,
         (generation, table): (u64, Arc<RouteTable>),
-        drain: Arc<crate::runtime::drain::Drain>,
+        drain: Arc<crate::sys::drain::Drain>,
     ) -> ConnCtx {
         let (server, server_hosts) = match server {
             Some((i, hosts)) => (Some(i), Some(hosts)),
@@ -393,7 +398,7 @@ async fn route_request(
     let host = routing::normalize_host(&authority);
     // hyper only checks that a Host is visible ASCII; like Envoy, refuse one that is no
     // URI host before anything (a redirect) is built from it.
-    if !routing::valid_host(&host) {
+    if !routing::valid_request_host(&host) {
         log.details = "invalid_authority";
         return done(
             log,
@@ -503,7 +508,7 @@ async fn route_request(
                     let _ = cors_out.set(d);
                 }
                 log.details = "cors_response";
-                return done(log, resp);
+                return done(log, resp.map(|()| empty()));
             }
         }
     }

@@ -14,11 +14,16 @@ use super::{
     RequestLog,
     body::{Body, BoxError, CountingBody, DeadlineBody, empty, full},
     proxy::{ConnCtx, local_reply, strip_hop_by_hop},
-    routing::{self, Route},
     upgrade,
 };
 use crate::lb::outlier::Outcome;
-use crate::{plan::Plan, server::Gateway};
+use crate::{
+    plan::{
+        Plan,
+        routing::{self, Route},
+    },
+    server::Gateway,
+};
 
 pub use super::upstream_tls::UpstreamClient;
 
@@ -39,7 +44,7 @@ struct Upgrade {
     gw: std::sync::Arc<Gateway>,
     port: u16,
     /// The listener's drain, whose deadline closes the tunnel.
-    drain: std::sync::Arc<crate::runtime::drain::Drain>,
+    drain: std::sync::Arc<crate::sys::drain::Drain>,
 }
 
 /// How one try ended.
@@ -113,7 +118,13 @@ pub async fn forward(
         .get(cluster)
         .and_then(|b| b.policy.hash_key())
         .map(|k| {
-            super::hash_policy::request_hash(k, &headers, &path_and_query, conn.peer, conn.local)
+            crate::plan::hash_policy::request_hash(
+                k,
+                &headers,
+                &path_and_query,
+                conn.peer,
+                conn.local,
+            )
         })
         .unwrap_or_default();
     let mut last = None;

@@ -32,11 +32,11 @@ use hyper_util::{
 use rustls::pki_types::ServerName;
 
 use super::body::Body;
-/// TCP routes (proxy::tls_origin) build their client config here too.
-pub(crate) use super::tls_client::client_config;
 use super::upstream_conn::{Connector, Reuse, send_limited};
 use super::upstream_h2::{H2Pool, SendError};
 use crate::config::{Snapshot, upstream_policy::ConnSettings};
+/// TCP routes (proxy::tls_origin) build their client config here too.
+pub(crate) use crate::plan::tls_client::client_config;
 
 pub type HttpClient = Client<HttpsConnector<Connector>, Body>;
 
@@ -256,7 +256,7 @@ fn build(
         // Only `http://` URIs go to the plain client; its TLS config refuses every
         // certificate, should an `https://` one ever reach it.
         None => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(super::tls_client::reject_all())
+            .with_tls_config(crate::plan::tls_client::reject_all())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http),

@@ -13,7 +13,7 @@ use crate::{
 /// (no v4-mapped addresses for the splice, the access log or AuthorizationPolicy); a
 /// host without IPv6 keeps the IPv4 socket, with a warning.
 ///
-/// With several workers ([`crate::runtime::workers`]) each gets its own socket of every
+/// With several workers ([`crate::sys::workers`]) each gets its own socket of every
 /// port, bound with `SO_REUSEPORT` (the kernel spreads connections over them by their
 /// addresses' hash, as for Envoy's and HAProxy's threads): `out[w]` are worker `w`'s.
 /// The sockets are std ones, registered with a runtime by whoever accepts on them
@@ -90,13 +90,13 @@ fn bind_one(
 /// Accepts until the port's drain starts (SIGTERM, or a reload removing the port;
 /// then the listening socket is closed, so a new connect is refused); each connection
 /// is served on its own task, by the Plan serving when it was accepted.
-/// `worker` is the accepting worker's index ([`crate::runtime::workers`]).
+/// `worker` is the accepting worker's index ([`crate::sys::workers`]).
 pub async fn accept_loop(
     gw: Arc<Gateway>,
     port: u16,
     sock: TcpListener,
     worker: usize,
-    drain: Arc<crate::runtime::drain::Drain>,
+    drain: Arc<crate::sys::drain::Drain>,
 ) {
     let mut errors = ErrorLog::default();
     loop {

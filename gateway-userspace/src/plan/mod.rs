@@ -11,6 +11,14 @@
 //!
 //! Reload ([`crate::runtime::reload`]) compiles a new Plan completely before the swap;
 //! state that must survive it is carried from the old Plan by [`Plan::carry_from`].
+pub mod cors;
+pub mod hash_policy;
+pub mod normalize;
+pub mod routing;
+pub mod tls;
+pub mod tls_client;
+pub mod tls_server;
+
 use std::{collections::BTreeMap, sync::Arc};
 
 use crate::config::{ConfigErrors, Listener, Snapshot};

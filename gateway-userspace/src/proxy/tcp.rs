@@ -125,7 +125,7 @@ pub async fn serve(
     let terminating = listener
         .servers
         .iter()
-        .any(|s| crate::http::routing::terminating(s.kind));
+        .any(|s| crate::plan::routing::terminating(s.kind));
     let (hello, route) = if listener.tls.is_empty() && !terminating {
         (
             None,

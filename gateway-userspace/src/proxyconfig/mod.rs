@@ -130,7 +130,7 @@ fn listener_json(snap: &Snapshot, l: &Listener, addrs: &[IpAddr]) -> Value {
             .and_then(|t| t.credential_name.clone())
             .map(|c| format!("kubernetes://{c}"));
         chains.push(json!({
-            "filter_chain_match": server_names(&crate::http::routing::server_hosts(s)),
+            "filter_chain_match": server_names(&crate::plan::routing::server_hosts(s)),
             "transport_socket": {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {
@@ -225,7 +225,7 @@ fn cors_json(c: &crate::config::istio::CorsPolicy) -> Value {
 /// Istio's `TranslateRoute` names them (pilot/pkg/networking/core/route/route.go):
 /// `http[].name`, plus `.<match name>` for a named block; no `name` at all when that is
 /// empty (protojson omits an empty string). The data plane logs the same name as
-/// `%ROUTE_NAME%` (`http::routing::Route::envoy_name`).
+/// `%ROUTE_NAME%` (`plan::routing::Route::envoy_name`).
 fn routes_json(vs: &str, e: &HttpRouteEntry) -> Vec<Value> {
     let r = &e.route;
     let action = |m: Value, match_name: Option<&str>| {
@@ -420,12 +420,12 @@ fn cert_info(pem: &[u8]) -> Value {
     json!({
         "subject": cert.subject().to_string(),
         "issuer": cert.issuer().to_string(),
-        "subject_alt_names": crate::http::tls::subject_alt_names(&pem.contents),
+        "subject_alt_names": crate::plan::tls::subject_alt_names(&pem.contents),
         // secretMetaFromCert (istioctl/pkg/writer/compare/sds/util.go): the serial as
         // fmt.Sprintf("%032x", cert.SerialNumber), CA or not, the SPIFFE trust domain.
         "serial_number": format!("{:0>32}", cert.tbs_certificate.serial.to_str_radix(16)),
         "is_ca": cert.is_ca(),
-        "trust_domain": crate::http::tls::subject_alt_names(&pem.contents)
+        "trust_domain": crate::plan::tls::subject_alt_names(&pem.contents)
             .iter()
             .filter_map(|u| u.strip_prefix("spiffe://"))
             .map(|u| u.split('/').next().unwrap_or_default().to_string())

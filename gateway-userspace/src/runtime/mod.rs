@@ -1,8 +1,8 @@
-//! Process-wide services of a running gateway (see DESIGN.md, "Architecture": the
-//! runtime owns what lives as long as the process does).
+//! What runs a gateway over time (see DESIGN.md, "Architecture"): binding and removing
+//! ports ([`ports`]), reloading the config ([`reload`]) and re-resolving DNS clusters
+//! ([`dns`]). The top of the data path's layers: it may use everything below it, and
+//! nothing below uses it.
 pub mod dns;
-pub mod drain;
-pub mod heap;
 pub mod ports;
 pub mod reload;
-pub mod workers;
+pub mod shutdown;

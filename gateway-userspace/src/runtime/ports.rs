@@ -20,8 +20,8 @@ use std::{
 use arc_swap::ArcSwap;
 use tokio::{runtime::Handle, task::JoinHandle};
 
-use super::drain::Drain;
 use crate::server::Gateway;
+use crate::sys::drain::Drain;
 
 /// Every port's accept loops and drain.
 pub struct Ports {

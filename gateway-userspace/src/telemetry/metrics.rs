@@ -69,15 +69,15 @@ pub struct Stats {
     pub userspace_splice_bytes: AtomicU64,
     /// Downstream connections open right now, all listeners together.
     pub active_total: AtomicU64,
-    /// The heap trimmer's looks (`crate::runtime::heap`).
-    pub heap: crate::runtime::heap::HeapStats,
+    /// The heap trimmer's looks (`crate::sys::heap`).
+    pub heap: crate::sys::heap::HeapStats,
     /// Mirror (shadow) requests by outcome (`crate::http::mirror`).
     pub mirror: MirrorStats,
     /// HTTP/1.1 keep-alive connections parked without hyper now, and parks so far
     /// (`crate::http::h1`).
     pub http_parked: AtomicU64,
     pub http_parks: AtomicU64,
-    /// Connections accepted per worker thread (`crate::runtime::workers`); sized once
+    /// Connections accepted per worker thread (`crate::sys::workers`); sized once
     /// the worker count is known.
     pub worker_accepted: std::sync::OnceLock<Box<[AtomicU64]>>,
 }
@@ -245,7 +245,7 @@ impl Stats {
         );
         // The arenas' usage now, not at the trimmer's last look: a scrape after a burst
         // of connections sees what they hold (mallinfo2 walks the few arenas).
-        let (free, in_use) = crate::runtime::heap::usage();
+        let (free, in_use) = crate::sys::heap::usage();
         let now = |v: u64| vec![(String::new(), v)];
         family(
             "gateway_heap_free_bytes",

@@ -1,5 +1,7 @@
 use super::*;
+use crate::config::cors::problems;
 use crate::config::{GatewayIdentity, Missing, load_str_with};
+use hyper::header::HeaderName;
 
 fn policy(yaml: &str) -> Cors {
     let p: istio::CorsPolicy = serde_yaml::from_str(yaml).unwrap();

@@ -16,108 +16,13 @@ use hyper::{
 use regex::Regex;
 
 use crate::config::{
-    HostMap, HostSemantics, Listener, ServerKind, ServerRef, WeightedCluster,
+    HostMap, HostSemantics, Listener, ServerKind, ServerRef, WeightedCluster, hosts,
     istio::{self, HttpRoute, StringMatch},
 };
 
 // === hosts ===
 
-/// The host part of a `Host` / `:authority` value: port stripped (`[v6]:port` too),
-/// lowercased, as Istio's gateways match it (`strip_any_host_port`).
-pub fn normalize_host(authority: &str) -> String {
-    let a = authority.trim();
-    let host = if let Some(rest) = a.strip_prefix('[') {
-        // IPv6 literal: keep the brackets, drop what follows `]`.
-        match rest.find(']') {
-            Some(i) => &a[..i + 2],
-            None => a,
-        }
-    } else {
-        match a.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => a,
-        }
-    };
-    host.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// The port written in a `Host` value, if any.
-pub fn authority_port(authority: &str) -> Option<u16> {
-    let a = authority.trim();
-    let tail = match a.rfind(']') {
-        Some(i) => &a[i + 1..],
-        None => a,
-    };
-    tail.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
-}
-
-/// True if a normalized host (see [`normalize_host`]) can stand as the host of a URI:
-/// an RFC 3986 reg-name (letters, digits, `-._~`, `!$&'()*+,;=`; no `%`-escapes, which
-/// no DNS name needs and the http crate refuses in an authority) or a bracketed IPv6
-/// literal. hyper only checks that a `Host` header is visible ASCII, so it may carry a
-/// space, `/`, `?`, `#`, `@` or a second `:`; a redirect built from such a host would
-/// point elsewhere (`Host: evil.example/x.example.com` matches `*.example.com`). Envoy
-/// refuses the request (400, invalid authority), and so does the proxy.
-pub fn valid_host(host: &str) -> bool {
-    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return inner.parse::<std::net::Ipv6Addr>().is_ok();
-    }
-    !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b))
-}
-
-/// How well a host pattern (`name`, `*.suffix`, `*`) matches a lowercase host, as
-/// Envoy ranks virtual host domains: exact (2) beats the longest `*.` suffix (1) beats
-/// `*` (0). `None`: no match. A `*.x` wildcard needs at least one character before
-/// `.x`, and matches any number of labels.
-pub fn host_score(pattern: &str, host: &str) -> Option<(u8, usize)> {
-    if pattern == "*" {
-        Some((0, 0))
-    } else if let Some(suffix) = pattern.strip_prefix('*') {
-        (host.len() > suffix.len() && host.ends_with(suffix)).then_some((1, suffix.len()))
-    } else {
-        (pattern == host).then_some((2, pattern.len()))
-    }
-}
-
-/// True if some name matches both host patterns (Istio's `intersects`).
-fn intersects(a: &str, b: &str) -> bool {
-    if a == "*" || b == "*" {
-        return true;
-    }
-    match (a.strip_prefix('*'), b.strip_prefix('*')) {
-        (Some(sa), Some(sb)) => sa.ends_with(sb) || sb.ends_with(sa),
-        (Some(sa), None) => b.ends_with(sa),
-        (None, Some(sb)) => a.ends_with(sb),
-        (None, None) => a == b,
-    }
-}
-
-/// True if every name matching `inner` also matches `outer`.
-fn covers(outer: &str, inner: &str) -> bool {
-    if outer == "*" {
-        return true;
-    }
-    if inner == "*" {
-        return false;
-    }
-    match outer.strip_prefix('*') {
-        Some(suffix) => inner.trim_start_matches('*').ends_with(suffix),
-        None => outer == inner,
-    }
-}
-
-/// A server host `ns/host`, `./host` or `host` as (namespace filter, lowercase host).
-fn server_host(written: &str, gateway_ns: &str) -> (String, String) {
-    let (ns, h) = match written.split_once('/') {
-        Some((".", h)) => (gateway_ns, h),
-        Some((ns, h)) => (ns, h),
-        None => ("*", written),
-    };
-    (ns.to_string(), h.to_ascii_lowercase())
-}
+pub use crate::config::hosts::{authority_port, host_score, normalize_host, valid_request_host};
 
 /// The lowercase host patterns of a Gateway server, namespaces dropped.
 pub fn server_hosts(server: &ServerRef) -> Vec<String> {
@@ -125,7 +30,7 @@ pub fn server_hosts(server: &ServerRef) -> Vec<String> {
     server
         .hosts
         .iter()
-        .map(|h| server_host(h, gw_ns).1)
+        .map(|h| hosts::split_server_host(h, gw_ns).1.to_ascii_lowercase())
         .collect()
 }
 
@@ -300,8 +205,8 @@ pub struct Route {
     pub fault: Fault,
     /// `corsPolicy` (`super::cors`).
     pub cors: Option<super::cors::Cors>,
-    /// `mirror` / `mirrors` with their shares (`super::mirror`); used by forwarding routes.
-    pub mirrors: Vec<super::mirror::Mirror>,
+    /// `mirror` / `mirrors` with their shares (`crate::config::mirror`); used by forwarding routes.
+    pub mirrors: Vec<crate::config::mirror::Mirror>,
 }
 
 impl Route {
@@ -396,10 +301,7 @@ impl StrMatch {
     }
 }
 
-/// Envoy's `safe_regex` (RE2) must match the whole value; Rust's regex is RE2-like.
-pub fn compile_regex(re: &str, what: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{re})$")).map_err(|e| format!("{what}: invalid regex {re:?}: {e}"))
-}
+pub use crate::config::regex::compile as compile_regex;
 
 #[derive(Debug, Default, Clone)]
 pub struct HeaderOps {
@@ -832,16 +734,17 @@ pub fn build_table(listener: &Listener, only_server: Option<usize>) -> Result<Ro
                 && server.tls.as_ref().is_some_and(|t| t.https_redirect);
             let routes = compile_routes(vh.name.as_str(), &vh.routes, server, listener.port)?;
             for written in &server.hosts {
-                let (ns, shost) = server_host(written, gw_ns);
+                let (ns, shost) = hosts::split_server_host(written, gw_ns);
+                let shost = shost.to_ascii_lowercase();
                 if ns != "*" && ns != vs_ns {
                     continue;
                 }
                 for vhost in &vh.hosts {
-                    if !intersects(vhost, &shost) {
+                    if !hosts::intersects(vhost, &shost) {
                         continue;
                     }
                     // Istio's vhost domain is the narrower of the two names.
-                    let domain = if covers(&shost, vhost) {
+                    let domain = if hosts::covers(&shost, vhost) {
                         vhost.clone()
                     } else {
                         shost.clone()
@@ -972,7 +875,7 @@ fn compile_routes(
             mirrors: e
                 .mirrors
                 .iter()
-                .map(|m| super::mirror::Mirror {
+                .map(|m| crate::config::mirror::Mirror {
                     cluster: m.cluster.clone(),
                     per_million: m.per_million,
                 })

@@ -22,20 +22,11 @@
 //! pass the AuthorizationPolicy, and a fault abort gets no CORS headers.
 use hyper::{
     HeaderMap, Method, Response, StatusCode,
-    header::{self, HeaderName, HeaderValue},
+    header::{self, HeaderValue},
 };
 
-use super::{
-    body::{Body, empty},
-    routing::StrMatch,
-};
+use super::routing::StrMatch;
 use crate::config::istio::{self, UnmatchedPreflights};
-
-/// The methods Istio's validation accepts in `allowMethods` (validation.go,
-/// `supportedMethods`), and Envoy's `*`.
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "*",
-];
 
 /// A compiled `corsPolicy`.
 #[derive(Debug)]
@@ -56,7 +47,7 @@ pub enum Decision {
     Pass,
     /// A preflight answered at the gateway (Envoy's details `cors_response`); the
     /// decoration (if any) still applies, as the filter's encodeHeaders runs on it.
-    Answer(Response<Body>, Option<Decoration>),
+    Answer(Response<()>, Option<Decoration>),
     /// Forward, and add these headers to whatever response comes back.
     Decorate(Decoration),
 }
@@ -152,7 +143,7 @@ impl Cors {
         if !allowed && self.forward_unmatched {
             return Decision::Pass;
         }
-        let mut resp = Response::new(empty());
+        let mut resp = Response::new(());
         *resp.status_mut() = StatusCode::OK;
         let h = resp.headers_mut();
         if allowed {
@@ -184,69 +175,6 @@ impl Cors {
         }
         Decision::Answer(resp, decoration)
     }
-}
-
-/// What Istio's validation (validateCORSPolicy) refuses in a `corsPolicy`, as (path
-/// below the route, message).
-pub fn problems(p: &istio::CorsPolicy) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (i, sm) in p.allow_origins.iter().flatten().enumerate() {
-        let at = format!("corsPolicy.allowOrigins[{i}]");
-        let set: Vec<&String> = [&sm.exact, &sm.prefix, &sm.regex]
-            .into_iter()
-            .flatten()
-            .collect();
-        match set.as_slice() {
-            [one] if one.is_empty() => {
-                out.push((at.clone(), "allowOrigins match must not be empty".into()));
-            }
-            [_] => {}
-            _ => out.push((
-                at.clone(),
-                "string match must set exactly one of exact, prefix or regex".into(),
-            )),
-        }
-        if let Some(re) = &sm.regex
-            && let Err(e) = super::routing::compile_regex(re, "corsPolicy.allowOrigins")
-        {
-            out.push((format!("{at}.regex"), e));
-        }
-    }
-    for (i, m) in p.allow_methods.iter().enumerate() {
-        if !METHODS.contains(&m.as_str()) {
-            out.push((
-                format!("corsPolicy.allowMethods[{i}]"),
-                format!("{m:?} is not a supported HTTP method"),
-            ));
-        }
-    }
-    for (field, list) in [
-        ("allowHeaders", &p.allow_headers),
-        ("exposeHeaders", &p.expose_headers),
-    ] {
-        for (i, name) in list.iter().enumerate() {
-            if name != "*" && HeaderName::from_bytes(name.as_bytes()).is_err() {
-                out.push((
-                    format!("corsPolicy.{field}[{i}]"),
-                    format!("invalid header name {name:?}"),
-                ));
-            }
-        }
-    }
-    if let Some(d) = &p.max_age {
-        if d.duration.subsec_nanos() != 0 {
-            out.push((
-                "corsPolicy.maxAge".into(),
-                "max_age duration is accurate only to seconds precision".into(),
-            ));
-        } else if d.duration.is_zero() {
-            out.push((
-                "corsPolicy.maxAge".into(),
-                "duration must be at least 1ms".into(),
-            ));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ fn client_config_into(
     snap: &Snapshot,
     problems: &mut Problems,
 ) -> Option<(rustls::ClientConfig, ServerName<'static>)> {
-    use crate::http::tls::{certs, crls_of, find_secret, key_of};
+    use crate::plan::tls::{certs, crls_of, find_secret, key_of};
     let who = format!("cluster {}", c.name);
     let before = problems.pushed();
     let mut fail = |loc: Loc, what: String| problems.push(loc, what, &who);
