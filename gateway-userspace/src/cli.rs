@@ -334,8 +334,11 @@ fn exit_with(lines: &[String]) -> ! {
 /// and exits 64, as for config errors. With [`config::Missing::Error`] (`validate`) a
 /// DestinationRule `tls` whose material does not load is an error too; `run` serves
 /// without that cluster's TLS (its requests fail closed, 503 UF).
-pub fn http_or_exit(snap: &config::Snapshot, missing: config::Missing) -> crate::http::HttpState {
-    let (http, mut errors) = match crate::http::HttpState::build(snap) {
+pub fn http_or_exit(
+    snap: &config::Snapshot,
+    missing: config::Missing,
+) -> crate::plan::http::HttpState {
+    let (http, mut errors) = match crate::plan::http::HttpState::build(snap) {
         Ok(http) => (Some(http), Vec::new()),
         Err(errors) => (None, errors.0),
     };

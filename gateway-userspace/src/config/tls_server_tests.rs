@@ -93,5 +93,5 @@ fn tls_servers_terminate_into_tcp_routes() {
         crate::plan::routing::tls_server_for(l, Some("p.test")),
         None
     );
-    assert!(!crate::http::terminates(l, Some("a.test")));
+    assert!(!crate::plan::http::terminates(l, Some("a.test")));
 }

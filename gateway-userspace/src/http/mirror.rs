@@ -123,7 +123,7 @@ async fn send_one(gw: &Gateway, plan: &Plan, cluster: &str, copy: &Copy, body: B
         }
     };
     let endpoint = picked.addr;
-    let client = plan.http.client(gw.opts.connect_timeout, &plan.snapshot);
+    let client = super::upstream::client(plan, gw.opts.connect_timeout);
     let Ok(target) = client.for_cluster(cluster, copy.client_h2) else {
         stats.failed.fetch_add(1, Ordering::Relaxed);
         return;

@@ -11,11 +11,10 @@
 //! per-connection TLS handshake (SNI picks the server), HTTP/1.1 vs h2 choice, and the
 //! connection limits that keep bad clients from hurting good ones.
 use std::{
-    collections::HashMap,
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -23,15 +22,14 @@ use std::{
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::ServerConfig;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
 use crate::{
-    config::{ConfigError, ConfigErrors, Listener, ListenerProtocol, ServerKind, Snapshot},
-    plan::{Plan, routing, tls, tls_server},
+    config::Listener,
+    plan::{Plan, http::ListenerHttp, tls},
     server::Gateway,
 };
 
@@ -120,207 +118,6 @@ impl HttpOptions {
     }
 }
 
-/// Everything the HTTP data path needs that is built once per snapshot (route tables,
-/// certificate configs, upstream pools).
-#[derive(Default)]
-pub struct HttpState {
-    listeners: HashMap<u16, Arc<ListenerHttp>>,
-    /// Built on the first connection, when the connect timeout is known.
-    client: OnceLock<upstream::UpstreamClient>,
-}
-
-/// One HTTP or HTTPS port.
-struct ListenerHttp {
-    /// The merged table of an HTTP port.
-    merged: Arc<routing::RouteTable>,
-    /// Per HTTPS-terminating server (index in `Listener::servers`): its own table and
-    /// rustls config, as Istio gives each HTTPS server its own route config and chain.
-    servers: HashMap<usize, HttpsServer>,
-    /// Per TLS-terminating server of protocol TLS: its rustls config (the plaintext
-    /// goes to its `tcp` route, proxy::tls_terminate).
-    tcp_servers: HashMap<usize, Arc<ServerConfig>>,
-    /// Which of them an SNI selects.
-    by_sni: routing::TlsServers,
-}
-
-struct HttpsServer {
-    table: Arc<routing::RouteTable>,
-    tls: Arc<ServerConfig>,
-    /// Its hosts, for the 421 check of every request on its connections.
-    hosts: Arc<routing::ServerHosts>,
-}
-
-impl HttpState {
-    /// Builds the route tables and the TLS config of every terminating server, or
-    /// returns every problem found (every certificate, key, CA and CRL of every server
-    /// is read), sorted by file then position.
-    pub fn build(snapshot: &Snapshot) -> Result<HttpState, ConfigErrors> {
-        let mut tls_problems = tls_server::Problems::default();
-        let mut errors = Vec::new();
-        // A route table that does not compile: where its port's first server is.
-        let mut table = |l: &Listener, only: Option<usize>| {
-            routing::build_table(l, only)
-                .map_err(|message| {
-                    let at = only.unwrap_or(0);
-                    errors.push(ConfigError {
-                        loc: l
-                            .servers
-                            .get(at)
-                            .map(|s| &s.origin)
-                            .cloned()
-                            .unwrap_or_default()
-                            .loc(""),
-                        message,
-                    })
-                })
-                .unwrap_or_default()
-        };
-        let mut listeners = HashMap::new();
-        for l in &snapshot.listeners {
-            if matches!(l.protocol, ListenerProtocol::Tcp) {
-                continue;
-            }
-            let merged = if l.protocol == ListenerProtocol::Http {
-                table(l, None)
-            } else {
-                routing::RouteTable::default()
-            };
-            let mut servers = HashMap::new();
-            let mut tcp_servers = HashMap::new();
-            for (i, s) in l.servers.iter().enumerate() {
-                if !matches!(
-                    s.kind,
-                    ServerKind::TlsTerminate | ServerKind::HttpsTerminate
-                ) {
-                    continue;
-                }
-                let cfg = tls_server::server_config(
-                    s,
-                    l.port,
-                    &snapshot.secrets,
-                    &snapshot.namespace,
-                    &mut tls_problems,
-                );
-                if s.kind == ServerKind::TlsTerminate {
-                    tcp_servers.extend(cfg.map(|cfg| (i, cfg)));
-                    continue;
-                }
-                let t = table(l, Some(i));
-                let Some(cfg) = cfg else { continue };
-                servers.insert(
-                    i,
-                    HttpsServer {
-                        table: Arc::new(t),
-                        tls: cfg,
-                        hosts: Arc::new(routing::ServerHosts::new(&routing::server_hosts(s))),
-                    },
-                );
-            }
-            if l.protocol == ListenerProtocol::Http
-                || !servers.is_empty()
-                || !tcp_servers.is_empty()
-            {
-                listeners.insert(
-                    l.port,
-                    Arc::new(ListenerHttp {
-                        merged: Arc::new(merged),
-                        servers,
-                        tcp_servers,
-                        by_sni: routing::TlsServers::new(l),
-                    }),
-                );
-            }
-        }
-        errors.extend(tls_problems.into_errors());
-        if !errors.is_empty() {
-            // Stable: keeps discovery order for errors at the same place.
-            errors.sort_by(|a, b| a.loc.cmp(&b.loc));
-            errors.dedup();
-            return Err(ConfigErrors(errors));
-        }
-        Ok(HttpState {
-            listeners,
-            client: OnceLock::new(),
-        })
-    }
-
-    /// The upstream client (its connection pools), built on first use.
-    pub fn client(
-        &self,
-        connect_timeout: Duration,
-        snapshot: &Snapshot,
-    ) -> &upstream::UpstreamClient {
-        self.client
-            .get_or_init(|| upstream::UpstreamClient::new(connect_timeout, snapshot))
-    }
-
-    /// Keeps `old`'s upstream client, pools included (see `Plan::carry_from`).
-    pub fn carry_client_from(&mut self, old: &HttpState) {
-        if let Some(c) = old.client.get() {
-            self.client = OnceLock::from(c.clone());
-        }
-    }
-
-    /// The route table of `port` (an HTTP port's merged one), or of its HTTPS server
-    /// `server`.
-    pub fn route_table(
-        &self,
-        port: u16,
-        server: Option<usize>,
-    ) -> Option<Arc<routing::RouteTable>> {
-        let lh = self.listeners.get(&port)?;
-        match server {
-            None => Some(lh.merged.clone()),
-            Some(i) => lh.servers.get(&i).map(|s| s.table.clone()),
-        }
-    }
-
-    /// [`terminates`], from the port's SNI table built with this state.
-    pub fn terminates(&self, listener: &Listener, sni: Option<&str>) -> bool {
-        let Some(lh) = self.listeners.get(&listener.port) else {
-            return false;
-        };
-        let https = |i: usize| lh.servers.contains_key(&i);
-        match sni {
-            Some(_) => lh.by_sni.get(sni).is_some_and(https),
-            None => listener.tcp.is_none() && lh.by_sni.get(None).is_some_and(https),
-        }
-    }
-
-    /// The TLS-terminating server of protocol TLS this SNI selects, with its rustls
-    /// config: `(index in Listener::servers, config)`. Without SNI only a server with
-    /// host `*`, and only when no plain TCP route takes the connection, as
-    /// [`HttpState::terminates`].
-    pub fn terminates_tcp(
-        &self,
-        listener: &Listener,
-        sni: Option<&str>,
-    ) -> Option<(usize, Arc<ServerConfig>)> {
-        let lh = self.listeners.get(&listener.port)?;
-        if sni.is_none() && listener.tcp.is_some() {
-            return None;
-        }
-        let i = lh.by_sni.get(sni)?;
-        lh.tcp_servers.get(&i).map(|c| (i, c.clone()))
-    }
-}
-
-/// True when a TLS connection on this listener with this SNI (None: no SNI) is to be
-/// terminated here by an HTTPS server, rather than passed through or sent to TCP.
-/// Without SNI it is terminated only by an HTTPS server with host `*` (Envoy's filter
-/// chain without `server_names`, [`routing::tls_server_for`]), and only when no TCP
-/// route would take it (the port's match-all TCP chain). A scan of the servers; the
-/// data path asks [`HttpState::terminates`].
-pub fn terminates(listener: &Listener, sni: Option<&str>) -> bool {
-    let https = |i: usize| listener.servers[i].kind == ServerKind::HttpsTerminate;
-    match sni {
-        Some(_) => routing::tls_server_for(listener, sni).is_some_and(https),
-        None => {
-            listener.tcp.is_none() && routing::tls_server_for(listener, None).is_some_and(https)
-        }
-    }
-}
-
 /// Serves one connection on an HTTP port (`tls == false`), or a TLS connection to be
 /// terminated (`tls == true`). `prelude` holds bytes already read from the client (the
 /// ClientHello on a port shared with TLS passthrough); they come before the socket's.
@@ -336,7 +133,7 @@ pub async fn serve(
     let port = listener.port;
     let drain = gw.ports.drain_of(port);
     let generation = plan.generation;
-    let Some(lh) = plan.http.listeners.get(&port).cloned() else {
+    let Some(lh) = plan.http.listener(port).cloned() else {
         tracing::warn!(target: "gateway::http", %peer, port, "no HTTP state for this port; closing");
         return;
     };

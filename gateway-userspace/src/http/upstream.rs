@@ -27,6 +27,12 @@ use crate::{
 
 pub use super::upstream_tls::UpstreamClient;
 
+/// The Plan's upstream client (its connection pools), built on the first request.
+pub fn client(plan: &Plan, connect_timeout: std::time::Duration) -> &UpstreamClient {
+    plan.http
+        .upstream(|| UpstreamClient::new(connect_timeout, &plan.snapshot))
+}
+
 /// Request bodies up to this size are buffered so that a retry can resend them
 /// (Envoy buffers for retries too); larger or unsized bodies stream, recorded up to
 /// this size ([`super::replay`]): a retry resends one that ended within it.
@@ -165,11 +171,7 @@ pub async fn forward(
         let endpoint = picked.addr;
         tried.push(endpoint);
         log.upstream_host = Some(endpoint);
-        let target = match plan
-            .http
-            .client(gw.opts.connect_timeout, &plan.snapshot)
-            .for_cluster(cluster, client_h2)
-        {
+        let target = match client(&plan, gw.opts.connect_timeout).for_cluster(cluster, client_h2) {
             Ok(t) => t,
             Err(why) => {
                 tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS origination is not set up: {why}");

@@ -13,8 +13,10 @@
 //! state that must survive it is carried from the old Plan by [`Plan::carry_from`].
 pub mod cors;
 pub mod hash_policy;
+pub mod http;
 pub mod normalize;
 pub mod routing;
+pub mod tcp_tls;
 pub mod tls;
 pub mod tls_client;
 pub mod tls_server;
@@ -30,7 +32,7 @@ pub struct Plan {
     /// The Gateway ports and what each serves, as the accept loops look them up.
     pub listeners: BTreeMap<u16, Arc<Listener>>,
     /// Route tables, certificates and the upstream client of the HTTP listeners.
-    pub http: crate::http::HttpState,
+    pub http: http::HttpState,
     /// AuthorizationPolicy enforcement (and the XDP guard once attached).
     pub authz: Arc<crate::authz::Enforcer>,
     /// TLS passthrough routes by SNI, per port.
@@ -38,14 +40,14 @@ pub struct Plan {
     /// Each cluster's load balancer (DestinationRule `loadBalancer`).
     pub balancers: crate::lb::Balancers,
     /// TLS origination of TCP flows, per cluster (DestinationRule `tls`).
-    pub tcp_tls: crate::proxy::tls_origin::TcpOrigination,
+    pub tcp_tls: tcp_tls::TcpOrigination,
 }
 
 impl Plan {
     /// Compiles everything `snapshot` needs to serve; certificates and keys that do
     /// not load are errors (the old Plan keeps serving on a reload).
     pub fn compile(snapshot: Snapshot, generation: u64) -> Result<Plan, ConfigErrors> {
-        let http = crate::http::HttpState::build(&snapshot)?;
+        let http = http::HttpState::build(&snapshot)?;
         let listeners = snapshot
             .listeners
             .iter()
@@ -56,7 +58,7 @@ impl Plan {
             authz: Arc::new(crate::authz::Enforcer::new(&snapshot)),
             sni_routes: crate::tls::routes::SniRoutes::new(&snapshot),
             balancers: crate::lb::Balancers::new(&snapshot),
-            tcp_tls: crate::proxy::tls_origin::TcpOrigination::new(&snapshot),
+            tcp_tls: tcp_tls::TcpOrigination::new(&snapshot),
             listeners,
             http,
             snapshot: Arc::new(snapshot),
@@ -81,7 +83,7 @@ impl Plan {
         if old.snapshot.clusters == self.snapshot.clusters
             && old.snapshot.secrets == self.snapshot.secrets
         {
-            self.http.carry_client_from(&old.http);
+            self.http.carry_upstream_from(&old.http);
         }
     }
 

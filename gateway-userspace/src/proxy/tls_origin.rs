@@ -10,51 +10,13 @@
 //! certificate) fails closed as Envoy's tcp_proxy does on an upstream connection
 //! failure: the client's connection is closed and the access log says `UF` with the
 //! reason. The flow is then copied in userspace (proxy::l4_copy).
-use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering, time::Duration};
+use std::{sync::atomic::Ordering, time::Duration};
 
-use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::tcp::{FlowCtx, Upstream, refused};
-use crate::config::Snapshot;
-
-/// A cluster's client config and SNI.
-#[derive(Clone)]
-pub struct Origin {
-    cfg: Arc<ClientConfig>,
-    sni: ServerName<'static>,
-}
-
-/// The clusters that originate TLS: their config, or why it could not be built.
-#[derive(Default)]
-pub struct TcpOrigination(HashMap<String, Result<Origin, String>>);
-
-impl TcpOrigination {
-    pub fn new(snapshot: &Snapshot) -> TcpOrigination {
-        let by_cluster = snapshot
-            .clusters
-            .values()
-            .filter_map(|c| {
-                let t = c.tls.as_ref()?;
-                let origin =
-                    crate::http::upstream_tls::client_config(t, c, snapshot).map(|(cfg, sni)| {
-                        Origin {
-                            cfg: Arc::new(cfg),
-                            sni,
-                        }
-                    });
-                Some((c.name.clone(), origin))
-            })
-            .collect();
-        TcpOrigination(by_cluster)
-    }
-
-    /// None: the cluster takes plain TCP.
-    pub fn get(&self, cluster: &str) -> Option<&Result<Origin, String>> {
-        self.0.get(cluster)
-    }
-}
+use crate::plan::tcp_tls::Origin;
 
 /// The TLS handshake with the upstream on `stream`; on a failure writes the `UF`
 /// access-log line and returns None (the caller closes the client's connection).

@@ -615,9 +615,9 @@ stringData: {tls.crt: x, tls.key: y}
         None,
         "no SNI and no server with host `*`: no filter chain matches (Envoy closes)"
     );
-    assert!(crate::http::terminates(l, Some("x.example.com")));
-    assert!(!crate::http::terminates(l, Some("other.org")));
-    assert!(!crate::http::terminates(l, None));
+    assert!(crate::plan::http::terminates(l, Some("x.example.com")));
+    assert!(!crate::plan::http::terminates(l, Some("other.org")));
+    assert!(!crate::plan::http::terminates(l, None));
 }
 
 /// Without SNI, only Envoy's chain without `server_names` matches: the first HTTPS
@@ -660,7 +660,7 @@ stringData: {tls.crt: x, tls.key: y}
         assert_eq!(tls_server_for(l, sni), want, "{sni:?}");
         assert_eq!(index.get(sni), want, "{sni:?}");
     }
-    assert!(crate::http::terminates(l, None));
+    assert!(crate::plan::http::terminates(l, None));
 }
 
 /// `%ROUTE_NAME%`: Istio's `TranslateRoute` names the Envoy route `http[].name`, plus

@@ -1,6 +1,6 @@
 //! Every problem of the server TLS configs, located; a good config builds.
 use crate::config::{GatewayIdentity, ListenerProtocol, load_str};
-use crate::http::HttpState;
+use crate::plan::http::HttpState;
 
 fn demo(file: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
