@@ -590,7 +590,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = gw.stats.worker_accepted.set(per_worker);
     gw.ports.set_workers(runtimes);
     for (port, socks) in listeners {
-        gw.ports.start(&gw, port, socks)?;
+        crate::runtime::ports::start(&gw, port, socks)?;
     }
     let reload = crate::runtime::reload::Source {
         config: Arc::new(crate::runtime::reload::Files(args.config.clone())),

@@ -68,7 +68,7 @@ impl Enforcer {
             &snapshot.resources.authorization_policies,
             &snapshot.identity,
         );
-        let compiled = crate::xdp::compile(&policies, &kinds);
+        let compiled = super::xdp::compile(&policies, &kinds);
         let denied = STAGES
             .iter()
             .flat_map(|s| {

@@ -4,7 +4,7 @@
 use hyper::HeaderMap;
 use serde::Serialize;
 
-use super::{Action, Cidr, Condition, Operation, Policies, Rule, Source, rule_ports};
+use super::{Action, Cidr, Condition, Operation, Policies, PortKind, Rule, Source, rule_ports};
 
 /// Yes, no, or "depends on what isn't known yet".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,20 +39,6 @@ impl Tri {
         }
         items.iter().fold(Tri::No, |acc, i| acc.or(f(i)))
     }
-}
-
-/// What is served on a port, which decides how HTTP-only fields are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum PortKind {
-    /// Plain HTTP or HTTPS terminated here.
-    Http,
-    /// TCP and TLS passthrough only: Istio's TCP rules for HTTP-only fields.
-    Tcp,
-    /// A TLS port where some SNIs are terminated (HTTP) and others passed through:
-    /// HTTP-only fields are unknown until the ClientHello is read.
-    Mixed,
-    /// Not a gateway port: only rules naming it explicitly apply (XDP only).
-    Unserved,
 }
 
 /// What is known about the traffic being judged.

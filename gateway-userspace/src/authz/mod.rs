@@ -36,15 +36,16 @@ mod eval;
 mod index;
 #[cfg(test)]
 mod tests;
+pub mod xdp;
 
 pub use enforcer::Enforcer;
-pub use eval::{Decision, DenyReason, HttpAttrs, L7, PortKind, Request, Tri};
+pub use eval::{Decision, DenyReason, HttpAttrs, L7, Request, Tri};
 pub use index::PolicyIndex;
 
 // === model ===
 
 pub use crate::config::authz::{
-    Cidr, ConditionKey, SUPPORTED_KEYS, condition_key, parse_port, problems,
+    Cidr, ConditionKey, PortKind, SUPPORTED_KEYS, condition_key, parse_port, problems,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -112,6 +112,20 @@ impl Serialize for Cidr {
     }
 }
 
+/// What is served on a port, which decides how HTTP-only fields are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PortKind {
+    /// Plain HTTP or HTTPS terminated here.
+    Http,
+    /// TCP and TLS passthrough only: Istio's TCP rules for HTTP-only fields.
+    Tcp,
+    /// A TLS port where some SNIs are terminated (HTTP) and others passed through:
+    /// HTTP-only fields are unknown until the ClientHello is read.
+    Mixed,
+    /// Not a gateway port: only rules naming it explicitly apply (XDP only).
+    Unserved,
+}
+
 // === from config ===
 
 /// The `when` keys the gateway evaluates (Istio's others need mTLS or JWT).

@@ -57,66 +57,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// gateways are usually tuned down, and a bound keeps one client from taking all).
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
-/// HTTP settings from the command line that Istio keeps in the listener's
-/// HttpConnectionManager: upgrade types, the tunnel idle timeout, internal addresses.
-#[derive(Debug, Clone)]
-pub struct HttpOptions {
-    /// Lowercase upgrade types that are tunnelled (always `websocket`, plus
-    /// `--upgrade-type`).
-    pub upgrade_types: Vec<String>,
-    /// Close an upgraded connection idle this long (None: never).
-    pub upgrade_idle_timeout: Option<Duration>,
-    /// `internal_address_config`: a request from one of these addresses that carries no
-    /// `x-forwarded-for` is internal (keeps its `x-request-id`). Empty by default, as in
-    /// Envoy since 1.33.
-    pub internal_addresses: Vec<crate::authz::Cidr>,
-    /// Envoy's `stream_idle_timeout` (5 min by default) while the request body is read:
-    /// a client that stops sending it gets 408 `SI`. None: off.
-    pub stream_idle_timeout: Option<Duration>,
-    /// Envoy's `common_http_protocol_options.idle_timeout` (1 h by default): an
-    /// HTTP/2 connection without an open stream this long gets GOAWAY and is closed; an
-    /// HTTP/1.1 keep-alive connection idle this long since its last response is closed.
-    pub idle_timeout: Option<Duration>,
-    /// HTTP/2 PING every this often (Envoy's `connection_keepalive.interval`; unset by
-    /// default, as in Istio); a PING unanswered after `http2_keepalive_timeout` closes
-    /// the connection.
-    pub http2_keepalive_interval: Option<Duration>,
-    pub http2_keepalive_timeout: Duration,
-}
-
-/// Envoy's default `stream_idle_timeout`.
-pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Envoy's default HTTP connection `idle_timeout`.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// hyper's (and a common) PING acknowledgement timeout.
-pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-impl Default for HttpOptions {
-    fn default() -> Self {
-        HttpOptions {
-            upgrade_types: vec![upgrade::WEBSOCKET.to_string()],
-            upgrade_idle_timeout: Some(upgrade::DEFAULT_UPGRADE_IDLE_TIMEOUT),
-            internal_addresses: Vec::new(),
-            stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
-            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
-            http2_keepalive_interval: None,
-            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
-        }
-    }
-}
-
-impl HttpOptions {
-    /// Envoy's internal request: the connection's peer is an internal address and no
-    /// proxy in front said otherwise (no `x-forwarded-for`, as `single_xff_address` with
-    /// `use_remote_address` and no trusted hops; conn_manager_utility.cc).
-    pub fn is_internal(&self, peer: std::net::IpAddr, had_xff: bool) -> bool {
-        !had_xff
-            && self
-                .internal_addresses
-                .iter()
-                .any(|c| c.contains(&crate::authz::Cidr::host(peer)))
-    }
-}
+pub use crate::server::options::{
+    DEFAULT_HTTP2_KEEPALIVE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, HttpOptions,
+};
 
 /// Serves one connection on an HTTP port (`tls == false`), or a TLS connection to be
 /// terminated (`tls == true`). `prelude` holds bytes already read from the client (the

@@ -32,12 +32,7 @@ use hyper::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Envoy's default `stream_idle_timeout`, which Istio's gateway keeps: an upgraded
-/// connection in which no byte moved for this long is closed.
-pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The upgrade type Istio configures on every gateway route.
-pub const WEBSOCKET: &str = "websocket";
+pub use crate::server::options::{DEFAULT_UPGRADE_IDLE_TIMEOUT, WEBSOCKET};
 
 /// `--upgrade-type NAME`: one token, compared ignoring case. `h2c` is refused: it is
 /// always stripped, as Envoy's HTTP/1 codec does before any upgrade config is consulted.

@@ -452,7 +452,7 @@ fn respond_upstream(
                 }
                 // The client's connection lives on in the tunnel: it stays counted
                 // (gauges, caps, the drain), and is closed at the drain deadline.
-                let held = crate::listener::Active::hold(&gw, port);
+                let held = crate::server::Active::hold(&gw, port);
                 let closing = drain.closing_token();
                 let id = log.request_id.clone();
                 tokio::spawn(async move {

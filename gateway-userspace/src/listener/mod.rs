@@ -4,7 +4,10 @@ use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration};
 use tokio::net::TcpListener;
 
 use crate::{
-    config::ListenerProtocol, http, proxy, server::Gateway, telemetry::metrics::ListenerStats,
+    config::ListenerProtocol,
+    http, proxy,
+    server::{Active, Gateway},
+    telemetry::metrics::ListenerStats,
 };
 
 /// Binds every port first, so a port that can't be bound fails the start before any
@@ -173,45 +176,6 @@ fn over_cap(gw: &Gateway, stats: Option<&ListenerStats>) -> bool {
         _ => false,
     };
     global || listener
-}
-
-/// Counts a connection as accepted and active until dropped — also when its task
-/// panics, so the gauges, the caps and the drain never drift.
-pub(crate) struct Active {
-    gw: Arc<Gateway>,
-    port: u16,
-}
-
-impl Active {
-    fn enter(gw: &Arc<Gateway>, port: u16) -> Active {
-        if let Some(s) = gw.stats.listener(port) {
-            s.accepted.fetch_add(1, Ordering::Relaxed);
-        }
-        Active::hold(gw, port)
-    }
-
-    /// Counts as active (not accepted again) a downstream connection that outlives its
-    /// connection task: an upgraded HTTP/1.1 connection (WebSocket) in its tunnel, which
-    /// the drain must wait for too.
-    pub(crate) fn hold(gw: &Arc<Gateway>, port: u16) -> Active {
-        gw.stats.active_total.fetch_add(1, Ordering::Relaxed);
-        if let Some(s) = gw.stats.listener(port) {
-            s.active.fetch_add(1, Ordering::Relaxed);
-        }
-        Active {
-            gw: gw.clone(),
-            port,
-        }
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.gw.stats.active_total.fetch_sub(1, Ordering::Relaxed);
-        if let Some(s) = self.gw.stats.listener(self.port) {
-            s.active.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
 }
 
 /// Logs accept() failures at most once a second per listener, with how many were not

@@ -1,149 +1,31 @@
-//! The Gateway ports the process listens on, as Plans come and go: each port's accept
-//! loops (one per worker) and its drain.
-//!
-//! A reload ([`super::reload`]) compares the new Plan's ports with [`Ports::served`]:
-//! a port new to it is bound on every worker and starts accepting ([`Ports::start`]);
-//! a port the new Plan lacks ([`Ports::remove`]) stops accepting at once (its sockets close, a new connect is refused) and its
-//! connections drain as Envoy drains a removed listener (`ListenerManagerImpl::
-//! drainListener`: the listener stops, its connections get the drain sequence, then are
-//! closed when `--drain-duration` ends): HTTP/1.1 answers the request in flight with
-//! `Connection: close`, HTTP/2 gets GOAWAY, and what is left at the deadline is closed.
-//! A port in both keeps its sockets and its connections; the accept loop serves each
-//! new connection by the Plan of the moment, so a changed listener (other servers,
-//! other protocol) applies to the next connection.
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+//! Starting a Gateway port's accept loops, one per worker, on the worker's runtime; the
+//! running ports and their drains are [`crate::server::ports::Ports`].
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use tokio::{runtime::Handle, task::JoinHandle};
+use tokio::runtime::Handle;
 
 use crate::server::Gateway;
-use crate::sys::drain::Drain;
 
-/// Every port's accept loops and drain.
-pub struct Ports {
-    /// Each served port's drain, looked up by connections (lock-free).
-    drains: ArcSwap<BTreeMap<u16, Arc<Drain>>>,
-    /// Accept loops per port: stopped through the port's drain.
-    loops: Mutex<BTreeMap<u16, Vec<JoinHandle<()>>>>,
-    /// The workers' runtimes (index = worker), once started.
-    workers: OnceLock<Vec<Handle>>,
-    /// For a connection on a port no longer registered: already draining.
-    gone: Arc<Drain>,
-}
-
-impl Ports {
-    pub fn new(process: &Drain) -> Ports {
-        let gone = process.child();
-        gone.start();
-        Ports {
-            drains: ArcSwap::default(),
-            loops: Mutex::default(),
-            workers: OnceLock::new(),
-            gone: Arc::new(gone),
+/// Starts accepting on `port` with one socket per worker (`socks[w]` are worker `w`'s
+/// sockets, every address).
+pub fn start(
+    gw: &Arc<Gateway>,
+    port: u16,
+    socks: Vec<Vec<std::net::TcpListener>>,
+) -> std::io::Result<()> {
+    let drain = Arc::new(gw.drain.child());
+    let mut loops = vec![];
+    for (worker, socks) in socks.into_iter().enumerate() {
+        let rt = gw.ports.worker(worker).unwrap_or_else(Handle::current);
+        // Registered with the worker's own reactor: its connections are polled there.
+        let _in_worker = rt.enter();
+        for sock in socks {
+            let sock = tokio::net::TcpListener::from_std(sock)?;
+            let accept =
+                crate::listener::accept_loop(gw.clone(), port, sock, worker, drain.clone());
+            loops.push(rt.spawn(accept));
         }
     }
-
-    /// The drain of `port`'s connections.
-    pub fn drain_of(&self, port: u16) -> Arc<Drain> {
-        self.drains
-            .load()
-            .get(&port)
-            .cloned()
-            .unwrap_or_else(|| self.gone.clone())
-    }
-
-    /// Ports accepting now.
-    pub fn served(&self) -> Vec<u16> {
-        self.drains.load().keys().copied().collect()
-    }
-
-    /// Starts accepting on `port` with one socket per worker (`socks[w]` are worker `w`'s
-    /// sockets, every address).
-    pub fn start(
-        &self,
-        gw: &Arc<Gateway>,
-        port: u16,
-        socks: Vec<Vec<std::net::TcpListener>>,
-    ) -> std::io::Result<()> {
-        let drain = Arc::new(gw.drain.child());
-        let workers = self.workers.get().map(Vec::as_slice).unwrap_or_default();
-        let mut loops = vec![];
-        for (worker, socks) in socks.into_iter().enumerate() {
-            let rt = workers.get(worker).cloned().unwrap_or_else(Handle::current);
-            // Registered with the worker's own reactor: its connections are polled there.
-            let _in_worker = rt.enter();
-            for sock in socks {
-                let sock = tokio::net::TcpListener::from_std(sock)?;
-                let accept =
-                    crate::listener::accept_loop(gw.clone(), port, sock, worker, drain.clone());
-                loops.push(rt.spawn(accept));
-            }
-        }
-        self.drains.rcu(|m| {
-            let mut m = BTreeMap::clone(m);
-            m.insert(port, drain.clone());
-            m
-        });
-        lock(&self.loops).insert(port, loops);
-        Ok(())
-    }
-
-    /// The worker runtimes new ports are served on.
-    pub fn set_workers(&self, handles: Vec<Handle>) {
-        let _ = self.workers.set(handles);
-    }
-
-    pub fn worker_count(&self) -> usize {
-        self.workers.get().map_or(1, Vec::len)
-    }
-
-    /// Stops accepting on `port` now, and drains its connections for `duration`, then
-    /// closes what remains (a task of its own).
-    pub fn remove(&self, port: u16, duration: Duration) {
-        let mut gone = None;
-        self.drains.rcu(|m| {
-            let mut m = BTreeMap::clone(m);
-            gone = m.remove(&port);
-            m
-        });
-        let loops = lock(&self.loops).remove(&port).unwrap_or_default();
-        let Some(drain) = gone else { return };
-        drain.start();
-        tracing::info!(
-            port,
-            drain_duration = %humantime::format_duration(duration),
-            "listener removed by reload: not accepting; its connections drain"
-        );
-        tokio::spawn(async move {
-            for l in loops {
-                let _ = l.await;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(duration) => {
-                    tracing::info!(port, "removed listener's drain deadline: closing its remaining connections");
-                    drain.close();
-                }
-                // The process drain closes everything itself.
-                () = drain.closing() => {}
-            }
-        });
-    }
-
-    /// Every accept loop, to wait for when the process drains (they return once the
-    /// drain has started).
-    pub fn take_loops(&self) -> Vec<JoinHandle<()>> {
-        std::mem::take(&mut *lock(&self.loops))
-            .into_values()
-            .flatten()
-            .collect()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding it leaves plain data (handles) in a valid state.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    gw.ports.register(port, drain, loops);
+    Ok(())
 }

@@ -17,10 +17,7 @@
 use std::{
     collections::BTreeSet,
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -31,14 +28,6 @@ use crate::{cli::ConfigArgs, config, plan::Plan, server::Gateway};
 /// How long the config paths must be quiet after a change before the reload runs
 /// (an editor or `kubectl cp` writes a file in several steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
-
-/// Reload outcomes, for `/stats/prometheus`.
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    pub applied: AtomicU64,
-    pub rejected: AtomicU64,
-    pub unchanged: AtomicU64,
-}
 
 /// `gateway_config_reloads_total{result}` and `gateway_config_generation`.
 pub fn render_prometheus(gw: &Gateway, out: &mut String) {
@@ -223,7 +212,7 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     let plan = Arc::new(plan);
     gw.swap_plan(plan.clone());
     for (port, socks) in bound {
-        if let Err(e) = gw.ports.start(gw, port, socks) {
+        if let Err(e) = crate::runtime::ports::start(gw, port, socks) {
             tracing::error!(target: "gateway::reload", port, "new listener not started: {e}");
         }
     }

@@ -21,7 +21,7 @@ mod compile;
 mod tests;
 mod update;
 
-pub use compile::{Compiled, RULE_DEFAULT_DENY, RULE_NONE, RULE_USERSPACE, action_name, compile};
+pub use compile::{Compiled, RULE_DEFAULT_DENY, RULE_NONE, RULE_USERSPACE, action_name};
 pub use update::UpdateStats;
 use update::{GuardMaps, RuleKey, Stats, Tables, Zero};
 

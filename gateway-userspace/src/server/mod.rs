@@ -6,56 +6,16 @@ use std::{
         Arc,
         atomic::{AtomicU8, Ordering},
     },
-    time::Duration,
 };
 
 use arc_swap::ArcSwap;
 
+pub mod options;
+pub mod ports;
+
+pub use options::{IstioPorts, Options};
+
 use crate::{kernel::splice::Splicer, plan::Plan, telemetry::metrics::Stats};
-
-/// Runtime knobs from the command line.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Address every Gateway port is bound on (Istio's ingress listens on 0.0.0.0).
-    pub bind: IpAddr,
-    /// Also listen on `[::]` (IPv6-only socket beside the IPv4 one): `--bind` not given.
-    pub dual_stack: bool,
-    /// How long a TLS listener waits for a complete ClientHello (Envoy: 15 s; we: 10 s).
-    pub client_hello_timeout: Duration,
-    /// Upstream connect timeout (Istio's default connectTimeout: 10 s).
-    pub connect_timeout: Duration,
-    /// Downstream connections open at once, all listeners together; past it new ones
-    /// are refused at accept (None: no cap).
-    pub max_connections: Option<u64>,
-    /// The same per listener.
-    pub listener_max_connections: Option<u64>,
-    /// MeshConfig `pathNormalization.normalization` (Istio's default: BASE).
-    pub path_normalization: crate::config::mesh::PathNormalization,
-    /// Upgrade types, the tunnel idle timeout and internal addresses.
-    pub http: crate::http::HttpOptions,
-    /// Istio's status port (`/healthz/ready`, 15021) and Prometheus port
-    /// (`/stats/prometheus`, 15090); None: not served.
-    pub istio_ports: IstioPorts,
-}
-
-/// The ports Istio's proxy serves besides the Gateway's (Envoy's bootstrap listeners
-/// `0.0.0.0_15021` and `0.0.0.0_15090`, tools/packaging/common/envoy_bootstrap.json).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IstioPorts {
-    /// `/healthz/ready` (`--status-port`, Istio's `envoy_status_port`).
-    pub status: Option<u16>,
-    /// `/stats/prometheus` (`--prometheus-port`, Istio's `envoy_prometheus_port`).
-    pub prometheus: Option<u16>,
-}
-
-impl Default for IstioPorts {
-    fn default() -> Self {
-        IstioPorts {
-            status: Some(15021),
-            prometheus: Some(15090),
-        }
-    }
-}
 
 /// Where the gateway is in its life, as readiness reports it: `/healthz/ready` on the
 /// status port answers 200 only while [`ReadyState::Serving`] (503 before the config
@@ -110,20 +70,13 @@ impl Readiness {
     }
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            max_connections: None,
-            listener_max_connections: None,
-            bind: IpAddr::from([0, 0, 0, 0]),
-            dual_stack: false,
-            client_hello_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
-            path_normalization: crate::config::mesh::PathNormalization::Base,
-            http: crate::http::HttpOptions::default(),
-            istio_ports: IstioPorts::default(),
-        }
-    }
+/// Config reloads by outcome (`gateway_config_reloads_total`, rendered by
+/// [`crate::runtime::reload::render_prometheus`]).
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub applied: std::sync::atomic::AtomicU64,
+    pub rejected: std::sync::atomic::AtomicU64,
+    pub unchanged: std::sync::atomic::AtomicU64,
 }
 
 pub struct Gateway {
@@ -139,9 +92,9 @@ pub struct Gateway {
     /// SIGTERM's drain, as accept loops and connections see it.
     pub drain: crate::sys::drain::Drain,
     /// The ports accepting now, and the drains of their connections.
-    pub ports: crate::runtime::ports::Ports,
+    pub ports: ports::Ports,
     /// Reload outcomes (`gateway_config_reloads_total`).
-    pub reloads: crate::runtime::reload::ReloadStats,
+    pub reloads: ReloadStats,
 }
 
 impl Gateway {
@@ -149,7 +102,7 @@ impl Gateway {
         let stats = Stats::new(plan.ports());
         let drain = crate::sys::drain::Drain::default();
         Gateway {
-            ports: crate::runtime::ports::Ports::new(&drain),
+            ports: ports::Ports::new(&drain),
             plan: ArcSwap::from_pointee(plan),
             splicer,
             stats,
@@ -189,5 +142,45 @@ impl Gateway {
     /// Istio's listener name for a port: `0.0.0.0_31400`.
     pub fn listener_name(&self, port: u16) -> String {
         format!("{}_{port}", self.opts.bind)
+    }
+}
+
+/// Counts a connection as accepted and active until dropped — also when its task
+/// panics, so the gauges, the caps and the drain never drift.
+pub struct Active {
+    gw: Arc<Gateway>,
+    port: u16,
+}
+
+impl Active {
+    /// A connection accepted on `port`.
+    pub fn enter(gw: &Arc<Gateway>, port: u16) -> Active {
+        if let Some(s) = gw.stats.listener(port) {
+            s.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        Active::hold(gw, port)
+    }
+
+    /// Counts as active (not accepted again) a downstream connection that outlives its
+    /// connection task: an upgraded HTTP/1.1 connection (WebSocket) in its tunnel, which
+    /// the drain must wait for too.
+    pub fn hold(gw: &Arc<Gateway>, port: u16) -> Active {
+        gw.stats.active_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = gw.stats.listener(port) {
+            s.active.fetch_add(1, Ordering::Relaxed);
+        }
+        Active {
+            gw: gw.clone(),
+            port,
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.gw.stats.active_total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = self.gw.stats.listener(self.port) {
+            s.active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
