@@ -29,8 +29,6 @@ pub struct Options {
     pub max_connections: Option<u64>,
     /// The same per listener.
     pub listener_max_connections: Option<u64>,
-    /// MeshConfig `pathNormalization.normalization` (Istio's default: BASE).
-    pub path_normalization: crate::config::mesh::PathNormalization,
     /// Upgrade types, the tunnel idle timeout and internal addresses.
     pub http: crate::http::HttpOptions,
     /// Istio's status port (`/healthz/ready`, 15021) and Prometheus port
@@ -119,7 +117,6 @@ impl Default for Options {
             dual_stack: false,
             client_hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
-            path_normalization: crate::config::mesh::PathNormalization::Base,
             http: crate::http::HttpOptions::default(),
             istio_ports: IstioPorts::default(),
         }
@@ -131,7 +128,8 @@ pub struct Gateway {
     plan: ArcSwap<Plan>,
     pub splicer: Splicer,
     pub stats: Stats,
-    /// Access logs and Istio metrics (logs off until `cli::run` sets them up).
+    /// Access logs and Istio metrics (logs off until `cli::run` applies the config's;
+    /// a reload applies its own). Requests reach it through their connection.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     pub opts: Options,
     /// What `/healthz/ready` answers.
