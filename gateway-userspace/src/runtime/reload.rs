@@ -207,8 +207,8 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     let old = gw.plan();
     let compiled = {
         let (config, old) = (source.config.clone(), old.clone());
-        let (telemetry, dns_flag) = (gw.telemetry.clone(), source.dns_refresh_rate_flag);
-        tokio::task::spawn_blocking(move || compile(&*config, &old, &telemetry, dns_flag)).await
+        let telemetry = gw.telemetry.clone();
+        tokio::task::spawn_blocking(move || compile(&*config, &old, &telemetry)).await
     };
     let (mut plan, access) = match compiled {
         Ok(Ok(Some(p))) => p,
@@ -246,6 +246,7 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     gw.swap_plan(plan.clone());
     // The access logs of the new config, right behind its routes.
     gw.telemetry.apply(access, &plan.snapshot);
+    mesh_changes(&old.snapshot.mesh, &plan.snapshot.mesh, source);
     for (port, socks) in bound {
         if let Err(e) = gw.ports.start(gw, port, socks) {
             tracing::error!(target: "gateway::reload", port, "new listener not started: {e}");
@@ -267,12 +268,11 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
 }
 
 /// Loads and compiles the config (the Plan, and the access logs for `telemetry`);
-/// None when it is the running one. `dns_flag`: `--dns-refresh-rate` was given.
+/// None when it is the running one.
 fn compile(
     source: &dyn ConfigSource,
     old: &Plan,
     telemetry: &Telemetry,
-    dns_flag: bool,
 ) -> Result<Option<(Plan, AccessLogConfig)>, Vec<String>> {
     let snapshot = source.load()?;
     if snapshot == *old.snapshot {
@@ -280,13 +280,6 @@ fn compile(
     }
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
-    }
-    let (was, mesh) = (&old.snapshot.mesh, &snapshot.mesh);
-    if mesh.dns_refresh_rate() != was.dns_refresh_rate() && !dns_flag {
-        tracing::warn!(target: "gateway::reload", "MeshConfig dnsRefreshRate changed: the DNS refresh interval is read at start; the new one takes effect at the next start");
-    }
-    if mesh.normalization() != was.normalization() {
-        tracing::info!(target: "gateway::reload", "request paths normalized as pathNormalization {} (MeshConfig) from the next request", mesh.normalization().name());
     }
     let access = telemetry.compile(&snapshot);
     match (Plan::compile(snapshot, old.generation + 1), access) {
@@ -296,6 +289,17 @@ fn compile(
             errors.extend(access.err().unwrap_or_default());
             Err(config::ConfigErrors(errors).lines())
         }
+    }
+}
+
+/// Says what an applied MeshConfig change does: `pathNormalization` applies from the
+/// next request; `dnsRefreshRate` is read at start only.
+fn mesh_changes(was: &config::mesh::MeshConfig, now: &config::mesh::MeshConfig, source: &Source) {
+    if now.normalization() != was.normalization() {
+        tracing::info!(target: "gateway::reload", "request paths normalized as pathNormalization {} (MeshConfig) from the next request", now.normalization().name());
+    }
+    if now.dns_refresh_rate() != was.dns_refresh_rate() && !source.dns_refresh_rate_flag {
+        tracing::warn!(target: "gateway::reload", "MeshConfig dnsRefreshRate changed: the DNS refresh interval is read at start; the new one takes effect at the next start");
     }
 }
 
