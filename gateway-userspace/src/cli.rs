@@ -246,44 +246,47 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 impl ConfigArgs {
-    pub fn identity(&self) -> GatewayIdentity {
+    /// The gateway's namespace and labels, and the root namespace of `mesh`.
+    pub fn identity(&self, mesh: &config::mesh::MeshConfig) -> GatewayIdentity {
         let mut id = GatewayIdentity {
             namespace: self.namespace.clone(),
+            root_namespace: mesh.root_namespace().to_string(),
             ..GatewayIdentity::default()
         };
-        // MeshConfig `rootNamespace` (a MeshConfig that does not load is reported, and
-        // stops the gateway, where it is loaded).
-        if let Some(mesh) = self
-            .mesh_config
-            .as_deref()
-            .and_then(|p| config::mesh::load(p).ok())
-        {
-            id.root_namespace = mesh.root_namespace().to_string();
-        }
         if !self.labels.is_empty() {
             id.labels = self.labels.iter().cloned().collect::<BTreeMap<_, _>>();
         }
         id
     }
 
-    /// Loads and validates: the snapshot with its warnings, or every line to print (the
-    /// warnings, then every error with its `file:line:col`, then a count). Warnings
-    /// (the MeshConfig's too) are errors with `--strict`. `missing`: what references to
+    /// Loads and validates: the snapshot (with the `--mesh-config` file) and its
+    /// warnings, or every line to print (the warnings, then every error of the config
+    /// files and the MeshConfig with its `file:line:col`, then a count). Warnings (the
+    /// MeshConfig's too) are errors with `--strict`. `missing`: what references to
     /// missing things are (errors for `validate`).
     pub fn load(&self, missing: config::Missing) -> Result<config::Snapshot, Vec<String>> {
-        let loaded = config::load_with(&self.config, &self.identity(), missing);
+        // The MeshConfig first: its `rootNamespace` decides which resources apply.
+        let mesh = match &self.mesh_config {
+            Some(p) => config::mesh::load(p),
+            None => Ok(config::mesh::MeshConfig::default()),
+        };
+        let id = self.identity(mesh.as_ref().unwrap_or(&Default::default()));
+        let loaded = config::load_with(&self.config, &id, missing);
         let mut warnings = loaded.warnings;
         if let Some(p) = &self.mesh_config {
             warnings.extend(config::mesh::warnings(p));
         }
-        let mut snap = match loaded.result {
-            Ok(s) => s,
-            Err(errors) => {
+        let (mut snap, mesh) = match (loaded.result, mesh) {
+            (Ok(s), Ok(m)) => (s, m),
+            (result, mesh) => {
+                let mut errors = result.err().map(|e| e.0).unwrap_or_default();
+                errors.extend(mesh.err().map(|e| e.0).unwrap_or_default());
                 let mut lines: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-                lines.extend(errors.lines());
+                lines.extend(config::ConfigErrors(errors).lines());
                 return Err(lines);
             }
         };
+        snap.mesh = mesh;
         if self.strict && !warnings.is_empty() {
             let mut lines: Vec<String> =
                 warnings.iter().map(|w| w.to_error().to_string()).collect();
@@ -334,14 +337,17 @@ fn exit_with(lines: &[String]) -> ! {
 /// and exits 64, as for config errors. With [`config::Missing::Error`] (`validate`) a
 /// DestinationRule `tls` whose material does not load is an error too; `run` serves
 /// without that cluster's TLS (its requests fail closed, 503 UF).
+/// `more`: errors found by the other compile steps, printed with these.
 pub fn http_or_exit(
     snap: &config::Snapshot,
     missing: config::Missing,
+    more: Vec<config::ConfigError>,
 ) -> crate::plan::http::HttpState {
     let (http, mut errors) = match crate::plan::http::HttpState::build(snap) {
         Ok(http) => (Some(http), Vec::new()),
         Err(errors) => (None, errors.0),
     };
+    errors.extend(more);
     if missing == config::Missing::Error {
         errors.extend(crate::plan::tls_client::problems(snap));
     }
@@ -357,15 +363,13 @@ fn exit_config_errors(errors: Vec<config::ConfigError>) -> ! {
 }
 
 pub fn validate(args: &ConfigArgs) {
+    // The `--mesh-config` file is loaded and checked with the config files.
     let snap = args.load_or_exit(config::Missing::Error, |w| eprintln!("{w}"));
-    if let Some(p) = &args.mesh_config
-        && let Err(errors) = config::mesh::load(p)
-    {
-        eprintln!("{errors}\nconfiguration error(s)");
-        std::process::exit(EXIT_BAD_CONFIG);
-    }
-    // Certificates, keys, CAs and CRLs are loaded the way `run` loads them.
-    http_or_exit(&snap, config::Missing::Error);
+    // Certificates, keys, CAs and CRLs are loaded, and the access-log formats and
+    // filters compiled, the way `run` does.
+    let id = args.identity(&snap.mesh);
+    let access = crate::telemetry::access_log::compile(&snap, &id).err();
+    http_or_exit(&snap, config::Missing::Error, access.unwrap_or_default());
     if !snap.warnings.is_empty() {
         eprintln!(
             "{} warning(s): see above (--strict makes them errors)",
@@ -382,53 +386,6 @@ pub fn validate(args: &ConfigArgs) {
             .join(", "),
         snap.clusters.len()
     );
-}
-
-/// Loads `--mesh-config` (default: an empty MeshConfig); exits 64 on a bad file, like
-/// bad config.
-pub fn mesh_or_exit(args: &RunArgs) -> config::mesh::MeshConfig {
-    match &args.config.mesh_config {
-        Some(p) => config::mesh::load(p).unwrap_or_else(|errors| {
-            eprintln!("{errors}\nconfiguration error(s); nothing was started");
-            std::process::exit(EXIT_BAD_CONFIG);
-        }),
-        None => config::mesh::MeshConfig::default(),
-    }
-}
-
-/// Works out which access logs are on; exits 64 when a Telemetry names what the
-/// MeshConfig does not have.
-pub fn telemetry_or_exit(
-    args: &RunArgs,
-    mesh: &config::mesh::MeshConfig,
-    snapshot: &config::Snapshot,
-) -> crate::telemetry::Telemetry {
-    use crate::telemetry::access_log::{self, AccessLogs};
-    let id = args.config.identity();
-    let targets =
-        access_log::resolve(mesh, &snapshot.resources.telemetry, &id).unwrap_or_else(|e| {
-            eprintln!("{e}\nconfiguration error; nothing was started");
-            std::process::exit(EXIT_BAD_CONFIG);
-        });
-    if targets.is_empty() {
-        tracing::info!(
-            "access logs off (no MeshConfig accessLogFile, no Telemetry turning them on)"
-        );
-    }
-    for t in &targets {
-        tracing::info!(
-            provider = %t.provider,
-            file = %t.path.display(),
-            filter = t.filter.is_some(),
-            "access log on ({})",
-            t.source
-        );
-    }
-    let mut t =
-        crate::telemetry::Telemetry::new(AccessLogs::start(targets, args.access_log_buffer), &id);
-    t.istio
-        .set_endpoint_labels(crate::telemetry::istio_metrics::endpoint_labels(snapshot));
-    t
 }
 
 /// `gateway proxy-config`: prints the table (or JSON), or the error and exits 1.
@@ -479,13 +436,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             s.credential_name
         );
     }
-    let mesh = mesh_or_exit(&args);
-    let telemetry = Arc::new(telemetry_or_exit(&args, &mesh, &snapshot));
-    let path_normalization = mesh.path_normalization.normalization.effective();
+    // Access logs and metrics; the access logs are compiled with the Plan, below.
+    let id = args.config.identity(&snapshot.mesh);
+    let telemetry = Arc::new(crate::telemetry::Telemetry::new(
+        &id,
+        args.access_log_buffer,
+    ));
+    let access = telemetry.compile(&snapshot);
     tracing::info!(
         "request paths normalized as pathNormalization {} (MeshConfig)",
-        path_normalization.name()
+        snapshot.mesh.normalization().name()
     );
+    let mesh_dns_refresh_rate = snapshot.mesh.dns_refresh_rate();
     let splice_opts = SpliceOptions {
         pipe: PipeConfig {
             pipe_size: args.splice_pipe_size,
@@ -528,16 +490,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         max_connections,
         listener_max_connections: args.listener_max_connections.filter(|&n| n > 0),
-        path_normalization,
         http: http_options(&args),
         istio_ports: crate::server::IstioPorts {
             status: args.status_port.0,
             prometheus: args.prometheus_port.0,
         },
     };
-    let plan = crate::plan::Plan::compile(snapshot, 1).unwrap_or_else(|e| exit_config_errors(e.0));
+    let (plan, access) = match (crate::plan::Plan::compile(snapshot, 1), access) {
+        (Ok(plan), Ok(access)) => (plan, access),
+        (plan, access) => {
+            let mut errors = plan.err().map(|e| e.0).unwrap_or_default();
+            errors.extend(access.err().unwrap_or_default());
+            exit_config_errors(errors)
+        }
+    };
+    telemetry.apply(access, &plan.snapshot);
     let mut gw = Gateway::new(plan, splicer, opts);
-    telemetry.install();
     gw.telemetry = telemetry;
     let gw = Arc::new(gw);
     gw.plan().authz.start(&args.xdp_iface);
@@ -582,7 +550,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let dns_rate = args
         .dns_refresh_rate
-        .or(mesh.dns_refresh_rate())
+        .or(mesh_dns_refresh_rate)
         .unwrap_or(crate::runtime::dns::DEFAULT_REFRESH_RATE);
     tokio::spawn(crate::runtime::dns::run(gw.clone(), dns_rate));
     let runtimes = crate::sys::workers::start(workers).context("starting the workers")?;
@@ -595,6 +563,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let reload = crate::runtime::reload::Source {
         config: Arc::new(crate::runtime::reload::Files(args.config.clone())),
         drain_duration: args.drain_duration,
+        dns_refresh_rate_flag: args.dns_refresh_rate.is_some(),
     };
     tokio::spawn(crate::runtime::reload::run(gw.clone(), reload));
     gw.readiness.set(crate::server::ReadyState::Serving);

@@ -41,6 +41,10 @@ pub struct MeshConfig {
     /// Every other MeshConfig field, accepted as written.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml::Value>,
+    /// Where the file's fields are written: for the errors found when the access-log
+    /// formats are compiled (`telemetry::access_log::compile`).
+    #[serde(skip)]
+    pub origin: super::Origin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -145,6 +149,11 @@ impl MeshConfig {
             .unwrap_or(DEFAULT_ROOT_NAMESPACE)
     }
 
+    /// `pathNormalization.normalization`, DEFAULT as BASE.
+    pub fn normalization(&self) -> PathNormalization {
+        self.path_normalization.normalization.effective()
+    }
+
     pub fn provider(&self, name: &str) -> Option<&ExtensionProvider> {
         self.extension_providers.iter().find(|p| p.name == name)
     }
@@ -177,7 +186,9 @@ pub fn warnings(path: &Path) -> Vec<super::Warning> {
         .unwrap_or_default()
 }
 
-/// Reads and checks a MeshConfig file; errors as `file:line:col: message`.
+/// Reads and checks a MeshConfig file; errors as `file:line:col: message`. The
+/// access-log formats are checked where they are compiled, with the Telemetry
+/// resources (`telemetry::access_log::compile`).
 pub fn load(path: &Path) -> Result<MeshConfig, ConfigErrors> {
     let at = |line: usize, col: usize, message: String| ConfigError {
         loc: Loc {
@@ -201,7 +212,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         },
         message,
     };
-    let mesh: MeshConfig = if text.trim().is_empty() {
+    let mut mesh: MeshConfig = if text.trim().is_empty() {
         MeshConfig::default()
     } else {
         serde_yaml::from_str(text).map_err(|e| {
@@ -240,44 +251,20 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             ));
         }
     }
-    if let Err(e) = crate::telemetry::format::Format::for_mesh(
-        mesh.access_log_encoding,
-        &mesh.access_log_format,
-    ) {
-        errors.push(at(1, 1, format!("accessLogFormat: {e}")));
-    }
-    for p in &mesh.extension_providers {
-        if let Some(f) = &p.envoy_file_access_log
-            && let Err(e) = crate::telemetry::format::Format::for_provider(f.log_format.as_ref())
-        {
-            errors.push(at(
-                1,
-                1,
-                format!("extensionProviders \"{}\": logFormat: {e}", p.name),
-            ));
-        }
-    }
     if errors.is_empty() {
+        let doc = super::source::DocText {
+            text: text.to_string(),
+            line_offset: 0,
+        };
+        let src = super::source::Source {
+            file: path.to_path_buf(),
+            positions: super::source::Positions::build(&doc),
+            subject: "MeshConfig".into(),
+        };
+        mesh.origin = super::Origin::new(&src, "");
         Ok(mesh)
     } else {
         Err(ConfigErrors(errors))
-    }
-}
-
-/// Checks a Telemetry's access-log filters (called by validation, with positions).
-pub(crate) fn validate_telemetry(
-    t: &super::parse::Entry<super::istio::Telemetry>,
-    errors: &mut Vec<ConfigError>,
-) {
-    for (i, al) in t.res.spec.access_logging.iter().enumerate() {
-        if let Some(f) = &al.filter
-            && let Err(e) = crate::telemetry::filter::Filter::parse(&f.expression)
-        {
-            errors.push(t.src.error(
-                &format!("spec.accessLogging[{i}].filter.expression"),
-                format!("unsupported filter expression: {e}"),
-            ));
-        }
     }
 }
 
@@ -325,11 +312,8 @@ mod tests {
                 .contains("unknown MeshConfig field \"accessLogFIle\"")
         );
         assert!(errors("accessLogEncoding: XML\n").starts_with("mesh.yaml:1:"));
-        assert!(errors("accessLogFormat: \"%NOPE%\"\n").contains("unsupported operator %NOPE%"));
-        assert!(
-            errors("accessLogEncoding: JSON\naccessLogFormat: \"not json\"\n")
-                .contains("JSON object")
-        );
+        // The formats are compiled with the Telemetry resources (telemetry::access_log).
+        assert!(errors("accessLogFormat: \"%NOPE%\"\n").is_empty());
     }
 
     #[test]
@@ -371,27 +355,6 @@ mod tests {
             e.contains("unknown MeshConfig field \"pathNormalisation\""),
             "{e}"
         );
-    }
-
-    #[test]
-    fn telemetry_filters_are_validated_with_positions() {
-        let yaml = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  accessLogging:\n  - filter:\n      expression: source.workload == 'x'\n";
-        let e = crate::config::load_str("t.yaml", yaml, &crate::config::GatewayIdentity::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("t.yaml:7:19: unsupported filter expression"),
-            "{e}"
-        );
-        let typo = yaml.replace(
-            "filter:\n      expression: source.workload == 'x'",
-            "disable: true",
-        );
-        let e =
-            crate::config::load_str("t.yaml", &typo, &crate::config::GatewayIdentity::default())
-                .unwrap_err()
-                .to_string();
-        assert!(e.contains("unknown field `disable`"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub warnings: Vec<super::warnings::Warning>,
     /// Gateway servers left out because their credential Secret does not exist.
     pub inactive: Vec<InactiveServer>,
+    /// The `--mesh-config` file (default: an empty MeshConfig). Its access-log fields
+    /// are compiled with the Telemetry resources (`telemetry::access_log::compile`).
+    pub mesh: super::mesh::MeshConfig,
 }
 
 /// A Gateway server that is not served: a reference of it names something missing.
@@ -64,6 +67,9 @@ pub struct Resources {
     pub service_entries: Vec<istio::ServiceEntry>,
     pub destination_rules: Vec<super::destination_rule::DestinationRule>,
     pub telemetry: Vec<istio::Telemetry>,
+    /// Where each of `telemetry` is written (its filters are compiled later).
+    #[serde(skip)]
+    pub telemetry_origins: Vec<Origin>,
     pub authorization_policies: Vec<istio::AuthorizationPolicy>,
     /// `"namespace/name"` of each Secret.
     pub secret_names: Vec<String>,

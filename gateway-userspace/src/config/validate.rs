@@ -45,9 +45,6 @@ pub(crate) fn build(
             errors.push(ap.src.error(&path, msg));
         }
     }
-    for t in &p.telemetry {
-        super::mesh::validate_telemetry(t, errors);
-    }
 
     // Istio: a Gateway applies to the workloads its selector matches; an
     // empty selector matches every gateway workload.
@@ -146,11 +143,17 @@ pub(crate) fn build(
         clusters,
         secrets,
         identity: id.clone(),
+        mesh: Default::default(),
         resources: Resources {
             gateways: p.gateways.into_iter().map(|e| e.res).collect(),
             virtual_services: p.virtual_services.into_iter().map(|e| e.res).collect(),
             service_entries: p.service_entries.into_iter().map(|e| e.res).collect(),
             destination_rules: p.destination_rules.into_iter().map(|e| e.res).collect(),
+            telemetry_origins: p
+                .telemetry
+                .iter()
+                .map(|e| Origin::new(&e.src, ""))
+                .collect(),
             telemetry: p.telemetry.into_iter().map(|e| e.res).collect(),
             authorization_policies,
             secret_names,

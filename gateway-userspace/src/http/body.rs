@@ -212,7 +212,7 @@ impl LoggedBody {
             log.bytes_sent = self.sent;
             log.bytes_received = self.received.load(Ordering::Relaxed);
             log.duration = self.started.elapsed();
-            log.emit();
+            log.emit(&self.conn.telemetry);
             self.conn.mark_idle();
         }
     }

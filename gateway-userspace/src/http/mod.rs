@@ -46,6 +46,9 @@ pub mod upstream_conn;
 pub mod upstream_h2;
 pub mod upstream_tls;
 
+/// The record of one request (moved to `telemetry`, which reports it).
+pub use crate::telemetry::RequestLog;
+
 /// Envoy's default `max_request_headers_kb` (60 KiB); beyond it: 431.
 pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
 /// Envoy's default `max_headers_count`.
@@ -107,7 +110,8 @@ pub async fn serve(
             }
         };
         let table = (generation, lh.merged.clone());
-        let mut conn = proxy::ConnCtx::new(peer, port, None, None, table, drain);
+        let telemetry = gw.telemetry.clone();
+        let mut conn = proxy::ConnCtx::new(peer, port, None, None, table, drain, telemetry);
         conn.local = local;
         let conn = Arc::new(conn);
         return serve_http(gw, conn, io, h2).await;
@@ -190,6 +194,7 @@ async fn serve_tls(
         Some((index, server.hosts.clone())),
         (generation, server.table.clone()),
         drain,
+        gw.telemetry.clone(),
     );
     conn.local = local;
     conn.client_cert = stream
@@ -253,7 +258,7 @@ where
             tracing::debug!(target: "gateway::http", %peer, port, "closing idle keep-alive connection");
             return;
         }
-        log_connection_error(&e, peer, port, h2, conn.sni.as_deref(), conn.local);
+        log_connection_error(&e, &conn, h2);
     }
 }
 
@@ -402,14 +407,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
 
 /// hyper answers malformed HTTP/1.1 itself (400, 431) and closes; we only see the
 /// error, so the access log line is written here.
-fn log_connection_error(
-    e: &hyper::Error,
-    peer: SocketAddr,
-    port: u16,
-    h2: bool,
-    sni: Option<&str>,
-    local: Option<SocketAddr>,
-) {
+fn log_connection_error(e: &hyper::Error, conn: &proxy::ConnCtx, h2: bool) {
+    let (peer, port) = (conn.peer, conn.port);
     let (status, details) = if e.is_parse_too_large() {
         (431, "request_headers_too_large")
     } else if e.is_parse() {
@@ -443,15 +442,15 @@ fn log_connection_error(
         request_id: String::new(),
         downstream_remote: peer,
         downstream_local_port: port,
-        downstream_local: local,
+        downstream_local: conn.local,
         upstream_local: None,
         grpc_status: None,
-        sni: sni.map(str::to_string),
+        sni: conn.sni.clone(),
         user_agent: None,
         x_forwarded_for: None,
     };
     tracing::info!(target: "gateway::http", %peer, port, "closing connection: {e}");
-    log.emit();
+    log.emit(&conn.telemetry);
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -565,86 +564,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prelude<S> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-// === access log record ===
-
-/// One request as the access log will print it (the format is a later issue): what
-/// Envoy's `%START_TIME%`, `%REQ(:METHOD)%`, `%RESPONSE_FLAGS%`... would show.
-#[derive(Debug, Clone)]
-pub struct RequestLog {
-    pub start: SystemTime,
-    pub method: String,
-    /// Path and query as received (before any rewrite).
-    pub path: String,
-    /// `HTTP/1.1` or `HTTP/2`.
-    pub protocol: &'static str,
-    pub status: u16,
-    /// Envoy's short flags: NR, UH, UF, UT, URX, UC, DI, FI, DC, DPE, UPE...
-    pub response_flags: Vec<&'static str>,
-    /// Envoy's `%RESPONSE_CODE_DETAILS%`-like reason for local replies.
-    pub details: &'static str,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub duration: Duration,
-    /// Upstream time to response headers (`x-envoy-upstream-service-time`).
-    pub upstream_service_time: Option<Duration>,
-    pub upstream_host: Option<SocketAddr>,
-    pub upstream_cluster: Option<String>,
-    pub route_name: Option<String>,
-    pub authority: String,
-    pub request_id: String,
-    pub downstream_remote: SocketAddr,
-    pub downstream_local_port: u16,
-    /// The address the client connected to (`%DOWNSTREAM_LOCAL_ADDRESS%`).
-    pub downstream_local: Option<SocketAddr>,
-    /// The gateway's end of the upstream connection (`%UPSTREAM_LOCAL_ADDRESS%`).
-    pub upstream_local: Option<SocketAddr>,
-    /// `grpc-status` of the response: its trailers, or its headers (trailers-only).
-    pub grpc_status: Option<u32>,
-    pub sni: Option<String>,
-    pub user_agent: Option<String>,
-    pub x_forwarded_for: Option<String>,
-}
-
-impl RequestLog {
-    /// `NR`, `UF,URX` or `-` as Envoy prints `%RESPONSE_FLAGS%`.
-    pub fn flags(&self) -> String {
-        if self.response_flags.is_empty() {
-            "-".into()
-        } else {
-            self.response_flags.join(",")
-        }
-    }
-
-    pub fn emit(&self) {
-        crate::telemetry::record_http(self);
-        let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
-        tracing::info!(
-            target: "gateway::http",
-            method = %self.method,
-            path = %self.path,
-            protocol = self.protocol,
-            status = self.status,
-            response_flags = %self.flags(),
-            details = if self.details.is_empty() { "via_upstream" } else { self.details },
-            bytes_received = self.bytes_received,
-            bytes_sent = self.bytes_sent,
-            duration_ms = self.duration.as_millis() as u64,
-            upstream_service_time_ms = self.upstream_service_time.map(|d| d.as_millis() as u64),
-            upstream_host = %dash(self.upstream_host.map(|h| h.to_string())),
-            upstream_cluster = %dash(self.upstream_cluster.clone()),
-            route_name = %dash(self.route_name.clone()),
-            authority = %self.authority,
-            request_id = %self.request_id,
-            downstream_remote = %self.downstream_remote,
-            downstream_local_port = self.downstream_local_port,
-            sni = %dash(self.sni.clone()),
-            user_agent = %dash(self.user_agent.clone()),
-            x_forwarded_for = %dash(self.x_forwarded_for.clone()),
-            "request"
-        );
     }
 }
 

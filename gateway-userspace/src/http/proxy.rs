@@ -63,6 +63,9 @@ pub struct ConnCtx {
     pub client_cert: Option<HeaderValue>,
     /// The address the client connected to, for the access log.
     pub local: Option<SocketAddr>,
+    /// Where the connection's requests are reported when they end (metrics, access
+    /// logs): the gateway's.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Requests open now, and when the last one ended (ms after `opened`).
     open_streams: AtomicU64,
     quiet_since_ms: AtomicU64,
@@ -115,6 +118,7 @@ impl ConnCtx {
         server: Option<(usize, Arc<routing::ServerHosts>)>,
         (generation, table): (u64, Arc<RouteTable>),
         drain: Arc<crate::sys::drain::Drain>,
+        telemetry: Arc<crate::telemetry::Telemetry>,
     ) -> ConnCtx {
         let (server, server_hosts) = match server {
             Some((i, hosts)) => (Some(i), Some(hosts)),
@@ -137,6 +141,7 @@ impl ConnCtx {
             idle_mark: AtomicU64::new(0),
             client_cert: None,
             local: None,
+            telemetry,
             open_streams: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(0),
             opened: Instant::now(),
@@ -256,7 +261,7 @@ impl Drop for CancelGuard {
             log.response_flags.push("DC");
             log.details = "downstream_remote_disconnect";
             log.duration = self.started.elapsed();
-            log.emit();
+            log.emit(&self.conn.telemetry);
             self.conn.premature_reset();
         }
     }
@@ -372,7 +377,7 @@ async fn route_request(
         log.details = "method_not_upper_case";
         return done(log, empty_reply(StatusCode::BAD_REQUEST));
     }
-    match normalize::normalize_uri(gw.opts.path_normalization, &parts.uri) {
+    match normalize::normalize_uri(plan.snapshot.mesh.normalization(), &parts.uri) {
         Ok(None) => {}
         Ok(Some(uri)) => {
             if let Some(pq) = uri.path_and_query() {

@@ -1,6 +1,7 @@
-//! Changing config while running: SIGHUP, or a change to a `--config` path (inotify,
-//! debounced), compiles a new [`Plan`] completely (every file parsed, certificates
-//! loaded, new ports bound) and swaps it in at once; anything wrong rejects the whole
+//! Changing config while running: SIGHUP, or a change to a `--config` path or the
+//! `--mesh-config` file (inotify, debounced), compiles a new [`Plan`] and access-log
+//! setup completely (every file parsed, certificates loaded, formats and filters
+//! compiled, new ports bound) and swaps them in at once; anything wrong rejects the whole
 //! reload, logs every error with its `file:line:col`, counts it, and leaves the running
 //! Plan (and `/config_dump`) as they were.
 //!
@@ -12,8 +13,13 @@
 //! added and removed by [`crate::runtime::ports::Ports`]. Clusters defined the same keep
 //! their balancers and upstream pools ([`Plan::carry_from`]).
 //!
-//! Not reloaded (read at start only; a change is logged): the command line, the
-//! MeshConfig file, and the access-log and metrics setup of Telemetry resources.
+//! The access logs (MeshConfig `accessLogFile`/`Encoding`/`Format`, its providers,
+//! Telemetry resources) are swapped with the Plan ([`crate::telemetry::Telemetry::apply`]):
+//! a file that stays keeps its writer, so no line is lost or written twice. MeshConfig
+//! `pathNormalization` and `rootNamespace` come with the Plan's snapshot.
+//!
+//! Not reloaded (read at start only): the command line, and MeshConfig
+//! `dnsRefreshRate` (a change is logged).
 use std::{
     collections::BTreeSet,
     path::PathBuf,
@@ -23,7 +29,13 @@ use std::{
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{cli::ConfigArgs, config, plan::Plan, server::Gateway};
+use crate::{
+    cli::ConfigArgs,
+    config,
+    plan::Plan,
+    server::Gateway,
+    telemetry::{Telemetry, access_log::AccessLogConfig},
+};
 
 /// How long the config paths must be quiet after a change before the reload runs
 /// (an editor or `kubectl cp` writes a file in several steps).
@@ -74,8 +86,8 @@ pub trait ConfigSource: Send + Sync + 'static {
     ) -> Result<Box<dyn Send>, String>;
 }
 
-/// `--config` files and directories (and `--namespace`, `--label`, `--mesh-config`'s
-/// root namespace, `--strict`, as at start).
+/// `--config` files and directories and the `--mesh-config` file (and `--namespace`,
+/// `--label`, `--strict`, as at start).
 pub struct Files(pub ConfigArgs);
 
 impl ConfigSource for Files {
@@ -87,7 +99,14 @@ impl ConfigSource for Files {
         &self,
         changed: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> Result<Box<dyn Send>, String> {
-        watch(&self.0.config, changed)
+        let paths: Vec<PathBuf> = self
+            .0
+            .config
+            .iter()
+            .chain(&self.0.mesh_config)
+            .cloned()
+            .collect();
+        watch(&paths, changed)
             .map(|w| Box::new(w) as Box<dyn Send>)
             .map_err(|e| e.to_string())
     }
@@ -98,6 +117,8 @@ pub struct Source {
     pub config: Arc<dyn ConfigSource>,
     /// How long a removed listener's connections drain (`--drain-duration`).
     pub drain_duration: Duration,
+    /// `--dns-refresh-rate` was given (MeshConfig `dnsRefreshRate` is then not used).
+    pub dns_refresh_rate_flag: bool,
 }
 
 /// Reloads on SIGHUP and on changes to the config paths, for the life of the process.
@@ -175,9 +196,10 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     let old = gw.plan();
     let compiled = {
         let (config, old) = (source.config.clone(), old.clone());
-        tokio::task::spawn_blocking(move || compile(&*config, &old)).await
+        let telemetry = gw.telemetry.clone();
+        tokio::task::spawn_blocking(move || compile(&*config, &old, &telemetry)).await
     };
-    let mut plan = match compiled {
+    let (mut plan, access) = match compiled {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => {
             gw.reloads.unchanged.fetch_add(1, Ordering::Relaxed);
@@ -211,6 +233,9 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     let generation = plan.generation;
     let plan = Arc::new(plan);
     gw.swap_plan(plan.clone());
+    // The access logs of the new config, right behind its routes.
+    gw.telemetry.apply(access, &plan.snapshot);
+    mesh_changes(&old.snapshot.mesh, &plan.snapshot.mesh, source);
     for (port, socks) in bound {
         if let Err(e) = crate::runtime::ports::start(gw, port, socks) {
             tracing::error!(target: "gateway::reload", port, "new listener not started: {e}");
@@ -231,8 +256,13 @@ pub async fn reload(gw: &Arc<Gateway>, source: &Source, why: &str) {
     );
 }
 
-/// Loads and compiles the config; None when it is the running one.
-fn compile(source: &dyn ConfigSource, old: &Plan) -> Result<Option<Plan>, Vec<String>> {
+/// Loads and compiles the config (the Plan, and the access logs for `telemetry`);
+/// None when it is the running one.
+fn compile(
+    source: &dyn ConfigSource,
+    old: &Plan,
+    telemetry: &Telemetry,
+) -> Result<Option<(Plan, AccessLogConfig)>, Vec<String>> {
     let snapshot = source.load()?;
     if snapshot == *old.snapshot {
         return Ok(None);
@@ -240,12 +270,26 @@ fn compile(source: &dyn ConfigSource, old: &Plan) -> Result<Option<Plan>, Vec<St
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
     }
-    if snapshot.resources.telemetry != old.snapshot.resources.telemetry {
-        tracing::warn!(target: "gateway::reload", "Telemetry resources changed: access-log and metrics settings take effect at the next start");
+    let access = telemetry.compile(&snapshot);
+    match (Plan::compile(snapshot, old.generation + 1), access) {
+        (Ok(plan), Ok(access)) => Ok(Some((plan, access))),
+        (plan, access) => {
+            let mut errors = plan.err().map(|e| e.0).unwrap_or_default();
+            errors.extend(access.err().unwrap_or_default());
+            Err(config::ConfigErrors(errors).lines())
+        }
     }
-    Plan::compile(snapshot, old.generation + 1)
-        .map(Some)
-        .map_err(config::ConfigErrors::lines)
+}
+
+/// Says what an applied MeshConfig change does: `pathNormalization` applies from the
+/// next request; `dnsRefreshRate` is read at start only.
+fn mesh_changes(was: &config::mesh::MeshConfig, now: &config::mesh::MeshConfig, source: &Source) {
+    if now.normalization() != was.normalization() {
+        tracing::info!(target: "gateway::reload", "request paths normalized as pathNormalization {} (MeshConfig) from the next request", now.normalization().name());
+    }
+    if now.dns_refresh_rate() != was.dns_refresh_rate() && !source.dns_refresh_rate_flag {
+        tracing::warn!(target: "gateway::reload", "MeshConfig dnsRefreshRate changed: the DNS refresh interval is read at start; the new one takes effect at the next start");
+    }
 }
 
 fn rejected(gw: &Gateway, old: &Plan, why: &str, lines: &[String]) {

@@ -84,7 +84,8 @@ pub struct Gateway {
     plan: ArcSwap<Plan>,
     pub splicer: Splicer,
     pub stats: Stats,
-    /// Access logs and Istio metrics (logs off until `cli::run` sets them up).
+    /// Access logs and Istio metrics (logs off until `cli::run` applies the config's;
+    /// a reload applies its own). Requests reach it through their connection.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     pub opts: Options,
     /// What `/healthz/ready` answers.

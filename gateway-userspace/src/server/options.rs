@@ -18,8 +18,6 @@ pub struct Options {
     pub max_connections: Option<u64>,
     /// The same per listener.
     pub listener_max_connections: Option<u64>,
-    /// MeshConfig `pathNormalization.normalization` (Istio's default: BASE).
-    pub path_normalization: crate::config::mesh::PathNormalization,
     /// Upgrade types, the tunnel idle timeout and internal addresses.
     pub http: HttpOptions,
     /// Istio's status port (`/healthz/ready`, 15021) and Prometheus port
@@ -55,7 +53,6 @@ impl Default for Options {
             dual_stack: false,
             client_hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
-            path_normalization: crate::config::mesh::PathNormalization::Base,
             http: HttpOptions::default(),
             istio_ports: IstioPorts::default(),
         }

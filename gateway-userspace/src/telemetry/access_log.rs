@@ -19,7 +19,7 @@ use std::{
 };
 
 use crate::config::{
-    GatewayIdentity,
+    ConfigError, GatewayIdentity, Origin, Snapshot,
     istio::Telemetry as TelemetryResource,
     mesh::{MeshConfig, ProviderKind},
 };
@@ -102,7 +102,7 @@ impl<'a> LogRecord<'a> {
 // === which logs are on ===
 
 /// One active access log: where it goes, its format and its filter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// The Telemetry provider name (`envoy`, or a MeshConfig extension provider), or
     /// `mesh` for MeshConfig's own `accessLogFile`.
@@ -114,16 +114,144 @@ pub struct Target {
     pub source: String,
 }
 
+/// The access logs one config turns on, compiled: formats and filters parsed once.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AccessLogConfig {
+    pub targets: Vec<Target>,
+}
+
+impl AccessLogConfig {
+    /// Says which access logs are on (at start, and when a reload changes them).
+    pub fn log_summary(&self) {
+        if self.targets.is_empty() {
+            tracing::info!(
+                "access logs off (no MeshConfig accessLogFile, no Telemetry turning them on)"
+            );
+        }
+        for t in &self.targets {
+            tracing::info!(
+                provider = %t.provider,
+                file = %t.path.display(),
+                filter = t.filter.is_some(),
+                "access log on ({})",
+                t.source
+            );
+        }
+    }
+}
+
+/// Compiles the access-log setup of `snap` for the gateway `id`: the formats of its
+/// MeshConfig (`accessLogFormat`, every `envoyFileAccessLog` provider's `logFormat`)
+/// and the filters of every Telemetry resource, each error with the `file:line:col` of
+/// the field; then which logs are on ([`resolve`]).
+pub fn compile(snap: &Snapshot, id: &GatewayIdentity) -> Result<AccessLogConfig, Vec<ConfigError>> {
+    compile_parts(
+        &snap.mesh,
+        &snap.resources.telemetry,
+        &snap.resources.telemetry_origins,
+        id,
+    )
+}
+
+/// [`compile`] of the parts: `origins[i]` is where `telemetry[i]` is written.
+pub fn compile_parts(
+    mesh: &MeshConfig,
+    telemetry: &[TelemetryResource],
+    origins: &[Origin],
+    id: &GatewayIdentity,
+) -> Result<AccessLogConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let error = |origin: &Origin, field: &str, message: String| ConfigError {
+        loc: origin.loc(field),
+        message,
+    };
+    let mesh_format = Format::for_mesh(mesh.access_log_encoding, &mesh.access_log_format)
+        .map_err(|e| {
+            errors.push(error(
+                &mesh.origin,
+                "accessLogFormat",
+                format!("accessLogFormat: {e}"),
+            ))
+        })
+        .ok();
+    let mut provider_formats: BTreeMap<&str, Format> = BTreeMap::new();
+    for (i, p) in mesh.extension_providers.iter().enumerate() {
+        let Some(f) = &p.envoy_file_access_log else {
+            continue;
+        };
+        match Format::for_provider(f.log_format.as_ref()) {
+            // The first provider of a name is the one used (`MeshConfig::provider`).
+            Ok(format) => {
+                provider_formats.entry(&p.name).or_insert(format);
+            }
+            Err(e) => errors.push(error(
+                &mesh.origin,
+                &format!("extensionProviders[{i}].envoyFileAccessLog.logFormat"),
+                format!("extensionProviders \"{}\": logFormat: {e}", p.name),
+            )),
+        }
+    }
+    let no_origin = Origin::default();
+    let filters: Vec<Vec<Option<Filter>>> = telemetry
+        .iter()
+        .enumerate()
+        .map(|(t, res)| {
+            let origin = origins.get(t).unwrap_or(&no_origin);
+            res.spec
+                .access_logging
+                .iter()
+                .enumerate()
+                .map(|(i, al)| {
+                    let f = al.filter.as_ref()?;
+                    Filter::parse(&f.expression)
+                        .map_err(|e| {
+                            errors.push(error(
+                                origin,
+                                &format!("spec.accessLogging[{i}].filter.expression"),
+                                format!("unsupported filter expression: {e}"),
+                            ))
+                        })
+                        .ok()
+                })
+                .collect()
+        })
+        .collect();
+    match mesh_format {
+        Some(mesh_format) if errors.is_empty() => Ok(AccessLogConfig {
+            targets: resolve(
+                mesh,
+                telemetry,
+                &Compiled {
+                    mesh_format,
+                    provider_formats,
+                    filters,
+                },
+                id,
+            ),
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The formats and filters [`resolve`] picks from, compiled once.
+struct Compiled<'a> {
+    mesh_format: Format,
+    provider_formats: BTreeMap<&'a str, Format>,
+    /// Per Telemetry resource, per `accessLogging` entry.
+    filters: Vec<Vec<Option<Filter>>>,
+}
+
 /// Istio's precedence: for each provider, the narrowest Telemetry that mentions it wins —
 /// workload (selector matching the gateway's labels, in the gateway's namespace) over
 /// namespace (the gateway's namespace, no selector) over mesh-wide (root namespace, no
 /// selector). With no Telemetry access-log setting at all, MeshConfig `accessLogFile`
 /// decides. Within a level, the first resource in load order is used (Istio: oldest).
-pub fn resolve(
+fn resolve(
     mesh: &MeshConfig,
     telemetry: &[TelemetryResource],
+    compiled: &Compiled<'_>,
     id: &GatewayIdentity,
-) -> Result<Vec<Target>, String> {
+) -> Vec<Target> {
     let root = mesh.root_namespace();
     let selects = |t: &TelemetryResource| {
         t.spec.selector.as_ref().is_some_and(|s| {
@@ -135,23 +263,26 @@ pub fn resolve(
     let no_selector = |t: &TelemetryResource| {
         t.spec.selector.is_none() && t.spec.target_ref.is_none() && t.spec.target_refs.is_empty()
     };
-    let with_logging = |t: &&TelemetryResource| !t.spec.access_logging.is_empty();
+    let with_logging = |(_, t): &(usize, &TelemetryResource)| !t.spec.access_logging.is_empty();
     let mesh_wide = telemetry
         .iter()
+        .enumerate()
         .filter(with_logging)
-        .find(|t| t.metadata.namespace() == root && no_selector(t));
+        .find(|(_, t)| t.metadata.namespace() == root && no_selector(t));
     let namespace = (id.namespace != root)
         .then(|| {
             telemetry
                 .iter()
+                .enumerate()
                 .filter(with_logging)
-                .find(|t| t.metadata.namespace() == id.namespace && no_selector(t))
+                .find(|(_, t)| t.metadata.namespace() == id.namespace && no_selector(t))
         })
         .flatten();
     let workload = telemetry
         .iter()
+        .enumerate()
         .filter(with_logging)
-        .find(|t| t.metadata.namespace() == id.namespace && selects(t));
+        .find(|(_, t)| t.metadata.namespace() == id.namespace && selects(t));
 
     // provider -> (enabled, filter, source), overwritten level by level.
     let mut chosen: BTreeMap<String, (bool, Option<Filter>, String)> = BTreeMap::new();
@@ -160,27 +291,27 @@ pub fn resolve(
     } else {
         mesh.default_providers.access_logging.clone()
     };
-    for t in [mesh_wide, namespace, workload].into_iter().flatten() {
+    for (ti, t) in [mesh_wide, namespace, workload].into_iter().flatten() {
         // Istio's mergeLogs: an entry whose `match.mode` is not the proxy's is skipped;
         // a gateway's mode is CLIENT (model/telemetry.go workloadMode).
-        for al in t
+        for (i, al) in t
             .spec
             .access_logging
             .iter()
-            .filter(|al| al.applies_to_gateway())
+            .enumerate()
+            .filter(|(_, al)| al.applies_to_gateway())
         {
             let names: Vec<String> = if al.providers.is_empty() {
                 default_providers.clone()
             } else {
                 al.providers.iter().map(|p| p.name.clone()).collect()
             };
-            let filter = match &al.filter {
-                Some(f) => Some(
-                    Filter::parse(&f.expression)
-                        .map_err(|e| format!("Telemetry {}: filter: {e}", t.key()))?,
-                ),
-                None => None,
-            };
+            let filter = compiled
+                .filters
+                .get(ti)
+                .and_then(|f| f.get(i))
+                .cloned()
+                .flatten();
             for n in names {
                 chosen.insert(
                     n,
@@ -200,12 +331,12 @@ pub fn resolve(
             targets.push(Target {
                 provider: "mesh".into(),
                 path: mesh.access_log_file.clone().into(),
-                format: Format::for_mesh(mesh.access_log_encoding, &mesh.access_log_format)?,
+                format: compiled.mesh_format.clone(),
                 filter: None,
                 source: "MeshConfig accessLogFile".into(),
             });
         }
-        return Ok(targets);
+        return targets;
     }
     for (name, (enabled, filter, source)) in chosen {
         if !enabled {
@@ -219,9 +350,12 @@ pub fn resolve(
                 } else {
                     mesh.access_log_file.clone()
                 },
-                Format::for_mesh(mesh.access_log_encoding, &mesh.access_log_format)?,
+                compiled.mesh_format.clone(),
             ),
-            ProviderKind::File(f) => (f.path.clone(), Format::for_provider(f.log_format.as_ref())?),
+            ProviderKind::File(f) => match compiled.provider_formats.get(name.as_str()) {
+                Some(format) => (f.path.clone(), format.clone()),
+                None => continue, // not compiled: reported by `compile`
+            },
             ProviderKind::Unsupported => {
                 tracing::warn!(
                     provider = %name,
@@ -238,7 +372,7 @@ pub fn resolve(
             source,
         });
     }
-    Ok(targets)
+    targets
 }
 
 // === writers ===
@@ -388,10 +522,16 @@ impl AccessLogs {
         AccessLogs { targets: vec![] }
     }
 
-    /// One sink per distinct path, shared by the targets writing there.
-    pub fn start(targets: Vec<Target>, capacity: usize) -> AccessLogs {
-        let mut sinks: BTreeMap<PathBuf, Arc<Sink>> = BTreeMap::new();
-        let targets = targets
+    /// One sink per distinct path, shared by the targets writing there; a path `old`
+    /// writes keeps its sink (no line of its queue lost, none written twice).
+    pub fn start(config: AccessLogConfig, capacity: usize, old: &AccessLogs) -> AccessLogs {
+        let mut sinks: BTreeMap<PathBuf, Arc<Sink>> = old
+            .targets
+            .iter()
+            .map(|(t, s)| (t.path.clone(), s.clone()))
+            .collect();
+        let targets = config
+            .targets
             .into_iter()
             .map(|t| {
                 let sink = sinks
@@ -406,6 +546,14 @@ impl AccessLogs {
 
     pub fn enabled(&self) -> bool {
         !self.targets.is_empty()
+    }
+
+    /// Whether these are the logs `config` turns on.
+    pub fn is(&self, config: &AccessLogConfig) -> bool {
+        self.targets
+            .iter()
+            .map(|(t, _)| t)
+            .eq(config.targets.iter())
     }
 
     pub fn log(&self, r: &LogRecord<'_>) {
@@ -462,7 +610,7 @@ mod tests {
     }
 
     fn on(mesh: &MeshConfig, t: &[TelemetryResource], id: &GatewayIdentity) -> bool {
-        !resolve(mesh, t, id).unwrap().is_empty()
+        !compile_parts(mesh, t, &[], id).unwrap().targets.is_empty()
     }
 
     /// Istio's mergeLogs for a gateway (mode CLIENT): a SERVER entry does not apply.
@@ -536,5 +684,50 @@ mod tests {
         };
         assert!(on(&mesh_on, &[], &id));
         assert!(!on(&mesh_on, &[tel("istio-system", None, true)], &id));
+    }
+
+    /// Filters and formats are compiled here, once: every bad one an error at its
+    /// field (a Telemetry's filter expression, the MeshConfig's formats).
+    #[test]
+    fn bad_filters_and_formats_are_errors_with_positions() {
+        let id = GatewayIdentity::default();
+        let yaml = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  accessLogging:\n  - filter:\n      expression: source.workload == 'x'\n";
+        let snap = crate::config::load_str("t.yaml", yaml, &id).expect("loads");
+        let e = crate::config::ConfigErrors(compile(&snap, &id).unwrap_err()).to_string();
+        assert!(
+            e.starts_with("t.yaml:7:19: unsupported filter expression"),
+            "{e}"
+        );
+        let typo = yaml.replace(
+            "filter:\n      expression: source.workload == 'x'",
+            "disable: true",
+        );
+        let e = crate::config::load_str("t.yaml", &typo, &id)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `disable`"), "{e}");
+
+        let mesh = "accessLogFile: /dev/stdout\naccessLogFormat: \"%NOPE%\"\nextensionProviders:\n- name: f\n  envoyFileAccessLog:\n    path: /tmp/f.log\n    logFormat: {text: \"%ALSO_NOPE%\"}\n";
+        let mut snap = crate::config::load_str("t.yaml", yaml, &id).expect("loads");
+        snap.mesh = crate::config::mesh::parse(std::path::Path::new("mesh.yaml"), mesh).unwrap();
+        let e = crate::config::ConfigErrors(compile(&snap, &id).unwrap_err()).lines();
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(
+            e[0].starts_with("mesh.yaml:2:18: accessLogFormat: ")
+                && e[0].contains("unsupported operator %NOPE%"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("mesh.yaml:7:17: extensionProviders \"f\": logFormat: "),
+            "{e:?}"
+        );
+        assert!(e[2].starts_with("t.yaml:7:19: "), "{e:?}");
+        let json = crate::config::mesh::parse(
+            std::path::Path::new("mesh.yaml"),
+            "accessLogEncoding: JSON\naccessLogFormat: \"not json\"\n",
+        )
+        .unwrap();
+        let e = compile_parts(&json, &[], &[], &id).unwrap_err();
+        assert!(e[0].message.contains("JSON object"), "{e:?}");
     }
 }

@@ -253,8 +253,9 @@ pub struct IstioMetrics {
     /// Labels every series starts with: reporter, the source (the gateway), and the
     /// destination workload labels (`unknown`), up to `destination_version`.
     fixed: String,
-    /// The canonical service and revision of endpoints that have them.
-    endpoints: EndpointLabels,
+    /// The canonical service and revision of endpoints that have them (the served
+    /// config's: replaced on reload).
+    endpoints: arc_swap::ArcSwap<EndpointLabels>,
     http: RwLock<HashMap<HttpKey, Arc<HttpSeries>>>,
     tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
 }
@@ -314,15 +315,15 @@ impl IstioMetrics {
         );
         IstioMetrics {
             fixed,
-            endpoints: EndpointLabels::new(),
+            endpoints: Default::default(),
             http: RwLock::default(),
             tcp: RwLock::default(),
         }
     }
 
     /// The endpoints' canonical labels ([`endpoint_labels`] of the served snapshot).
-    pub fn set_endpoint_labels(&mut self, endpoints: EndpointLabels) {
-        self.endpoints = endpoints;
+    pub fn set_endpoint_labels(&self, endpoints: EndpointLabels) {
+        self.endpoints.store(Arc::new(endpoints));
     }
 
     pub fn http(&self, o: &HttpObservation<'_>) {
@@ -330,7 +331,7 @@ impl IstioMetrics {
             destination: Destination::from_cluster(
                 o.cluster,
                 o.upstream_host.map(|a| a.ip()),
-                &self.endpoints,
+                &self.endpoints.load(),
             ),
             protocol: o.protocol,
             response_code: o.response_code,
@@ -362,7 +363,7 @@ impl IstioMetrics {
             destination: Destination::from_cluster(
                 cluster,
                 endpoint.map(|a| a.ip()),
-                &self.endpoints,
+                &self.endpoints.load(),
             ),
             response_flags: if flags.is_empty() {
                 "-".into()
@@ -577,7 +578,7 @@ mod tests {
 
     #[test]
     fn labels_in_istios_order_with_canonical_services() {
-        let mut m = IstioMetrics::new(&GatewayIdentity::default());
+        let m = IstioMetrics::new(&GatewayIdentity::default());
         let ep: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap();
         let mut t = EndpointLabels::new();
         t.insert(

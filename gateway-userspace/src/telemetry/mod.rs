@@ -7,6 +7,7 @@ pub mod format;
 pub mod grpc_status;
 pub mod istio_metrics;
 pub mod metrics;
+pub mod record;
 pub mod stderr_log;
 
 use std::{
@@ -15,47 +16,85 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 
-use crate::{config::GatewayIdentity, http::RequestLog, kernel::splice::Termination};
+use crate::{
+    config::{ConfigError, GatewayIdentity, Snapshot},
+    kernel::splice::Termination,
+};
 
-use access_log::{AccessLogs, LogRecord};
+use access_log::{AccessLogConfig, AccessLogs, LogRecord};
 use istio_metrics::{HttpObservation, IstioMetrics};
+pub use record::RequestLog;
 
-/// Access logs and Istio metrics of one gateway.
+/// Access logs and Istio metrics of one gateway. The metrics live as long as the
+/// process; the access-log setup is compiled from each config ([`Telemetry::compile`])
+/// and swapped whole by [`Telemetry::apply`] (at start, and on every applied reload).
 pub struct Telemetry {
-    pub access: AccessLogs,
+    /// The access logs on now, with their writers.
+    access: ArcSwap<AccessLogs>,
     pub istio: IstioMetrics,
+    /// The gateway's namespace and labels (which Telemetry resources apply).
+    id: GatewayIdentity,
+    /// Lines each access-log file may have queued (`--access-log-buffer`).
+    buffer: usize,
+    /// Set by the first [`Telemetry::apply`] (which always says which logs are on).
+    applied: std::sync::atomic::AtomicBool,
 }
 
-/// The telemetry HTTP requests report to. The response bodies that write a request's
-/// log line when they end don't carry the Gateway, so the running one is installed here
-/// (one gateway per process).
-static CURRENT: ArcSwapOption<Telemetry> = ArcSwapOption::const_empty();
-
 impl Telemetry {
-    /// Waits (at most `within` per file) for every queued access-log line to be written.
-    pub fn flush(&self, within: std::time::Duration) {
-        for s in self.access.sinks() {
-            s.flush(within);
-        }
-    }
-
-    pub fn new(access: AccessLogs, id: &GatewayIdentity) -> Telemetry {
+    /// Access logs off until [`Telemetry::apply`]; metrics on.
+    pub fn new(id: &GatewayIdentity, buffer: usize) -> Telemetry {
         Telemetry {
-            access,
+            access: ArcSwap::from_pointee(AccessLogs::off()),
             istio: IstioMetrics::new(id),
+            id: id.clone(),
+            buffer,
+            applied: Default::default(),
         }
     }
 
     /// Access logs off, metrics on (Istio's default profile).
     pub fn off(id: &GatewayIdentity) -> Telemetry {
-        Telemetry::new(AccessLogs::off(), id)
+        Telemetry::new(id, access_log::DEFAULT_BUFFER_LINES)
     }
 
-    /// Makes this the telemetry that [`RequestLog::emit`] reports to.
-    pub fn install(self: &Arc<Self>) {
-        CURRENT.store(Some(self.clone()));
+    /// Compiles the access-log setup of `snap` (its MeshConfig and Telemetry
+    /// resources) for this gateway: every bad format or filter is an error with its
+    /// position. Nothing changes until [`Telemetry::apply`].
+    pub fn compile(&self, snap: &Snapshot) -> Result<AccessLogConfig, Vec<ConfigError>> {
+        access_log::compile(snap, &self.id)
+    }
+
+    /// Makes `config` the access-log setup of the next request and flow, in one step,
+    /// and the endpoint labels of `snap` those of the metrics. A file written before
+    /// keeps its writer (its queued lines and counters); a file no longer written has
+    /// its queue written out by its writer, which then ends.
+    pub fn apply(&self, config: AccessLogConfig, snap: &Snapshot) {
+        let old = self.access.load_full();
+        if !self
+            .applied
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+            || !old.is(&config)
+        {
+            config.log_summary();
+        }
+        self.access
+            .store(Arc::new(AccessLogs::start(config, self.buffer, &old)));
+        self.istio
+            .set_endpoint_labels(istio_metrics::endpoint_labels(snap));
+    }
+
+    /// The access logs on now.
+    pub fn access(&self) -> Arc<AccessLogs> {
+        self.access.load_full()
+    }
+
+    /// Waits (at most `within` per file) for every queued access-log line to be written.
+    pub fn flush(&self, within: std::time::Duration) {
+        for s in self.access.load().sinks() {
+            s.flush(within);
+        }
     }
 
     /// One finished HTTP request: metrics always, a log line when logs are on.
@@ -71,7 +110,8 @@ impl Telemetry {
             request_bytes: log.bytes_received,
             response_bytes: log.bytes_sent,
         });
-        if !self.access.enabled() {
+        let access = self.access.load();
+        if !access.enabled() {
             return;
         }
         fn some(s: &str) -> Option<&str> {
@@ -107,7 +147,7 @@ impl Telemetry {
             route_name: log.route_name.as_deref(),
             ..LogRecord::empty(log.downstream_remote)
         };
-        self.access.log(&record);
+        access.log(&record);
     }
 
     /// An L4 flow that reached an upstream is open (Istio counts it at connect).
@@ -125,7 +165,8 @@ impl Telemetry {
             self.istio
                 .tcp_closed(c, flow.upstream, flow.received, flow.sent);
         }
-        if !self.access.enabled() {
+        let access = self.access.load();
+        if !access.enabled() {
             return;
         }
         let termination = match flow.termination {
@@ -152,7 +193,7 @@ impl Telemetry {
             sni: flow.sni,
             ..LogRecord::empty(flow.peer)
         };
-        self.access.log(&record);
+        access.log(&record);
     }
 }
 
@@ -161,7 +202,7 @@ impl Telemetry {
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
         self.istio.render(out);
-        let sinks = self.access.sinks();
+        let sinks = self.access.load().sinks();
         type Pick = fn(&access_log::Sink) -> u64;
         let rows: [(&str, &str, Pick); 2] = [
             (
@@ -212,11 +253,4 @@ pub struct TcpFlow<'a> {
     pub flags: &'a str,
     pub failure: Option<&'a str>,
     pub termination: Option<&'a Termination>,
-}
-
-/// Reports a finished HTTP request to the installed telemetry (see [`Telemetry::install`]).
-pub fn record_http(log: &RequestLog) {
-    if let Some(t) = CURRENT.load().as_ref() {
-        t.http(log);
-    }
 }
