@@ -319,6 +319,32 @@ impl ConfigArgs {
     }
 }
 
+/// `--config` files and directories and the `--mesh-config` file (and `--namespace`,
+/// `--label`, `--strict`, as at start).
+pub struct Files(pub ConfigArgs);
+
+impl crate::runtime::reload::ConfigSource for Files {
+    fn load(&self) -> Result<config::Snapshot, Vec<String>> {
+        self.0.load(config::Missing::Isolate)
+    }
+
+    fn watch(
+        &self,
+        changed: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Result<Box<dyn Send>, String> {
+        let paths: Vec<std::path::PathBuf> = self
+            .0
+            .config
+            .iter()
+            .chain(&self.0.mesh_config)
+            .cloned()
+            .collect();
+        crate::runtime::reload::watch_paths(&paths, changed)
+            .map(|w| Box::new(w) as Box<dyn Send>)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Prints `lines` (the last is the count: "...; nothing was started") and exits 64.
 fn exit_with(lines: &[String]) -> ! {
     let (count, rest) = match lines.split_last() {
@@ -561,7 +587,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::runtime::ports::start(&gw, port, socks)?;
     }
     let reload = crate::runtime::reload::Source {
-        config: Arc::new(crate::runtime::reload::Files(args.config.clone())),
+        config: Arc::new(Files(args.config.clone())),
         drain_duration: args.drain_duration,
         dns_refresh_rate_flag: args.dns_refresh_rate.is_some(),
     };

@@ -30,7 +30,6 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::ConfigArgs,
     config,
     plan::Plan,
     server::Gateway,
@@ -66,7 +65,8 @@ pub fn render_prometheus(gw: &Gateway, out: &mut String) {
     );
 }
 
-/// Where config comes from, and says when it changed: files today ([`Files`]); a
+/// Where config comes from, and says when it changed: files today
+/// (`crate::cli::Files`); a
 /// Kubernetes watch of Istio's CRDs (kube-rs) can implement it later. N gateway hosts
 /// then follow one cluster's config as Istio's gateways do: each host watches the API
 /// server itself (list+watch of Gateway, VirtualService, DestinationRule, ServiceEntry,
@@ -84,32 +84,6 @@ pub trait ConfigSource: Send + Sync + 'static {
         &self,
         changed: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> Result<Box<dyn Send>, String>;
-}
-
-/// `--config` files and directories and the `--mesh-config` file (and `--namespace`,
-/// `--label`, `--strict`, as at start).
-pub struct Files(pub ConfigArgs);
-
-impl ConfigSource for Files {
-    fn load(&self) -> Result<config::Snapshot, Vec<String>> {
-        self.0.load(config::Missing::Isolate)
-    }
-
-    fn watch(
-        &self,
-        changed: tokio::sync::mpsc::UnboundedSender<()>,
-    ) -> Result<Box<dyn Send>, String> {
-        let paths: Vec<PathBuf> = self
-            .0
-            .config
-            .iter()
-            .chain(&self.0.mesh_config)
-            .cloned()
-            .collect();
-        watch(&paths, changed)
-            .map(|w| Box::new(w) as Box<dyn Send>)
-            .map_err(|e| e.to_string())
-    }
 }
 
 /// What a reload needs besides the gateway.
@@ -154,7 +128,7 @@ pub async fn run(gw: Arc<Gateway>, source: Source) {
 /// Watches every config path: a directory and what is in it, a file through its
 /// directory (editors and Kubernetes' ConfigMap volumes replace files by renaming, which
 /// a watch on the file itself would miss).
-fn watch(
+pub fn watch_paths(
     paths: &[PathBuf],
     tx: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
