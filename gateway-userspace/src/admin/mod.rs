@@ -149,16 +149,11 @@ fn handle(gw: &Gateway, req: Request<hyper::body::Incoming>) -> Response<Full<By
             prometheus_text(gw),
         ),
         "/config_dump" => {
-            let plan = gw.plan();
-            let mut dump = crate::proxyconfig::config_dump(
-                &plan.snapshot,
+            json(crate::proxyconfig::config_dump(
+                &gw.plan(),
                 &gw.listen_addrs(),
                 &gw.opts.istio_ports,
-            );
-            crate::proxyconfig::cluster_policy::live_endpoints(&mut dump, |c| {
-                plan.balancers.live(c)
-            });
-            json(dump)
+            ))
         }
         // Envoy's /logging, read-only: the levels come from RUST_LOG at start.
         "/logging" => reply(StatusCode::OK, "text/plain", crate::proxyconfig::active_loggers()),

@@ -13,9 +13,7 @@
 use std::{
     io,
     net::SocketAddr,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
@@ -23,7 +21,7 @@ use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
 
@@ -34,12 +32,14 @@ use crate::{
 };
 
 pub mod body;
+mod conn;
 mod drain;
 pub mod grpc;
 pub mod h1;
 pub mod mirror;
 pub mod proxy;
 pub mod replay;
+mod stream;
 pub mod upgrade;
 pub mod upstream;
 pub mod upstream_conn;
@@ -48,6 +48,8 @@ pub mod upstream_tls;
 
 /// The record of one request (moved to `telemetry`, which reports it).
 pub use crate::telemetry::RequestLog;
+pub use stream::Prelude;
+use stream::{Counted, detect_h2};
 
 /// Envoy's default `max_request_headers_kb` (60 KiB); beyond it: 431.
 pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
@@ -358,53 +360,6 @@ async fn idle_watch(conn: &proxy::ConnCtx, idle: Option<Duration>) {
     }
 }
 
-/// Counts the bytes read from the client (for telling idle from slow connections).
-pub(super) struct Counted<IO> {
-    pub(super) inner: IO,
-    pub(super) count: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.count
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        polled
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 /// hyper answers malformed HTTP/1.1 itself (400, 431) and closes; we only see the
 /// error, so the access log line is written here.
 fn log_connection_error(e: &hyper::Error, conn: &proxy::ConnCtx, h2: bool) {
@@ -464,130 +419,5 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// HTTP/2 with prior knowledge (h2c) or HTTP/1.1 on a plain port: reads until the
-/// bytes are the full h2 preface or diverge from it, under [`HEADER_READ_TIMEOUT`].
-/// The bytes read are kept in the prelude for hyper.
-async fn detect_h2(
-    mut io: Prelude<TcpStream>,
-    read: &std::sync::atomic::AtomicU64,
-) -> io::Result<(Prelude<TcpStream>, bool)> {
-    let mut buf = std::mem::take(&mut io.prelude);
-    let read = async {
-        loop {
-            let n = buf.len().min(H2_PREFACE.len());
-            if buf[..n] != H2_PREFACE[..n] {
-                return Ok(false);
-            }
-            if n == H2_PREFACE.len() {
-                return Ok(true);
-            }
-            let mut chunk = [0u8; 24];
-            let got = io.inner.read(&mut chunk).await?;
-            read.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
-            if got == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "client closed without a request",
-                ));
-            }
-            buf.extend_from_slice(&chunk[..got]);
-        }
-    };
-    let h2 = tokio::time::timeout(HEADER_READ_TIMEOUT, read)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request bytes in time"))??;
-    io.prelude = buf;
-    io.pos = 0;
-    Ok((io, h2))
-}
-
-/// A stream whose first reads return bytes already taken from it.
-pub struct Prelude<S> {
-    prelude: Vec<u8>,
-    pos: usize,
-    inner: S,
-}
-
-impl<S> Prelude<S> {
-    pub fn new(prelude: Vec<u8>, inner: S) -> Self {
-        Prelude {
-            prelude,
-            pos: 0,
-            inner,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prelude<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.pos < self.prelude.len() {
-            let n = (self.prelude.len() - self.pos).min(buf.remaining());
-            let start = self.pos;
-            buf.put_slice(&self.prelude[start..start + n]);
-            self.pos += n;
-            if self.pos == self.prelude.len() {
-                self.prelude = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prelude<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::authz::Cidr;
-    use std::net::IpAddr;
-
-    #[test]
-    fn internal_requests_need_an_internal_peer_and_no_xff() {
-        let none = HttpOptions::default();
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(
-            !none.is_internal(lo, false),
-            "no internal addresses by default"
-        );
-        let opts = HttpOptions {
-            internal_addresses: vec![Cidr::parse("127.0.0.0/8").unwrap()],
-            ..HttpOptions::default()
-        };
-        assert!(opts.is_internal(lo, false));
-        assert!(opts.is_internal("::ffff:127.0.0.9".parse().unwrap(), false));
-        assert!(!opts.is_internal(lo, true));
-        assert!(!opts.is_internal("10.0.0.1".parse().unwrap(), false));
-    }
-}
+mod tests;

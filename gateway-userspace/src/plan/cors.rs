@@ -28,16 +28,16 @@ use hyper::{
 use super::routing::StrMatch;
 use crate::config::istio::{self, UnmatchedPreflights};
 
-/// A compiled `corsPolicy`.
+/// A compiled `corsPolicy` (fields read by the config dump, `proxyconfig::routes`).
 #[derive(Debug)]
 pub struct Cors {
-    origins: Vec<StrMatch>,
-    allow_methods: Option<HeaderValue>,
-    allow_headers: Option<HeaderValue>,
-    expose_headers: Option<HeaderValue>,
-    max_age: Option<HeaderValue>,
-    allow_credentials: bool,
-    forward_unmatched: bool,
+    pub origins: Vec<StrMatch>,
+    pub allow_methods: Option<HeaderValue>,
+    pub allow_headers: Option<HeaderValue>,
+    pub expose_headers: Option<HeaderValue>,
+    pub max_age: Option<HeaderValue>,
+    pub allow_credentials: bool,
+    pub forward_unmatched: bool,
 }
 
 /// What the CORS filter does with one request.

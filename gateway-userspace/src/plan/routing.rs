@@ -282,6 +282,19 @@ impl StrMatch {
         })
     }
 
+    /// The value as written (a regex without the anchors [`compile_regex`] adds), for
+    /// the config dump.
+    pub fn written(&self) -> &str {
+        match self {
+            StrMatch::Exact(s) | StrMatch::Prefix(s) => s,
+            StrMatch::Regex(r) => r
+                .as_str()
+                .strip_prefix("^(?:")
+                .and_then(|r| r.strip_suffix(")$"))
+                .unwrap_or(r.as_str()),
+        }
+    }
+
     pub fn matches(&self, value: &str) -> bool {
         match self {
             StrMatch::Exact(e) => value == e,

@@ -1,27 +1,11 @@
 //! A cluster's `circuit_breakers`, `outlier_detection` and `common_lb_config` in the
 //! config dump, as Istio writes them for a DestinationRule's `connectionPool` and
-//! `outlierDetection` (cluster_traffic_policy.go), and the live ejections overlaid on
-//! the dump's endpoints.
-
-use std::time::Duration;
+//! `outlierDetection` (cluster_traffic_policy.go).
 
 use serde_json::{Value, json};
 
+use super::envoy::duration;
 use crate::config::snapshot::Cluster;
-
-/// protojson's Duration: seconds with 0, 3, 6 or 9 fractional digits.
-pub(super) fn duration(d: Duration) -> String {
-    let (s, n) = (d.as_secs(), d.subsec_nanos());
-    if n == 0 {
-        format!("{s}s")
-    } else if n % 1_000_000 == 0 {
-        format!("{s}.{:03}s", n / 1_000_000)
-    } else if n % 1_000 == 0 {
-        format!("{s}.{:06}s", n / 1_000)
-    } else {
-        format!("{s}.{n:09}s")
-    }
-}
 
 pub(super) fn add(c: &Cluster, cluster: &mut Value) {
     if let Some(t) = &c.circuit_breakers {
@@ -117,47 +101,5 @@ fn conn_settings(c: &Cluster, cluster: &mut Value) {
         }
         cluster["typed_extension_protocol_options"] =
             json!({ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts });
-    }
-}
-
-/// Writes each cluster's endpoints as its balancer has them now (`live(cluster)`:
-/// address, weight, ejected): a DNS refresh may have changed the list since load, and
-/// outlier detection marks ejected ones `failed_outlier_check` (the flag in Envoy's
-/// `/clusters` host health status), which `proxy-config endpoint` shows as OUTLIER
-/// CHECK FAILED. A weight other than 1 is Envoy's `load_balancing_weight`.
-pub fn live_endpoints(
-    dump: &mut Value,
-    live: impl Fn(&str) -> Option<Vec<(std::net::SocketAddr, u32, bool)>>,
-) {
-    let Some(configs) = dump["configs"].as_array_mut() else {
-        return;
-    };
-    for cfg in configs {
-        let Some(clusters) = cfg["dynamic_active_clusters"].as_array_mut() else {
-            continue;
-        };
-        for c in clusters {
-            let c = &mut c["cluster"];
-            let Some(eps) = live(c["name"].as_str().unwrap_or_default()) else {
-                continue;
-            };
-            let lb: Vec<Value> = eps
-                .iter()
-                .map(|(a, w, ejected)| {
-                    let mut e = json!({
-                        "endpoint": { "address": { "socket_address": { "address": a.ip().to_string(), "port_value": a.port() } } },
-                        "health_status": "HEALTHY",
-                    });
-                    if *w != 1 {
-                        e["load_balancing_weight"] = (*w).into();
-                    }
-                    if *ejected {
-                        e["failed_outlier_check"] = true.into();
-                    }
-                    e
-                })
-                .collect();
-            c["load_assignment"]["endpoints"] = json!([{ "lb_endpoints": lb }]);
-        }
     }
 }

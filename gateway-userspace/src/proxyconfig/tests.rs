@@ -19,8 +19,13 @@ use clap::Parser as _;
 use super::*;
 use crate::{
     cli::{Cli, Command},
-    config::{self, GatewayIdentity},
+    config::{self, GatewayIdentity, Snapshot},
 };
+
+/// The Plan the gateway serves for `snap`: what the dump renders.
+fn plan(snap: Snapshot) -> Plan {
+    Plan::compile(snap, 1).expect("the config compiles")
+}
 
 fn walkthrough() -> Snapshot {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
@@ -41,7 +46,7 @@ fn dump_file() -> &'static Path {
     static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     FILE.get_or_init(|| {
         let dump = config_dump(
-            &walkthrough(),
+            &plan(walkthrough()),
             &["0.0.0.0".parse().unwrap(), "::".parse().unwrap()],
             &crate::server::IstioPorts::default(),
         );
@@ -310,26 +315,52 @@ fn regex_headers_and_blackhole_as_istioctl_prints_them() {
     );
 }
 
+/// The virtual host domains of `http.80` for one server's hosts and one
+/// VirtualService's hosts.
+fn domains(server: &[&str], vs: &[&str]) -> Vec<String> {
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: {server:?}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs}}
+spec:
+  hosts: {vs:?}
+  gateways: [gw]
+  http: [{{directResponse: {{status: 200}}}}]
+"
+    );
+    let snap = config::load_str("d.yaml", &yaml, &GatewayIdentity::default()).unwrap();
+    let dump = config_dump(
+        &plan(snap),
+        &["0.0.0.0".parse().unwrap()],
+        &crate::server::IstioPorts::default(),
+    );
+    let vhosts = &dump["configs"][2]["dynamic_route_configs"][0]["route_config"]["virtual_hosts"];
+    vhosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|vh| !vh["name"].as_str().unwrap().starts_with("blackhole:"))
+        .map(|vh| vh["domains"][0].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn route_domains_are_the_host_intersection() {
     // VirtualService `*.istioinaction.io` on a server for `webapp.istioinaction.io`:
     // Istio's virtual host is webapp.istioinaction.io (host.Names.Intersection).
     assert_eq!(
-        host_intersection(
-            &["webapp.istioinaction.io".into()],
-            &["*.istioinaction.io".into()]
-        ),
+        domains(&["webapp.istioinaction.io"], &["*.istioinaction.io"]),
         ["webapp.istioinaction.io"]
     );
-    assert_eq!(
-        host_intersection(&["*".into()], &["a.com".into(), "b.com".into()]),
-        ["a.com", "b.com"]
-    );
-    assert_eq!(
-        host_intersection(&["*.a.com".into()], &["*.com".into()]),
-        ["*.a.com"]
-    );
-    assert!(host_intersection(&["a.com".into()], &["b.com".into()]).is_empty());
+    assert_eq!(domains(&["*"], &["a.com", "b.com"]), ["a.com", "b.com"]);
+    assert_eq!(domains(&["*.a.com"], &["*.com"]), ["*.a.com"]);
+    assert!(domains(&["a.com"], &["b.com"]).is_empty());
 }
 
 #[test]
@@ -436,7 +467,7 @@ spec:
 ";
     let snap = config::load_str("n.yaml", yaml, &GatewayIdentity::default()).unwrap();
     let dump = config_dump(
-        &snap,
+        &plan(snap),
         &["0.0.0.0".parse().unwrap()],
         &crate::server::IstioPorts::default(),
     );
@@ -444,4 +475,79 @@ spec:
         [0]["routes"];
     assert_eq!(routes[0]["name"], "api.v1", "{routes:#}");
     assert_eq!(routes[1]["name"], "api", "{routes:#}");
+}
+
+/// The routes shown are the compiled table's, the one requests are routed by: a match
+/// block for another Gateway is not in this Gateway's routes (Istio's `sourceMatchHTTP`
+/// in TranslateRoutes), and an `httpsRedirect` server's hosts are `require_tls: ALL`
+/// (gateway.go), with or without a VirtualService. Failed before: the dump translated
+/// the VirtualService again and showed every block on every host, and no redirect.
+#[test]
+fn routes_are_the_compiled_tables() {
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-a}
+spec:
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [a.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-b}
+spec:
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [b.com, r.com], tls: {httpsRedirect: true}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs}
+spec:
+  hosts: [a.com, b.com]
+  gateways: [gw-a, gw-b]
+  http:
+  - name: r
+    match: [{name: only-a, gateways: [gw-a], uri: {prefix: /a}}, {name: any, uri: {regex: \"/v[0-9]+\"}}]
+    directResponse: {status: 200}
+";
+    let snap = config::load_str("c.yaml", yaml, &GatewayIdentity::default()).unwrap();
+    let dump = config_dump(
+        &plan(snap),
+        &["0.0.0.0".parse().unwrap()],
+        &crate::server::IstioPorts::default(),
+    );
+    let vhosts = &dump["configs"][2]["dynamic_route_configs"][0]["route_config"]["virtual_hosts"];
+    let summary: Vec<(String, Vec<String>, Value)> = vhosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vh| {
+            let names = vh["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["name"].as_str().unwrap().to_string())
+                .collect();
+            (
+                vh["name"].as_str().unwrap().to_string(),
+                names,
+                vh["require_tls"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "a.com:80".into(),
+                vec!["r.only-a".into(), "r.any".into()],
+                Value::Null
+            ),
+            ("b.com:80".into(), vec!["r.any".into()], json!("ALL")),
+            ("r.com:80".into(), vec![], json!("ALL")),
+        ],
+        "{vhosts:#}"
+    );
+    // The regex as written, not as compiled (anchored).
+    assert_eq!(
+        vhosts[0]["routes"][1]["match"]["safe_regex"]["regex"], "/v[0-9]+",
+        "{vhosts:#}"
+    );
 }
