@@ -408,12 +408,7 @@ async fn route_request(
                 Some(rw) => routing::rewrite_path(parts.uri.path(), rw, matched_prefix.as_deref()),
                 None => parts.uri.path().to_string(),
             };
-            let total = routing::total_weight(dests);
-            let dest = if total == 0 {
-                dests.first()
-            } else {
-                routing::pick_weighted(dests, fastrand::u64(0..total))
-            };
+            let dest = crate::lb::weighted::pick_random(dests, |d| u64::from(d.weight));
             let Some(dest) = dest else {
                 log.response_flags.push("NR");
                 log.details = "route_has_no_destination";

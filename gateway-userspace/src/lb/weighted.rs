@@ -199,3 +199,31 @@ impl Edf {
         found
     }
 }
+
+/// Istio's weighted route: one of `items` by `weight`, with `r` uniform in
+/// `0..sum of weights` (`r` is ignored when every weight is 0: the first is taken). The
+/// one pick for HTTP `route[]` and TCP/TLS `route[]` destinations.
+pub fn pick_by_weight<T>(items: &[T], weight: impl Fn(&T) -> u64, r: u64) -> Option<&T> {
+    let mut n = r;
+    for item in items {
+        let w = weight(item);
+        if n < w {
+            return Some(item);
+        }
+        n -= w;
+    }
+    items.first()
+}
+
+/// The sum of the weights, for drawing `r` of [`pick_by_weight`].
+pub fn total_weight<T>(items: &[T], weight: impl Fn(&T) -> u64) -> u64 {
+    items.iter().map(weight).sum()
+}
+
+/// [`pick_by_weight`] with a fresh random draw.
+pub fn pick_random<T>(items: &[T], weight: impl Fn(&T) -> u64 + Copy) -> Option<&T> {
+    match total_weight(items, weight) {
+        0 => items.first(),
+        total => pick_by_weight(items, weight, fastrand::u64(0..total)),
+    }
+}

@@ -624,20 +624,14 @@ pub fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     })
 }
 
-/// Picks a destination by weight with `r` uniform in `0..total weight`.
+/// Picks a destination by weight with `r` uniform in `0..total weight`
+/// ([`crate::lb::weighted::pick_by_weight`]).
 pub fn pick_weighted(dests: &[Destination], r: u64) -> Option<&Destination> {
-    let mut n = r;
-    for d in dests {
-        if n < u64::from(d.weight) {
-            return Some(d);
-        }
-        n -= u64::from(d.weight);
-    }
-    dests.first()
+    crate::lb::weighted::pick_by_weight(dests, |d| u64::from(d.weight), r)
 }
 
 pub fn total_weight(dests: &[Destination]) -> u64 {
-    dests.iter().map(|d| u64::from(d.weight)).sum()
+    crate::lb::weighted::total_weight(dests, |d| u64::from(d.weight))
 }
 
 /// The upstream path after `rewrite`: a matched `uri.prefix` is replaced by

@@ -90,18 +90,7 @@ async fn close_cleanly(down: TcpStream) {
 
 /// Picks one destination by weight (Istio's weighted route).
 fn pick(destinations: &[WeightedCluster]) -> Option<&WeightedCluster> {
-    let total: u64 = destinations.iter().map(|d| d.weight as u64).sum();
-    if total == 0 {
-        return destinations.first();
-    }
-    let mut n = fastrand::u64(0..total);
-    for d in destinations {
-        if n < d.weight as u64 {
-            return Some(d);
-        }
-        n -= d.weight as u64;
-    }
-    destinations.last()
+    crate::lb::weighted::pick_random(destinations, |d| u64::from(d.weight))
 }
 
 /// Serves one accepted connection on an L4 listener.
