@@ -18,7 +18,6 @@ use gateway_tests::{
     data,
     gateway::GatewayProc,
     netns::{NetNs, privileged},
-    xdpbench::prom_value_opt,
 };
 use http_common::*;
 
@@ -75,34 +74,6 @@ spec:
   gateways: [side]
   http: [{route: [{destination: {host: 127.0.0.1, port: {number: 18080}}}]}]
 "#;
-
-/// Replaces the file as editors and `kubectl` do: a new file renamed over the old one.
-fn write_config(path: &Path, yaml: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, yaml).expect("write config");
-    std::fs::rename(&tmp, path).expect("rename config");
-}
-
-fn metric(gw: &GatewayProc, series: &str) -> Option<u64> {
-    prom_value_opt(&gw.admin_get("/stats/prometheus"), series)
-}
-
-/// Polls `series` until it is `want` (10 s).
-fn wait_metric(gw: &GatewayProc, series: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = metric(gw, series);
-        if got == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} is {got:?}, not {want}:\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 /// One HTTP/1.1 request on an open keep-alive connection: (status, x-backend, the
 /// response's Connection header).
@@ -180,7 +151,7 @@ fn reload_swaps_routes_keeps_connections_and_rejects_broken_files() {
     });
     let dir = scratch(&ns);
     let file = dir.join("gateway.yaml");
-    write_config(&file, &config(18080, ""));
+    replace_file(&file, &config(18080, ""));
     let gw = GatewayProc::start(
         &ns,
         &[&file],
@@ -198,7 +169,7 @@ fn reload_swaps_routes_keeps_connections_and_rejects_broken_files() {
     echo_exact(&mut flow, 7, 0, 1 << 20);
 
     // The route moves to v2: the same connection's next request goes there.
-    write_config(&file, &config(18081, ""));
+    replace_file(&file, &config(18081, ""));
     wait_metric(&gw, "gateway_config_generation", 2);
     let (code, backend, connection) = get(&mut conn, "app.test", "/");
     assert_eq!((code, backend.as_str()), (200, "v2"), "{}", gw.log());
@@ -212,7 +183,7 @@ fn reload_swaps_routes_keeps_connections_and_rejects_broken_files() {
     let broken = config(18080, "")
         .replace("number: 18080", "number: eighty")
         .replace("protocol: TCP", "protocol: TCPX");
-    write_config(&file, &broken);
+    replace_file(&file, &broken);
     wait_metric(&gw, "gateway_config_reloads_total{result=\"rejected\"}", 1);
     let log = gw.wait_log(Duration::from_secs(5), |l| {
         l.contains("reload rejected: the running config is kept")
@@ -230,11 +201,11 @@ fn reload_swaps_routes_keeps_connections_and_rejects_broken_files() {
     assert_eq!(get(&mut conn, "app.test", "/").1, "v2");
 
     // A port added by reload serves; removed, it refuses new connects.
-    write_config(&file, &config(18081, PORT_8081));
+    replace_file(&file, &config(18081, PORT_8081));
     wait_metric(&gw, "gateway_config_generation", 3);
     let mut side = keep_alive(8081);
     assert_eq!(get(&mut side, "other.test", "/").1, "v1");
-    write_config(&file, &config(18081, ""));
+    replace_file(&file, &config(18081, ""));
     wait_metric(&gw, "gateway_config_generation", 4);
     let refused = Instant::now() + Duration::from_secs(5);
     while TcpStream::connect("127.0.0.1:8081").is_ok() {
@@ -281,7 +252,7 @@ fn a_removed_listener_drains_then_closes() {
     });
     let dir = scratch(&ns);
     let file = dir.join("gateway.yaml");
-    write_config(&file, &config(18080, PORT_8081));
+    replace_file(&file, &config(18080, PORT_8081));
     let gw = GatewayProc::start(
         &ns,
         &[&file],
@@ -314,7 +285,7 @@ fn a_removed_listener_drains_then_closes() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let removed = Instant::now();
-    write_config(&file, &config(18080, ""));
+    replace_file(&file, &config(18080, ""));
     wait_metric(&gw, "gateway_config_generation", 2);
     assert!(
         TcpStream::connect("127.0.0.1:8081").is_err(),
@@ -414,7 +385,7 @@ fn a_rotated_certificate_serves_the_next_handshake() {
     let (old_serial, new_serial) = (serial_of(&old_cert), serial_of(&new_cert));
     assert_ne!(old_serial, new_serial);
     let gateway = dir.join("gateway.yaml");
-    write_config(
+    replace_file(
         &gateway,
         r#"apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -436,7 +407,7 @@ spec:
 "#,
     );
     let secret = dir.join("secret.yaml");
-    write_config(
+    replace_file(
         &secret,
         &tls_secret_yaml("rot-cred", &old_cert, &old_key, None),
     );
@@ -458,7 +429,7 @@ spec:
         tls
     });
 
-    write_config(
+    replace_file(
         &secret,
         &tls_secret_yaml("rot-cred", &new_cert, &new_key, None),
     );
@@ -508,7 +479,7 @@ fn a_removed_tcp_listener_closes_its_flows_at_the_deadline() {
     ns.enter();
     for mode in ["ebpf", "splice", "uring", "auto"] {
         let file = dir.join(format!("gateway-{mode}.yaml"));
-        write_config(&file, &config(18080, PORT_31402));
+        replace_file(&file, &config(18080, PORT_31402));
         let gw = GatewayProc::start(&ns, &[&file], &["--splice", mode, "--drain-duration", "2s"]);
         let mut gone = TcpStream::connect("127.0.0.1:31402").expect("connect 31402");
         let mut stays = TcpStream::connect("127.0.0.1:31400").expect("connect 31400");
@@ -518,7 +489,7 @@ fn a_removed_tcp_listener_closes_its_flows_at_the_deadline() {
         echo_exact(&mut gone, 21, 0, 256 << 10);
         echo_exact(&mut stays, 22, 0, 256 << 10);
         let removed = Instant::now();
-        write_config(&file, &config(18080, ""));
+        replace_file(&file, &config(18080, ""));
         wait_metric(&gw, "gateway_config_generation", 2);
         // Through the drain the flow still works.
         echo_exact(&mut gone, 21, 256 << 10, 64 << 10);

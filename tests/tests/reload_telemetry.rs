@@ -16,7 +16,6 @@ use std::{
 use gateway_tests::{
     gateway::GatewayProc,
     netns::{NetNs, privileged},
-    xdpbench::prom_value_opt,
 };
 use http_common::*;
 
@@ -68,34 +67,6 @@ fn mesh(log: &Path, format: &str) -> String {
         "extensionProviders:\n- name: file-log\n  envoyFileAccessLog:\n    path: {}\n    logFormat:\n      text: \"{format}\\n\"\n",
         log.display()
     )
-}
-
-/// Replaces the file as editors and `kubectl` do: a new file renamed over the old one.
-fn write_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-fn metric(gw: &GatewayProc, series: &str) -> Option<u64> {
-    prom_value_opt(&gw.admin_get("/stats/prometheus"), series)
-}
-
-/// Polls `series` until it is `want` (10 s).
-fn wait_metric(gw: &GatewayProc, series: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = metric(gw, series);
-        if got == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} is {got:?}, not {want}:\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// The access-log file's lines once one contains `needle` (the gateway writes them
@@ -172,8 +143,8 @@ fn a_reload_turns_access_logs_on_changes_their_format_and_rejects_a_broken_filte
         dir.join("access.log"),
     );
     let _ = std::fs::remove_file(&log);
-    write_file(&file, &config(""));
-    write_file(
+    replace_file(&file, &config(""));
+    replace_file(
         &mesh_file,
         &mesh(&log, "first %REQ(:PATH)% %RESPONSE_CODE%"),
     );
@@ -197,7 +168,7 @@ fn a_reload_turns_access_logs_on_changes_their_format_and_rejects_a_broken_filte
     request(&ns, "/off");
 
     // A Telemetry added by reload turns the provider's file on for the next request.
-    write_file(&file, &config(&telemetry(None)));
+    replace_file(&file, &config(&telemetry(None)));
     wait_metric(&gw, "gateway_config_generation", 2);
     request(&ns, "/one");
     let lines = wait_line(&gw, &log, "first /one 200");
@@ -219,7 +190,7 @@ fn a_reload_turns_access_logs_on_changes_their_format_and_rejects_a_broken_filte
 
     // The --mesh-config file is watched too: a new format from the next request, on
     // the same file (its writer kept: no line lost or written twice).
-    write_file(&mesh_file, &mesh(&log, "second %REQ(:PATH)%"));
+    replace_file(&mesh_file, &mesh(&log, "second %REQ(:PATH)%"));
     wait_metric(&gw, "gateway_config_generation", 3);
     request(&ns, "/two");
     assert_eq!(get(&mut conn, "/two-kept"), 200);
@@ -243,7 +214,7 @@ fn a_reload_turns_access_logs_on_changes_their_format_and_rejects_a_broken_filte
     // A filter the gateway cannot evaluate: the reload is rejected with the
     // expression's file:line:col, and the running logs go on as they were.
     let broken = config(&telemetry(Some("source.workload == 'x'")));
-    write_file(&file, &broken);
+    replace_file(&file, &broken);
     wait_metric(&gw, "gateway_config_reloads_total{result=\"rejected\"}", 1);
     let (line, col) = broken
         .lines()

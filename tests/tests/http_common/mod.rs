@@ -576,3 +576,32 @@ pub fn upstream_conns(ns: &NetNs, port: u16) -> usize {
         .expect("run ss");
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
+
+/// Replaces the file as editors and `kubectl` do: a new file renamed over the old one.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// `series` in the gateway's `/stats/prometheus`, if there.
+pub fn metric(gw: &GatewayProc, series: &str) -> Option<u64> {
+    gateway_tests::xdpbench::prom_value_opt(&gw.admin_get("/stats/prometheus"), series)
+}
+
+/// Polls `series` until it is `want` (10 s).
+pub fn wait_metric(gw: &GatewayProc, series: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = metric(gw, series);
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {got:?}, not {want}:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
