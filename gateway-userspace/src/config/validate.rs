@@ -13,7 +13,7 @@ use super::resolve::Resolver;
 use super::snapshot::{
     HttpRouteEntry, HttpVirtualHost, InactiveServer, Listener, ListenerProtocol, MirrorCluster,
     Origin, Resources, Secret, ServerKind, ServerRef, Snapshot, TcpRoute, TlsRoute,
-    WeightedCluster,
+    WeightedCluster, WrittenRoute,
 };
 use super::source::Source;
 use super::source_match::{self, source_ok};
@@ -623,11 +623,9 @@ fn validate_virtual_service(vs: &Entry<VirtualService>, errors: &mut Vec<ConfigE
                 format!("directResponse status {} must be 200-599", dr.status),
             ));
         }
-        // Everything else the route table would refuse (header names and values,
-        // rewrites, redirect codes, bodies, faults), reported here with a position.
-        for (path, e) in crate::plan::routing::problems(route) {
-            errors.push(src.error(&format!("{at}.{path}"), e));
-        }
+        // What else the route table refuses (header names and values, rewrites,
+        // redirect codes, bodies, faults) is found where the table is compiled
+        // (`plan::routing::build_table`), reported at the route's `written` positions.
         for (path, e) in super::mirror::problems(route) {
             errors.push(src.error(&format!("{at}.{path}"), e));
         }
@@ -779,6 +777,14 @@ struct VsBinding<'a> {
 impl VsBinding<'_> {
     fn ns(&self) -> &str {
         self.vs.res.metadata.namespace()
+    }
+
+    /// Its `spec.http[i]` as written, and where.
+    fn written(&self, i: usize) -> WrittenRoute {
+        WrittenRoute {
+            at: Origin::new(&self.vs.src, &format!("spec.http[{i}]")),
+            route: std::sync::Arc::clone(&self.vs.res.spec.http[i]),
+        }
     }
 
     /// Istio binds a VS to a server when the VS names the server's Gateway,
@@ -1032,6 +1038,7 @@ impl<'a> RouteBuilder<'a> {
                         route: std::sync::Arc::clone(r),
                         destinations,
                         mirrors,
+                        written: vec![b.written(i)],
                     });
                 }
                 if !routes.is_empty() {
@@ -1141,6 +1148,7 @@ impl<'a> RouteBuilder<'a> {
             route: dr.route,
             destinations,
             mirrors,
+            written: vec![db.written(dr.index), root.written(i)],
         }
     }
 

@@ -16,7 +16,8 @@ use hyper::{
 use regex::Regex;
 
 use crate::config::{
-    HostMap, HostSemantics, Listener, ServerKind, ServerRef, WeightedCluster, hosts,
+    ConfigError, HostMap, HostSemantics, HttpRouteEntry, Listener, ServerKind, ServerRef,
+    WeightedCluster, hosts,
     istio::{self, HttpRoute, StringMatch},
 };
 
@@ -726,8 +727,13 @@ pub fn redirect_location(
 // === building ===
 
 /// The route table of an HTTP listener (all servers merged) or of one HTTPS server
-/// (`only_server`).
-pub fn build_table(listener: &Listener, only_server: Option<usize>) -> Result<RouteTable, String> {
+/// (`only_server`), or what is wrong with every route that does not compile, each at
+/// its field ([`route_errors`]).
+pub fn build_table(
+    listener: &Listener,
+    only_server: Option<usize>,
+) -> Result<RouteTable, Vec<ConfigError>> {
+    let mut errors = Vec::new();
     let mut table = TableBuilder::default();
     for vh in &listener.http {
         let vs_ns = vh.name.split('/').next().unwrap_or_default();
@@ -739,7 +745,13 @@ pub fn build_table(listener: &Listener, only_server: Option<usize>) -> Result<Ro
             let gw_ns = server.gateway.split('/').next().unwrap_or_default();
             let redirect = server.kind == ServerKind::Http
                 && server.tls.as_ref().is_some_and(|t| t.https_redirect);
-            let routes = compile_routes(vh.name.as_str(), &vh.routes, server, listener.port)?;
+            let routes = compile_routes(
+                vh.name.as_str(),
+                &vh.routes,
+                server,
+                listener.port,
+                &mut errors,
+            );
             for written in &server.hosts {
                 let (ns, shost) = hosts::split_server_host(written, gw_ns);
                 let shost = shost.to_ascii_lowercase();
@@ -780,6 +792,9 @@ pub fn build_table(listener: &Listener, only_server: Option<usize>) -> Result<Ro
                 }
             }
         }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     Ok(RouteTable::new(table.vhosts))
 }
@@ -822,74 +837,122 @@ impl TableBuilder {
 }
 
 /// Compiles a VS's routes for one server: match blocks whose `gateways` or `port`
-/// exclude this server are dropped, and a route left with no block is dropped.
+/// exclude this server are dropped, and a route left with no block is dropped. A route
+/// that does not compile is left out and its errors go to `errors`.
 fn compile_routes(
     vs: &str,
-    entries: &[crate::config::HttpRouteEntry],
+    entries: &[HttpRouteEntry],
     server: &ServerRef,
     port: u16,
-) -> Result<Vec<Arc<Route>>, String> {
-    let vs_ns = vs.split('/').next().unwrap_or_default();
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Arc<Route>> {
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
-        let r = &e.route;
-        let what = format!("virtual service {vs} http[{i}]");
-        let mut matches = Vec::with_capacity(r.matches.len());
-        for m in &r.matches {
-            let gw_ok = m.gateways.is_empty()
-                || m.gateways.iter().any(|g| {
-                    let key = if g.contains('/') {
-                        g.clone()
-                    } else {
-                        format!("{vs_ns}/{g}")
-                    };
-                    key == server.gateway
-                });
-            let port_ok = m.port.is_none_or(|p| p == u32::from(port));
-            if gw_ok && port_ok {
-                matches.push(compile_match(m, &what)?);
-            }
+        match compile_route(vs, i, e, server, port) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(message) => errors.extend(route_errors(e, message)),
         }
-        if !r.matches.is_empty() && matches.is_empty() {
-            continue;
-        }
-        out.push(Arc::new(Route {
-            vs: vs.to_string(),
-            name: r.name.clone(),
-            matches,
-            action: compile_action(r, &e.destinations, &what)?,
-            request_headers: HeaderOps::compile(
-                r.headers.as_ref().and_then(|h| h.request.as_ref()),
-                &what,
-            )?,
-            response_headers: HeaderOps::compile(
-                r.headers.as_ref().and_then(|h| h.response.as_ref()),
-                &what,
-            )?,
-            rewrite: compile_rewrite(r.rewrite.as_ref(), &what)?,
-            timeout: r
-                .timeout
-                .as_ref()
-                .map(|d| d.duration)
-                .filter(|d| !d.is_zero()),
-            retry: RetryPolicy::from_istio(r.retries.as_ref()),
-            fault: compile_fault(r.fault.as_ref(), &what)?,
-            cors: r
-                .cors_policy
-                .as_ref()
-                .map(|p| super::cors::Cors::compile(p, &what))
-                .transpose()?,
-            mirrors: e
-                .mirrors
-                .iter()
-                .map(|m| crate::config::mirror::Mirror {
-                    cluster: m.cluster.clone(),
-                    per_million: m.per_million,
-                })
-                .collect(),
-        }));
     }
-    Ok(out)
+    out
+}
+
+/// Where a route that does not compile is wrong: what [`problems`] finds in each entry
+/// it is written as ([`HttpRouteEntry::written`]), at its field; the compile's own
+/// `message`, at the route, should they find nothing.
+fn route_errors(e: &HttpRouteEntry, message: String) -> Vec<ConfigError> {
+    let mut out: Vec<ConfigError> = e
+        .written
+        .iter()
+        .flat_map(|w| {
+            problems(&w.route)
+                .into_iter()
+                .map(|(path, message)| ConfigError {
+                    loc: w.at.loc(&path),
+                    message,
+                })
+        })
+        .collect();
+    if out.is_empty() {
+        out.push(ConfigError {
+            loc: e
+                .written
+                .first()
+                .map(|w| w.at.clone())
+                .unwrap_or_default()
+                .loc(""),
+            message,
+        });
+    }
+    out
+}
+
+/// The route `entries[i]` of VS `vs` on one server; None when none of its match blocks
+/// applies there.
+fn compile_route(
+    vs: &str,
+    i: usize,
+    e: &HttpRouteEntry,
+    server: &ServerRef,
+    port: u16,
+) -> Result<Option<Arc<Route>>, String> {
+    let vs_ns = vs.split('/').next().unwrap_or_default();
+    let r = &e.route;
+    let what = format!("virtual service {vs} http[{i}]");
+    let mut matches = Vec::with_capacity(r.matches.len());
+    for m in &r.matches {
+        let gw_ok = m.gateways.is_empty()
+            || m.gateways.iter().any(|g| {
+                let key = if g.contains('/') {
+                    g.clone()
+                } else {
+                    format!("{vs_ns}/{g}")
+                };
+                key == server.gateway
+            });
+        let port_ok = m.port.is_none_or(|p| p == u32::from(port));
+        if gw_ok && port_ok {
+            matches.push(compile_match(m, &what)?);
+        }
+    }
+    if !r.matches.is_empty() && matches.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Route {
+        vs: vs.to_string(),
+        name: r.name.clone(),
+        matches,
+        action: compile_action(r, &e.destinations, &what)?,
+        request_headers: HeaderOps::compile(
+            r.headers.as_ref().and_then(|h| h.request.as_ref()),
+            &what,
+        )?,
+        response_headers: HeaderOps::compile(
+            r.headers.as_ref().and_then(|h| h.response.as_ref()),
+            &what,
+        )?,
+        rewrite: compile_rewrite(r.rewrite.as_ref(), &what)?,
+        timeout: r
+            .timeout
+            .as_ref()
+            .map(|d| d.duration)
+            .filter(|d| !d.is_zero()),
+        retry: RetryPolicy::from_istio(r.retries.as_ref()),
+        fault: compile_fault(r.fault.as_ref(), &what)?,
+        cors: r
+            .cors_policy
+            .as_ref()
+            .map(|p| super::cors::Cors::compile(p, &what))
+            .transpose()?,
+        mirrors: e
+            .mirrors
+            .iter()
+            .map(|m| crate::config::mirror::Mirror {
+                cluster: m.cluster.clone(),
+                per_million: m.per_million,
+            })
+            .collect(),
+    })))
 }
 
 fn compile_match(m: &istio::HttpMatchRequest, what: &str) -> Result<Match, String> {
@@ -1027,9 +1090,9 @@ fn rewrite_authority(a: &str, what: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(a).map_err(|_| format!("{what}: invalid rewrite.authority {a:?}"))
 }
 
-/// What [`build_table`] would refuse in one VirtualService `http[]` route, as (path
-/// below the route, message), for validation to report with a file position: a config
-/// that loads always builds its route tables. Match regexes are validation's own check.
+/// What [`build_table`] refuses in one VirtualService `http[]` route, as (path below
+/// the route, message): asked only of a route that did not compile, to say where it is
+/// wrong. Match regexes and CORS policies are validation's own checks.
 pub fn problems(r: &HttpRoute) -> Vec<(String, String)> {
     const WHAT: &str = "HTTP route";
     let mut out = Vec::new();
