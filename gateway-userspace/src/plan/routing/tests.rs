@@ -1,4 +1,13 @@
+use std::time::Duration;
+
+use hyper::{
+    HeaderMap,
+    header::{HeaderName, HeaderValue},
+};
+
+use super::compile::compile_rewrite;
 use super::*;
+use crate::config::istio;
 use crate::config::{GatewayIdentity, Snapshot, load_str};
 
 fn snapshot(yaml: &str) -> Snapshot {
