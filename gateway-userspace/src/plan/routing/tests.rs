@@ -563,13 +563,19 @@ fn a_route_that_does_not_compile_is_reported_where_it_is_written() {
                 route_to(2)
             ),
         );
-    assert_eq!(
-        table_errors(&y),
-        [format!(
-            "{}: HTTP route: invalid header name \"bad name\"",
-            at(&y, "set: {\"bad", 0)
-        )]
-    );
+    let want = [format!(
+        "{}: HTTP route: invalid header name \"bad name\"",
+        at(&y, "set: {\"bad", 0)
+    )];
+    assert_eq!(table_errors(&y), want);
+    // What a reload compiles, and refuses with these errors.
+    match crate::plan::Plan::compile(snapshot(&y), 2) {
+        Ok(_) => panic!("the Plan must not compile"),
+        Err(e) => assert_eq!(
+            e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            want
+        ),
+    }
 
     let y = GATEWAY.to_string()
         + &vs(
