@@ -3,9 +3,9 @@
 //! destination takes it, which retry policy applies. Built once per snapshot from the
 //! validated Istio resources; nothing here does I/O.
 //!
-//! By job: [`table`] the compiled tables (virtual hosts, routes, matches, header
-//! operations, retry policies), [`lookup`] the per-request decisions over them,
-//! [`compile`] building them from the snapshot (and where a route that does not compile
+//! By job: `table` the compiled tables (virtual hosts, routes, matches, header
+//! operations, retry policies), `lookup` the per-request decisions over them,
+//! `compile` building them from the snapshot (and where a route that does not compile
 //! is wrong); here the TLS-terminating servers of a port by SNI, and their hosts.
 mod compile;
 mod lookup;

@@ -25,7 +25,7 @@ use crate::config::{
 
 /// The route table of an HTTP listener (all servers merged) or of one HTTPS server
 /// (`only_server`), or what is wrong with every route that does not compile, each at
-/// its field ([`route_errors`]).
+/// its field (`route_errors`).
 pub fn build_table(
     listener: &Listener,
     only_server: Option<usize>,

@@ -23,7 +23,7 @@ pub struct RequestView<'a> {
 }
 
 /// The virtual host for a normalized host: exact, then longest `*.` suffix, then `*`
-/// (the best [`host_score`]). A hash lookup per label of the host, whatever the number
+/// (the best [`host_score`](super::host_score)). A hash lookup per label of the host, whatever the number
 /// of virtual hosts.
 pub fn find_vhost<'a>(table: &'a RouteTable, host: &str) -> Option<&'a VirtualHost> {
     table.index.get(host).map(|&i| &table.vhosts[i])
