@@ -1,6 +1,11 @@
 //! The command line: `gateway run` and `gateway validate`.
 use std::{
-    collections::BTreeMap, net::IpAddr, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -265,13 +270,33 @@ impl ConfigArgs {
     /// MeshConfig's too) are errors with `--strict`. `missing`: what references to
     /// missing things are (errors for `validate`).
     pub fn load(&self, missing: config::Missing) -> Result<config::Snapshot, Vec<String>> {
-        // The MeshConfig first: its `rootNamespace` decides which resources apply.
+        let (loaded, mesh) = self.load_files(missing);
+        self.finish_load(loaded, mesh)
+    }
+
+    /// The MeshConfig, then the config files: the MeshConfig's `rootNamespace` decides
+    /// which resources apply.
+    fn load_files(
+        &self,
+        missing: config::Missing,
+    ) -> (
+        config::Loaded,
+        Result<config::mesh::MeshConfig, config::ConfigErrors>,
+    ) {
         let mesh = match &self.mesh_config {
             Some(p) => config::mesh::load(p),
             None => Ok(config::mesh::MeshConfig::default()),
         };
         let id = self.identity(mesh.as_ref().unwrap_or(&Default::default()));
-        let loaded = config::load_with(&self.config, &id, missing);
+        (config::load_with(&self.config, &id, missing), mesh)
+    }
+
+    /// [`ConfigArgs::load`], from what [`ConfigArgs::load_files`] loaded.
+    fn finish_load(
+        &self,
+        loaded: config::Loaded,
+        mesh: Result<config::mesh::MeshConfig, config::ConfigErrors>,
+    ) -> Result<config::Snapshot, Vec<String>> {
         let mut warnings = loaded.warnings;
         if let Some(p) = &self.mesh_config {
             warnings.extend(config::mesh::warnings(p));
@@ -358,44 +383,57 @@ fn exit_with(lines: &[String]) -> ! {
     std::process::exit(EXIT_BAD_CONFIG);
 }
 
-/// The route tables and TLS configs of the snapshot; on failure prints every error
-/// (certificates, keys, CAs, CRLs: `file:line:col` of the Secret key or Gateway field)
-/// and exits 64, as for config errors. With [`config::Missing::Error`] (`validate`) a
-/// DestinationRule `tls` whose material does not load is an error too; `run` serves
-/// without that cluster's TLS (its requests fail closed, 503 UF).
-/// `more`: errors found by the other compile steps, printed with these.
-pub fn http_or_exit(
-    snap: &config::Snapshot,
-    missing: config::Missing,
-    more: Vec<config::ConfigError>,
-) -> crate::plan::http::HttpState {
-    let (http, mut errors) = match crate::plan::http::HttpState::build(snap) {
-        Ok(http) => (Some(http), Vec::new()),
-        Err(errors) => (None, errors.0),
-    };
-    errors.extend(more);
-    if missing == config::Missing::Error {
-        errors.extend(crate::plan::tls_client::problems(snap));
-    }
-    if let (Some(http), true) = (http, errors.is_empty()) {
-        return http;
-    }
-    exit_config_errors(errors)
-}
-
 /// Prints every error sorted by file and position, then the count; exits 64.
 fn exit_config_errors(errors: Vec<config::ConfigError>) -> ! {
     exit_with(&config::ConfigErrors(errors).lines())
 }
 
+/// What `validate` compiles the way `run` does, every error of it: the route tables,
+/// certificates, keys, CAs and CRLs (`file:line:col` of the field or Secret key), and
+/// the access-log formats and filters. A DestinationRule `tls` whose material does not
+/// load is an error too; `run` serves without that cluster's TLS (its requests fail
+/// closed, 503 UF).
+fn compile_errors(args: &ConfigArgs, snap: &config::Snapshot) -> Vec<config::ConfigError> {
+    let id = args.identity(&snap.mesh);
+    let mut errors = crate::telemetry::access_log::compile(snap, &id)
+        .err()
+        .unwrap_or_default();
+    if let Err(e) = crate::plan::http::HttpState::build(snap) {
+        errors.extend(e.0);
+    }
+    errors.extend(crate::plan::tls_client::problems(snap));
+    errors
+}
+
 pub fn validate(args: &ConfigArgs) {
     // The `--mesh-config` file is loaded and checked with the config files.
-    let snap = args.load_or_exit(config::Missing::Error, |w| eprintln!("{w}"));
-    // Certificates, keys, CAs and CRLs are loaded, and the access-log formats and
-    // filters compiled, the way `run` does.
-    let id = args.identity(&snap.mesh);
-    let access = crate::telemetry::access_log::compile(&snap, &id).err();
-    http_or_exit(&snap, config::Missing::Error, access.unwrap_or_default());
+    let (mut loaded, mesh) = args.load_files(config::Missing::Error);
+    // Every error of every phase in one run: with errors in the config files, what
+    // compiling the rest finds too. Where the config phase reported a place already,
+    // what the compile says there follows from it (the same TLS settings check, for
+    // one) and is left out.
+    if let (Err(errors), Some(mut partial)) = (&mut loaded.result, loaded.partial.take()) {
+        if let Ok(mesh) = &mesh {
+            partial.mesh = mesh.clone();
+        }
+        let reported: HashSet<config::Loc> = errors.0.iter().map(|e| e.loc.clone()).collect();
+        errors.0.extend(
+            compile_errors(args, &partial)
+                .into_iter()
+                .filter(|e| !reported.contains(&e.loc)),
+        );
+    }
+    let snap = match args.finish_load(loaded, mesh) {
+        Ok(snap) => snap,
+        Err(lines) => exit_with(&lines),
+    };
+    for w in &snap.warnings {
+        eprintln!("{w}");
+    }
+    let errors = compile_errors(args, &snap);
+    if !errors.is_empty() {
+        exit_config_errors(errors);
+    }
     if !snap.warnings.is_empty() {
         eprintln!(
             "{} warning(s): see above (--strict makes them errors)",

@@ -143,6 +143,10 @@ pub enum Missing {
 pub struct Loaded {
     pub result: Result<Snapshot, ConfigErrors>,
     pub warnings: Vec<Warning>,
+    /// With errors: the snapshot as far as it was built, what was wrong left out. Never
+    /// to serve; `gateway validate` compiles it to report the next phase's errors (route
+    /// tables, certificates) in the same run.
+    pub partial: Option<Snapshot>,
 }
 
 /// Loads files, and directories (their `*.yaml` / `*.yml` files, sorted by
@@ -197,6 +201,7 @@ fn finish(
         return Loaded {
             result: Ok(snapshot),
             warnings,
+            partial: None,
         };
     }
     // Stable: keeps discovery order for errors at the same place.
@@ -205,6 +210,7 @@ fn finish(
     Loaded {
         result: Err(ConfigErrors(errors)),
         warnings,
+        partial: Some(snapshot),
     }
 }
 

@@ -281,6 +281,20 @@ pub struct HttpRouteEntry {
     pub destinations: Vec<WeightedCluster>,
     /// Resolved `mirror` / `mirrors[]` destinations, those with a share above 0.
     pub mirrors: Vec<MirrorCluster>,
+    /// Where the route is written, as written there: its VirtualService's `spec.http[i]`
+    /// (before the match blocks of other sources were dropped); for a delegate's route
+    /// merged with its root, the delegate's `spec.http[k]`, then the root's
+    /// `spec.http[i]`. A route that does not compile is reported at these
+    /// (`plan::routing::build_table`).
+    pub written: Vec<WrittenRoute>,
+}
+
+/// An `http[]` entry of a VirtualService as written, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenRoute {
+    /// `spec.http[i]` of its VirtualService.
+    pub at: Origin,
+    pub route: std::sync::Arc<istio::HttpRoute>,
 }
 
 /// A mirror destination and the share of requests copied to it.

@@ -3,14 +3,14 @@
 //! and which server an SNI selects.
 use std::{
     any::Any,
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, OnceLock},
 };
 
 use rustls::ServerConfig;
 
 use super::{routing, tls_server};
-use crate::config::{ConfigError, ConfigErrors, Listener, ListenerProtocol, ServerKind, Snapshot};
+use crate::config::{ConfigErrors, Listener, ListenerProtocol, ServerKind, Snapshot};
 
 /// Everything the HTTP data path needs that is built once per snapshot (route tables,
 /// certificate configs), and its upstream pools.
@@ -52,22 +52,11 @@ impl HttpState {
     pub fn build(snapshot: &Snapshot) -> Result<HttpState, ConfigErrors> {
         let mut tls_problems = tls_server::Problems::default();
         let mut errors = Vec::new();
-        // A route table that does not compile: where its port's first server is.
+        // A route that does not compile is reported at its fields; the table is built
+        // without it, so every other table's errors are found too.
         let mut table = |l: &Listener, only: Option<usize>| {
             routing::build_table(l, only)
-                .map_err(|message| {
-                    let at = only.unwrap_or(0);
-                    errors.push(ConfigError {
-                        loc: l
-                            .servers
-                            .get(at)
-                            .map(|s| &s.origin)
-                            .cloned()
-                            .unwrap_or_default()
-                            .loc(""),
-                        message,
-                    })
-                })
+                .map_err(|e| errors.extend(e))
                 .unwrap_or_default()
         };
         let mut listeners = HashMap::new();
@@ -128,9 +117,11 @@ impl HttpState {
         }
         errors.extend(tls_problems.into_errors());
         if !errors.is_empty() {
-            // Stable: keeps discovery order for errors at the same place.
+            // Stable: keeps discovery order for errors at the same place. A route bound
+            // to several servers or ports is compiled, and reported, for each.
             errors.sort_by(|a, b| a.loc.cmp(&b.loc));
-            errors.dedup();
+            let mut seen = HashSet::new();
+            errors.retain(|e| seen.insert((e.loc.clone(), e.message.clone())));
             return Err(ConfigErrors(errors));
         }
         Ok(HttpState {
