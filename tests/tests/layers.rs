@@ -85,11 +85,10 @@ fn cfg_test(attrs: &[syn::Attribute]) -> bool {
 impl Uses {
     fn tree(&mut self, t: &syn::UseTree, under_crate: bool, line: usize) {
         match t {
-            syn::UseTree::Path(p) if !under_crate => {
-                if p.ident == "crate" {
-                    self.tree(&p.tree, true, line);
-                }
+            syn::UseTree::Path(p) if !under_crate && p.ident == "crate" => {
+                self.tree(&p.tree, true, line);
             }
+            syn::UseTree::Path(_) if !under_crate => {}
             syn::UseTree::Path(p) => self.found.push((p.ident.to_string(), line)),
             syn::UseTree::Name(n) if under_crate => self.found.push((n.ident.to_string(), line)),
             syn::UseTree::Rename(r) if under_crate => self.found.push((r.ident.to_string(), line)),

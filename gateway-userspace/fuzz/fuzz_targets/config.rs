@@ -6,10 +6,10 @@
 //!   line 1..=lines+1 and column >= 1, and its Display starts with that position. So does
 //!   every warning (fields not acted on; missing references, loaded as `run` loads them:
 //!   isolated), and each warning's code is in the README's table (`warnings::CODES`).
-//! - A Snapshot the loader accepts goes through everything the gateway then builds from
-//!   it (`HttpState::build`, the authorization enforcer and its XDP compilation, the
-//!   access-log targets) without a panic, and without an error the loader should have
-//!   reported with a position: route tables and access-log settings must build.
+//! - A Snapshot the loader accepts goes through everything the gateway then compiles
+//!   from it (`Plan::compile`: route tables, certificates, the authorization enforcer
+//!   and its XDP compilation; the access-log targets) without a panic; what that compile
+//!   refuses is errors with positions inside the text, like the loader's.
 //!
 //! The loader resolves destination hosts that no ServiceEntry names with the system
 //! resolver. The init hook moves the process into a fresh network namespace first (as
@@ -20,12 +20,8 @@
 use std::path::Path;
 
 use gateway::{
-    authz::Enforcer,
-    config::{
-        ConfigErrors, GatewayIdentity, ListenerProtocol, Loc, Missing, ServerKind, load_str_with,
-        mesh, warnings,
-    },
-    http::{HttpState, routing::build_table},
+    config::{ConfigErrors, GatewayIdentity, Loc, Missing, load_str_with, mesh, warnings},
+    plan::Plan,
     telemetry::access_log,
 };
 use libfuzzer_sys::fuzz_target;
@@ -51,29 +47,11 @@ fuzz_target!(
         }
         match loaded.result {
             Ok(snapshot) => {
-                // The route tables `HttpState::build` makes: compile errors there would
-                // be config errors without a position.
-                for l in &snapshot.listeners {
-                    if l.protocol == ListenerProtocol::Http
-                        && let Err(e) = build_table(l, None)
-                    {
-                        panic!("loader accepted port {} but its route table fails: {e}", l.port);
-                    }
-                    for (i, s) in l.servers.iter().enumerate() {
-                        if s.kind == ServerKind::HttpsTerminate
-                            && let Err(e) = build_table(l, Some(i))
-                        {
-                            panic!("loader accepted port {} server {i} but its route table fails: {e}", l.port);
-                        }
-                    }
+                if let Err(errors) = access_log::compile(&snapshot, &id) {
+                    check_errors(text, &ConfigErrors(errors));
                 }
-                // Certificates and keys are parsed here (`gateway validate` reports their
-                // errors as they come): it may fail, never panic.
-                let _ = HttpState::build(&snapshot);
-                let _ = Enforcer::new(&snapshot);
-                let mesh = mesh::MeshConfig::default();
-                if let Err(e) = access_log::resolve(&mesh, &snapshot.resources.telemetry, &id) {
-                    panic!("loader accepted the Telemetry resources but access logs fail: {e}");
+                if let Err(errors) = Plan::compile(snapshot, 1) {
+                    check_errors(text, &errors);
                 }
             }
             Err(errors) => check_errors(text, &errors),

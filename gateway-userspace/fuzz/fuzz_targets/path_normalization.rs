@@ -18,7 +18,7 @@ use std::{net::SocketAddr, sync::OnceLock};
 use gateway::{
     authz::{Cidr, Decision, HttpAttrs, L7, Policies, PortKind, Request},
     config::{GatewayIdentity, load, mesh::PathNormalization},
-    http::normalize::{PathError, normalize_uri},
+    plan::normalize::{PathError, normalize_uri},
 };
 use hyper::{HeaderMap, Uri};
 use libfuzzer_sys::fuzz_target;
@@ -41,8 +41,9 @@ fn policies() -> &'static Policies {
         );
         let snap = load(&[f.into()], &GatewayIdentity::default())
             .unwrap_or_else(|e| panic!("fixture {f} does not load:\n{e}"));
-        assert!(!snap.authorization.is_empty(), "{f}: no policies");
-        snap.authorization.clone()
+        let policies = Policies::build(&snap.resources.authorization_policies, &snap.identity);
+        assert!(!policies.is_empty(), "{f}: no policies");
+        policies
     })
 }
 

@@ -19,10 +19,10 @@ use std::{net::SocketAddr, str::FromStr, sync::OnceLock};
 
 use gateway::{
     config::{GatewayIdentity, ListenerProtocol, ServerKind, load},
-    http::routing::{
+    plan::routing::{
         Action, RequestView, RouteTable, StrMatch, build_table, find_route, find_vhost, host_score,
         https_redirect_location, normalize_host, pick_weighted, redirect_location, rewrite_path,
-        server_hosts, total_weight, valid_host,
+        server_hosts, total_weight, valid_request_host,
     },
 };
 use hyper::{
@@ -166,7 +166,7 @@ fn route(t: &Table, req: &Req, r: u64) {
         return; // 400 missing host header
     };
     let host = normalize_host(&authority);
-    if !valid_host(&host) {
+    if !valid_request_host(&host) {
         return; // 400 invalid authority
     }
     if t.tls

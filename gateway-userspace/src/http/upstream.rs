@@ -171,7 +171,7 @@ pub async fn forward(
         let endpoint = picked.addr;
         tried.push(endpoint);
         log.upstream_host = Some(endpoint);
-        let target = match client(&plan, gw.opts.connect_timeout).for_cluster(cluster, client_h2) {
+        let target = match client(plan, gw.opts.connect_timeout).for_cluster(cluster, client_h2) {
             Ok(t) => t,
             Err(why) => {
                 tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS origination is not set up: {why}");
