@@ -40,6 +40,8 @@ use std::{
 
 use crate::config::GatewayIdentity;
 
+use super::{AccessRecord, ResponseFlag, ResponseFlags};
+
 /// Istio's default buckets for `istio_request_duration_milliseconds` (ms).
 pub const DURATION_BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -106,13 +108,13 @@ struct HttpKey {
     destination: Destination,
     protocol: &'static str,
     response_code: u16,
-    response_flags: String,
+    response_flags: ResponseFlags,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TcpKey {
     destination: Destination,
-    response_flags: String,
+    response_flags: ResponseFlags,
 }
 
 /// `destination_service*` and `destination_canonical_*` labels, from an Istio cluster
@@ -260,20 +262,6 @@ pub struct IstioMetrics {
     tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
 }
 
-/// What one finished HTTP request contributes.
-pub struct HttpObservation<'a> {
-    pub cluster: Option<&'a str>,
-    /// The endpoint the request went to (its labels give the destination's canonical
-    /// service).
-    pub upstream_host: Option<std::net::SocketAddr>,
-    pub protocol: &'static str,
-    pub response_code: u16,
-    pub response_flags: &'a str,
-    pub duration_us: u64,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-}
-
 fn get_or_insert<K: std::hash::Hash + Eq + Clone, V>(
     map: &RwLock<HashMap<K, Arc<V>>>,
     key: &K,
@@ -326,20 +314,32 @@ impl IstioMetrics {
         self.endpoints.store(Arc::new(endpoints));
     }
 
-    pub fn http(&self, o: &HttpObservation<'_>) {
+    /// What one finished request or L4 flow counts. The destination is the record's
+    /// cluster and endpoint (its labels give the canonical service). An L4 flow's
+    /// close counts when it had been opened ([`IstioMetrics::tcp_opened`]): not when
+    /// it was refused (NR, UH, UF, UO, NC), but when it was closed at its
+    /// `maxConnectionDuration` (DT).
+    pub fn record(&self, r: &AccessRecord) {
+        if r.is_http() {
+            self.http(r);
+        } else if let Some(cluster) = r.upstream_cluster.as_deref()
+            && (r.response_flags.is_empty()
+                || r.response_flags == ResponseFlag::DurationTimeout.into())
+        {
+            self.tcp_closed(cluster, r.upstream_host, r.bytes_received, r.bytes_sent);
+        }
+    }
+
+    fn http(&self, r: &AccessRecord) {
         let key = HttpKey {
             destination: Destination::from_cluster(
-                o.cluster,
-                o.upstream_host.map(|a| a.ip()),
+                r.upstream_cluster.as_deref(),
+                r.upstream_host.map(|a| a.ip()),
                 &self.endpoints.load(),
             ),
-            protocol: o.protocol,
-            response_code: o.response_code,
-            response_flags: if o.response_flags.is_empty() {
-                "-".into()
-            } else {
-                o.response_flags.to_string()
-            },
+            protocol: "http",
+            response_code: r.status,
+            response_flags: r.response_flags,
         };
         let s = get_or_insert(&self.http, &key, || HttpSeries {
             requests: AtomicU64::new(0),
@@ -348,47 +348,39 @@ impl IstioMetrics {
             response_bytes: Histogram::new(&SIZE_BUCKETS),
         });
         s.requests.fetch_add(1, Ordering::Relaxed);
-        s.duration.observe_milli(o.duration_us);
-        s.request_bytes.observe_milli(o.request_bytes * 1000);
-        s.response_bytes.observe_milli(o.response_bytes * 1000);
+        s.duration.observe_milli(r.duration.as_micros() as u64);
+        s.request_bytes.observe_milli(r.bytes_received * 1000);
+        s.response_bytes.observe_milli(r.bytes_sent * 1000);
     }
 
-    fn tcp_series(
-        &self,
-        cluster: Option<&str>,
-        endpoint: Option<std::net::SocketAddr>,
-        flags: &str,
-    ) -> Arc<TcpSeries> {
+    /// The series of flows to `cluster`: Istio counts them without flags.
+    fn tcp_series(&self, cluster: &str, endpoint: Option<std::net::SocketAddr>) -> Arc<TcpSeries> {
         let key = TcpKey {
             destination: Destination::from_cluster(
-                cluster,
+                Some(cluster),
                 endpoint.map(|a| a.ip()),
                 &self.endpoints.load(),
             ),
-            response_flags: if flags.is_empty() {
-                "-".into()
-            } else {
-                flags.into()
-            },
+            response_flags: ResponseFlags::default(),
         };
         get_or_insert(&self.tcp, &key, TcpSeries::default)
     }
 
     pub fn tcp_opened(&self, cluster: &str, endpoint: Option<std::net::SocketAddr>) {
-        self.tcp_series(Some(cluster), endpoint, "")
+        self.tcp_series(cluster, endpoint)
             .opened
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// `received`: bytes from the client; `sent`: bytes to it (Istio's request/response).
-    pub fn tcp_closed(
+    fn tcp_closed(
         &self,
         cluster: &str,
         endpoint: Option<std::net::SocketAddr>,
         received: u64,
         sent: u64,
     ) {
-        let s = self.tcp_series(Some(cluster), endpoint, "");
+        let s = self.tcp_series(cluster, endpoint);
         s.closed.fetch_add(1, Ordering::Relaxed);
         s.received.fetch_add(received, Ordering::Relaxed);
         s.sent.fetch_add(sent, Ordering::Relaxed);
@@ -398,28 +390,29 @@ impl IstioMetrics {
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        let mut http: Vec<(HttpKey, Arc<HttpSeries>)> = self
+        // Sorted by destination, code and the flags as printed.
+        let mut http: Vec<(HttpKey, String, Arc<HttpSeries>)> = self
             .http
             .read()
             .expect("metrics lock")
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), k.response_flags.to_string(), v.clone()))
             .collect();
         http.sort_by(|a, b| {
-            (&a.0.destination, a.0.response_code, &a.0.response_flags).cmp(&(
+            (&a.0.destination, a.0.response_code, &a.1).cmp(&(
                 &b.0.destination,
                 b.0.response_code,
-                &b.0.response_flags,
+                &b.1,
             ))
         });
-        let http_labels = |k: &HttpKey| {
+        let http_labels = |k: &HttpKey, flags: &str| {
             format!(
                 "{},{},destination_cluster=\"unknown\",request_protocol=\"{}\",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"{}\",connection_security_policy=\"unknown\"",
                 self.fixed,
                 k.destination.labels(),
                 k.protocol,
                 k.response_code,
-                escape(&k.response_flags)
+                escape(flags)
             )
         };
         header(
@@ -428,11 +421,11 @@ impl IstioMetrics {
             "counter",
             "Requests processed, by destination and response.",
         );
-        for (k, s) in &http {
+        for (k, flags, s) in &http {
             let _ = writeln!(
                 out,
                 "istio_requests_total{{{}}} {}",
-                http_labels(k),
+                http_labels(k, flags),
                 s.requests.load(Ordering::Relaxed)
             );
         }
@@ -454,8 +447,8 @@ impl IstioMetrics {
         ];
         for (name, help, pick) in hists {
             header(out, name, "histogram", help);
-            for (k, s) in &http {
-                pick(s).render(out, name, &http_labels(k));
+            for (k, flags, s) in &http {
+                pick(s).render(out, name, &http_labels(k, flags));
             }
         }
 
@@ -498,7 +491,7 @@ impl IstioMetrics {
                     "{name}{{{},{},destination_cluster=\"unknown\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"unknown\"}} {}",
                     self.fixed,
                     k.destination.labels(),
-                    escape(&k.response_flags),
+                    k.response_flags,
                     pick(s).load(Ordering::Relaxed)
                 );
             }
@@ -509,6 +502,13 @@ impl IstioMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record() -> AccessRecord {
+        AccessRecord::new(
+            std::time::SystemTime::now(),
+            "10.0.0.1:4000".parse().unwrap(),
+        )
+    }
 
     #[test]
     fn destination_labels_from_cluster_names() {
@@ -586,18 +586,16 @@ mod tests {
             ("webapp".into(), "v2".into()),
         );
         m.set_endpoint_labels(t);
-        let obs = |host| HttpObservation {
-            cluster: Some("outbound|80||webapp.default.svc.cluster.local"),
+        let obs = |host| AccessRecord {
+            upstream_cluster: Some("outbound|80||webapp.default.svc.cluster.local".into()),
             upstream_host: host,
-            protocol: "http",
-            response_code: 200,
-            response_flags: "",
-            duration_us: 1,
-            request_bytes: 0,
-            response_bytes: 0,
+            protocol: Some("HTTP/1.1"),
+            status: 200,
+            duration: std::time::Duration::from_micros(1),
+            ..record()
         };
-        m.http(&obs(Some(ep)));
-        m.http(&obs(Some("10.0.0.8:8080".parse().unwrap())));
+        m.record(&obs(Some(ep)));
+        m.record(&obs(Some("10.0.0.8:8080".parse().unwrap())));
         m.tcp_opened("outbound|2701||tcp-echo.default.svc.cluster.local", None);
         let mut out = String::new();
         m.render(&mut out);
@@ -664,20 +662,70 @@ mod tests {
         );
     }
 
+    /// An L4 flow's close counts when it was opened: refused ones (UF, UH, ...) do
+    /// not, one closed at its maxConnectionDuration (DT) does; all without flags.
+    #[test]
+    fn tcp_closes_count_opened_flows_only() {
+        let m = IstioMetrics::new(&GatewayIdentity::default());
+        let cluster = "outbound|2701||tcp-echo.default.svc.cluster.local";
+        let flow = |flag: Option<ResponseFlag>| {
+            let mut r = AccessRecord {
+                upstream_cluster: Some(cluster.into()),
+                bytes_received: 3,
+                bytes_sent: 5,
+                ..record()
+            };
+            if let Some(f) = flag {
+                r.response_flags.insert(f);
+            }
+            r
+        };
+        m.tcp_opened(cluster, None);
+        m.record(&flow(None));
+        m.record(&flow(Some(ResponseFlag::DurationTimeout)));
+        m.record(&flow(Some(ResponseFlag::UpstreamConnectionFailure)));
+        m.record(&AccessRecord {
+            upstream_cluster: None,
+            ..flow(Some(ResponseFlag::NoRouteFound))
+        });
+        let mut out = String::new();
+        m.render(&mut out);
+        let value = |name: &str| {
+            let l = out
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}{{")))
+                .unwrap_or_else(|| panic!("{name} in {out}"));
+            assert!(l.contains("response_flags=\"-\""), "{l}");
+            l.rsplit(' ').next().unwrap().to_string()
+        };
+        assert_eq!(value("istio_tcp_connections_opened_total"), "1");
+        assert_eq!(value("istio_tcp_connections_closed_total"), "2");
+        assert_eq!(value("istio_tcp_received_bytes_total"), "6");
+        assert_eq!(value("istio_tcp_sent_bytes_total"), "10");
+        assert_eq!(
+            out.matches("istio_tcp_connections_closed_total{").count(),
+            1
+        );
+        assert!(!out.contains("istio_requests_total{"), "{out}");
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = IstioMetrics::new(&GatewayIdentity::default());
         for (us, code) in [(300, 200), (7_000, 200), (2_000_000, 503)] {
-            m.http(&HttpObservation {
-                cluster: Some("outbound|80||webapp.default.svc.cluster.local"),
-                upstream_host: None,
-                protocol: "http",
-                response_code: code,
-                response_flags: if code == 503 { "UF" } else { "" },
-                duration_us: us,
-                request_bytes: 0,
-                response_bytes: 10,
-            });
+            let mut r = AccessRecord {
+                upstream_cluster: Some("outbound|80||webapp.default.svc.cluster.local".into()),
+                protocol: Some("HTTP/2"),
+                status: code,
+                duration: std::time::Duration::from_micros(us),
+                bytes_sent: 10,
+                ..record()
+            };
+            if code == 503 {
+                r.response_flags
+                    .insert(ResponseFlag::UpstreamConnectionFailure);
+            }
+            m.record(&r);
         }
         let mut out = String::new();
         m.render(&mut out);
