@@ -31,14 +31,16 @@
 //! lock is taken only the first time a label set is seen.
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-use crate::config::GatewayIdentity;
+use crate::{
+    config::GatewayIdentity,
+    sys::prom::{Kind, Prom, labels},
+};
 
 use super::{AccessRecord, ResponseFlag, ResponseFlags};
 
@@ -89,17 +91,19 @@ impl Histogram {
         self.sum_milli.fetch_add(value_milli, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// `labels`: rendered by [`labels`].
+    fn render(&self, p: &mut Prom<'_>, name: &str, labels: &str) {
+        let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+            p.sample_with(&bucket, labels, &[("le", b)], cumulative);
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        p.sample_with(&bucket, labels, &[("le", &"+Inf")], count);
         let sum = self.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        p.sample_with(&format!("{name}_sum"), labels, &[], sum);
+        p.sample_with(&format!("{name}_count"), labels, &[], count);
     }
 }
 
@@ -219,21 +223,14 @@ impl Destination {
 
     /// From `destination_service` to `destination_service_namespace`, in Istio's order.
     fn labels(&self) -> String {
-        format!(
-            "destination_service=\"{}\",destination_canonical_service=\"{}\",destination_canonical_revision=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\"",
-            escape(&self.service),
-            escape(&self.canonical_service),
-            escape(&self.canonical_revision),
-            escape(&self.name),
-            escape(&self.namespace)
-        )
+        labels(&[
+            ("destination_service", &self.service),
+            ("destination_canonical_service", &self.canonical_service),
+            ("destination_canonical_revision", &self.canonical_revision),
+            ("destination_service_name", &self.name),
+            ("destination_service_namespace", &self.namespace),
+        ])
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 struct HttpSeries {
@@ -293,14 +290,22 @@ impl IstioMetrics {
             .cloned()
             .unwrap_or_else(|| "unknown".into());
         let (canonical_service, canonical_revision) = canonical_service(&id.labels, &app);
-        let fixed = format!(
-            "reporter=\"source\",source_workload=\"{app}\",source_canonical_service=\"{cs}\",source_canonical_revision=\"{cr}\",source_workload_namespace=\"{ns}\",source_principal=\"unknown\",source_app=\"{app}\",source_version=\"{version}\",source_cluster=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\"",
-            app = escape(&app),
-            cs = escape(&canonical_service),
-            cr = escape(&canonical_revision),
-            ns = escape(&id.namespace),
-            version = escape(&version),
-        );
+        let fixed = labels(&[
+            ("reporter", &"source"),
+            ("source_workload", &app),
+            ("source_canonical_service", &canonical_service),
+            ("source_canonical_revision", &canonical_revision),
+            ("source_workload_namespace", &id.namespace),
+            ("source_principal", &"unknown"),
+            ("source_app", &app),
+            ("source_version", &version),
+            ("source_cluster", &"unknown"),
+            ("destination_workload", &"unknown"),
+            ("destination_workload_namespace", &"unknown"),
+            ("destination_principal", &"unknown"),
+            ("destination_app", &"unknown"),
+            ("destination_version", &"unknown"),
+        ]);
         IstioMetrics {
             fixed,
             endpoints: Default::default(),
@@ -387,9 +392,7 @@ impl IstioMetrics {
     }
 
     pub fn render(&self, out: &mut String) {
-        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
+        let mut p = Prom::new(out);
         // Sorted by destination, code and the flags as printed.
         let mut http: Vec<(HttpKey, String, Arc<HttpSeries>)> = self
             .http
@@ -406,27 +409,27 @@ impl IstioMetrics {
             ))
         });
         let http_labels = |k: &HttpKey, flags: &str| {
-            format!(
-                "{},{},destination_cluster=\"unknown\",request_protocol=\"{}\",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"{}\",connection_security_policy=\"unknown\"",
-                self.fixed,
-                k.destination.labels(),
-                k.protocol,
-                k.response_code,
-                escape(flags)
-            )
+            let rest = labels(&[
+                ("destination_cluster", &"unknown"),
+                ("request_protocol", &k.protocol),
+                ("response_code", &k.response_code),
+                ("grpc_response_status", &""),
+                ("response_flags", &flags),
+                ("connection_security_policy", &"unknown"),
+            ]);
+            format!("{},{},{rest}", self.fixed, k.destination.labels())
         };
-        header(
-            out,
+        p.family(
             "istio_requests_total",
-            "counter",
+            Kind::Counter,
             "Requests processed, by destination and response.",
         );
         for (k, flags, s) in &http {
-            let _ = writeln!(
-                out,
-                "istio_requests_total{{{}}} {}",
-                http_labels(k, flags),
-                s.requests.load(Ordering::Relaxed)
+            p.sample_with(
+                "istio_requests_total",
+                &http_labels(k, flags),
+                &[],
+                s.requests.load(Ordering::Relaxed),
             );
         }
         type Pick = fn(&HttpSeries) -> &Histogram;
@@ -446,9 +449,9 @@ impl IstioMetrics {
             ),
         ];
         for (name, help, pick) in hists {
-            header(out, name, "histogram", help);
+            p.family(name, Kind::Histogram, help);
             for (k, flags, s) in &http {
-                pick(s).render(out, name, &http_labels(k, flags));
+                pick(s).render(&mut p, name, &http_labels(k, flags));
             }
         }
 
@@ -484,15 +487,19 @@ impl IstioMetrics {
             ),
         ];
         for (name, help, pick) in counters {
-            header(out, name, "counter", help);
+            p.family(name, Kind::Counter, help);
             for (k, s) in &tcp {
-                let _ = writeln!(
-                    out,
-                    "{name}{{{},{},destination_cluster=\"unknown\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"unknown\"}} {}",
-                    self.fixed,
-                    k.destination.labels(),
-                    k.response_flags,
-                    pick(s).load(Ordering::Relaxed)
+                let tcp_labels = format!("{},{}", self.fixed, k.destination.labels());
+                p.sample_with(
+                    name,
+                    &tcp_labels,
+                    &[
+                        ("destination_cluster", &"unknown"),
+                        ("request_protocol", &"tcp"),
+                        ("response_flags", &k.response_flags),
+                        ("connection_security_policy", &"unknown"),
+                    ],
+                    pick(s).load(Ordering::Relaxed),
                 );
             }
         }

@@ -17,7 +17,10 @@ use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{ConfigError, GatewayIdentity, Snapshot};
+use crate::{
+    config::{ConfigError, GatewayIdentity, Snapshot},
+    sys::prom::{Kind, Prom},
+};
 
 use access_log::{AccessLogConfig, AccessLogs};
 use istio_metrics::IstioMetrics;
@@ -109,7 +112,6 @@ impl Telemetry {
 impl Telemetry {
     /// Istio's metrics, then the access-log writers' counters.
     pub fn render_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
         self.istio.render(out);
         let sinks = self.access.load().sinks();
         type Pick = fn(&access_log::Sink) -> u64;
@@ -125,21 +127,21 @@ impl Telemetry {
                 |s| s.dropped.load(std::sync::atomic::Ordering::Relaxed),
             ),
         ];
-        let _ = writeln!(
-            out,
-            "# HELP gateway_log_lines_dropped_total Gateway log lines (stderr) dropped because stderr could not keep up.\n# TYPE gateway_log_lines_dropped_total counter\ngateway_log_lines_dropped_total {}",
-            stderr_log::dropped_lines()
+        let mut p = Prom::new(out);
+        p.family(
+            "gateway_log_lines_dropped_total",
+            Kind::Counter,
+            "Gateway log lines (stderr) dropped because stderr could not keep up.",
+        )
+        .sample(
+            "gateway_log_lines_dropped_total",
+            &[],
+            stderr_log::dropped_lines(),
         );
         for (name, help, pick) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            p.family(name, Kind::Counter, help);
             for s in &sinks {
-                let path = s
-                    .path
-                    .display()
-                    .to_string()
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"");
-                let _ = writeln!(out, "{name}{{file=\"{path}\"}} {}", pick(s));
+                p.sample(name, &[("file", &s.path.display())], pick(s));
             }
         }
     }
