@@ -100,70 +100,13 @@ impl Balancers {
         )
     }
 
-    /// The clusters' outlier and circuit-breaker metrics (Envoy's
-    /// `outlier_detection.ejections_enforced_total`, `ejections_active`,
-    /// `upstream_rq_pending_overflow`).
-    pub fn render_prometheus(&self, out: &mut String) {
-        use std::fmt::Write;
-        let mut names: Vec<&String> = self.0.keys().collect();
-        names.sort();
-        let mut rows =
-            |name: &str, kind: &str, help: &str, v: &dyn Fn(&Balancer) -> Option<u64>| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for c in &names {
-                    if let Some(v) = v(&self.0[*c]) {
-                        let _ = writeln!(out, "{name}{{cluster=\"{c}\"}} {v}");
-                    }
-                }
-            };
-        rows(
-            "gateway_outlier_ejections_total",
-            "counter",
-            "Endpoints ejected by outlier detection, per cluster.",
-            &|b| {
-                b.outlier
-                    .as_ref()
-                    .map(|o| o.ejections_total.load(Ordering::Relaxed))
-            },
-        );
-        rows(
-            "gateway_outlier_ejections_active",
-            "gauge",
-            "Endpoints ejected now, per cluster.",
-            &|b| {
-                b.outlier
-                    .as_ref()
-                    .map(|o| o.ejected().iter().filter(|e| **e).count() as u64)
-            },
-        );
-        rows(
-            "gateway_upstream_rq_retry_overflow_total",
-            "counter",
-            "Retries not made because the cluster's maxRetries were waiting (flag UO).",
-            &|b| {
-                b.pool
-                    .as_ref()
-                    .map(|p| p.retry_overflows.load(Ordering::Relaxed))
-            },
-        );
-        rows(
-            "gateway_upstream_rq_pending_overflow_total",
-            "counter",
-            "Requests and TCP connections refused by the cluster's circuit breakers (503 UO).",
-            &|b| b.pool.as_ref().map(|p| p.overflows.load(Ordering::Relaxed)),
-        );
-        rows(
-            "gateway_dns_refreshes_total",
-            "counter",
-            "DNS re-resolutions of the cluster's names (Envoy's update_attempt).",
-            &|b| b.dns.as_ref().map(|d| d.refreshes.load(Ordering::Relaxed)),
-        );
-        rows(
-            "gateway_dns_refresh_failures_total",
-            "counter",
-            "DNS re-resolutions where a name did not resolve; the last good addresses were kept (Envoy's update_failure).",
-            &|b| b.dns.as_ref().map(|d| d.failures.load(Ordering::Relaxed)),
-        );
+    /// The balancers by cluster name, sorted (their counters are rendered by
+    /// `telemetry::metrics::render_balancers`).
+    pub fn sorted(&self) -> Vec<(&str, &Balancer)> {
+        let mut v: Vec<(&str, &Balancer)> =
+            self.0.iter().map(|(c, b)| (c.as_str(), &**b)).collect();
+        v.sort_by_key(|(c, _)| *c);
+        v
     }
 }
 

@@ -7,7 +7,10 @@ use std::{
 };
 
 use arbitrary::{Result, Unstructured};
-use gateway::telemetry::access_log::LogRecord;
+use gateway::{
+    kernel::splice::Termination,
+    telemetry::{AccessRecord, ResponseFlag},
+};
 
 /// Splits an input at its first NUL byte: the text before it (lossy UTF-8) and the bytes
 /// after it, which drive [`arbitrary`]. A seed without NUL is all text.
@@ -22,23 +25,35 @@ pub fn text_and_rest(data: &[u8]) -> (String, &[u8]) {
 }
 
 /// Any access-log record, including the odd ones the data path could produce: times
-/// before 1970 or after 9999, empty and non-ASCII strings, IPv6 and IPv4 addresses.
-pub fn record<'a>(u: &mut Unstructured<'a>) -> Result<LogRecord<'a>> {
-    let mut r = LogRecord::empty(addr(u)?);
-    r.start = time(u)?;
+/// before 1970 or after 9999, empty and non-ASCII strings, IPv6 and IPv4 addresses,
+/// HTTP requests and L4 flows.
+pub fn record(u: &mut Unstructured<'_>) -> Result<AccessRecord> {
+    let mut r = AccessRecord::new(time(u)?, addr(u)?);
     r.method = u.arbitrary()?;
     r.path = u.arbitrary()?;
-    r.scheme = u.arbitrary()?;
-    r.protocol = u.arbitrary()?;
-    r.response_code = u.arbitrary()?;
-    r.response_flags = u.arbitrary()?;
-    r.response_code_details = u.arbitrary()?;
-    r.connection_termination_details = u.arbitrary()?;
-    r.upstream_transport_failure_reason = u.arbitrary()?;
+    r.protocol = *u.choose(&[None, Some("HTTP/1.1"), Some("HTTP/2")])?;
+    r.status = u.arbitrary()?;
+    for f in ResponseFlag::ALL {
+        if u.arbitrary()? {
+            r.response_flags.insert(f);
+        }
+    }
+    r.details = *u.choose(&["", "route_not_found", "upstream_reset_before_response_started{overflow}"])?;
+    r.termination = match u.int_in_range(0..=7)? {
+        0 => Some(Termination::Closed),
+        1 => Some(Termination::DownstreamReset),
+        2 => Some(Termination::UpstreamReset),
+        3 => Some(Termination::Error(u.arbitrary()?)),
+        4 => Some(Termination::IdleTimeout),
+        5 => Some(Termination::DrainTimeout),
+        6 => Some(Termination::MaxDuration),
+        _ => None,
+    };
+    r.failure = u.arbitrary()?;
     r.bytes_received = u.arbitrary()?;
     r.bytes_sent = u.arbitrary()?;
-    r.duration_ms = u.arbitrary()?;
-    r.upstream_service_time_ms = u.arbitrary()?;
+    r.duration = Duration::from_millis(u.arbitrary()?);
+    r.upstream_service_time = u.arbitrary::<Option<u64>>()?.map(Duration::from_millis);
     r.x_forwarded_for = u.arbitrary()?;
     r.user_agent = u.arbitrary()?;
     r.request_id = u.arbitrary()?;
@@ -47,6 +62,7 @@ pub fn record<'a>(u: &mut Unstructured<'a>) -> Result<LogRecord<'a>> {
     r.upstream_cluster = u.arbitrary()?;
     r.upstream_local = opt_addr(u)?;
     r.downstream_local = opt_addr(u)?;
+    r.grpc_status = u.arbitrary()?;
     r.sni = u.arbitrary()?;
     r.route_name = u.arbitrary()?;
     Ok(r)

@@ -118,8 +118,8 @@ pub fn prometheus_text(gw: &Gateway) -> String {
         .render_prometheus(&gw.splicer, &gw.opts.bind.to_string());
     gw.telemetry.render_prometheus(&mut out);
     let plan = gw.plan();
-    plan.balancers.render_prometheus(&mut out);
-    crate::config::warnings::render_prometheus(&plan.snapshot.warnings, &mut out);
+    crate::telemetry::metrics::render_balancers(&plan.balancers, &mut out);
+    crate::telemetry::metrics::render_config_warnings(&plan.snapshot.warnings, &mut out);
     plan.authz.prometheus(&mut out);
     crate::runtime::reload::render_prometheus(gw, &mut out);
     gw.readiness.render_prometheus(&mut out);

@@ -241,16 +241,18 @@ impl Enforcer {
 
     /// `gateway_authz_denied_total` and, with XDP, the kernel counters.
     pub fn prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP gateway_authz_denied_total Connections (accept, flow) and requests refused by AuthorizationPolicy in userspace.\n# TYPE gateway_authz_denied_total counter"
+        use crate::sys::prom::{Kind, Prom};
+        let mut p = Prom::new(out);
+        p.family(
+            "gateway_authz_denied_total",
+            Kind::Counter,
+            "Connections (accept, flow) and requests refused by AuthorizationPolicy in userspace.",
         );
         for ((stage, port), c) in &self.denied {
-            let _ = writeln!(
-                out,
-                "gateway_authz_denied_total{{stage=\"{stage}\",port=\"{port}\"}} {}",
-                c.load(Ordering::Relaxed)
+            p.sample(
+                "gateway_authz_denied_total",
+                &[("stage", stage), ("port", port)],
+                c.load(Ordering::Relaxed),
             );
         }
         if let Some(x) = self.xdp.get() {

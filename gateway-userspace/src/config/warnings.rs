@@ -256,21 +256,14 @@ pub fn scan_mesh(file: &Path, text: &str) -> Vec<Warning> {
     out
 }
 
-/// `gateway_config_warnings{code}`: the loaded config's warnings per code. The family is
-/// always there; a series per code that fired.
-pub fn render_prometheus(warnings: &[Warning], out: &mut String) {
-    use fmt::Write as _;
-    let mut by_code: BTreeMap<&str, u64> = BTreeMap::new();
+/// How many of `warnings` each code has (`gateway_config_warnings{code}`, rendered by
+/// `telemetry::metrics::render_config_warnings`).
+pub fn count_by_code(warnings: &[Warning]) -> BTreeMap<&'static str, u64> {
+    let mut by_code: BTreeMap<&'static str, u64> = BTreeMap::new();
     for w in warnings {
         *by_code.entry(w.code).or_default() += 1;
     }
-    let _ = writeln!(
-        out,
-        "# HELP gateway_config_warnings Warnings of the loaded configuration, per code (see the README's Warnings table).\n# TYPE gateway_config_warnings gauge"
-    );
-    for (code, n) in by_code {
-        let _ = writeln!(out, "gateway_config_warnings{{code=\"{code}\"}} {n}");
-    }
+    by_code
 }
 
 #[cfg(test)]

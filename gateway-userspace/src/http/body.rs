@@ -15,7 +15,7 @@ use std::{
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
 
-use super::{RequestLog, proxy::ConnCtx};
+use super::{AccessRecord, ResponseFlag, proxy::ConnCtx};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of every request sent upstream and every response sent downstream.
@@ -196,7 +196,7 @@ pub fn grpc_status(h: &hyper::HeaderMap) -> Option<u32> {
 /// fails, or is dropped early (the client went away: `DC`).
 pub struct LoggedBody {
     pub inner: Body,
-    pub log: Option<RequestLog>,
+    pub log: Option<AccessRecord>,
     pub started: Instant,
     pub received: Arc<AtomicU64>,
     pub sent: u64,
@@ -204,10 +204,10 @@ pub struct LoggedBody {
 }
 
 impl LoggedBody {
-    fn emit(&mut self, extra_flag: Option<&'static str>) {
+    fn emit(&mut self, extra_flag: Option<ResponseFlag>) {
         if let Some(mut log) = self.log.take() {
             if let Some(f) = extra_flag {
-                log.response_flags.push(f);
+                log.response_flags.insert(f);
             }
             log.bytes_sent = self.sent;
             log.bytes_received = self.received.load(Ordering::Relaxed);
@@ -243,9 +243,9 @@ impl HttpBody for LoggedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 let flag = if e.is::<ResponseTimeout>() {
-                    "UT"
+                    ResponseFlag::UpstreamRequestTimeout
                 } else {
-                    "UPE"
+                    ResponseFlag::UpstreamProtocolError
                 };
                 self.emit(Some(flag))
             }
@@ -299,7 +299,8 @@ impl HttpBody for DeadlineBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        let flag = (!self.inner.is_end_stream()).then_some("DC");
+        let flag =
+            (!self.inner.is_end_stream()).then_some(ResponseFlag::DownstreamConnectionTermination);
         self.emit(flag);
     }
 }

@@ -47,7 +47,7 @@ pub mod upstream_h2;
 pub mod upstream_tls;
 
 /// The record of one request (moved to `telemetry`, which reports it).
-pub use crate::telemetry::RequestLog;
+pub use crate::telemetry::{AccessRecord, ResponseFlag};
 pub use stream::Prelude;
 use stream::{Counted, detect_h2};
 
@@ -378,13 +378,13 @@ fn log_connection_error(e: &hyper::Error, conn: &proxy::ConnCtx, h2: bool) {
         tracing::debug!(target: "gateway::http", %peer, port, "connection ended: {e}");
         return;
     };
-    let log = RequestLog {
+    let log = AccessRecord {
         start: SystemTime::now(),
         method: "-".into(),
         path: "-".into(),
-        protocol: if h2 { "HTTP/2" } else { "HTTP/1.1" },
+        protocol: Some(if h2 { "HTTP/2" } else { "HTTP/1.1" }),
         status,
-        response_flags: vec!["DPE"],
+        response_flags: ResponseFlag::DownstreamProtocolError.into(),
         details,
         bytes_received: 0,
         bytes_sent: 0,
@@ -403,6 +403,8 @@ fn log_connection_error(e: &hyper::Error, conn: &proxy::ConnCtx, h2: bool) {
         sni: conn.sni.clone(),
         user_agent: None,
         x_forwarded_for: None,
+        termination: None,
+        failure: None,
     };
     tracing::info!(target: "gateway::http", %peer, port, "closing connection: {e}");
     log.emit(&conn.telemetry);

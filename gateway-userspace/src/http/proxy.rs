@@ -1,7 +1,7 @@
 //! The hyper service: one request in, routed by the listener's tables, answered locally
 //! (404, 421, redirect, direct response, fault) or forwarded to a pooled upstream
 //! connection with Istio's retries and timeouts. Every response carries its
-//! [`RequestLog`], emitted when the response body ends (or the client goes away).
+//! [`AccessRecord`], emitted when the response body ends (or the client goes away).
 use std::{
     convert::Infallible,
     sync::{
@@ -19,7 +19,7 @@ use hyper::{
 };
 
 use super::{
-    RequestLog,
+    AccessRecord, ResponseFlag,
     body::{Body, CountingBody, LoggedBody, empty, full},
     grpc, mirror,
     upgrade::{self, Offer},
@@ -102,7 +102,7 @@ pub async fn handle(
 /// closed the connection before the response (Envoy: status 0, `DC`), and counts it
 /// against the connection's premature-reset budget.
 struct CancelGuard {
-    log: Option<RequestLog>,
+    log: Option<AccessRecord>,
     started: Instant,
     conn: Arc<ConnCtx>,
 }
@@ -111,7 +111,8 @@ impl Drop for CancelGuard {
     fn drop(&mut self) {
         if let Some(mut log) = self.log.take() {
             log.status = 0;
-            log.response_flags.push("DC");
+            log.response_flags
+                .insert(ResponseFlag::DownstreamConnectionTermination);
             log.details = "downstream_remote_disconnect";
             log.duration = self.started.elapsed();
             log.emit(&self.conn.telemetry);
@@ -173,13 +174,13 @@ async fn route_request(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let mut log = RequestLog {
+    let mut log = AccessRecord {
         start: std::time::SystemTime::now(),
         method: parts.method.to_string(),
         path: path_and_query,
-        protocol: version_name(parts.version),
+        protocol: Some(version_name(parts.version)),
         status: 0,
-        response_flags: Vec::new(),
+        response_flags: Default::default(),
         details: "",
         bytes_received: 0,
         bytes_sent: 0,
@@ -198,6 +199,8 @@ async fn route_request(
         sni: conn.sni.clone(),
         user_agent: header_str(&parts.headers, header::USER_AGENT),
         x_forwarded_for: header_str(&parts.headers, "x-forwarded-for"),
+        termination: None,
+        failure: None,
     };
     // After an upgrade offer that was not stripped, bytes behind the request may be
     // upgrade payload (a smuggled request): unless a tunnel follows, the connection
@@ -209,7 +212,7 @@ async fn route_request(
     // A gRPC client gets the gateway's own answers as gRPC trailers-only responses.
     let grpc_request = grpc::is_grpc(&parts.headers);
     let done =
-        |mut log: RequestLog, mut resp: Response<Body>| -> Result<Response<Body>, Infallible> {
+        |mut log: AccessRecord, mut resp: Response<Body>| -> Result<Response<Body>, Infallible> {
             if grpc_request && let Some(status) = grpc::to_trailers_only(&mut resp) {
                 log.grpc_status = Some(status);
             }
@@ -272,7 +275,7 @@ async fn route_request(
         sni: conn.sni.as_deref(),
     };
     if let crate::authz::Decision::Deny(why) = plan.authz.check_http(conn.peer, conn.port, authz) {
-        log.response_flags.push("RBAC");
+        log.response_flags.insert(ResponseFlag::RbacAccessDenied);
         log.details = match why {
             crate::authz::DenyReason::NoAllowMatch => "rbac_access_denied_matched_policy[none]",
             crate::authz::DenyReason::Rule(_) => "rbac_access_denied_matched_policy",
@@ -295,7 +298,7 @@ async fn route_request(
     }
     let table = conn.table_in(&plan);
     let Some(vhost) = routing::find_vhost(&table, &host) else {
-        log.response_flags.push("NR");
+        log.response_flags.insert(ResponseFlag::NoRouteFound);
         log.details = "route_not_found";
         return done(log, empty_reply(StatusCode::NOT_FOUND));
     };
@@ -317,7 +320,7 @@ async fn route_request(
         headers: &parts.headers,
     };
     let Some((route, matched)) = routing::find_route(vhost, &view) else {
-        log.response_flags.push("NR");
+        log.response_flags.insert(ResponseFlag::NoRouteFound);
         log.details = "route_not_found";
         return done(log, empty_reply(StatusCode::NOT_FOUND));
     };
@@ -342,13 +345,13 @@ async fn route_request(
     if let Some((delay, pct)) = route.fault.delay
         && roll(pct)
     {
-        log.response_flags.push("DI");
+        log.response_flags.insert(ResponseFlag::DelayInjected);
         tokio::time::sleep(delay).await;
     }
     if let Some((status, pct)) = route.fault.abort
         && roll(pct)
     {
-        log.response_flags.push("FI");
+        log.response_flags.insert(ResponseFlag::FaultInjected);
         log.details = "fault_filter_abort";
         let mut resp = local_reply(status, "fault filter abort");
         route.response_headers.apply(resp.headers_mut());
@@ -410,7 +413,7 @@ async fn route_request(
             };
             let dest = crate::lb::weighted::pick_random(dests, |d| u64::from(d.weight));
             let Some(dest) = dest else {
-                log.response_flags.push("NR");
+                log.response_flags.insert(ResponseFlag::NoRouteFound);
                 log.details = "route_has_no_destination";
                 return done(log, empty_reply(StatusCode::NOT_FOUND));
             };
@@ -580,7 +583,7 @@ fn redirect_reply(status: StatusCode, location: &str) -> Response<Body> {
 /// Stamps the response (status into the log, `server` header) and wraps its body so
 /// the log line is written when the body is done.
 fn finish(
-    mut log: RequestLog,
+    mut log: AccessRecord,
     mut resp: Response<Body>,
     started: Instant,
     received: Arc<AtomicU64>,

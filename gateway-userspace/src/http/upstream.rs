@@ -11,7 +11,7 @@ use hyper::{
 };
 
 use super::{
-    RequestLog,
+    AccessRecord, ResponseFlag,
     body::{Body, BoxError, CountingBody, DeadlineBody, empty, full},
     proxy::{ConnCtx, local_reply, strip_hop_by_hop},
     upgrade,
@@ -74,7 +74,7 @@ pub async fn forward(
     path_and_query: String,
     body: CountingBody,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    log: &mut RequestLog,
+    log: &mut AccessRecord,
 ) -> Response<Body> {
     // A gRPC request's `grpc-timeout`, capped by the route's timeout (Envoy's
     // max_grpc_timeout as Istio sets it), else the route's.
@@ -105,7 +105,8 @@ pub async fn forward(
                 return stream_idle_timeout(log);
             }
             Err(_) => {
-                log.response_flags.push("DC");
+                log.response_flags
+                    .insert(ResponseFlag::DownstreamConnectionTermination);
                 log.details = "downstream_body_error";
                 return local_reply(StatusCode::BAD_REQUEST, "request body error");
             }
@@ -156,14 +157,14 @@ pub async fn forward(
             // Envoy's router for a route whose cluster does not exist (a subset no
             // DestinationRule defines): 503, empty body, NC, `cluster_not_found`.
             crate::lb::Pick::NoCluster => {
-                log.response_flags.push("NC");
+                log.response_flags.insert(ResponseFlag::NoClusterFound);
                 log.details = "cluster_not_found";
                 let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
                 resp.headers_mut().remove(header::CONTENT_TYPE);
                 return resp;
             }
             crate::lb::Pick::NoHealthy => {
-                log.response_flags.push("UH");
+                log.response_flags.insert(ResponseFlag::NoHealthyUpstream);
                 log.details = "no_healthy_upstream";
                 return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
             }
@@ -175,7 +176,8 @@ pub async fn forward(
             Ok(t) => t,
             Err(why) => {
                 tracing::info!(target: "gateway::http", cluster, %endpoint, "upstream TLS origination is not set up: {why}");
-                log.response_flags.insert(0, "UF");
+                log.response_flags
+                    .insert(ResponseFlag::UpstreamConnectionFailure);
                 log.details = "upstream_reset_before_response_started{connection_failure}";
                 return local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -273,7 +275,7 @@ pub async fn forward(
                     true
                 }
                 Some(None) => {
-                    log.response_flags.push("UO");
+                    log.response_flags.insert(ResponseFlag::UpstreamOverflow);
                     false
                 }
             }
@@ -286,7 +288,8 @@ pub async fn forward(
         // Retries were available but ran out on a retriable outcome.
         let exhausted = attempt > 0 && !more && retriable(policy, &outcome);
         if exhausted {
-            log.response_flags.push("URX");
+            log.response_flags
+                .insert(ResponseFlag::UpstreamRetryLimitExceeded);
         }
         let answered = matches!(outcome, TryOutcome::Response(..));
         let resp = respond_upstream(outcome, overall_expired, deadline, upgrade, log);
@@ -297,7 +300,8 @@ pub async fn forward(
         );
     }
     // The deadline cut the back-off short.
-    log.response_flags.push("URX");
+    log.response_flags
+        .insert(ResponseFlag::UpstreamRetryLimitExceeded);
     match last {
         Some(outcome) => respond_upstream(outcome, true, deadline, None, log),
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
@@ -311,7 +315,7 @@ async fn admit(
     plan: &Plan,
     cluster: &str,
     deadline: Option<tokio::time::Instant>,
-    log: &mut RequestLog,
+    log: &mut AccessRecord,
 ) -> Result<Option<crate::lb::pool::Admission>, Response<Body>> {
     let Some(pool) = plan.balancers.get(cluster).and_then(|b| b.pool.clone()) else {
         return Ok(None);
@@ -320,7 +324,8 @@ async fn admit(
         Some(at) => match tokio::time::timeout_at(at, pool.admit()).await {
             Ok(r) => r,
             Err(_) => {
-                log.response_flags.insert(0, "UT");
+                log.response_flags
+                    .insert(ResponseFlag::UpstreamRequestTimeout);
                 log.details = "upstream_response_timeout";
                 return Err(local_reply(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -333,7 +338,7 @@ async fn admit(
     match admitted {
         Ok(a) => Ok(Some(a)),
         Err(crate::lb::pool::Overflow) => {
-            log.response_flags.insert(0, "UO");
+            log.response_flags.insert(ResponseFlag::UpstreamOverflow);
             log.details = "upstream_reset_before_response_started{overflow}";
             Err(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -389,8 +394,8 @@ fn hold_until_done(
 /// (`ConnectionManagerImpl::ActiveStream::onIdleTimeout`): 408 "stream timeout", flag
 /// `SI`, details `stream_idle_timeout`; the connection is not reused (the rest of the
 /// request body was never read).
-fn stream_idle_timeout(log: &mut RequestLog) -> Response<Body> {
-    log.response_flags.insert(0, "SI");
+fn stream_idle_timeout(log: &mut AccessRecord) -> Response<Body> {
+    log.response_flags.insert(ResponseFlag::StreamIdleTimeout);
     log.details = "stream_idle_timeout";
     let mut resp = local_reply(StatusCode::REQUEST_TIMEOUT, "stream timeout");
     resp.headers_mut()
@@ -413,7 +418,7 @@ fn respond_upstream(
     overall_expired: bool,
     deadline: Option<tokio::time::Instant>,
     upgrade: Option<Upgrade>,
-    log: &mut RequestLog,
+    log: &mut AccessRecord,
 ) -> Response<Body> {
     match outcome {
         TryOutcome::Response(mut resp, took) => {
@@ -484,7 +489,8 @@ fn respond_upstream(
         }
         TryOutcome::ConnectFailure(e) => {
             tracing::debug!(target: "gateway::http", error = %e, "upstream connect failed");
-            log.response_flags.insert(0, "UF");
+            log.response_flags
+                .insert(ResponseFlag::UpstreamConnectionFailure);
             log.details = "upstream_reset_before_response_started{connection_failure}";
             local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -493,7 +499,8 @@ fn respond_upstream(
         }
         TryOutcome::Reset(e) => {
             tracing::debug!(target: "gateway::http", error = %e, "upstream reset");
-            log.response_flags.insert(0, "UC");
+            log.response_flags
+                .insert(ResponseFlag::UpstreamConnectionTermination);
             log.details = "upstream_reset_before_response_started{connection_termination}";
             local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -501,7 +508,8 @@ fn respond_upstream(
             )
         }
         TryOutcome::Timeout => {
-            log.response_flags.insert(0, "UT");
+            log.response_flags
+                .insert(ResponseFlag::UpstreamRequestTimeout);
             log.details = if overall_expired {
                 "upstream_response_timeout"
             } else {
@@ -525,7 +533,7 @@ fn same_token(asked: Option<&HeaderValue>, accepted: Option<&HeaderValue>) -> bo
 fn unasked_switch(
     mut resp: Response<Incoming>,
     accepted: Option<HeaderValue>,
-    log: &mut RequestLog,
+    log: &mut AccessRecord,
 ) -> Response<Body> {
     let upstream = log.upstream_host;
     let request_id = log.request_id.clone();
@@ -547,7 +555,8 @@ fn unasked_switch(
             let _ = io.shutdown().await;
         }
     });
-    log.response_flags.insert(0, "UPE");
+    log.response_flags
+        .insert(ResponseFlag::UpstreamProtocolError);
     log.details = "upstream_reset_before_response_started{protocol_error}";
     local_reply(
         StatusCode::BAD_GATEWAY,

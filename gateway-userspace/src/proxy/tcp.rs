@@ -15,7 +15,7 @@ use crate::{
     kernel::splice::{FlowLimits, FlowReport, Termination, sockopt},
     plan::Plan,
     server::Gateway,
-    telemetry::metrics::HelloOutcome,
+    telemetry::{AccessRecord, ResponseFlag, metrics::HelloOutcome},
     tls::sni::{MAX_CLIENT_HELLO, Sniff, sniff},
 };
 
@@ -203,7 +203,15 @@ pub async fn serve(
         tracing::info!(%peer, port, "closing connection: {why}");
         let sni = hello.as_ref().and_then(|h| h.sni.as_deref());
         let local = down.local_addr().ok();
-        refused(&gw, (start_time, started), peer, local, sni, "NR", None);
+        refused(
+            &gw,
+            (start_time, started),
+            peer,
+            local,
+            sni,
+            ResponseFlag::NoRouteFound,
+            None,
+        );
         return close_cleanly(down).await;
     };
     let ctx = FlowCtx {
@@ -321,8 +329,8 @@ pub(super) async fn open_upstream(
     destinations: &[WeightedCluster],
 ) -> Option<Upstream> {
     let (gw, peer, port, sni) = (ctx.gw, ctx.peer, ctx.port, ctx.sni);
-    let refuse = |flags: &str, up: Option<(&String, Option<SocketAddr>, Option<String>)>| {
-        refused(gw, ctx.start, peer, ctx.local, sni, flags, up)
+    let refuse = |flag: ResponseFlag, up: Option<(&String, Option<SocketAddr>, Option<String>)>| {
+        refused(gw, ctx.start, peer, ctx.local, sni, flag, up)
     };
     let Some(dest) = pick(destinations) else {
         tracing::info!(%peer, port, route = route_name, "closing connection: route has no destinations");
@@ -349,7 +357,10 @@ pub(super) async fn open_upstream(
             Ok(a) => Some(a),
             Err(crate::lb::pool::Overflow) => {
                 tracing::info!(%peer, port, cluster = %dest.cluster, "closing connection: circuit breaker maxConnections reached (UO)");
-                refuse("UO", Some((&dest.cluster, None, None)));
+                refuse(
+                    ResponseFlag::UpstreamOverflow,
+                    Some((&dest.cluster, None, None)),
+                );
                 return None;
             }
         },
@@ -360,10 +371,10 @@ pub(super) async fn open_upstream(
         miss => {
             let (flag, why) = match miss {
                 crate::lb::Pick::NoCluster => (
-                    "NC",
+                    ResponseFlag::NoClusterFound,
                     "cluster not found (a subset no DestinationRule defines)",
                 ),
-                _ => ("UH", "cluster has no endpoints"),
+                _ => (ResponseFlag::NoHealthyUpstream, "cluster has no endpoints"),
             };
             gw.stats
                 .upstream_connect_failures
@@ -399,7 +410,10 @@ pub(super) async fn open_upstream(
                 _ => "connect timeout".to_string(),
             };
             connect_failed(gw, peer, port, &dest.cluster, endpoint, &why);
-            refuse("UF", Some((&dest.cluster, Some(endpoint), Some(why))));
+            refuse(
+                ResponseFlag::UpstreamConnectionFailure,
+                Some((&dest.cluster, Some(endpoint), Some(why))),
+            );
             return None;
         }
     };
@@ -457,30 +471,24 @@ pub(super) fn flow_closed(ctx: &FlowCtx<'_>, up: &Upstream, route_name: &str, re
         termination = %report.termination,
         "flow closed"
     );
-    gw.telemetry.tcp_closed(&crate::telemetry::TcpFlow {
-        start: start_time,
+    let mut record = AccessRecord {
         duration: started.elapsed(),
-        peer,
         downstream_local: ctx.local,
-        upstream: Some(up.endpoint),
+        upstream_host: Some(up.endpoint),
         upstream_local: up.local,
-        cluster: Some(&up.cluster),
-        sni: ctx.sni,
-        received,
-        sent,
-        // Envoy's tcp_proxy sets DurationTimeout (DT) when it closes a flow at
-        // `max_downstream_connection_duration`.
-        flags: if report.termination == Termination::MaxDuration {
-            "DT"
-        } else {
-            ""
-        },
-        failure: match &report.termination {
-            Termination::Error(e) => Some(e.as_str()),
-            _ => None,
-        },
-        termination: Some(&report.termination),
-    });
+        upstream_cluster: Some(up.cluster.clone()),
+        sni: ctx.sni.map(str::to_string),
+        bytes_received: received,
+        bytes_sent: sent,
+        termination: Some(report.termination.clone()),
+        ..AccessRecord::new(start_time, peer)
+    };
+    // Envoy's tcp_proxy sets DurationTimeout (DT) when it closes a flow at
+    // `max_downstream_connection_duration`.
+    if report.termination == Termination::MaxDuration {
+        record.response_flags.insert(ResponseFlag::DurationTimeout);
+    }
+    gw.telemetry.report(&record);
 }
 
 /// The access-log line of a connection closed without being spliced (Envoy's NR for no
@@ -493,27 +501,22 @@ pub(super) fn refused(
     peer: SocketAddr,
     local: Option<SocketAddr>,
     sni: Option<&str>,
-    flags: &str,
+    flag: ResponseFlag,
     upstream: Option<(&String, Option<SocketAddr>, Option<String>)>,
 ) {
     let (cluster, endpoint, failure) = match upstream {
-        Some((c, e, f)) => (Some(c.as_str()), e, f),
+        Some((c, e, f)) => (Some(c.clone()), e, f),
         None => (None, None, None),
     };
-    gw.telemetry.tcp_closed(&crate::telemetry::TcpFlow {
-        start,
+    gw.telemetry.report(&AccessRecord {
         duration: started.elapsed(),
-        peer,
+        response_flags: flag.into(),
         downstream_local: local,
-        upstream: endpoint,
-        upstream_local: None,
-        cluster,
-        sni,
-        received: 0,
-        sent: 0,
-        flags,
-        failure: failure.as_deref(),
-        termination: None,
+        upstream_host: endpoint,
+        upstream_cluster: cluster,
+        sni: sni.map(str::to_string),
+        failure,
+        ..AccessRecord::new(start, peer)
     });
 }
 

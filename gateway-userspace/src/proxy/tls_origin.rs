@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::tcp::{FlowCtx, Upstream, refused};
-use crate::plan::tcp_tls::Origin;
+use crate::{plan::tcp_tls::Origin, telemetry::ResponseFlag};
 
 /// The TLS handshake with the upstream on `stream`; on a failure writes the `UF`
 /// access-log line and returns None (the caller closes the client's connection).
@@ -52,7 +52,7 @@ pub(super) async fn originate(
                 ctx.peer,
                 ctx.local,
                 ctx.sni,
-                "UF",
+                ResponseFlag::UpstreamConnectionFailure,
                 Some((&up.cluster, Some(up.endpoint), Some(why))),
             );
             None

@@ -30,7 +30,7 @@ use super::{
     tcp::{FlowCtx, flow_closed, open_upstream, refused},
     tls_origin::originate,
 };
-use crate::{config::Listener, plan::Plan, server::Gateway};
+use crate::{config::Listener, plan::Plan, server::Gateway, telemetry::ResponseFlag};
 
 /// Serves a connection whose ClientHello selected the TLS-terminating server `index`
 /// of `listener` (`cfg` its rustls config).
@@ -77,7 +77,15 @@ pub async fn serve(
             s.no_route.fetch_add(1, Ordering::Relaxed);
         }
         tracing::info!(%peer, port, "closing connection: no tcp route for this TLS server");
-        refused(&gw, ctx.start, peer, ctx.local, ctx.sni, "NR", None);
+        refused(
+            &gw,
+            ctx.start,
+            peer,
+            ctx.local,
+            ctx.sni,
+            ResponseFlag::NoRouteFound,
+            None,
+        );
         return close_tls(tls).await;
     };
     let Some(mut up) = open_upstream(&ctx, &plan, &route.name, &route.destinations).await else {

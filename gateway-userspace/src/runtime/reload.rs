@@ -42,27 +42,30 @@ pub const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// `gateway_config_reloads_total{result}` and `gateway_config_generation`.
 pub fn render_prometheus(gw: &Gateway, out: &mut String) {
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        out,
-        "# HELP gateway_config_reloads_total Config reloads (SIGHUP or a changed --config file) by result: applied, rejected (the running config kept), unchanged.\n# TYPE gateway_config_reloads_total counter"
+    use crate::sys::prom::{Kind, Prom};
+    let mut p = Prom::new(out);
+    p.family(
+        "gateway_config_reloads_total",
+        Kind::Counter,
+        "Config reloads (SIGHUP or a changed --config file) by result: applied, rejected (the running config kept), unchanged.",
     );
     for (result, c) in [
         ("applied", &gw.reloads.applied),
         ("rejected", &gw.reloads.rejected),
         ("unchanged", &gw.reloads.unchanged),
     ] {
-        let _ = writeln!(
-            out,
-            "gateway_config_reloads_total{{result=\"{result}\"}} {}",
-            c.load(Ordering::Relaxed)
+        p.sample(
+            "gateway_config_reloads_total",
+            &[("result", &result)],
+            c.load(Ordering::Relaxed),
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP gateway_config_generation The serving config's generation: 1 at start, +1 per applied reload.\n# TYPE gateway_config_generation gauge\ngateway_config_generation {}",
-        gw.plan().generation
-    );
+    p.family(
+        "gateway_config_generation",
+        Kind::Gauge,
+        "The serving config's generation: 1 at start, +1 per applied reload.",
+    )
+    .sample("gateway_config_generation", &[], gw.plan().generation);
 }
 
 /// Where config comes from, and says when it changed: files today

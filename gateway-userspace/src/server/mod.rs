@@ -64,9 +64,13 @@ impl Readiness {
             ReadyState::Draining => 1,
             ReadyState::Starting => 3,
         };
-        out.push_str(&format!(
-            "# HELP gateway_server_state Envoy's server.state: 0 live, 1 draining (after SIGTERM/SIGINT), 3 initializing.\n# TYPE gateway_server_state gauge\ngateway_server_state {v}\n"
-        ));
+        crate::sys::prom::Prom::new(out)
+            .family(
+                "gateway_server_state",
+                crate::sys::prom::Kind::Gauge,
+                "Envoy's server.state: 0 live, 1 draining (after SIGTERM/SIGINT), 3 initializing.",
+            )
+            .sample("gateway_server_state", &[], v);
     }
 }
 

@@ -1,5 +1,5 @@
 //! Access logs: which ones are on (MeshConfig and Telemetry resources, resolved once per
-//! config), the record each request or L4 flow yields, and the writers.
+//! config), and the writers of the lines each request or L4 flow yields.
 //!
 //! The data path formats a line and hands it to a bounded channel with `try_send`; a
 //! writer thread per file does the I/O. A sink that can't keep up (a full disk, a pipe
@@ -8,14 +8,12 @@
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::SocketAddr,
     path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
-    time::SystemTime,
 };
 
 use crate::config::{
@@ -24,80 +22,10 @@ use crate::config::{
     mesh::{MeshConfig, ProviderKind},
 };
 
-use super::{filter::Filter, format::Format};
+use super::{AccessRecord, filter::Filter, format::Format};
 
 /// Lines a sink may have queued before new ones are dropped (`--access-log-buffer`).
 pub const DEFAULT_BUFFER_LINES: usize = 4096;
-
-/// One request or L4 flow, in Envoy's command-operator vocabulary. Empty `Option`s print
-/// as `-` (TEXT) or `null` (JSON).
-#[derive(Debug, Clone)]
-pub struct LogRecord<'a> {
-    pub start: SystemTime,
-    pub method: Option<&'a str>,
-    /// Path and query as received, before any rewrite (`X-ENVOY-ORIGINAL-PATH?:PATH`).
-    pub path: Option<&'a str>,
-    pub scheme: Option<&'a str>,
-    pub protocol: Option<&'a str>,
-    /// 0 for L4 flows, as Envoy logs them.
-    pub response_code: u16,
-    /// `UF,URX` style; empty for none (printed `-`).
-    pub response_flags: &'a str,
-    pub response_code_details: Option<&'a str>,
-    pub connection_termination_details: Option<&'a str>,
-    pub upstream_transport_failure_reason: Option<&'a str>,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub duration_ms: u64,
-    pub upstream_service_time_ms: Option<u64>,
-    pub x_forwarded_for: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
-    pub request_id: Option<&'a str>,
-    pub authority: Option<&'a str>,
-    pub upstream_host: Option<SocketAddr>,
-    pub upstream_cluster: Option<&'a str>,
-    pub upstream_local: Option<SocketAddr>,
-    pub downstream_local: Option<SocketAddr>,
-    pub downstream_remote: SocketAddr,
-    pub sni: Option<&'a str>,
-    pub route_name: Option<&'a str>,
-    /// `grpc-status` of the response (`%GRPC_STATUS%`).
-    pub grpc_status: Option<u32>,
-}
-
-impl<'a> LogRecord<'a> {
-    /// Everything unset: a base for struct-update syntax.
-    pub fn empty(downstream_remote: SocketAddr) -> LogRecord<'a> {
-        LogRecord {
-            start: SystemTime::now(),
-            method: None,
-            path: None,
-            scheme: None,
-            protocol: None,
-            response_code: 0,
-            response_flags: "",
-            response_code_details: None,
-            connection_termination_details: None,
-            upstream_transport_failure_reason: None,
-            bytes_received: 0,
-            bytes_sent: 0,
-            duration_ms: 0,
-            upstream_service_time_ms: None,
-            x_forwarded_for: None,
-            user_agent: None,
-            request_id: None,
-            authority: None,
-            upstream_host: None,
-            upstream_cluster: None,
-            upstream_local: None,
-            downstream_local: None,
-            downstream_remote,
-            sni: None,
-            route_name: None,
-            grpc_status: None,
-        }
-    }
-}
 
 // === which logs are on ===
 
@@ -556,7 +484,7 @@ impl AccessLogs {
             .eq(config.targets.iter())
     }
 
-    pub fn log(&self, r: &LogRecord<'_>) {
+    pub fn log(&self, r: &AccessRecord) {
         for (t, sink) in &self.targets {
             if t.filter.as_ref().is_none_or(|f| f.matches(r)) {
                 sink.send(t.format.render(r));

@@ -2,7 +2,7 @@
 //! filters are written in — comparisons of request/response attributes joined by
 //! `&&`, `||`, `!` and parentheses, e.g. `response.code >= 400 && request.method != "GET"`.
 //! Anything else is refused when the config is loaded rather than ignored at run time.
-use super::access_log::LogRecord;
+use super::record::{AccessRecord, logged};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
@@ -56,7 +56,7 @@ impl Filter {
         Ok(f)
     }
 
-    pub fn matches(&self, r: &LogRecord<'_>) -> bool {
+    pub fn matches(&self, r: &AccessRecord) -> bool {
         match self {
             Filter::Or(a, b) => a.matches(r) || b.matches(r),
             Filter::And(a, b) => a.matches(r) && b.matches(r),
@@ -82,21 +82,22 @@ impl Filter {
     }
 }
 
-fn attr_value(a: Attr, r: &LogRecord<'_>) -> Lit {
+fn attr_value(a: Attr, r: &AccessRecord) -> Lit {
     let s = |v: Option<&str>| Lit::Str(v.unwrap_or_default().to_string());
     match a {
-        Attr::ResponseCode => Lit::Int(r.response_code as i64),
-        Attr::Duration => Lit::Int(r.duration_ms as i64),
-        Attr::ResponseCodeDetails => s(r.response_code_details),
-        Attr::ResponseFlags => Lit::Str(r.response_flags.to_string()),
-        Attr::RequestMethod => s(r.method),
-        Attr::RequestHost => s(r.authority),
-        Attr::RequestPath => s(r.path),
-        Attr::RequestUrlPath => s(r.path.map(|p| p.split('?').next().unwrap_or(p))),
-        Attr::RequestUserAgent => s(r.user_agent),
-        Attr::RequestId => s(r.request_id),
+        Attr::ResponseCode => Lit::Int(r.status as i64),
+        Attr::Duration => Lit::Int(r.duration_ms() as i64),
+        Attr::ResponseCodeDetails => s(r.response_code_details()),
+        // `UF,URX`; no flags compare as "".
+        Attr::ResponseFlags => Lit::Str(r.response_flags.joined()),
+        Attr::RequestMethod => s(logged(&r.method)),
+        Attr::RequestHost => s(logged(&r.authority)),
+        Attr::RequestPath => s(logged(&r.path)),
+        Attr::RequestUrlPath => s(logged(&r.path).map(|p| p.split('?').next().unwrap_or(p))),
+        Attr::RequestUserAgent => s(r.user_agent.as_deref()),
+        Attr::RequestId => s(logged(&r.request_id)),
         Attr::RequestProtocol => s(r.protocol),
-        Attr::RequestedServerName => s(r.sni),
+        Attr::RequestedServerName => s(r.sni.as_deref()),
     }
 }
 
@@ -272,11 +273,11 @@ impl Parser {
 mod tests {
     use super::*;
 
-    fn rec(code: u16, method: &'static str) -> LogRecord<'static> {
-        LogRecord {
-            response_code: code,
-            method: Some(method),
-            ..LogRecord::empty("127.0.0.1:1".parse().unwrap())
+    fn rec(code: u16, method: &'static str) -> AccessRecord {
+        AccessRecord {
+            status: code,
+            method: method.into(),
+            ..AccessRecord::new(std::time::SystemTime::now(), "127.0.0.1:1".parse().unwrap())
         }
     }
 

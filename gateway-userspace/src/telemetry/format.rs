@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use crate::config::mesh::{AccessLogEncoding, LogFormat};
 
-use super::access_log::LogRecord;
 use super::grpc_status::{GrpcFormat, grpc_status};
+use super::record::{AccessRecord, logged};
 
 /// Istio's default TEXT format (MeshConfig `accessLogEncoding: TEXT`, no format).
 pub const ISTIO_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
@@ -152,7 +152,7 @@ impl Format {
     }
 
     /// One log line, newline-terminated.
-    pub fn render(&self, r: &LogRecord<'_>) -> String {
+    pub fn render(&self, r: &AccessRecord) -> String {
         match self {
             Format::Text(tokens) => {
                 let mut s = String::with_capacity(384);
@@ -201,7 +201,7 @@ fn truncate(mut s: String, max: Option<usize>) -> String {
     s
 }
 
-fn render_text(tokens: &[Token], r: &LogRecord<'_>, out: &mut String) {
+fn render_text(tokens: &[Token], r: &AccessRecord, out: &mut String) {
     for t in tokens {
         match t {
             Token::Literal(l) => out.push_str(l),
@@ -228,20 +228,20 @@ fn addr(a: Option<std::net::SocketAddr>) -> Value {
     a.map_or(Value::None, |a| Value::Str(a.to_string()))
 }
 
-fn header(name: &str, r: &LogRecord<'_>) -> Value {
+fn header(name: &str, r: &AccessRecord) -> Value {
     match name {
-        ":method" => opt(r.method),
-        ":path" | "x-envoy-original-path" => opt(r.path),
-        ":authority" | "host" => opt(r.authority),
-        "user-agent" => opt(r.user_agent),
-        "x-forwarded-for" => opt(r.x_forwarded_for),
-        "x-request-id" => opt(r.request_id),
-        ":scheme" => opt(r.scheme),
+        ":method" => opt(logged(&r.method)),
+        ":path" | "x-envoy-original-path" => opt(logged(&r.path)),
+        ":authority" | "host" => opt(logged(&r.authority)),
+        "user-agent" => opt(r.user_agent.as_deref()),
+        "x-forwarded-for" => opt(r.x_forwarded_for.as_deref()),
+        "x-request-id" => opt(logged(&r.request_id)),
+        // Not recorded: `:scheme` (like any other header) logs as absent.
         _ => Value::None,
     }
 }
 
-fn value(op: &Op, r: &LogRecord<'_>) -> Value {
+fn value(op: &Op, r: &AccessRecord) -> Value {
     match op {
         Op::StartTime => start_time(r.start),
         Op::Req(a, b) => match (header(a, r), b) {
@@ -250,24 +250,20 @@ fn value(op: &Op, r: &LogRecord<'_>) -> Value {
         },
         Op::Resp(name) => match name.as_str() {
             "x-envoy-upstream-service-time" => r
-                .upstream_service_time_ms
+                .upstream_service_time_ms()
                 .map_or(Value::None, |ms| Value::Str(ms.to_string())),
             _ => Value::None,
         },
         Op::Protocol => opt(r.protocol),
-        Op::ResponseCode => Value::Num(r.response_code as u64),
+        Op::ResponseCode => Value::Num(r.status as u64),
         // Envoy prints `-` for "no flags" even in JSON.
-        Op::ResponseFlags => Value::Str(if r.response_flags.is_empty() {
-            "-".into()
-        } else {
-            r.response_flags.to_string()
-        }),
-        Op::ResponseCodeDetails => opt(r.response_code_details),
-        Op::ConnectionTerminationDetails => opt(r.connection_termination_details),
-        Op::UpstreamTransportFailureReason => opt(r.upstream_transport_failure_reason),
+        Op::ResponseFlags => Value::Str(r.response_flags.to_string()),
+        Op::ResponseCodeDetails => opt(r.response_code_details()),
+        Op::ConnectionTerminationDetails => opt(r.connection_termination_details()),
+        Op::UpstreamTransportFailureReason => opt(r.upstream_transport_failure_reason()),
         Op::BytesReceived => Value::Num(r.bytes_received),
         Op::BytesSent => Value::Num(r.bytes_sent),
-        Op::Duration => Value::Num(r.duration_ms),
+        Op::Duration => Value::Num(r.duration_ms()),
         Op::UpstreamHost => addr(r.upstream_host),
         Op::GrpcStatus(f) => r
             .grpc_status
@@ -275,7 +271,7 @@ fn value(op: &Op, r: &LogRecord<'_>) -> Value {
                 Some(name) => Value::Str(name.to_string()),
                 None => Value::Num(u64::from(c)),
             }),
-        Op::UpstreamCluster => opt(r.upstream_cluster),
+        Op::UpstreamCluster => opt(r.upstream_cluster.as_deref()),
         Op::UpstreamLocalAddress => addr(r.upstream_local),
         Op::DownstreamLocalAddress => addr(r.downstream_local),
         Op::DownstreamLocalAddressWithoutPort => r
@@ -286,8 +282,8 @@ fn value(op: &Op, r: &LogRecord<'_>) -> Value {
             .map_or(Value::None, |a| Value::Num(a.port() as u64)),
         Op::DownstreamRemoteAddress => Value::Str(r.downstream_remote.to_string()),
         Op::DownstreamRemoteAddressWithoutPort => Value::Str(r.downstream_remote.ip().to_string()),
-        Op::RequestedServerName => opt(r.sni),
-        Op::RouteName => opt(r.route_name),
+        Op::RequestedServerName => opt(r.sni.as_deref()),
+        Op::RouteName => opt(r.route_name.as_deref()),
         Op::Hostname => Value::Str(hostname()),
     }
 }
@@ -423,28 +419,27 @@ mod tests {
 
     use super::*;
 
-    fn http() -> LogRecord<'static> {
-        LogRecord {
-            start: UNIX_EPOCH + Duration::from_millis(1_795_947_072_345),
-            method: Some("GET"),
-            path: Some("/api/catalog?x=1"),
+    fn http() -> AccessRecord {
+        AccessRecord {
+            method: "GET".into(),
+            path: "/api/catalog?x=1".into(),
             protocol: Some("HTTP/1.1"),
-            response_code: 200,
-            response_flags: "",
-            response_code_details: Some("via_upstream"),
-            duration_ms: 7,
-            upstream_service_time_ms: Some(5),
+            status: 200,
+            duration: Duration::from_millis(7),
+            upstream_service_time: Some(Duration::from_millis(5)),
             bytes_received: 0,
             bytes_sent: 42,
-            user_agent: Some("curl/8.0"),
-            request_id: Some("abc"),
-            authority: Some("webapp.istioinaction.io"),
+            user_agent: Some("curl/8.0".into()),
+            request_id: "abc".into(),
+            authority: "webapp.istioinaction.io".into(),
             upstream_host: Some("127.0.0.1:18080".parse().unwrap()),
-            upstream_cluster: Some("outbound|80||webapp.default.svc.cluster.local"),
+            upstream_cluster: Some("outbound|80||webapp.default.svc.cluster.local".into()),
             downstream_local: Some("127.0.0.1:80".parse().unwrap()),
-            downstream_remote: "127.0.0.1:40000".parse().unwrap(),
-            route_name: Some("webapp-vs-from-gw.0"),
-            ..LogRecord::empty("127.0.0.1:1".parse().unwrap())
+            route_name: Some("webapp-vs-from-gw.0".into()),
+            ..AccessRecord::new(
+                UNIX_EPOCH + Duration::from_millis(1_795_947_072_345),
+                "127.0.0.1:40000".parse().unwrap(),
+            )
         }
     }
 
@@ -454,6 +449,40 @@ mod tests {
         assert_eq!(
             f.render(&http()),
             "[2026-11-29T10:11:12.345Z] \"GET /api/catalog?x=1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 42 7 5 \"-\" \"curl/8.0\" \"abc\" \"webapp.istioinaction.io\" \"127.0.0.1:18080\" outbound|80||webapp.default.svc.cluster.local - 127.0.0.1:80 127.0.0.1:40000 - webapp-vs-from-gw.0\n"
+        );
+    }
+
+    /// An L4 flow: no request fields, code 0, Envoy's termination details, and the
+    /// failure reason of a refused one.
+    #[test]
+    fn istio_text_format_of_l4_flows() {
+        use crate::kernel::splice::Termination;
+        let f = Format::for_mesh(AccessLogEncoding::Text, "").unwrap();
+        let mut flow = AccessRecord {
+            duration: Duration::from_millis(1500),
+            bytes_received: 10,
+            bytes_sent: 20,
+            upstream_host: Some("127.0.0.1:9000".parse().unwrap()),
+            upstream_cluster: Some("outbound|9000||tcp-echo.default.svc.cluster.local".into()),
+            sni: Some("echo.example".into()),
+            termination: Some(Termination::MaxDuration),
+            ..AccessRecord::new(
+                UNIX_EPOCH + Duration::from_millis(1_795_947_072_345),
+                "127.0.0.1:40000".parse().unwrap(),
+            )
+        };
+        flow.response_flags
+            .insert(super::super::ResponseFlag::DurationTimeout);
+        assert_eq!(
+            f.render(&flow),
+            "[2026-11-29T10:11:12.345Z] \"- - -\" 0 DT - max_connection_duration_reached \"-\" 10 20 1500 - \"-\" \"-\" \"-\" \"-\" \"127.0.0.1:9000\" outbound|9000||tcp-echo.default.svc.cluster.local - - 127.0.0.1:40000 echo.example -\n"
+        );
+        flow.termination = Some(Termination::Error("map insert failed".into()));
+        flow.response_flags = Default::default();
+        let line = f.render(&flow);
+        assert!(
+            line.contains(" 0 - - - \"map insert failed\" 10 20 "),
+            "{line}"
         );
     }
 
@@ -514,7 +543,7 @@ mod tests {
             "%GRPC_STATUS% %GRPC_STATUS(CAMEL_STRING)% %GRPC_STATUS(SNAKE_STRING)% %GRPC_STATUS(NUMBER)%",
         )
         .unwrap();
-        let rec = |c| LogRecord {
+        let rec = |c| AccessRecord {
             grpc_status: c,
             ..http()
         };
@@ -561,11 +590,11 @@ mod tests {
             UNIX_EPOCH - Duration::from_secs(1_952_900_979_675_763_988),
             UNIX_EPOCH + Duration::from_secs(253_402_300_800),
         ] {
-            let r = LogRecord { start, ..http() };
+            let r = AccessRecord { start, ..http() };
             assert_eq!(text.render(&r), "[-] 200\n");
             assert_eq!(json.render(&r), "{\"t\":null}\n");
         }
-        let r = LogRecord {
+        let r = AccessRecord {
             start: UNIX_EPOCH + Duration::from_millis(253_402_300_799_999),
             ..http()
         };

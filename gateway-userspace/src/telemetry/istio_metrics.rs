@@ -31,14 +31,18 @@
 //! lock is taken only the first time a label set is seen.
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-use crate::config::GatewayIdentity;
+use crate::{
+    config::GatewayIdentity,
+    sys::prom::{Kind, Prom, labels},
+};
+
+use super::{AccessRecord, ResponseFlag, ResponseFlags};
 
 /// Istio's default buckets for `istio_request_duration_milliseconds` (ms).
 pub const DURATION_BUCKETS: [f64; 19] = [
@@ -87,17 +91,19 @@ impl Histogram {
         self.sum_milli.fetch_add(value_milli, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// `labels`: rendered by [`labels`].
+    fn render(&self, p: &mut Prom<'_>, name: &str, labels: &str) {
+        let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+            p.sample_with(&bucket, labels, &[("le", b)], cumulative);
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        p.sample_with(&bucket, labels, &[("le", &"+Inf")], count);
         let sum = self.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        p.sample_with(&format!("{name}_sum"), labels, &[], sum);
+        p.sample_with(&format!("{name}_count"), labels, &[], count);
     }
 }
 
@@ -106,13 +112,13 @@ struct HttpKey {
     destination: Destination,
     protocol: &'static str,
     response_code: u16,
-    response_flags: String,
+    response_flags: ResponseFlags,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TcpKey {
     destination: Destination,
-    response_flags: String,
+    response_flags: ResponseFlags,
 }
 
 /// `destination_service*` and `destination_canonical_*` labels, from an Istio cluster
@@ -217,21 +223,14 @@ impl Destination {
 
     /// From `destination_service` to `destination_service_namespace`, in Istio's order.
     fn labels(&self) -> String {
-        format!(
-            "destination_service=\"{}\",destination_canonical_service=\"{}\",destination_canonical_revision=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\"",
-            escape(&self.service),
-            escape(&self.canonical_service),
-            escape(&self.canonical_revision),
-            escape(&self.name),
-            escape(&self.namespace)
-        )
+        labels(&[
+            ("destination_service", &self.service),
+            ("destination_canonical_service", &self.canonical_service),
+            ("destination_canonical_revision", &self.canonical_revision),
+            ("destination_service_name", &self.name),
+            ("destination_service_namespace", &self.namespace),
+        ])
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 struct HttpSeries {
@@ -258,20 +257,6 @@ pub struct IstioMetrics {
     endpoints: arc_swap::ArcSwap<EndpointLabels>,
     http: RwLock<HashMap<HttpKey, Arc<HttpSeries>>>,
     tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
-}
-
-/// What one finished HTTP request contributes.
-pub struct HttpObservation<'a> {
-    pub cluster: Option<&'a str>,
-    /// The endpoint the request went to (its labels give the destination's canonical
-    /// service).
-    pub upstream_host: Option<std::net::SocketAddr>,
-    pub protocol: &'static str,
-    pub response_code: u16,
-    pub response_flags: &'a str,
-    pub duration_us: u64,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
 }
 
 fn get_or_insert<K: std::hash::Hash + Eq + Clone, V>(
@@ -305,14 +290,22 @@ impl IstioMetrics {
             .cloned()
             .unwrap_or_else(|| "unknown".into());
         let (canonical_service, canonical_revision) = canonical_service(&id.labels, &app);
-        let fixed = format!(
-            "reporter=\"source\",source_workload=\"{app}\",source_canonical_service=\"{cs}\",source_canonical_revision=\"{cr}\",source_workload_namespace=\"{ns}\",source_principal=\"unknown\",source_app=\"{app}\",source_version=\"{version}\",source_cluster=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\"",
-            app = escape(&app),
-            cs = escape(&canonical_service),
-            cr = escape(&canonical_revision),
-            ns = escape(&id.namespace),
-            version = escape(&version),
-        );
+        let fixed = labels(&[
+            ("reporter", &"source"),
+            ("source_workload", &app),
+            ("source_canonical_service", &canonical_service),
+            ("source_canonical_revision", &canonical_revision),
+            ("source_workload_namespace", &id.namespace),
+            ("source_principal", &"unknown"),
+            ("source_app", &app),
+            ("source_version", &version),
+            ("source_cluster", &"unknown"),
+            ("destination_workload", &"unknown"),
+            ("destination_workload_namespace", &"unknown"),
+            ("destination_principal", &"unknown"),
+            ("destination_app", &"unknown"),
+            ("destination_version", &"unknown"),
+        ]);
         IstioMetrics {
             fixed,
             endpoints: Default::default(),
@@ -326,20 +319,32 @@ impl IstioMetrics {
         self.endpoints.store(Arc::new(endpoints));
     }
 
-    pub fn http(&self, o: &HttpObservation<'_>) {
+    /// What one finished request or L4 flow counts. The destination is the record's
+    /// cluster and endpoint (its labels give the canonical service). An L4 flow's
+    /// close counts when it had been opened ([`IstioMetrics::tcp_opened`]): not when
+    /// it was refused (NR, UH, UF, UO, NC), but when it was closed at its
+    /// `maxConnectionDuration` (DT).
+    pub fn record(&self, r: &AccessRecord) {
+        if r.is_http() {
+            self.http(r);
+        } else if let Some(cluster) = r.upstream_cluster.as_deref()
+            && (r.response_flags.is_empty()
+                || r.response_flags == ResponseFlag::DurationTimeout.into())
+        {
+            self.tcp_closed(cluster, r.upstream_host, r.bytes_received, r.bytes_sent);
+        }
+    }
+
+    fn http(&self, r: &AccessRecord) {
         let key = HttpKey {
             destination: Destination::from_cluster(
-                o.cluster,
-                o.upstream_host.map(|a| a.ip()),
+                r.upstream_cluster.as_deref(),
+                r.upstream_host.map(|a| a.ip()),
                 &self.endpoints.load(),
             ),
-            protocol: o.protocol,
-            response_code: o.response_code,
-            response_flags: if o.response_flags.is_empty() {
-                "-".into()
-            } else {
-                o.response_flags.to_string()
-            },
+            protocol: "http",
+            response_code: r.status,
+            response_flags: r.response_flags,
         };
         let s = get_or_insert(&self.http, &key, || HttpSeries {
             requests: AtomicU64::new(0),
@@ -348,92 +353,83 @@ impl IstioMetrics {
             response_bytes: Histogram::new(&SIZE_BUCKETS),
         });
         s.requests.fetch_add(1, Ordering::Relaxed);
-        s.duration.observe_milli(o.duration_us);
-        s.request_bytes.observe_milli(o.request_bytes * 1000);
-        s.response_bytes.observe_milli(o.response_bytes * 1000);
+        s.duration.observe_milli(r.duration.as_micros() as u64);
+        s.request_bytes.observe_milli(r.bytes_received * 1000);
+        s.response_bytes.observe_milli(r.bytes_sent * 1000);
     }
 
-    fn tcp_series(
-        &self,
-        cluster: Option<&str>,
-        endpoint: Option<std::net::SocketAddr>,
-        flags: &str,
-    ) -> Arc<TcpSeries> {
+    /// The series of flows to `cluster`: Istio counts them without flags.
+    fn tcp_series(&self, cluster: &str, endpoint: Option<std::net::SocketAddr>) -> Arc<TcpSeries> {
         let key = TcpKey {
             destination: Destination::from_cluster(
-                cluster,
+                Some(cluster),
                 endpoint.map(|a| a.ip()),
                 &self.endpoints.load(),
             ),
-            response_flags: if flags.is_empty() {
-                "-".into()
-            } else {
-                flags.into()
-            },
+            response_flags: ResponseFlags::default(),
         };
         get_or_insert(&self.tcp, &key, TcpSeries::default)
     }
 
     pub fn tcp_opened(&self, cluster: &str, endpoint: Option<std::net::SocketAddr>) {
-        self.tcp_series(Some(cluster), endpoint, "")
+        self.tcp_series(cluster, endpoint)
             .opened
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// `received`: bytes from the client; `sent`: bytes to it (Istio's request/response).
-    pub fn tcp_closed(
+    fn tcp_closed(
         &self,
         cluster: &str,
         endpoint: Option<std::net::SocketAddr>,
         received: u64,
         sent: u64,
     ) {
-        let s = self.tcp_series(Some(cluster), endpoint, "");
+        let s = self.tcp_series(cluster, endpoint);
         s.closed.fetch_add(1, Ordering::Relaxed);
         s.received.fetch_add(received, Ordering::Relaxed);
         s.sent.fetch_add(sent, Ordering::Relaxed);
     }
 
     pub fn render(&self, out: &mut String) {
-        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        let mut http: Vec<(HttpKey, Arc<HttpSeries>)> = self
+        let mut p = Prom::new(out);
+        // Sorted by destination, code and the flags as printed.
+        let mut http: Vec<(HttpKey, String, Arc<HttpSeries>)> = self
             .http
             .read()
             .expect("metrics lock")
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), k.response_flags.to_string(), v.clone()))
             .collect();
         http.sort_by(|a, b| {
-            (&a.0.destination, a.0.response_code, &a.0.response_flags).cmp(&(
+            (&a.0.destination, a.0.response_code, &a.1).cmp(&(
                 &b.0.destination,
                 b.0.response_code,
-                &b.0.response_flags,
+                &b.1,
             ))
         });
-        let http_labels = |k: &HttpKey| {
-            format!(
-                "{},{},destination_cluster=\"unknown\",request_protocol=\"{}\",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"{}\",connection_security_policy=\"unknown\"",
-                self.fixed,
-                k.destination.labels(),
-                k.protocol,
-                k.response_code,
-                escape(&k.response_flags)
-            )
+        let http_labels = |k: &HttpKey, flags: &str| {
+            let rest = labels(&[
+                ("destination_cluster", &"unknown"),
+                ("request_protocol", &k.protocol),
+                ("response_code", &k.response_code),
+                ("grpc_response_status", &""),
+                ("response_flags", &flags),
+                ("connection_security_policy", &"unknown"),
+            ]);
+            format!("{},{},{rest}", self.fixed, k.destination.labels())
         };
-        header(
-            out,
+        p.family(
             "istio_requests_total",
-            "counter",
+            Kind::Counter,
             "Requests processed, by destination and response.",
         );
-        for (k, s) in &http {
-            let _ = writeln!(
-                out,
-                "istio_requests_total{{{}}} {}",
-                http_labels(k),
-                s.requests.load(Ordering::Relaxed)
+        for (k, flags, s) in &http {
+            p.sample_with(
+                "istio_requests_total",
+                &http_labels(k, flags),
+                &[],
+                s.requests.load(Ordering::Relaxed),
             );
         }
         type Pick = fn(&HttpSeries) -> &Histogram;
@@ -453,9 +449,9 @@ impl IstioMetrics {
             ),
         ];
         for (name, help, pick) in hists {
-            header(out, name, "histogram", help);
-            for (k, s) in &http {
-                pick(s).render(out, name, &http_labels(k));
+            p.family(name, Kind::Histogram, help);
+            for (k, flags, s) in &http {
+                pick(s).render(&mut p, name, &http_labels(k, flags));
             }
         }
 
@@ -491,15 +487,19 @@ impl IstioMetrics {
             ),
         ];
         for (name, help, pick) in counters {
-            header(out, name, "counter", help);
+            p.family(name, Kind::Counter, help);
             for (k, s) in &tcp {
-                let _ = writeln!(
-                    out,
-                    "{name}{{{},{},destination_cluster=\"unknown\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"unknown\"}} {}",
-                    self.fixed,
-                    k.destination.labels(),
-                    escape(&k.response_flags),
-                    pick(s).load(Ordering::Relaxed)
+                let tcp_labels = format!("{},{}", self.fixed, k.destination.labels());
+                p.sample_with(
+                    name,
+                    &tcp_labels,
+                    &[
+                        ("destination_cluster", &"unknown"),
+                        ("request_protocol", &"tcp"),
+                        ("response_flags", &k.response_flags),
+                        ("connection_security_policy", &"unknown"),
+                    ],
+                    pick(s).load(Ordering::Relaxed),
                 );
             }
         }
@@ -509,6 +509,13 @@ impl IstioMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record() -> AccessRecord {
+        AccessRecord::new(
+            std::time::SystemTime::now(),
+            "10.0.0.1:4000".parse().unwrap(),
+        )
+    }
 
     #[test]
     fn destination_labels_from_cluster_names() {
@@ -586,18 +593,16 @@ mod tests {
             ("webapp".into(), "v2".into()),
         );
         m.set_endpoint_labels(t);
-        let obs = |host| HttpObservation {
-            cluster: Some("outbound|80||webapp.default.svc.cluster.local"),
+        let obs = |host| AccessRecord {
+            upstream_cluster: Some("outbound|80||webapp.default.svc.cluster.local".into()),
             upstream_host: host,
-            protocol: "http",
-            response_code: 200,
-            response_flags: "",
-            duration_us: 1,
-            request_bytes: 0,
-            response_bytes: 0,
+            protocol: Some("HTTP/1.1"),
+            status: 200,
+            duration: std::time::Duration::from_micros(1),
+            ..record()
         };
-        m.http(&obs(Some(ep)));
-        m.http(&obs(Some("10.0.0.8:8080".parse().unwrap())));
+        m.record(&obs(Some(ep)));
+        m.record(&obs(Some("10.0.0.8:8080".parse().unwrap())));
         m.tcp_opened("outbound|2701||tcp-echo.default.svc.cluster.local", None);
         let mut out = String::new();
         m.render(&mut out);
@@ -664,20 +669,70 @@ mod tests {
         );
     }
 
+    /// An L4 flow's close counts when it was opened: refused ones (UF, UH, ...) do
+    /// not, one closed at its maxConnectionDuration (DT) does; all without flags.
+    #[test]
+    fn tcp_closes_count_opened_flows_only() {
+        let m = IstioMetrics::new(&GatewayIdentity::default());
+        let cluster = "outbound|2701||tcp-echo.default.svc.cluster.local";
+        let flow = |flag: Option<ResponseFlag>| {
+            let mut r = AccessRecord {
+                upstream_cluster: Some(cluster.into()),
+                bytes_received: 3,
+                bytes_sent: 5,
+                ..record()
+            };
+            if let Some(f) = flag {
+                r.response_flags.insert(f);
+            }
+            r
+        };
+        m.tcp_opened(cluster, None);
+        m.record(&flow(None));
+        m.record(&flow(Some(ResponseFlag::DurationTimeout)));
+        m.record(&flow(Some(ResponseFlag::UpstreamConnectionFailure)));
+        m.record(&AccessRecord {
+            upstream_cluster: None,
+            ..flow(Some(ResponseFlag::NoRouteFound))
+        });
+        let mut out = String::new();
+        m.render(&mut out);
+        let value = |name: &str| {
+            let l = out
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}{{")))
+                .unwrap_or_else(|| panic!("{name} in {out}"));
+            assert!(l.contains("response_flags=\"-\""), "{l}");
+            l.rsplit(' ').next().unwrap().to_string()
+        };
+        assert_eq!(value("istio_tcp_connections_opened_total"), "1");
+        assert_eq!(value("istio_tcp_connections_closed_total"), "2");
+        assert_eq!(value("istio_tcp_received_bytes_total"), "6");
+        assert_eq!(value("istio_tcp_sent_bytes_total"), "10");
+        assert_eq!(
+            out.matches("istio_tcp_connections_closed_total{").count(),
+            1
+        );
+        assert!(!out.contains("istio_requests_total{"), "{out}");
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = IstioMetrics::new(&GatewayIdentity::default());
         for (us, code) in [(300, 200), (7_000, 200), (2_000_000, 503)] {
-            m.http(&HttpObservation {
-                cluster: Some("outbound|80||webapp.default.svc.cluster.local"),
-                upstream_host: None,
-                protocol: "http",
-                response_code: code,
-                response_flags: if code == 503 { "UF" } else { "" },
-                duration_us: us,
-                request_bytes: 0,
-                response_bytes: 10,
-            });
+            let mut r = AccessRecord {
+                upstream_cluster: Some("outbound|80||webapp.default.svc.cluster.local".into()),
+                protocol: Some("HTTP/2"),
+                status: code,
+                duration: std::time::Duration::from_micros(us),
+                bytes_sent: 10,
+                ..record()
+            };
+            if code == 503 {
+                r.response_flags
+                    .insert(ResponseFlag::UpstreamConnectionFailure);
+            }
+            m.record(&r);
         }
         let mut out = String::new();
         m.render(&mut out);

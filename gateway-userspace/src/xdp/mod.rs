@@ -3,7 +3,7 @@
 //! fills its maps, attaches it to each `--xdp-iface` (native mode, else generic with
 //! the reason logged), rewrites the maps in place when the policy changes
 //! ([`XdpGuard::update`], [`update`]), and reads its per-CPU counters.
-use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex};
+use std::{collections::BTreeMap, sync::Mutex};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -24,6 +24,8 @@ mod update;
 pub use compile::{Compiled, RULE_DEFAULT_DENY, RULE_NONE, RULE_USERSPACE, action_name};
 pub use update::UpdateStats;
 use update::{GuardMaps, RuleKey, Stats, Tables, Zero};
+
+use crate::sys::prom::{Kind, Prom};
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
@@ -296,6 +298,7 @@ impl XdpGuard {
     pub fn prometheus(&self, out: &mut String) {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (slots, ports) = st.counters();
+        let mut p = Prom::new(out);
         for (family, what, pick) in [
             (
                 "gateway_xdp_packets_total",
@@ -308,9 +311,10 @@ impl XdpGuard {
                 |c| c.pass_bytes,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {family} {what}, by rule, port and action.\n# TYPE {family} counter"
+            p.family(
+                family,
+                Kind::Counter,
+                &format!("{what}, by rule, port and action."),
             );
             for (i, (rule, port, action)) in st.compiled.slots.iter().enumerate() {
                 let c = slots.get(i).copied().unwrap_or_default();
@@ -324,44 +328,37 @@ impl XdpGuard {
                 } else {
                     pick(&c)
                 };
-                let _ = writeln!(
-                    out,
-                    "{family}{{rule=\"{rule}\",port=\"{port}\",action=\"{}\"}} {v}",
-                    action_name(*action)
+                p.sample(
+                    family,
+                    &[
+                        ("rule", rule),
+                        ("port", port),
+                        ("action", &action_name(*action)),
+                    ],
+                    v,
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP gateway_xdp_port_packets_total Packets judged by the XDP guard per port.\n# TYPE gateway_xdp_port_packets_total counter"
-        );
-        for (port, c) in &ports {
-            let _ = writeln!(
-                out,
-                "gateway_xdp_port_packets_total{{port=\"{port}\",action=\"pass\"}} {}",
-                c.pass_packets
-            );
-            let _ = writeln!(
-                out,
-                "gateway_xdp_port_packets_total{{port=\"{port}\",action=\"drop\"}} {}",
-                c.drop_packets
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP gateway_xdp_port_bytes_total Bytes judged by the XDP guard per port.\n# TYPE gateway_xdp_port_bytes_total counter"
-        );
-        for (port, c) in &ports {
-            let _ = writeln!(
-                out,
-                "gateway_xdp_port_bytes_total{{port=\"{port}\",action=\"pass\"}} {}",
-                c.pass_bytes
-            );
-            let _ = writeln!(
-                out,
-                "gateway_xdp_port_bytes_total{{port=\"{port}\",action=\"drop\"}} {}",
-                c.drop_bytes
-            );
+        type Pick = fn(&XdpCounters) -> (u64, u64);
+        let per_port: [(&str, &str, Pick); 2] = [
+            (
+                "gateway_xdp_port_packets_total",
+                "Packets judged by the XDP guard per port.",
+                |c| (c.pass_packets, c.drop_packets),
+            ),
+            (
+                "gateway_xdp_port_bytes_total",
+                "Bytes judged by the XDP guard per port.",
+                |c| (c.pass_bytes, c.drop_bytes),
+            ),
+        ];
+        for (family, help, pick) in per_port {
+            p.family(family, Kind::Counter, help);
+            for (port, c) in &ports {
+                let (pass, drop) = pick(c);
+                p.sample(family, &[("port", port), ("action", &"pass")], pass);
+                p.sample(family, &[("port", port), ("action", &"drop")], drop);
+            }
         }
     }
 
