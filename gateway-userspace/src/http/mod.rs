@@ -379,32 +379,16 @@ fn log_connection_error(e: &hyper::Error, conn: &proxy::ConnCtx, h2: bool) {
         return;
     };
     let log = AccessRecord {
-        start: SystemTime::now(),
         method: "-".into(),
         path: "-".into(),
         protocol: Some(if h2 { "HTTP/2" } else { "HTTP/1.1" }),
         status,
         response_flags: ResponseFlag::DownstreamProtocolError.into(),
         details,
-        bytes_received: 0,
-        bytes_sent: 0,
-        duration: Duration::ZERO,
-        upstream_service_time: None,
-        upstream_host: None,
-        upstream_cluster: None,
-        route_name: None,
-        authority: String::new(),
-        request_id: String::new(),
-        downstream_remote: peer,
         downstream_local_port: port,
         downstream_local: conn.local,
-        upstream_local: None,
-        grpc_status: None,
         sni: conn.sni.clone(),
-        user_agent: None,
-        x_forwarded_for: None,
-        termination: None,
-        failure: None,
+        ..AccessRecord::new(SystemTime::now(), peer)
     };
     tracing::info!(target: "gateway::http", %peer, port, "closing connection: {e}");
     log.emit(&conn.telemetry);

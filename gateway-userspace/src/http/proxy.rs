@@ -8,7 +8,7 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use http_body_util::BodyExt;
@@ -175,32 +175,17 @@ async fn route_request(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let mut log = AccessRecord {
-        start: std::time::SystemTime::now(),
         method: parts.method.to_string(),
         path: path_and_query,
         protocol: Some(version_name(parts.version)),
-        status: 0,
-        response_flags: Default::default(),
-        details: "",
-        bytes_received: 0,
-        bytes_sent: 0,
-        duration: Duration::ZERO,
-        upstream_service_time: None,
-        upstream_host: None,
-        upstream_cluster: None,
-        route_name: None,
         authority: authority.clone().unwrap_or_default(),
         request_id: req_id.clone(),
-        downstream_remote: conn.peer,
         downstream_local_port: conn.port,
         downstream_local: conn.local,
-        upstream_local: None,
-        grpc_status: None,
         sni: conn.sni.clone(),
         user_agent: header_str(&parts.headers, header::USER_AGENT),
         x_forwarded_for: header_str(&parts.headers, "x-forwarded-for"),
-        termination: None,
-        failure: None,
+        ..AccessRecord::new(std::time::SystemTime::now(), conn.peer)
     };
     // After an upgrade offer that was not stripped, bytes behind the request may be
     // upgrade payload (a smuggled request): unless a tunnel follows, the connection

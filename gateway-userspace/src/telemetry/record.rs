@@ -62,8 +62,9 @@ pub fn logged(s: &str) -> Option<&str> {
 }
 
 impl AccessRecord {
-    /// An L4 flow from `downstream_remote` that started at `start`, nothing else
-    /// known yet: a base for struct-update syntax.
+    /// A request or flow from `downstream_remote` that started at `start`, nothing
+    /// else known yet (an L4 flow until `protocol` is set): a base for struct-update
+    /// syntax.
     pub fn new(start: SystemTime, downstream_remote: SocketAddr) -> AccessRecord {
         AccessRecord {
             start,
