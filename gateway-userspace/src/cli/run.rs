@@ -59,7 +59,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &id,
         args.access_log_buffer,
     ));
-    let access = telemetry.compile(&snapshot);
     tracing::info!(
         "request paths normalized as pathNormalization {} (MeshConfig)",
         snapshot.mesh.normalization().name()
@@ -113,14 +112,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             prometheus: args.prometheus_port.0,
         },
     };
-    let (plan, access) = match (crate::plan::Plan::compile(snapshot, 1), access) {
-        (Ok(plan), Ok(access)) => (plan, access),
-        (plan, access) => {
-            let mut errors = plan.err().map(|e| e.0).unwrap_or_default();
-            errors.extend(access.err().unwrap_or_default());
-            exit_config_errors(errors)
-        }
-    };
+    let (plan, access) = crate::runtime::reload::compile_all(snapshot, 1, &telemetry)
+        .unwrap_or_else(|errors| exit_config_errors(errors.0));
     telemetry.apply(access, &plan.snapshot);
     let mut gw = Gateway::new(plan, splicer, opts);
     gw.telemetry = telemetry;

@@ -2,16 +2,21 @@
 //! `/debug/splice` views as plain tables (no istioctl counterpart to mirror).
 use serde_json::Value;
 
+/// A JSON value as a table cell: strings bare, null as `-`.
+fn cell(x: &Value) -> String {
+    match x {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
 /// `proxy-config splice`: the admin `/debug/splice` view as tables.
 pub fn render_splice(v: &Value, json: bool) -> String {
     if json {
         return format!("{v:#}\n");
     }
-    let s = |x: &Value| match x {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    let s = cell;
     let mut out = format!("MODE: {}", s(&v["mode"]));
     if let Some(b) = v["budget"].as_u64() {
         out += &format!("   BUDGET: {} KiB per direction", b / 1024);
@@ -65,11 +70,7 @@ pub fn render_xdp(v: &Value, json: bool) -> String {
     if json {
         return format!("{v:#}\n");
     }
-    let s = |x: &Value| match x {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    let s = cell;
     let list = |x: &Value| x.as_array().cloned().unwrap_or_default();
     let ifaces: Vec<String> = list(&v["interfaces"])
         .iter()

@@ -247,13 +247,25 @@ fn compile(
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
     }
+    compile_all(snapshot, old.generation + 1, telemetry)
+        .map(Some)
+        .map_err(|errors| errors.lines())
+}
+
+/// Everything compiled from one config, as the start and every reload compile it: the
+/// Plan, and the access logs for `telemetry`; or every error of both.
+pub fn compile_all(
+    snapshot: config::Snapshot,
+    generation: u64,
+    telemetry: &Telemetry,
+) -> Result<(Plan, AccessLogConfig), config::ConfigErrors> {
     let access = telemetry.compile(&snapshot);
-    match (Plan::compile(snapshot, old.generation + 1), access) {
-        (Ok(plan), Ok(access)) => Ok(Some((plan, access))),
+    match (Plan::compile(snapshot, generation), access) {
+        (Ok(plan), Ok(access)) => Ok((plan, access)),
         (plan, access) => {
             let mut errors = plan.err().map(|e| e.0).unwrap_or_default();
             errors.extend(access.err().unwrap_or_default());
-            Err(config::ConfigErrors(errors).lines())
+            Err(config::ConfigErrors(errors))
         }
     }
 }
